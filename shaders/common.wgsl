@@ -1,0 +1,26 @@
+// Helpers every kernel shares; the host puts this file in front of each shader.
+
+// Dispatches wider than the device's per-dimension workgroup limit are folded into a 2-D grid by
+// Recorder::dispatch_linear; this recovers the flat thread index.
+fn linear_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, wg_size: u32) -> u32 {
+    return (wid.y * nwg.x + wid.x) * wg_size + lid;
+}
+
+// Tree sum over one 256-thread workgroup; every thread gets the total. Call it from uniform
+// control flow (all threads of the workgroup), since it contains barriers.
+const REDUCE_WG: u32 = 256u;
+var<workgroup> reduce_scratch: array<f32, 256>;
+
+fn workgroup_sum(value: f32, lid: u32) -> f32 {
+    reduce_scratch[lid] = value;
+    workgroupBarrier();
+    for (var stride = REDUCE_WG / 2u; stride > 0u; stride >>= 1u) {
+        if (lid < stride) {
+            reduce_scratch[lid] += reduce_scratch[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    let total = reduce_scratch[0];
+    workgroupBarrier();
+    return total;
+}

@@ -1,0 +1,173 @@
+//! Typed storage buffers and sub-range views of them.
+
+use super::Gpu;
+use crate::error::{Error, Result};
+use bytemuck::Pod;
+use std::marker::PhantomData;
+use std::ops::Range;
+use wgpu::util::DeviceExt;
+
+/// A storage buffer holding `len` elements of `T`.
+pub struct GpuBuffer<T: Pod> {
+    pub(crate) buffer: wgpu::Buffer,
+    len: usize,
+    _t: PhantomData<T>,
+}
+
+/// A contiguous range of a buffer's elements, for binding part of it. `writable` says whether
+/// the kernel declares it `read_write` (the bind-group layout is built from it).
+#[derive(Clone, Copy)]
+pub struct GpuSlice<'a> {
+    pub(crate) buffer: &'a wgpu::Buffer,
+    /// Offset and size in bytes.
+    pub(crate) offset: u64,
+    pub(crate) size: u64,
+    pub(crate) writable: bool,
+}
+
+impl GpuSlice<'_> {
+    /// The same range, bound as `read_write`.
+    pub fn rw(self) -> Self {
+        GpuSlice { writable: true, ..self }
+    }
+}
+
+const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
+impl<T: Pod> GpuBuffer<T> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn slice(&self, range: Range<usize>) -> GpuSlice<'_> {
+        assert!(range.start <= range.end && range.end <= self.len, "slice out of range");
+        let elem = std::mem::size_of::<T>() as u64;
+        GpuSlice { buffer: &self.buffer, offset: range.start as u64 * elem, size: (range.len() as u64 * elem).max(elem), writable: false }
+    }
+
+    pub fn all(&self) -> GpuSlice<'_> {
+        GpuSlice { buffer: &self.buffer, offset: 0, size: self.buffer.size(), writable: false }
+    }
+}
+
+impl Gpu {
+    fn check_size(&self, op: &'static str, bytes: u64) -> Result<()> {
+        if bytes > self.limits.max_buffer_size {
+            return Err(Error::TooLarge {
+                op,
+                what: "a buffer".into(),
+                bytes,
+                limit: self.limits.max_buffer_size,
+                limit_name: "max_buffer_size",
+            });
+        }
+        Ok(())
+    }
+
+    /// A buffer with `data` in it. Empty data still gets one element, since wgpu cannot bind
+    /// a zero-sized buffer.
+    pub fn upload<T: Pod>(&self, data: &[T]) -> Result<GpuBuffer<T>> {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        self.check_size("upload", bytes.len() as u64)?;
+        let buffer = if data.is_empty() {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: std::mem::size_of::<T>().max(4) as u64,
+                usage: STORAGE,
+                mapped_at_creation: false,
+            })
+        } else {
+            self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: bytes, usage: STORAGE })
+        };
+        Ok(GpuBuffer { buffer, len: data.len(), _t: PhantomData })
+    }
+
+    /// A zero-filled buffer of `len` elements.
+    pub fn zeros<T: Pod>(&self, len: usize) -> Result<GpuBuffer<T>> {
+        let bytes = (len.max(1) * std::mem::size_of::<T>()) as u64;
+        self.check_size("zeros", bytes)?;
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: bytes.next_multiple_of(4),
+            usage: STORAGE,
+            mapped_at_creation: false,
+        });
+        Ok(GpuBuffer { buffer, len, _t: PhantomData })
+    }
+
+    /// Overwrites the start of `buf` with `data`.
+    pub fn write<T: Pod>(&self, buf: &GpuBuffer<T>, data: &[T]) -> Result<()> {
+        if data.len() > buf.len {
+            return Err(crate::error::shape_err("write", format!("{} elements into a buffer of {}", data.len(), buf.len)));
+        }
+        self.queue.write_buffer(&buf.buffer, 0, bytemuck::cast_slice(data));
+        Ok(())
+    }
+
+    /// Copies the buffer back to the host, waiting for all work queued before.
+    pub fn read<T: Pod>(&self, buf: &GpuBuffer<T>) -> Result<Vec<T>> {
+        let bytes = (buf.len * std::mem::size_of::<T>()) as u64;
+        if bytes == 0 {
+            return Ok(Vec::new());
+        }
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(&buf.buffer, 0, &staging, 0, bytes);
+        self.queue.submit([enc.finish()]);
+        let slice = staging.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait()?;
+        let mapped = rx.recv().map_err(|e| Error::Gpu { op: "read".into(), detail: e.to_string() })?;
+        mapped.map_err(|e| Error::Gpu { op: "read".into(), detail: e.to_string() })?;
+        let view = slice.get_mapped_range().map_err(|e| Error::Gpu { op: "read".into(), detail: e.to_string() })?;
+        let out = bytemuck::cast_slice(&view[..]).to_vec();
+        drop(view);
+        staging.unmap();
+        Ok(out)
+    }
+
+    /// Splits `items` (images of a batch, elements of a vector...) into chunks whose bindings
+    /// each fit the device's storage-binding limit and start at an offset the device can bind.
+    /// `item_bytes` lists, for each binding that is split, the bytes one item occupies in it.
+    pub fn plan_chunks(&self, op: &'static str, items: usize, item_bytes: &[u64], max_items: usize) -> Result<Vec<Range<usize>>> {
+        let align = self.limits.min_storage_buffer_offset_alignment as u64;
+        let widest = item_bytes.iter().copied().max().unwrap_or(4).max(1);
+        // Every chunk starts at a multiple of `step` items, so each split binding starts aligned.
+        let step = item_bytes.iter().fold(1u64, |acc, &b| lcm(acc, align / gcd(b.max(1), align)));
+        let fit = self.binding_limit / widest;
+        let per_chunk = (fit.min(max_items as u64) / step) * step;
+        if per_chunk == 0 {
+            return Err(Error::TooLarge {
+                op,
+                what: format!("one chunk of {step} item(s) at {widest} bytes each"),
+                bytes: step * widest,
+                limit: self.binding_limit,
+                limit_name: "max_storage_buffer_binding_size",
+            });
+        }
+        let per_chunk = per_chunk as usize;
+        Ok((0..items.max(1)).step_by(per_chunk).map(|s| s..(s + per_chunk).min(items)).collect())
+    }
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+fn lcm(a: u64, b: u64) -> u64 {
+    a / gcd(a, b) * b
+}

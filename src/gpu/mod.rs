@@ -1,0 +1,276 @@
+//! The wgpu context: adapter choice, a device opened with the adapter's real limits, a pipeline
+//! cache, typed buffers, and recording of kernel dispatches with optional timestamp queries.
+
+mod buffer;
+mod record;
+pub mod shaders;
+
+pub use buffer::{GpuBuffer, GpuSlice};
+pub use record::{PassTiming, Recorder};
+
+use crate::error::{Error, Result};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Which wgpu backend to look for adapters on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+pub enum BackendChoice {
+    #[default]
+    Auto,
+    Vulkan,
+    Metal,
+    Dx12,
+    Gl,
+}
+
+impl BackendChoice {
+    pub fn backends(self) -> wgpu::Backends {
+        match self {
+            BackendChoice::Auto => wgpu::Backends::PRIMARY | wgpu::Backends::GL,
+            BackendChoice::Vulkan => wgpu::Backends::VULKAN,
+            BackendChoice::Metal => wgpu::Backends::METAL,
+            BackendChoice::Dx12 => wgpu::Backends::DX12,
+            BackendChoice::Gl => wgpu::Backends::GL,
+        }
+    }
+}
+
+/// How to pick and open the adapter.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    pub backend: BackendChoice,
+    /// An index into the adapter list (as `mien devices` prints it) or part of an adapter's name.
+    pub adapter: Option<String>,
+    /// Pretend the device's storage-binding limit is this small, so tests can exercise the code
+    /// that splits work across several bindings without allocating hundreds of megabytes.
+    pub binding_limit_override: Option<u64>,
+}
+
+/// What `mien devices` prints for one adapter.
+#[derive(Clone, Debug, Serialize)]
+pub struct AdapterReport {
+    pub index: usize,
+    pub name: String,
+    pub backend: String,
+    pub driver: String,
+    pub driver_info: String,
+    pub device_type: String,
+    pub software: bool,
+    pub shader_f16: bool,
+    pub subgroups: bool,
+    pub subgroup_size: [u32; 2],
+    pub timestamps: bool,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_buffer_size: u64,
+    pub max_compute_workgroups_per_dimension: u32,
+    pub max_compute_invocations_per_workgroup: u32,
+    pub max_compute_workgroup_storage_size: u32,
+    pub max_storage_buffers_per_shader_stage: u32,
+}
+
+fn instance(backend: BackendChoice) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = backend.backends();
+    wgpu::Instance::new(desc)
+}
+
+/// Every adapter wgpu can see on the chosen backend(s), in a stable order.
+pub fn enumerate(backend: BackendChoice) -> Vec<wgpu::Adapter> {
+    let instance = instance(backend);
+    pollster::block_on(instance.enumerate_adapters(backend.backends()))
+}
+
+pub fn report(index: usize, adapter: &wgpu::Adapter) -> AdapterReport {
+    let info = adapter.get_info();
+    let limits = adapter.limits();
+    let features = adapter.features();
+    AdapterReport {
+        index,
+        name: info.name.clone(),
+        backend: format!("{:?}", info.backend),
+        driver: info.driver.clone(),
+        driver_info: info.driver_info.clone(),
+        device_type: format!("{:?}", info.device_type),
+        software: info.device_type == wgpu::DeviceType::Cpu,
+        shader_f16: features.contains(wgpu::Features::SHADER_F16),
+        subgroups: features.contains(wgpu::Features::SUBGROUP),
+        subgroup_size: [info.subgroup_min_size, info.subgroup_max_size],
+        timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+        max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size as u64,
+        max_buffer_size: limits.max_buffer_size,
+        max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+        max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+        max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
+        max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
+    }
+}
+
+/// Picks an adapter: the one the user named, else the best real GPU, else whatever exists
+/// (a software adapter such as lavapipe).
+fn choose(adapters: Vec<wgpu::Adapter>, wanted: Option<&str>) -> Result<wgpu::Adapter> {
+    if adapters.is_empty() {
+        return Err(Error::NoAdapter(
+            " (on Linux without a GPU install Mesa's lavapipe: apt-get install mesa-vulkan-drivers)".into(),
+        ));
+    }
+    if let Some(wanted) = wanted {
+        if let Ok(i) = wanted.parse::<usize>() {
+            let n = adapters.len();
+            return adapters
+                .into_iter()
+                .nth(i)
+                .ok_or_else(|| Error::NoAdapter(format!(": index {i} asked for, {n} adapters present")));
+        }
+        let needle = wanted.to_lowercase();
+        return adapters
+            .into_iter()
+            .find(|a| a.get_info().name.to_lowercase().contains(&needle))
+            .ok_or_else(|| Error::NoAdapter(format!(" whose name contains {wanted:?}")));
+    }
+    let rank = |a: &wgpu::Adapter| {
+        let info = a.get_info();
+        let kind = match info.device_type {
+            wgpu::DeviceType::DiscreteGpu => 0,
+            wgpu::DeviceType::IntegratedGpu => 1,
+            wgpu::DeviceType::VirtualGpu => 2,
+            wgpu::DeviceType::Other => 3,
+            wgpu::DeviceType::Cpu => 4,
+        };
+        // GL is a last resort: its compute support is the narrowest.
+        (kind, info.backend == wgpu::Backend::Gl)
+    };
+    Ok(adapters.into_iter().min_by_key(rank).expect("non-empty"))
+}
+
+/// The open device plus what the kernels need to know about it.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub timestamps: bool,
+    binding_limit: u64,
+    pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<Pipeline>>>,
+}
+
+/// A compiled entry point and the bind-group layout it was built with.
+pub struct Pipeline {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
+impl Gpu {
+    pub fn new(options: &GpuOptions) -> Result<Gpu> {
+        let adapter = choose(enumerate(options.backend), options.adapter.as_deref())?;
+        Self::open(adapter, options)
+    }
+
+    pub fn open(adapter: wgpu::Adapter, options: &GpuOptions) -> Result<Gpu> {
+        let info = adapter.get_info();
+        let wanted = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
+        let features = adapter.features() & wanted;
+        // The adapter's real limits, not wgpu's conservative defaults: buffers of a batch-64
+        // model exceed the default 128 MiB on some drivers, and the splitting code uses these.
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("mien"),
+            required_features: features,
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| Error::Device { adapter: info.name.clone(), reason: e.to_string() })?;
+        let binding_limit = options
+            .binding_limit_override
+            .unwrap_or(limits.max_storage_buffer_binding_size as u64)
+            .min(limits.max_storage_buffer_binding_size as u64);
+        log::info!("GPU: {} ({:?}, {} {})", info.name, info.backend, info.driver, info.driver_info);
+        Ok(Gpu {
+            device,
+            queue,
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            info,
+            limits,
+            binding_limit,
+            pipelines: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A one-line description: adapter, backend, driver.
+    pub fn describe(&self) -> String {
+        format!("{} ({:?}, {} {})", self.info.name, self.info.backend, self.info.driver, self.info.driver_info)
+    }
+
+    pub fn is_software(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// The largest storage binding a kernel may use, in bytes.
+    pub fn binding_limit(&self) -> u64 {
+        self.binding_limit
+    }
+
+    /// The compiled pipeline for one entry point of a shader, compiled on first use. Its
+    /// layout is explicit (binding 0 the uniform params, then one storage buffer per entry of
+    /// `writable`), so an entry point may leave some of its module's bindings unused.
+    pub fn pipeline(&self, shader: &shaders::Shader, entry: &'static str, writable: &[bool]) -> Arc<Pipeline> {
+        let mut cache = self.pipelines.lock().expect("pipeline cache poisoned");
+        cache
+            .entry((shader.name, entry))
+            .or_insert_with(|| {
+                let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(shader.name),
+                    source: wgpu::ShaderSource::Wgsl(shader.source().into()),
+                });
+                let buffer = |ty| wgpu::BindingType::Buffer { ty, has_dynamic_offset: false, min_binding_size: None };
+                let mut entries = vec![wgpu::BindGroupLayoutEntry {
+                    binding: 0,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: buffer(wgpu::BufferBindingType::Uniform),
+                    count: None,
+                }];
+                entries.extend(writable.iter().enumerate().map(|(i, &w)| wgpu::BindGroupLayoutEntry {
+                    binding: i as u32 + 1,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: buffer(wgpu::BufferBindingType::Storage { read_only: !w }),
+                    count: None,
+                }));
+                let layout = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(entry), entries: &entries });
+                let pipeline_layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                    label: Some(entry),
+                    bind_group_layouts: &[Some(&layout)],
+                    immediate_size: 0,
+                });
+                let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(entry),
+                    layout: Some(&pipeline_layout),
+                    module: &module,
+                    entry_point: Some(entry),
+                    compilation_options: Default::default(),
+                    cache: None,
+                });
+                Arc::new(Pipeline { pipeline, layout })
+            })
+            .clone()
+    }
+
+    /// Starts recording kernels into one command buffer; `profile` adds a timestamp per pass.
+    pub fn recorder(&self, profile: bool) -> Recorder<'_> {
+        Recorder::new(self, profile)
+    }
+
+    /// Records with `f` and runs it to completion: the simple path for one-off calls and tests.
+    pub fn run<T>(&self, f: impl FnOnce(&mut Recorder<'_>) -> Result<T>) -> Result<T> {
+        let mut rec = self.recorder(false);
+        let out = f(&mut rec)?;
+        rec.finish()?;
+        Ok(out)
+    }
+
+    pub(crate) fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| Error::Gpu { op: "poll".into(), detail: e.to_string() })
+    }
+}

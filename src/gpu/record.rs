@@ -1,0 +1,205 @@
+//! Recording kernel dispatches into one command buffer, so a whole training step is one submit.
+
+use super::buffer::GpuSlice;
+use super::shaders::Shader;
+use super::Gpu;
+use crate::error::{Error, Result};
+use std::time::Instant;
+use wgpu::util::DeviceExt;
+
+/// Time one pass took on the GPU, from timestamp queries (or wall time of the whole submit
+/// when the adapter has no timestamps).
+#[derive(Clone, Debug)]
+pub struct PassTiming {
+    pub label: &'static str,
+    pub nanos: f64,
+}
+
+const QUERIES_PER_SET: u32 = 512;
+
+pub struct Recorder<'g> {
+    gpu: &'g Gpu,
+    encoder: wgpu::CommandEncoder,
+    profile: bool,
+    query_sets: Vec<wgpu::QuerySet>,
+    labels: Vec<&'static str>,
+}
+
+impl<'g> Recorder<'g> {
+    pub(super) fn new(gpu: &'g Gpu, profile: bool) -> Self {
+        Recorder {
+            gpu,
+            encoder: gpu.device.create_command_encoder(&Default::default()),
+            profile,
+            query_sets: Vec::new(),
+            labels: Vec::new(),
+        }
+    }
+
+    pub fn gpu(&self) -> &'g Gpu {
+        self.gpu
+    }
+
+    /// Records one dispatch of `entry` in `shader`. Binding 0 is `params` as a uniform; the
+    /// slices are bindings 1, 2, ... Sizes are checked here so that an oversized binding is an
+    /// error naming the op rather than a panic inside wgpu.
+    pub fn dispatch<P: bytemuck::Pod>(
+        &mut self,
+        label: &'static str,
+        shader: &Shader,
+        entry: &'static str,
+        params: &P,
+        bindings: &[GpuSlice<'_>],
+        groups: [u32; 3],
+    ) -> Result<()> {
+        let gpu = self.gpu;
+        let align = gpu.limits.min_storage_buffer_offset_alignment as u64;
+        for (i, b) in bindings.iter().enumerate() {
+            if b.size > gpu.binding_limit() {
+                return Err(Error::TooLarge {
+                    op: label,
+                    what: format!("binding {}", i + 1),
+                    bytes: b.size,
+                    limit: gpu.binding_limit(),
+                    limit_name: "max_storage_buffer_binding_size",
+                });
+            }
+            if b.offset % align != 0 {
+                return Err(Error::Gpu { op: label.into(), detail: format!("binding {} starts at unaligned offset {}", i + 1, b.offset) });
+            }
+        }
+        let max = gpu.limits.max_compute_workgroups_per_dimension;
+        if groups.iter().any(|&g| g > max) {
+            return Err(Error::TooLarge {
+                op: label,
+                what: format!("a dispatch of {groups:?} workgroups"),
+                bytes: groups.iter().copied().max().unwrap_or(0) as u64,
+                limit: max as u64,
+                limit_name: "max_compute_workgroups_per_dimension",
+            });
+        }
+        if groups.contains(&0) {
+            return Ok(());
+        }
+        let writable: Vec<bool> = bindings.iter().map(|b| b.writable).collect();
+        let pipeline = gpu.pipeline(shader, entry, &writable);
+        let uniform = gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("params"),
+            contents: bytemuck::bytes_of(params),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
+        entries.extend(bindings.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry {
+            binding: i as u32 + 1,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: b.buffer,
+                offset: b.offset,
+                size: wgpu::BufferSize::new(b.size),
+            }),
+        }));
+        let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(label),
+            layout: &pipeline.layout,
+            entries: &entries,
+        });
+        let slot = self.next_timestamp_slot(label);
+        let timestamp_writes = slot.map(|(set, local)| wgpu::ComputePassTimestampWrites {
+            query_set: &self.query_sets[set],
+            beginning_of_pass_write_index: Some(local),
+            end_of_pass_write_index: Some(local + 1),
+        });
+        let mut pass = self.encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes });
+        pass.set_pipeline(&pipeline.pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        Ok(())
+    }
+
+    /// Dispatches enough workgroups of `workgroup_size` threads to cover `threads`, folded into
+    /// a 2-D grid when one dimension would exceed the device limit. Shaders recover the linear
+    /// index with `linear_id` (see shaders/common notes in each file).
+    pub fn dispatch_linear<P: bytemuck::Pod>(
+        &mut self,
+        label: &'static str,
+        shader: &Shader,
+        entry: &'static str,
+        params: &P,
+        bindings: &[GpuSlice<'_>],
+        threads: usize,
+        workgroup_size: u32,
+    ) -> Result<()> {
+        let groups = threads.div_ceil(workgroup_size as usize) as u64;
+        let max = self.gpu.limits.max_compute_workgroups_per_dimension as u64;
+        let x = groups.min(max);
+        let y = if x == 0 { 0 } else { groups.div_ceil(x) };
+        self.dispatch(label, shader, entry, params, bindings, [x as u32, y as u32, 1])
+    }
+
+    /// Copies `src` into `dst` (same element count) inside this command buffer.
+    pub fn copy<T: bytemuck::Pod>(&mut self, src: &super::GpuBuffer<T>, dst: &super::GpuBuffer<T>) {
+        let bytes = (src.len().min(dst.len()) * std::mem::size_of::<T>()) as u64;
+        self.encoder.copy_buffer_to_buffer(&src.buffer, 0, &dst.buffer, 0, bytes);
+    }
+
+    /// Zeroes a buffer inside this command buffer.
+    pub fn clear<T: bytemuck::Pod>(&mut self, buf: &super::GpuBuffer<T>) {
+        self.encoder.clear_buffer(&buf.buffer, 0, None);
+    }
+
+    /// Reserves a begin/end timestamp pair for the next pass: (query set, first index).
+    fn next_timestamp_slot(&mut self, label: &'static str) -> Option<(usize, u32)> {
+        if !(self.profile && self.gpu.timestamps) {
+            return None;
+        }
+        let index = self.labels.len() as u32 * 2;
+        self.labels.push(label);
+        if index % QUERIES_PER_SET == 0 {
+            self.query_sets.push(self.gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("pass timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: QUERIES_PER_SET,
+            }));
+        }
+        Some((self.query_sets.len() - 1, index % QUERIES_PER_SET))
+    }
+
+    /// Submits everything recorded and waits for it. With profiling on, returns each pass's GPU
+    /// time (or one wall-clock entry when the adapter has no timestamp queries).
+    pub fn finish(self) -> Result<Vec<PassTiming>> {
+        let Recorder { gpu, mut encoder, profile, query_sets, labels } = self;
+        let mut resolved = Vec::new();
+        for set in &query_sets {
+            let bytes = QUERIES_PER_SET as u64 * 8;
+            let resolve = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("timestamps"),
+                size: bytes,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            encoder.resolve_query_set(set, 0..QUERIES_PER_SET, &resolve, 0);
+            let host = gpu.zeros::<u64>(QUERIES_PER_SET as usize)?;
+            encoder.copy_buffer_to_buffer(&resolve, 0, &host.buffer, 0, bytes);
+            resolved.push(host);
+        }
+        let start = Instant::now();
+        gpu.queue.submit([encoder.finish()]);
+        gpu.wait()?;
+        let wall = start.elapsed().as_secs_f64() * 1e9;
+        if !profile {
+            return Ok(Vec::new());
+        }
+        if resolved.is_empty() {
+            return Ok(vec![PassTiming { label: "all passes (wall clock)", nanos: wall }]);
+        }
+        let period = gpu.queue.get_timestamp_period() as f64;
+        let mut ticks = Vec::new();
+        for host in &resolved {
+            ticks.extend(gpu.read(host)?);
+        }
+        Ok(labels
+            .iter()
+            .enumerate()
+            .map(|(i, &label)| PassTiming { label, nanos: ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period })
+            .collect())
+    }
+}

@@ -1,0 +1,49 @@
+//! Every WGSL shader, embedded at build time. A shader is a list of files from `shaders/`
+//! concatenated: `common.wgsl` first, then the kernel's own file, then any shared core it
+//! plugs into (the matrix-product core reads its operands through functions the kernel file
+//! defines). The naga test validates and cross-compiles every entry of `ALL`.
+
+pub struct Shader {
+    pub name: &'static str,
+    pub files: &'static [(&'static str, &'static str)],
+}
+
+impl Shader {
+    pub fn source(&self) -> String {
+        let mut src = String::new();
+        for (file, text) in self.files {
+            src.push_str(&format!("// ---- shaders/{file} ----\n"));
+            src.push_str(text);
+            src.push('\n');
+        }
+        src
+    }
+}
+
+macro_rules! wgsl {
+    ($file:literal) => {
+        ($file, include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file)))
+    };
+}
+
+macro_rules! shaders {
+    ($($id:ident = $name:literal [$($file:literal),+];)+) => {
+        $(pub const $id: Shader = Shader { name: $name, files: &[wgsl!("common.wgsl"), $(wgsl!($file)),+] };)+
+        pub const ALL: &[&Shader] = &[$(&$id),+];
+    };
+}
+
+shaders! {
+    DENSE = "dense" ["dense.wgsl", "gemm_core.wgsl"];
+    CONV2D = "conv2d" ["conv2d.wgsl", "gemm_core.wgsl"];
+    CONV2D_FILTER_GRAD = "conv2d_filter_grad" ["conv2d_filter_grad.wgsl", "gemm_core.wgsl"];
+    CONV2D_FLIP = "conv2d_flip" ["conv2d_flip.wgsl"];
+    REDUCE = "reduce" ["reduce.wgsl"];
+    MAXPOOL2D = "maxpool2d" ["maxpool2d.wgsl"];
+    RELU = "relu" ["relu.wgsl"];
+    DROPOUT = "dropout" ["dropout.wgsl"];
+    SOFTMAX_XENT = "softmax_xent" ["softmax_xent.wgsl"];
+    ADAM = "adam" ["adam.wgsl"];
+    BATCHNORM_FORWARD = "batchnorm_forward" ["batchnorm_forward.wgsl"];
+    BATCHNORM_BACKWARD = "batchnorm_backward" ["batchnorm_backward.wgsl"];
+}

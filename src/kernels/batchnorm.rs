@@ -1,0 +1,198 @@
+//! Batch normalisation over NCHW activations (a dense layer's [batch, features] is the case
+//! plane = 1), per channel over batch and pixels. Training mode normalises with the batch's
+//! mean and biased variance and updates the running statistics Keras-style
+//! (`running = momentum * running + (1 - momentum) * batch`, momentum 0.99, epsilon 1e-3);
+//! inference mode normalises with the running statistics.
+
+use super::check_buf;
+use crate::error::{check_len, Result};
+use crate::gpu::{shaders, GpuBuffer, Recorder};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BnShape {
+    pub batch: usize,
+    pub channels: usize,
+    /// Pixels per channel image (1 after a dense layer).
+    pub plane: usize,
+}
+
+impl BnShape {
+    pub fn len(&self) -> usize {
+        self.batch * self.channels * self.plane
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn count(&self) -> usize {
+        self.batch * self.plane
+    }
+    /// Index of the j-th element of channel c.
+    fn at(&self, c: usize, j: usize) -> usize {
+        ((j / self.plane) * self.channels + c) * self.plane + j % self.plane
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BnConfig {
+    pub epsilon: f32,
+    pub momentum: f32,
+}
+
+impl Default for BnConfig {
+    fn default() -> Self {
+        BnConfig { epsilon: 1e-3, momentum: 0.99 }
+    }
+}
+
+/// Per-channel state: learned scale and shift, running statistics.
+pub struct BnParams<'a, T: ?Sized> {
+    pub gamma: &'a T,
+    pub beta: &'a T,
+    pub running_mean: &'a T,
+    pub running_var: &'a T,
+}
+
+/// Per-channel statistics of the last training forward pass, kept for the backward pass.
+pub struct BnSaved<'a, T: ?Sized> {
+    pub mean: &'a T,
+    pub invstd: &'a T,
+}
+
+fn check(s: &BnShape, x: usize, y: usize, per_channel: &[(&str, usize)]) -> Result<()> {
+    check_len("batchnorm", "input", x, s.len())?;
+    check_len("batchnorm", "output", y, s.len())?;
+    per_channel.iter().try_for_each(|&(name, len)| check_len("batchnorm", name, len, s.channels))
+}
+
+/// Training forward pass: writes y, the batch statistics (`mean`, `invstd`) and updates the
+/// running statistics.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_train_cpu(
+    s: BnShape,
+    cfg: BnConfig,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    running_mean: &mut [f32],
+    running_var: &mut [f32],
+    mean: &mut [f32],
+    invstd: &mut [f32],
+    y: &mut [f32],
+) -> Result<()> {
+    let lens = [("gamma", gamma.len()), ("beta", beta.len()), ("running mean", running_mean.len()), ("running variance", running_var.len()), ("mean", mean.len()), ("invstd", invstd.len())];
+    check(&s, x.len(), y.len(), &lens)?;
+    let n = s.count() as f64;
+    for c in 0..s.channels {
+        // f64 sums: the CPU side is the reference the GPU's tree sums are compared with.
+        let mu = (0..s.count()).map(|j| x[s.at(c, j)] as f64).sum::<f64>() / n;
+        let var = (0..s.count()).map(|j| (x[s.at(c, j)] as f64 - mu).powi(2)).sum::<f64>() / n;
+        mean[c] = mu as f32;
+        invstd[c] = (1.0 / (var + cfg.epsilon as f64).sqrt()) as f32;
+        running_mean[c] = cfg.momentum * running_mean[c] + (1.0 - cfg.momentum) * mu as f32;
+        running_var[c] = cfg.momentum * running_var[c] + (1.0 - cfg.momentum) * var as f32;
+    }
+    normalize_cpu(&s, x, gamma, beta, mean, invstd, y);
+    Ok(())
+}
+
+pub fn forward_infer_cpu(s: BnShape, cfg: BnConfig, x: &[f32], p: BnParams<'_, [f32]>, y: &mut [f32]) -> Result<()> {
+    let lens = [("gamma", p.gamma.len()), ("beta", p.beta.len()), ("running mean", p.running_mean.len()), ("running variance", p.running_var.len())];
+    check(&s, x.len(), y.len(), &lens)?;
+    let invstd: Vec<f32> = p.running_var.iter().map(|&v| 1.0 / (v + cfg.epsilon).sqrt()).collect();
+    normalize_cpu(&s, x, p.gamma, p.beta, p.running_mean, &invstd, y);
+    Ok(())
+}
+
+fn normalize_cpu(s: &BnShape, x: &[f32], gamma: &[f32], beta: &[f32], mean: &[f32], invstd: &[f32], y: &mut [f32]) {
+    for (i, (y, &x)) in y.iter_mut().zip(x).enumerate() {
+        let c = (i / s.plane) % s.channels;
+        *y = gamma[c] * (x - mean[c]) * invstd[c] + beta[c];
+    }
+}
+
+/// Training-mode gradients: writes dx, dgamma and dbeta.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_cpu(s: BnShape, x: &[f32], dy: &[f32], gamma: &[f32], saved: BnSaved<'_, [f32]>, dx: &mut [f32], dgamma: &mut [f32], dbeta: &mut [f32]) -> Result<()> {
+    let lens = [("gamma", gamma.len()), ("mean", saved.mean.len()), ("invstd", saved.invstd.len()), ("dgamma", dgamma.len()), ("dbeta", dbeta.len())];
+    check(&s, x.len(), dx.len(), &lens)?;
+    check_len("batchnorm", "output gradient", dy.len(), s.len())?;
+    let n = s.count() as f32;
+    for c in 0..s.channels {
+        let xhat = |i: usize| (x[i] - saved.mean[c]) * saved.invstd[c];
+        let (mut g, mut b) = (0.0f64, 0.0f64);
+        for j in 0..s.count() {
+            let i = s.at(c, j);
+            g += (dy[i] * xhat(i)) as f64;
+            b += dy[i] as f64;
+        }
+        dgamma[c] = g as f32;
+        dbeta[c] = b as f32;
+        for j in 0..s.count() {
+            let i = s.at(c, j);
+            dx[i] = gamma[c] * saved.invstd[c] / n * (n * dy[i] - dbeta[c] - xhat(i) * dgamma[c]);
+        }
+    }
+    Ok(())
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    batch: u32,
+    channels: u32,
+    plane: u32,
+    training: u32,
+    epsilon: f32,
+    momentum: f32,
+    _pad: [u32; 2],
+}
+
+/// Forward pass on the GPU. In training mode `saved` receives the batch statistics and the
+/// running statistics are updated; in inference mode `saved` is scratch filled from them.
+pub fn forward_gpu(
+    rec: &mut Recorder,
+    s: BnShape,
+    cfg: BnConfig,
+    training: bool,
+    x: &GpuBuffer<f32>,
+    p: BnParams<'_, GpuBuffer<f32>>,
+    saved: BnSaved<'_, GpuBuffer<f32>>,
+    y: &GpuBuffer<f32>,
+) -> Result<()> {
+    let lens = [("gamma", p.gamma.len()), ("beta", p.beta.len()), ("running mean", p.running_mean.len()), ("running variance", p.running_var.len()), ("mean", saved.mean.len()), ("invstd", saved.invstd.len())];
+    check(&s, x.len(), y.len(), &lens)?;
+    let params = Params { batch: s.batch as u32, channels: s.channels as u32, plane: s.plane as u32, training: training as u32, epsilon: cfg.epsilon, momentum: cfg.momentum, _pad: [0; 2] };
+    let bindings = [
+        x.all(),
+        saved.mean.all().rw(),
+        saved.invstd.all().rw(),
+        p.running_mean.all().rw(),
+        p.running_var.all().rw(),
+        p.gamma.all(),
+        p.beta.all(),
+        y.all().rw(),
+    ];
+    rec.dispatch_linear("batchnorm_stats", &shaders::BATCHNORM_FORWARD, "stats", &params, &bindings, s.channels, 1)?;
+    rec.dispatch_linear("batchnorm_normalize", &shaders::BATCHNORM_FORWARD, "normalize", &params, &bindings, s.len(), 256)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn backward_gpu(
+    rec: &mut Recorder,
+    s: BnShape,
+    x: &GpuBuffer<f32>,
+    dy: &GpuBuffer<f32>,
+    gamma: &GpuBuffer<f32>,
+    saved: BnSaved<'_, GpuBuffer<f32>>,
+    dx: &GpuBuffer<f32>,
+    dgamma: &GpuBuffer<f32>,
+    dbeta: &GpuBuffer<f32>,
+) -> Result<()> {
+    let lens = [("gamma", gamma.len()), ("mean", saved.mean.len()), ("invstd", saved.invstd.len()), ("dgamma", dgamma.len()), ("dbeta", dbeta.len())];
+    check(&s, x.len(), dx.len(), &lens)?;
+    check_buf("batchnorm", "output gradient", dy, s.len())?;
+    let params = [s.batch as u32, s.channels as u32, s.plane as u32, 0];
+    let bindings = [x.all(), dy.all(), saved.mean.all(), saved.invstd.all(), dgamma.all().rw(), dbeta.all().rw(), gamma.all(), dx.all().rw()];
+    rec.dispatch_linear("batchnorm_backward_reduce", &shaders::BATCHNORM_BACKWARD, "reduce", &params, &bindings, s.channels, 1)?;
+    rec.dispatch_linear("batchnorm_backward_data", &shaders::BATCHNORM_BACKWARD, "data", &params, &bindings, s.len(), 256)
+}

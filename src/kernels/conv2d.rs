@@ -1,0 +1,338 @@
+//! 2-D convolution, stride 1, any kernel size, 'valid' or 'same' zero padding (Keras' meaning:
+//! 'same' pads kh-1 rows in total, the extra one at the bottom for even kernels). Activations are
+//! NCHW and weights OIHW (see the module docs of `kernels` for why).
+//!
+//! Both backends treat it as a matrix product with the im2col matrix of the input: the CPU builds
+//! that matrix per image and calls `sgemm`; the GPU kernel reads it implicitly. The data gradient
+//! is the forward convolution of dy with flipped, transposed weights and complementary padding,
+//! so it reuses the forward code on both backends.
+
+use super::reduce::{self, split_k, ACCUMULATE, WRITE_SPLITS};
+use super::{check_buf, parallel_over_batch, sgemm, MatRef};
+use crate::error::{check_len, shape_err, Result};
+use crate::gpu::{shaders, GpuBuffer, Recorder};
+use rayon::prelude::*;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Padding {
+    Valid,
+    Same,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dShape {
+    pub batch: usize,
+    pub cin: usize,
+    pub h: usize,
+    pub w: usize,
+    pub cout: usize,
+    pub kh: usize,
+    pub kw: usize,
+    /// Zero rows above and columns left of the input; the output size settles the far side.
+    pub pad_top: usize,
+    pub pad_left: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl Conv2dShape {
+    pub fn new(batch: usize, cin: usize, (h, w): (usize, usize), cout: usize, (kh, kw): (usize, usize), padding: Padding) -> Result<Self> {
+        if cin == 0 || cout == 0 || kh == 0 || kw == 0 {
+            return Err(shape_err("conv2d", format!("channels {cin}->{cout} and kernel {kh}x{kw} must be positive")));
+        }
+        let (pad_top, pad_left, oh, ow) = match padding {
+            Padding::Same => ((kh - 1) / 2, (kw - 1) / 2, h, w),
+            Padding::Valid => {
+                if h < kh || w < kw {
+                    return Err(shape_err("conv2d", format!("a {kh}x{kw} kernel with 'valid' padding needs an input of at least that size, got {h}x{w}")));
+                }
+                (0, 0, h - kh + 1, w - kw + 1)
+            }
+        };
+        Ok(Conv2dShape { batch, cin, h, w, cout, kh, kw, pad_top, pad_left, oh, ow })
+    }
+
+    pub fn input_len(&self) -> usize {
+        self.batch * self.cin * self.h * self.w
+    }
+    pub fn output_len(&self) -> usize {
+        self.batch * self.cout * self.oh * self.ow
+    }
+    pub fn weight_len(&self) -> usize {
+        self.cout * self.cin * self.kh * self.kw
+    }
+    /// Rows of the im2col matrix: one per (input channel, kernel tap).
+    fn taps(&self) -> usize {
+        self.cin * self.kh * self.kw
+    }
+    fn plane(&self) -> usize {
+        self.oh * self.ow
+    }
+    /// Flops of the forward pass (each backward product costs the same).
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.batch * self.plane() * self.cout * self.taps()) as f64
+    }
+
+    /// The convolution that maps dy back to dx: channels swap, the weights are flipped
+    /// (`flip_weights`), and the padding is what's left of a full (kh-1) border.
+    pub fn data_grad(&self) -> Conv2dShape {
+        Conv2dShape {
+            batch: self.batch,
+            cin: self.cout,
+            h: self.oh,
+            w: self.ow,
+            cout: self.cin,
+            kh: self.kh,
+            kw: self.kw,
+            pad_top: self.kh - 1 - self.pad_top,
+            pad_left: self.kw - 1 - self.pad_left,
+            oh: self.h,
+            ow: self.w,
+        }
+    }
+
+    fn check(&self, x: usize, w: usize, y: usize) -> Result<()> {
+        check_len("conv2d", "input", x, self.input_len())?;
+        check_len("conv2d", "weights", w, self.weight_len())?;
+        check_len("conv2d", "output", y, self.output_len())
+    }
+}
+
+/// Fills `col` ([cin*kh*kw, oh*ow], row-major) with the receptive fields of one image.
+fn im2col(s: &Conv2dShape, img: &[f32], col: &mut [f32]) {
+    let plane = s.plane();
+    for ci in 0..s.cin {
+        for ky in 0..s.kh {
+            for kx in 0..s.kw {
+                let row = &mut col[((ci * s.kh + ky) * s.kw + kx) * plane..][..plane];
+                // Output columns whose input column ox + kx - pad_left lies inside the image.
+                let lo = s.pad_left.saturating_sub(kx).min(s.ow);
+                let hi = (s.w + s.pad_left).saturating_sub(kx).min(s.ow).max(lo);
+                for oy in 0..s.oh {
+                    let dst = &mut row[oy * s.ow..(oy + 1) * s.ow];
+                    let iy = (oy + ky).wrapping_sub(s.pad_top);
+                    if iy >= s.h {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    let src = &img[(ci * s.h + iy) * s.w..][..s.w];
+                    dst[..lo].fill(0.0);
+                    dst[lo..hi].copy_from_slice(&src[lo + kx - s.pad_left..hi + kx - s.pad_left]);
+                    dst[hi..].fill(0.0);
+                }
+            }
+        }
+    }
+}
+
+/// Runs `f(image index, col scratch)` for every image of the batch, in parallel when the batch
+/// is large enough, and tells `f` how many threads its matrix product may use.
+fn per_image<T: Send, F>(s: &Conv2dShape, items: Vec<T>, f: F)
+where
+    F: Fn(T, &mut Vec<f32>, usize) + Sync + Send,
+{
+    let scratch = || vec![0.0f32; s.taps() * s.plane()];
+    if parallel_over_batch(s.batch) {
+        items.into_par_iter().for_each_init(scratch, |col, item| f(item, col, 1));
+    } else {
+        let mut col = scratch();
+        let threads = rayon::current_num_threads();
+        items.into_iter().for_each(|item| f(item, &mut col, threads));
+    }
+}
+
+/// `y = conv(x, w) + b`; `b` may be left out.
+pub fn forward_cpu(s: Conv2dShape, x: &[f32], w: &[f32], b: Option<&[f32]>, y: &mut [f32]) -> Result<()> {
+    s.check(x.len(), w.len(), y.len())?;
+    if let Some(b) = b {
+        check_len("conv2d", "bias", b.len(), s.cout)?;
+    }
+    let (in_img, out_img, plane, taps) = (s.cin * s.h * s.w, s.cout * s.plane(), s.plane(), s.taps());
+    let items: Vec<_> = y.chunks_mut(out_img.max(1)).zip(x.chunks(in_img.max(1))).collect();
+    per_image(&s, items, |(yo, xi), col, threads| {
+        for (co, row) in yo.chunks_mut(plane).enumerate() {
+            row.fill(b.map_or(0.0, |b| b[co]));
+        }
+        im2col(&s, xi, col);
+        sgemm(s.cout, plane, taps, MatRef::rows(w, taps), MatRef::rows(col, plane), yo, true, threads);
+    });
+    Ok(())
+}
+
+/// OIHW `w[co, ci, ky, kx]` -> `wf[ci, co, kh-1-ky, kw-1-kx]`, the weights of `data_grad()`.
+pub fn flip_weights(s: &Conv2dShape, w: &[f32]) -> Vec<f32> {
+    let mut wf = vec![0.0; w.len()];
+    let taps = s.kh * s.kw;
+    for co in 0..s.cout {
+        for ci in 0..s.cin {
+            for t in 0..taps {
+                wf[(ci * s.cout + co) * taps + (taps - 1 - t)] = w[(co * s.cin + ci) * taps + t];
+            }
+        }
+    }
+    wf
+}
+
+pub fn backward_data_cpu(s: Conv2dShape, dy: &[f32], w: &[f32], dx: &mut [f32]) -> Result<()> {
+    s.check(dx.len(), w.len(), dy.len())?;
+    forward_cpu(s.data_grad(), dy, &flip_weights(&s, w), None, dx)
+}
+
+/// Overwrites `dw` ([cout, cin, kh, kw]) and `db` ([cout]).
+pub fn backward_filter_cpu(s: Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32], db: &mut [f32]) -> Result<()> {
+    s.check(x.len(), dw.len(), dy.len())?;
+    check_len("conv2d", "bias gradient", db.len(), s.cout)?;
+    let (in_img, out_img, plane, taps) = (s.cin * s.h * s.w, s.cout * s.plane(), s.plane(), s.taps());
+    let image = |i: usize, acc: &mut [f32], col: &mut [f32], threads: usize| {
+        im2col(&s, &x[i * in_img..][..in_img], col);
+        let dyi = &dy[i * out_img..][..out_img];
+        sgemm(s.cout, taps, plane, MatRef::rows(dyi, plane), MatRef::transposed(col, plane), acc, true, threads);
+    };
+    dw.fill(0.0);
+    if parallel_over_batch(s.batch) {
+        let total = (0..s.batch)
+            .into_par_iter()
+            .fold(
+                || (vec![0.0f32; dw.len()], vec![0.0f32; taps * plane]),
+                |(mut acc, mut col), i| {
+                    image(i, &mut acc, &mut col, 1);
+                    (acc, col)
+                },
+            )
+            .map(|(acc, _)| acc)
+            .reduce_with(|mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            });
+        if let Some(total) = total {
+            dw.copy_from_slice(&total);
+        }
+    } else {
+        let mut col = vec![0.0f32; taps * plane];
+        for i in 0..s.batch {
+            image(i, dw, &mut col, rayon::current_num_threads());
+        }
+    }
+    reduce::sum_channels_cpu(dy, (s.batch, s.cout, plane), db);
+    Ok(())
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    batch: u32,
+    cin: u32,
+    h: u32,
+    w: u32,
+    cout: u32,
+    oh: u32,
+    ow: u32,
+    kh: u32,
+    kw: u32,
+    pad_h: u32,
+    pad_w: u32,
+    flags: u32,
+}
+
+impl Params {
+    fn new(s: &Conv2dShape, batch: usize, flags: u32) -> Self {
+        Params {
+            batch: batch as u32,
+            cin: s.cin as u32,
+            h: s.h as u32,
+            w: s.w as u32,
+            cout: s.cout as u32,
+            oh: s.oh as u32,
+            ow: s.ow as u32,
+            kh: s.kh as u32,
+            kw: s.kw as u32,
+            pad_h: s.pad_top as u32,
+            pad_w: s.pad_left as u32,
+            flags,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct FilterParams {
+    conv: Params,
+    k_chunk: u32,
+    _pad: [u32; 3],
+}
+
+const ADD_BIAS: u32 = 1;
+const TILE: usize = 64;
+
+/// Image ranges per dispatch so each image-split binding fits the device; `max_images` also
+/// keeps the grid inside the per-dimension workgroup limit.
+fn image_chunks(rec: &Recorder, s: &Conv2dShape, max_images: usize) -> Result<Vec<std::ops::Range<usize>>> {
+    let bytes = [4 * (s.cin * s.h * s.w) as u64, 4 * (s.cout * s.plane()) as u64];
+    rec.gpu().plan_chunks("conv2d", s.batch, &bytes, max_images.max(1))
+}
+
+fn forward_impl(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32>, w: &GpuBuffer<f32>, b: Option<&GpuBuffer<f32>>, y: &GpuBuffer<f32>) -> Result<()> {
+    let (in_img, out_img) = (s.cin * s.h * s.w, s.cout * s.plane());
+    let max_images = rec.gpu().limits.max_compute_workgroups_per_dimension as usize * TILE / s.plane().max(1);
+    for r in image_chunks(rec, &s, max_images)? {
+        let params = Params::new(&s, r.len(), if b.is_some() { ADD_BIAS } else { 0 });
+        let groups = [(r.len() * s.plane()).div_ceil(TILE) as u32, s.cout.div_ceil(TILE) as u32, 1];
+        let bindings = [
+            x.slice(r.start * in_img..r.end * in_img),
+            w.all(),
+            b.unwrap_or(w).all(),
+            y.slice(r.start * out_img..r.end * out_img).rw(),
+        ];
+        rec.dispatch("conv2d_forward", &shaders::CONV2D, "gemm_main", &params, &bindings, groups)?;
+    }
+    Ok(())
+}
+
+pub fn forward_gpu(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32>, w: &GpuBuffer<f32>, b: &GpuBuffer<f32>, y: &GpuBuffer<f32>) -> Result<()> {
+    s.check(x.len(), w.len(), y.len())?;
+    check_buf("conv2d", "bias", b, s.cout)?;
+    forward_impl(rec, s, x, w, Some(b), y)
+}
+
+pub fn backward_data_gpu(rec: &mut Recorder, s: Conv2dShape, dy: &GpuBuffer<f32>, w: &GpuBuffer<f32>, dx: &GpuBuffer<f32>) -> Result<()> {
+    s.check(dx.len(), w.len(), dy.len())?;
+    let flipped = rec.gpu().zeros::<f32>(w.len())?;
+    let params = [s.cout as u32, s.cin as u32, s.kh as u32, s.kw as u32];
+    rec.dispatch_linear("conv2d_flip", &shaders::CONV2D_FLIP, "flip", &params, &[w.all(), flipped.all().rw()], w.len(), 256)?;
+    forward_impl(rec, s.data_grad(), dy, &flipped, None, dx)
+}
+
+/// Overwrites `dw` and `db`.
+pub fn backward_filter_gpu(
+    rec: &mut Recorder,
+    s: Conv2dShape,
+    x: &GpuBuffer<f32>,
+    dy: &GpuBuffer<f32>,
+    dw: &GpuBuffer<f32>,
+    db: &GpuBuffer<f32>,
+) -> Result<()> {
+    s.check(x.len(), dw.len(), dy.len())?;
+    check_buf("conv2d", "bias gradient", db, s.cout)?;
+    let (in_img, out_img) = (s.cin * s.h * s.w, s.cout * s.plane());
+    let tiles = s.cout.div_ceil(TILE) * s.taps().div_ceil(TILE);
+    // The batch is the reduction axis: each chunk of images adds into dw.
+    for (i, r) in image_chunks(rec, &s, usize::MAX)?.into_iter().enumerate() {
+        let xs = x.slice(r.start * in_img..r.end * in_img);
+        let dys = dy.slice(r.start * out_img..r.end * out_img);
+        let k = r.len() * s.plane();
+        let (splits, k_chunk) = split_k(tiles, k);
+        let accumulate = if i > 0 { ACCUMULATE } else { 0 };
+        let groups = [s.taps().div_ceil(TILE) as u32, s.cout.div_ceil(TILE) as u32, splits as u32];
+        let mut params = FilterParams { conv: Params::new(&s, r.len(), accumulate), k_chunk: k_chunk as u32, _pad: [0; 3] };
+        if splits == 1 {
+            rec.dispatch("conv2d_filter_grad", &shaders::CONV2D_FILTER_GRAD, "gemm_main", &params, &[xs, dys, dw.all().rw()], groups)?;
+        } else {
+            let partial = rec.gpu().zeros::<f32>(splits * dw.len())?;
+            params.conv.flags = WRITE_SPLITS;
+            rec.dispatch("conv2d_filter_grad", &shaders::CONV2D_FILTER_GRAD, "gemm_main", &params, &[xs, dys, partial.all().rw()], groups)?;
+            reduce::sum_splits_gpu(rec, &partial, splits, dw.all(), dw.len(), i > 0)?;
+        }
+        reduce::sum_channels_gpu(rec, dys, (r.len(), s.cout, s.plane()), db, i > 0)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! Max pooling over NCHW planes with a square window and stride equal to the window (Keras'
+//! MaxPooling2D with 'valid' padding: a remainder row or column is dropped). The forward pass
+//! records the in-plane index of each maximum for the backward pass.
+
+use super::check_buf;
+use crate::error::{check_len, shape_err, Result};
+use crate::gpu::{shaders, GpuBuffer, Recorder};
+use rayon::prelude::*;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolShape {
+    /// batch * channels
+    pub planes: usize,
+    pub h: usize,
+    pub w: usize,
+    pub size: usize,
+}
+
+impl PoolShape {
+    pub fn new(batch: usize, channels: usize, (h, w): (usize, usize), size: usize) -> Result<Self> {
+        if size == 0 || h < size || w < size {
+            return Err(shape_err("maxpool2d", format!("a {size}x{size} window needs an input of at least that size, got {h}x{w}")));
+        }
+        Ok(PoolShape { planes: batch * channels, h, w, size })
+    }
+    pub fn oh(&self) -> usize {
+        self.h / self.size
+    }
+    pub fn ow(&self) -> usize {
+        self.w / self.size
+    }
+    pub fn input_len(&self) -> usize {
+        self.planes * self.h * self.w
+    }
+    pub fn output_len(&self) -> usize {
+        self.planes * self.oh() * self.ow()
+    }
+}
+
+pub fn forward_cpu(s: PoolShape, x: &[f32], y: &mut [f32], argmax: &mut [u32]) -> Result<()> {
+    check_len("maxpool2d", "input", x.len(), s.input_len())?;
+    check_len("maxpool2d", "output", y.len(), s.output_len())?;
+    check_len("maxpool2d", "argmax", argmax.len(), s.output_len())?;
+    let (plane_in, plane_out) = (s.h * s.w, s.oh() * s.ow());
+    y.par_chunks_mut(plane_out.max(1))
+        .zip(argmax.par_chunks_mut(plane_out.max(1)))
+        .zip(x.par_chunks(plane_in))
+        .for_each(|((yp, ap), xp)| {
+            for oy in 0..s.oh() {
+                for ox in 0..s.ow() {
+                    let mut best_at = oy * s.size * s.w + ox * s.size;
+                    let mut best = xp[best_at];
+                    for dy in 0..s.size {
+                        for dx in 0..s.size {
+                            let at = (oy * s.size + dy) * s.w + ox * s.size + dx;
+                            // Strictly greater: the first maximum in row-major order wins.
+                            if xp[at] > best {
+                                best = xp[at];
+                                best_at = at;
+                            }
+                        }
+                    }
+                    yp[oy * s.ow() + ox] = best;
+                    ap[oy * s.ow() + ox] = best_at as u32;
+                }
+            }
+        });
+    Ok(())
+}
+
+pub fn backward_cpu(s: PoolShape, dy: &[f32], argmax: &[u32], dx: &mut [f32]) -> Result<()> {
+    check_len("maxpool2d", "output gradient", dy.len(), s.output_len())?;
+    check_len("maxpool2d", "argmax", argmax.len(), s.output_len())?;
+    check_len("maxpool2d", "input gradient", dx.len(), s.input_len())?;
+    let (plane_in, plane_out) = (s.h * s.w, s.oh() * s.ow());
+    dx.par_chunks_mut(plane_in).zip(dy.par_chunks(plane_out.max(1))).zip(argmax.par_chunks(plane_out.max(1))).for_each(|((dxp, dyp), ap)| {
+        dxp.fill(0.0);
+        for (g, &at) in dyp.iter().zip(ap) {
+            dxp[at as usize] += g;
+        }
+    });
+    Ok(())
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    planes: u32,
+    h: u32,
+    w: u32,
+    size: u32,
+    oh: u32,
+    ow: u32,
+    _pad: [u32; 2],
+}
+
+/// Plane ranges per dispatch so that input, argmax and output bindings fit the device.
+fn dispatch_chunks(rec: &mut Recorder, s: PoolShape, entry: &'static str, src: &GpuBuffer<f32>, argmax: &GpuBuffer<u32>, dst: &GpuBuffer<f32>, src_is_input: bool) -> Result<()> {
+    let (plane_in, plane_out) = (s.h * s.w, s.oh() * s.ow());
+    let bytes = [4 * plane_in as u64, 4 * plane_out as u64];
+    for r in rec.gpu().plan_chunks("maxpool2d", s.planes, &bytes, u32::MAX as usize)? {
+        let params = Params { planes: r.len() as u32, h: s.h as u32, w: s.w as u32, size: s.size as u32, oh: s.oh() as u32, ow: s.ow() as u32, _pad: [0; 2] };
+        let (src_plane, dst_plane) = if src_is_input { (plane_in, plane_out) } else { (plane_out, plane_in) };
+        let bindings = [
+            src.slice(r.start * src_plane..r.end * src_plane),
+            argmax.slice(r.start * plane_out..r.end * plane_out).rw(),
+            dst.slice(r.start * dst_plane..r.end * dst_plane).rw(),
+        ];
+        rec.dispatch_linear("maxpool2d", &shaders::MAXPOOL2D, entry, &params, &bindings, r.len() * dst_plane, 256)?;
+    }
+    Ok(())
+}
+
+pub fn forward_gpu(rec: &mut Recorder, s: PoolShape, x: &GpuBuffer<f32>, y: &GpuBuffer<f32>, argmax: &GpuBuffer<u32>) -> Result<()> {
+    check_buf("maxpool2d", "input", x, s.input_len())?;
+    check_buf("maxpool2d", "output", y, s.output_len())?;
+    check_buf("maxpool2d", "argmax", argmax, s.output_len())?;
+    dispatch_chunks(rec, s, "forward", x, argmax, y, true)
+}
+
+pub fn backward_gpu(rec: &mut Recorder, s: PoolShape, dy: &GpuBuffer<f32>, argmax: &GpuBuffer<u32>, dx: &GpuBuffer<f32>) -> Result<()> {
+    check_buf("maxpool2d", "output gradient", dy, s.output_len())?;
+    check_buf("maxpool2d", "argmax", argmax, s.output_len())?;
+    check_buf("maxpool2d", "input gradient", dx, s.input_len())?;
+    dispatch_chunks(rec, s, "backward", dy, argmax, dx, false)
+}

@@ -1,0 +1,111 @@
+//! One file per op: its GPU dispatch (the WGSL lives in `shaders/`) and its CPU implementation
+//! side by side. The CPU side is both the reference the GPU is tested against and the backend
+//! that trains on machines without a GPU, so it is written for speed (matrix products through
+//! the `gemm` crate, rayon over the batch); the tests keep naive loops as its own oracle.
+//!
+//! Layout everywhere: activations NCHW, convolution weights OIHW, dense weights [in, out].
+//! NCHW because a convolution of one image is then a single matrix product
+//! `W[cout, cin*kh*kw] x im2col[cin*kh*kw, h*w]` whose result is already the NCHW output, on
+//! both backends, and because it is PyTorch's layout, so exported weights load there as they are.
+
+pub mod adam;
+pub mod batchnorm;
+pub mod conv2d;
+pub mod dense;
+pub mod dropout;
+pub mod maxpool2d;
+pub mod reduce;
+pub mod relu;
+pub mod softmax_xent;
+
+use crate::error::Result;
+use crate::gpu::{GpuBuffer, Recorder};
+
+/// A strided view of a matrix for the CPU product: element (r, c) is `data[r * row + c * col]`.
+#[derive(Clone, Copy)]
+pub struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub row: usize,
+    pub col: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A row-major matrix with `cols` columns.
+    pub fn rows(data: &'a [f32], cols: usize) -> Self {
+        MatRef { data, row: cols, col: 1 }
+    }
+    /// The transpose of a row-major matrix with `cols` columns.
+    pub fn transposed(data: &'a [f32], cols: usize) -> Self {
+        MatRef { data, row: 1, col: cols }
+    }
+}
+
+/// `c[m, n] (+)= sum_k a[m, k] * b[k, n]` with `c` row-major, through the `gemm` crate (packed,
+/// SIMD micro-kernels). `threads` > 1 lets it split the product across the rayon pool.
+pub fn sgemm(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &mut [f32], accumulate: bool, threads: usize) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(c.len() >= m * n, "sgemm: output too short");
+    if k == 0 {
+        if !accumulate {
+            c[..m * n].fill(0.0);
+        }
+        return;
+    }
+    let last = |v: &MatRef, r: usize, cols: usize| (r - 1) * v.row + (cols - 1) * v.col;
+    assert!(last(&a, m, k) < a.data.len() && last(&b, k, n) < b.data.len(), "sgemm: operand too short");
+    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: the asserts above keep every index the product touches inside the slices, and
+    // `c` is exclusively borrowed, so the raw pointers are valid and do not alias it.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.col as isize,
+            a.row as isize,
+            b.data.as_ptr(),
+            b.col as isize,
+            b.row as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// Runs an element-wise kernel over `n` elements, chunked so each binding fits the device.
+/// `f` records one chunk given its element range.
+pub(crate) fn for_each_chunk(
+    rec: &mut Recorder,
+    op: &'static str,
+    n: usize,
+    bindings: usize,
+    mut f: impl FnMut(&mut Recorder, std::ops::Range<usize>) -> Result<()>,
+) -> Result<()> {
+    let chunks = rec.gpu().plan_chunks(op, n, &vec![4; bindings], u32::MAX as usize)?;
+    for range in chunks {
+        f(rec, range)?;
+    }
+    Ok(())
+}
+
+/// Checks a GPU buffer's length against what the op expects.
+pub(crate) fn check_buf<T: bytemuck::Pod>(op: &'static str, name: &str, buf: &GpuBuffer<T>, expected: usize) -> Result<()> {
+    crate::error::check_len(op, name, buf.len(), expected)
+}
+
+/// Whether a batch is big enough to hand each rayon thread whole images (true) or better
+/// served by letting the matrix product itself use the threads (false).
+pub(crate) fn parallel_over_batch(batch: usize) -> bool {
+    batch >= rayon::current_num_threads()
+}

@@ -1,0 +1,57 @@
+//! Sums shared by several ops: adding split-K partial products, and summing over every axis
+//! but the channel one (bias gradients, a batch's mean loss).
+
+use crate::error::Result;
+use crate::gpu::{shaders, GpuBuffer, GpuSlice, Recorder};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    outer: u32,
+    channels: u32,
+    inner: u32,
+    flags: u32,
+}
+
+pub(crate) const ACCUMULATE: u32 = 2;
+pub(crate) const WRITE_SPLITS: u32 = 4;
+
+/// How many ways to split a product's reduction axis of length `k` when its output has only
+/// `tiles` workgroup tiles: enough to give the GPU a few hundred workgroups, but never slices
+/// shorter than 256 terms, where the extra pass would cost more than it gains.
+pub(crate) fn split_k(tiles: usize, k: usize) -> (usize, usize) {
+    const TARGET_WORKGROUPS: usize = 256;
+    let splits = (TARGET_WORKGROUPS / tiles.max(1)).clamp(1, k.div_ceil(256).max(1)).min(65535);
+    let chunk = k.div_ceil(splits).max(1);
+    (k.div_ceil(chunk).max(1), chunk)
+}
+
+/// `out[i] (+)= sum over s of partial[s * len + i]`.
+pub fn sum_splits_gpu(rec: &mut Recorder, partial: &GpuBuffer<f32>, splits: usize, out: GpuSlice, len: usize, accumulate: bool) -> Result<()> {
+    let params = Params { outer: splits as u32, channels: 1, inner: len as u32, flags: if accumulate { ACCUMULATE } else { 0 } };
+    rec.dispatch_linear("sum_splits", &shaders::REDUCE, "sum_splits", &params, &[partial.all(), out.rw()], len, 256)
+}
+
+/// `out[c] (+)= sum over (o, i) of x[o, c, i]` for `x` seen as [outer, channels, inner].
+pub fn sum_channels_gpu(
+    rec: &mut Recorder,
+    x: GpuSlice,
+    (outer, channels, inner): (usize, usize, usize),
+    out: &GpuBuffer<f32>,
+    accumulate: bool,
+) -> Result<()> {
+    let params = Params { outer: outer as u32, channels: channels as u32, inner: inner as u32, flags: if accumulate { ACCUMULATE } else { 0 } };
+    // One workgroup per channel: dispatch_linear with a workgroup size of 1 folds the count.
+    rec.dispatch_linear("sum_channels", &shaders::REDUCE, "sum_channels", &params, &[x, out.all().rw()], channels, 1)
+}
+
+/// CPU version of [`sum_channels_gpu`] (overwrites `out`).
+pub fn sum_channels_cpu(x: &[f32], (outer, channels, inner): (usize, usize, usize), out: &mut [f32]) {
+    out[..channels].fill(0.0);
+    for o in 0..outer {
+        for (c, acc) in out[..channels].iter_mut().enumerate() {
+            let start = (o * channels + c) * inner;
+            *acc += x[start..start + inner].iter().sum::<f32>();
+        }
+    }
+}

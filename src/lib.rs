@@ -1,0 +1,8 @@
+//! mien: a facial-expression CNN and a Haar-cascade face detector whose every numeric kernel is
+//! a hand-written WGSL compute shader, with a fast CPU implementation of each beside it.
+
+pub mod error;
+pub mod gpu;
+pub mod kernels;
+
+pub use error::{Error, Result};
