@@ -57,6 +57,6 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     }
     let row = i / p.classes;
     let label = min(labels[row], p.classes - 1u);
-    let target = select(0.0, 1.0, i % p.classes == label);
-    dst[i] = class_weight[label] * (src[i] - target) / f32(p.batch);
+    let onehot = select(0.0, 1.0, i % p.classes == label);
+    dst[i] = class_weight[label] * (src[i] - onehot) / f32(p.batch);
 }

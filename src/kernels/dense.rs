@@ -90,7 +90,8 @@ fn product(
     flags: u32,
 ) -> Result<()> {
     let tiles = m.div_ceil(TILE) * n.div_ceil(TILE);
-    let (splits, k_chunk) = split_k(tiles, k);
+    // A biased product is never split: the bias belongs to exactly one pass.
+    let (splits, k_chunk) = if flags & ADD_BIAS != 0 { (1, k) } else { split_k(tiles, k) };
     let mut params = Params {
         m: m as u32,
         n: n as u32,
@@ -107,8 +108,7 @@ fn product(
     if splits == 1 {
         return rec.dispatch("dense", &shaders::DENSE, "gemm_main", &params, &[a.0, b.0, bias, c.rw()], groups);
     }
-    // Bias and accumulation are applied once, by the pass that adds the splits together.
-    debug_assert!(flags & ADD_BIAS == 0, "split products carry no bias");
+    // Accumulation into C is applied once, by the pass that adds the splits together.
     let partial = rec.gpu().zeros::<f32>(splits * m * n)?;
     params.flags = WRITE_SPLITS;
     rec.dispatch("dense", &shaders::DENSE, "gemm_main", &params, &[a.0, b.0, bias, partial.all().rw()], groups)?;

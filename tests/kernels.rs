@@ -1,0 +1,284 @@
+//! Every WGSL kernel against its CPU implementation, on odd shapes (not multiples of any
+//! workgroup or tile size), on batch 1, and on the seed model's layer shapes at batch 64.
+
+mod common;
+
+use common::{assert_close, gpu, randn_like, read, uniform};
+use mien::gpu::Gpu;
+use mien::kernels::adam::{self, AdamConfig};
+use mien::kernels::batchnorm::{self, BnConfig, BnParams, BnSaved, BnShape};
+use mien::kernels::conv2d::{self, Conv2dShape, Padding};
+use mien::kernels::dense::{self, DenseShape};
+use mien::kernels::dropout::{self, Mask};
+use mien::kernels::maxpool2d::{self, PoolShape};
+use mien::kernels::relu;
+use mien::kernels::softmax_xent::{self, XentOutputs, XentShape};
+
+/// f32 sums in a different order: GPU tree/tile order vs the CPU's blocked gemm.
+const SUM_TOL: f32 = 1e-4;
+
+fn up(g: &Gpu, v: &[f32]) -> mien::gpu::GpuBuffer<f32> {
+    g.upload(v).unwrap()
+}
+
+/// The seed model's convolutions at batch 64: 48x48x1 -> 32 -> 64 -> pool -> 128 -> pool -> 128.
+fn seed_model_convs() -> Vec<Conv2dShape> {
+    [(1, 48, 32), (32, 46, 64), (64, 22, 128), (128, 10, 128)]
+        .iter()
+        .map(|&(cin, hw, cout)| Conv2dShape::new(64, cin, (hw, hw), cout, (3, 3), Padding::Valid).unwrap())
+        .collect()
+}
+
+fn odd_convs() -> Vec<Conv2dShape> {
+    vec![
+        Conv2dShape::new(1, 1, (48, 48), 32, (3, 3), Padding::Valid).unwrap(),
+        Conv2dShape::new(3, 5, (13, 11), 7, (3, 3), Padding::Same).unwrap(),
+        Conv2dShape::new(2, 3, (9, 10), 67, (5, 5), Padding::Same).unwrap(),
+        Conv2dShape::new(2, 2, (7, 7), 3, (2, 2), Padding::Same).unwrap(),
+        Conv2dShape::new(2, 3, (8, 9), 5, (1, 1), Padding::Valid).unwrap(),
+        Conv2dShape::new(1, 4, (6, 17), 3, (3, 5), Padding::Valid).unwrap(),
+    ]
+}
+
+fn check_conv(s: Conv2dShape, seed: u64) {
+    let g = gpu();
+    let x = randn_like(s.input_len(), seed);
+    let w = uniform(s.weight_len(), seed + 1, -0.3, 0.3);
+    let b = randn_like(s.cout, seed + 2);
+    let dy = randn_like(s.output_len(), seed + 3);
+
+    let mut y = vec![0.0; s.output_len()];
+    conv2d::forward_cpu(s, &x, &w, Some(&b), &mut y).unwrap();
+    let mut dx = vec![0.0; s.input_len()];
+    conv2d::backward_data_cpu(s, &dy, &w, &mut dx).unwrap();
+    let (mut dw, mut db) = (vec![0.0; s.weight_len()], vec![0.0; s.cout]);
+    conv2d::backward_filter_cpu(s, &x, &dy, &mut dw, &mut db).unwrap();
+
+    let (xg, wg, bg, dyg) = (up(g, &x), up(g, &w), up(g, &b), up(g, &dy));
+    let yg = g.zeros(s.output_len()).unwrap();
+    let dxg = g.zeros(s.input_len()).unwrap();
+    let (dwg, dbg) = (g.zeros(s.weight_len()).unwrap(), g.zeros(s.cout).unwrap());
+    g.run(|rec| {
+        conv2d::forward_gpu(rec, s, &xg, &wg, &bg, &yg)?;
+        conv2d::backward_data_gpu(rec, s, &dyg, &wg, &dxg)?;
+        conv2d::backward_filter_gpu(rec, s, &xg, &dyg, &dwg, &dbg)
+    })
+    .unwrap();
+    assert_close(&format!("conv forward {s:?}"), &read(&yg), &y, SUM_TOL);
+    assert_close(&format!("conv backward data {s:?}"), &read(&dxg), &dx, SUM_TOL);
+    assert_close(&format!("conv backward filter {s:?}"), &read(&dwg), &dw, SUM_TOL);
+    assert_close(&format!("conv bias gradient {s:?}"), &read(&dbg), &db, SUM_TOL);
+}
+
+#[test]
+fn conv2d_odd_shapes() {
+    for (i, s) in odd_convs().into_iter().enumerate() {
+        check_conv(s, 10 * i as u64);
+    }
+}
+
+#[test]
+fn conv2d_seed_model_shapes_batch_64() {
+    for (i, s) in seed_model_convs().into_iter().enumerate() {
+        check_conv(s, 100 + i as u64);
+    }
+}
+
+fn check_dense(s: DenseShape, seed: u64) {
+    let g = gpu();
+    let x = randn_like(s.batch * s.inputs, seed);
+    let w = uniform(s.inputs * s.outputs, seed + 1, -0.1, 0.1);
+    let b = randn_like(s.outputs, seed + 2);
+    let dy = randn_like(s.batch * s.outputs, seed + 3);
+    let mut y = vec![0.0; s.batch * s.outputs];
+    dense::forward_cpu(s, &x, &w, &b, &mut y).unwrap();
+    let mut dx = vec![0.0; x.len()];
+    dense::backward_data_cpu(s, &dy, &w, &mut dx).unwrap();
+    let (mut dw, mut db) = (vec![0.0; w.len()], vec![0.0; s.outputs]);
+    dense::backward_weights_cpu(s, &x, &dy, &mut dw, &mut db).unwrap();
+
+    let (xg, wg, bg, dyg) = (up(g, &x), up(g, &w), up(g, &b), up(g, &dy));
+    let (yg, dxg, dwg, dbg) = (g.zeros(y.len()).unwrap(), g.zeros(x.len()).unwrap(), g.zeros(w.len()).unwrap(), g.zeros(s.outputs).unwrap());
+    g.run(|rec| {
+        dense::forward_gpu(rec, s, &xg, &wg, &bg, &yg)?;
+        dense::backward_data_gpu(rec, s, &dyg, &wg, &dxg)?;
+        dense::backward_weights_gpu(rec, s, &xg, &dyg, &dwg, &dbg)
+    })
+    .unwrap();
+    assert_close(&format!("dense forward {s:?}"), &read(&yg), &y, SUM_TOL);
+    assert_close(&format!("dense backward data {s:?}"), &read(&dxg), &dx, SUM_TOL);
+    assert_close(&format!("dense backward weights {s:?}"), &read(&dwg), &dw, SUM_TOL);
+    assert_close(&format!("dense bias gradient {s:?}"), &read(&dbg), &db, SUM_TOL);
+}
+
+#[test]
+fn dense_odd_shapes_and_seed_model() {
+    let shapes = [(1, 37, 19), (5, 37, 19), (3, 1000, 7), (513, 3, 2), (64, 2048, 1024), (64, 1024, 7)];
+    for (i, &(b, n_in, n_out)) in shapes.iter().enumerate() {
+        check_dense(DenseShape::new(b, n_in, n_out).unwrap(), 7 * i as u64);
+    }
+}
+
+#[test]
+fn maxpool_odd_and_seed_model_shapes() {
+    let g = gpu();
+    let shapes = [(1, 3, (7, 9), 2), (2, 5, (5, 5), 3), (64, 64, (44, 44), 2), (64, 128, (20, 20), 2), (64, 128, (8, 8), 2)];
+    for (i, &(batch, c, hw, size)) in shapes.iter().enumerate() {
+        let s = PoolShape::new(batch, c, hw, size).unwrap();
+        let x = randn_like(s.input_len(), i as u64);
+        let dy = randn_like(s.output_len(), 50 + i as u64);
+        let (mut y, mut arg, mut dx) = (vec![0.0; s.output_len()], vec![0u32; s.output_len()], vec![0.0; s.input_len()]);
+        maxpool2d::forward_cpu(s, &x, &mut y, &mut arg).unwrap();
+        maxpool2d::backward_cpu(s, &dy, &arg, &mut dx).unwrap();
+        let (xg, dyg) = (up(g, &x), up(g, &dy));
+        let (yg, argg, dxg) = (g.zeros(y.len()).unwrap(), g.zeros::<u32>(y.len()).unwrap(), g.zeros(x.len()).unwrap());
+        g.run(|rec| {
+            maxpool2d::forward_gpu(rec, s, &xg, &yg, &argg)?;
+            maxpool2d::backward_gpu(rec, s, &dyg, &argg, &dxg)
+        })
+        .unwrap();
+        assert_eq!(read(&yg), y, "maxpool forward {s:?}");
+        assert_eq!(g.read(&argg).unwrap(), arg, "maxpool argmax {s:?}");
+        assert_eq!(read(&dxg), dx, "maxpool backward {s:?}");
+    }
+}
+
+#[test]
+fn relu_and_dropout_match_exactly() {
+    let g = gpu();
+    for (i, n) in [1usize, 255, 257, 64 * 32 * 46 * 46 + 3].into_iter().enumerate() {
+        let x = randn_like(n, i as u64);
+        let dy = randn_like(n, 9 + i as u64);
+        let (mut y, mut dx) = (vec![0.0; n], vec![0.0; n]);
+        relu::forward_cpu(&x, &mut y).unwrap();
+        relu::backward_cpu(&x, &dy, &mut dx).unwrap();
+        let mask = Mask::new(0.25, 1234 + i as u32).unwrap();
+        let (mut dropped, mut dropped_grad) = (vec![0.0; n], vec![0.0; n]);
+        dropout::apply_cpu(mask, &x, &mut dropped).unwrap();
+        dropout::apply_cpu(mask, &dy, &mut dropped_grad).unwrap();
+
+        let (xg, dyg) = (up(g, &x), up(g, &dy));
+        let outs: Vec<_> = (0..4).map(|_| g.zeros::<f32>(n).unwrap()).collect();
+        g.run(|rec| {
+            relu::forward_gpu(rec, &xg, &outs[0])?;
+            relu::backward_gpu(rec, &xg, &dyg, &outs[1])?;
+            dropout::apply_gpu(rec, mask, &xg, &outs[2])?;
+            dropout::apply_gpu(rec, mask, &dyg, &outs[3])
+        })
+        .unwrap();
+        assert_eq!(read(&outs[0]), y, "relu forward n={n}");
+        assert_eq!(read(&outs[1]), dx, "relu backward n={n}");
+        assert_eq!(read(&outs[2]), dropped, "dropout forward n={n}: the GPU and CPU masks must agree");
+        assert_eq!(read(&outs[3]), dropped_grad, "dropout backward n={n}");
+        if n > 10_000 {
+            let kept = dropped.iter().zip(&x).filter(|(d, x)| **d != 0.0 || **x == 0.0).count() as f64 / n as f64;
+            assert!((kept - 0.75).abs() < 0.01, "dropout kept {kept} of the elements, expected 0.75");
+        }
+    }
+}
+
+#[test]
+fn dropout_masks_differ_between_seeds() {
+    let a = Mask::new(0.5, 1).unwrap();
+    let b = Mask::new(0.5, 2).unwrap();
+    let same = (0..10_000u32).filter(|&i| a.keeps(i) == b.keeps(i)).count();
+    assert!((4_500..5_500).contains(&same), "masks of two seeds agree on {same} of 10000 elements");
+}
+
+#[test]
+fn softmax_cross_entropy_forward_backward() {
+    let g = gpu();
+    for (i, &(batch, classes)) in [(1usize, 7usize), (64, 7), (131, 3), (5, 1)].iter().enumerate() {
+        let s = XentShape { batch, classes };
+        let logits: Vec<f32> = uniform(batch * classes, i as u64, -8.0, 8.0);
+        let labels: Vec<u32> = uniform(batch, 40 + i as u64, 0.0, classes as f32).iter().map(|&v| v as u32).collect();
+        let weights = uniform(classes, 80 + i as u64, 0.5, 2.0);
+        let mut probs = vec![0.0; logits.len()];
+        let (loss, correct) = softmax_xent::forward_cpu(s, &logits, &labels, &weights, &mut probs).unwrap();
+        let mut grad = vec![0.0; logits.len()];
+        softmax_xent::backward_cpu(s, &probs, &labels, &weights, &mut grad).unwrap();
+
+        let (lg, labg, wg) = (up(g, &logits), g.upload(&labels).unwrap(), up(g, &weights));
+        let (pg, rowg, lossg, gradg) = (g.zeros(probs.len()).unwrap(), g.zeros(batch).unwrap(), g.zeros(1).unwrap(), g.zeros(probs.len()).unwrap());
+        let correctg = g.zeros::<u32>(1).unwrap();
+        g.run(|rec| {
+            let out = XentOutputs { probs: &pg, row_loss: &rowg, loss: &lossg, correct: &correctg };
+            softmax_xent::forward_gpu(rec, s, &lg, &labg, &wg, out)?;
+            softmax_xent::backward_gpu(rec, s, &pg, &labg, &wg, &gradg)
+        })
+        .unwrap();
+        // exp and log differ in the last bits between GPU drivers and Rust's libm.
+        assert_close("probabilities", &read(&pg), &probs, 1e-5);
+        assert_close("loss", &read(&lossg), &[loss], 1e-5);
+        assert_eq!(g.read(&correctg).unwrap(), vec![correct]);
+        assert_close("logit gradient", &read(&gradg), &grad, 1e-5);
+    }
+}
+
+#[test]
+fn softmax_cross_entropy_rejects_bad_labels() {
+    let s = XentShape { batch: 2, classes: 7 };
+    let mut probs = vec![0.0; 14];
+    let err = softmax_xent::forward_cpu(s, &[0.0; 14], &[3, 7], &[1.0; 7], &mut probs).unwrap_err();
+    assert!(err.to_string().contains("label 7 at row 1"), "{err}");
+}
+
+#[test]
+fn adam_matches_over_several_steps() {
+    let g = gpu();
+    let n = 2_345_607; // the seed model's parameter count
+    let cfg = AdamConfig { lr: 1e-3, ..Default::default() };
+    let mut p = randn_like(n, 1);
+    let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
+    let (pg, mg, vg) = (up(g, &p), g.zeros(n).unwrap(), g.zeros(n).unwrap());
+    for t in 1..=3u64 {
+        let grad = randn_like(n, 10 + t);
+        adam::step_cpu(cfg, t, &mut p, &grad, &mut m, &mut v).unwrap();
+        let gg = up(g, &grad);
+        g.run(|rec| adam::step_gpu(rec, cfg, t, &pg, &gg, &mg, &vg)).unwrap();
+    }
+    assert_close("adam parameters", &read(&pg), &p, 1e-6);
+    assert_close("adam m", &read(&mg), &m, 1e-6);
+    assert_close("adam v", &read(&vg), &v, 1e-6);
+}
+
+#[test]
+fn batchnorm_training_inference_and_backward() {
+    let g = gpu();
+    let cfg = BnConfig::default();
+    for (i, s) in [BnShape { batch: 3, channels: 5, plane: 7 * 9 }, BnShape { batch: 64, channels: 64, plane: 22 * 22 }, BnShape { batch: 64, channels: 1024, plane: 1 }].into_iter().enumerate() {
+        let c = s.channels;
+        let x: Vec<f32> = uniform(s.len(), i as u64, -2.0, 3.0);
+        let dy = randn_like(s.len(), 20 + i as u64);
+        let (gamma, beta) = (uniform(c, 30, 0.5, 1.5), randn_like(c, 31));
+        let (mut rm, mut rv) = (randn_like(c, 32), uniform(c, 33, 0.5, 2.0));
+        let (rm0, rv0) = (rm.clone(), rv.clone());
+        let (mut mean, mut invstd, mut y) = (vec![0.0; c], vec![0.0; c], vec![0.0; s.len()]);
+        batchnorm::forward_train_cpu(s, cfg, &x, &gamma, &beta, &mut rm, &mut rv, &mut mean, &mut invstd, &mut y).unwrap();
+        let (mut dx, mut dgamma, mut dbeta) = (vec![0.0; s.len()], vec![0.0; c], vec![0.0; c]);
+        batchnorm::backward_cpu(s, &x, &dy, &gamma, BnSaved { mean: &mean, invstd: &invstd }, &mut dx, &mut dgamma, &mut dbeta).unwrap();
+        let mut y_inf = vec![0.0; s.len()];
+        batchnorm::forward_infer_cpu(s, cfg, &x, BnParams { gamma: &gamma, beta: &beta, running_mean: &rm, running_var: &rv }, &mut y_inf).unwrap();
+
+        let (xg, dyg, gg, bg, rmg, rvg) = (up(g, &x), up(g, &dy), up(g, &gamma), up(g, &beta), up(g, &rm0), up(g, &rv0));
+        let z = |n| g.zeros::<f32>(n).unwrap();
+        let (meang, invg, yg, dxg, dgg, dbg, yinfg, scratch_m, scratch_i) = (z(c), z(c), z(s.len()), z(s.len()), z(c), z(c), z(s.len()), z(c), z(c));
+        g.run(|rec| {
+            let p = BnParams { gamma: &gg, beta: &bg, running_mean: &rmg, running_var: &rvg };
+            batchnorm::forward_gpu(rec, s, cfg, true, &xg, p, BnSaved { mean: &meang, invstd: &invg }, &yg)?;
+            batchnorm::backward_gpu(rec, s, &xg, &dyg, &gg, BnSaved { mean: &meang, invstd: &invg }, &dxg, &dgg, &dbg)?;
+            let p = BnParams { gamma: &gg, beta: &bg, running_mean: &rmg, running_var: &rvg };
+            batchnorm::forward_gpu(rec, s, cfg, false, &xg, p, BnSaved { mean: &scratch_m, invstd: &scratch_i }, &yinfg)
+        })
+        .unwrap();
+        assert_close("bn mean", &read(&meang), &mean, SUM_TOL);
+        assert_close("bn invstd", &read(&invg), &invstd, SUM_TOL);
+        assert_close("bn output", &read(&yg), &y, SUM_TOL);
+        assert_close("bn running mean", &read(&rmg), &rm, SUM_TOL);
+        assert_close("bn running variance", &read(&rvg), &rv, SUM_TOL);
+        assert_close("bn dx", &read(&dxg), &dx, 1e-3);
+        assert_close("bn dgamma", &read(&dgg), &dgamma, SUM_TOL);
+        assert_close("bn dbeta", &read(&dbg), &dbeta, SUM_TOL);
+        assert_close("bn inference output", &read(&yinfg), &y_inf, SUM_TOL);
+    }
+}
