@@ -1,1 +1,22 @@
-fn main(){}
+//! `cargo bench`: every kernel at the seed model's batch-64 shapes, GPU vs the CPU backend.
+//! Options after `--`: `--quick` (2 repetitions instead of 5) and a name filter.
+
+use mien::bench;
+use mien::gpu::{BackendChoice, Gpu, GpuOptions};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let reps = if args.iter().any(|a| a == "--quick") { 2 } else { 5 };
+    let filter = args.iter().find(|a| !a.starts_with("--")).cloned();
+    let backend = match std::env::var("MIEN_BENCH_BACKEND").as_deref() {
+        Ok("gl") => BackendChoice::Gl,
+        Ok("vulkan") => BackendChoice::Vulkan,
+        _ => BackendChoice::Auto,
+    };
+    let gpu = Gpu::new(&GpuOptions { backend, ..Default::default() }).expect("the kernel benchmark needs a GPU adapter");
+    println!("GPU: {} ({})", gpu.describe(), if gpu.timestamps { "timestamp queries" } else { "wall clock" });
+    println!("CPU backend: {} rayon threads; median of {reps} runs after a warm-up", rayon::current_num_threads());
+    let calibrated = |g: f64| println!("calibration SGEMM 1024^3: {g:.2} GFLOP/s\n{}", bench::table_header());
+    bench::bench_kernels(&gpu, 64, reps, filter.as_deref(), calibrated, |r| println!("{}", bench::table_row(r)))
+        .expect("benchmark failed");
+}

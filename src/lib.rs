@@ -6,3 +6,5 @@ pub mod gpu;
 pub mod kernels;
 
 pub use error::{Error, Result};
+pub mod bench;
+pub mod cli;

@@ -36,6 +36,38 @@ impl BackendChoice {
     }
 }
 
+/// Where the numeric work runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceChoice {
+    /// A real GPU when there is one; the CPU backend when the only adapter is a software one.
+    #[default]
+    Auto,
+    /// The CPU backend.
+    Cpu,
+    /// wgpu on whatever adapter exists, software ones included (the tests use this).
+    Gpu,
+}
+
+/// Opens the GPU that `choice` asks for, or returns None to mean the CPU backend.
+pub fn select(choice: DeviceChoice, options: &GpuOptions) -> Result<Option<Gpu>> {
+    match choice {
+        DeviceChoice::Cpu => Ok(None),
+        DeviceChoice::Gpu => Gpu::new(options).map(Some),
+        DeviceChoice::Auto => {
+            let Ok(adapter) = choose(enumerate(options.backend), options.adapter.as_deref()) else {
+                log::info!("no GPU adapter: using the CPU backend");
+                return Ok(None);
+            };
+            if adapter.get_info().device_type == wgpu::DeviceType::Cpu {
+                // A software rasteriser is many times slower than the CPU backend on the same cores.
+                log::info!("only a software adapter ({}): using the CPU backend", adapter.get_info().name);
+                return Ok(None);
+            }
+            Gpu::open(adapter, options).map(Some)
+        }
+    }
+}
+
 /// How to pick and open the adapter.
 #[derive(Clone, Debug, Default)]
 pub struct GpuOptions {

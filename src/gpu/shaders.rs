@@ -35,7 +35,7 @@ macro_rules! shaders {
 
 shaders! {
     DENSE = "dense" ["dense.wgsl", "gemm_core.wgsl"];
-    CONV2D = "conv2d" ["conv2d.wgsl", "gemm_core.wgsl"];
+    CONV2D = "conv2d" ["conv2d.wgsl"];
     CONV2D_FILTER_GRAD = "conv2d_filter_grad" ["conv2d_filter_grad.wgsl", "gemm_core.wgsl"];
     CONV2D_FLIP = "conv2d_flip" ["conv2d_flip.wgsl"];
     REDUCE = "reduce" ["reduce.wgsl"];
@@ -46,4 +46,5 @@ shaders! {
     ADAM = "adam" ["adam.wgsl"];
     BATCHNORM_FORWARD = "batchnorm_forward" ["batchnorm_forward.wgsl"];
     BATCHNORM_BACKWARD = "batchnorm_backward" ["batchnorm_backward.wgsl"];
+    SGEMM_CALIBRATION = "sgemm_calibration" ["sgemm_calibration.wgsl"];
 }

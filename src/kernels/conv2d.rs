@@ -273,17 +273,17 @@ fn image_chunks(rec: &Recorder, s: &Conv2dShape, max_images: usize) -> Result<Ve
 
 fn forward_impl(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32>, w: &GpuBuffer<f32>, b: Option<&GpuBuffer<f32>>, y: &GpuBuffer<f32>) -> Result<()> {
     let (in_img, out_img) = (s.cin * s.h * s.w, s.cout * s.plane());
-    let max_images = rec.gpu().limits.max_compute_workgroups_per_dimension as usize * TILE / s.plane().max(1);
-    for r in image_chunks(rec, &s, max_images)? {
+    for r in image_chunks(rec, &s, usize::MAX)? {
         let params = Params::new(&s, r.len(), if b.is_some() { ADD_BIAS } else { 0 });
-        let groups = [(r.len() * s.plane()).div_ceil(TILE) as u32, s.cout.div_ceil(TILE) as u32, 1];
+        // One thread per 8 output channels x 8 pixels of a row (see conv2d.wgsl).
+        let threads = r.len() * s.cout.div_ceil(8) * s.oh * s.ow.div_ceil(8);
         let bindings = [
             x.slice(r.start * in_img..r.end * in_img),
             w.all(),
             b.unwrap_or(w).all(),
             y.slice(r.start * out_img..r.end * out_img).rw(),
         ];
-        rec.dispatch("conv2d_forward", &shaders::CONV2D, "gemm_main", &params, &bindings, groups)?;
+        rec.dispatch_linear("conv2d_forward", &shaders::CONV2D, "forward", &params, &bindings, threads, 64)?;
     }
     Ok(())
 }

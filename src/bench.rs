@@ -1,0 +1,443 @@
+//! Kernel benchmarks: every op at the seed model's batch-64 shapes, on the GPU (timestamp
+//! queries where the adapter has them, wall clock otherwise) and on the CPU backend, side by
+//! side in one run so the ratio is fair on a shared, noisy machine.
+
+use crate::error::Result;
+use crate::gpu::{Gpu, GpuBuffer, Recorder};
+use crate::kernels::adam::{self, AdamConfig};
+use crate::kernels::batchnorm::{self, BnConfig, BnParams, BnSaved, BnShape};
+use crate::kernels::conv2d::{self, Conv2dShape, Padding};
+use crate::kernels::dense::{self, DenseShape};
+use crate::kernels::dropout::{self, Mask};
+use crate::kernels::maxpool2d::{self, PoolShape};
+use crate::kernels::relu;
+use crate::kernels::softmax_xent::{self, XentOutputs, XentShape};
+use serde::Serialize;
+use std::rc::Rc;
+use std::time::Instant;
+
+/// What one run of a kernel accomplishes, to turn its time into a rate.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub enum Work {
+    /// Floating-point operations (compute-bound kernels).
+    Flops(f64),
+    /// Bytes read plus bytes written (memory-bound kernels).
+    Bytes(f64),
+}
+
+impl Work {
+    fn rate(&self, seconds: f64) -> String {
+        match *self {
+            Work::Flops(f) => format!("{:.2} GFLOP/s", f / seconds / 1e9),
+            Work::Bytes(b) => format!("{:.2} GB/s", b / seconds / 1e9),
+        }
+    }
+}
+
+type GpuRun = Box<dyn Fn(&mut Recorder) -> Result<()>>;
+type CpuRun = Box<dyn FnMut() -> Result<()>>;
+
+struct Case {
+    name: String,
+    shape: String,
+    work: Work,
+    gpu: GpuRun,
+    cpu: CpuRun,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelResult {
+    pub kernel: String,
+    pub shape: String,
+    pub work: Work,
+    pub gpu_ms: f64,
+    pub gpu_spread_ms: f64,
+    /// The kernel's GPU GFLOP/s as a percentage of the calibration SGEMM's.
+    pub gpu_percent_of_sgemm: Option<f64>,
+    pub cpu_ms: f64,
+    pub cpu_spread_ms: f64,
+    /// CPU time / GPU time: above 1 the GPU is faster.
+    pub gpu_speedup: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelReport {
+    pub adapter: String,
+    /// GFLOP/s of the calibration SGEMM (shaders/sgemm_calibration.wgsl) on this adapter in
+    /// this run: the yardstick for the compute-bound kernels.
+    pub sgemm_gflops: f64,
+    pub gpu_timing: &'static str,
+    pub cpu_threads: usize,
+    pub repetitions: usize,
+    pub results: Vec<KernelResult>,
+}
+
+/// Median and (max - min) of the samples, in milliseconds.
+fn summarize(mut samples: Vec<f64>) -> (f64, f64) {
+    samples.sort_by(f64::total_cmp);
+    let median = samples[samples.len() / 2];
+    (median, samples[samples.len() - 1] - samples[0])
+}
+
+fn time_gpu(gpu: &Gpu, run: &GpuRun, reps: usize) -> Result<(f64, f64)> {
+    let mut samples = Vec::with_capacity(reps);
+    for rep in 0..=reps {
+        let mut rec = gpu.recorder(true);
+        let start = Instant::now();
+        run(&mut rec)?;
+        let passes = rec.finish()?;
+        let wall = start.elapsed().as_secs_f64() * 1e3;
+        let ms = if gpu.timestamps { passes.iter().map(|p| p.nanos).sum::<f64>() / 1e6 } else { wall };
+        if rep > 0 {
+            samples.push(ms); // the first run is warm-up: pipeline compilation, first touches
+        }
+    }
+    Ok(summarize(samples))
+}
+
+fn time_cpu(run: &mut CpuRun, reps: usize) -> Result<(f64, f64)> {
+    let mut samples = Vec::with_capacity(reps);
+    for rep in 0..=reps {
+        let start = Instant::now();
+        run()?;
+        if rep > 0 {
+            samples.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok(summarize(samples))
+}
+
+fn seeded(n: usize, seed: u32) -> Vec<f32> {
+    // Cheap deterministic values in [-1, 1): the benchmark only needs realistic magnitudes.
+    (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed.wrapping_mul(40503)) >> 8) as f32 / (1 << 23) as f32 - 1.0).collect()
+}
+
+fn conv_cases(gpu: &Gpu, name: &str, s: Conv2dShape) -> Result<Vec<Case>> {
+    let x = seeded(s.input_len(), 1);
+    let w: Vec<f32> = seeded(s.weight_len(), 2).iter().map(|v| v * 0.1).collect();
+    let b = seeded(s.cout, 3);
+    let dy = seeded(s.output_len(), 4);
+    let g = Rc::new((gpu.upload(&x)?, gpu.upload(&w)?, gpu.upload(&b)?, gpu.upload(&dy)?, gpu.zeros(s.output_len())?, gpu.zeros(s.input_len())?, gpu.zeros(s.weight_len())?, gpu.zeros(s.cout)?));
+    let shape = format!("{}x{}x{}x{} k{}x{} -> {}", s.batch, s.cin, s.h, s.w, s.kh, s.kw, s.cout);
+    let work = Work::Flops(s.flops());
+    let (g1, g2, g3) = (g.clone(), g.clone(), g);
+    let (x1, w1, b1) = (x.clone(), w.clone(), b);
+    let (dy2, w2) = (dy.clone(), w);
+    let mut y = vec![0.0; s.output_len()];
+    let mut dx = vec![0.0; s.input_len()];
+    let (mut dw, mut db) = (vec![0.0; s.weight_len()], vec![0.0; s.cout]);
+    Ok(vec![
+        Case {
+            name: format!("{name} forward"),
+            shape: shape.clone(),
+            work,
+            gpu: Box::new(move |rec| conv2d::forward_gpu(rec, s, &g1.0, &g1.1, &g1.2, &g1.4)),
+            cpu: Box::new(move || conv2d::forward_cpu(s, &x1, &w1, Some(&b1), &mut y)),
+        },
+        Case {
+            name: format!("{name} backward data"),
+            shape: shape.clone(),
+            work,
+            gpu: Box::new(move |rec| conv2d::backward_data_gpu(rec, s, &g2.3, &g2.1, &g2.5)),
+            cpu: Box::new(move || conv2d::backward_data_cpu(s, &dy2, &w2, &mut dx)),
+        },
+        Case {
+            name: format!("{name} backward filter"),
+            shape,
+            work,
+            gpu: Box::new(move |rec| conv2d::backward_filter_gpu(rec, s, &g3.0, &g3.3, &g3.6, &g3.7)),
+            cpu: Box::new(move || conv2d::backward_filter_cpu(s, &x, &dy, &mut dw, &mut db)),
+        },
+    ])
+}
+
+fn dense_cases(gpu: &Gpu, name: &str, s: DenseShape) -> Result<Vec<Case>> {
+    let x = seeded(s.batch * s.inputs, 5);
+    let w: Vec<f32> = seeded(s.inputs * s.outputs, 6).iter().map(|v| v * 0.05).collect();
+    let b = seeded(s.outputs, 7);
+    let dy = seeded(s.batch * s.outputs, 8);
+    let g = Rc::new((gpu.upload(&x)?, gpu.upload(&w)?, gpu.upload(&b)?, gpu.upload(&dy)?, gpu.zeros(dy.len())?, gpu.zeros(x.len())?, gpu.zeros(w.len())?, gpu.zeros(s.outputs)?));
+    let shape = format!("{}x{} -> {}", s.batch, s.inputs, s.outputs);
+    let work = Work::Flops(s.flops());
+    let (g1, g2, g3) = (g.clone(), g.clone(), g);
+    let (x1, w1) = (x.clone(), w.clone());
+    let dy2 = dy.clone();
+    let (mut y, mut dx, mut dw, mut db) = (vec![0.0; dy.len()], vec![0.0; x.len()], vec![0.0; w.len()], vec![0.0; s.outputs]);
+    Ok(vec![
+        Case {
+            name: format!("{name} forward"),
+            shape: shape.clone(),
+            work,
+            gpu: Box::new(move |rec| dense::forward_gpu(rec, s, &g1.0, &g1.1, &g1.2, &g1.4)),
+            cpu: Box::new(move || dense::forward_cpu(s, &x1, &w1, &b, &mut y)),
+        },
+        Case {
+            name: format!("{name} backward data"),
+            shape: shape.clone(),
+            work,
+            gpu: Box::new(move |rec| dense::backward_data_gpu(rec, s, &g2.3, &g2.1, &g2.5)),
+            cpu: Box::new(move || dense::backward_data_cpu(s, &dy2, &w, &mut dx)),
+        },
+        Case {
+            name: format!("{name} backward weights"),
+            shape,
+            work,
+            gpu: Box::new(move |rec| dense::backward_weights_gpu(rec, s, &g3.0, &g3.3, &g3.6, &g3.7)),
+            cpu: Box::new(move || dense::backward_weights_cpu(s, &x, &dy, &mut dw, &mut db)),
+        },
+    ])
+}
+
+fn pool_cases(gpu: &Gpu, name: &str, s: PoolShape) -> Result<Vec<Case>> {
+    let x = seeded(s.input_len(), 9);
+    let dy = seeded(s.output_len(), 10);
+    let g = Rc::new((gpu.upload(&x)?, gpu.zeros::<f32>(s.output_len())?, gpu.zeros::<u32>(s.output_len())?, gpu.upload(&dy)?, gpu.zeros::<f32>(s.input_len())?));
+    let shape = format!("{} planes {}x{} / {}", s.planes, s.h, s.w, s.size);
+    // Forward reads x, writes y and argmax; backward reads dy and argmax, writes dx.
+    let fwd = Work::Bytes(4.0 * (s.input_len() + 2 * s.output_len()) as f64);
+    let bwd = Work::Bytes(4.0 * (s.input_len() + 2 * s.output_len()) as f64);
+    let g2 = g.clone();
+    let (mut y, mut arg) = (vec![0.0; s.output_len()], vec![0u32; s.output_len()]);
+    maxpool2d::forward_cpu(s, &x, &mut y, &mut arg)?;
+    let arg2 = arg.clone();
+    let mut dx = vec![0.0; s.input_len()];
+    Ok(vec![
+        Case {
+            name: format!("{name} forward"),
+            shape: shape.clone(),
+            work: fwd,
+            gpu: Box::new(move |rec| maxpool2d::forward_gpu(rec, s, &g.0, &g.1, &g.2)),
+            cpu: Box::new(move || maxpool2d::forward_cpu(s, &x, &mut y, &mut arg)),
+        },
+        Case {
+            name: format!("{name} backward"),
+            shape,
+            work: bwd,
+            gpu: Box::new(move |rec| maxpool2d::backward_gpu(rec, s, &g2.3, &g2.2, &g2.4)),
+            cpu: Box::new(move || maxpool2d::backward_cpu(s, &dy, &arg2, &mut dx)),
+        },
+    ])
+}
+
+fn elementwise_cases(gpu: &Gpu, n: usize) -> Result<Vec<Case>> {
+    let x = seeded(n, 11);
+    let dy = seeded(n, 12);
+    let g = Rc::new((gpu.upload(&x)?, gpu.upload(&dy)?, gpu.zeros::<f32>(n)?));
+    let (g1, g2, g3) = (g.clone(), g.clone(), g);
+    let shape = format!("{n} elements");
+    let (x1, x2, x3) = (x.clone(), x.clone(), x);
+    let (mut y1, mut y2, mut y3) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+    let mask = Mask::new(0.25, 42)?;
+    Ok(vec![
+        Case {
+            name: "relu forward".into(),
+            shape: shape.clone(),
+            work: Work::Bytes(8.0 * n as f64),
+            gpu: Box::new(move |rec| relu::forward_gpu(rec, &g1.0, &g1.2)),
+            cpu: Box::new(move || relu::forward_cpu(&x1, &mut y1)),
+        },
+        Case {
+            name: "relu backward".into(),
+            shape: shape.clone(),
+            work: Work::Bytes(12.0 * n as f64),
+            gpu: Box::new(move |rec| relu::backward_gpu(rec, &g2.0, &g2.1, &g2.2)),
+            cpu: Box::new(move || relu::backward_cpu(&x2, &dy, &mut y2)),
+        },
+        Case {
+            name: "dropout 0.25".into(),
+            shape,
+            work: Work::Bytes(8.0 * n as f64),
+            gpu: Box::new(move |rec| dropout::apply_gpu(rec, mask, &g3.0, &g3.2)),
+            cpu: Box::new(move || dropout::apply_cpu(mask, &x3, &mut y3)),
+        },
+    ])
+}
+
+fn xent_adam_bn_cases(gpu: &Gpu) -> Result<Vec<Case>> {
+    let mut cases = Vec::new();
+
+    let s = XentShape { batch: 64, classes: 7 };
+    let logits = seeded(64 * 7, 13);
+    let labels: Vec<u32> = (0..64).map(|i| i % 7).collect();
+    let weights = vec![1.0f32; 7];
+    struct XentBufs {
+        logits: GpuBuffer<f32>,
+        labels: GpuBuffer<u32>,
+        weights: GpuBuffer<f32>,
+        probs: GpuBuffer<f32>,
+        rows: GpuBuffer<f32>,
+        loss: GpuBuffer<f32>,
+        correct: GpuBuffer<u32>,
+        grad: GpuBuffer<f32>,
+    }
+    let b = XentBufs {
+        logits: gpu.upload(&logits)?,
+        labels: gpu.upload(&labels)?,
+        weights: gpu.upload(&weights)?,
+        probs: gpu.zeros(64 * 7)?,
+        rows: gpu.zeros(64)?,
+        loss: gpu.zeros(1)?,
+        correct: gpu.zeros(1)?,
+        grad: gpu.zeros(64 * 7)?,
+    };
+    let (mut probs, mut grad) = (vec![0.0; 64 * 7], vec![0.0; 64 * 7]);
+    cases.push(Case {
+        name: "softmax-xent fwd+bwd".into(),
+        shape: "64x7".into(),
+        work: Work::Bytes(4.0 * (4 * 64 * 7 + 2 * 64) as f64),
+        gpu: Box::new(move |rec| {
+            let out = XentOutputs { probs: &b.probs, row_loss: &b.rows, loss: &b.loss, correct: &b.correct };
+            softmax_xent::forward_gpu(rec, s, &b.logits, &b.labels, &b.weights, out)?;
+            softmax_xent::backward_gpu(rec, s, &b.probs, &b.labels, &b.weights, &b.grad)
+        }),
+        cpu: Box::new(move || {
+            softmax_xent::forward_cpu(s, &logits, &labels, &weights, &mut probs)?;
+            softmax_xent::backward_cpu(s, &probs, &labels, &weights, &mut grad)
+        }),
+    });
+
+    let n = 2_345_607; // the seed model's parameters
+    let cfg = AdamConfig::default();
+    let grad = seeded(n, 14);
+    let gb = (gpu.upload(&seeded(n, 15))?, gpu.upload(&grad)?, gpu.zeros::<f32>(n)?, gpu.zeros::<f32>(n)?);
+    let (mut p, mut m, mut v) = (seeded(n, 15), vec![0.0; n], vec![0.0; n]);
+    cases.push(Case {
+        name: "adam".into(),
+        shape: format!("{n} parameters"),
+        work: Work::Bytes(4.0 * 7.0 * n as f64),
+        gpu: Box::new(move |rec| adam::step_gpu(rec, cfg, 10, &gb.0, &gb.1, &gb.2, &gb.3)),
+        cpu: Box::new(move || adam::step_cpu(cfg, 10, &mut p, &grad, &mut m, &mut v)),
+    });
+
+    let s = BnShape { batch: 64, channels: 64, plane: 44 * 44 };
+    let bn = BnConfig::default();
+    let x = seeded(s.len(), 16);
+    let dy = seeded(s.len(), 17);
+    let ones = vec![1.0f32; 64];
+    let zeros = vec![0.0f32; 64];
+    let c = || gpu.upload(&ones);
+    let bufs = Rc::new((gpu.upload(&x)?, gpu.upload(&dy)?, c()?, c()?, c()?, c()?, c()?, c()?, c()?, c()?, gpu.zeros::<f32>(s.len())?));
+    let b2 = bufs.clone();
+    let x2 = x.clone();
+    let (mut rm, mut rv, mut mean, mut invstd, mut y) = (zeros.clone(), ones.clone(), zeros.clone(), ones.clone(), vec![0.0; s.len()]);
+    let (mut dx, mut dg, mut dbeta) = (vec![0.0; s.len()], zeros.clone(), zeros.clone());
+    let (gamma, beta) = (ones.clone(), zeros);
+    let (mean2, invstd2, gamma2) = (vec![0.0f32; 64], ones.clone(), ones);
+    let shape = format!("{}x{}x{}", s.batch, s.channels, s.plane);
+    cases.push(Case {
+        name: "batchnorm forward (train)".into(),
+        shape: shape.clone(),
+        work: Work::Bytes(4.0 * 3.0 * s.len() as f64),
+        gpu: Box::new(move |rec| {
+            let p = BnParams { gamma: &bufs.2, beta: &bufs.3, running_mean: &bufs.4, running_var: &bufs.5 };
+            batchnorm::forward_gpu(rec, s, bn, true, &bufs.0, p, BnSaved { mean: &bufs.6, invstd: &bufs.7 }, &bufs.10)
+        }),
+        cpu: Box::new(move || batchnorm::forward_train_cpu(s, bn, &x, &gamma, &beta, &mut rm, &mut rv, &mut mean, &mut invstd, &mut y)),
+    });
+    cases.push(Case {
+        name: "batchnorm backward".into(),
+        shape,
+        work: Work::Bytes(4.0 * 5.0 * s.len() as f64),
+        gpu: Box::new(move |rec| batchnorm::backward_gpu(rec, s, &b2.0, &b2.1, &b2.2, BnSaved { mean: &b2.6, invstd: &b2.7 }, &b2.10, &b2.8, &b2.9)),
+        cpu: Box::new(move || batchnorm::backward_cpu(s, &x2, &dy, &gamma2, BnSaved { mean: &mean2, invstd: &invstd2 }, &mut dx, &mut dg, &mut dbeta)),
+    });
+    Ok(cases)
+}
+
+/// Every kernel at the seed model's shapes for `batch` images.
+fn cases(gpu: &Gpu, batch: usize) -> Result<Vec<Case>> {
+    let conv = |cin, hw, cout| Conv2dShape::new(batch, cin, (hw, hw), cout, (3, 3), Padding::Valid);
+    let mut all = Vec::new();
+    all.extend(conv_cases(gpu, "conv1 1->32", conv(1, 48, 32)?)?);
+    all.extend(conv_cases(gpu, "conv2 32->64", conv(32, 46, 64)?)?);
+    all.extend(conv_cases(gpu, "conv3 64->128", conv(64, 22, 128)?)?);
+    all.extend(conv_cases(gpu, "conv4 128->128", conv(128, 10, 128)?)?);
+    all.extend(pool_cases(gpu, "maxpool1", PoolShape::new(batch, 64, (44, 44), 2)?)?);
+    all.extend(pool_cases(gpu, "maxpool2", PoolShape::new(batch, 128, (20, 20), 2)?)?);
+    all.extend(dense_cases(gpu, "dense1 2048->1024", DenseShape::new(batch, 2048, 1024)?)?);
+    all.extend(dense_cases(gpu, "dense2 1024->7", DenseShape::new(batch, 1024, 7)?)?);
+    all.extend(elementwise_cases(gpu, batch * 64 * 44 * 44)?);
+    all.extend(xent_adam_bn_cases(gpu)?);
+    Ok(all)
+}
+
+/// GFLOP/s of a plain, well-shaped 1024^3 product on this adapter (median of `reps`).
+pub fn calibrate_sgemm(gpu: &Gpu, reps: usize) -> Result<f64> {
+    let n = 1024usize;
+    let a = gpu.upload(&seeded(n * n, 20))?;
+    let b = gpu.upload(&seeded(n * n, 21))?;
+    let c = gpu.zeros::<f32>(n * n)?;
+    let run: GpuRun = Box::new(move |rec| {
+        let params = [n as u32, n as u32, n as u32, 0];
+        let groups = (n / 64) as u32; // 8x8 threads of 8x8 outputs each
+        rec.dispatch("sgemm_calibration", &crate::gpu::shaders::SGEMM_CALIBRATION, "sgemm", &params, &[a.all(), b.all(), c.all().rw()], [groups, groups, 1])
+    });
+    let (ms, _) = time_gpu(gpu, &run, reps)?;
+    Ok(2.0 * (n * n * n) as f64 / (ms / 1e3) / 1e9)
+}
+
+/// Runs every kernel case `reps` times (after one warm-up) on the GPU and on the CPU backend.
+/// `filter` keeps the cases whose name contains it.
+pub fn bench_kernels(
+    gpu: &Gpu,
+    batch: usize,
+    reps: usize,
+    filter: Option<&str>,
+    calibrated: impl FnOnce(f64),
+    mut progress: impl FnMut(&KernelResult),
+) -> Result<KernelReport> {
+    let sgemm_gflops = calibrate_sgemm(gpu, reps)?;
+    calibrated(sgemm_gflops);
+    let mut results = Vec::new();
+    for mut case in cases(gpu, batch)? {
+        if filter.is_some_and(|f| !case.name.contains(f)) {
+            continue;
+        }
+        let (gpu_ms, gpu_spread_ms) = time_gpu(gpu, &case.gpu, reps)?;
+        let (cpu_ms, cpu_spread_ms) = time_cpu(&mut case.cpu, reps)?;
+        let of_sgemm = match case.work {
+            Work::Flops(f) => Some(100.0 * f / (gpu_ms / 1e3) / 1e9 / sgemm_gflops),
+            Work::Bytes(_) => None,
+        };
+        let result = KernelResult { kernel: case.name, shape: case.shape, work: case.work, gpu_ms, gpu_spread_ms, gpu_percent_of_sgemm: of_sgemm, cpu_ms, cpu_spread_ms, gpu_speedup: cpu_ms / gpu_ms };
+        progress(&result);
+        results.push(result);
+    }
+    Ok(KernelReport {
+        adapter: gpu.describe(),
+        sgemm_gflops,
+        gpu_timing: if gpu.timestamps { "timestamp queries" } else { "wall clock" },
+        cpu_threads: rayon::current_num_threads(),
+        repetitions: reps,
+        results,
+    })
+}
+
+pub fn table_header() -> String {
+    format!(
+        "{:<34} {:<28} {:>10} {:>16} {:>7} {:>10} {:>16} {:>8}\n{}",
+        "kernel",
+        "shape",
+        "GPU ms",
+        "GPU rate",
+        "%SGEMM",
+        "CPU ms",
+        "CPU rate",
+        "GPU/CPU",
+        "-".repeat(136)
+    )
+}
+
+pub fn table_row(r: &KernelResult) -> String {
+    format!(
+        "{:<34} {:<28} {:>10.3} {:>16} {:>7} {:>10.3} {:>16} {:>7.3}x",
+        r.kernel,
+        r.shape,
+        r.gpu_ms,
+        r.work.rate(r.gpu_ms / 1e3),
+        r.gpu_percent_of_sgemm.map_or(String::new(), |p| format!("{p:.0}%")),
+        r.cpu_ms,
+        r.work.rate(r.cpu_ms / 1e3),
+        r.gpu_speedup
+    )
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The test command: sets up what the GPU tests need, then runs the whole suite.
+# - On Debian/Ubuntu without a Vulkan driver it installs Mesa's CPU drivers (lavapipe for
+#   Vulkan, llvmpipe for GL through EGL) when run as root; otherwise it says what to install.
+# - Runs `cargo test` on the default adapter, then the GPU kernel tests again on wgpu's GL
+#   backend (one test thread: a GL context serialises work, and wgpu's GL context lock times
+#   out under parallel tests).
+# With CI=true a missing adapter fails the GPU tests; they never skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/mien-xdg-$(id -u)}"
+mkdir -p -m 700 "$XDG_RUNTIME_DIR"
+
+packages=(mesa-vulkan-drivers libvulkan1 libegl1 libegl-mesa0 libgl1-mesa-dri)
+if command -v dpkg >/dev/null 2>&1; then
+  missing=()
+  for p in "${packages[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "installing ${missing[*]} (Mesa's CPU Vulkan and GL drivers) for the GPU tests"
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+      echo "warning: ${missing[*]} not installed; without a GPU driver the GPU tests fail." >&2
+      echo "         install them with: sudo apt-get install ${missing[*]}" >&2
+    fi
+  fi
+fi
+
+cargo run --quiet --bin mien -- devices
+
+cargo test
+if cargo run --quiet --bin mien -- devices --backend gl | grep -q '^\[0\]'; then
+  echo "== GPU kernel tests again on wgpu's GL backend =="
+  MIEN_TEST_BACKEND=gl cargo test --test kernels --test limits -- --test-threads=1
+elif [ "${CI:-}" = true ]; then
+  echo "no GL adapter: the GL backend's kernel tests cannot run" >&2
+  exit 1
+fi
