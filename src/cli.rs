@@ -85,8 +85,15 @@ pub fn main() -> Result<()> {
         Command::Devices { json } => devices(&cli.global, json),
         Command::Bench { suite: BenchSuite::Kernels { batch, reps, filter, json } } => bench_kernels(&cli.global, batch, reps, filter.as_deref(), json),
         Command::Detect { inputs } => {
-            let _ = inputs;
-            bail!("`mien detect` arrives with face detection (issue 4); this build has the kernel foundation only")
+            if inputs.is_empty() {
+                bail!("mien detect: name at least one image or folder");
+            }
+            if let Some(missing) = inputs.iter().find(|p| !p.exists()) {
+                bail!("{}: no such file or folder", missing.display());
+            }
+            println!("placeholder: face detection and expression labels arrive with issue 4; this build has the kernel foundation.");
+            println!("try `mien devices` and `mien bench kernels`.");
+            Ok(())
         }
     }
 }
