@@ -1,9 +1,15 @@
 //! The `mien` command line.
 
+use crate::augment::AugmentConfig;
 use crate::bench;
+use crate::data::{self, Dataset, Usage};
 use crate::gpu::{self, BackendChoice, DeviceChoice, GpuOptions};
+use crate::nn::weights::Part;
+use crate::nn::{Backend, Cpu, GpuBackend, Model, ModelConfig};
+use crate::train::{self, Recipe, RunFiles, RunState};
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
 #[command(name = "mien", version, about = "Facial-expression recognition on hand-written WGSL kernels")]
@@ -49,11 +55,88 @@ enum Command {
         #[command(subcommand)]
         suite: BenchSuite,
     },
+    /// Train an expression model on FER2013.
+    Train(TrainArgs),
+    /// Accuracy, loss, per-class scores and the confusion matrix of a model on a dataset.
+    Eval(EvalArgs),
     /// Find faces in images and label their expressions.
     Detect {
         /// Images or folders of images.
         inputs: Vec<std::path::PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum RecipeChoice {
+    /// Adam 1e-3 with reduce-on-plateau, light augmentation, up to 40 epochs.
+    Default,
+    /// The original report: Adam 1e-4, rotation 30, shear 0.3, zoom 0.3, flips, 30 epochs.
+    Original,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// FER2013: a folder with train/ and test/ class folders, or fer2013.csv.
+    #[arg(long, default_value_os_t = data::default_fer_dir())]
+    data: PathBuf,
+    /// Model config (JSON); default: data/models/original.json.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = RecipeChoice::Default)]
+    recipe: RecipeChoice,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    lr: Option<f32>,
+    #[arg(long)]
+    batch: Option<usize>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Early-stopping patience in epochs on validation accuracy (0: off).
+    #[arg(long)]
+    patience: Option<usize>,
+    /// Weight classes by inverse frequency.
+    #[arg(long)]
+    class_weights: bool,
+    /// Train on the images as they are.
+    #[arg(long)]
+    no_augment: bool,
+    /// Validate on this fraction of the training images instead of the test split.
+    #[arg(long)]
+    val_split: Option<f64>,
+    /// Use only the first N training images (and N/4 validation images): quick checks.
+    #[arg(long)]
+    subset: Option<usize>,
+    /// Run folder for checkpoints, metrics and plots.
+    #[arg(long, default_value = "runs/latest")]
+    out: PathBuf,
+    /// Continue the run saved in --out.
+    #[arg(long)]
+    resume: bool,
+    /// Skip unreadable images and bad CSV rows with a warning instead of stopping.
+    #[arg(long)]
+    skip_bad: bool,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// A folder of class folders (such as FER2013's test/), or fer2013.csv with --usage.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Usage::PublicTest)]
+    usage: Usage,
+    /// Weights (safetensors); default: the shipped data/models/original.safetensors.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Model config; default: the one recorded in the weights file.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    #[arg(long)]
+    json: bool,
+    #[arg(long)]
+    skip_bad: bool,
 }
 
 #[derive(Subcommand)]
@@ -84,6 +167,15 @@ pub fn main() -> Result<()> {
     match cli.command {
         Command::Devices { json } => devices(&cli.global, json),
         Command::Bench { suite: BenchSuite::Kernels { batch, reps, filter, json } } => bench_kernels(&cli.global, batch, reps, filter.as_deref(), json),
+        // Each command is generic over the backend; this picks the instance.
+        Command::Train(args) => match gpu::select(cli.global.device, &cli.global.gpu_options())? {
+            Some(gpu) => run_train(&GpuBackend::new(&gpu), &args),
+            None => run_train(&Cpu, &args),
+        },
+        Command::Eval(args) => match gpu::select(cli.global.device, &cli.global.gpu_options())? {
+            Some(gpu) => run_eval(&GpuBackend::new(&gpu), &args),
+            None => run_eval(&Cpu, &args),
+        },
         Command::Detect { inputs } => {
             if inputs.is_empty() {
                 bail!("mien detect: name at least one image or folder");
@@ -162,4 +254,151 @@ fn bench_kernels(global: &Global, batch: usize, reps: usize, filter: Option<&str
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
     Ok(())
+}
+
+
+/// The shipped weights of the default model.
+pub const SHIPPED_WEIGHTS: &str = "data/models/original.safetensors";
+
+fn load_data(path: &Path, usage: Usage, skip_bad: bool) -> Result<Dataset> {
+    let start = std::time::Instant::now();
+    let data = data::load(path, usage, skip_bad)?;
+    for skipped in &data.skipped {
+        log::warn!("skipped {skipped}");
+    }
+    if !data.skipped.is_empty() {
+        eprintln!("warning: skipped {} bad inputs (see the log with -v)", data.skipped.len());
+    }
+    eprintln!("{}: {} images in {:.1} s, per class {:?}", path.display(), data.len(), start.elapsed().as_secs_f64(), data.class_counts());
+    Ok(data)
+}
+
+/// Train and validation sets: from a folder (train/ and test/) or a CSV (Training and
+/// PublicTest rows), or with --val-split a part of the training images.
+fn train_val(args: &TrainArgs) -> Result<(Dataset, Dataset)> {
+    let (mut train, val) = if args.data.is_dir() {
+        (load_data(&args.data.join("train"), Usage::Training, args.skip_bad)?, load_data(&args.data.join("test"), Usage::PublicTest, args.skip_bad)?)
+    } else {
+        (load_data(&args.data, Usage::Training, args.skip_bad)?, load_data(&args.data, Usage::PublicTest, args.skip_bad)?)
+    };
+    let mut val = match args.val_split {
+        Some(f) if (0.0..1.0).contains(&f) => train.split_off(f, 7),
+        Some(f) => bail!("--val-split {f} must be in [0, 1)"),
+        None => val,
+    };
+    if let Some(n) = args.subset {
+        // Spread the subset over all classes: the folders are in class order.
+        let pick = |d: &Dataset, n: usize| {
+            let step = (d.len() / n.max(1)).max(1);
+            let idx: Vec<usize> = (0..d.len()).step_by(step).take(n).collect();
+            Dataset { images: idx.iter().flat_map(|&i| d.image(i).to_vec()).collect(), labels: idx.iter().map(|&i| d.labels[i]).collect(), skipped: vec![] }
+        };
+        train = pick(&train, n);
+        val = pick(&val, (n / 4).max(1));
+    }
+    Ok((train, val))
+}
+
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl train::Observer for Progress {
+    fn batch(&mut self, done: usize, total: usize, loss: f64, accuracy: f64, images_per_second: f64) {
+        let bar = self.bar.get_or_insert_with(|| {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            bar.set_style(indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({eta})").expect("valid template").progress_chars("=> "));
+            bar
+        });
+        bar.set_position(done as u64);
+        bar.set_message(format!("loss {loss:.4} acc {:.2}% {images_per_second:.0} img/s", 100.0 * accuracy));
+    }
+    fn epoch(&mut self, state: &RunState) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        let m = state.history.last().expect("an epoch just ended");
+        println!(
+            "epoch {:>3}  lr {:.2e}  loss {:.4}  acc {:.2}%  val loss {:.4}  val acc {:.2}%  {:.0} img/s  {:.0} s{}",
+            m.epoch,
+            m.lr,
+            m.train_loss,
+            100.0 * m.train_accuracy,
+            m.val_loss,
+            100.0 * m.val_accuracy,
+            m.images_per_second,
+            m.seconds,
+            if state.best_epoch == m.epoch { "  (best)" } else { "" }
+        );
+    }
+}
+
+fn run_train<B: Backend>(backend: &B, args: &TrainArgs) -> Result<()> {
+    let config = match &args.model {
+        Some(path) => ModelConfig::load(path)?,
+        None => ModelConfig::original(),
+    };
+    let mut recipe = match args.recipe {
+        RecipeChoice::Default => Recipe::default_recipe(),
+        RecipeChoice::Original => Recipe::original(),
+    };
+    recipe.epochs = args.epochs.unwrap_or(recipe.epochs);
+    recipe.lr = args.lr.unwrap_or(recipe.lr);
+    recipe.batch = args.batch.unwrap_or(recipe.batch).max(1);
+    recipe.seed = args.seed.unwrap_or(recipe.seed);
+    recipe.patience = args.patience.unwrap_or(recipe.patience);
+    recipe.class_weights |= args.class_weights;
+    if args.no_augment {
+        recipe.augment = AugmentConfig::NONE;
+    }
+    let (train_set, val_set) = train_val(args)?;
+    let mut model = Model::new(backend, config, recipe.seed)?;
+    println!("model {}: {} parameters; training on {}", model.config.name, model.parameter_count(), backend.describe());
+    let files = RunFiles { dir: args.out.clone() };
+    let state = train::train(&mut model, backend, &train_set, &val_set, &recipe, &files, args.resume, &mut Progress { bar: None })?;
+    if let Some(why) = &state.stopped {
+        println!("{why}");
+    }
+    println!(
+        "best validation accuracy {:.2}% at epoch {}; weights in {}",
+        100.0 * state.best_accuracy,
+        state.best_epoch,
+        files.best().display()
+    );
+    Ok(())
+}
+
+fn run_eval<B: Backend>(backend: &B, args: &EvalArgs) -> Result<()> {
+    let weights = args.weights.clone().unwrap_or_else(|| PathBuf::from(SHIPPED_WEIGHTS));
+    let config = match &args.model {
+        Some(path) => ModelConfig::load(path)?,
+        None => model_config_of(&weights)?,
+    };
+    let path = args.data.clone().unwrap_or_else(|| data::default_fer_dir().join("test"));
+    let data = load_data(&path, args.usage, args.skip_bad)?;
+    let mut model = Model::new(backend, config, 0)?;
+    model.load(backend, &weights, Part::Value)?;
+    let eval = train::evaluate(&mut model, backend, &data, args.batch)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&eval)?);
+        return Ok(());
+    }
+    println!("{} images: accuracy {:.2}%, loss {:.4} ({})", eval.images, 100.0 * eval.accuracy, eval.loss, backend.describe());
+    println!("{:<10} {:>9} {:>7} {:>6} {:>8}", "class", "precision", "recall", "f1", "support");
+    for c in &eval.per_class {
+        println!("{:<10} {:>9.3} {:>7.3} {:>6.3} {:>8}", c.class, c.precision, c.recall, c.f1, c.support);
+    }
+    println!("confusion (rows: true, columns: predicted, order {}):", data::CLASSES.join(" "));
+    for row in &eval.confusion {
+        println!("  {}", row.iter().map(|v| format!("{v:>5}")).collect::<String>());
+    }
+    Ok(())
+}
+
+/// The model config recorded in a weights file's metadata.
+pub fn model_config_of(weights: &Path) -> Result<ModelConfig> {
+    let bytes = std::fs::read(weights).with_context(|| format!("{}: cannot read the weights", weights.display()))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| anyhow::anyhow!("{}: not a safetensors file ({e})", weights.display()))?;
+    let text = header.metadata().as_ref().and_then(|m| m.get("model")).with_context(|| format!("{}: no model config in its metadata; pass --model", weights.display()))?;
+    Ok(ModelConfig::from_json(text, &weights.display().to_string())?)
 }

@@ -1,9 +1,14 @@
 //! mien: a facial-expression CNN and a Haar-cascade face detector whose every numeric kernel is
 //! a hand-written WGSL compute shader, with a fast CPU implementation of each beside it.
 
+pub mod augment;
+pub mod data;
 pub mod error;
 pub mod gpu;
 pub mod kernels;
+pub mod nn;
+pub mod rng;
+pub mod train;
 
 pub use error::{Error, Result};
 pub mod bench;

@@ -1,0 +1,283 @@
+//! The ops a model needs, behind one trait with two implementations: the CPU backend (the
+//! kernels' CPU side) and the GPU backend (the WGSL kernels, recorded into one command buffer
+//! until something is read back). The model and training loop are written once, against this.
+
+use crate::error::Result;
+use crate::gpu::{Gpu, GpuBuffer, Recorder};
+use crate::kernels::adam::{self, AdamConfig};
+use crate::kernels::batchnorm::{self, BnConfig, BnParams, BnSaved, BnShape};
+use crate::kernels::conv2d::{self, Conv2dShape};
+use crate::kernels::dense::{self, DenseShape};
+use crate::kernels::dropout::{self, Mask};
+use crate::kernels::maxpool2d::{self, PoolShape};
+use crate::kernels::relu;
+use crate::kernels::softmax_xent::{self, XentOutputs, XentShape};
+use std::cell::RefCell;
+
+/// Batch-norm state handed to the backend: learned scale/shift, running and saved statistics.
+pub struct BnTensors<'a, T> {
+    pub gamma: &'a T,
+    pub beta: &'a T,
+    pub running_mean: &'a T,
+    pub running_var: &'a T,
+    pub mean: &'a T,
+    pub invstd: &'a T,
+}
+
+/// Outputs of the loss: probabilities [batch, classes], scratch [batch], mean loss [1],
+/// correct count [1].
+pub struct LossTensors<'a, T, I> {
+    pub probs: &'a T,
+    pub row_loss: &'a T,
+    pub loss: &'a T,
+    pub correct: &'a I,
+}
+
+pub trait Backend {
+    /// f32 storage.
+    type Tensor;
+    /// u32 storage (labels, pooling argmax, counts).
+    type Ints;
+
+    fn describe(&self) -> String;
+    fn tensor(&self, len: usize) -> Result<Self::Tensor>;
+    fn ints(&self, len: usize) -> Result<Self::Ints>;
+    fn write(&self, t: &Self::Tensor, data: &[f32]) -> Result<()>;
+    fn write_ints(&self, t: &Self::Ints, data: &[u32]) -> Result<()>;
+    /// Reads back, finishing any queued work first.
+    fn read(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
+    fn read_ints(&self, t: &Self::Ints) -> Result<Vec<u32>>;
+    /// Runs queued work to completion (a no-op on the CPU).
+    fn flush(&self) -> Result<()>;
+
+    fn conv2d_forward(&self, s: Conv2dShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, y: &Self::Tensor) -> Result<()>;
+    fn conv2d_backward_data(&self, s: Conv2dShape, dy: &Self::Tensor, w: &Self::Tensor, dx: &Self::Tensor) -> Result<()>;
+    fn conv2d_backward_filter(&self, s: Conv2dShape, x: &Self::Tensor, dy: &Self::Tensor, dw: &Self::Tensor, db: &Self::Tensor) -> Result<()>;
+    fn dense_forward(&self, s: DenseShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, y: &Self::Tensor) -> Result<()>;
+    fn dense_backward_data(&self, s: DenseShape, dy: &Self::Tensor, w: &Self::Tensor, dx: &Self::Tensor) -> Result<()>;
+    fn dense_backward_weights(&self, s: DenseShape, x: &Self::Tensor, dy: &Self::Tensor, dw: &Self::Tensor, db: &Self::Tensor) -> Result<()>;
+    fn maxpool_forward(&self, s: PoolShape, x: &Self::Tensor, y: &Self::Tensor, argmax: &Self::Ints) -> Result<()>;
+    fn maxpool_backward(&self, s: PoolShape, dy: &Self::Tensor, argmax: &Self::Ints, dx: &Self::Tensor) -> Result<()>;
+    fn relu_forward(&self, x: &Self::Tensor, y: &Self::Tensor) -> Result<()>;
+    fn relu_backward(&self, x: &Self::Tensor, dy: &Self::Tensor, dx: &Self::Tensor) -> Result<()>;
+    fn dropout(&self, mask: Mask, src: &Self::Tensor, dst: &Self::Tensor) -> Result<()>;
+    fn batchnorm_forward(&self, s: BnShape, cfg: BnConfig, training: bool, x: &Self::Tensor, bn: BnTensors<'_, Self::Tensor>, y: &Self::Tensor) -> Result<()>;
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_backward(&self, s: BnShape, x: &Self::Tensor, dy: &Self::Tensor, bn: BnTensors<'_, Self::Tensor>, dx: &Self::Tensor, dgamma: &Self::Tensor, dbeta: &Self::Tensor) -> Result<()>;
+    fn xent_forward(&self, s: XentShape, logits: &Self::Tensor, labels: &Self::Ints, class_weight: &Self::Tensor, out: LossTensors<'_, Self::Tensor, Self::Ints>) -> Result<()>;
+    fn xent_backward(&self, s: XentShape, probs: &Self::Tensor, labels: &Self::Ints, class_weight: &Self::Tensor, dlogits: &Self::Tensor) -> Result<()>;
+    fn adam(&self, cfg: AdamConfig, t: u64, param: &Self::Tensor, grad: &Self::Tensor, m: &Self::Tensor, v: &Self::Tensor) -> Result<()>;
+}
+
+/// The CPU backend: tensors are vectors behind RefCells, so an op can borrow its inputs and
+/// outputs separately (and a mistaken aliasing of the two panics instead of corrupting data).
+pub struct Cpu;
+
+impl Backend for Cpu {
+    type Tensor = RefCell<Vec<f32>>;
+    type Ints = RefCell<Vec<u32>>;
+
+    fn describe(&self) -> String {
+        format!("CPU backend ({} threads)", rayon::current_num_threads())
+    }
+    fn tensor(&self, len: usize) -> Result<Self::Tensor> {
+        Ok(RefCell::new(vec![0.0; len]))
+    }
+    fn ints(&self, len: usize) -> Result<Self::Ints> {
+        Ok(RefCell::new(vec![0; len]))
+    }
+    fn write(&self, t: &Self::Tensor, data: &[f32]) -> Result<()> {
+        t.borrow_mut()[..data.len()].copy_from_slice(data);
+        Ok(())
+    }
+    fn write_ints(&self, t: &Self::Ints, data: &[u32]) -> Result<()> {
+        t.borrow_mut()[..data.len()].copy_from_slice(data);
+        Ok(())
+    }
+    fn read(&self, t: &Self::Tensor) -> Result<Vec<f32>> {
+        Ok(t.borrow().clone())
+    }
+    fn read_ints(&self, t: &Self::Ints) -> Result<Vec<u32>> {
+        Ok(t.borrow().clone())
+    }
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn conv2d_forward(&self, s: Conv2dShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, y: &Self::Tensor) -> Result<()> {
+        conv2d::forward_cpu(s, &x.borrow(), &w.borrow(), Some(&b.borrow()), &mut y.borrow_mut())
+    }
+    fn conv2d_backward_data(&self, s: Conv2dShape, dy: &Self::Tensor, w: &Self::Tensor, dx: &Self::Tensor) -> Result<()> {
+        conv2d::backward_data_cpu(s, &dy.borrow(), &w.borrow(), &mut dx.borrow_mut())
+    }
+    fn conv2d_backward_filter(&self, s: Conv2dShape, x: &Self::Tensor, dy: &Self::Tensor, dw: &Self::Tensor, db: &Self::Tensor) -> Result<()> {
+        conv2d::backward_filter_cpu(s, &x.borrow(), &dy.borrow(), &mut dw.borrow_mut(), &mut db.borrow_mut())
+    }
+    fn dense_forward(&self, s: DenseShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, y: &Self::Tensor) -> Result<()> {
+        dense::forward_cpu(s, &x.borrow(), &w.borrow(), &b.borrow(), &mut y.borrow_mut())
+    }
+    fn dense_backward_data(&self, s: DenseShape, dy: &Self::Tensor, w: &Self::Tensor, dx: &Self::Tensor) -> Result<()> {
+        dense::backward_data_cpu(s, &dy.borrow(), &w.borrow(), &mut dx.borrow_mut())
+    }
+    fn dense_backward_weights(&self, s: DenseShape, x: &Self::Tensor, dy: &Self::Tensor, dw: &Self::Tensor, db: &Self::Tensor) -> Result<()> {
+        dense::backward_weights_cpu(s, &x.borrow(), &dy.borrow(), &mut dw.borrow_mut(), &mut db.borrow_mut())
+    }
+    fn maxpool_forward(&self, s: PoolShape, x: &Self::Tensor, y: &Self::Tensor, argmax: &Self::Ints) -> Result<()> {
+        maxpool2d::forward_cpu(s, &x.borrow(), &mut y.borrow_mut(), &mut argmax.borrow_mut())
+    }
+    fn maxpool_backward(&self, s: PoolShape, dy: &Self::Tensor, argmax: &Self::Ints, dx: &Self::Tensor) -> Result<()> {
+        maxpool2d::backward_cpu(s, &dy.borrow(), &argmax.borrow(), &mut dx.borrow_mut())
+    }
+    fn relu_forward(&self, x: &Self::Tensor, y: &Self::Tensor) -> Result<()> {
+        relu::forward_cpu(&x.borrow(), &mut y.borrow_mut())
+    }
+    fn relu_backward(&self, x: &Self::Tensor, dy: &Self::Tensor, dx: &Self::Tensor) -> Result<()> {
+        relu::backward_cpu(&x.borrow(), &dy.borrow(), &mut dx.borrow_mut())
+    }
+    fn dropout(&self, mask: Mask, src: &Self::Tensor, dst: &Self::Tensor) -> Result<()> {
+        dropout::apply_cpu(mask, &src.borrow(), &mut dst.borrow_mut())
+    }
+    fn batchnorm_forward(&self, s: BnShape, cfg: BnConfig, training: bool, x: &Self::Tensor, bn: BnTensors<'_, Self::Tensor>, y: &Self::Tensor) -> Result<()> {
+        if training {
+            batchnorm::forward_train_cpu(
+                s,
+                cfg,
+                &x.borrow(),
+                &bn.gamma.borrow(),
+                &bn.beta.borrow(),
+                &mut bn.running_mean.borrow_mut(),
+                &mut bn.running_var.borrow_mut(),
+                &mut bn.mean.borrow_mut(),
+                &mut bn.invstd.borrow_mut(),
+                &mut y.borrow_mut(),
+            )
+        } else {
+            let p = BnParams { gamma: &bn.gamma.borrow()[..], beta: &bn.beta.borrow()[..], running_mean: &bn.running_mean.borrow()[..], running_var: &bn.running_var.borrow()[..] };
+            batchnorm::forward_infer_cpu(s, cfg, &x.borrow(), p, &mut y.borrow_mut())
+        }
+    }
+    fn batchnorm_backward(&self, s: BnShape, x: &Self::Tensor, dy: &Self::Tensor, bn: BnTensors<'_, Self::Tensor>, dx: &Self::Tensor, dgamma: &Self::Tensor, dbeta: &Self::Tensor) -> Result<()> {
+        let saved = BnSaved { mean: &bn.mean.borrow()[..], invstd: &bn.invstd.borrow()[..] };
+        batchnorm::backward_cpu(s, &x.borrow(), &dy.borrow(), &bn.gamma.borrow(), saved, &mut dx.borrow_mut(), &mut dgamma.borrow_mut(), &mut dbeta.borrow_mut())
+    }
+    fn xent_forward(&self, s: XentShape, logits: &Self::Tensor, labels: &Self::Ints, class_weight: &Self::Tensor, out: LossTensors<'_, Self::Tensor, Self::Ints>) -> Result<()> {
+        let (loss, correct) = softmax_xent::forward_cpu(s, &logits.borrow(), &labels.borrow(), &class_weight.borrow(), &mut out.probs.borrow_mut())?;
+        out.loss.borrow_mut()[0] = loss;
+        out.correct.borrow_mut()[0] = correct;
+        Ok(())
+    }
+    fn xent_backward(&self, s: XentShape, probs: &Self::Tensor, labels: &Self::Ints, class_weight: &Self::Tensor, dlogits: &Self::Tensor) -> Result<()> {
+        softmax_xent::backward_cpu(s, &probs.borrow(), &labels.borrow(), &class_weight.borrow(), &mut dlogits.borrow_mut())
+    }
+    fn adam(&self, cfg: AdamConfig, t: u64, param: &Self::Tensor, grad: &Self::Tensor, m: &Self::Tensor, v: &Self::Tensor) -> Result<()> {
+        adam::step_cpu(cfg, t, &mut param.borrow_mut(), &grad.borrow(), &mut m.borrow_mut(), &mut v.borrow_mut())
+    }
+}
+
+/// The GPU backend: ops are recorded into one command buffer, submitted when something is
+/// read back or `flush` is called, so a training step costs one submit.
+pub struct GpuBackend<'g> {
+    gpu: &'g Gpu,
+    recorder: RefCell<Option<Recorder<'g>>>,
+}
+
+impl<'g> GpuBackend<'g> {
+    pub fn new(gpu: &'g Gpu) -> Self {
+        GpuBackend { gpu, recorder: RefCell::new(None) }
+    }
+
+    fn record(&self, f: impl FnOnce(&mut Recorder<'g>) -> Result<()>) -> Result<()> {
+        let mut slot = self.recorder.borrow_mut();
+        f(slot.get_or_insert_with(|| self.gpu.recorder(false)))
+    }
+}
+
+impl Backend for GpuBackend<'_> {
+    type Tensor = GpuBuffer<f32>;
+    type Ints = GpuBuffer<u32>;
+
+    fn describe(&self) -> String {
+        self.gpu.describe()
+    }
+    fn tensor(&self, len: usize) -> Result<Self::Tensor> {
+        self.gpu.zeros(len)
+    }
+    fn ints(&self, len: usize) -> Result<Self::Ints> {
+        self.gpu.zeros(len)
+    }
+    fn write(&self, t: &Self::Tensor, data: &[f32]) -> Result<()> {
+        // Queue writes land before the next submit, so pending ops that read `t` would see the
+        // new data: submit them first.
+        self.flush()?;
+        self.gpu.write(t, data)
+    }
+    fn write_ints(&self, t: &Self::Ints, data: &[u32]) -> Result<()> {
+        self.flush()?;
+        self.gpu.write(t, data)
+    }
+    fn read(&self, t: &Self::Tensor) -> Result<Vec<f32>> {
+        self.flush()?;
+        self.gpu.read(t)
+    }
+    fn read_ints(&self, t: &Self::Ints) -> Result<Vec<u32>> {
+        self.flush()?;
+        self.gpu.read(t)
+    }
+    fn flush(&self) -> Result<()> {
+        match self.recorder.borrow_mut().take() {
+            Some(rec) => rec.finish().map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    fn conv2d_forward(&self, s: Conv2dShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, y: &Self::Tensor) -> Result<()> {
+        self.record(|r| conv2d::forward_gpu(r, s, x, w, b, y))
+    }
+    fn conv2d_backward_data(&self, s: Conv2dShape, dy: &Self::Tensor, w: &Self::Tensor, dx: &Self::Tensor) -> Result<()> {
+        self.record(|r| conv2d::backward_data_gpu(r, s, dy, w, dx))
+    }
+    fn conv2d_backward_filter(&self, s: Conv2dShape, x: &Self::Tensor, dy: &Self::Tensor, dw: &Self::Tensor, db: &Self::Tensor) -> Result<()> {
+        self.record(|r| conv2d::backward_filter_gpu(r, s, x, dy, dw, db))
+    }
+    fn dense_forward(&self, s: DenseShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, y: &Self::Tensor) -> Result<()> {
+        self.record(|r| dense::forward_gpu(r, s, x, w, b, y))
+    }
+    fn dense_backward_data(&self, s: DenseShape, dy: &Self::Tensor, w: &Self::Tensor, dx: &Self::Tensor) -> Result<()> {
+        self.record(|r| dense::backward_data_gpu(r, s, dy, w, dx))
+    }
+    fn dense_backward_weights(&self, s: DenseShape, x: &Self::Tensor, dy: &Self::Tensor, dw: &Self::Tensor, db: &Self::Tensor) -> Result<()> {
+        self.record(|r| dense::backward_weights_gpu(r, s, x, dy, dw, db))
+    }
+    fn maxpool_forward(&self, s: PoolShape, x: &Self::Tensor, y: &Self::Tensor, argmax: &Self::Ints) -> Result<()> {
+        self.record(|r| maxpool2d::forward_gpu(r, s, x, y, argmax))
+    }
+    fn maxpool_backward(&self, s: PoolShape, dy: &Self::Tensor, argmax: &Self::Ints, dx: &Self::Tensor) -> Result<()> {
+        self.record(|r| maxpool2d::backward_gpu(r, s, dy, argmax, dx))
+    }
+    fn relu_forward(&self, x: &Self::Tensor, y: &Self::Tensor) -> Result<()> {
+        self.record(|r| relu::forward_gpu(r, x, y))
+    }
+    fn relu_backward(&self, x: &Self::Tensor, dy: &Self::Tensor, dx: &Self::Tensor) -> Result<()> {
+        self.record(|r| relu::backward_gpu(r, x, dy, dx))
+    }
+    fn dropout(&self, mask: Mask, src: &Self::Tensor, dst: &Self::Tensor) -> Result<()> {
+        self.record(|r| dropout::apply_gpu(r, mask, src, dst))
+    }
+    fn batchnorm_forward(&self, s: BnShape, cfg: BnConfig, training: bool, x: &Self::Tensor, bn: BnTensors<'_, Self::Tensor>, y: &Self::Tensor) -> Result<()> {
+        let p = BnParams { gamma: bn.gamma, beta: bn.beta, running_mean: bn.running_mean, running_var: bn.running_var };
+        self.record(|r| batchnorm::forward_gpu(r, s, cfg, training, x, p, BnSaved { mean: bn.mean, invstd: bn.invstd }, y))
+    }
+    fn batchnorm_backward(&self, s: BnShape, x: &Self::Tensor, dy: &Self::Tensor, bn: BnTensors<'_, Self::Tensor>, dx: &Self::Tensor, dgamma: &Self::Tensor, dbeta: &Self::Tensor) -> Result<()> {
+        self.record(|r| batchnorm::backward_gpu(r, s, x, dy, bn.gamma, BnSaved { mean: bn.mean, invstd: bn.invstd }, dx, dgamma, dbeta))
+    }
+    fn xent_forward(&self, s: XentShape, logits: &Self::Tensor, labels: &Self::Ints, class_weight: &Self::Tensor, out: LossTensors<'_, Self::Tensor, Self::Ints>) -> Result<()> {
+        let out = XentOutputs { probs: out.probs, row_loss: out.row_loss, loss: out.loss, correct: out.correct };
+        self.record(|r| softmax_xent::forward_gpu(r, s, logits, labels, class_weight, out))
+    }
+    fn xent_backward(&self, s: XentShape, probs: &Self::Tensor, labels: &Self::Ints, class_weight: &Self::Tensor, dlogits: &Self::Tensor) -> Result<()> {
+        self.record(|r| softmax_xent::backward_gpu(r, s, probs, labels, class_weight, dlogits))
+    }
+    fn adam(&self, cfg: AdamConfig, t: u64, param: &Self::Tensor, grad: &Self::Tensor, m: &Self::Tensor, v: &Self::Tensor) -> Result<()> {
+        self.record(|r| adam::step_gpu(r, cfg, t, param, grad, m, v))
+    }
+}

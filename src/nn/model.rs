@@ -1,0 +1,311 @@
+//! A sequential model built from a [`ModelConfig`], running on any [`Backend`]: forward,
+//! backward, the fused softmax cross-entropy loss and Adam.
+
+use super::backend::{Backend, BnTensors, LossTensors};
+use super::config::{LayerSpec, ModelConfig, PaddingSpec};
+use crate::error::{shape_err, Result};
+use crate::kernels::adam::AdamConfig;
+use crate::kernels::batchnorm::{BnConfig, BnShape};
+use crate::kernels::conv2d::{Conv2dShape, Padding};
+use crate::kernels::dense::DenseShape;
+use crate::kernels::dropout::Mask;
+use crate::kernels::maxpool2d::PoolShape;
+use crate::kernels::softmax_xent::XentShape;
+use crate::rng::Rng;
+
+/// What kind of tensor a named model tensor is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TensorKind {
+    /// Learned by Adam.
+    Trainable,
+    /// Statistics kept by the model (batch-norm running mean and variance).
+    Buffer,
+}
+
+/// A named model tensor with its optimizer state. Names follow a PyTorch `nn.Sequential` built
+/// from the same layer list (`"0.weight"`, `"14.bias"`, `"1.running_mean"`), so a state dict
+/// exported from here loads into one directly.
+pub struct Param<T> {
+    pub name: String,
+    /// PyTorch's shape: conv OIHW, dense [out, in] (we store dense weights as [in, out] and
+    /// transpose on export).
+    pub shape: Vec<usize>,
+    pub kind: TensorKind,
+    /// Set for dense weights, stored transposed relative to `shape`.
+    pub transposed: bool,
+    pub value: T,
+    pub grad: T,
+    pub m: T,
+    pub v: T,
+}
+
+enum Op {
+    Conv { shape: Conv2dShape, w: usize, b: usize },
+    Dense { inputs: usize, outputs: usize, w: usize, b: usize },
+    Relu,
+    Pool { size: usize, channels: usize, h: usize, w: usize },
+    Dropout { rate: f32 },
+    BatchNorm { channels: usize, plane: usize, gamma: usize, beta: usize, mean: usize, var: usize },
+}
+
+struct Layer {
+    op: Op,
+    /// Position in the config's layer list: dropout seeds and messages use it.
+    index: usize,
+    /// Elements per image of the layer's output.
+    out_len: usize,
+}
+
+/// Per-batch-size buffers: activations, their gradients and the loss outputs.
+struct Workspace<B: Backend> {
+    batch: usize,
+    acts: Vec<B::Tensor>,
+    grads: Vec<B::Tensor>,
+    argmax: Vec<Option<B::Ints>>,
+    bn_saved: Vec<Option<(B::Tensor, B::Tensor)>>,
+    labels: B::Ints,
+    probs: B::Tensor,
+    row_loss: B::Tensor,
+    loss: B::Tensor,
+    correct: B::Ints,
+}
+
+pub struct Model<B: Backend> {
+    pub config: ModelConfig,
+    pub params: Vec<Param<B::Tensor>>,
+    layers: Vec<Layer>,
+    input_len: usize,
+    class_weight: B::Tensor,
+    workspaces: Vec<Workspace<B>>,
+    pub bn: BnConfig,
+}
+
+/// What one batch did: mean loss, correct predictions, and the probabilities when asked.
+#[derive(Clone, Debug)]
+pub struct BatchResult {
+    pub loss: f32,
+    pub correct: u32,
+    pub probs: Option<Vec<f32>>,
+}
+
+impl<B: Backend> Model<B> {
+    /// Builds the model with Keras' default initialisation (Glorot-uniform weights, zero biases)
+    /// drawn from `seed`.
+    pub fn new(backend: &B, config: ModelConfig, seed: u64) -> Result<Self> {
+        let [mut c, mut h, mut w] = config.input;
+        let input_len = c * h * w;
+        let mut layers = Vec::new();
+        let mut params: Vec<Param<B::Tensor>> = Vec::new();
+        let mut rng = Rng::new(seed);
+        let mut add = |name: String, shape: Vec<usize>, kind, transposed, init: Vec<f32>| -> Result<usize> {
+            let n = init.len();
+            let value = backend.tensor(n)?;
+            backend.write(&value, &init)?;
+            params.push(Param { name, shape, kind, transposed, value, grad: backend.tensor(n)?, m: backend.tensor(n)?, v: backend.tensor(n)? });
+            Ok(params.len() - 1)
+        };
+        let glorot = |rng: &mut Rng, n: usize, fan_in: usize, fan_out: usize| {
+            let limit = (6.0 / (fan_in + fan_out) as f32).sqrt();
+            (0..n).map(|_| rng.uniform(-limit, limit)).collect::<Vec<f32>>()
+        };
+        for (index, spec) in config.layers.iter().enumerate() {
+            let op = match *spec {
+                LayerSpec::Conv2d { filters, kernel, padding } => {
+                    let pad = if padding == PaddingSpec::Same { Padding::Same } else { Padding::Valid };
+                    let shape = Conv2dShape::new(1, c, (h, w), filters, (kernel, kernel), pad)
+                        .map_err(|e| shape_err("model", format!("layer {index}: {e}")))?;
+                    let wi = add(format!("{index}.weight"), vec![filters, c, kernel, kernel], TensorKind::Trainable, false, glorot(&mut rng, shape.weight_len(), c * kernel * kernel, filters * kernel * kernel))?;
+                    let bi = add(format!("{index}.bias"), vec![filters], TensorKind::Trainable, false, vec![0.0; filters])?;
+                    (c, h, w) = (filters, shape.oh, shape.ow);
+                    Op::Conv { shape, w: wi, b: bi }
+                }
+                LayerSpec::Dense { units } => {
+                    let inputs = c * h * w;
+                    let wi = add(format!("{index}.weight"), vec![units, inputs], TensorKind::Trainable, true, glorot(&mut rng, inputs * units, inputs, units))?;
+                    let bi = add(format!("{index}.bias"), vec![units], TensorKind::Trainable, false, vec![0.0; units])?;
+                    (c, h, w) = (units, 1, 1);
+                    Op::Dense { inputs, outputs: units, w: wi, b: bi }
+                }
+                LayerSpec::Relu => Op::Relu,
+                LayerSpec::MaxPool { size } => {
+                    PoolShape::new(1, c, (h, w), size).map_err(|e| shape_err("model", format!("layer {index}: {e}")))?;
+                    let op = Op::Pool { size, channels: c, h, w };
+                    (h, w) = (h / size, w / size);
+                    op
+                }
+                LayerSpec::Dropout { rate } => {
+                    Mask::new(rate, 0).map_err(|e| shape_err("model", format!("layer {index}: {e}")))?;
+                    Op::Dropout { rate }
+                }
+                LayerSpec::BatchNorm => {
+                    let gamma = add(format!("{index}.weight"), vec![c], TensorKind::Trainable, false, vec![1.0; c])?;
+                    let beta = add(format!("{index}.bias"), vec![c], TensorKind::Trainable, false, vec![0.0; c])?;
+                    let mean = add(format!("{index}.running_mean"), vec![c], TensorKind::Buffer, false, vec![0.0; c])?;
+                    let var = add(format!("{index}.running_var"), vec![c], TensorKind::Buffer, false, vec![1.0; c])?;
+                    Op::BatchNorm { channels: c, plane: h * w, gamma, beta, mean, var }
+                }
+                // Flattening an NCHW tensor changes no data, only how the next layer reads it.
+                LayerSpec::Flatten => continue,
+            };
+            layers.push(Layer { op, index, out_len: c * h * w });
+        }
+        if c * h * w != config.classes {
+            return Err(shape_err("model", format!("the model ends with {} outputs per image, not {} classes", c * h * w, config.classes)));
+        }
+        let class_weight = backend.tensor(config.classes)?;
+        backend.write(&class_weight, &vec![1.0; config.classes])?;
+        Ok(Model { config, params, layers, input_len, class_weight, workspaces: Vec::new(), bn: BnConfig::default() })
+    }
+
+    pub fn parameter_count(&self) -> usize {
+        self.params.iter().filter(|p| p.kind == TensorKind::Trainable).map(|p| p.shape.iter().product::<usize>()).sum()
+    }
+
+    /// Weights each class's loss (Keras' class_weight); all ones by default.
+    pub fn set_class_weights(&self, backend: &B, weights: &[f32]) -> Result<()> {
+        if weights.len() != self.config.classes {
+            return Err(shape_err("model", format!("{} class weights for {} classes", weights.len(), self.config.classes)));
+        }
+        backend.write(&self.class_weight, weights)
+    }
+
+    fn workspace(&mut self, backend: &B, batch: usize) -> Result<usize> {
+        if let Some(i) = self.workspaces.iter().position(|w| w.batch == batch) {
+            return Ok(i);
+        }
+        let mut sizes = vec![self.input_len];
+        sizes.extend(self.layers.iter().map(|l| l.out_len));
+        let ws = Workspace {
+            batch,
+            acts: sizes.iter().map(|n| backend.tensor(n * batch)).collect::<Result<_>>()?,
+            grads: sizes.iter().map(|n| backend.tensor(n * batch)).collect::<Result<_>>()?,
+            argmax: self.layers.iter().map(|l| match l.op { Op::Pool { .. } => backend.ints(l.out_len * batch).map(Some), _ => Ok(None) }).collect::<Result<_>>()?,
+            bn_saved: self
+                .layers
+                .iter()
+                .map(|l| match l.op { Op::BatchNorm { channels, .. } => Ok(Some((backend.tensor(channels)?, backend.tensor(channels)?))), _ => Ok(None) })
+                .collect::<Result<_>>()?,
+            labels: backend.ints(batch)?,
+            probs: backend.tensor(batch * self.config.classes)?,
+            row_loss: backend.tensor(batch)?,
+            loss: backend.tensor(1)?,
+            correct: backend.ints(1)?,
+        };
+        self.workspaces.push(ws);
+        Ok(self.workspaces.len() - 1)
+    }
+
+    fn bn_tensors<'a>(&'a self, ws: &'a Workspace<B>, i: usize) -> BnTensors<'a, B::Tensor> {
+        let Op::BatchNorm { gamma, beta, mean, var, .. } = self.layers[i].op else { unreachable!("not a batch-norm layer") };
+        let (saved_mean, saved_invstd) = ws.bn_saved[i].as_ref().expect("batch-norm workspace");
+        BnTensors {
+            gamma: &self.params[gamma].value,
+            beta: &self.params[beta].value,
+            running_mean: &self.params[mean].value,
+            running_var: &self.params[var].value,
+            mean: saved_mean,
+            invstd: saved_invstd,
+        }
+    }
+
+    fn forward(&self, backend: &B, ws: &Workspace<B>, training: bool, seed: u32) -> Result<()> {
+        let batch = ws.batch;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (x, y) = (&ws.acts[i], &ws.acts[i + 1]);
+            match layer.op {
+                Op::Conv { shape, w, b } => backend.conv2d_forward(Conv2dShape { batch, ..shape }, x, &self.params[w].value, &self.params[b].value, y)?,
+                Op::Dense { inputs, outputs, w, b } => backend.dense_forward(DenseShape { batch, inputs, outputs }, x, &self.params[w].value, &self.params[b].value, y)?,
+                Op::Relu => backend.relu_forward(x, y)?,
+                Op::Pool { size, channels, h, w } => backend.maxpool_forward(PoolShape::new(batch, channels, (h, w), size)?, x, y, ws.argmax[i].as_ref().expect("pool workspace"))?,
+                // In inference dropout keeps everything: a rate-0 mask is a copy.
+                Op::Dropout { rate } => backend.dropout(Mask::new(if training { rate } else { 0.0 }, dropout_seed(seed, layer.index))?, x, y)?,
+                Op::BatchNorm { channels, plane, .. } => backend.batchnorm_forward(BnShape { batch, channels, plane }, self.bn, training, x, self.bn_tensors(ws, i), y)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn backward(&self, backend: &B, ws: &Workspace<B>, seed: u32) -> Result<()> {
+        let batch = ws.batch;
+        for (i, layer) in self.layers.iter().enumerate().rev() {
+            let (x, dy, dx) = (&ws.acts[i], &ws.grads[i + 1], &ws.grads[i]);
+            // Nothing needs the gradient with respect to the input images.
+            let need_dx = i > 0;
+            match layer.op {
+                Op::Conv { shape, w, b } => {
+                    let s = Conv2dShape { batch, ..shape };
+                    backend.conv2d_backward_filter(s, x, dy, &self.params[w].grad, &self.params[b].grad)?;
+                    if need_dx {
+                        backend.conv2d_backward_data(s, dy, &self.params[w].value, dx)?;
+                    }
+                }
+                Op::Dense { inputs, outputs, w, b } => {
+                    let s = DenseShape { batch, inputs, outputs };
+                    backend.dense_backward_weights(s, x, dy, &self.params[w].grad, &self.params[b].grad)?;
+                    if need_dx {
+                        backend.dense_backward_data(s, dy, &self.params[w].value, dx)?;
+                    }
+                }
+                Op::Relu => backend.relu_backward(x, dy, dx)?,
+                Op::Pool { size, channels, h, w } => backend.maxpool_backward(PoolShape::new(batch, channels, (h, w), size)?, dy, ws.argmax[i].as_ref().expect("pool workspace"), dx)?,
+                Op::Dropout { rate } => backend.dropout(Mask::new(rate, dropout_seed(seed, layer.index))?, dy, dx)?,
+                Op::BatchNorm { channels, plane, gamma, beta, .. } => {
+                    let s = BnShape { batch, channels, plane };
+                    backend.batchnorm_backward(s, x, dy, self.bn_tensors(ws, i), dx, &self.params[gamma].grad, &self.params[beta].grad)?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn load_batch(&mut self, backend: &B, images: &[f32], labels: &[u32]) -> Result<usize> {
+        let batch = labels.len();
+        if images.len() != batch * self.input_len || batch == 0 {
+            return Err(shape_err("model", format!("{} input values for {batch} images of {} values", images.len(), self.input_len)));
+        }
+        XentShape { batch, classes: self.config.classes }.check_labels(labels)?;
+        let wi = self.workspace(backend, batch)?;
+        let ws = &self.workspaces[wi];
+        backend.write(&ws.acts[0], images)?;
+        backend.write_ints(&ws.labels, labels)?;
+        Ok(wi)
+    }
+
+    fn loss(&self, backend: &B, ws: &Workspace<B>) -> Result<()> {
+        let s = XentShape { batch: ws.batch, classes: self.config.classes };
+        let out = LossTensors { probs: &ws.probs, row_loss: &ws.row_loss, loss: &ws.loss, correct: &ws.correct };
+        backend.xent_forward(s, ws.acts.last().expect("logits"), &ws.labels, &self.class_weight, out)
+    }
+
+    /// One training step on a batch: forward with dropout drawn from `seed`, loss, backward,
+    /// and an Adam update at step `t` (counted from 1).
+    pub fn train_step(&mut self, backend: &B, images: &[f32], labels: &[u32], seed: u32, adam: AdamConfig, t: u64) -> Result<BatchResult> {
+        let wi = self.load_batch(backend, images, labels)?;
+        let ws = &self.workspaces[wi];
+        self.forward(backend, ws, true, seed)?;
+        self.loss(backend, ws)?;
+        let s = XentShape { batch: ws.batch, classes: self.config.classes };
+        backend.xent_backward(s, &ws.probs, &ws.labels, &self.class_weight, ws.grads.last().expect("logit gradient"))?;
+        self.backward(backend, ws, seed)?;
+        for p in self.params.iter().filter(|p| p.kind == TensorKind::Trainable) {
+            backend.adam(adam, t, &p.value, &p.grad, &p.m, &p.v)?;
+        }
+        let loss = backend.read(&ws.loss)?[0];
+        let correct = backend.read_ints(&ws.correct)?[0];
+        Ok(BatchResult { loss, correct, probs: None })
+    }
+
+    /// Inference on a batch: loss, correct count and the probabilities.
+    pub fn evaluate_batch(&mut self, backend: &B, images: &[f32], labels: &[u32]) -> Result<BatchResult> {
+        let wi = self.load_batch(backend, images, labels)?;
+        let ws = &self.workspaces[wi];
+        self.forward(backend, ws, false, 0)?;
+        self.loss(backend, ws)?;
+        Ok(BatchResult { loss: backend.read(&ws.loss)?[0], correct: backend.read_ints(&ws.correct)?[0], probs: Some(backend.read(&ws.probs)?) })
+    }
+}
+
+/// A distinct dropout stream per (step, layer).
+fn dropout_seed(step_seed: u32, layer: usize) -> u32 {
+    step_seed.wrapping_mul(0x9E3779B1) ^ (layer as u32).wrapping_mul(0x85EBCA77)
+}
