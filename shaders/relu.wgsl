@@ -11,7 +11,8 @@ struct Params { n: u32, _pad0: u32, _pad1: u32, _pad2: u32 }
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wid, nwg, lid, 256u);
     if (i < p.n) {
-        out[i] = max(x[i], 0.0);
+        // select, not max(): NaN passes through, as on the CPU, so a diverging run is seen.
+        out[i] = select(x[i], 0.0, x[i] <= 0.0);
     }
 }
 

@@ -2,8 +2,8 @@
 //! epoch; early stopping that restores the best weights; reduce-on-plateau; checkpoints
 //! written atomically every epoch so a killed run resumes where it stopped.
 
-use crate::augment::{self, AugmentConfig};
-use crate::data::{Dataset, CLASSES, PIXELS};
+use crate::augment::AugmentConfig;
+use crate::data::{Dataset, CLASSES};
 use crate::kernels::adam::AdamConfig;
 use crate::nn::model::Model;
 use crate::nn::weights::{write_atomic, Part};
@@ -119,17 +119,10 @@ pub struct ClassScores {
     pub support: usize,
 }
 
-/// Builds one batch: the images at `indices`, warped by a map drawn for each from `rng` (or
-/// unwarped), as [batch, 1, 48, 48] floats in [0, 1], plus their labels.
-fn make_batch(data: &Dataset, indices: &[usize], augment: Option<(&AugmentConfig, &mut Rng)>) -> (Vec<f32>, Vec<u32>) {
-    let bytes: Vec<u8> = indices.iter().flat_map(|&i| data.image(i).iter().copied()).collect();
-    let maps: Vec<[f32; 6]> = match augment {
-        Some((cfg, rng)) if !cfg.is_identity() => indices.iter().map(|_| cfg.draw(rng)).collect(),
-        _ => vec![augment::IDENTITY; indices.len()],
-    };
-    let mut out = vec![0.0; indices.len() * PIXELS];
-    augment::warp_cpu(&bytes, &maps, &mut out);
-    (out, indices.iter().map(|&i| data.labels[i] as u32).collect())
+/// The bytes and labels of the images at `indices`, gathered into one batch.
+fn gather(data: &Dataset, indices: &[usize]) -> (Vec<u8>, Vec<u32>) {
+    let bytes = indices.iter().flat_map(|&i| data.image(i).iter().copied()).collect();
+    (bytes, indices.iter().map(|&i| data.labels[i] as u32).collect())
 }
 
 pub fn evaluate<B: Backend>(model: &mut Model<B>, backend: &B, data: &Dataset, batch: usize) -> Result<Evaluation> {
@@ -138,7 +131,7 @@ pub fn evaluate<B: Backend>(model: &mut Model<B>, backend: &B, data: &Dataset, b
     let mut loss_sum = 0.0f64;
     let order: Vec<usize> = (0..data.len()).collect();
     for chunk in order.chunks(batch.max(1)) {
-        let (images, labels) = make_batch(data, chunk, None);
+        let (images, labels) = gather(data, chunk);
         let r = model.evaluate_batch(backend, &images, &labels)?;
         loss_sum += r.loss as f64 * chunk.len() as f64;
         let probs = r.probs.expect("evaluation returns probabilities");
@@ -222,10 +215,13 @@ pub fn train<B: Backend>(
     std::fs::create_dir_all(&files.dir).with_context(|| format!("{}: cannot create the run folder", files.dir.display()))?;
     let mut state = if resume {
         let text = std::fs::read_to_string(files.state()).with_context(|| format!("{}: nothing to resume", files.state().display()))?;
-        let state: RunState = serde_json::from_str(&text).with_context(|| format!("{}: not a run state", files.state().display()))?;
-        if state.model != model.config || state.recipe != *recipe {
-            bail!("{}: the saved run used a different model or recipe; resume with the same options", files.state().display());
+        let mut state: RunState = serde_json::from_str(&text).with_context(|| format!("{}: not a run state", files.state().display()))?;
+        // Only the number of epochs may change on resuming: anything else would make the
+        // resumed run differ from an uninterrupted one.
+        if state.model != model.config || (Recipe { epochs: recipe.epochs, ..state.recipe.clone() }) != *recipe {
+            bail!("{}: the saved run used a different model or recipe; resume with the same options (only --epochs may change)", files.state().display());
         }
+        state.recipe.epochs = recipe.epochs;
         model.load(backend, &files.weights(), Part::Value)?;
         model.load(backend, &files.optimizer(), Part::Moments)?;
         state
@@ -261,9 +257,10 @@ pub fn train<B: Backend>(
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         let batches = order.len().div_ceil(recipe.batch);
         for (b, chunk) in order.chunks(recipe.batch).enumerate() {
-            let (images, labels) = make_batch(train, chunk, Some((&recipe.augment, &mut rng)));
+            let (images, labels) = gather(train, chunk);
+            let maps: Vec<[f32; 6]> = chunk.iter().map(|_| recipe.augment.draw(&mut rng)).collect();
             state.step += 1;
-            let r = model.train_step(backend, &images, &labels, rng.next_u32(), adam, state.step)?;
+            let r = model.train_step(backend, &images, &maps, &labels, rng.next_u32(), adam, state.step)?;
             if !r.loss.is_finite() {
                 bail!(
                     "epoch {epoch}, batch {}: the loss became {} (learning rate {}); stopping. The last good checkpoint is {} (epoch {}).",

@@ -35,7 +35,7 @@ cargo run --quiet --bin mien -- devices
 cargo test
 if cargo run --quiet --bin mien -- devices --backend gl | grep -q '^\[0\]'; then
   echo "== GPU kernel tests again on wgpu's GL backend =="
-  MIEN_TEST_BACKEND=gl cargo test --test kernels --test limits -- --test-threads=1
+  MIEN_TEST_BACKEND=gl cargo test --test kernels --test limits --test training -- --test-threads=1
 elif [ "${CI:-}" = true ]; then
   echo "no GL adapter: the GL backend's kernel tests cannot run" >&2
   exit 1

@@ -47,4 +47,5 @@ shaders! {
     BATCHNORM_FORWARD = "batchnorm_forward" ["batchnorm_forward.wgsl"];
     BATCHNORM_BACKWARD = "batchnorm_backward" ["batchnorm_backward.wgsl"];
     SGEMM_CALIBRATION = "sgemm_calibration" ["sgemm_calibration.wgsl"];
+    WARP = "warp" ["warp.wgsl"];
 }

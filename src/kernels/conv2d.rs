@@ -190,22 +190,20 @@ pub fn backward_filter_cpu(s: Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32]
     };
     dw.fill(0.0);
     if parallel_over_batch(s.batch) {
-        let total = (0..s.batch)
-            .into_par_iter()
-            .fold(
-                || (vec![0.0f32; dw.len()], vec![0.0f32; taps * plane]),
-                |(mut acc, mut col), i| {
-                    image(i, &mut acc, &mut col, 1);
-                    (acc, col)
-                },
-            )
-            .map(|(acc, _)| acc)
-            .reduce_with(|mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                a
-            });
-        if let Some(total) = total {
-            dw.copy_from_slice(&total);
+        // Fixed groups of images, each summed in order and then added in order: the result
+        // does not depend on how rayon schedules the work, so runs with one seed repeat exactly.
+        let group = s.batch.div_ceil(rayon::current_num_threads());
+        let partials: Vec<Vec<f32>> = (0..s.batch)
+            .collect::<Vec<_>>()
+            .par_chunks(group)
+            .map(|images| {
+                let (mut acc, mut col) = (vec![0.0f32; dw.len()], vec![0.0f32; taps * plane]);
+                images.iter().for_each(|&i| image(i, &mut acc, &mut col, 1));
+                acc
+            })
+            .collect();
+        for partial in partials {
+            dw.iter_mut().zip(&partial).for_each(|(a, b)| *a += b);
         }
     } else {
         let mut col = vec![0.0f32; taps * plane];

@@ -17,6 +17,7 @@ pub mod maxpool2d;
 pub mod reduce;
 pub mod relu;
 pub mod softmax_xent;
+pub mod warp;
 
 use crate::error::Result;
 use crate::gpu::{GpuBuffer, Recorder};

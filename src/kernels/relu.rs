@@ -9,7 +9,8 @@ const MIN_PARALLEL: usize = 1 << 15;
 
 pub fn forward_cpu(x: &[f32], y: &mut [f32]) -> Result<()> {
     check_len("relu", "output", y.len(), x.len())?;
-    y.par_iter_mut().with_min_len(MIN_PARALLEL).zip(x).for_each(|(y, &x)| *y = x.max(0.0));
+    // Written so that NaN passes through (f32::max would turn it into 0 and hide a diverging run).
+    y.par_iter_mut().with_min_len(MIN_PARALLEL).zip(x).for_each(|(y, &x)| *y = if x <= 0.0 { 0.0 } else { x });
     Ok(())
 }
 

@@ -12,6 +12,7 @@ use crate::kernels::dropout::{self, Mask};
 use crate::kernels::maxpool2d::{self, PoolShape};
 use crate::kernels::relu;
 use crate::kernels::softmax_xent::{self, XentOutputs, XentShape};
+use crate::kernels::warp;
 use std::cell::RefCell;
 
 /// Batch-norm state handed to the backend: learned scale/shift, running and saved statistics.
@@ -50,6 +51,8 @@ pub trait Backend {
     /// Runs queued work to completion (a no-op on the CPU).
     fn flush(&self) -> Result<()>;
 
+    /// Warps 48x48 byte images by their affine maps into `out` as floats in [0, 1].
+    fn warp(&self, images: &[u8], maps: &[[f32; 6]], out: &Self::Tensor) -> Result<()>;
     fn conv2d_forward(&self, s: Conv2dShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, y: &Self::Tensor) -> Result<()>;
     fn conv2d_backward_data(&self, s: Conv2dShape, dy: &Self::Tensor, w: &Self::Tensor, dx: &Self::Tensor) -> Result<()>;
     fn conv2d_backward_filter(&self, s: Conv2dShape, x: &Self::Tensor, dy: &Self::Tensor, dw: &Self::Tensor, db: &Self::Tensor) -> Result<()>;
@@ -104,6 +107,9 @@ impl Backend for Cpu {
         Ok(())
     }
 
+    fn warp(&self, images: &[u8], maps: &[[f32; 6]], out: &Self::Tensor) -> Result<()> {
+        warp::warp_cpu(images, maps, &mut out.borrow_mut())
+    }
     fn conv2d_forward(&self, s: Conv2dShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, y: &Self::Tensor) -> Result<()> {
         conv2d::forward_cpu(s, &x.borrow(), &w.borrow(), Some(&b.borrow()), &mut y.borrow_mut())
     }
@@ -230,6 +236,13 @@ impl Backend for GpuBackend<'_> {
         }
     }
 
+    fn warp(&self, images: &[u8], maps: &[[f32; 6]], out: &Self::Tensor) -> Result<()> {
+        // Fresh buffers initialised at creation, so the warp recorded after them sees their data
+        // without waiting for earlier queued work.
+        let pixels = self.gpu.upload(&warp::pack(images))?;
+        let maps = self.gpu.upload(maps.as_flattened())?;
+        self.record(|r| warp::warp_gpu(r, maps.len() / 6, &pixels, &maps, out))
+    }
     fn conv2d_forward(&self, s: Conv2dShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, y: &Self::Tensor) -> Result<()> {
         self.record(|r| conv2d::forward_gpu(r, s, x, w, b, y))
     }

@@ -258,16 +258,18 @@ impl<B: Backend> Model<B> {
         Ok(())
     }
 
-    fn load_batch(&mut self, backend: &B, images: &[f32], labels: &[u32]) -> Result<usize> {
+    /// Puts a batch in the input: byte images warped by their augmentation maps (identity
+    /// maps for none), and their labels.
+    fn load_batch(&mut self, backend: &B, images: &[u8], maps: &[[f32; 6]], labels: &[u32]) -> Result<usize> {
         let batch = labels.len();
-        if images.len() != batch * self.input_len || batch == 0 {
-            return Err(shape_err("model", format!("{} input values for {batch} images of {} values", images.len(), self.input_len)));
+        if images.len() != batch * self.input_len || maps.len() != batch || batch == 0 {
+            return Err(shape_err("model", format!("{} input bytes and {} maps for {batch} images of {} values", images.len(), maps.len(), self.input_len)));
         }
         XentShape { batch, classes: self.config.classes }.check_labels(labels)?;
         let wi = self.workspace(backend, batch)?;
         let ws = &self.workspaces[wi];
-        backend.write(&ws.acts[0], images)?;
         backend.write_ints(&ws.labels, labels)?;
+        backend.warp(images, maps, &ws.acts[0])?;
         Ok(wi)
     }
 
@@ -279,8 +281,9 @@ impl<B: Backend> Model<B> {
 
     /// One training step on a batch: forward with dropout drawn from `seed`, loss, backward,
     /// and an Adam update at step `t` (counted from 1).
-    pub fn train_step(&mut self, backend: &B, images: &[f32], labels: &[u32], seed: u32, adam: AdamConfig, t: u64) -> Result<BatchResult> {
-        let wi = self.load_batch(backend, images, labels)?;
+    #[allow(clippy::too_many_arguments)]
+    pub fn train_step(&mut self, backend: &B, images: &[u8], maps: &[[f32; 6]], labels: &[u32], seed: u32, adam: AdamConfig, t: u64) -> Result<BatchResult> {
+        let wi = self.load_batch(backend, images, maps, labels)?;
         let ws = &self.workspaces[wi];
         self.forward(backend, ws, true, seed)?;
         self.loss(backend, ws)?;
@@ -296,8 +299,8 @@ impl<B: Backend> Model<B> {
     }
 
     /// Inference on a batch: loss, correct count and the probabilities.
-    pub fn evaluate_batch(&mut self, backend: &B, images: &[f32], labels: &[u32]) -> Result<BatchResult> {
-        let wi = self.load_batch(backend, images, labels)?;
+    pub fn evaluate_batch(&mut self, backend: &B, images: &[u8], labels: &[u32]) -> Result<BatchResult> {
+        let wi = self.load_batch(backend, images, &vec![crate::kernels::warp::IDENTITY; labels.len()], labels)?;
         let ws = &self.workspaces[wi];
         self.forward(backend, ws, false, 0)?;
         self.loss(backend, ws)?;

@@ -1,0 +1,233 @@
+//! Data loading and its errors, the augmentation warp on both backends, and short training
+//! runs: the loss falls, the GPU follows the CPU's loss curve, a resumed run matches an
+//! uninterrupted one, and a diverging run stops with its last good checkpoint kept.
+
+mod common;
+
+use common::{assert_close, gpu};
+use mien::augment::AugmentConfig;
+use mien::data::{self, Dataset, Usage, PIXELS};
+use mien::kernels::warp;
+use mien::nn::weights::Part;
+use mien::nn::{Backend, Cpu, GpuBackend, Model, ModelConfig};
+use mien::rng::Rng;
+use mien::train::{self, Recipe, RunFiles};
+use std::path::{Path, PathBuf};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mien-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A 48x48 image per class that a small network separates quickly: class c is a bright
+/// horizontal band at a class-specific height, plus seeded noise.
+fn synthetic(n: usize, seed: u64) -> Dataset {
+    let mut rng = Rng::new(seed);
+    let mut data = Dataset::default();
+    for i in 0..n {
+        let class = (i % 7) as u8;
+        let band = 4 + class as usize * 6;
+        for y in 0..48 {
+            for _ in 0..48 {
+                let base = if (band..band + 5).contains(&y) { 200.0 } else { 40.0 };
+                data.images.push((base + rng.uniform(-30.0, 30.0)) as u8);
+            }
+        }
+        data.labels.push(class);
+    }
+    data
+}
+
+fn tiny_model() -> ModelConfig {
+    ModelConfig::from_json(
+        r#"{"name": "tiny", "input": [1, 48, 48], "classes": 7, "layers": [
+            {"type": "conv2d", "filters": 4, "kernel": 3}, {"type": "relu"}, {"type": "max_pool", "size": 4},
+            {"type": "dropout", "rate": 0.1}, {"type": "batch_norm"}, {"type": "flatten"},
+            {"type": "dense", "units": 16}, {"type": "relu"}, {"type": "dense", "units": 7}]}"#,
+        "tiny",
+    )
+    .unwrap()
+}
+
+fn quick_recipe(epochs: usize) -> Recipe {
+    Recipe { epochs, batch: 32, lr: 3e-3, patience: 0, augment: AugmentConfig { rotation_deg: 5.0, shear_deg: 0.0, zoom: 0.05, shift: 0.05, horizontal_flip: true }, ..Recipe::default_recipe() }
+}
+
+struct Quiet;
+impl train::Observer for Quiet {}
+
+#[test]
+fn csv_rows_are_parsed_and_bad_rows_named_by_line() {
+    let dir = temp_dir("csv");
+    let pixels = |v: u8| vec![v.to_string(); PIXELS].join(" ");
+    let good = format!("emotion,pixels,Usage\n3,{},Training\n6,{},Training\n4,{},PublicTest\n", pixels(1), pixels(2), pixels(3));
+    let path = dir.join("fer.csv");
+    std::fs::write(&path, &good).unwrap();
+    let train = data::load(&path, Usage::Training, false).unwrap();
+    // CSV labels 3 (happy) and 6 (neutral) map to the folder order's 3 and 4.
+    assert_eq!(train.labels, vec![3, 4]);
+    assert_eq!(train.image(1)[0], 2);
+    assert_eq!(data::load(&path, Usage::PublicTest, false).unwrap().labels, vec![5]);
+
+    let bad = format!("{good}7,{},Training\n2,1 2 3,Training\n", pixels(0));
+    std::fs::write(&path, bad).unwrap();
+    let err = data::load(&path, Usage::Training, false).unwrap_err().to_string();
+    assert!(err.ends_with("fer.csv:5: unknown emotion label 7 (expected 0-6)"), "{err}");
+    let skipped = data::load(&path, Usage::Training, true).unwrap();
+    assert_eq!(skipped.labels.len(), 2);
+    assert_eq!(skipped.skipped.len(), 2);
+    assert!(skipped.skipped[1].ends_with(":6: 3 pixel values, expected 2304"), "{:?}", skipped.skipped);
+}
+
+fn write_png(path: &Path, side: u32) {
+    image::GrayImage::from_pixel(side, side, image::Luma([90])).save(path).unwrap();
+}
+
+#[test]
+fn class_folders_load_and_bad_images_are_named() {
+    let dir = temp_dir("folders");
+    for class in data::CLASSES {
+        std::fs::create_dir_all(dir.join(class)).unwrap();
+        write_png(&dir.join(class).join("a.png"), 48);
+    }
+    let d = data::load(&dir, Usage::Training, false).unwrap();
+    assert_eq!(d.labels, vec![0, 1, 2, 3, 4, 5, 6]);
+
+    std::fs::write(dir.join("fear/broken.jpg"), b"not a jpeg").unwrap();
+    let err = data::load(&dir, Usage::Training, false).unwrap_err().to_string();
+    assert!(err.contains("fear/broken.jpg: cannot decode image"), "{err}");
+    std::fs::remove_file(dir.join("fear/broken.jpg")).unwrap();
+
+    write_png(&dir.join("sad/small.png"), 40);
+    let err = data::load(&dir, Usage::Training, false).unwrap_err().to_string();
+    assert!(err.contains("sad/small.png: image is 40x40, expected 48x48"), "{err}");
+    let d = data::load(&dir, Usage::Training, true).unwrap();
+    assert_eq!((d.len(), d.skipped.len()), (7, 1));
+    std::fs::remove_file(dir.join("sad/small.png")).unwrap();
+
+    std::fs::remove_file(dir.join("disgust/a.png")).unwrap();
+    let err = data::load(&dir, Usage::Training, false).unwrap_err().to_string();
+    assert!(err.contains("disgust: class folder has no images"), "{err}");
+    std::fs::remove_dir(dir.join("disgust")).unwrap();
+    let err = data::load(&dir, Usage::Training, false).unwrap_err().to_string();
+    assert!(err.contains("disgust: missing class folder"), "{err}");
+}
+
+#[test]
+fn real_fer2013_test_images_load() {
+    let dir = data::default_fer_dir().join("test");
+    let d = data::load(&dir, Usage::PublicTest, false).unwrap_or_else(|e| panic!("FER2013 test split (set MIEN_FER2013): {e}"));
+    assert_eq!(d.class_counts(), [467, 56, 496, 895, 607, 653, 415]);
+}
+
+#[test]
+fn warp_kernel_matches_cpu_and_identity_is_exact() {
+    let data = synthetic(13, 3);
+    let cfg = AugmentConfig { rotation_deg: 30.0, shear_deg: 10.0, zoom: 0.3, shift: 0.2, horizontal_flip: true };
+    let mut rng = Rng::new(9);
+    let mut maps: Vec<[f32; 6]> = (0..13).map(|_| cfg.draw(&mut rng)).collect();
+    maps[0] = warp::IDENTITY;
+    let mut cpu = vec![0.0; 13 * PIXELS];
+    warp::warp_cpu(&data.images, &maps, &mut cpu).unwrap();
+    let want0: Vec<f32> = data.images[..PIXELS].iter().map(|&b| b as f32 / 255.0).collect();
+    assert_eq!(&cpu[..PIXELS], &want0[..]);
+    // A flip alone mirrors each row exactly.
+    let flip = [-1.0, 0.0, 47.0, 0.0, 1.0, 0.0];
+    let mut mirrored = vec![0.0; PIXELS];
+    warp::warp_cpu(&data.images[..PIXELS], &[flip], &mut mirrored).unwrap();
+    assert_eq!(mirrored[5], data.images[42] as f32 / 255.0);
+
+    let g = gpu();
+    let (pixels, maps_g, out) = (g.upload(&warp::pack(&data.images)).unwrap(), g.upload(maps.as_flattened()).unwrap(), g.zeros::<f32>(13 * PIXELS).unwrap());
+    g.run(|rec| warp::warp_gpu(rec, 13, &pixels, &maps_g, &out)).unwrap();
+    assert_close("warp", &g.read(&out).unwrap(), &cpu, 1e-5);
+}
+
+fn run<B: Backend>(backend: &B, dir: &Path, epochs: usize, resume: bool) -> (Model<B>, train::RunState) {
+    let mut model = Model::new(backend, tiny_model(), 5).unwrap();
+    let files = RunFiles { dir: dir.to_path_buf() };
+    let state = train::train(&mut model, backend, &synthetic(320, 1), &synthetic(64, 2), &quick_recipe(epochs), &files, resume, &mut Quiet).unwrap();
+    (model, state)
+}
+
+#[test]
+fn training_lowers_the_loss_and_gpu_follows_the_cpu_curve() {
+    let (_, cpu) = run(&Cpu, &temp_dir("cpu-run"), 3, false);
+    let losses: Vec<f64> = cpu.history.iter().map(|m| m.train_loss).collect();
+    assert!(losses[2] < 0.7 * losses[0], "training loss did not fall: {losses:?}");
+    assert!(cpu.best_accuracy > 0.5, "validation accuracy {}", cpu.best_accuracy);
+
+    let backend = GpuBackend::new(gpu());
+    let (_, gpu_state) = run(&backend, &temp_dir("gpu-run"), 3, false);
+    for (c, g) in cpu.history.iter().zip(&gpu_state.history) {
+        // Same initial weights, batches, augmentation and dropout masks: only summation order
+        // differs, and it compounds over 30 steps.
+        assert!((c.train_loss - g.train_loss).abs() < 2e-3 * c.train_loss, "epoch {}: CPU loss {} vs GPU {}", c.epoch, c.train_loss, g.train_loss);
+        assert!((c.val_loss - g.val_loss).abs() < 5e-3 * c.val_loss, "epoch {}: CPU val loss {} vs GPU {}", c.epoch, c.val_loss, g.val_loss);
+    }
+}
+
+#[test]
+fn a_resumed_run_matches_an_uninterrupted_one() {
+    let (straight, _) = run(&Cpu, &temp_dir("straight"), 3, false);
+    let dir = temp_dir("resumed");
+    run(&Cpu, &dir, 2, false); // "killed" after two epochs' checkpoints
+    let mut model = Model::new(&Cpu, tiny_model(), 5).unwrap();
+    let files = RunFiles { dir: dir.clone() };
+    let state = train::train(&mut model, &Cpu, &synthetic(320, 1), &synthetic(64, 2), &quick_recipe(3), &files, true, &mut Quiet).unwrap_err_or_state();
+    assert_eq!(state.epoch, 3);
+    let (a, b) = (straight.params.iter().map(|p| Cpu.read(&p.value).unwrap()), model.params.iter().map(|p| Cpu.read(&p.value).unwrap()));
+    for (x, y) in a.zip(b) {
+        assert_eq!(x, y, "weights differ after resuming");
+    }
+}
+
+trait StateOrPanic {
+    fn unwrap_err_or_state(self) -> train::RunState;
+}
+impl StateOrPanic for anyhow::Result<train::RunState> {
+    fn unwrap_err_or_state(self) -> train::RunState {
+        self.unwrap_or_else(|e| panic!("{e:#}"))
+    }
+}
+
+#[test]
+fn a_nan_stops_the_run_and_keeps_the_last_good_checkpoint() {
+    let dir = temp_dir("nan");
+    run(&Cpu, &dir, 1, false);
+    let good = std::fs::read(dir.join("weights.safetensors")).unwrap();
+    // Inject a NaN into the output layer's weights in the checkpoint, and resume from that.
+    let mut model = Model::new(&Cpu, tiny_model(), 5).unwrap();
+    model.load(&Cpu, &dir.join("weights.safetensors"), Part::Value).unwrap();
+    let output_weights = model.params.iter().rposition(|p| p.name.ends_with(".weight")).unwrap();
+    model.params[output_weights].value.borrow_mut()[0] = f32::NAN;
+    model.save(&Cpu, &dir.join("weights.safetensors"), Part::Value, Default::default()).unwrap();
+    let poisoned = std::fs::read(dir.join("weights.safetensors")).unwrap();
+    let err = train::train(&mut model, &Cpu, &synthetic(320, 1), &synthetic(64, 2), &quick_recipe(2), &RunFiles { dir: dir.clone() }, true, &mut Quiet).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("epoch 2, batch 1: the loss became NaN") && msg.contains("last good checkpoint"), "{msg}");
+    assert_eq!(std::fs::read(dir.join("weights.safetensors")).unwrap(), poisoned, "a failed epoch must not overwrite the checkpoint");
+    assert_ne!(good, poisoned);
+}
+
+#[test]
+fn a_truncated_checkpoint_is_a_clear_error() {
+    let dir = temp_dir("truncated");
+    run(&Cpu, &dir, 1, false);
+    let path = dir.join("weights.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let mut model = Model::new(&Cpu, tiny_model(), 5).unwrap();
+    let err = model.load(&Cpu, &path, Part::Value).unwrap_err().to_string();
+    assert!(err.contains("weights.safetensors: not a valid safetensors file"), "{err}");
+}
+
+#[test]
+fn the_original_model_has_the_reports_parameter_count() {
+    let model = Model::new(&Cpu, ModelConfig::original(), 0).unwrap();
+    assert_eq!(model.parameter_count(), 2_345_607);
+    let deeper = ModelConfig::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/data/models/vgg_bn.json"))).unwrap();
+    assert!(Model::new(&Cpu, deeper, 0).unwrap().parameter_count() > 2_000_000);
+}
