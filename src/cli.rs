@@ -135,6 +135,9 @@ struct EvalArgs {
     batch: usize,
     #[arg(long)]
     json: bool,
+    /// Write the confusion matrix as DIR/confusion.png.
+    #[arg(long)]
+    plots: Option<PathBuf>,
     #[arg(long)]
     skip_bad: bool,
 }
@@ -352,6 +355,9 @@ fn run_train<B: Backend>(backend: &B, args: &TrainArgs) -> Result<()> {
         recipe.augment = AugmentConfig::NONE;
     }
     let (train_set, val_set) = train_val(args)?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create the run folder", args.out.display()))?;
+    let splits = [("train", train_set.class_counts().to_vec()), ("validation", val_set.class_counts().to_vec())];
+    crate::plot::class_distribution(&args.out.join("class_distribution.png"), &data::CLASSES, &splits)?;
     let mut model = Model::new(backend, config, recipe.seed)?;
     println!("model {}: {} parameters; training on {}", model.config.name, model.parameter_count(), backend.describe());
     let files = RunFiles { dir: args.out.clone() };
@@ -359,11 +365,15 @@ fn run_train<B: Backend>(backend: &B, args: &TrainArgs) -> Result<()> {
     if let Some(why) = &state.stopped {
         println!("{why}");
     }
+    // The model now holds the best weights: their confusion matrix on the validation set.
+    let eval = train::evaluate(&mut model, backend, &val_set, recipe.batch)?;
+    crate::plot::confusion_matrix(&args.out.join("confusion.png"), &data::CLASSES, &eval.confusion)?;
     println!(
-        "best validation accuracy {:.2}% at epoch {}; weights in {}",
+        "best validation accuracy {:.2}% at epoch {}; weights in {}; plots and metrics in {}",
         100.0 * state.best_accuracy,
         state.best_epoch,
-        files.best().display()
+        files.best().display(),
+        args.out.display()
     );
     Ok(())
 }
@@ -379,6 +389,10 @@ fn run_eval<B: Backend>(backend: &B, args: &EvalArgs) -> Result<()> {
     let mut model = Model::new(backend, config, 0)?;
     model.load(backend, &weights, Part::Value)?;
     let eval = train::evaluate(&mut model, backend, &data, args.batch)?;
+    if let Some(dir) = &args.plots {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+        crate::plot::confusion_matrix(&dir.join("confusion.png"), &data::CLASSES, &eval.confusion)?;
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&eval)?);
         return Ok(());

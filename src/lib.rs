@@ -7,6 +7,7 @@ pub mod error;
 pub mod gpu;
 pub mod kernels;
 pub mod nn;
+pub mod plot;
 pub mod rng;
 pub mod train;
 

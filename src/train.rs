@@ -324,6 +324,8 @@ pub fn train<B: Backend>(
 }
 
 fn write_metrics(dir: &Path, history: &[EpochMetrics]) -> Result<()> {
+    let curves: Vec<_> = history.iter().map(|m| (m.epoch, m.train_accuracy, m.val_accuracy, m.train_loss, m.val_loss)).collect();
+    crate::plot::training_curves(&dir.join("training_curves.png"), &curves)?;
     let mut csv = String::from("epoch,lr,train_loss,train_accuracy,val_loss,val_accuracy,images_per_second,seconds\n");
     for m in history {
         csv.push_str(&format!(

@@ -2,10 +2,10 @@
 //! 'same' pads kh-1 rows in total, the extra one at the bottom for even kernels). Activations are
 //! NCHW and weights OIHW (see the module docs of `kernels` for why).
 //!
-//! Both backends treat it as a matrix product with the im2col matrix of the input: the CPU builds
-//! that matrix per image and calls `sgemm`; the GPU kernel reads it implicitly. The data gradient
-//! is the forward convolution of dy with flipped, transposed weights and complementary padding,
-//! so it reuses the forward code on both backends.
+//! The CPU treats it as a matrix product with the im2col matrix of each image (`sgemm`), and
+//! its data gradient as the transposed product folded back with col2im. The GPU convolves
+//! directly, and gets the data gradient by running the forward kernel on dy with flipped,
+//! transposed weights and complementary padding.
 
 use super::reduce::{self, split_k, ACCUMULATE, WRITE_SPLITS};
 use super::{check_buf, parallel_over_batch, sgemm, MatRef};
@@ -73,8 +73,8 @@ impl Conv2dShape {
         2.0 * (self.batch * self.plane() * self.cout * self.taps()) as f64
     }
 
-    /// The convolution that maps dy back to dx: channels swap, the weights are flipped
-    /// (`flip_weights`), and the padding is what's left of a full (kh-1) border.
+    /// The convolution that maps dy back to dx on the GPU: channels swap, the weights are
+    /// flipped (conv2d_flip.wgsl), and the padding is what's left of a full (kh-1) border.
     pub fn data_grad(&self) -> Conv2dShape {
         Conv2dShape {
             batch: self.batch,
@@ -159,23 +159,42 @@ pub fn forward_cpu(s: Conv2dShape, x: &[f32], w: &[f32], b: Option<&[f32]>, y: &
     Ok(())
 }
 
-/// OIHW `w[co, ci, ky, kx]` -> `wf[ci, co, kh-1-ky, kw-1-kx]`, the weights of `data_grad()`.
-pub fn flip_weights(s: &Conv2dShape, w: &[f32]) -> Vec<f32> {
-    let mut wf = vec![0.0; w.len()];
-    let taps = s.kh * s.kw;
-    for co in 0..s.cout {
-        for ci in 0..s.cin {
-            for t in 0..taps {
-                wf[(ci * s.cout + co) * taps + (taps - 1 - t)] = w[(co * s.cin + ci) * taps + t];
+/// dx = W^T dy as columns, folded back onto the image (col2im). The GPU instead runs the
+/// forward kernel on flipped weights; on the CPU this form keeps the matrix product as large
+/// as the forward one.
+pub fn backward_data_cpu(s: Conv2dShape, dy: &[f32], w: &[f32], dx: &mut [f32]) -> Result<()> {
+    s.check(dx.len(), w.len(), dy.len())?;
+    let (in_img, out_img, plane, taps) = (s.cin * s.h * s.w, s.cout * s.plane(), s.plane(), s.taps());
+    let items: Vec<_> = dx.chunks_mut(in_img.max(1)).zip(dy.chunks(out_img.max(1))).collect();
+    per_image(&s, items, |(dxi, dyi), col, threads| {
+        sgemm(taps, plane, s.cout, MatRef::transposed(w, taps), MatRef::rows(dyi, plane), col, false, threads);
+        col2im(&s, col, dxi);
+    });
+    Ok(())
+}
+
+/// The adjoint of [`im2col`]: adds each column entry back onto the input pixel it was read from.
+fn col2im(s: &Conv2dShape, col: &[f32], img: &mut [f32]) {
+    img.fill(0.0);
+    let plane = s.plane();
+    for ci in 0..s.cin {
+        for ky in 0..s.kh {
+            for kx in 0..s.kw {
+                let row = &col[((ci * s.kh + ky) * s.kw + kx) * plane..][..plane];
+                let lo = s.pad_left.saturating_sub(kx).min(s.ow);
+                let hi = (s.w + s.pad_left).saturating_sub(kx).min(s.ow).max(lo);
+                for oy in 0..s.oh {
+                    let iy = (oy + ky).wrapping_sub(s.pad_top);
+                    if iy >= s.h {
+                        continue;
+                    }
+                    let dst = &mut img[(ci * s.h + iy) * s.w..][..s.w];
+                    let src = &row[oy * s.ow..(oy + 1) * s.ow];
+                    dst[lo + kx - s.pad_left..hi + kx - s.pad_left].iter_mut().zip(&src[lo..hi]).for_each(|(d, v)| *d += v);
+                }
             }
         }
     }
-    wf
-}
-
-pub fn backward_data_cpu(s: Conv2dShape, dy: &[f32], w: &[f32], dx: &mut [f32]) -> Result<()> {
-    s.check(dx.len(), w.len(), dy.len())?;
-    forward_cpu(s.data_grad(), dy, &flip_weights(&s, w), None, dx)
 }
 
 /// Overwrites `dw` ([cout, cin, kh, kw]) and `db` ([cout]).

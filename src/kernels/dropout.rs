@@ -31,6 +31,12 @@ impl Mask {
     pub fn keeps(&self, i: u32) -> bool {
         mix32(i ^ mix32(self.seed)) >= self.threshold()
     }
+
+    /// `keeps` for a run of elements, with the per-call work hoisted out of the loop.
+    fn keep_run(&self, start: u32) -> impl Fn(u32) -> bool {
+        let (key, threshold) = (mix32(self.seed), self.threshold());
+        move |j| mix32((start + j) ^ key) >= threshold
+    }
 }
 
 /// The same integer finaliser as dropout.wgsl.
@@ -47,8 +53,12 @@ fn mix32(mut x: u32) -> u32 {
 pub fn apply_cpu(mask: Mask, src: &[f32], dst: &mut [f32]) -> Result<()> {
     check_len("dropout", "output", dst.len(), src.len())?;
     let scale = mask.scale();
-    dst.par_iter_mut().with_min_len(1 << 15).zip(src).enumerate().for_each(|(i, (d, &s))| {
-        *d = if mask.keeps(i as u32) { s * scale } else { 0.0 };
+    const CHUNK: usize = 1 << 14;
+    dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).enumerate().for_each(|(c, (d, s))| {
+        let keeps = mask.keep_run((c * CHUNK) as u32);
+        for (j, (d, &s)) in d.iter_mut().zip(s).enumerate() {
+            *d = if keeps(j as u32) { s * scale } else { 0.0 };
+        }
     });
     Ok(())
 }

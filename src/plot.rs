@@ -1,0 +1,142 @@
+//! PNG plots: class distribution, training curves, confusion matrix. Text is drawn with the
+//! DejaVu Sans font shipped in data/fonts, so plots look the same on every machine.
+
+use anyhow::{anyhow, Result};
+use plotters::prelude::*;
+use std::path::Path;
+use std::sync::Once;
+
+const FONT: &str = "sans-serif";
+
+fn register_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // The font is compiled in; registering it can only fail on bad bytes.
+        let _ = plotters::style::register_font(FONT, FontStyle::Normal, include_bytes!("../data/fonts/DejaVuSans.ttf"));
+    });
+}
+
+fn err(path: &Path, e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow!("{}: cannot draw the plot: {e}", path.display())
+}
+
+/// Grouped bars: images per class in each split.
+pub fn class_distribution(path: &Path, classes: &[&str], splits: &[(&str, Vec<usize>)]) -> Result<()> {
+    register_font();
+    let root = BitMapBackend::new(path, (900, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(path, e))?;
+    let top = splits.iter().flat_map(|(_, c)| c.iter().copied()).max().unwrap_or(1) as f64 * 1.1;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Images per class", (FONT, 24))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..classes.len() as f64, 0.0..top)
+        .map_err(|e| err(path, e))?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(classes.len() * 2 + 1)
+        .x_label_formatter(&|x| {
+            let i = x.floor() as usize;
+            if (x - i as f64 - 0.5).abs() < 1e-6 { classes.get(i).map_or(String::new(), |c| c.to_string()) } else { String::new() }
+        })
+        .y_desc("images")
+        .label_style((FONT, 14))
+        .draw()
+        .map_err(|e| err(path, e))?;
+    let width = 0.8 / splits.len() as f64;
+    for (s, (name, counts)) in splits.iter().enumerate() {
+        let color = Palette99::pick(s).to_rgba();
+        chart
+            .draw_series(counts.iter().enumerate().map(|(i, &n)| {
+                let x0 = i as f64 + 0.1 + s as f64 * width;
+                Rectangle::new([(x0, 0.0), (x0 + width, n as f64)], color.filled())
+            }))
+            .map_err(|e| err(path, e))?
+            .label(format!("{name} ({})", counts.iter().sum::<usize>()))
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], color.filled()));
+    }
+    chart.configure_series_labels().border_style(BLACK).background_style(WHITE).label_font((FONT, 14)).draw().map_err(|e| err(path, e))?;
+    root.present().map_err(|e| err(path, e))
+}
+
+/// Train and validation curves per epoch: accuracy on the left, loss on the right.
+pub fn training_curves(path: &Path, epochs: &[(usize, f64, f64, f64, f64)]) -> Result<()> {
+    register_font();
+    let root = BitMapBackend::new(path, (1200, 450)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(path, e))?;
+    let (left, right) = root.split_horizontally(600);
+    let last = epochs.last().map_or(1, |e| e.0).max(2) as f64;
+    // (epoch, train accuracy, validation accuracy, train loss, validation loss)
+    let panels: [(_, &str, fn(&(usize, f64, f64, f64, f64)) -> (f64, f64)); 2] =
+        [(left, "accuracy", |e| (100.0 * e.1, 100.0 * e.2)), (right, "loss", |e| (e.3, e.4))];
+    for (area, name, pick) in panels {
+        let values: Vec<(f64, f64)> = epochs.iter().map(pick).collect();
+        let hi = values.iter().flat_map(|v| [v.0, v.1]).fold(f64::MIN, f64::max).max(1e-3) * 1.05;
+        let lo = values.iter().flat_map(|v| [v.0, v.1]).fold(f64::MAX, f64::min).min(hi) * 0.95;
+        let mut chart = ChartBuilder::on(&area)
+            .caption(format!("Train vs validation {name}"), (FONT, 20))
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(55)
+            .build_cartesian_2d(1.0..last, lo..hi)
+            .map_err(|e| err(path, e))?;
+        chart.configure_mesh().x_desc("epoch").y_desc(if name == "accuracy" { "accuracy (%)" } else { "loss" }).label_style((FONT, 13)).draw().map_err(|e| err(path, e))?;
+        for (label, color, which) in [("train", BLUE, 0), ("validation", RED, 1)] {
+            let points = epochs.iter().zip(&values).map(|(e, v)| (e.0 as f64, if which == 0 { v.0 } else { v.1 }));
+            chart
+                .draw_series(LineSeries::new(points, color.stroke_width(2)))
+                .map_err(|e| err(path, e))?
+                .label(label)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        }
+        chart.configure_series_labels().border_style(BLACK).background_style(WHITE).label_font((FONT, 13)).draw().map_err(|e| err(path, e))?;
+    }
+    root.present().map_err(|e| err(path, e))
+}
+
+/// Heat map of confusion[true][predicted], shaded by each row's share, with the counts.
+pub fn confusion_matrix(path: &Path, classes: &[&str], confusion: &[Vec<usize>]) -> Result<()> {
+    register_font();
+    let n = classes.len();
+    let root = BitMapBackend::new(path, (760, 700)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(path, e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Confusion matrix (rows: true, columns: predicted)", (FONT, 20))
+        .margin(15)
+        .x_label_area_size(50)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0.0..n as f64, n as f64..0.0)
+        .map_err(|e| err(path, e))?;
+    let name = |x: &f64| {
+        let i = x.floor() as usize;
+        if (x - i as f64 - 0.5).abs() < 1e-6 { classes.get(i).map_or(String::new(), |c| c.to_string()) } else { String::new() }
+    };
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_labels(2 * n + 1)
+        .y_labels(2 * n + 1)
+        .x_label_formatter(&name)
+        .y_label_formatter(&name)
+        .label_style((FONT, 14))
+        .draw()
+        .map_err(|e| err(path, e))?;
+    for (t, row) in confusion.iter().enumerate() {
+        let total = row.iter().sum::<usize>().max(1) as f64;
+        for (p, &count) in row.iter().enumerate() {
+            let share = count as f64 / total;
+            let shade = (255.0 * (1.0 - share)) as u8;
+            let (x, y) = (p as f64, t as f64);
+            chart.draw_series([Rectangle::new([(x, y), (x + 1.0, y + 1.0)], RGBColor(shade, shade, 255).filled())]).map_err(|e| err(path, e))?;
+            let color = if share > 0.5 { WHITE } else { BLACK };
+            let style = TextStyle::from((FONT, 16).into_font()).color(&color).pos(plotters::style::text_anchor::Pos::new(
+                plotters::style::text_anchor::HPos::Center,
+                plotters::style::text_anchor::VPos::Center,
+            ));
+            chart.draw_series([Text::new(count.to_string(), (x + 0.5, y + 0.5), style)]).map_err(|e| err(path, e))?;
+        }
+    }
+    root.present().map_err(|e| err(path, e))
+}
