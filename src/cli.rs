@@ -138,6 +138,10 @@ struct EvalArgs {
     /// Write the confusion matrix as DIR/confusion.png.
     #[arg(long)]
     plots: Option<PathBuf>,
+    /// Write every image's logits, in loading order (class folders in class order, files
+    /// sorted by name), as a JSON array: for comparing with other frameworks.
+    #[arg(long)]
+    logits: Option<PathBuf>,
     #[arg(long)]
     skip_bad: bool,
 }
@@ -389,6 +393,9 @@ fn run_eval<B: Backend>(backend: &B, args: &EvalArgs) -> Result<()> {
     let mut model = Model::new(backend, config, 0)?;
     model.load(backend, &weights, Part::Value)?;
     let eval = train::evaluate(&mut model, backend, &data, args.batch)?;
+    if let Some(path) = &args.logits {
+        std::fs::write(path, serde_json::to_string(&eval.logits)?).with_context(|| format!("{}: cannot write", path.display()))?;
+    }
     if let Some(dir) = &args.plots {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
         crate::plot::confusion_matrix(&dir.join("confusion.png"), &data::CLASSES, &eval.confusion)?;

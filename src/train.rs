@@ -103,6 +103,9 @@ pub struct RunState {
 #[derive(Clone, Debug, Serialize)]
 pub struct Evaluation {
     pub images: usize,
+    /// Every image's logits, in dataset order (not serialised: it is for comparisons).
+    #[serde(skip)]
+    pub logits: Vec<Vec<f32>>,
     pub accuracy: f64,
     pub loss: f64,
     /// confusion[true][predicted]
@@ -129,12 +132,14 @@ pub fn evaluate<B: Backend>(model: &mut Model<B>, backend: &B, data: &Dataset, b
     let classes = model.config.classes;
     let mut confusion = vec![vec![0usize; classes]; classes];
     let mut loss_sum = 0.0f64;
+    let mut logits = Vec::with_capacity(data.len());
     let order: Vec<usize> = (0..data.len()).collect();
     for chunk in order.chunks(batch.max(1)) {
         let (images, labels) = gather(data, chunk);
         let r = model.evaluate_batch(backend, &images, &labels)?;
         loss_sum += r.loss as f64 * chunk.len() as f64;
         let probs = r.probs.expect("evaluation returns probabilities");
+        logits.extend(r.logits.expect("evaluation returns logits").chunks(classes).map(<[f32]>::to_vec));
         for (row, &label) in probs.chunks(classes).zip(&labels) {
             let predicted = row.iter().enumerate().fold(0, |best, (i, &p)| if p > row[best] { i } else { best });
             confusion[label as usize][predicted] += 1;
@@ -153,7 +158,7 @@ pub fn evaluate<B: Backend>(model: &mut Model<B>, backend: &B, data: &Dataset, b
             ClassScores { class: CLASSES.get(c).map_or(c.to_string(), |s| s.to_string()), precision, recall, f1, support }
         })
         .collect();
-    Ok(Evaluation { images: data.len(), accuracy: correct as f64 / n as f64, loss: loss_sum / n as f64, confusion, per_class })
+    Ok(Evaluation { images: data.len(), logits, accuracy: correct as f64 / n as f64, loss: loss_sum / n as f64, confusion, per_class })
 }
 
 /// Keras' 'balanced' class weights: total / (classes * count of the class).

@@ -80,11 +80,13 @@ pub struct Model<B: Backend> {
     pub bn: BnConfig,
 }
 
-/// What one batch did: mean loss, correct predictions, and the probabilities when asked.
+/// What one batch did: mean loss, correct predictions, and in evaluation the logits and
+/// probabilities ([batch, classes]).
 #[derive(Clone, Debug)]
 pub struct BatchResult {
     pub loss: f32,
     pub correct: u32,
+    pub logits: Option<Vec<f32>>,
     pub probs: Option<Vec<f32>>,
 }
 
@@ -295,7 +297,7 @@ impl<B: Backend> Model<B> {
         }
         let loss = backend.read(&ws.loss)?[0];
         let correct = backend.read_ints(&ws.correct)?[0];
-        Ok(BatchResult { loss, correct, probs: None })
+        Ok(BatchResult { loss, correct, logits: None, probs: None })
     }
 
     /// Inference on a batch: loss, correct count and the probabilities.
@@ -304,7 +306,12 @@ impl<B: Backend> Model<B> {
         let ws = &self.workspaces[wi];
         self.forward(backend, ws, false, 0)?;
         self.loss(backend, ws)?;
-        Ok(BatchResult { loss: backend.read(&ws.loss)?[0], correct: backend.read_ints(&ws.correct)?[0], probs: Some(backend.read(&ws.probs)?) })
+        Ok(BatchResult {
+            loss: backend.read(&ws.loss)?[0],
+            correct: backend.read_ints(&ws.correct)?[0],
+            logits: Some(backend.read(ws.acts.last().expect("logits"))?),
+            probs: Some(backend.read(&ws.probs)?),
+        })
     }
 }
 
