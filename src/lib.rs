@@ -3,6 +3,7 @@
 
 pub mod augment;
 pub mod data;
+pub mod detect;
 pub mod error;
 pub mod gpu;
 pub mod kernels;

@@ -1,0 +1,5 @@
+//! Face detection with OpenCV's Haar cascades.
+
+pub mod cascade;
+
+pub use cascade::Cascade;

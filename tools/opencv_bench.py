@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Times OpenCV's Haar face detection, as the reference that mien's detector is compared with.
+
+    tools/.venv/bin/python tools/opencv_bench.py [--seconds 3] [--cascade NAME] [--out FILE]
+
+(The venv as in tools/opencv_fixtures.py: opencv-python-headless==4.14.0.94 and numpy.)
+
+Frames are greyscale 640x480, 1280x720 and 1920x1080, made deterministically from
+data/fixtures/haar/montage.png (nine faces, 700x430; written by tools/opencv_fixtures.py): the
+montage is scaled to fit the frame (INTER_AREA when shrinking, INTER_LINEAR when enlarging) and
+centred on a mid-grey (128) background. Each frame goes through
+CascadeClassifier.detectMultiScale(frame) at the defaults (scaleFactor 1.1, minNeighbors 3) with
+haarcascade_frontalface_default.xml, first with cv2.setNumThreads(1), then with OpenCV's default
+thread count; OpenCL is off. After one warm-up call, calls repeat until --seconds have passed
+(at least 3 calls). Prints JSON (and writes it to --out if given): per frame size and thread
+setting, the number of calls, the median and minimum milliseconds per call, frames per second
+from the median, and how many faces were found.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import cv2
+import numpy as np
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+MONTAGE = os.path.join(ROOT, "data", "fixtures", "haar", "montage.png")
+SIZES = [(640, 480), (1280, 720), (1920, 1080)]
+
+
+def cascade_path(name):
+    for folder in (os.path.join(ROOT, "..", "shared", "data", "haarcascades"),
+                   cv2.data.haarcascades):
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            return path
+    sys.exit(f"cascade {name} not found")
+
+
+def make_frame(montage, w, h):
+    """The montage scaled to fit w x h, centred on mid-grey."""
+    mh, mw = montage.shape
+    s = min(w / mw, h / mh)
+    sw, sh = min(w, round(mw * s)), min(h, round(mh * s))
+    interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+    scaled = cv2.resize(montage, (sw, sh), interpolation=interp)
+    frame = np.full((h, w), 128, np.uint8)
+    x, y = (w - sw) // 2, (h - sh) // 2
+    frame[y:y + sh, x:x + sw] = scaled
+    return frame
+
+
+def time_detect(classifier, frame, seconds):
+    faces = classifier.detectMultiScale(frame, scaleFactor=1.1, minNeighbors=3)  # warm-up
+    times = []
+    start = time.perf_counter()
+    while len(times) < 3 or time.perf_counter() - start < seconds:
+        t0 = time.perf_counter()
+        classifier.detectMultiScale(frame, scaleFactor=1.1, minNeighbors=3)
+        times.append(time.perf_counter() - t0)
+    median = statistics.median(times)
+    return {
+        "calls": len(times),
+        "median_ms": round(median * 1e3, 3),
+        "min_ms": round(min(times) * 1e3, 3),
+        "fps": round(1.0 / median, 2),
+        "faces": int(len(faces)),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=3.0, help="timing per case (default 3)")
+    ap.add_argument("--cascade", default="haarcascade_frontalface_default.xml")
+    ap.add_argument("--out", help="also write the JSON here")
+    args = ap.parse_args()
+
+    montage = cv2.imread(MONTAGE, cv2.IMREAD_GRAYSCALE)
+    if montage is None:
+        sys.exit(f"cannot read {MONTAGE}; run tools/opencv_fixtures.py first")
+    cv2.ocl.setUseOpenCL(False)
+    classifier = cv2.CascadeClassifier(cascade_path(args.cascade))
+    if classifier.empty():
+        sys.exit(f"cannot load {args.cascade}")
+
+    default_threads = cv2.getNumThreads()
+    frames = [(w, h, make_frame(montage, w, h)) for w, h in SIZES]
+    results = []
+    for threads in (1, default_threads):
+        cv2.setNumThreads(threads)
+        for w, h, frame in frames:
+            r = {"width": w, "height": h, "threads": threads}
+            r.update(time_detect(classifier, frame, args.seconds))
+            results.append(r)
+            print(f"{w}x{h} threads={threads}: {r['fps']} fps ({r['median_ms']} ms median, "
+                  f"{r['calls']} calls, {r['faces']} faces)", file=sys.stderr)
+    cv2.setNumThreads(default_threads)
+
+    report = {
+        "tool": "opencv",
+        "opencv_version": cv2.__version__,
+        "cascade": args.cascade,
+        "scale_factor": 1.1,
+        "min_neighbors": 3,
+        "frames": "data/fixtures/haar/montage.png scaled to fit, centred on grey 128",
+        "default_threads": default_threads,
+        "cpu_count": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "results": results,
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
