@@ -1,5 +1,7 @@
 //! Face detection with OpenCV's Haar cascades.
 
 pub mod cascade;
+pub mod group;
 
 pub use cascade::Cascade;
+pub use group::{group_rectangles, Rect};

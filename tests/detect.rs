@@ -1,0 +1,41 @@
+//! Detection against OpenCV: fixtures made by tools/opencv_fixtures.py with opencv-python
+//! (single thread, no OpenCL), committed in data/fixtures/haar so these tests need no OpenCV.
+
+use mien::detect::{group_rectangles, Rect};
+use serde_json::Value;
+use std::path::PathBuf;
+
+fn fixtures() -> Vec<(String, Value)> {
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/data/fixtures/haar"));
+    let mut out: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json") && !p.ends_with("grey_conversion.json"))
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn rects(v: &Value) -> Vec<Rect> {
+    v.as_array().unwrap().iter().map(|r| Rect { x: r[0].as_i64().unwrap() as i32, y: r[1].as_i64().unwrap() as i32, w: r[2].as_i64().unwrap() as i32, h: r[3].as_i64().unwrap() as i32 }).collect()
+}
+
+#[test]
+fn grouping_opencvs_raw_windows_gives_opencvs_detections() {
+    // Runs with min_neighbors 0 return OpenCV's raw windows; grouping them must give exactly the
+    // same-parameter run with min_neighbors 3, in the same order.
+    let mut checked = 0;
+    for (name, f) in fixtures() {
+        let runs = f["runs"].as_array().unwrap();
+        for raw in runs.iter().filter(|r| r["min_neighbors"] == 0) {
+            let same = |r: &&Value| r["cascade"] == raw["cascade"] && r["scale_factor"] == raw["scale_factor"] && r["min_size"] == raw["min_size"] && r["max_size"] == raw["max_size"];
+            for grouped in runs.iter().filter(same).filter(|r| r["min_neighbors"] != 0) {
+                let k = grouped["min_neighbors"].as_u64().unwrap() as usize;
+                assert_eq!(group_rectangles(&rects(&raw["rects"]), k, 0.2), rects(&grouped["rects"]), "{name}: {} scale {} min_neighbors {k}", raw["cascade"], raw["scale_factor"]);
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 10, "only {checked} fixture pairs");
+}
