@@ -39,3 +39,30 @@ fn grouping_opencvs_raw_windows_gives_opencvs_detections() {
     }
     assert!(checked >= 10, "only {checked} fixture pairs");
 }
+
+#[test]
+fn colour_to_grey_matches_opencv() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/fixtures/haar/grey_conversion.json");
+    let f: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let check = |bgr: &Value, want: &Value, what: &str| {
+        let c: Vec<u8> = bgr.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u8).collect();
+        assert_eq!(mien::detect::grey::grey_pixel(c[2], c[1], c[0]) as u64, want.as_u64().unwrap(), "{what}: bgr {c:?}");
+    };
+    for s in f["synthetic"].as_array().unwrap() {
+        check(&s[0], &s[1], "synthetic");
+    }
+    for photo in f["photos"].as_array().unwrap() {
+        for s in photo["samples"].as_array().unwrap() {
+            check(&s[2], &s[3], photo["file"].as_str().unwrap());
+        }
+    }
+    // A lossless photo decoded here converts to exactly OpenCV's grey at the sampled points.
+    let astronaut = image::open(concat!(env!("CARGO_MANIFEST_DIR"), "/data/photos/astronaut.png")).unwrap();
+    let grey = mien::detect::grey::to_grey(&astronaut);
+    let photo = &f["photos"][0];
+    assert!(photo["file"].as_str().unwrap().ends_with("astronaut.png"));
+    for s in photo["samples"].as_array().unwrap() {
+        let (x, y) = (s[0].as_u64().unwrap() as u32, s[1].as_u64().unwrap() as u32);
+        assert_eq!(grey.get_pixel(x, y).0[0] as u64, s[3].as_u64().unwrap(), "astronaut ({x}, {y})");
+    }
+}
