@@ -1,7 +1,7 @@
 //! Detection against OpenCV: fixtures made by tools/opencv_fixtures.py with opencv-python
 //! (single thread, no OpenCL), committed in data/fixtures/haar so these tests need no OpenCV.
 
-use mien::detect::{group_rectangles, Rect};
+use mien::detect::{cpu, group_rectangles, Cascade, DetectParams, Rect};
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -65,4 +65,37 @@ fn colour_to_grey_matches_opencv() {
         let (x, y) = (s[0].as_u64().unwrap() as u32, s[1].as_u64().unwrap() as u32);
         assert_eq!(grey.get_pixel(x, y).0[0] as u64, s[3].as_u64().unwrap(), "astronaut ({x}, {y})");
     }
+}
+
+fn params(run: &Value) -> DetectParams {
+    let size = |v: &Value| v.as_array().map(|a| (a[0].as_u64().unwrap() as u32, a[1].as_u64().unwrap() as u32));
+    DetectParams {
+        scale_factor: run["scale_factor"].as_f64().unwrap(),
+        min_neighbors: run["min_neighbors"].as_u64().unwrap() as usize,
+        min_size: size(&run["min_size"]).unwrap_or((0, 0)),
+        max_size: size(&run["max_size"]),
+    }
+}
+
+#[test]
+fn cpu_detector_matches_opencv_on_every_fixture() {
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/data/fixtures/haar"));
+    let cascades = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/haarcascades"));
+    let mut mismatches = Vec::new();
+    let mut runs = 0;
+    for (name, f) in fixtures() {
+        let img = image::open(dir.join(f["image"].as_str().unwrap())).unwrap().to_luma8();
+        for run in f["runs"].as_array().unwrap() {
+            let cascade = Cascade::load(&cascades.join(run["cascade"].as_str().unwrap())).unwrap();
+            let p = params(run);
+            let got = cpu::detect_multi_scale(&cascade, &img, &p);
+            let want = rects(&run["rects"]);
+            runs += 1;
+            if got != want {
+                mismatches.push(format!("{name} {} {p:?}: got {} rects, want {}\n  got  {:?}\n  want {:?}", run["cascade"], got.len(), want.len(), &got[..got.len().min(6)], &want[..want.len().min(6)]));
+            }
+        }
+    }
+    assert!(runs >= 60, "only {runs} fixture runs");
+    assert!(mismatches.is_empty(), "{} of {runs} runs differ from OpenCV:\n{}", mismatches.len(), mismatches.join("\n"));
 }

@@ -239,6 +239,11 @@ impl Reader<'_> {
 }
 
 impl Cascade {
+    /// Whether any feature uses 45-degree rectangles.
+    pub fn tilted_features(&self) -> bool {
+        self.features.iter().any(|f| f.tilted)
+    }
+
     /// Parses cascade XML text; `file` names it in errors.
     pub fn parse(xml: &str, file: &str) -> Result<Cascade, CascadeError> {
         let reader = Reader { file };

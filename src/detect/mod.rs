@@ -1,8 +1,10 @@
 //! Face detection with OpenCV's Haar cascades.
 
 pub mod cascade;
+pub mod cpu;
 pub mod grey;
 pub mod group;
 
 pub use cascade::Cascade;
+pub use cpu::{detect_multi_scale, DetectParams};
 pub use group::{group_rectangles, Rect};

@@ -1,0 +1,231 @@
+//! The CPU reference detector, with OpenCV 4's `detectMultiScale` semantics for Haar cascades:
+//! a pyramid of bit-exact bilinear resizes, integral and squared-integral images, windows
+//! normalised by their standard deviation, stumps or trees per stage, and rectangle grouping.
+
+use super::cascade::{Cascade, Feature};
+use super::group::{group_rectangles, Rect};
+use image::GrayImage;
+use rayon::prelude::*;
+
+/// OpenCV's `detectMultiScale` parameters, with its defaults.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct DetectParams {
+    pub scale_factor: f64,
+    pub min_neighbors: usize,
+    /// Smallest window to report (width, height); (0, 0) for no limit.
+    pub min_size: (u32, u32),
+    /// Largest window to report; None for the image size.
+    pub max_size: Option<(u32, u32)>,
+}
+
+impl Default for DetectParams {
+    fn default() -> Self {
+        DetectParams { scale_factor: 1.1, min_neighbors: 3, min_size: (0, 0), max_size: None }
+    }
+}
+
+/// OpenCV's cvRound for floats: to nearest, ties to even.
+fn round_f32(v: f32) -> i32 {
+    v.round_ties_even() as i32
+}
+
+/// The pyramid's scale factors, as OpenCV lists them (kept as f32, as OpenCV stores them).
+pub fn scales(cascade: &Cascade, (width, height): (u32, u32), p: &DetectParams) -> Vec<f32> {
+    let (ww, wh) = cascade.window;
+    let (max_w, max_h) = p.max_size.filter(|m| m.0 > 0 && m.1 > 0).unwrap_or((width, height));
+    let mut out = Vec::new();
+    let mut factor = 1.0f64;
+    loop {
+        let win = ((ww as f64 * factor).round_ties_even() as u32, (wh as f64 * factor).round_ties_even() as u32);
+        let scaled = ((width as f64 / factor).round_ties_even() as u32, (height as f64 / factor).round_ties_even() as u32);
+        if scaled.0 < ww || scaled.1 < wh || win.0 > max_w || win.1 > max_h {
+            break;
+        }
+        if win.0 >= p.min_size.0 && win.1 >= p.min_size.1 {
+            out.push(factor as f32);
+        }
+        factor *= p.scale_factor;
+    }
+    out
+}
+
+/// Bilinear resize with OpenCV's INTER_LINEAR_EXACT arithmetic: source positions
+/// (d + 0.5) * scale - 0.5 in f64, weights quantised to 1/256, products summed exactly and
+/// rounded once at the end; positions before the first or past the last pixel take the edge.
+pub fn resize_exact(src: &GrayImage, width: u32, height: u32) -> GrayImage {
+    // (offset, weight of the next pixel in 1/256) per destination index.
+    let taps = |src_len: u32, dst_len: u32| -> Vec<(usize, u32)> {
+        let scale = 1.0 / (dst_len as f64 / src_len as f64);
+        (0..dst_len)
+            .map(|d| {
+                let f = scale * (d as f64 + 0.5) - 0.5;
+                let i = f.floor();
+                if i < 0.0 || src_len == 1 {
+                    (0, 0)
+                } else if (i as u32) < src_len - 1 {
+                    (i as usize, ((f - i) * 256.0).round_ties_even() as u32)
+                } else {
+                    (src_len as usize - 1, 0)
+                }
+            })
+            .collect()
+    };
+    let (xs, ys) = (taps(src.width(), width), taps(src.height(), height));
+    let (sw, s) = (src.width() as usize, src.as_raw());
+    let at = |x: usize, y: usize| s[y * sw + x] as u32;
+    // A weight of 0 on the next pixel never reads it, so the last column and row are safe.
+    let hrow = |y: usize| -> Vec<u32> {
+        xs.iter().map(|&(x, w)| at(x, y) * (256 - w) + if w > 0 { at(x + 1, y) * w } else { 0 }).collect()
+    };
+    let mut out = vec![0u8; (width * height) as usize];
+    out.par_chunks_mut(width.max(1) as usize).zip(ys.par_iter()).for_each(|(row, &(y, w))| {
+        let top = hrow(y);
+        let bottom = if w > 0 { hrow(y + 1) } else { vec![0; top.len()] };
+        for ((o, &t), &b) in row.iter_mut().zip(&top).zip(&bottom) {
+            *o = ((t * (256 - w) + b * w + (1 << 15)) >> 16).min(255) as u8;
+        }
+    });
+    GrayImage::from_raw(width, height, out).expect("sized buffer")
+}
+
+/// Integral and squared-integral images with a zero first row and column, as i32 with
+/// wrap-around like OpenCV's CV_32S buffers: differences of four corners stay exact while a
+/// window's true sum fits in 32 bits, however large the image.
+pub struct Integrals {
+    pub width: usize,
+    pub sum: Vec<i32>,
+    pub sqsum: Vec<i32>,
+}
+
+impl Integrals {
+    pub fn new(img: &GrayImage) -> Integrals {
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        let width = w + 1;
+        let mut sum = vec![0i32; width * (h + 1)];
+        let mut sqsum = vec![0i32; width * (h + 1)];
+        for y in 0..h {
+            let (mut row, mut row_sq) = (0i32, 0i32);
+            for x in 0..w {
+                let v = img.as_raw()[y * w + x] as i32;
+                row = row.wrapping_add(v);
+                row_sq = row_sq.wrapping_add(v * v);
+                let i = (y + 1) * width + x + 1;
+                sum[i] = sum[i - width].wrapping_add(row);
+                sqsum[i] = sqsum[i - width].wrapping_add(row_sq);
+            }
+        }
+        Integrals { width, sum, sqsum }
+    }
+
+    /// Sum over the rectangle at (x, y) of size w x h.
+    fn rect(table: &[i32], width: usize, x: usize, y: usize, w: usize, h: usize) -> i32 {
+        let (a, b) = (y * width + x, (y + h) * width + x);
+        table[a].wrapping_sub(table[a + w]).wrapping_sub(table[b]).wrapping_add(table[b + w])
+    }
+}
+
+/// OpenCV reads stage thresholds lowered by this much, to absorb rounding in the training tool.
+const STAGE_THRESHOLD_EPS: f32 = 1e-5;
+
+fn feature_value(f: &Feature, ii: &Integrals, x: usize, y: usize) -> f32 {
+    let sum = |i: usize| {
+        let r = &f.rects[i];
+        Integrals::rect(&ii.sum, ii.width, x + r.x as usize, y + r.y as usize, r.w as usize, r.h as usize) as f32
+    };
+    let mut v = f.rects[0].weight * sum(0) + f.rects[1].weight * sum(1);
+    if f.rects.len() > 2 && f.rects[2].weight != 0.0 {
+        v += f.rects[2].weight * sum(2);
+    }
+    v
+}
+
+/// How a window fared: passed every stage, or the index of the stage that rejected it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The window's variance is too low to normalise (flat).
+    Flat,
+    Rejected(usize),
+    Face,
+}
+
+/// Evaluates the cascade on the window whose top-left corner is (x, y).
+pub fn classify(cascade: &Cascade, ii: &Integrals, x: usize, y: usize) -> Verdict {
+    let (ww, wh) = (cascade.window.0 as usize, cascade.window.1 as usize);
+    // Variance over the window less a 1-pixel border.
+    let (nw, nh) = (ww - 2, wh - 2);
+    let area = (nw * nh) as f64;
+    let s = Integrals::rect(&ii.sum, ii.width, x + 1, y + 1, nw, nh);
+    let sq = Integrals::rect(&ii.sqsum, ii.width, x + 1, y + 1, nw, nh) as u32;
+    let nf = area * sq as f64 - s as f64 * s as f64;
+    if nf <= 0.0 {
+        return Verdict::Flat;
+    }
+    let norm = (1.0 / nf.sqrt()) as f32;
+    if area * norm as f64 >= 0.1 {
+        return Verdict::Flat;
+    }
+    for (si, stage) in cascade.stages.iter().enumerate() {
+        let mut total = 0.0f64;
+        for tree in &stage.trees {
+            let mut node = 0i32;
+            let leaf = loop {
+                let split = &tree.splits[node as usize];
+                let value = feature_value(&cascade.features[split.feature as usize], ii, x, y) * norm;
+                node = if value < split.threshold { split.left } else { split.right };
+                if node <= 0 {
+                    break (-node) as usize;
+                }
+            };
+            total += tree.leaves[leaf] as f64;
+        }
+        if total < (stage.threshold - STAGE_THRESHOLD_EPS) as f64 {
+            return Verdict::Rejected(si);
+        }
+    }
+    Verdict::Face
+}
+
+/// Every window the cascade accepts, before grouping, in OpenCV's order (scale by scale, rows
+/// top to bottom).
+///
+/// Cascades with tilted features (such as the smile detector) are not evaluated yet: their
+/// tilted rectangles are read as upright ones. Cascade::tilted_features tells.
+pub fn raw_windows(cascade: &Cascade, img: &GrayImage, p: &DetectParams) -> Vec<Rect> {
+    let (ww, wh) = cascade.window;
+    let mut out = Vec::new();
+    for factor in scales(cascade, (img.width(), img.height()), p) {
+        let sw = round_f32(img.width() as f32 / factor) as u32;
+        let sh = round_f32(img.height() as f32 / factor) as u32;
+        if sw < ww || sh < wh {
+            continue;
+        }
+        let scaled = resize_exact(img, sw, sh);
+        let ii = Integrals::new(&scaled);
+        let step = if factor >= 2.0 { 1 } else { 2 };
+        let win = (round_f32(ww as f32 * factor), round_f32(wh as f32 * factor));
+        let rows: Vec<usize> = (0..=(sh - wh) as usize).step_by(step).collect();
+        let found: Vec<Vec<Rect>> = rows
+            .par_iter()
+            .map(|&y| {
+                let mut row = Vec::new();
+                let mut x = 0;
+                while x <= (sw - ww) as usize {
+                    let verdict = classify(cascade, &ii, x, y);
+                    if verdict == Verdict::Face {
+                        row.push(Rect { x: round_f32(x as f32 * factor), y: round_f32(y as f32 * factor), w: win.0, h: win.1 });
+                    }
+                    // A window rejected by the very first stage makes OpenCV skip its neighbour.
+                    x += if verdict == Verdict::Rejected(0) { 2 * step } else { step };
+                }
+                row
+            })
+            .collect();
+        out.extend(found.into_iter().flatten());
+    }
+    out
+}
+
+/// OpenCV's `detectMultiScale` on a grey image.
+pub fn detect_multi_scale(cascade: &Cascade, img: &GrayImage, p: &DetectParams) -> Vec<Rect> {
+    group_rectangles(&raw_windows(cascade, img, p), p.min_neighbors, 0.2)
+}
