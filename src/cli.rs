@@ -60,10 +60,7 @@ enum Command {
     /// Accuracy, loss, per-class scores and the confusion matrix of a model on a dataset.
     Eval(EvalArgs),
     /// Find faces in images and label their expressions.
-    Detect {
-        /// Images or folders of images.
-        inputs: Vec<std::path::PathBuf>,
-    },
+    Detect(DetectArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -146,6 +143,38 @@ struct EvalArgs {
     skip_bad: bool,
 }
 
+#[derive(Args)]
+struct DetectArgs {
+    /// Images, or folders of images (files that are not images are skipped with a warning).
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Folder for the annotated PNGs.
+    #[arg(long, default_value = "out")]
+    out: PathBuf,
+    /// Also write every image's faces as one JSON array to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// OpenCV Haar cascade XML.
+    #[arg(long, default_value = "data/cascades/haarcascade_frontalface_default.xml")]
+    cascade: PathBuf,
+    /// Expression model weights (safetensors); default: the shipped ones.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    #[arg(long, default_value_t = 1.1)]
+    scale_factor: f64,
+    #[arg(long, default_value_t = 3)]
+    min_neighbors: usize,
+    /// Smallest face to report, in pixels (square).
+    #[arg(long, default_value_t = 0)]
+    min_size: u32,
+    /// Largest face to report, in pixels (square).
+    #[arg(long)]
+    max_size: Option<u32>,
+    /// Only find faces.
+    #[arg(long)]
+    no_emotion: bool,
+}
+
 #[derive(Subcommand)]
 enum BenchSuite {
     /// Every kernel at the seed model's shapes, GPU vs the CPU backend.
@@ -183,22 +212,16 @@ pub fn main() -> Result<()> {
             Some(gpu) => run_eval(&GpuBackend::new(&gpu), &args),
             None => run_eval(&Cpu, &args),
         },
-        Command::Detect { inputs } => {
-            if inputs.is_empty() {
-                bail!("mien detect: name at least one image or folder");
-            }
-            if let Some(missing) = inputs.iter().find(|p| !p.exists()) {
-                bail!("{}: no such file or folder", missing.display());
-            }
-            println!("placeholder: face detection and expression labels arrive with issue 4; this build has the kernel foundation.");
-            println!("try `mien devices` and `mien bench kernels`.");
-            Ok(())
-        }
+        Command::Detect(args) => match gpu::select(cli.global.device, &cli.global.gpu_options())? {
+            Some(gpu) => run_detect(&GpuBackend::new(&gpu), &args),
+            None => run_detect(&Cpu, &args),
+        },
     }
 }
 
 fn devices(global: &Global, json: bool) -> Result<()> {
-    let reports: Vec<_> = gpu::enumerate(global.backend).iter().enumerate().map(|(i, a)| gpu::report(i, a)).collect();
+    let adapters = if global.backend == BackendChoice::Auto { gpu::enumerate_all() } else { gpu::enumerate(global.backend) };
+    let reports: Vec<_> = adapters.iter().enumerate().map(|(i, a)| gpu::report(i, a)).collect();
     if json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
         return Ok(());
@@ -422,4 +445,155 @@ pub fn model_config_of(weights: &Path) -> Result<ModelConfig> {
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| anyhow::anyhow!("{}: not a safetensors file ({e})", weights.display()))?;
     let text = header.metadata().as_ref().and_then(|m| m.get("model")).with_context(|| format!("{}: no model config in its metadata; pass --model", weights.display()))?;
     Ok(ModelConfig::from_json(text, &weights.display().to_string())?)
+}
+
+/// A path as given, or else relative to the source tree (so the shipped data is found when
+/// mien runs from elsewhere).
+fn shipped(path: &Path) -> PathBuf {
+    if path.exists() || path.is_absolute() {
+        return path.to_path_buf();
+    }
+    let fallback = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    if fallback.exists() { fallback } else { path.to_path_buf() }
+}
+
+/// The image files named by the inputs: files as given, folders' files sorted by name.
+fn image_files(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, bool)>> {
+    let mut files = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(input)
+                .with_context(|| format!("{}: cannot list", input.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file())
+                .collect();
+            entries.sort();
+            files.extend(entries.into_iter().map(|p| (p, false)));
+        } else if input.is_file() {
+            files.push((input.clone(), true));
+        } else {
+            bail!("{}: no such file or folder", input.display());
+        }
+    }
+    Ok(files)
+}
+
+#[derive(serde::Serialize)]
+struct FaceReport {
+    x: i32,
+    y: i32,
+    w: i32,
+    h: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    emotion: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    probabilities: Option<std::collections::BTreeMap<String, f32>>,
+}
+
+#[derive(serde::Serialize)]
+struct ImageReport {
+    image: String,
+    width: u32,
+    height: u32,
+    faces: Vec<FaceReport>,
+}
+
+fn run_detect<B: Backend>(backend: &B, args: &DetectArgs) -> Result<()> {
+    use crate::detect::{annotate, cpu, grey, Cascade, DetectParams};
+    let cascade_path = shipped(&args.cascade);
+    let cascade = Cascade::load(&cascade_path)?;
+    if cascade.tilted_features() {
+        bail!("{}: cascades with tilted features are not supported yet", cascade_path.display());
+    }
+    let mut model = if args.no_emotion {
+        None
+    } else {
+        let weights = shipped(&args.weights.clone().unwrap_or_else(|| PathBuf::from(SHIPPED_WEIGHTS)));
+        let mut model = Model::new(backend, model_config_of(&weights)?, 0)?;
+        model.load(backend, &weights, Part::Value).with_context(|| "loading the expression model (or pass --no-emotion)")?;
+        Some(model)
+    };
+    let params = DetectParams {
+        scale_factor: args.scale_factor,
+        min_neighbors: args.min_neighbors,
+        min_size: (args.min_size, args.min_size),
+        max_size: args.max_size.map(|m| (m, m)),
+    };
+    if !(args.scale_factor > 1.0) {
+        bail!("--scale-factor must be above 1, got {}", args.scale_factor);
+    }
+    let files = image_files(&args.inputs)?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create", args.out.display()))?;
+    let bar = (files.len() > 3).then(|| indicatif::ProgressBar::new(files.len() as u64));
+    let mut reports = Vec::new();
+    for (path, named) in files {
+        let decoded = image::open(&path);
+        let img = match decoded {
+            Ok(img) => img,
+            // A file inside a folder that is not an image is skipped; one named directly is an error.
+            Err(e) if !named => {
+                eprintln!("warning: skipping {}: not a readable image ({e})", path.display());
+                continue;
+            }
+            Err(e) => bail!("{}: cannot read the image: {e}", path.display()),
+        };
+        if img.width() == 0 || img.height() == 0 {
+            bail!("{}: the image is empty ({}x{})", path.display(), img.width(), img.height());
+        }
+        let grey_img = grey::to_grey(&img);
+        let faces = cpu::detect_multi_scale(&cascade, &grey_img, &params);
+        let mut labels = vec![None; faces.len()];
+        if let (Some(model), false) = (model.as_mut(), faces.is_empty()) {
+            let mut crops = Vec::with_capacity(faces.len() * data::PIXELS);
+            for r in &faces {
+                let crop = image::imageops::crop_imm(&grey_img, r.x as u32, r.y as u32, r.w as u32, r.h as u32).to_image();
+                crops.extend_from_slice(cpu::resize_exact(&crop, data::SIDE as u32, data::SIDE as u32).as_raw());
+            }
+            let probs = model.predict(backend, &crops)?;
+            for (label, p) in labels.iter_mut().zip(probs.chunks(data::CLASSES.len())) {
+                let best = (0..p.len()).fold(0, |b, i| if p[i] > p[b] { i } else { b });
+                *label = Some((best, p.to_vec()));
+            }
+        }
+        let mut rgb = img.to_rgb8();
+        let drawn: Vec<_> = faces
+            .iter()
+            .zip(&labels)
+            .map(|(r, l)| (*r, l.as_ref().map_or("face".to_string(), |(c, p)| format!("{} {:.2}", data::CLASSES[*c], p[*c]))))
+            .collect();
+        annotate::draw(&mut rgb, &drawn)?;
+        let stem = path.file_stem().map_or("image".into(), |s| s.to_string_lossy().into_owned());
+        let out = args.out.join(format!("{stem}.png"));
+        rgb.save(&out).with_context(|| format!("{}: cannot write", out.display()))?;
+        let summary: Vec<String> = drawn.iter().map(|(r, l)| format!("{l} at {},{} {}x{}", r.x, r.y, r.w, r.h)).collect();
+        match &bar {
+            Some(b) => b.inc(1),
+            None => println!("{}: {} face(s){}{} -> {}", path.display(), faces.len(), if faces.is_empty() { "" } else { ": " }, summary.join("; "), out.display()),
+        }
+        reports.push(ImageReport {
+            image: path.display().to_string(),
+            width: img.width(),
+            height: img.height(),
+            faces: faces
+                .iter()
+                .zip(labels)
+                .map(|(r, l)| FaceReport {
+                    x: r.x,
+                    y: r.y,
+                    w: r.w,
+                    h: r.h,
+                    emotion: l.as_ref().map(|(c, _)| data::CLASSES[*c].to_string()),
+                    probabilities: l.map(|(_, p)| data::CLASSES.iter().map(|c| c.to_string()).zip(p).collect()),
+                })
+                .collect(),
+        });
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+        println!("{} images, {} faces; annotated images in {}", reports.len(), reports.iter().map(|r| r.faces.len()).sum::<usize>(), args.out.display());
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&reports)?).with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    Ok(())
 }

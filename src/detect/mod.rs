@@ -1,5 +1,6 @@
 //! Face detection with OpenCV's Haar cascades.
 
+pub mod annotate;
 pub mod cascade;
 pub mod cpu;
 pub mod grey;

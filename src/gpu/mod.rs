@@ -27,7 +27,7 @@ pub enum BackendChoice {
 impl BackendChoice {
     pub fn backends(self) -> wgpu::Backends {
         match self {
-            BackendChoice::Auto => wgpu::Backends::PRIMARY | wgpu::Backends::GL,
+            BackendChoice::Auto => wgpu::Backends::PRIMARY,
             BackendChoice::Vulkan => wgpu::Backends::VULKAN,
             BackendChoice::Metal => wgpu::Backends::METAL,
             BackendChoice::Dx12 => wgpu::Backends::DX12,
@@ -101,16 +101,32 @@ pub struct AdapterReport {
     pub max_storage_buffers_per_shader_stage: u32,
 }
 
-fn instance(backend: BackendChoice) -> wgpu::Instance {
-    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
-    desc.backends = backend.backends();
-    wgpu::Instance::new(desc)
+/// Every adapter wgpu can see on the chosen backend(s), in a stable order. `Auto` looks at GL
+/// only when Vulkan, Metal and DX12 have nothing: probing EGL prints warnings on headless
+/// machines, and a GL adapter is a last resort anyway.
+pub fn enumerate(backend: BackendChoice) -> Vec<wgpu::Adapter> {
+    let list = |backends: wgpu::Backends| {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = backends;
+        pollster::block_on(wgpu::Instance::new(desc).enumerate_adapters(backends))
+    };
+    match backend {
+        BackendChoice::Auto => {
+            let primary = list(wgpu::Backends::PRIMARY);
+            if primary.is_empty() { list(wgpu::Backends::GL) } else { primary }
+        }
+        other => list(other.backends()),
+    }
 }
 
-/// Every adapter wgpu can see on the chosen backend(s), in a stable order.
-pub fn enumerate(backend: BackendChoice) -> Vec<wgpu::Adapter> {
-    let instance = instance(backend);
-    pollster::block_on(instance.enumerate_adapters(backend.backends()))
+/// Every adapter on every backend: the primary ones first (so their indices match what
+/// `--adapter N` picks with `--backend auto`), then GL.
+pub fn enumerate_all() -> Vec<wgpu::Adapter> {
+    let mut all = enumerate(BackendChoice::Vulkan);
+    for b in [BackendChoice::Metal, BackendChoice::Dx12, BackendChoice::Gl] {
+        all.extend(enumerate(b));
+    }
+    all
 }
 
 pub fn report(index: usize, adapter: &wgpu::Adapter) -> AdapterReport {

@@ -315,6 +315,16 @@ impl<B: Backend> Model<B> {
     }
 }
 
+impl<B: Backend> Model<B> {
+    /// Class probabilities ([n, classes]) for 48x48 byte images ([n, 48, 48]).
+    pub fn predict(&mut self, backend: &B, images: &[u8]) -> Result<Vec<f32>> {
+        let n = images.len() / self.input_len.max(1);
+        // The loss needs labels; any valid ones do, since only the probabilities are used.
+        let r = self.evaluate_batch(backend, images, &vec![0; n])?;
+        Ok(r.probs.expect("evaluation returns probabilities"))
+    }
+}
+
 /// A distinct dropout stream per (step, layer).
 fn dropout_seed(step_seed: u32, layer: usize) -> u32 {
     step_seed.wrapping_mul(0x9E3779B1) ^ (layer as u32).wrapping_mul(0x85EBCA77)

@@ -1,0 +1,59 @@
+//! The `mien` command as a user runs it: detection end to end and its handling of bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn mien(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mien")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mien-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn detect_finds_the_face_in_a_shipped_photo_and_writes_png_and_json() {
+    let out = temp_dir("photo");
+    let json = out.join("faces.json");
+    let (ok, stdout, stderr) = mien(&["detect", "--device", "cpu", "--no-emotion", "data/photos/grace_hopper.jpg", "--out", s(&out), "--json", s(&json)]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("1 face(s)"), "{stdout}");
+    assert!(out.join("grace_hopper.png").exists());
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!((report[0]["width"].as_u64(), report[0]["height"].as_u64()), (Some(512), Some(600)));
+    assert_eq!(report[0]["faces"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn detect_handles_bad_and_odd_inputs() {
+    let dir = temp_dir("inputs");
+    std::fs::write(dir.join("notes.txt"), "not an image").unwrap();
+    image::GrayImage::from_pixel(16, 12, image::Luma([7])).save(dir.join("tiny.png")).unwrap();
+    std::fs::write(dir.join("broken.png"), &std::fs::read("data/photos/astronaut.png").unwrap()[..2000]).unwrap();
+    let out = temp_dir("inputs-out");
+
+    // In a folder, what is not a readable image is skipped with a warning; a tiny image has no faces.
+    let (ok, stdout, stderr) = mien(&["detect", "--device", "cpu", "--no-emotion", s(&dir), "--out", s(&out)]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("skipping") && stderr.contains("notes.txt") && stderr.contains("broken.png"), "{stderr}");
+    assert!(stdout.contains("tiny.png: 0 face(s)"), "{stdout}");
+
+    // Named directly, a broken image is an error naming it; so is a missing file.
+    let (ok, _, stderr) = mien(&["detect", "--device", "cpu", "--no-emotion", s(&dir.join("broken.png")), "--out", s(&out)]);
+    assert!(!ok && stderr.contains("broken.png: cannot read the image"), "{stderr}");
+    let (ok, _, stderr) = mien(&["detect", "--no-emotion", "no/such.jpg"]);
+    assert!(!ok && stderr.contains("no/such.jpg: no such file or folder"), "{stderr}");
+
+    // A malformed cascade names the file and the problem.
+    std::fs::write(dir.join("bad.xml"), "<opencv_storage><cascade><stageType>BOOST").unwrap();
+    let (ok, _, stderr) = mien(&["detect", "--no-emotion", "--cascade", s(&dir.join("bad.xml")), "data/photos/astronaut.png"]);
+    assert!(!ok && stderr.contains("bad.xml") && stderr.contains("not well-formed XML"), "{stderr}");
+}
