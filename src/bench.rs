@@ -441,3 +441,52 @@ pub fn table_row(r: &KernelResult) -> String {
         r.gpu_speedup
     )
 }
+
+/// Face-detection speed on one frame size.
+#[derive(Clone, Debug, Serialize)]
+pub struct DetectResult {
+    pub width: u32,
+    pub height: u32,
+    pub threads: usize,
+    pub median_ms: f64,
+    pub fps: f64,
+    pub faces: usize,
+}
+
+/// The frame sizes of the detection benchmark.
+pub const DETECT_SIZES: [(u32, u32); 3] = [(640, 480), (1280, 720), (1920, 1080)];
+
+/// A deterministic test frame: `scene` scaled to fit w x h (bilinear) and centred on grey 128,
+/// as tools/opencv_bench.py builds its frames.
+pub fn detect_frame(scene: &image::GrayImage, w: u32, h: u32) -> image::GrayImage {
+    let s = (w as f64 / scene.width() as f64).min(h as f64 / scene.height() as f64);
+    let (sw, sh) = (((scene.width() as f64 * s).round() as u32).min(w), ((scene.height() as f64 * s).round() as u32).min(h));
+    let scaled = crate::detect::cpu::resize_exact(scene, sw, sh);
+    let mut frame = image::GrayImage::from_pixel(w, h, image::Luma([128]));
+    image::imageops::replace(&mut frame, &scaled, ((w - sw) / 2) as i64, ((h - sh) / 2) as i64);
+    frame
+}
+
+/// CPU detection (OpenCV's defaults) at each frame size, with `threads` rayon threads, median
+/// of `reps` runs after a warm-up.
+pub fn bench_detect_cpu(cascade: &crate::detect::Cascade, scene: &image::GrayImage, threads: usize, reps: usize) -> Result<Vec<DetectResult>> {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| crate::error::Error::Gpu { op: "thread pool".into(), detail: e.to_string() })?;
+    let params = crate::detect::DetectParams::default();
+    Ok(DETECT_SIZES
+        .iter()
+        .map(|&(w, h)| {
+            let frame = detect_frame(scene, w, h);
+            let run = || pool.install(|| crate::detect::detect_multi_scale(cascade, &frame, &params));
+            let faces = run().len();
+            let samples: Vec<f64> = (0..reps.max(1))
+                .map(|_| {
+                    let t = Instant::now();
+                    run();
+                    t.elapsed().as_secs_f64() * 1e3
+                })
+                .collect();
+            let (median_ms, _) = summarize(samples);
+            DetectResult { width: w, height: h, threads, median_ms, fps: 1e3 / median_ms, faces }
+        })
+        .collect())
+}

@@ -177,6 +177,16 @@ struct DetectArgs {
 
 #[derive(Subcommand)]
 enum BenchSuite {
+    /// Face detection frames per second at 640x480, 1280x720 and 1920x1080 (CPU reference,
+    /// one thread and all threads); tools/opencv_bench.py times OpenCV on the same frames.
+    Detect {
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        #[arg(long, default_value = "data/cascades/haarcascade_frontalface_default.xml")]
+        cascade: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Every kernel at the seed model's shapes, GPU vs the CPU backend.
     Kernels {
         #[arg(long, default_value_t = 64)]
@@ -203,6 +213,7 @@ pub fn main() -> Result<()> {
     match cli.command {
         Command::Devices { json } => devices(&cli.global, json),
         Command::Bench { suite: BenchSuite::Kernels { batch, reps, filter, json } } => bench_kernels(&cli.global, batch, reps, filter.as_deref(), json),
+        Command::Bench { suite: BenchSuite::Detect { reps, cascade, json } } => bench_detect(&cascade, reps, json),
         // Each command is generic over the backend; this picks the instance.
         Command::Train(args) => match gpu::select(cli.global.device, &cli.global.gpu_options())? {
             Some(gpu) => run_train(&GpuBackend::new(&gpu), &args),
@@ -594,6 +605,23 @@ fn run_detect<B: Backend>(backend: &B, args: &DetectArgs) -> Result<()> {
     }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&reports)?).with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    Ok(())
+}
+
+fn bench_detect(cascade: &Path, reps: usize, json: bool) -> Result<()> {
+    let cascade = crate::detect::Cascade::load(&shipped(cascade))?;
+    let scene_path = shipped(Path::new("data/fixtures/haar/montage.png"));
+    let scene = image::open(&scene_path).with_context(|| format!("{}: cannot read the benchmark scene", scene_path.display()))?.to_luma8();
+    let mut results = bench::bench_detect_cpu(&cascade, &scene, 1, reps)?;
+    results.extend(bench::bench_detect_cpu(&cascade, &scene, rayon::current_num_threads(), reps)?);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+        return Ok(());
+    }
+    println!("CPU reference detector, OpenCV defaults (scale 1.1, 3 neighbours), frontal-face cascade");
+    for r in &results {
+        println!("{}x{} {} thread(s): {:.1} ms, {:.2} fps, {} faces", r.width, r.height, r.threads, r.median_ms, r.fps, r.faces);
     }
     Ok(())
 }
