@@ -490,3 +490,58 @@ pub fn bench_detect_cpu(cascade: &crate::detect::Cascade, scene: &image::GrayIma
         })
         .collect())
 }
+
+/// Training and inference throughput of a model on one backend.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainBench {
+    pub model: String,
+    pub device: String,
+    pub batch: usize,
+    /// Full step: forward, loss, backward, Adam.
+    pub train_images_per_second: f64,
+    pub inference_images_per_second: f64,
+    pub inference_batch1_ms: f64,
+}
+
+/// Times training steps and inference of `config` on `backend` with synthetic images,
+/// median of `reps` after a warm-up.
+pub fn bench_train<B: crate::nn::Backend>(backend: &B, config: crate::nn::ModelConfig, batch: usize, reps: usize) -> anyhow::Result<TrainBench> {
+    use crate::kernels::adam::AdamConfig;
+    let mut model = crate::nn::Model::new(backend, config, 1)?;
+    let px = crate::data::PIXELS;
+    let images: Vec<u8> = (0..batch * px).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let labels: Vec<u32> = (0..batch as u32).map(|i| i % 7).collect();
+    let maps = vec![crate::kernels::warp::IDENTITY; batch];
+    let median = |f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<f64> {
+        f()?;
+        let mut samples = Vec::new();
+        for _ in 0..reps.max(1) {
+            let t = Instant::now();
+            f()?;
+            samples.push(t.elapsed().as_secs_f64());
+        }
+        Ok(summarize(samples).0)
+    };
+    let mut step = 0u64;
+    let train = median(&mut || {
+        step += 1;
+        model.train_step(backend, &images, &maps, &labels, step as u32, AdamConfig::default(), step)?;
+        Ok(())
+    })?;
+    let infer = median(&mut || {
+        model.predict(backend, &images)?;
+        Ok(())
+    })?;
+    let single = median(&mut || {
+        model.predict(backend, &images[..px])?;
+        Ok(())
+    })?;
+    Ok(TrainBench {
+        model: model.config.name.clone(),
+        device: backend.describe(),
+        batch,
+        train_images_per_second: batch as f64 / train,
+        inference_images_per_second: batch as f64 / infer,
+        inference_batch1_ms: single * 1e3,
+    })
+}

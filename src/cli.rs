@@ -177,6 +177,16 @@ struct DetectArgs {
 
 #[derive(Subcommand)]
 enum BenchSuite {
+    /// Images per second of a training step and of inference (batch 64, and batch-1 latency)
+    /// for the default and the deeper model, on the chosen device.
+    Train {
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Face detection frames per second at 640x480, 1280x720 and 1920x1080 (CPU reference,
     /// one thread and all threads); tools/opencv_bench.py times OpenCV on the same frames.
     Detect {
@@ -214,6 +224,10 @@ pub fn main() -> Result<()> {
         Command::Devices { json } => devices(&cli.global, json),
         Command::Bench { suite: BenchSuite::Kernels { batch, reps, filter, json } } => bench_kernels(&cli.global, batch, reps, filter.as_deref(), json),
         Command::Bench { suite: BenchSuite::Detect { reps, cascade, json } } => bench_detect(&cascade, reps, json),
+        Command::Bench { suite: BenchSuite::Train { batch, reps, json } } => match gpu::select(cli.global.device, &cli.global.gpu_options())? {
+            Some(gpu) => bench_train(&GpuBackend::new(&gpu), batch, reps, json),
+            None => bench_train(&Cpu, batch, reps, json),
+        },
         // Each command is generic over the backend; this picks the instance.
         Command::Train(args) => match gpu::select(cli.global.device, &cli.global.gpu_options())? {
             Some(gpu) => run_train(&GpuBackend::new(&gpu), &args),
@@ -622,6 +636,25 @@ fn bench_detect(cascade: &Path, reps: usize, json: bool) -> Result<()> {
     println!("CPU reference detector, OpenCV defaults (scale 1.1, 3 neighbours), frontal-face cascade");
     for r in &results {
         println!("{}x{} {} thread(s): {:.1} ms, {:.2} fps, {} faces", r.width, r.height, r.threads, r.median_ms, r.fps, r.faces);
+    }
+    Ok(())
+}
+
+fn bench_train<B: Backend>(backend: &B, batch: usize, reps: usize, json: bool) -> Result<()> {
+    let deeper = ModelConfig::load(&shipped(Path::new("data/models/vgg_bn.json")))?;
+    let mut results = Vec::new();
+    for config in [ModelConfig::original(), deeper] {
+        let r = bench::bench_train(backend, config, batch, reps)?;
+        if !json {
+            println!(
+                "{} on {}: training {:.1} images/s, inference {:.1} images/s (batch {}), batch-1 latency {:.2} ms",
+                r.model, r.device, r.train_images_per_second, r.inference_images_per_second, r.batch, r.inference_batch1_ms
+            );
+        }
+        results.push(r);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
     }
     Ok(())
 }
