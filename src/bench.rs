@@ -367,11 +367,7 @@ pub fn calibrate_sgemm(gpu: &Gpu, reps: usize) -> Result<f64> {
     let a = gpu.upload(&seeded(n * n, 20))?;
     let b = gpu.upload(&seeded(n * n, 21))?;
     let c = gpu.zeros::<f32>(n * n)?;
-    let run: GpuRun = Box::new(move |rec| {
-        let params = [n as u32, n as u32, n as u32, 0];
-        let groups = (n / 64) as u32; // 8x8 threads of 8x8 outputs each
-        rec.dispatch("sgemm_calibration", &crate::gpu::shaders::SGEMM_CALIBRATION, "sgemm", &params, &[a.all(), b.all(), c.all().rw()], [groups, groups, 1])
-    });
+    let run: GpuRun = Box::new(move |rec| crate::kernels::calibration::sgemm_gpu(rec, n, &a, &b, &c));
     let (ms, _) = time_gpu(gpu, &run, reps)?;
     Ok(2.0 * (n * n * n) as f64 / (ms / 1e3) / 1e9)
 }

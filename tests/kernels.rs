@@ -282,3 +282,14 @@ fn batchnorm_training_inference_and_backward() {
         assert_close("bn inference output", &read(&yinfg), &y_inf, SUM_TOL);
     }
 }
+
+#[test]
+fn sgemm_calibration_kernel_multiplies() {
+    let g = gpu();
+    let n = 128;
+    let (a, b) = (randn_like(n * n, 1), randn_like(n * n, 2));
+    let (ag, bg, cg) = (up(g, &a), up(g, &b), g.zeros(n * n).unwrap());
+    g.run(|rec| mien::kernels::calibration::sgemm_gpu(rec, n, &ag, &bg, &cg)).unwrap();
+    assert_close("calibration sgemm", &read(&cg), &common::naive_matmul(&a, &b, n, n, n), SUM_TOL);
+    assert!(g.run(|rec| mien::kernels::calibration::sgemm_gpu(rec, 100, &ag, &bg, &cg)).is_err());
+}

@@ -3,6 +3,8 @@
 //! mean and biased variance and updates the running statistics Keras-style
 //! (`running = momentum * running + (1 - momentum) * batch`, momentum 0.99, epsilon 1e-3);
 //! inference mode normalises with the running statistics.
+//! GPU: shaders/batchnorm_forward.wgsl (statistics, normalisation) and
+//! shaders/batchnorm_backward.wgsl (per-channel sums, data gradient).
 
 use super::check_buf;
 use crate::error::{check_len, Result};

@@ -1,5 +1,7 @@
 //! Dense (fully connected) layer: `y = x W + b` with x [batch, in], W [in, out] (Keras' layout),
 //! b [out], and its two backward products `dx = dy W^T` and `dW = x^T dy`, `db = sum dy`.
+//! GPU: shaders/dense.wgsl supplies strided operand loaders to the register-tiled product in
+//! shaders/gemm_core.wgsl, which conv2d_filter_grad.wgsl shares.
 
 use super::reduce::{self, split_k, ACCUMULATE, WRITE_SPLITS};
 use super::{check_buf, sgemm, MatRef};

@@ -10,6 +10,7 @@
 
 pub mod adam;
 pub mod batchnorm;
+pub mod calibration;
 pub mod conv2d;
 pub mod dense;
 pub mod dropout;

@@ -1,0 +1,20 @@
+//! The calibration SGEMM (shaders/sgemm_calibration.wgsl): a plain, well-shaped product that
+//! the benchmarks time to learn what this adapter reaches, as the yardstick for the other
+//! kernels' GFLOP/s. Square row-major matrices whose side is a multiple of 64.
+
+use super::check_buf;
+use crate::error::{shape_err, Result};
+use crate::gpu::{shaders, GpuBuffer, Recorder};
+
+/// `c = a b` for n x n row-major matrices, n a multiple of 64.
+pub fn sgemm_gpu(rec: &mut Recorder, n: usize, a: &GpuBuffer<f32>, b: &GpuBuffer<f32>, c: &GpuBuffer<f32>) -> Result<()> {
+    if n == 0 || n % 64 != 0 {
+        return Err(shape_err("sgemm_calibration", format!("side {n} is not a positive multiple of 64")));
+    }
+    for (name, buf) in [("a", a), ("b", b), ("c", c)] {
+        check_buf("sgemm_calibration", name, buf, n * n)?;
+    }
+    let params = [n as u32, n as u32, n as u32, 0];
+    let groups = (n / 64) as u32; // 8x8 threads of 8x8 outputs each
+    rec.dispatch("sgemm_calibration", &shaders::SGEMM_CALIBRATION, "sgemm", &params, &[a.all(), b.all(), c.all().rw()], [groups, groups, 1])
+}
