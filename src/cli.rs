@@ -61,6 +61,11 @@ enum Command {
     Eval(EvalArgs),
     /// Find faces in images and label their expressions.
     Detect(DetectArgs),
+    /// Time every GPU pass of a few training steps: a Chrome/Perfetto trace and a summary.
+    Profile {
+        #[command(subcommand)]
+        what: ProfileWhat,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -141,6 +146,23 @@ struct EvalArgs {
     logits: Option<PathBuf>,
     #[arg(long)]
     skip_bad: bool,
+}
+
+#[derive(Subcommand)]
+enum ProfileWhat {
+    /// Training steps of the default model (synthetic images).
+    Train {
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Trace file (JSON trace-event format; open it in ui.perfetto.dev or chrome://tracing).
+        #[arg(long, default_value = "trace.json")]
+        trace: PathBuf,
+        /// Model config; default: the original model.
+        #[arg(long)]
+        model: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -237,6 +259,7 @@ pub fn main() -> Result<()> {
             Some(gpu) => run_eval(&GpuBackend::new(&gpu), &args),
             None => run_eval(&Cpu, &args),
         },
+        Command::Profile { what: ProfileWhat::Train { steps, batch, trace, model } } => profile_train(&cli.global, steps, batch, &trace, model.as_deref()),
         Command::Detect(args) => match gpu::select(cli.global.device, &cli.global.gpu_options())? {
             Some(gpu) => run_detect(&GpuBackend::new(&gpu), &args),
             None => run_detect(&Cpu, &args),
@@ -656,5 +679,53 @@ fn bench_train<B: Backend>(backend: &B, batch: usize, reps: usize, json: bool) -
     if json {
         println!("{}", serde_json::to_string_pretty(&results)?);
     }
+    Ok(())
+}
+
+fn profile_train(global: &Global, steps: usize, batch: usize, trace: &Path, model: Option<&Path>) -> Result<()> {
+    use crate::kernels::adam::AdamConfig;
+    let gpu = gpu::Gpu::new(&global.gpu_options()).context("profiling times GPU passes, so it needs a GPU adapter")?;
+    if !gpu.timestamps {
+        bail!("{} has no timestamp queries: passes cannot be timed one by one", gpu.describe());
+    }
+    let backend = GpuBackend::profiling(&gpu);
+    let config = match model {
+        Some(path) => ModelConfig::load(path)?,
+        None => ModelConfig::original(),
+    };
+    let mut net = Model::new(&backend, config, 1)?;
+    let images: Vec<u8> = (0..batch * data::PIXELS).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let labels: Vec<u32> = (0..batch as u32).map(|i| i % 7).collect();
+    let maps = vec![crate::kernels::warp::IDENTITY; batch];
+    // One step first, so pipeline compilation and first allocations stay out of the profile.
+    net.train_step(&backend, &images, &maps, &labels, 0, AdamConfig::default(), 1)?;
+    backend.take_timings();
+    let start = std::time::Instant::now();
+    for step in 0..steps as u64 {
+        net.train_step(&backend, &images, &maps, &labels, step as u32 + 1, AdamConfig::default(), step + 2)?;
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let passes = backend.take_timings();
+    let events: Vec<serde_json::Value> = passes
+        .iter()
+        .map(|p| serde_json::json!({"name": p.label, "cat": "gpu", "ph": "X", "ts": p.start_ns / 1e3, "dur": p.nanos / 1e3, "pid": 1, "tid": 1}))
+        .collect();
+    let doc = serde_json::json!({"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"adapter": gpu.describe(), "steps": steps, "batch": batch}});
+    std::fs::write(trace, serde_json::to_string(&doc)?).with_context(|| format!("{}: cannot write", trace.display()))?;
+    let mut by_kernel: std::collections::BTreeMap<&str, (usize, f64)> = Default::default();
+    for p in &passes {
+        let e = by_kernel.entry(p.label).or_default();
+        e.0 += 1;
+        e.1 += p.nanos;
+    }
+    let total: f64 = by_kernel.values().map(|v| v.1).sum();
+    let mut rows: Vec<_> = by_kernel.into_iter().collect();
+    rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+    println!("{} training steps at batch {batch} on {}: {:.1} ms GPU time per step, {:.1} ms wall per step", steps, gpu.describe(), total / 1e6 / steps.max(1) as f64, wall * 1e3 / steps.max(1) as f64);
+    println!("{:<28} {:>7} {:>6} {:>12} {:>12}", "kernel", "share", "calls", "total ms", "mean us");
+    for (name, (calls, nanos)) in rows {
+        println!("{:<28} {:>6.1}% {:>6} {:>12.2} {:>12.1}", name, 100.0 * nanos / total, calls, nanos / 1e6, nanos / 1e3 / calls as f64);
+    }
+    println!("trace: {} ({} passes)", trace.display(), passes.len());
     Ok(())
 }

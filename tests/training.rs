@@ -231,3 +231,20 @@ fn the_original_model_has_the_reports_parameter_count() {
     let deeper = ModelConfig::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/data/models/vgg_bn.json"))).unwrap();
     assert!(Model::new(&Cpu, deeper, 0).unwrap().parameter_count() > 2_000_000);
 }
+
+#[test]
+fn profiling_times_every_pass_of_a_step() {
+    let g = gpu();
+    let backend = GpuBackend::profiling(g);
+    let mut model = Model::new(&backend, tiny_model(), 5).unwrap();
+    let data = synthetic(8, 4);
+    let labels: Vec<u32> = data.labels.iter().map(|&l| l as u32).collect();
+    backend.take_timings();
+    model.train_step(&backend, &data.images, &vec![warp::IDENTITY; 8], &labels, 1, Default::default(), 1).unwrap();
+    let passes = backend.take_timings();
+    assert!(g.timestamps, "lavapipe and real GPUs have timestamp queries");
+    for kernel in ["warp", "conv2d_forward", "conv2d_filter_grad", "batchnorm_stats", "softmax_xent_backward", "adam"] {
+        assert!(passes.iter().any(|p| p.label == kernel), "no {kernel} pass in {:?}", passes.iter().map(|p| p.label).collect::<Vec<_>>());
+    }
+    assert!(passes.windows(2).all(|w| w[1].start_ns >= w[0].start_ns), "passes are on one ordered time line");
+}

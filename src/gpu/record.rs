@@ -12,6 +12,8 @@ use wgpu::util::DeviceExt;
 #[derive(Clone, Debug)]
 pub struct PassTiming {
     pub label: &'static str,
+    /// When the pass began, from the first pass of its submission.
+    pub start_ns: f64,
     pub nanos: f64,
 }
 
@@ -189,7 +191,7 @@ impl<'g> Recorder<'g> {
             return Ok(Vec::new());
         }
         if resolved.is_empty() {
-            return Ok(vec![PassTiming { label: "all passes (wall clock)", nanos: wall }]);
+            return Ok(vec![PassTiming { label: "all passes (wall clock)", start_ns: 0.0, nanos: wall }]);
         }
         let period = gpu.queue.get_timestamp_period() as f64;
         let mut ticks = Vec::new();
@@ -199,7 +201,11 @@ impl<'g> Recorder<'g> {
         Ok(labels
             .iter()
             .enumerate()
-            .map(|(i, &label)| PassTiming { label, nanos: ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period })
+            .map(|(i, &label)| PassTiming {
+                label,
+                start_ns: ticks[2 * i].saturating_sub(ticks[0]) as f64 * period,
+                nanos: ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period,
+            })
             .collect())
     }
 }

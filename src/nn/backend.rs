@@ -3,7 +3,7 @@
 //! until something is read back). The model and training loop are written once, against this.
 
 use crate::error::Result;
-use crate::gpu::{Gpu, GpuBuffer, Recorder};
+use crate::gpu::{Gpu, GpuBuffer, PassTiming, Recorder};
 use crate::kernels::adam::{self, AdamConfig};
 use crate::kernels::batchnorm::{self, BnConfig, BnParams, BnSaved, BnShape};
 use crate::kernels::conv2d::{self, Conv2dShape};
@@ -185,16 +185,28 @@ impl Backend for Cpu {
 pub struct GpuBackend<'g> {
     gpu: &'g Gpu,
     recorder: RefCell<Option<Recorder<'g>>>,
+    /// With profiling on: every pass so far, submissions laid end to end on one time line.
+    profile: Option<RefCell<Vec<PassTiming>>>,
 }
 
 impl<'g> GpuBackend<'g> {
     pub fn new(gpu: &'g Gpu) -> Self {
-        GpuBackend { gpu, recorder: RefCell::new(None) }
+        GpuBackend { gpu, recorder: RefCell::new(None), profile: None }
+    }
+
+    /// A backend that times every pass with timestamp queries (see [`GpuBackend::take_timings`]).
+    pub fn profiling(gpu: &'g Gpu) -> Self {
+        GpuBackend { profile: Some(RefCell::new(Vec::new())), ..Self::new(gpu) }
+    }
+
+    /// The passes timed so far, and forgets them.
+    pub fn take_timings(&self) -> Vec<PassTiming> {
+        self.profile.as_ref().map(|p| std::mem::take(&mut *p.borrow_mut())).unwrap_or_default()
     }
 
     fn record(&self, f: impl FnOnce(&mut Recorder<'g>) -> Result<()>) -> Result<()> {
         let mut slot = self.recorder.borrow_mut();
-        f(slot.get_or_insert_with(|| self.gpu.recorder(false)))
+        f(slot.get_or_insert_with(|| self.gpu.recorder(self.profile.is_some())))
     }
 }
 
@@ -230,10 +242,14 @@ impl Backend for GpuBackend<'_> {
         self.gpu.read(t)
     }
     fn flush(&self) -> Result<()> {
-        match self.recorder.borrow_mut().take() {
-            Some(rec) => rec.finish().map(|_| ()),
-            None => Ok(()),
+        let Some(rec) = self.recorder.borrow_mut().take() else { return Ok(()) };
+        let timings = rec.finish()?;
+        if let Some(profile) = &self.profile {
+            let mut all = profile.borrow_mut();
+            let offset = all.last().map_or(0.0, |t| t.start_ns + t.nanos);
+            all.extend(timings.into_iter().map(|t| PassTiming { start_ns: t.start_ns + offset, ..t }));
         }
+        Ok(())
     }
 
     fn warp(&self, images: &[u8], maps: &[[f32; 6]], out: &Self::Tensor) -> Result<()> {
