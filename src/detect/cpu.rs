@@ -1,6 +1,7 @@
 //! The CPU reference detector, with OpenCV 4's `detectMultiScale` semantics for Haar cascades:
 //! a pyramid of bit-exact bilinear resizes, integral and squared-integral images, windows
 //! normalised by their standard deviation, stumps or trees per stage, and rectangle grouping.
+//! docs/opencv-haar-semantics.md sets out each rule and why it is needed for identical output.
 
 use super::cascade::{Cascade, Feature};
 use super::group::{group_rectangles, Rect};
@@ -29,7 +30,9 @@ fn round_f32(v: f32) -> i32 {
     v.round_ties_even() as i32
 }
 
-/// The pyramid's scale factors, as OpenCV lists them (kept as f32, as OpenCV stores them).
+/// The pyramid's scale factors, as OpenCV lists them: the factor grows by repeated f64
+/// multiplication until the window no longer fits the image or the maximum size; windows below
+/// the minimum size are skipped. Kept as f32, as OpenCV stores them.
 pub fn scales(cascade: &Cascade, (width, height): (u32, u32), p: &DetectParams) -> Vec<f32> {
     let (ww, wh) = cascade.window;
     let (max_w, max_h) = p.max_size.filter(|m| m.0 > 0 && m.1 > 0).unwrap_or((width, height));
@@ -37,8 +40,7 @@ pub fn scales(cascade: &Cascade, (width, height): (u32, u32), p: &DetectParams) 
     let mut factor = 1.0f64;
     loop {
         let win = ((ww as f64 * factor).round_ties_even() as u32, (wh as f64 * factor).round_ties_even() as u32);
-        let scaled = ((width as f64 / factor).round_ties_even() as u32, (height as f64 / factor).round_ties_even() as u32);
-        if scaled.0 < ww || scaled.1 < wh || win.0 > max_w || win.1 > max_h {
+        if win.0 > max_w || win.1 > max_h || win.0 > width || win.1 > height {
             break;
         }
         if win.0 >= p.min_size.0 && win.1 >= p.min_size.1 {
@@ -47,6 +49,12 @@ pub fn scales(cascade: &Cascade, (width, height): (u32, u32), p: &DetectParams) 
         factor *= p.scale_factor;
     }
     out
+}
+
+/// The size of the image at scale `s`: an f32 division, as OpenCV does it (f64 differs for
+/// some sizes).
+fn scaled_size((width, height): (u32, u32), s: f32) -> (u32, u32) {
+    (round_f32(width as f32 / s) as u32, round_f32(height as f32 / s) as u32)
 }
 
 /// Bilinear resize with OpenCV's INTER_LINEAR_EXACT arithmetic: source positions
@@ -214,31 +222,46 @@ fn classify(cascade: &Cascade, features: &[Prepared], ii: &Integrals, x: usize, 
 /// tilted rectangles are read as upright ones. Cascade::tilted_features tells.
 pub fn raw_windows(cascade: &Cascade, img: &GrayImage, p: &DetectParams) -> Vec<Rect> {
     let (ww, wh) = cascade.window;
+    let size = (img.width(), img.height());
+    let factors = scales(cascade, size, p);
+    // Windows that fit: the working size, one per position of the window's corner.
+    let working = |s: f32| {
+        let (sw, sh) = scaled_size(size, s);
+        ((sw + 1).saturating_sub(ww), (sh + 1).saturating_sub(wh))
+    };
+    // OpenCV scans each scale in horizontal stripes whose count comes from the first scale's
+    // working width; its rounding can leave the last row of windows out, and so must we.
+    let stripes = factors.first().map_or(0, |&s| (working(s).0 as f64 / 32.0).ceil() as u32);
+    if stripes == 0 {
+        return Vec::new();
+    }
     let mut out = Vec::new();
-    for factor in scales(cascade, (img.width(), img.height()), p) {
-        let sw = round_f32(img.width() as f32 / factor) as u32;
-        let sh = round_f32(img.height() as f32 / factor) as u32;
-        if sw < ww || sh < wh {
+    for factor in factors {
+        let (sw, sh) = scaled_size(size, factor);
+        let (work_w, work_h) = working(factor);
+        if work_w == 0 || work_h == 0 {
             continue;
         }
         let scaled = resize_exact(img, sw, sh);
         let ii = Integrals::new(&scaled);
         let features = prepare(&cascade.features, ii.width);
         let step = if factor >= 2.0 { 1 } else { 2 };
+        let stripe = ((work_h / step + stripes - 1) / stripes).max(1) * step;
+        let rows_end = (stripes * stripe).min(work_h);
         let win = (round_f32(ww as f32 * factor), round_f32(wh as f32 * factor));
-        let rows: Vec<usize> = (0..=(sh - wh) as usize).step_by(step).collect();
+        let rows: Vec<usize> = (0..rows_end as usize).step_by(step as usize).collect();
         let found: Vec<Vec<Rect>> = rows
             .par_iter()
             .map(|&y| {
                 let mut row = Vec::new();
                 let mut x = 0;
-                while x <= (sw - ww) as usize {
+                while x < work_w as usize {
                     let verdict = classify(cascade, &features, &ii, x, y);
                     if verdict == Verdict::Face {
                         row.push(Rect { x: round_f32(x as f32 * factor), y: round_f32(y as f32 * factor), w: win.0, h: win.1 });
                     }
                     // A window rejected by the very first stage makes OpenCV skip its neighbour.
-                    x += if verdict == Verdict::Rejected(0) { 2 * step } else { step };
+                    x += if verdict == Verdict::Rejected(0) { 2 * step as usize } else { step as usize };
                 }
                 row
             })
@@ -248,7 +271,54 @@ pub fn raw_windows(cascade: &Cascade, img: &GrayImage, p: &DetectParams) -> Vec<
     out
 }
 
+/// Intersects each rectangle with the image and drops the empty ones (OpenCV's last step).
+fn clip(rects: Vec<Rect>, (width, height): (u32, u32)) -> Vec<Rect> {
+    rects
+        .into_iter()
+        .filter_map(|r| {
+            let (x0, y0) = (r.x.max(0), r.y.max(0));
+            let (x1, y1) = ((r.x + r.w).min(width as i32), (r.y + r.h).min(height as i32));
+            (x1 > x0 && y1 > y0).then_some(Rect { x: x0, y: y0, w: x1 - x0, h: y1 - y0 })
+        })
+        .collect()
+}
+
 /// OpenCV's `detectMultiScale` on a grey image.
 pub fn detect_multi_scale(cascade: &Cascade, img: &GrayImage, p: &DetectParams) -> Vec<Rect> {
-    group_rectangles(&raw_windows(cascade, img, p), p.min_neighbors, 0.2)
+    clip(group_rectangles(&raw_windows(cascade, img, p), p.min_neighbors, 0.2), (img.width(), img.height()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::cascade::{Split, Stage, Tree, WeightedRect};
+
+    /// A 20x20 cascade whose one stage accepts every window with enough variance.
+    fn accept_all() -> Cascade {
+        let rect = |x, y, weight| WeightedRect { x, y, w: 10, h: 20, weight };
+        Cascade {
+            window: (20, 20),
+            features: vec![Feature { rects: vec![rect(0, 0, -1.0), rect(10, 0, 2.0)], tilted: false }],
+            stages: vec![Stage { threshold: -1e9, trees: vec![Tree { splits: vec![Split { feature: 0, threshold: 0.0, left: 0, right: -1 }], leaves: vec![1.0, 1.0] }] }],
+        }
+    }
+
+    #[test]
+    fn scaled_sizes_divide_in_f32_like_opencv() {
+        // f64 division would give 2265 here.
+        assert_eq!(scaled_size((3647, 100), 1.61051f32).0, 2264);
+    }
+
+    #[test]
+    fn the_stripe_rounding_drops_the_last_row_as_opencv_does() {
+        // 307x307 with a 20x20 window: at scale 1.21 the image is 254 pixels, 235 rows of windows,
+        // 9 stripes of 26 rows: rows stop at 234, so y = 234 is never scanned.
+        let img = GrayImage::from_fn(307, 307, |x, y| image::Luma([((x * 7 + y * 13) % 251) as u8]));
+        let p = DetectParams { min_neighbors: 0, ..Default::default() };
+        let windows = raw_windows(&accept_all(), &img, &p);
+        let at_121: Vec<&Rect> = windows.iter().filter(|r| r.w == 24).collect();
+        assert!(!at_121.is_empty());
+        let last_y = at_121.iter().map(|r| r.y).max().unwrap();
+        assert_eq!(last_y, round_f32(232.0 * 1.21f32), "the last scanned row at scale 1.21 is y = 232");
+    }
 }

@@ -1,13 +1,14 @@
 //! Colour to grey as OpenCV 4's cvtColor(BGR2GRAY) does it for 8-bit images: BT.601 weights
-//! in 16-bit fixed point (0.299, 0.587, 0.114 -> 19595, 38470, 7471, summing to 2^16), rounded.
-//! (14-bit weights, as in older OpenCV, differ by one grey level on some colours.)
+//! in 15-bit fixed point (0.299, 0.587, 0.114 -> 9798, 19235, 3735, summing to 2^15), rounded.
+//! Identical to OpenCV 4.14 on all 2^24 colours (docs/opencv-haar-semantics.md); 14- or 16-bit
+//! weights differ by one grey level on thousands of them.
 
 use image::{DynamicImage, GrayImage};
 
-const SHIFT: u32 = 16;
-const R: u32 = 19595;
-const G: u32 = 38470;
-const B: u32 = 7471;
+const SHIFT: u32 = 15;
+const R: u32 = 9798;
+const G: u32 = 19235;
+const B: u32 = 3735;
 
 pub fn grey_pixel(r: u8, g: u8, b: u8) -> u8 {
     ((r as u32 * R + g as u32 * G + b as u32 * B + (1 << (SHIFT - 1))) >> SHIFT) as u8

@@ -94,12 +94,14 @@ pub fn group_rectangles(rects: &[Rect], min_neighbors: usize, eps: f64) -> Vec<R
         sums[c][3] += r.h as i64;
         counts[c] += 1;
     }
+    // The mean is taken in f32, as OpenCV does: sum as f32 times (1/n as f32), ties to even.
     let means: Vec<Rect> = sums
         .iter()
         .zip(&counts)
         .map(|(s, &n)| {
-            let k = 1.0 / n as f64;
-            Rect { x: round(s[0] as f64 * k), y: round(s[1] as f64 * k), w: round(s[2] as f64 * k), h: round(s[3] as f64 * k) }
+            let k = 1.0f32 / n as f32;
+            let mean = |v: i64| (v as f32 * k).round_ties_even() as i32;
+            Rect { x: mean(s[0]), y: mean(s[1]), w: mean(s[2]), h: mean(s[3]) }
         })
         .collect();
     let mut out = Vec::new();
