@@ -550,9 +550,6 @@ fn run_detect<B: Backend>(backend: &B, args: &DetectArgs) -> Result<()> {
     use crate::detect::{annotate, cpu, grey, Cascade, DetectParams};
     let cascade_path = shipped(&args.cascade);
     let cascade = Cascade::load(&cascade_path)?;
-    if cascade.tilted_features() {
-        bail!("{}: cascades with tilted features are not supported yet", cascade_path.display());
-    }
     let mut model = if args.no_emotion {
         None
     } else {

@@ -98,15 +98,38 @@ pub fn resize_exact(src: &GrayImage, width: u32, height: u32) -> GrayImage {
 
 /// Integral and squared-integral images with a zero first row and column, as i32 with
 /// wrap-around like OpenCV's CV_32S buffers: differences of four corners stay exact while a
-/// window's true sum fits in 32 bits, however large the image.
+/// window's true sum fits in 32 bits, however large the image. With `tilted`, also the
+/// 45-degree integral: T[Y][X] sums the pixels (x, y) with y < Y and |x - (X - 1)| <= Y - 1 - y.
 pub struct Integrals {
     pub width: usize,
     pub sum: Vec<i32>,
     pub sqsum: Vec<i32>,
+    pub tilted: Vec<i32>,
+}
+
+/// The tilted integral by the recurrence T(X,Y) = T(X-1,Y-1) + T(X+1,Y-1) - T(X,Y-2)
+/// + I(X-1,Y-1) + I(X-1,Y-2), on columns widened by h + 2 on each side: the recurrence reaches
+/// outside the image, where pixels count as 0.
+fn tilted_integral(img: &GrayImage) -> Vec<i32> {
+    let (w, h) = (img.width() as i64, img.height() as i64);
+    let pad = h + 2;
+    let ext = (w + 1 + 2 * pad) as usize;
+    let pixel = |x: i64, y: i64| if x >= 0 && y >= 0 && x < w && y < h { img.as_raw()[(y * w + x) as usize] as i32 } else { 0 };
+    let mut t = vec![0i32; ext * (h as usize + 1)];
+    let at = |x: i64, y: i64| (y as usize) * ext + (x + pad) as usize;
+    for y in 1..=h {
+        for x in (-pad + 1)..(w + pad) {
+            let two_up = if y >= 2 { t[at(x, y - 2)] } else { 0 };
+            t[at(x, y)] = t[at(x - 1, y - 1)].wrapping_add(t[at(x + 1, y - 1)]).wrapping_sub(two_up).wrapping_add(pixel(x - 1, y - 1)).wrapping_add(pixel(x - 1, y - 2));
+        }
+    }
+    // Keep the image's own columns 0..=w, laid out like the upright integrals.
+    let width = w as usize + 1;
+    (0..=h).flat_map(|y| (0..width as i64).map(move |x| (x, y))).map(|(x, y)| t[at(x, y)]).collect()
 }
 
 impl Integrals {
-    pub fn new(img: &GrayImage) -> Integrals {
+    pub fn new(img: &GrayImage, with_tilted: bool) -> Integrals {
         let (w, h) = (img.width() as usize, img.height() as usize);
         let width = w + 1;
         let mut sum = vec![0i32; width * (h + 1)];
@@ -122,7 +145,8 @@ impl Integrals {
                 sqsum[i] = sqsum[i - width].wrapping_add(row_sq);
             }
         }
-        Integrals { width, sum, sqsum }
+        let tilted = if with_tilted { tilted_integral(img) } else { Vec::new() };
+        Integrals { width, sum, sqsum, tilted }
     }
 
     /// Sum over the rectangle at (x, y) of size w x h.
@@ -137,20 +161,29 @@ const STAGE_THRESHOLD_EPS: f32 = 1e-5;
 
 /// A feature's rectangles as corner offsets into an integral image of a given row width, so
 /// a window's feature value is twelve loads from its top-left index (OpenCV's OptFeature).
+/// Tilted features read the tilted integral, at the corners (x, y), (x - h, y + h),
+/// (x + w, y + w) and (x + w - h, y + w + h) of the rotated rectangle.
 #[derive(Clone, Copy)]
 struct Prepared {
     corners: [[usize; 4]; 3],
     weights: [f32; 3],
+    tilted: bool,
 }
 
 fn prepare(features: &[Feature], width: usize) -> Vec<Prepared> {
     features
         .iter()
         .map(|f| {
-            let mut p = Prepared { corners: [[0; 4]; 3], weights: [0.0; 3] };
+            let mut p = Prepared { corners: [[0; 4]; 3], weights: [0.0; 3], tilted: f.tilted };
             for (i, r) in f.rects.iter().enumerate() {
                 let (x, y, w, h) = (r.x as usize, r.y as usize, r.w as usize, r.h as usize);
-                p.corners[i] = [y * width + x, y * width + x + w, (y + h) * width + x, (y + h) * width + x + w];
+                let at = |x: usize, y: usize| y * width + x;
+                // The parser guarantees x >= h for tilted rectangles.
+                p.corners[i] = if f.tilted {
+                    [at(x, y), at(x - h, y + h), at(x + w, y + w), at(x + w - h, y + w + h)]
+                } else {
+                    [at(x, y), at(x + w, y), at(x, y + h), at(x + w, y + h)]
+                };
                 p.weights[i] = r.weight;
             }
             p
@@ -158,8 +191,9 @@ fn prepare(features: &[Feature], width: usize) -> Vec<Prepared> {
         .collect()
 }
 
-fn feature_value(f: &Prepared, sum: &[i32], base: usize) -> f32 {
-    let rect = |c: &[usize; 4]| sum[base + c[0]].wrapping_sub(sum[base + c[1]]).wrapping_sub(sum[base + c[2]]).wrapping_add(sum[base + c[3]]) as f32;
+fn feature_value(f: &Prepared, ii: &Integrals, base: usize) -> f32 {
+    let table = if f.tilted { &ii.tilted } else { &ii.sum };
+    let rect = |c: &[usize; 4]| table[base + c[0]].wrapping_sub(table[base + c[1]]).wrapping_sub(table[base + c[2]]).wrapping_add(table[base + c[3]]) as f32;
     let mut v = f.weights[0] * rect(&f.corners[0]) + f.weights[1] * rect(&f.corners[1]);
     if f.weights[2] != 0.0 {
         v += f.weights[2] * rect(&f.corners[2]);
@@ -200,7 +234,7 @@ fn classify(cascade: &Cascade, features: &[Prepared], ii: &Integrals, x: usize, 
             let mut node = 0i32;
             let leaf = loop {
                 let split = &tree.splits[node as usize];
-                let value = feature_value(&features[split.feature as usize], &ii.sum, base) * norm;
+                let value = feature_value(&features[split.feature as usize], ii, base) * norm;
                 node = if value < split.threshold { split.left } else { split.right };
                 if node <= 0 {
                     break (-node) as usize;
@@ -217,9 +251,6 @@ fn classify(cascade: &Cascade, features: &[Prepared], ii: &Integrals, x: usize, 
 
 /// Every window the cascade accepts, before grouping, in OpenCV's order (scale by scale, rows
 /// top to bottom).
-///
-/// Cascades with tilted features (such as the smile detector) are not evaluated yet: their
-/// tilted rectangles are read as upright ones. Cascade::tilted_features tells.
 pub fn raw_windows(cascade: &Cascade, img: &GrayImage, p: &DetectParams) -> Vec<Rect> {
     let (ww, wh) = cascade.window;
     let size = (img.width(), img.height());
@@ -243,7 +274,7 @@ pub fn raw_windows(cascade: &Cascade, img: &GrayImage, p: &DetectParams) -> Vec<
             continue;
         }
         let scaled = resize_exact(img, sw, sh);
-        let ii = Integrals::new(&scaled);
+        let ii = Integrals::new(&scaled, cascade.tilted_features());
         let features = prepare(&cascade.features, ii.width);
         let step = if factor >= 2.0 { 1 } else { 2 };
         let stripe = ((work_h / step + stripes - 1) / stripes).max(1) * step;
