@@ -321,6 +321,8 @@ pub fn train<B: Backend>(
         write_metrics(&files.dir, &state.history)?;
         observer.epoch(&state);
     }
+    // Again here, so that a run resumed after its last epoch still gets its files and plots.
+    write_metrics(&files.dir, &state.history)?;
     // Early stopping restores the best weights (Keras' restore_best_weights).
     if files.best().exists() {
         model.load(backend, &files.best(), Part::Value)?;
