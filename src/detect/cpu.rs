@@ -210,9 +210,43 @@ pub enum Verdict {
     Face,
 }
 
-/// Evaluates the cascade on the window whose top-left corner is (x, y), with the features
-/// prepared for this integral image's row width.
-fn classify(cascade: &Cascade, features: &[Prepared], ii: &Integrals, x: usize, y: usize) -> Verdict {
+/// A weak classifier with one split, its feature prepared inline: stump cascades (all the
+/// frontal-face ones) run from one flat array, as OpenCV's predictOrderedStump does.
+#[derive(Clone, Copy)]
+struct FlatStump {
+    feature: Prepared,
+    threshold: f32,
+    left: f32,
+    right: f32,
+}
+
+/// The cascade laid out for one scale's integral images.
+enum Plan {
+    /// Stumps of every stage back to back, and each stage's end and lowered threshold.
+    Stumps { stumps: Vec<FlatStump>, stages: Vec<(usize, f32)> },
+    Trees { features: Vec<Prepared> },
+}
+
+fn plan(cascade: &Cascade, width: usize) -> Plan {
+    let features = prepare(&cascade.features, width);
+    if !cascade.stages.iter().flat_map(|s| &s.trees).all(|t| t.splits.len() == 1) {
+        return Plan::Trees { features };
+    }
+    let mut stumps = Vec::new();
+    let mut stages = Vec::new();
+    for stage in &cascade.stages {
+        for tree in &stage.trees {
+            let split = tree.splits[0];
+            let leaf = |child: i32| tree.leaves[(-child) as usize];
+            stumps.push(FlatStump { feature: features[split.feature as usize], threshold: split.threshold, left: leaf(split.left), right: leaf(split.right) });
+        }
+        stages.push((stumps.len(), stage.threshold - STAGE_THRESHOLD_EPS));
+    }
+    Plan::Stumps { stumps, stages }
+}
+
+/// Evaluates the cascade on the window whose top-left corner is (x, y).
+fn classify(cascade: &Cascade, plan: &Plan, ii: &Integrals, x: usize, y: usize) -> Verdict {
     let (ww, wh) = (cascade.window.0 as usize, cascade.window.1 as usize);
     // Variance over the window less a 1-pixel border.
     let (nw, nh) = (ww - 2, wh - 2);
@@ -228,22 +262,40 @@ fn classify(cascade: &Cascade, features: &[Prepared], ii: &Integrals, x: usize, 
         return Verdict::Flat;
     }
     let base = y * ii.width + x;
-    for (si, stage) in cascade.stages.iter().enumerate() {
-        let mut total = 0.0f64;
-        for tree in &stage.trees {
-            let mut node = 0i32;
-            let leaf = loop {
-                let split = &tree.splits[node as usize];
-                let value = feature_value(&features[split.feature as usize], ii, base) * norm;
-                node = if value < split.threshold { split.left } else { split.right };
-                if node <= 0 {
-                    break (-node) as usize;
+    match plan {
+        Plan::Stumps { stumps, stages } => {
+            let mut start = 0;
+            for (si, &(end, threshold)) in stages.iter().enumerate() {
+                let mut total = 0.0f64;
+                for st in &stumps[start..end] {
+                    let value = feature_value(&st.feature, ii, base) * norm;
+                    total += if value < st.threshold { st.left } else { st.right } as f64;
                 }
-            };
-            total += tree.leaves[leaf] as f64;
+                if total < threshold as f64 {
+                    return Verdict::Rejected(si);
+                }
+                start = end;
+            }
         }
-        if total < (stage.threshold - STAGE_THRESHOLD_EPS) as f64 {
-            return Verdict::Rejected(si);
+        Plan::Trees { features } => {
+            for (si, stage) in cascade.stages.iter().enumerate() {
+                let mut total = 0.0f64;
+                for tree in &stage.trees {
+                    let mut node = 0i32;
+                    let leaf = loop {
+                        let split = &tree.splits[node as usize];
+                        let value = feature_value(&features[split.feature as usize], ii, base) * norm;
+                        node = if value < split.threshold { split.left } else { split.right };
+                        if node <= 0 {
+                            break (-node) as usize;
+                        }
+                    };
+                    total += tree.leaves[leaf] as f64;
+                }
+                if total < (stage.threshold - STAGE_THRESHOLD_EPS) as f64 {
+                    return Verdict::Rejected(si);
+                }
+            }
         }
     }
     Verdict::Face
@@ -275,7 +327,7 @@ pub fn raw_windows(cascade: &Cascade, img: &GrayImage, p: &DetectParams) -> Vec<
         }
         let scaled = resize_exact(img, sw, sh);
         let ii = Integrals::new(&scaled, cascade.tilted_features());
-        let features = prepare(&cascade.features, ii.width);
+        let plan = plan(cascade, ii.width);
         let step = if factor >= 2.0 { 1 } else { 2 };
         let stripe = ((work_h / step + stripes - 1) / stripes).max(1) * step;
         let rows_end = (stripes * stripe).min(work_h);
@@ -287,7 +339,7 @@ pub fn raw_windows(cascade: &Cascade, img: &GrayImage, p: &DetectParams) -> Vec<
                 let mut row = Vec::new();
                 let mut x = 0;
                 while x < work_w as usize {
-                    let verdict = classify(cascade, &features, &ii, x, y);
+                    let verdict = classify(cascade, &plan, &ii, x, y);
                     if verdict == Verdict::Face {
                         row.push(Rect { x: round_f32(x as f32 * factor), y: round_f32(y as f32 * factor), w: win.0, h: win.1 });
                     }
