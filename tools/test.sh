@@ -30,10 +30,13 @@ if command -v dpkg >/dev/null 2>&1; then
   fi
 fi
 
-cargo run --quiet --bin mien -- devices
+# Build the tests first: that also builds target/debug/mien with the same dependency features,
+# where a separate `cargo run` would build the whole wgpu stack a second time.
+cargo test --no-run
+./target/debug/mien devices
 
 cargo test
-if cargo run --quiet --bin mien -- devices --backend gl | grep -q '^\[0\]'; then
+if ./target/debug/mien devices --backend gl | grep -q '^\[0\]'; then
   echo "== GPU kernel tests again on wgpu's GL backend =="
   MIEN_TEST_BACKEND=gl cargo test --test kernels --test limits --test training -- --test-threads=1
 elif [ "${CI:-}" = true ]; then
