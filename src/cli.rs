@@ -548,6 +548,9 @@ struct ImageReport {
 
 fn run_detect<B: Backend>(backend: &B, args: &DetectArgs) -> Result<()> {
     use crate::detect::{annotate, cpu, grey, Cascade, DetectParams};
+    if !(args.scale_factor > 1.0) {
+        bail!("--scale-factor must be above 1, got {}", args.scale_factor);
+    }
     let cascade_path = shipped(&args.cascade);
     let cascade = Cascade::load(&cascade_path)?;
     let mut model = if args.no_emotion {
@@ -564,9 +567,6 @@ fn run_detect<B: Backend>(backend: &B, args: &DetectArgs) -> Result<()> {
         min_size: (args.min_size, args.min_size),
         max_size: args.max_size.map(|m| (m, m)),
     };
-    if !(args.scale_factor > 1.0) {
-        bail!("--scale-factor must be above 1, got {}", args.scale_factor);
-    }
     let files = image_files(&args.inputs)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create", args.out.display()))?;
     let bar = (files.len() > 3).then(|| indicatif::ProgressBar::new(files.len() as u64));
