@@ -16,6 +16,9 @@ pub enum Error {
     #[error("{op}: {what} needs {bytes} bytes, over the device limit of {limit} bytes ({limit_name})")]
     TooLarge { op: &'static str, what: String, bytes: u64, limit: u64, limit_name: &'static str },
 
+    #[error("{what}: {reason}")]
+    Unsupported { what: String, reason: String },
+
     #[error("GPU error in {op}: {detail}")]
     Gpu { op: String, detail: String },
 }

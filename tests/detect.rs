@@ -1,7 +1,11 @@
 //! Detection against OpenCV: fixtures made by tools/opencv_fixtures.py with opencv-python
 //! (single thread, no OpenCL), committed in data/fixtures/haar so these tests need no OpenCV.
 
+mod common;
+
+use mien::detect::gpu::{integrals_gpu, norm_factors_gpu, resize_gpu, GpuDetector};
 use mien::detect::{cpu, group_rectangles, Cascade, DetectParams, Rect};
+use std::collections::HashMap;
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -77,12 +81,11 @@ fn params(run: &Value) -> DetectParams {
     }
 }
 
-#[test]
-fn cpu_detector_matches_opencv_on_every_fixture() {
+/// Every fixture run: (fixture name, image, cascade path, params, OpenCV's rectangles).
+fn fixture_runs() -> Vec<(String, image::GrayImage, PathBuf, DetectParams, Vec<Rect>)> {
     let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/data/fixtures/haar"));
     let cascades = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/haarcascades"));
-    let mut mismatches = Vec::new();
-    let mut runs = 0;
+    let mut out = Vec::new();
     for (name, f) in fixtures() {
         let img = image::open(dir.join(f["image"].as_str().unwrap())).unwrap().to_luma8();
         for run in f["runs"].as_array().unwrap() {
@@ -90,16 +93,97 @@ fn cpu_detector_matches_opencv_on_every_fixture() {
             let cascade_name = run["cascade"].as_str().unwrap();
             let local = dir.join(cascade_name);
             let path = if local.exists() { local } else { cascades.join(cascade_name) };
-            let cascade = Cascade::load(&path).unwrap();
-            let p = params(run);
-            let got = cpu::detect_multi_scale(&cascade, &img, &p);
-            let want = rects(&run["rects"]);
-            runs += 1;
-            if got != want {
-                mismatches.push(format!("{name} {} {p:?}: got {} rects, want {}\n  got  {:?}\n  want {:?}", run["cascade"], got.len(), want.len(), &got[..got.len().min(6)], &want[..want.len().min(6)]));
-            }
+            out.push((name.clone(), img.clone(), path, params(run), rects(&run["rects"])));
         }
     }
-    assert!(runs >= 60, "only {runs} fixture runs");
-    assert!(mismatches.is_empty(), "{} of {runs} runs differ from OpenCV:\n{}", mismatches.len(), mismatches.join("\n"));
+    out
+}
+
+/// Runs `detect` on every fixture and lists the runs that differ from OpenCV.
+fn check_against_opencv(mut detect: impl FnMut(&Cascade, &image::GrayImage, &DetectParams) -> Vec<Rect>) {
+    let mut cascades: HashMap<PathBuf, Cascade> = HashMap::new();
+    let mut mismatches = Vec::new();
+    let runs = fixture_runs();
+    for (name, img, path, p, want) in &runs {
+        let cascade = cascades.entry(path.clone()).or_insert_with(|| Cascade::load(path).unwrap());
+        let got = detect(cascade, img, p);
+        if &got != want {
+            mismatches.push(format!("{name} {} {p:?}: got {} rects, want {}\n  got  {:?}\n  want {:?}", path.display(), got.len(), want.len(), &got[..got.len().min(6)], &want[..want.len().min(6)]));
+        }
+    }
+    assert!(runs.len() >= 60, "only {} fixture runs", runs.len());
+    assert!(mismatches.is_empty(), "{} of {} runs differ from OpenCV:\n{}", mismatches.len(), runs.len(), mismatches.join("\n"));
+}
+
+#[test]
+fn cpu_detector_matches_opencv_on_every_fixture() {
+    check_against_opencv(cpu::detect_multi_scale);
+}
+
+#[test]
+fn gpu_detector_matches_opencv_on_every_fixture() {
+    // Stumps, trees, tilted features, the old format, odd and tiny sizes, a flat image.
+    let gpu = common::gpu();
+    let mut detectors: HashMap<*const Cascade, GpuDetector> = HashMap::new();
+    check_against_opencv(|cascade, img, p| {
+        let detector = detectors.entry(cascade as *const _).or_insert_with(|| GpuDetector::new(gpu, cascade).unwrap());
+        detector.detect_multi_scale(img, p).unwrap()
+    });
+}
+
+/// A seeded grey image with texture at several scales, so that windows pass some stages.
+fn textured(w: u32, h: u32, seed: u32) -> image::GrayImage {
+    image::GrayImage::from_fn(w, h, |x, y| {
+        let v = (x * 7 + y * 13 + seed).wrapping_mul(2654435761) >> 24;
+        image::Luma([((v + (x / 5 + y / 3) * 40) % 256) as u8])
+    })
+}
+
+#[test]
+fn gpu_resize_matches_the_cpu_bit_for_bit() {
+    let gpu = common::gpu();
+    for (sw, sh, dw, dh) in [(97, 61, 88, 55), (640, 480, 64, 48), (33, 17, 33, 17), (1, 9, 1, 4), (130, 7, 11, 6), (301, 203, 150, 101)] {
+        let src = textured(sw, sh, sw);
+        assert_eq!(resize_gpu(gpu, &src, dw, dh).unwrap(), cpu::resize_exact(&src, dw, dh), "{sw}x{sh} -> {dw}x{dh}");
+    }
+}
+
+#[test]
+fn gpu_integrals_match_the_cpu_including_tilted() {
+    let gpu = common::gpu();
+    for (w, h) in [(1, 1), (1, 13), (17, 1), (29, 23), (70, 9), (65, 66)] {
+        let img = textured(w, h, 7);
+        let (want, got) = (cpu::Integrals::new(&img, true), integrals_gpu(gpu, &img, true).unwrap());
+        assert_eq!(got.sum, want.sum, "{w}x{h} sum");
+        assert_eq!(got.sqsum, want.sqsum, "{w}x{h} sqsum");
+        assert_eq!(got.tilted, want.tilted, "{w}x{h} tilted");
+    }
+    // Squared sums past 2^31 wrap the same way on both (255^2 * 40,000 pixels > 2^31).
+    let bright = image::GrayImage::from_pixel(200, 200, image::Luma([255]));
+    assert_eq!(integrals_gpu(gpu, &bright, false).unwrap().sqsum, cpu::Integrals::new(&bright, false).sqsum);
+}
+
+#[test]
+fn gpu_norm_factors_are_opencvs_double_rounded_value() {
+    // OpenCV: f32(1 / sqrt(f64(nf))). Values across the range windows produce (1 to ~2^42),
+    // plus values next to f32 rounding midpoints, where only exact integer tests get it right.
+    let mut nfs: Vec<u64> = (0..4000u64).map(|i| 1 + (i.wrapping_mul(i).wrapping_mul(i).wrapping_mul(2_654_435_761)) % (1u64 << 42)).collect();
+    nfs.extend([1, 2, 3, 4, 1 << 40, (1 << 42) - 1, 23_425_600, 23_425_601]);
+    for m in [0x80_0001u64, 0xab_cdefu64, 0xff_ffffu64] {
+        // A midpoint (2m + 1) * 2^-k of 1/sqrt(nf) means nf ~ 2^(2k) / (2m + 1)^2.
+        let mid = (2 * m + 1) as f64 * 2f64.powi(-33);
+        let nf = (1.0 / (mid * mid)).round() as u64;
+        nfs.extend([nf - 1, nf, nf + 1]);
+    }
+    let got = norm_factors_gpu(common::gpu(), &nfs).unwrap();
+    let mut ambiguous = 0;
+    for (&nf, &(vnf, flagged)) in nfs.iter().zip(&got) {
+        let want = (1.0 / (nf as f64).sqrt()) as f32;
+        if flagged {
+            ambiguous += 1;
+        } else {
+            assert_eq!(vnf.to_bits(), want.to_bits(), "nf {nf}: got {vnf:e}, want {want:e}");
+        }
+    }
+    assert!(ambiguous <= 2, "{ambiguous} of {} flagged as too close to call", nfs.len());
 }

@@ -140,7 +140,7 @@ fn warp_kernel_matches_cpu_and_identity_is_exact() {
     assert_eq!(mirrored[5], data.images[42] as f32 / 255.0);
 
     let g = gpu();
-    let (pixels, maps_g, out) = (g.upload(&warp::pack(&data.images)).unwrap(), g.upload(maps.as_flattened()).unwrap(), g.zeros::<f32>(13 * PIXELS).unwrap());
+    let (pixels, maps_g, out) = (g.upload(&mien::gpu::pack_bytes(&data.images)).unwrap(), g.upload(maps.as_flattened()).unwrap(), g.zeros::<f32>(13 * PIXELS).unwrap());
     g.run(|rec| warp::warp_gpu(rec, 13, &pixels, &maps_g, &out)).unwrap();
     assert_close("warp", &g.read(&out).unwrap(), &cpu, 1e-5);
 }

@@ -7,9 +7,10 @@
 
 Frames are greyscale 640x480, 1280x720 and 1920x1080, made deterministically from
 data/fixtures/haar/montage.png (nine faces, 700x430; written by tools/opencv_fixtures.py): the
-montage is scaled to fit the frame (INTER_AREA when shrinking, INTER_LINEAR when enlarging) and
-centred on a mid-grey (128) background. Each frame goes through
-CascadeClassifier.detectMultiScale(frame) at the defaults (scaleFactor 1.1, minNeighbors 3) with
+montage is scaled to fit the frame with INTER_LINEAR_EXACT and centred on a mid-grey (128)
+background, exactly as `mien bench detect` makes them (src/bench.rs detect_frame: the same
+bit-exact bilinear resize, sizes rounded half away from zero), so both time the same pixels.
+Each frame goes through CascadeClassifier.detectMultiScale(frame) at the defaults (scaleFactor 1.1, minNeighbors 3) with
 haarcascade_frontalface_default.xml, first with cv2.setNumThreads(1), then with OpenCV's default
 thread count; OpenCL is off. After one warm-up call, calls repeat until --seconds have passed
 (at least 3 calls). Prints JSON (and writes it to --out if given): per frame size and thread
@@ -18,6 +19,7 @@ from the median, and how many faces were found.
 """
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -42,12 +44,12 @@ def cascade_path(name):
 
 
 def make_frame(montage, w, h):
-    """The montage scaled to fit w x h, centred on mid-grey."""
+    """The montage scaled to fit w x h, centred on mid-grey: mien's detect_frame."""
     mh, mw = montage.shape
     s = min(w / mw, h / mh)
-    sw, sh = min(w, round(mw * s)), min(h, round(mh * s))
-    interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
-    scaled = cv2.resize(montage, (sw, sh), interpolation=interp)
+    # Rust's f64::round rounds halves away from zero; Python's round() to even.
+    sw, sh = min(w, math.floor(mw * s + 0.5)), min(h, math.floor(mh * s + 0.5))
+    scaled = cv2.resize(montage, (sw, sh), interpolation=cv2.INTER_LINEAR_EXACT)
     frame = np.full((h, w), 128, np.uint8)
     x, y = (w - sw) // 2, (h - sh) // 2
     frame[y:y + sh, x:x + sw] = scaled
@@ -106,7 +108,7 @@ def main():
         "cascade": args.cascade,
         "scale_factor": 1.1,
         "min_neighbors": 3,
-        "frames": "data/fixtures/haar/montage.png scaled to fit, centred on grey 128",
+        "frames": "data/fixtures/haar/montage.png scaled to fit (INTER_LINEAR_EXACT), centred on grey 128",
         "default_threads": default_threads,
         "cpu_count": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),

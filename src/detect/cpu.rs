@@ -26,7 +26,7 @@ impl Default for DetectParams {
 }
 
 /// OpenCV's cvRound for floats: to nearest, ties to even.
-fn round_f32(v: f32) -> i32 {
+pub(crate) fn round_f32(v: f32) -> i32 {
     v.round_ties_even() as i32
 }
 
@@ -57,28 +57,31 @@ fn scaled_size((width, height): (u32, u32), s: f32) -> (u32, u32) {
     (round_f32(width as f32 / s) as u32, round_f32(height as f32 / s) as u32)
 }
 
-/// Bilinear resize with OpenCV's INTER_LINEAR_EXACT arithmetic: source positions
-/// (d + 0.5) * scale - 0.5 in f64, weights quantised to 1/256, products summed exactly and
-/// rounded once at the end; positions before the first or past the last pixel take the edge.
+/// The taps of OpenCV's INTER_LINEAR_EXACT along one axis: for each destination index, the
+/// source index and the next pixel's weight in 1/256. Source positions are
+/// (d + 0.5) * scale - 0.5 in f64; positions before the first or past the last pixel take the
+/// edge (weight 0).
+pub fn resize_taps(src_len: u32, dst_len: u32) -> Vec<(usize, u32)> {
+    let scale = 1.0 / (dst_len as f64 / src_len as f64);
+    (0..dst_len)
+        .map(|d| {
+            let f = scale * (d as f64 + 0.5) - 0.5;
+            let i = f.floor();
+            if i < 0.0 || src_len == 1 {
+                (0, 0)
+            } else if (i as u32) < src_len - 1 {
+                (i as usize, ((f - i) * 256.0).round_ties_even() as u32)
+            } else {
+                (src_len as usize - 1, 0)
+            }
+        })
+        .collect()
+}
+
+/// Bilinear resize with OpenCV's INTER_LINEAR_EXACT arithmetic: weights quantised to 1/256
+/// ([`resize_taps`]), products summed exactly and rounded once at the end.
 pub fn resize_exact(src: &GrayImage, width: u32, height: u32) -> GrayImage {
-    // (offset, weight of the next pixel in 1/256) per destination index.
-    let taps = |src_len: u32, dst_len: u32| -> Vec<(usize, u32)> {
-        let scale = 1.0 / (dst_len as f64 / src_len as f64);
-        (0..dst_len)
-            .map(|d| {
-                let f = scale * (d as f64 + 0.5) - 0.5;
-                let i = f.floor();
-                if i < 0.0 || src_len == 1 {
-                    (0, 0)
-                } else if (i as u32) < src_len - 1 {
-                    (i as usize, ((f - i) * 256.0).round_ties_even() as u32)
-                } else {
-                    (src_len as usize - 1, 0)
-                }
-            })
-            .collect()
-    };
-    let (xs, ys) = (taps(src.width(), width), taps(src.height(), height));
+    let (xs, ys) = (resize_taps(src.width(), width), resize_taps(src.height(), height));
     let (sw, s) = (src.width() as usize, src.as_raw());
     let at = |x: usize, y: usize| s[y * sw + x] as u32;
     // A weight of 0 on the next pixel never reads it, so the last column and row are safe.
@@ -157,7 +160,7 @@ impl Integrals {
 }
 
 /// OpenCV reads stage thresholds lowered by this much, to absorb rounding in the training tool.
-const STAGE_THRESHOLD_EPS: f32 = 1e-5;
+pub(crate) const STAGE_THRESHOLD_EPS: f32 = 1e-5;
 
 /// A feature's rectangles as corner offsets into an integral image of a given row width, so
 /// a window's feature value is twelve loads from its top-left index (OpenCV's OptFeature).
@@ -301,11 +304,32 @@ fn classify(cascade: &Cascade, plan: &Plan, ii: &Integrals, x: usize, y: usize) 
     Verdict::Face
 }
 
-/// Every window the cascade accepts, before grouping, in OpenCV's order (scale by scale, rows
-/// top to bottom).
-pub fn raw_windows(cascade: &Cascade, img: &GrayImage, p: &DetectParams) -> Vec<Rect> {
+/// One pyramid level's scan: OpenCV's sizes, steps and row limit for a scale factor.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ScaleScan {
+    pub factor: f32,
+    /// The resized image.
+    pub size: (u32, u32),
+    /// Window positions per row (x < width) and rows (y < rows_end).
+    pub work_width: u32,
+    pub rows_end: u32,
+    /// Pixels between windows: 2 below scale 2, then 1.
+    pub step: u32,
+    /// A detected window's rectangle size in the original image.
+    pub window: (i32, i32),
+}
+
+impl ScaleScan {
+    /// A window at (x, y) of this level, in original-image coordinates.
+    pub fn rect(&self, x: u32, y: u32) -> Rect {
+        Rect { x: round_f32(x as f32 * self.factor), y: round_f32(y as f32 * self.factor), w: self.window.0, h: self.window.1 }
+    }
+}
+
+/// The levels OpenCV scans for an image, in its order; levels without a single window are left
+/// out.
+pub fn scan_plan(cascade: &Cascade, size: (u32, u32), p: &DetectParams) -> Vec<ScaleScan> {
     let (ww, wh) = cascade.window;
-    let size = (img.width(), img.height());
     let factors = scales(cascade, size, p);
     // Windows that fit: the working size, one per position of the window's corner.
     let working = |s: f32| {
@@ -318,40 +342,51 @@ pub fn raw_windows(cascade: &Cascade, img: &GrayImage, p: &DetectParams) -> Vec<
     if stripes == 0 {
         return Vec::new();
     }
-    let mut out = Vec::new();
-    for factor in factors {
-        let (sw, sh) = scaled_size(size, factor);
-        let (work_w, work_h) = working(factor);
-        if work_w == 0 || work_h == 0 {
-            continue;
-        }
-        let scaled = resize_exact(img, sw, sh);
-        let ii = Integrals::new(&scaled, cascade.tilted_features());
-        let plan = plan(cascade, ii.width);
-        let step = if factor >= 2.0 { 1 } else { 2 };
-        let stripe = ((work_h / step + stripes - 1) / stripes).max(1) * step;
-        let rows_end = (stripes * stripe).min(work_h);
-        let win = (round_f32(ww as f32 * factor), round_f32(wh as f32 * factor));
-        let rows: Vec<usize> = (0..rows_end as usize).step_by(step as usize).collect();
-        let found: Vec<Vec<Rect>> = rows
-            .par_iter()
-            .map(|&y| {
-                let mut row = Vec::new();
-                let mut x = 0;
-                while x < work_w as usize {
-                    let verdict = classify(cascade, &plan, &ii, x, y);
-                    if verdict == Verdict::Face {
-                        row.push(Rect { x: round_f32(x as f32 * factor), y: round_f32(y as f32 * factor), w: win.0, h: win.1 });
-                    }
-                    // A window rejected by the very first stage makes OpenCV skip its neighbour.
-                    x += if verdict == Verdict::Rejected(0) { 2 * step as usize } else { step as usize };
+    factors
+        .into_iter()
+        .filter_map(|factor| {
+            let (work_width, work_h) = working(factor);
+            if work_width == 0 || work_h == 0 {
+                return None;
+            }
+            let step = if factor >= 2.0 { 1 } else { 2 };
+            let stripe = ((work_h / step + stripes - 1) / stripes).max(1) * step;
+            let window = (round_f32(ww as f32 * factor), round_f32(wh as f32 * factor));
+            Some(ScaleScan { factor, size: scaled_size(size, factor), work_width, rows_end: (stripes * stripe).min(work_h), step, window })
+        })
+        .collect()
+}
+
+/// The windows the cascade accepts on one level, rows top to bottom.
+pub fn scan_scale(cascade: &Cascade, img: &GrayImage, level: &ScaleScan) -> Vec<Rect> {
+    let scaled = resize_exact(img, level.size.0, level.size.1);
+    let ii = Integrals::new(&scaled, cascade.tilted_features());
+    let plan = plan(cascade, ii.width);
+    let step = level.step as usize;
+    let rows: Vec<usize> = (0..level.rows_end as usize).step_by(step).collect();
+    let found: Vec<Vec<Rect>> = rows
+        .par_iter()
+        .map(|&y| {
+            let mut row = Vec::new();
+            let mut x = 0;
+            while x < level.work_width as usize {
+                let verdict = classify(cascade, &plan, &ii, x, y);
+                if verdict == Verdict::Face {
+                    row.push(level.rect(x as u32, y as u32));
                 }
-                row
-            })
-            .collect();
-        out.extend(found.into_iter().flatten());
-    }
-    out
+                // A window rejected by the very first stage makes OpenCV skip its neighbour.
+                x += if verdict == Verdict::Rejected(0) { 2 * step } else { step };
+            }
+            row
+        })
+        .collect();
+    found.into_iter().flatten().collect()
+}
+
+/// Every window the cascade accepts, before grouping, in OpenCV's order (scale by scale, rows
+/// top to bottom).
+pub fn raw_windows(cascade: &Cascade, img: &GrayImage, p: &DetectParams) -> Vec<Rect> {
+    scan_plan(cascade, (img.width(), img.height()), p).iter().flat_map(|level| scan_scale(cascade, img, level)).collect()
 }
 
 /// Intersects each rectangle with the image and drops the empty ones (OpenCV's last step).
@@ -366,9 +401,14 @@ fn clip(rects: Vec<Rect>, (width, height): (u32, u32)) -> Vec<Rect> {
         .collect()
 }
 
+/// OpenCV's last steps: group the raw windows, then clip the groups to the image.
+pub fn group_and_clip(raw: &[Rect], p: &DetectParams, size: (u32, u32)) -> Vec<Rect> {
+    clip(group_rectangles(raw, p.min_neighbors, 0.2), size)
+}
+
 /// OpenCV's `detectMultiScale` on a grey image.
 pub fn detect_multi_scale(cascade: &Cascade, img: &GrayImage, p: &DetectParams) -> Vec<Rect> {
-    clip(group_rectangles(&raw_windows(cascade, img, p), p.min_neighbors, 0.2), (img.width(), img.height()))
+    group_and_clip(&raw_windows(cascade, img, p), p, (img.width(), img.height()))
 }
 
 #[cfg(test)]

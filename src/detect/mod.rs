@@ -3,6 +3,7 @@
 pub mod annotate;
 pub mod cascade;
 pub mod cpu;
+pub mod gpu;
 pub mod grey;
 pub mod group;
 

@@ -32,9 +32,16 @@ impl GpuSlice<'_> {
     }
 }
 
+// INDIRECT so that a kernel can write the workgroup counts of a later dispatch.
 const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::INDIRECT)
     .union(wgpu::BufferUsages::COPY_SRC)
     .union(wgpu::BufferUsages::COPY_DST);
+
+/// Bytes packed four to a little-endian u32, the way kernels read 8-bit images.
+pub fn pack_bytes(bytes: &[u8]) -> Vec<u32> {
+    bytes.chunks(4).map(|c| c.iter().rev().fold(0u32, |acc, &b| acc << 8 | b as u32)).collect()
+}
 
 impl<T: Pod> GpuBuffer<T> {
     pub fn len(&self) -> usize {

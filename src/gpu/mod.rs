@@ -5,7 +5,7 @@ mod buffer;
 mod record;
 pub mod shaders;
 
-pub use buffer::{GpuBuffer, GpuSlice};
+pub use buffer::{pack_bytes, GpuBuffer, GpuSlice};
 pub use record::{PassTiming, Recorder};
 
 use crate::error::{Error, Result};

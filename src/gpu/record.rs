@@ -54,6 +54,52 @@ impl<'g> Recorder<'g> {
         bindings: &[GpuSlice<'_>],
         groups: [u32; 3],
     ) -> Result<()> {
+        let max = self.gpu.limits.max_compute_workgroups_per_dimension;
+        if groups.iter().any(|&g| g > max) {
+            return Err(Error::TooLarge {
+                op: label,
+                what: format!("a dispatch of {groups:?} workgroups"),
+                bytes: groups.iter().copied().max().unwrap_or(0) as u64,
+                limit: max as u64,
+                limit_name: "max_compute_workgroups_per_dimension",
+            });
+        }
+        if groups.contains(&0) {
+            return Ok(());
+        }
+        self.pass(label, shader, entry, params, bindings, |pass| pass.dispatch_workgroups(groups[0], groups[1], groups[2]))
+    }
+
+    /// Records a dispatch whose workgroup counts a previous kernel wrote into `args` at
+    /// element `index` (three u32: x, y, z), for work whose size only the GPU knows, such as
+    /// the length of a compacted list.
+    pub fn dispatch_indirect<P: bytemuck::Pod>(
+        &mut self,
+        label: &'static str,
+        shader: &Shader,
+        entry: &'static str,
+        params: &P,
+        bindings: &[GpuSlice<'_>],
+        args: &super::GpuBuffer<u32>,
+        index: usize,
+    ) -> Result<()> {
+        if index + 3 > args.len() {
+            return Err(crate::error::shape_err(label, format!("indirect arguments at {index} of a buffer of {}", args.len())));
+        }
+        self.pass(label, shader, entry, params, bindings, |pass| pass.dispatch_workgroups_indirect(&args.buffer, index as u64 * 4))
+    }
+
+    /// One compute pass: checks the bindings, binds them after the params uniform, and lets
+    /// `dispatch` issue the work.
+    fn pass<P: bytemuck::Pod>(
+        &mut self,
+        label: &'static str,
+        shader: &Shader,
+        entry: &'static str,
+        params: &P,
+        bindings: &[GpuSlice<'_>],
+        dispatch: impl FnOnce(&mut wgpu::ComputePass<'_>),
+    ) -> Result<()> {
         let gpu = self.gpu;
         let align = gpu.limits.min_storage_buffer_offset_alignment as u64;
         for (i, b) in bindings.iter().enumerate() {
@@ -69,19 +115,6 @@ impl<'g> Recorder<'g> {
             if b.offset % align != 0 {
                 return Err(Error::Gpu { op: label.into(), detail: format!("binding {} starts at unaligned offset {}", i + 1, b.offset) });
             }
-        }
-        let max = gpu.limits.max_compute_workgroups_per_dimension;
-        if groups.iter().any(|&g| g > max) {
-            return Err(Error::TooLarge {
-                op: label,
-                what: format!("a dispatch of {groups:?} workgroups"),
-                bytes: groups.iter().copied().max().unwrap_or(0) as u64,
-                limit: max as u64,
-                limit_name: "max_compute_workgroups_per_dimension",
-            });
-        }
-        if groups.contains(&0) {
-            return Ok(());
         }
         let writable: Vec<bool> = bindings.iter().map(|b| b.writable).collect();
         let pipeline = gpu.pipeline(shader, entry, &writable);
@@ -113,7 +146,7 @@ impl<'g> Recorder<'g> {
         let mut pass = self.encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes });
         pass.set_pipeline(&pipeline.pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
-        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        dispatch(&mut pass);
         Ok(())
     }
 

@@ -48,4 +48,7 @@ shaders! {
     BATCHNORM_BACKWARD = "batchnorm_backward" ["batchnorm_backward.wgsl"];
     SGEMM_CALIBRATION = "sgemm_calibration" ["sgemm_calibration.wgsl"];
     WARP = "warp" ["warp.wgsl"];
+    RESIZE = "resize" ["resize.wgsl"];
+    INTEGRAL = "integral" ["integral.wgsl"];
+    HAAR_CASCADE = "haar_cascade" ["haar_cascade.wgsl"];
 }

@@ -47,7 +47,7 @@ pub fn warp_cpu(images: &[u8], maps: &[[f32; 6]], out: &mut [f32]) -> Result<()>
     Ok(())
 }
 
-/// GPU version: `pixels` holds the images' bytes packed four to a u32 (see [`pack`]), `maps`
+/// GPU version: `pixels` holds the images' bytes packed four to a u32 (see [`crate::gpu::pack_bytes`]), `maps`
 /// six floats per image.
 pub fn warp_gpu(rec: &mut Recorder, images: usize, pixels: &GpuBuffer<u32>, maps: &GpuBuffer<f32>, out: &GpuBuffer<f32>) -> Result<()> {
     check_buf("warp", "packed images", pixels, images * PLANE / 4)?;
@@ -55,9 +55,4 @@ pub fn warp_gpu(rec: &mut Recorder, images: usize, pixels: &GpuBuffer<u32>, maps
     check_buf("warp", "output", out, images * PLANE)?;
     let params = [images as u32, SIDE as u32, 0, 0];
     rec.dispatch_linear("warp", &shaders::WARP, "warp", &params, &[pixels.all(), maps.all(), out.all().rw()], images * PLANE, 256)
-}
-
-/// Bytes packed four to a little-endian u32, as warp.wgsl reads them.
-pub fn pack(bytes: &[u8]) -> Vec<u32> {
-    bytes.chunks(4).map(|c| c.iter().rev().fold(0u32, |acc, &b| acc << 8 | b as u32)).collect()
 }

@@ -255,7 +255,7 @@ impl Backend for GpuBackend<'_> {
     fn warp(&self, images: &[u8], maps: &[[f32; 6]], out: &Self::Tensor) -> Result<()> {
         // Fresh buffers initialised at creation, so the warp recorded after them sees their data
         // without waiting for earlier queued work.
-        let pixels = self.gpu.upload(&warp::pack(images))?;
+        let pixels = self.gpu.upload(&crate::gpu::pack_bytes(images))?;
         let maps = self.gpu.upload(maps.as_flattened())?;
         self.record(|r| warp::warp_gpu(r, maps.len() / 6, &pixels, &maps, out))
     }

@@ -1,0 +1,442 @@
+//! The GPU detector: the same windows as the CPU reference (and so as OpenCV), from WGSL
+//! kernels. Per pyramid level, all recorded into one command buffer:
+//! - `resize.wgsl` builds the level from the original image with taps from the host;
+//! - `integral.wgsl` builds the upright, squared and (when the cascade needs it) tilted
+//!   integral images, in exact wrapping u32;
+//! - `haar_cascade.wgsl` runs stage 0 on every window, walks each row with OpenCV's skip rule
+//!   to compact the survivors into a list, then runs the later stages in groups, compacting
+//!   again after each group, with indirect dispatches sized by the GPU's own counts.
+//! Only the found windows come back; grouping stays on the CPU.
+//!
+//! The cascade is encoded for exact integer evaluation (docs/opencv-haar-semantics.md §15.3);
+//! a cascade that cannot be (fractional rectangle weights, say) is refused with a reason, and
+//! the caller can use the CPU detector.
+
+use super::cascade::Cascade;
+use super::cpu::{self, resize_taps, scan_plan, scan_scale, DetectParams, Integrals, ScaleScan, STAGE_THRESHOLD_EPS};
+use super::group::Rect;
+use crate::error::{Error, Result};
+use crate::gpu::{pack_bytes, shaders, Gpu, GpuBuffer, GpuSlice, Recorder};
+use image::GrayImage;
+
+const WORKGROUP: u32 = 64;
+
+/// The scan parameters of haar_cascade.wgsl's `Scan`, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct ScanParams {
+    iw: u32,
+    table: u32,
+    work_w: u32,
+    step: u32,
+    grid_w: u32,
+    grid_h: u32,
+    scale: u32,
+    groups: u32,
+    stage_begin: u32,
+    stage_end: u32,
+    group: u32,
+    last: u32,
+    norm_w: u32,
+    norm_h: u32,
+    vnf_limit: f32,
+    max_depth: u32,
+    stages_off: u32,
+    trees_off: u32,
+    nodes_off: u32,
+    leaves_off: u32,
+    features_off: u32,
+    found_off: u32,
+    found_capacity: u32,
+    _pad0: u32,
+    list_in: u32,
+    list_out: u32,
+    max_groups_x: u32,
+    _pad: u32,
+}
+
+/// A cascade flattened into one u32 buffer for exact evaluation: stages (first tree, tree
+/// count, threshold as i64), trees (first node, first leaf), nodes (feature, threshold bits,
+/// left, right), leaves (i64) and features (three packed rectangles, three integer weights,
+/// tilted flag). Leaves and thresholds are fixed point: value * 2^frac_bits.
+struct Encoded {
+    words: Vec<u32>,
+    stages_off: u32,
+    trees_off: u32,
+    nodes_off: u32,
+    leaves_off: u32,
+    features_off: u32,
+    max_depth: u32,
+}
+
+fn unsupported(reason: impl Into<String>) -> Error {
+    Error::Unsupported { what: "GPU detector".into(), reason: reason.into() }
+}
+
+/// The smallest power-of-two exponent F such that v * 2^F is an integer.
+fn fraction_bits(v: f32) -> i32 {
+    if v == 0.0 {
+        return 0;
+    }
+    let (mut f, mut x) = (0, v as f64);
+    while x.fract() != 0.0 {
+        x *= 2.0;
+        f += 1;
+    }
+    f
+}
+
+fn encode(cascade: &Cascade) -> Result<Encoded> {
+    let (ww, wh) = cascade.window;
+    if ww > 255 || wh > 255 || ww < 3 || wh < 3 {
+        return Err(unsupported(format!("a {ww}x{wh} window (the GPU encoding takes 3 to 255 pixels)")));
+    }
+    // Feature sums must be exact integers in f32, as OpenCV's are for the shipped cascades.
+    for (i, f) in cascade.features.iter().enumerate() {
+        let mut bound = 0f64;
+        for r in &f.rects {
+            if r.weight.fract() != 0.0 {
+                return Err(unsupported(format!("feature {i} has a fractional weight {}", r.weight)));
+            }
+            bound += r.weight.abs() as f64 * 255.0 * (r.w * r.h) as f64;
+        }
+        if bound >= (1u64 << 24) as f64 || f.rects.len() > 3 {
+            return Err(unsupported(format!("feature {i} can sum to {bound}, not exact in f32")));
+        }
+    }
+    // Fixed point for the stage sums: every leaf and threshold an exact integer, every partial
+    // sum below 2^53 so that OpenCV's f64 sums are exact too and the order does not matter.
+    let thresholds: Vec<f32> = cascade.stages.iter().map(|s| s.threshold - STAGE_THRESHOLD_EPS).collect();
+    let leaves = cascade.stages.iter().flat_map(|s| &s.trees).flat_map(|t| &t.leaves);
+    let frac = leaves.clone().chain(&thresholds).map(|&v| fraction_bits(v)).max().unwrap_or(0);
+    let scale = 2f64.powi(frac);
+    for (si, stage) in cascade.stages.iter().enumerate() {
+        let reach: f64 = stage.trees.iter().map(|t| t.leaves.iter().fold(0f64, |m, &l| m.max(l.abs() as f64))).sum();
+        if reach.max(thresholds[si].abs() as f64) * scale >= 2f64.powi(53) {
+            return Err(unsupported(format!("stage {si}'s sums need more than 53 bits at 2^-{frac}")));
+        }
+    }
+    let fixed = |v: f32| {
+        let i = (v as f64 * scale) as i64;
+        [i as u32, (i >> 32) as u32]
+    };
+    let stages_off = 0u32;
+    let trees_off = stages_off + 4 * cascade.stages.len() as u32;
+    let tree_count: usize = cascade.stages.iter().map(|s| s.trees.len()).sum();
+    let nodes_off = trees_off + 2 * tree_count as u32;
+    let node_count: usize = cascade.stages.iter().flat_map(|s| &s.trees).map(|t| t.splits.len()).sum();
+    let leaves_off = nodes_off + 4 * node_count as u32;
+    let leaf_count = leaves.count();
+    let features_off = leaves_off + 2 * leaf_count as u32;
+    let (mut stages, mut trees, mut nodes, mut leaf_words) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut node_at, mut leaf_at) = (0u32, 0u32);
+    let mut max_depth = 1;
+    for (si, stage) in cascade.stages.iter().enumerate() {
+        stages.extend([(trees.len() / 2) as u32, stage.trees.len() as u32]);
+        stages.extend(fixed(thresholds[si]));
+        for tree in &stage.trees {
+            trees.extend([node_at, leaf_at]);
+            for split in &tree.splits {
+                nodes.extend([split.feature, split.threshold.to_bits(), split.left as u32, split.right as u32]);
+            }
+            leaf_words.extend(tree.leaves.iter().flat_map(|&l| fixed(l)));
+            node_at += tree.splits.len() as u32;
+            leaf_at += tree.leaves.len() as u32;
+            max_depth = max_depth.max(tree.splits.len() as u32);
+        }
+    }
+    let mut features = Vec::new();
+    for f in &cascade.features {
+        let mut rects = [0u32; 3];
+        let mut weights = [0u32; 3];
+        for (i, r) in f.rects.iter().enumerate() {
+            rects[i] = r.x | r.y << 8 | r.w << 16 | r.h << 24;
+            weights[i] = (r.weight as i32) as u32;
+        }
+        features.extend(rects);
+        features.extend(weights);
+        features.extend([f.tilted as u32, 0]);
+    }
+    let words = [stages, trees, nodes, leaf_words, features].concat();
+    Ok(Encoded { words, stages_off, trees_off, nodes_off, leaves_off, features_off, max_depth })
+}
+
+/// Later stages in groups of doubling length after stage 0: each stage rejects a good share of
+/// what reaches it, so the lists shrink fast and short early groups compact them early.
+fn stage_groups(stages: usize) -> Vec<(u32, u32)> {
+    let mut groups = Vec::new();
+    let (mut begin, mut len) = (1, 1);
+    while begin < stages {
+        let end = (begin + len).min(stages);
+        groups.push((begin as u32, end as u32));
+        begin = end;
+        len *= 2;
+    }
+    groups
+}
+
+/// The largest f32 v with area * v < 0.1 in f64: OpenCV's variance test, `area * vnf < 0.1`,
+/// becomes `vnf <= limit`, exactly.
+fn vnf_limit(area: f64) -> f32 {
+    let next = |v: f32| f32::from_bits(v.to_bits() + 1);
+    let prev = |v: f32| f32::from_bits(v.to_bits() - 1);
+    let mut v = (0.1 / area) as f32;
+    while area * v as f64 >= 0.1 {
+        v = prev(v);
+    }
+    while (area * next(v) as f64) < 0.1 {
+        v = next(v);
+    }
+    v
+}
+
+/// The detector for one cascade on one device; reusable across images.
+pub struct GpuDetector<'g> {
+    gpu: &'g Gpu,
+    cascade: Cascade,
+    encoded: GpuBuffer<u32>,
+    layout: Encoded,
+    groups: Vec<(u32, u32)>,
+    vnf_limit: f32,
+}
+
+/// Buffers for one frame, sized for its largest level.
+struct Frame {
+    image: GpuBuffer<u32>,
+    taps: GpuBuffer<u32>,
+    scaled: GpuBuffer<u32>,
+    tables: GpuBuffer<u32>,
+    scratch: GpuBuffer<u32>,
+    codes: GpuBuffer<u32>,
+    lists: GpuBuffer<u32>,
+    state: GpuBuffer<u32>,
+    args: GpuBuffer<u32>,
+}
+
+impl<'g> GpuDetector<'g> {
+    pub fn new(gpu: &'g Gpu, cascade: &Cascade) -> Result<Self> {
+        let layout = encode(cascade)?;
+        let encoded = gpu.upload(&layout.words)?;
+        let (nw, nh) = (cascade.window.0 - 2, cascade.window.1 - 2);
+        Ok(GpuDetector { gpu, cascade: cascade.clone(), encoded, groups: stage_groups(cascade.stages.len()), vnf_limit: vnf_limit((nw * nh) as f64), layout })
+    }
+
+    /// Every window the cascade accepts, before grouping, in OpenCV's order.
+    pub fn raw_windows(&self, img: &GrayImage, p: &DetectParams) -> Result<Vec<Rect>> {
+        let levels = scan_plan(&self.cascade, (img.width(), img.height()), p);
+        if levels.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut capacity = 4096;
+        loop {
+            let (found, count) = self.scan(img, &levels, capacity)?;
+            if count <= capacity {
+                return Ok(self.windows(img, &levels, found));
+            }
+            capacity = count.next_power_of_two();
+        }
+    }
+
+    /// OpenCV's `detectMultiScale` on a grey image.
+    pub fn detect_multi_scale(&self, img: &GrayImage, p: &DetectParams) -> Result<Vec<Rect>> {
+        Ok(cpu::group_and_clip(&self.raw_windows(img, p)?, p, (img.width(), img.height())))
+    }
+
+    /// Orders the found (level, x, y) triples as OpenCV lists them and maps them to
+    /// rectangles. A level with an ambiguous norm factor is scanned again on the CPU.
+    fn windows(&self, img: &GrayImage, levels: &[ScaleScan], mut found: Vec<[u32; 3]>) -> Vec<Rect> {
+        const AMBIGUOUS: u32 = 1 << 31;
+        let redo: Vec<u32> = found.iter().filter(|f| f[0] & AMBIGUOUS != 0).map(|f| f[0] & !AMBIGUOUS).collect();
+        found.retain(|f| f[0] & AMBIGUOUS == 0 && !redo.contains(&f[0]));
+        found.sort_by_key(|&[level, x, y]| (level, y, x));
+        let mut out = Vec::with_capacity(found.len());
+        let mut next = 0;
+        for (i, level) in levels.iter().enumerate() {
+            if redo.contains(&(i as u32)) {
+                log::debug!("level {i}: a norm factor too close to call in f32; scanned on the CPU");
+                out.extend(scan_scale(&self.cascade, img, level));
+                continue;
+            }
+            while next < found.len() && found[next][0] == i as u32 {
+                out.push(level.rect(found[next][1], found[next][2]));
+                next += 1;
+            }
+        }
+        out
+    }
+
+    /// Runs every level; returns up to `capacity` found triples and how many there were.
+    fn scan(&self, img: &GrayImage, levels: &[ScaleScan], capacity: usize) -> Result<(Vec<[u32; 3]>, usize)> {
+        let gpu = self.gpu;
+        let tilted = self.cascade.tilted_features();
+        let (w0, h0) = levels.iter().fold((0, 0), |(w, h), l| (w.max(l.size.0 as usize), h.max(l.size.1 as usize)));
+        let grid = |l: &ScaleScan| (l.work_width.div_ceil(l.step), l.rows_end.div_ceil(l.step));
+        let most_windows = levels.iter().map(|l| grid(l).0 as usize * grid(l).1 as usize).max().unwrap_or(1);
+        let groups = self.groups.len();
+        let counters = levels.len() * (groups + 1);
+        let found_off = 1 + counters;
+        let mut taps = Vec::new();
+        let mut tap_offsets = Vec::new();
+        for l in levels {
+            tap_offsets.push((taps.len() as u32, (taps.len() + l.size.0 as usize) as u32));
+            let pack = |(i, w): (usize, u32)| (i as u32) << 9 | w;
+            taps.extend(resize_taps(img.width(), l.size.0).into_iter().map(pack));
+            taps.extend(resize_taps(img.height(), l.size.1).into_iter().map(pack));
+        }
+        let table = (w0 + 1) * (h0 + 1);
+        let frame = Frame {
+            image: gpu.upload(&pack_bytes(img.as_raw()))?,
+            taps: gpu.upload(&taps)?,
+            scaled: gpu.zeros(w0 * h0)?,
+            tables: gpu.zeros(table * if tilted { 3 } else { 2 })?,
+            scratch: gpu.zeros(if tilted { w0 * h0 + 2 * (h0 + 1) * (w0 + h0 + 1) } else { 1 })?,
+            codes: gpu.zeros(2 * most_windows)?,
+            lists: gpu.zeros(4 * most_windows)?,
+            state: gpu.zeros(found_off + 3 * capacity)?,
+            args: gpu.zeros(3 * levels.len() * groups)?,
+        };
+        let mut rec = gpu.recorder(false);
+        rec.clear(&frame.state);
+        for (i, level) in levels.iter().enumerate() {
+            let (sw, sh) = level.size;
+            record_resize(&mut rec, &frame.image, img.dimensions(), &frame.taps, tap_offsets[i], &frame.scaled, level.size)?;
+            record_integrals(&mut rec, &frame.scaled, (sw, sh), &frame.tables, &frame.scratch, tilted)?;
+            let (grid_w, grid_h) = grid(level);
+            let l = &self.layout;
+            let mut params = ScanParams {
+                iw: sw + 1,
+                table: (sw + 1) * (sh + 1),
+                work_w: level.work_width,
+                step: level.step,
+                grid_w,
+                grid_h,
+                scale: i as u32,
+                groups: groups as u32,
+                norm_w: self.cascade.window.0 - 2,
+                norm_h: self.cascade.window.1 - 2,
+                vnf_limit: self.vnf_limit,
+                max_depth: l.max_depth,
+                stages_off: l.stages_off,
+                trees_off: l.trees_off,
+                nodes_off: l.nodes_off,
+                leaves_off: l.leaves_off,
+                features_off: l.features_off,
+                found_off: found_off as u32,
+                found_capacity: capacity as u32,
+                list_in: 0,
+                list_out: 0,
+                max_groups_x: gpu.limits.max_compute_workgroups_per_dimension,
+                ..Default::default()
+            };
+            let bindings = [frame.tables.all(), self.encoded.all(), frame.codes.all().rw(), frame.lists.all().rw(), frame.state.all().rw()];
+            let cascade = &shaders::HAAR_CASCADE;
+            rec.dispatch_linear("haar stage 0", cascade, "scan_windows", &params, &bindings, (grid_w * grid_h) as usize, WORKGROUP)?;
+            rec.dispatch_linear("haar row walk", cascade, "walk_rows", &params, &bindings, grid_h as usize, WORKGROUP)?;
+            let half = 2 * most_windows as u32;
+            for (g, &(begin, end)) in self.groups.iter().enumerate() {
+                params.group = g as u32;
+                params.stage_begin = begin;
+                params.stage_end = end;
+                params.last = (g + 1 == groups) as u32;
+                params.list_in = half * (g as u32 % 2);
+                params.list_out = half * ((g as u32 + 1) % 2);
+                let with_args = [bindings[0], bindings[1], bindings[2], bindings[3], bindings[4], frame.args.all().rw()];
+                rec.dispatch("haar list size", cascade, "list_args", &params, &with_args, [1, 1, 1])?;
+                rec.dispatch_indirect("haar stages", cascade, "scan_list", &params, &bindings, &frame.args, 3 * (i * groups + g))?;
+            }
+        }
+        rec.finish()?;
+        let state = gpu.read(&frame.state)?;
+        let count = state[0] as usize;
+        let found = state[found_off..].chunks_exact(3).take(count.min(capacity)).map(|c| [c[0], c[1], c[2]]).collect();
+        Ok((found, count))
+    }
+}
+
+/// Records one pyramid level's resize: `taps` holds the level's x taps at `offsets.0` and y
+/// taps at `offsets.1`, packed (index << 9) | weight.
+fn record_resize(rec: &mut Recorder, image: &GpuBuffer<u32>, src: (u32, u32), taps: &GpuBuffer<u32>, offsets: (u32, u32), dst: &GpuBuffer<u32>, size: (u32, u32)) -> Result<()> {
+    let params = [src.0, src.1, size.0, size.1, offsets.0, offsets.1, 0, 0];
+    rec.dispatch_linear("resize", &shaders::RESIZE, "resize", &params, &[image.all(), taps.all(), dst.all().rw()], (size.0 * size.1) as usize, WORKGROUP)
+}
+
+/// Records the integral images of a (w, h) image (one pixel per u32) into `tables`: sum, sqsum
+/// and, with `tilted`, the tilted table, each (w + 1) * (h + 1).
+fn record_integrals(rec: &mut Recorder, img: &GpuBuffer<u32>, (w, h): (u32, u32), tables: &GpuBuffer<u32>, scratch: &GpuBuffer<u32>, tilted: bool) -> Result<()> {
+    let params = [w, h, 0, 0];
+    let bindings: [GpuSlice; 3] = [img.all(), tables.all().rw(), scratch.all().rw()];
+    let shader = &shaders::INTEGRAL;
+    rec.dispatch_linear("integral rows", shader, "upright_rows", &params, &bindings, h as usize + 1, WORKGROUP)?;
+    rec.dispatch_linear("integral columns", shader, "upright_cols", &params, &bindings, 2 * (w as usize + 1), WORKGROUP)?;
+    if tilted {
+        rec.dispatch_linear("tilted rows", shader, "tilted_rows", &params, &bindings, h as usize, WORKGROUP)?;
+        rec.dispatch_linear("tilted diagonals", shader, "tilted_diagonals", &params, &bindings, 2 * (w + h + 1) as usize, WORKGROUP)?;
+        rec.dispatch_linear("tilted assemble", shader, "tilted_assemble", &params, &bindings, ((w + 1) * (h + 1)) as usize, WORKGROUP)?;
+    }
+    Ok(())
+}
+
+/// The resize kernel on its own: `src` scaled to (width, height), as [`cpu::resize_exact`].
+pub fn resize_gpu(gpu: &Gpu, src: &GrayImage, width: u32, height: u32) -> Result<GrayImage> {
+    let pack = |(i, w): (usize, u32)| (i as u32) << 9 | w;
+    let taps: Vec<u32> = resize_taps(src.width(), width).into_iter().chain(resize_taps(src.height(), height)).map(pack).collect();
+    let (image, taps) = (gpu.upload(&pack_bytes(src.as_raw()))?, gpu.upload(&taps)?);
+    let dst = gpu.zeros::<u32>((width * height) as usize)?;
+    gpu.run(|rec| record_resize(rec, &image, src.dimensions(), &taps, (0, width), &dst, (width, height)))?;
+    let pixels = gpu.read(&dst)?.into_iter().map(|v| v as u8).collect();
+    Ok(GrayImage::from_raw(width, height, pixels).expect("sized buffer"))
+}
+
+/// The integral kernels on their own, as [`Integrals::new`].
+pub fn integrals_gpu(gpu: &Gpu, img: &GrayImage, tilted: bool) -> Result<Integrals> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let pixels = gpu.upload(&img.as_raw().iter().map(|&v| v as u32).collect::<Vec<_>>())?;
+    let table = (w + 1) * (h + 1);
+    let tables = gpu.zeros::<u32>(table * 3)?;
+    let scratch = gpu.zeros::<u32>(if tilted { w * h + 2 * (h + 1) * (w + h + 1) } else { 1 })?;
+    gpu.run(|rec| record_integrals(rec, &pixels, img.dimensions(), &tables, &scratch, tilted))?;
+    let all: Vec<i32> = gpu.read(&tables)?.into_iter().map(|v| v as i32).collect();
+    Ok(Integrals { width: w + 1, sum: all[..table].to_vec(), sqsum: all[table..2 * table].to_vec(), tilted: if tilted { all[2 * table..].to_vec() } else { Vec::new() } })
+}
+
+/// The norm-factor routine of haar_cascade.wgsl on its own: for each nf (> 0), OpenCV's
+/// f32(1 / sqrt(nf)) and whether the GPU flagged it as too close to call.
+pub fn norm_factors_gpu(gpu: &Gpu, nfs: &[u64]) -> Result<Vec<(f32, bool)>> {
+    let words: Vec<u32> = nfs.iter().flat_map(|&v| [v as u32, (v >> 32) as u32]).collect();
+    let input = gpu.upload(&words)?;
+    let out = gpu.zeros::<u32>(words.len())?;
+    let (tables, cascade, state) = (gpu.zeros::<u32>(1)?, gpu.zeros::<u32>(1)?, gpu.zeros::<u32>(1)?);
+    let params = ScanParams::default();
+    gpu.run(|rec| {
+        rec.dispatch_linear("norm factors", &shaders::HAAR_CASCADE, "norm_probe", &params, &[tables.all(), cascade.all(), out.all().rw(), input.all().rw(), state.all().rw()], nfs.len(), WORKGROUP)
+    })?;
+    Ok(gpu.read(&out)?.chunks_exact(2).map(|c| (f32::from_bits(c[0]), c[1] != 0)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_variance_limit_is_the_largest_float_opencv_accepts() {
+        for area in [324.0, 484.0, 1.0, 17.0 * 19.0] {
+            let v = vnf_limit(area);
+            assert!(area * v as f64 <= 0.1 && area * v as f64 != 0.1);
+            assert!(area * f32::from_bits(v.to_bits() + 1) as f64 >= 0.1);
+        }
+    }
+
+    #[test]
+    fn stage_groups_cover_every_stage_after_the_first_once() {
+        assert_eq!(stage_groups(25), vec![(1, 2), (2, 4), (4, 8), (8, 16), (16, 25)]);
+        assert_eq!(stage_groups(1), vec![]);
+        assert_eq!(stage_groups(3), vec![(1, 2), (2, 3)]);
+    }
+
+    #[test]
+    fn fraction_bits_make_values_integers() {
+        assert_eq!(fraction_bits(0.5), 1);
+        assert_eq!(fraction_bits(3.0), 0);
+        assert_eq!(fraction_bits(-f32::from_bits(0x3f00_0001)), 24);
+    }
+}

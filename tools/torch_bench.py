@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""PyTorch on the CPU as the peer of `mien bench train`: the same models, the same figures.
+
+    tools/.venv/bin/python tools/torch_bench.py [--models original,vgg_bn] [--batch 64] [--reps 5]
+                                                [--threads N] [--json]
+
+For each model (data/models/NAME.json, built by tools/mien_torch.py exactly as mien builds it)
+on synthetic images ([batch, 1, 48, 48] uniform in [0, 1), labels i % 7), like mien's
+src/bench.rs:
+- a full training step: forward in training mode (dropout, batch statistics), cross-entropy,
+  backward, Adam step (lr 1e-3, epsilon 1e-7), as images per second;
+- inference of a batch (eval mode, torch.inference_mode), as images per second;
+- the latency of one image (batch 1), in milliseconds.
+Each figure is the median of --reps timed runs after --warmup untimed ones (mien: 1 warm-up,
+median of 5, the upper median when the count is even; so here). Threads are PyTorch's default
+(torch.get_num_threads()) unless --threads is given.
+
+With --json, prints one JSON object whose per-model entries use mien's field names (model,
+device, batch, train_images_per_second, inference_images_per_second, inference_batch1_ms), so a
+table can put them beside `mien bench train --json`; otherwise a short table.
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import torch
+
+from mien_torch import build, load_config, model_path, optimizer, parameter_count
+
+
+def median(samples):
+    # As mien's summarize(): the element at len / 2 of the sorted samples.
+    return sorted(samples)[len(samples) // 2]
+
+
+def timed(fn, reps, warmup):
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(max(1, reps)):
+        t = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t)
+    return median(samples), samples
+
+
+def bench_model(name, batch, reps, warmup, seed=1):
+    config = load_config(model_path(name))
+    torch.manual_seed(seed)
+    model = build(config)
+    opt = optimizer(model)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(batch, *config["input"], generator=g)
+    labels = torch.arange(batch) % config["classes"]
+    one = images[:1].clone()
+
+    def train_step():
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(images), labels)
+        loss.backward()
+        opt.step()
+        return loss
+
+    def infer(x):
+        model.eval()
+        with torch.inference_mode():
+            return model(x)
+
+    train_s, train_samples = timed(train_step, reps, warmup)
+    infer_s, infer_samples = timed(lambda: infer(images), reps, warmup)
+    single_s, single_samples = timed(lambda: infer(one), reps, warmup)
+    return {
+        "model": config["name"],
+        "device": f"PyTorch CPU ({torch.get_num_threads()} threads)",
+        "batch": batch,
+        "parameters": parameter_count(model),
+        "train_images_per_second": batch / train_s,
+        "inference_images_per_second": batch / infer_s,
+        "inference_batch1_ms": single_s * 1e3,
+        "samples_s": {"train": train_samples, "inference": infer_samples, "batch1": single_samples},
+    }
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def backend_info():
+    return {
+        "mkl_available": torch.backends.mkl.is_available(),
+        "mkldnn_available": torch.backends.mkldnn.is_available(),
+        "mkldnn_enabled": bool(torch.backends.mkldnn.enabled),
+        "openmp_available": torch.backends.openmp.is_available(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default="original,vgg_bn", help="comma-separated names in data/models/ or JSON paths")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: PyTorch's own choice)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    default_threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    info = backend_info()
+    if not args.json:
+        print(f"PyTorch {torch.__version__} on the CPU ({cpu_model()}): {torch.get_num_threads()} threads "
+              f"(default {default_threads}); MKL {'yes' if info['mkl_available'] else 'no'}, "
+              f"oneDNN (mkldnn) {'yes' if info['mkldnn_available'] else 'no'}"
+              f"{'' if info['mkldnn_enabled'] else ' (disabled)'}, CPU capability {info['cpu_capability']}; "
+              f"batch {args.batch}, median of {args.reps} after {args.warmup} warm-up")
+        print(f"{'model':<10} {'params':>10} {'train img/s':>12} {'infer img/s':>12} {'batch-1 ms':>11}", flush=True)
+
+    results = []
+    for name in args.models.split(","):
+        r = bench_model(name.strip(), args.batch, args.reps, args.warmup)
+        results.append(r)
+        if not args.json:
+            print(f"{r['model']:<10} {r['parameters']:>10,} {r['train_images_per_second']:>12.1f} "
+                  f"{r['inference_images_per_second']:>12.1f} {r['inference_batch1_ms']:>11.2f}", flush=True)
+
+    if args.json:
+        report = {
+            "peer": "pytorch",
+            "torch_version": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "default_threads": default_threads,
+            "interop_threads": torch.get_num_interop_threads(),
+            **info,
+            "cpu": cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "batch": args.batch,
+            "reps": args.reps,
+            "warmup": args.warmup,
+            "input": "synthetic, uniform [0, 1), labels i % 7",
+            "results": results,
+        }
+        print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
