@@ -45,7 +45,7 @@ struct Scan {
     features_off: u32,
     found_off: u32,     // offsets into the state buffer
     found_capacity: u32,
-    _pad0: u32,
+    nodes: u32,         // node count, for prepare_nodes
     list_in: u32,       // offsets into the lists buffer
     list_out: u32,
     max_groups_x: u32,  // the device's workgroups-per-dimension limit
@@ -62,21 +62,27 @@ struct Scan {
 // [0] found count; [1 + scale * (groups + 1) + g] list lengths; found windows (scale, x, y)
 // at found_off; a window whose norm factor was too close to call is found with bit 31 set.
 @group(0) @binding(5) var<storage, read_write> state: array<atomic<u32>>;
+// The nodes laid out for this level by prepare_nodes: per node, the four corner offsets of
+// each rectangle from the window's top-left entry (table section included), then the packed
+// weights, threshold bits, left and right. Four vector loads per node in the hot loop.
+@group(0) @binding(6) var<storage, read_write> prepared: array<vec4<u32>>;
 // Indirect dispatch arguments, three per (scale, group); only list_args binds it, since a
 // buffer cannot be both an indirect source and writable storage in one dispatch.
-@group(0) @binding(6) var<storage, read_write> args: array<u32>;
+@group(0) @binding(7) var<storage, read_write> args: array<u32>;
 
 const REJECTED_FIRST: u32 = 0u;
 const FLAT: u32 = 1u;
 const PASSED_FIRST: u32 = 2u;
 const AMBIGUOUS: u32 = 3u;
 
+// Loads clamp their index: the host validates every offset, and the clamp keeps a bug from
+// reading outside the buffer on drivers without robust access.
 fn ii(i: u32) -> u32 {
-    return select(0u, integrals[min(i, arrayLength(&integrals) - 1u)], i < arrayLength(&integrals));
+    return integrals[min(i, arrayLength(&integrals) - 1u)];
 }
 
 fn cas(i: u32) -> u32 {
-    return select(0u, cascade[min(i, arrayLength(&cascade) - 1u)], i < arrayLength(&cascade));
+    return cascade[min(i, arrayLength(&cascade) - 1u)];
 }
 
 // ---- two- and four-limb unsigned integers, least significant limb first ----
@@ -215,33 +221,27 @@ fn rect_sum(table_base: u32, a: u32, b: u32, c: u32, d: u32) -> i32 {
     return bitcast<i32>(ii(table_base + a) - ii(table_base + b) - ii(table_base + c) + ii(table_base + d));
 }
 
-// Weighted sum of a feature's rectangles at window origin `base` (index into a table); an exact
-// integer (host-checked), returned as f32.
-fn feature_value(feature: u32, base: u32) -> f32 {
-    let f = p.features_off + feature * 8u;
-    let tilted = cas(f + 6u) != 0u;
-    let table = select(0u, 2u * p.table, tilted);
-    let iw = p.iw;
-    var ret = 0i;
-    for (var i = 0u; i < 3u; i++) {
-        let weight = bitcast<i32>(cas(f + 3u + i));
-        if (weight == 0i) {
-            continue;
-        }
-        let r = cas(f + i);
-        let rx = r & 0xffu;
-        let ry = (r >> 8u) & 0xffu;
-        let rw = (r >> 16u) & 0xffu;
-        let rh = r >> 24u;
-        var s: i32;
-        if (tilted) {
-            // Corners (x, y), (x - h, y + h), (x + w, y + w), (x + w - h, y + w + h); the
-            // parser guarantees x >= h.
-            s = rect_sum(table, base + ry * iw + rx, base + (ry + rh) * iw + rx - rh, base + (ry + rw) * iw + rx + rw, base + (ry + rw + rh) * iw + rx + rw - rh);
-        } else {
-            s = rect_sum(table, base + ry * iw + rx, base + ry * iw + rx + rw, base + (ry + rh) * iw + rx, base + (ry + rh) * iw + rx + rw);
-        }
-        ret += weight * s;
+// One rectangle's sum from its four corner offsets, as the i32 OpenCV computes.
+fn corner_sum(base: u32, o: vec4<u32>) -> i32 {
+    return bitcast<i32>(ii(base + o.x) - ii(base + o.y) - ii(base + o.z) + ii(base + o.w));
+}
+
+// A weight packed as a signed byte.
+fn weight(packed: u32, i: u32) -> i32 {
+    return bitcast<i32>(packed << (24u - 8u * i)) >> 24u;
+}
+
+// The weighted sum of node `n`'s feature at window origin `base`: an exact integer
+// (host-checked), returned as f32. Zero weights contribute nothing, so a two-rectangle feature's
+// empty third rectangle costs four cheap loads rather than a branch.
+fn feature_value(n: u32, base: u32) -> f32 {
+    let last = arrayLength(&prepared) - 1u;
+    let tail = prepared[min(4u * n + 3u, last)];
+    var ret = weight(tail.x, 0u) * corner_sum(base, prepared[min(4u * n, last)]);
+    ret += weight(tail.x, 1u) * corner_sum(base, prepared[min(4u * n + 1u, last)]);
+    let w2 = weight(tail.x, 2u);
+    if (w2 != 0i) {
+        ret += w2 * corner_sum(base, prepared[min(4u * n + 2u, last)]);
     }
     return f32(ret);
 }
@@ -259,9 +259,10 @@ fn stage_passes(stage: u32, base: u32, vnf: f32) -> bool {
         var node = 0u;
         var leaf = 0u;
         for (var depth = 0u; depth < p.max_depth; depth++) {
-            let n = p.nodes_off + (first_node + node) * 4u;
-            let value = feature_value(cas(n), base) * vnf;
-            let next = bitcast<i32>(select(cas(n + 3u), cas(n + 2u), value < bitcast<f32>(cas(n + 1u))));
+            let n = first_node + node;
+            let value = feature_value(n, base) * vnf;
+            let tail = prepared[min(4u * n + 3u, arrayLength(&prepared) - 1u)];
+            let next = bitcast<i32>(select(tail.w, tail.z, value < bitcast<f32>(tail.y)));
             if (next <= 0i) {
                 leaf = u32(-next);
                 break;
@@ -364,6 +365,38 @@ fn list_args() {
     args[at] = x;
     args[at + 1u] = y;
     args[at + 2u] = 1u;
+}
+
+// One thread per node: the node's feature as corner offsets for this level's integral width.
+// Tilted rectangles read the tilted table at (x, y), (x - h, y + h), (x + w, y + w) and
+// (x + w - h, y + w + h); the parser guarantees x >= h.
+@compute @workgroup_size(64)
+fn prepare_nodes(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let n = linear_index(wid, nwg, lid, 64u);
+    if (n >= p.nodes || 4u * n + 3u >= arrayLength(&prepared)) {
+        return;
+    }
+    let node = p.nodes_off + 4u * n;
+    let f = p.features_off + cas(node) * 8u;
+    let tilted = cas(f + 6u) != 0u;
+    let table = select(0u, 2u * p.table, tilted);
+    let iw = p.iw;
+    var packed = 0u;
+    for (var i = 0u; i < 3u; i++) {
+        let r = cas(f + i);
+        let x = r & 0xffu;
+        let y = (r >> 8u) & 0xffu;
+        let w = (r >> 16u) & 0xffu;
+        let h = r >> 24u;
+        let at = table + y * iw + x;
+        if (tilted) {
+            prepared[4u * n + i] = vec4<u32>(at, at + h * iw - h, at + w * iw + w, at + (w + h) * iw + w - h);
+        } else {
+            prepared[4u * n + i] = vec4<u32>(at, at + w, at + h * iw, at + h * iw + w);
+        }
+        packed |= (cas(f + 3u + i) & 0xffu) << (8u * i);
+    }
+    prepared[4u * n + 3u] = vec4<u32>(packed, cas(node + 1u), cas(node + 2u), cas(node + 3u));
 }
 
 // The norm factor on its own, for the tests: nf as two limbs from `lists`, OpenCV's factor and

@@ -441,10 +441,15 @@ pub fn table_row(r: &KernelResult) -> String {
 /// Face-detection speed on one frame size.
 #[derive(Clone, Debug, Serialize)]
 pub struct DetectResult {
+    /// "cpu" or the adapter's description.
+    pub device: String,
     pub width: u32,
     pub height: u32,
+    /// CPU threads (for the GPU path: the host threads, which only group rectangles).
     pub threads: usize,
+    pub reps: usize,
     pub median_ms: f64,
+    pub min_ms: f64,
     pub fps: f64,
     pub faces: usize,
 }
@@ -463,28 +468,39 @@ pub fn detect_frame(scene: &image::GrayImage, w: u32, h: u32) -> image::GrayImag
     frame
 }
 
-/// CPU detection (OpenCV's defaults) at each frame size, with `threads` rayon threads, median
-/// of `reps` runs after a warm-up.
-pub fn bench_detect_cpu(cascade: &crate::detect::Cascade, scene: &image::GrayImage, threads: usize, reps: usize) -> Result<Vec<DetectResult>> {
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| crate::error::Error::Gpu { op: "thread pool".into(), detail: e.to_string() })?;
-    let params = crate::detect::DetectParams::default();
-    Ok(DETECT_SIZES
+/// Detection (OpenCV's defaults) at each frame size: `detect` returns the faces of a frame;
+/// median of `reps` runs after a warm-up.
+fn bench_detect(device: &str, threads: usize, scene: &image::GrayImage, reps: usize, mut detect: impl FnMut(&image::GrayImage) -> Result<usize>) -> Result<Vec<DetectResult>> {
+    DETECT_SIZES
         .iter()
         .map(|&(w, h)| {
             let frame = detect_frame(scene, w, h);
-            let run = || pool.install(|| crate::detect::detect_multi_scale(cascade, &frame, &params));
-            let faces = run().len();
-            let samples: Vec<f64> = (0..reps.max(1))
-                .map(|_| {
-                    let t = Instant::now();
-                    run();
-                    t.elapsed().as_secs_f64() * 1e3
-                })
-                .collect();
+            let faces = detect(&frame)?;
+            let mut samples = Vec::new();
+            for _ in 0..reps.max(1) {
+                let t = Instant::now();
+                detect(&frame)?;
+                samples.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            let min_ms = samples.iter().copied().fold(f64::INFINITY, f64::min);
             let (median_ms, _) = summarize(samples);
-            DetectResult { width: w, height: h, threads, median_ms, fps: 1e3 / median_ms, faces }
+            Ok(DetectResult { device: device.to_string(), width: w, height: h, threads, reps: reps.max(1), median_ms, min_ms, fps: 1e3 / median_ms, faces })
         })
-        .collect())
+        .collect()
+}
+
+/// The CPU reference detector with `threads` rayon threads.
+pub fn bench_detect_cpu(cascade: &crate::detect::Cascade, scene: &image::GrayImage, threads: usize, reps: usize) -> Result<Vec<DetectResult>> {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| crate::error::Error::Gpu { op: "thread pool".into(), detail: e.to_string() })?;
+    let params = crate::detect::DetectParams::default();
+    bench_detect("cpu", threads, scene, reps, |frame| Ok(pool.install(|| crate::detect::detect_multi_scale(cascade, frame, &params)).len()))
+}
+
+/// The GPU detector; each frame is uploaded, scanned and read back.
+pub fn bench_detect_gpu(gpu: &Gpu, cascade: &crate::detect::Cascade, scene: &image::GrayImage, reps: usize) -> Result<Vec<DetectResult>> {
+    let detector = crate::detect::gpu::GpuDetector::new(gpu, cascade)?;
+    let params = crate::detect::DetectParams::default();
+    bench_detect(&gpu.describe(), rayon::current_num_threads(), scene, reps, |frame| Ok(detector.detect_multi_scale(frame, &params)?.len()))
 }
 
 /// Training and inference throughput of a model on one backend.

@@ -245,7 +245,7 @@ pub fn main() -> Result<()> {
     match cli.command {
         Command::Devices { json } => devices(&cli.global, json),
         Command::Bench { suite: BenchSuite::Kernels { batch, reps, filter, json } } => bench_kernels(&cli.global, batch, reps, filter.as_deref(), json),
-        Command::Bench { suite: BenchSuite::Detect { reps, cascade, json } } => bench_detect(&cascade, reps, json),
+        Command::Bench { suite: BenchSuite::Detect { reps, cascade, json } } => bench_detect(&cli.global, &cascade, reps, json),
         Command::Bench { suite: BenchSuite::Train { batch, reps, json } } => match gpu::select(cli.global.device, &cli.global.gpu_options())? {
             Some(gpu) => bench_train(&GpuBackend::new(&gpu), batch, reps, json),
             None => bench_train(&Cpu, batch, reps, json),
@@ -261,8 +261,8 @@ pub fn main() -> Result<()> {
         },
         Command::Profile { what: ProfileWhat::Train { steps, batch, trace, model } } => profile_train(&cli.global, steps, batch, &trace, model.as_deref()),
         Command::Detect(args) => match gpu::select(cli.global.device, &cli.global.gpu_options())? {
-            Some(gpu) => run_detect(&GpuBackend::new(&gpu), &args),
-            None => run_detect(&Cpu, &args),
+            Some(gpu) => run_detect(&GpuBackend::new(&gpu), Some(&gpu), &args),
+            None => run_detect(&Cpu, None, &args),
         },
     }
 }
@@ -546,13 +546,22 @@ struct ImageReport {
     faces: Vec<FaceReport>,
 }
 
-fn run_detect<B: Backend>(backend: &B, args: &DetectArgs) -> Result<()> {
-    use crate::detect::{annotate, cpu, grey, Cascade, DetectParams};
+fn run_detect<B: Backend>(backend: &B, gpu: Option<&gpu::Gpu>, args: &DetectArgs) -> Result<()> {
+    use crate::detect::{annotate, cpu, gpu::GpuDetector, grey, Cascade, DetectParams};
     if !(args.scale_factor > 1.0) {
         bail!("--scale-factor must be above 1, got {}", args.scale_factor);
     }
     let cascade_path = shipped(&args.cascade);
     let cascade = Cascade::load(&cascade_path)?;
+    // The GPU detector when the model runs on a GPU; a cascade it cannot encode exactly runs
+    // on the CPU reference instead.
+    let detector = match gpu.map(|g| GpuDetector::new(g, &cascade)).transpose() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("warning: {}: {e}; detecting on the CPU", cascade_path.display());
+            None
+        }
+    };
     let mut model = if args.no_emotion {
         None
     } else {
@@ -586,7 +595,16 @@ fn run_detect<B: Backend>(backend: &B, args: &DetectArgs) -> Result<()> {
             bail!("{}: the image is empty ({}x{})", path.display(), img.width(), img.height());
         }
         let grey_img = grey::to_grey(&img);
-        let faces = cpu::detect_multi_scale(&cascade, &grey_img, &params);
+        let faces = match detector.as_ref().map(|d| d.detect_multi_scale(&grey_img, &params)) {
+            None => cpu::detect_multi_scale(&cascade, &grey_img, &params),
+            Some(Ok(faces)) => faces,
+            // Larger than the device's buffers: the CPU gives the same rectangles.
+            Some(Err(e @ crate::error::Error::TooLarge { .. })) => {
+                eprintln!("warning: {}: {e}; detecting on the CPU", path.display());
+                cpu::detect_multi_scale(&cascade, &grey_img, &params)
+            }
+            Some(Err(e)) => return Err(anyhow::Error::new(e).context(format!("{}: GPU detection failed", path.display()))),
+        };
         let mut labels = vec![None; faces.len()];
         if let (Some(model), false) = (model.as_mut(), faces.is_empty()) {
             let mut crops = Vec::with_capacity(faces.len() * data::PIXELS);
@@ -643,19 +661,34 @@ fn run_detect<B: Backend>(backend: &B, args: &DetectArgs) -> Result<()> {
     Ok(())
 }
 
-fn bench_detect(cascade: &Path, reps: usize, json: bool) -> Result<()> {
+fn bench_detect(global: &Global, cascade: &Path, reps: usize, json: bool) -> Result<()> {
     let cascade = crate::detect::Cascade::load(&shipped(cascade))?;
     let scene_path = shipped(Path::new("data/fixtures/haar/montage.png"));
     let scene = image::open(&scene_path).with_context(|| format!("{}: cannot read the benchmark scene", scene_path.display()))?.to_luma8();
-    let mut results = bench::bench_detect_cpu(&cascade, &scene, 1, reps)?;
+    // GPU vs CPU side by side: the GPU path on any adapter (lavapipe included) unless --device
+    // cpu; a missing adapter is an error only when --device gpu asked for one.
+    let gpu = match global.device {
+        DeviceChoice::Cpu => None,
+        DeviceChoice::Gpu => Some(gpu::Gpu::new(&global.gpu_options())?),
+        DeviceChoice::Auto => gpu::Gpu::new(&global.gpu_options()).map_err(|e| eprintln!("no GPU column: {e}")).ok(),
+    };
+    let mut results = Vec::new();
+    if let Some(gpu) = &gpu {
+        if !json {
+            eprintln!("GPU: {}", gpu.describe());
+        }
+        results.extend(bench::bench_detect_gpu(gpu, &cascade, &scene, reps)?);
+    }
+    results.extend(bench::bench_detect_cpu(&cascade, &scene, 1, reps)?);
     results.extend(bench::bench_detect_cpu(&cascade, &scene, rayon::current_num_threads(), reps)?);
     if json {
         println!("{}", serde_json::to_string_pretty(&results)?);
         return Ok(());
     }
-    println!("CPU reference detector, OpenCV defaults (scale 1.1, 3 neighbours), frontal-face cascade");
+    println!("Face detection, OpenCV defaults (scale 1.1, 3 neighbours), frontal-face cascade, median of {reps}");
     for r in &results {
-        println!("{}x{} {} thread(s): {:.1} ms, {:.2} fps, {} faces", r.width, r.height, r.threads, r.median_ms, r.fps, r.faces);
+        let on = if r.device == "cpu" { format!("CPU {} thread(s)", r.threads) } else { format!("GPU {}", r.device) };
+        println!("{}x{} {on}: {:.1} ms, {:.2} fps, {} faces", r.width, r.height, r.median_ms, r.fps, r.faces);
     }
     Ok(())
 }

@@ -48,7 +48,7 @@ struct ScanParams {
     features_off: u32,
     found_off: u32,
     found_capacity: u32,
-    _pad0: u32,
+    nodes: u32,
     list_in: u32,
     list_out: u32,
     max_groups_x: u32,
@@ -67,6 +67,7 @@ struct Encoded {
     leaves_off: u32,
     features_off: u32,
     max_depth: u32,
+    nodes: u32,
 }
 
 fn unsupported(reason: impl Into<String>) -> Error {
@@ -99,6 +100,9 @@ fn encode(cascade: &Cascade) -> Result<Encoded> {
                 return Err(unsupported(format!("feature {i} has a fractional weight {}", r.weight)));
             }
             bound += r.weight.abs() as f64 * 255.0 * (r.w * r.h) as f64;
+        }
+        if f.rects.iter().any(|r| r.weight.abs() > 127.0) {
+            return Err(unsupported(format!("feature {i} has a weight beyond +-127 (packed as a byte)")));
         }
         if bound >= (1u64 << 24) as f64 || f.rects.len() > 3 {
             return Err(unsupported(format!("feature {i} can sum to {bound}, not exact in f32")));
@@ -158,7 +162,7 @@ fn encode(cascade: &Cascade) -> Result<Encoded> {
         features.extend([f.tilted as u32, 0]);
     }
     let words = [stages, trees, nodes, leaf_words, features].concat();
-    Ok(Encoded { words, stages_off, trees_off, nodes_off, leaves_off, features_off, max_depth })
+    Ok(Encoded { words, stages_off, trees_off, nodes_off, leaves_off, features_off, max_depth, nodes: node_count as u32 })
 }
 
 /// Later stages in groups of doubling length after stage 0: each stage rejects a good share of
@@ -210,6 +214,7 @@ struct Frame {
     codes: GpuBuffer<u32>,
     lists: GpuBuffer<u32>,
     state: GpuBuffer<u32>,
+    prepared: GpuBuffer<u32>,
     args: GpuBuffer<u32>,
 }
 
@@ -293,6 +298,7 @@ impl<'g> GpuDetector<'g> {
             codes: gpu.zeros(2 * most_windows)?,
             lists: gpu.zeros(4 * most_windows)?,
             state: gpu.zeros(found_off + 3 * capacity)?,
+            prepared: gpu.zeros(16 * self.layout.nodes as usize)?,
             args: gpu.zeros(3 * levels.len() * groups)?,
         };
         let mut rec = gpu.recorder(false);
@@ -326,10 +332,12 @@ impl<'g> GpuDetector<'g> {
                 list_in: 0,
                 list_out: 0,
                 max_groups_x: gpu.limits.max_compute_workgroups_per_dimension,
+                nodes: l.nodes,
                 ..Default::default()
             };
-            let bindings = [frame.tables.all(), self.encoded.all(), frame.codes.all().rw(), frame.lists.all().rw(), frame.state.all().rw()];
+            let bindings = [frame.tables.all(), self.encoded.all(), frame.codes.all().rw(), frame.lists.all().rw(), frame.state.all().rw(), frame.prepared.all().rw()];
             let cascade = &shaders::HAAR_CASCADE;
+            rec.dispatch_linear("haar nodes", cascade, "prepare_nodes", &params, &bindings, l.nodes as usize, WORKGROUP)?;
             rec.dispatch_linear("haar stage 0", cascade, "scan_windows", &params, &bindings, (grid_w * grid_h) as usize, WORKGROUP)?;
             rec.dispatch_linear("haar row walk", cascade, "walk_rows", &params, &bindings, grid_h as usize, WORKGROUP)?;
             let half = 2 * most_windows as u32;
@@ -340,7 +348,7 @@ impl<'g> GpuDetector<'g> {
                 params.last = (g + 1 == groups) as u32;
                 params.list_in = half * (g as u32 % 2);
                 params.list_out = half * ((g as u32 + 1) % 2);
-                let with_args = [bindings[0], bindings[1], bindings[2], bindings[3], bindings[4], frame.args.all().rw()];
+                let with_args = [bindings[0], bindings[1], bindings[2], bindings[3], bindings[4], bindings[5], frame.args.all().rw()];
                 rec.dispatch("haar list size", cascade, "list_args", &params, &with_args, [1, 1, 1])?;
                 rec.dispatch_indirect("haar stages", cascade, "scan_list", &params, &bindings, &frame.args, 3 * (i * groups + g))?;
             }
@@ -405,10 +413,10 @@ pub fn norm_factors_gpu(gpu: &Gpu, nfs: &[u64]) -> Result<Vec<(f32, bool)>> {
     let words: Vec<u32> = nfs.iter().flat_map(|&v| [v as u32, (v >> 32) as u32]).collect();
     let input = gpu.upload(&words)?;
     let out = gpu.zeros::<u32>(words.len())?;
-    let (tables, cascade, state) = (gpu.zeros::<u32>(1)?, gpu.zeros::<u32>(1)?, gpu.zeros::<u32>(1)?);
+    let (tables, cascade) = (gpu.zeros::<u32>(1)?, gpu.zeros::<u32>(1)?);
     let params = ScanParams::default();
     gpu.run(|rec| {
-        rec.dispatch_linear("norm factors", &shaders::HAAR_CASCADE, "norm_probe", &params, &[tables.all(), cascade.all(), out.all().rw(), input.all().rw(), state.all().rw()], nfs.len(), WORKGROUP)
+        rec.dispatch_linear("norm factors", &shaders::HAAR_CASCADE, "norm_probe", &params, &[tables.all(), cascade.all(), out.all().rw(), input.all().rw()], nfs.len(), WORKGROUP)
     })?;
     Ok(gpu.read(&out)?.chunks_exact(2).map(|c| (f32::from_bits(c[0]), c[1] != 0)).collect())
 }
