@@ -32,6 +32,10 @@ struct Global {
     /// software one such as lavapipe; gpu forces wgpu on any adapter.
     #[arg(long, global = true, value_enum, default_value_t = DeviceChoice::Auto)]
     device: DeviceChoice,
+    /// Treat storage bindings as at most this many bytes, below the adapter's own limit: to see
+    /// how mien handles inputs too large for a smaller GPU.
+    #[arg(long, global = true, value_name = "BYTES")]
+    max_binding: Option<u64>,
     /// More log output (-v info, -vv debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -39,7 +43,7 @@ struct Global {
 
 impl Global {
     fn gpu_options(&self) -> GpuOptions {
-        GpuOptions { backend: self.backend, adapter: self.adapter.clone(), binding_limit_override: None }
+        GpuOptions { backend: self.backend, adapter: self.adapter.clone(), binding_limit_override: self.max_binding }
     }
 }
 

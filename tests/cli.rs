@@ -57,3 +57,38 @@ fn detect_handles_bad_and_odd_inputs() {
     let (ok, _, stderr) = mien(&["detect", "--no-emotion", "--cascade", s(&dir.join("bad.xml")), "data/photos/astronaut.png"]);
     assert!(!ok && stderr.contains("bad.xml") && stderr.contains("not well-formed XML"), "{stderr}");
 }
+
+#[test]
+fn gpu_detection_gives_the_cpu_faces_and_labels() {
+    // The whole main job on the GPU path (lavapipe in CI): cascade kernels, then the model.
+    let out = temp_dir("gpu");
+    let run = |device: &str, extra: &[&str]| {
+        let json = out.join(format!("{device}{}.json", extra.len()));
+        let mut args = vec!["--device", device, "detect", "data/photos/grace_hopper.jpg", "data/photos/astronaut.png", "--out", s(&out), "--json", s(&json)];
+        args.extend_from_slice(extra);
+        let (ok, _, stderr) = mien(&args);
+        assert!(ok, "{device}: {stderr}");
+        (serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&json).unwrap()).unwrap(), stderr)
+    };
+    let (cpu, _) = run("cpu", &[]);
+    let (gpu, _) = run("gpu", &[]);
+    for (c, g) in cpu.as_array().unwrap().iter().zip(gpu.as_array().unwrap()) {
+        let (cf, gf) = (c["faces"].as_array().unwrap(), g["faces"].as_array().unwrap());
+        assert!(!cf.is_empty() && cf.len() == gf.len(), "{c}\n{g}");
+        for (a, b) in cf.iter().zip(gf) {
+            for key in ["x", "y", "w", "h", "emotion"] {
+                assert_eq!(a[key], b[key], "{key}");
+            }
+            for (class, p) in a["probabilities"].as_object().unwrap() {
+                assert!((p.as_f64().unwrap() - b["probabilities"][class].as_f64().unwrap()).abs() < 1e-4, "{class}");
+            }
+        }
+    }
+    // An image whose pyramid does not fit the device's buffers falls back to the CPU, with a
+    // warning naming the file, and still finds the same faces.
+    let (small, stderr) = run("gpu", &["--max-binding", "300000", "--no-emotion"]);
+    assert!(stderr.contains("grace_hopper.jpg") && stderr.contains("detecting on the CPU"), "{stderr}");
+    for key in ["x", "y", "w", "h"] {
+        assert_eq!(small[0]["faces"][0][key], gpu[0]["faces"][0][key]);
+    }
+}
