@@ -154,7 +154,9 @@ def train_table(pairs):
     return lines
 
 
-def detect_table(mien, opencv):
+def detect_table(mien_rows, opencv):
+    gpu = {(r["width"], r["height"]): r for r in mien_rows if r.get("device", "cpu") != "cpu"}
+    mien = [r for r in mien_rows if r.get("device", "cpu") == "cpu"]
     cv = {(r["width"], r["height"], r["threads"]): r for r in opencv["results"]}
     ours = {(r["width"], r["height"], r["threads"]): r for r in mien}
     sizes = sorted({(r["width"], r["height"]) for r in mien}, key=lambda s: s[0] * s[1])
@@ -175,6 +177,10 @@ def detect_table(mien, opencv):
         lines.append(f"| {w}x{h} | {fmt(g(m1), 2)} fps | {fmt(g(c1), 2)} fps | {fmt_ratio(ratio(g(m1), g(c1)))} | "
                      f"{fmt(g(mn), 2)} fps | {fmt(g(cn), 2)} fps | {fmt_ratio(ratio(g(mn), g(cn)))} | "
                      f"{'/'.join(map(str, sorted(faces_m)))} / {'/'.join(map(str, sorted(faces_c)))} |")
+    if gpu:
+        lines.append("")
+        lines.append(f"mien's GPU detector on {next(iter(gpu.values()))['device']}: " + ", ".join(
+            f"{w}x{h} {fmt(r['fps'], 2)} fps ({r['faces']} faces)" for (w, h), r in sorted(gpu.items(), key=lambda kv: kv[0][0] * kv[0][1])))
     lines.append("")
     if mien_all != cv_all:
         lines.append(f"Note: mien's all-threads run used {mien_all} threads, OpenCV's {cv_all}.")
@@ -245,6 +251,7 @@ def main():
     ap.add_argument("--opencv-seconds", type=float, default=3.0, help="timing per OpenCV case (default 3)")
     ap.add_argument("--quick", action="store_true", help="1 repetition, 0.2 s per OpenCV case: a plumbing check")
     ap.add_argument("--one-thread", action="store_true", help="also the training benchmarks on one thread")
+    ap.add_argument("--gpu-detect", action="store_true", help="also mien's GPU detector (slow on lavapipe)")
     ap.add_argument("--out", default=os.path.join(ROOT, "out"))
     ap.add_argument("--render", metavar="PEERS_JSON", help="only print the Markdown of an earlier run's peers.json")
     args = ap.parse_args()
@@ -286,7 +293,8 @@ def main():
         res["mien_train_1thread"] = run("mien bench train, 1 thread", [mien, "bench", "train", "--device", "cpu", "--json", "--reps", reps],
                                         env={"RAYON_NUM_THREADS": "1"})
         res["torch_1thread"] = run("PyTorch, 1 thread", [py, os.path.join(TOOLS, "torch_bench.py"), "--json", "--reps", reps, "--threads", "1"])
-    res["mien_detect"] = run("mien bench detect", [mien, "bench", "detect", "--json", "--reps", reps])
+    # The GPU detector only with --gpu-detect: on lavapipe it takes seconds per frame.
+    res["mien_detect"] = run("mien bench detect", [mien, "bench", "detect", "--json", "--reps", reps] + ([] if args.gpu_detect else ["--device", "cpu"]))
     with tempfile.TemporaryDirectory() as tmp:
         cv_out = os.path.join(tmp, "opencv.json")
         run("OpenCV", [py, os.path.join(TOOLS, "opencv_bench.py"), "--seconds", str(args.opencv_seconds), "--out", cv_out], parse_json=False)
