@@ -16,7 +16,7 @@ fn main() {
     let gpu = Gpu::new(&GpuOptions { backend, ..Default::default() }).expect("the kernel benchmark needs a GPU adapter");
     println!("GPU: {} ({})", gpu.describe(), if gpu.timestamps { "timestamp queries" } else { "wall clock" });
     println!("CPU backend: {} rayon threads; median of {reps} runs after a warm-up", rayon::current_num_threads());
-    let calibrated = |g: f64| println!("calibration SGEMM 1024^3: {g:.2} GFLOP/s\n{}", bench::table_header());
+    let calibrated = |p: &bench::Peaks| println!("calibration SGEMM 1024^3: {:.2} GFLOP/s; copy: {:.2} GB/s\n{}", p.sgemm_gflops, p.copy_gbps, bench::table_header());
     bench::bench_kernels(&gpu, 64, reps, filter.as_deref(), calibrated, |r| println!("{}", bench::table_row(r)))
         .expect("benchmark failed");
 }

@@ -54,6 +54,8 @@ pub struct KernelResult {
     pub gpu_spread_ms: f64,
     /// The kernel's GPU GFLOP/s as a percentage of the calibration SGEMM's.
     pub gpu_percent_of_sgemm: Option<f64>,
+    /// A memory-bound kernel's GPU GB/s as a percentage of the calibration copy's.
+    pub gpu_percent_of_copy: Option<f64>,
     pub cpu_ms: f64,
     pub cpu_spread_ms: f64,
     /// CPU time / GPU time: above 1 the GPU is faster.
@@ -66,6 +68,9 @@ pub struct KernelReport {
     /// GFLOP/s of the calibration SGEMM (shaders/sgemm_calibration.wgsl) on this adapter in
     /// this run: the yardstick for the compute-bound kernels.
     pub sgemm_gflops: f64,
+    /// GB/s (read plus written) of the calibration copy (shaders/copy_calibration.wgsl): the
+    /// yardstick for the memory-bound kernels.
+    pub copy_gbps: f64,
     pub gpu_timing: &'static str,
     pub cpu_threads: usize,
     pub repetitions: usize,
@@ -372,6 +377,22 @@ pub fn calibrate_sgemm(gpu: &Gpu, reps: usize) -> Result<f64> {
     Ok(2.0 * (n * n * n) as f64 / (ms / 1e3) / 1e9)
 }
 
+/// GB/s (read plus written) of a 64 MiB vec4 copy on this adapter (median of `reps`).
+pub fn calibrate_copy(gpu: &Gpu, reps: usize) -> Result<f64> {
+    let len = (16usize << 20).min(gpu.binding_limit() as usize / 4) / 4 * 4;
+    let src = gpu.upload(&seeded(len, 22))?;
+    let dst = gpu.zeros::<f32>(len)?;
+    let run: GpuRun = Box::new(move |rec| crate::kernels::calibration::copy_gpu(rec, len, &src, &dst));
+    let (ms, _) = time_gpu(gpu, &run, reps)?;
+    Ok(2.0 * 4.0 * len as f64 / (ms / 1e3) / 1e9)
+}
+
+/// The adapter's measured peaks: (SGEMM GFLOP/s, copy GB/s).
+pub struct Peaks {
+    pub sgemm_gflops: f64,
+    pub copy_gbps: f64,
+}
+
 /// Runs every kernel case `reps` times (after one warm-up) on the GPU and on the CPU backend.
 /// `filter` keeps the cases whose name contains it.
 pub fn bench_kernels(
@@ -379,11 +400,12 @@ pub fn bench_kernels(
     batch: usize,
     reps: usize,
     filter: Option<&str>,
-    calibrated: impl FnOnce(f64),
+    calibrated: impl FnOnce(&Peaks),
     mut progress: impl FnMut(&KernelResult),
 ) -> Result<KernelReport> {
-    let sgemm_gflops = calibrate_sgemm(gpu, reps)?;
-    calibrated(sgemm_gflops);
+    let peaks = Peaks { sgemm_gflops: calibrate_sgemm(gpu, reps)?, copy_gbps: calibrate_copy(gpu, reps)? };
+    calibrated(&peaks);
+    let Peaks { sgemm_gflops, copy_gbps } = peaks;
     let mut results = Vec::new();
     for mut case in cases(gpu, batch)? {
         if filter.is_some_and(|f| !case.name.contains(f)) {
@@ -391,17 +413,29 @@ pub fn bench_kernels(
         }
         let (gpu_ms, gpu_spread_ms) = time_gpu(gpu, &case.gpu, reps)?;
         let (cpu_ms, cpu_spread_ms) = time_cpu(&mut case.cpu, reps)?;
-        let of_sgemm = match case.work {
-            Work::Flops(f) => Some(100.0 * f / (gpu_ms / 1e3) / 1e9 / sgemm_gflops),
-            Work::Bytes(_) => None,
+        let (of_sgemm, of_copy) = match case.work {
+            Work::Flops(f) => (Some(100.0 * f / (gpu_ms / 1e3) / 1e9 / sgemm_gflops), None),
+            Work::Bytes(b) => (None, Some(100.0 * b / (gpu_ms / 1e3) / 1e9 / copy_gbps)),
         };
-        let result = KernelResult { kernel: case.name, shape: case.shape, work: case.work, gpu_ms, gpu_spread_ms, gpu_percent_of_sgemm: of_sgemm, cpu_ms, cpu_spread_ms, gpu_speedup: cpu_ms / gpu_ms };
+        let result = KernelResult {
+            kernel: case.name,
+            shape: case.shape,
+            work: case.work,
+            gpu_ms,
+            gpu_spread_ms,
+            gpu_percent_of_sgemm: of_sgemm,
+            gpu_percent_of_copy: of_copy,
+            cpu_ms,
+            cpu_spread_ms,
+            gpu_speedup: cpu_ms / gpu_ms,
+        };
         progress(&result);
         results.push(result);
     }
     Ok(KernelReport {
         adapter: gpu.describe(),
         sgemm_gflops,
+        copy_gbps,
         gpu_timing: if gpu.timestamps { "timestamp queries" } else { "wall clock" },
         cpu_threads: rayon::current_num_threads(),
         repetitions: reps,
@@ -416,7 +450,7 @@ pub fn table_header() -> String {
         "shape",
         "GPU ms",
         "GPU rate",
-        "%SGEMM",
+        "%peak",
         "CPU ms",
         "CPU rate",
         "GPU/CPU",
@@ -431,7 +465,7 @@ pub fn table_row(r: &KernelResult) -> String {
         r.shape,
         r.gpu_ms,
         r.work.rate(r.gpu_ms / 1e3),
-        r.gpu_percent_of_sgemm.map_or(String::new(), |p| format!("{p:.0}%")),
+        r.gpu_percent_of_sgemm.or(r.gpu_percent_of_copy).map_or(String::new(), |p| format!("{p:.0}%")),
         r.cpu_ms,
         r.work.rate(r.cpu_ms / 1e3),
         r.gpu_speedup
@@ -507,8 +541,12 @@ pub fn bench_detect_gpu(gpu: &Gpu, cascade: &crate::detect::Cascade, scene: &ima
 #[derive(Clone, Debug, Serialize)]
 pub struct TrainBench {
     pub model: String,
+    pub parameters: usize,
     pub device: String,
+    /// Host threads (rayon's pool): the CPU backend's compute threads.
+    pub threads: usize,
     pub batch: usize,
+    pub reps: usize,
     /// Full step: forward, loss, backward, Adam.
     pub train_images_per_second: f64,
     pub inference_images_per_second: f64,
@@ -550,8 +588,11 @@ pub fn bench_train<B: crate::nn::Backend>(backend: &B, config: crate::nn::ModelC
     })?;
     Ok(TrainBench {
         model: model.config.name.clone(),
+        parameters: model.parameter_count(),
         device: backend.describe(),
+        threads: rayon::current_num_threads(),
         batch,
+        reps: reps.max(1),
         train_images_per_second: batch as f64 / train,
         inference_images_per_second: batch as f64 / infer,
         inference_batch1_ms: single * 1e3,

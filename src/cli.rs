@@ -322,9 +322,11 @@ fn bench_kernels(global: &Global, batch: usize, reps: usize, filter: Option<&str
         eprintln!("GPU: {} ({})", gpu.describe(), if gpu.timestamps { "timestamp queries" } else { "wall clock" });
         eprintln!("CPU backend: {} rayon threads", rayon::current_num_threads());
     }
-    let report = bench::bench_kernels(&gpu, batch, reps.max(1), filter, |sgemm| {
+    let report = bench::bench_kernels(&gpu, batch, reps.max(1), filter, |peaks| {
         if !json {
-            println!("calibration SGEMM 1024^3 (8x8 outputs per thread, vec4 loads): {sgemm:.2} GFLOP/s");
+            println!("calibration SGEMM 1024^3 (8x8 outputs per thread, vec4 loads): {:.2} GFLOP/s", peaks.sgemm_gflops);
+            println!("calibration copy 64 MiB (vec4 per thread): {:.2} GB/s read + written", peaks.copy_gbps);
+            println!("%peak: GFLOP/s as a share of the SGEMM, or GB/s as a share of the copy");
             println!("{}", bench::table_header());
         }
     }, |r| {

@@ -293,3 +293,13 @@ fn sgemm_calibration_kernel_multiplies() {
     assert_close("calibration sgemm", &read(&cg), &common::naive_matmul(&a, &b, n, n, n), SUM_TOL);
     assert!(g.run(|rec| mien::kernels::calibration::sgemm_gpu(rec, 100, &ag, &bg, &cg)).is_err());
 }
+
+#[test]
+fn copy_calibration_kernel_copies() {
+    let g = gpu();
+    let src = randn_like(4 * 1001, 3);
+    let (sg, dg) = (up(g, &src), g.zeros(src.len()).unwrap());
+    g.run(|rec| mien::kernels::calibration::copy_gpu(rec, src.len(), &sg, &dg)).unwrap();
+    assert_eq!(read(&dg), src);
+    assert!(g.run(|rec| mien::kernels::calibration::copy_gpu(rec, 10, &sg, &dg)).is_err());
+}

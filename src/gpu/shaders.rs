@@ -47,6 +47,7 @@ shaders! {
     BATCHNORM_FORWARD = "batchnorm_forward" ["batchnorm_forward.wgsl"];
     BATCHNORM_BACKWARD = "batchnorm_backward" ["batchnorm_backward.wgsl"];
     SGEMM_CALIBRATION = "sgemm_calibration" ["sgemm_calibration.wgsl"];
+    COPY_CALIBRATION = "copy_calibration" ["copy_calibration.wgsl"];
     WARP = "warp" ["warp.wgsl"];
     RESIZE = "resize" ["resize.wgsl"];
     INTEGRAL = "integral" ["integral.wgsl"];
