@@ -1,12 +1,13 @@
-// Softmax + categorical cross-entropy over rows of logits, with integer labels (the same as
-// one-hot targets) and optional per-class weights (Keras' class_weight):
-//     loss = (1 / batch) * sum over rows of weight[label] * -log softmax(logits)[label]
+// Softmax + categorical cross-entropy over rows of logits, with integer labels, optional
+// per-class weights (Keras' class_weight) and label smoothing e (Keras' label_smoothing): the
+// target of a row is t = (1 - e) * onehot(label) + e / classes, and
+//     loss = (1 / batch) * sum over rows of weight[label] * sum over c of -t[c] log softmax(logits)[c]
 // forward writes the probabilities, each row's share of that mean, and counts correct argmaxes;
-// backward writes the fused gradient weight[label] * (probs - onehot) / batch.
+// backward writes the fused gradient weight[label] * (probs - t) / batch.
 // Labels are checked on the host; here a label past the last class is clamped so that a bad
 // value can never read out of bounds.
 
-struct Params { batch: u32, classes: u32, _pad0: u32, _pad1: u32 }
+struct Params { batch: u32, classes: u32, smoothing: f32, _pad: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> labels: array<u32>;
@@ -34,16 +35,21 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     }
     // Subtracting the row maximum keeps exp() from overflowing.
     var total = 0.0;
+    var shifted_sum = 0.0;
     for (var c = 0u; c < p.classes; c++) {
         total += exp(src[base + c] - top);
+        shifted_sum += src[base + c] - top;
     }
     for (var c = 0u; c < p.classes; c++) {
         dst[base + c] = exp(src[base + c] - top) / total;
     }
     let label = min(labels[row], p.classes - 1u);
-    // -log softmax = log(total) - (logit - max), exact even where the probability underflows.
-    let nll = log(total) - (src[base + label] - top);
-    row_loss[row] = class_weight[label] * nll / f32(p.batch);
+    // -log softmax = log(total) - (logit - max), exact even where the probability underflows;
+    // the smoothing term is the mean of that over the classes.
+    let log_total = log(total);
+    let nll = log_total - (src[base + label] - top);
+    let mean_nll = log_total - shifted_sum / f32(p.classes);
+    row_loss[row] = class_weight[label] * ((1.0 - p.smoothing) * nll + p.smoothing * mean_nll) / f32(p.batch);
     if (top_at == label) {
         atomicAdd(&correct, 1u);
     }
@@ -57,6 +63,6 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     }
     let row = i / p.classes;
     let label = min(labels[row], p.classes - 1u);
-    let onehot = select(0.0, 1.0, i % p.classes == label);
-    dst[i] = class_weight[label] * (src[i] - onehot) / f32(p.batch);
+    let smoothed = select(0.0, 1.0 - p.smoothing, i % p.classes == label) + p.smoothing / f32(p.classes);
+    dst[i] = class_weight[label] * (src[i] - smoothed) / f32(p.batch);
 }

@@ -261,7 +261,7 @@ fn elementwise_cases(gpu: &Gpu, n: usize) -> Result<Vec<Case>> {
 fn xent_adam_bn_cases(gpu: &Gpu) -> Result<Vec<Case>> {
     let mut cases = Vec::new();
 
-    let s = XentShape { batch: 64, classes: 7 };
+    let s = XentShape { batch: 64, classes: 7, smoothing: 0.0 };
     let logits = seeded(64 * 7, 13);
     let labels: Vec<u32> = (0..64).map(|i| i % 7).collect();
     let weights = vec![1.0f32; 7];

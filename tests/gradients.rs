@@ -118,7 +118,7 @@ fn relu_and_dropout_gradients() {
 
 #[test]
 fn softmax_cross_entropy_gradient() {
-    let s = XentShape { batch: 4, classes: 7 };
+    let s = XentShape { batch: 4, classes: 7, smoothing: 0.1 };
     let logits = uniform(28, 8, -3.0, 3.0);
     let labels = [0u32, 6, 3, 3];
     let weights = uniform(7, 9, 0.5, 2.0);

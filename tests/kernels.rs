@@ -188,8 +188,8 @@ fn dropout_masks_differ_between_seeds() {
 #[test]
 fn softmax_cross_entropy_forward_backward() {
     let g = gpu();
-    for (i, &(batch, classes)) in [(1usize, 7usize), (64, 7), (131, 3), (5, 1)].iter().enumerate() {
-        let s = XentShape { batch, classes };
+    for (i, &(batch, classes, smoothing)) in [(1usize, 7usize, 0.0), (64, 7, 0.1), (131, 3, 0.2), (5, 1, 0.0)].iter().enumerate() {
+        let s = XentShape { batch, classes, smoothing };
         let logits: Vec<f32> = uniform(batch * classes, i as u64, -8.0, 8.0);
         let labels: Vec<u32> = uniform(batch, 40 + i as u64, 0.0, classes as f32).iter().map(|&v| v as u32).collect();
         let weights = uniform(classes, 80 + i as u64, 0.5, 2.0);
@@ -217,7 +217,7 @@ fn softmax_cross_entropy_forward_backward() {
 
 #[test]
 fn softmax_cross_entropy_rejects_bad_labels() {
-    let s = XentShape { batch: 2, classes: 7 };
+    let s = XentShape { batch: 2, classes: 7, smoothing: 0.0 };
     let mut probs = vec![0.0; 14];
     let err = softmax_xent::forward_cpu(s, &[0.0; 14], &[3, 7], &[1.0; 7], &mut probs).unwrap_err();
     assert!(err.to_string().contains("label 7 at row 1"), "{err}");

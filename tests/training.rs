@@ -173,7 +173,20 @@ fn training_lowers_the_loss_and_gpu_follows_the_cpu_curve() {
 fn a_resumed_run_matches_an_uninterrupted_one() {
     let (straight, _) = run(&Cpu, &temp_dir("straight"), 3, false);
     let dir = temp_dir("resumed");
-    run(&Cpu, &dir, 2, false); // "killed" after two epochs' checkpoints
+    // A 3-epoch run killed once its second epoch's checkpoints are written: the same recipe,
+    // since the cosine schedule depends on the epoch count.
+    struct KilledAfter(usize);
+    impl train::Observer for KilledAfter {
+        fn epoch(&mut self, state: &train::RunState) {
+            assert!(state.epoch < self.0, "killed");
+        }
+    }
+    let killed = std::panic::catch_unwind(|| {
+        let mut model = Model::new(&Cpu, tiny_model(), 5).unwrap();
+        let files = RunFiles { dir: dir.clone() };
+        let _ = train::train(&mut model, &Cpu, &synthetic(320, 1), &synthetic(64, 2), &quick_recipe(3), &files, false, &mut KilledAfter(2));
+    });
+    assert!(killed.is_err());
     let mut model = Model::new(&Cpu, tiny_model(), 5).unwrap();
     let files = RunFiles { dir: dir.clone() };
     let state = train::train(&mut model, &Cpu, &synthetic(320, 1), &synthetic(64, 2), &quick_recipe(3), &files, true, &mut Quiet).unwrap_err_or_state();

@@ -3,22 +3,28 @@
 //! with respect to the logits directly, `weight[label] * (probs - onehot) / batch`, which is both
 //! cheaper and better conditioned than chaining the two ops' gradients.
 //! Labels are class indices (the same as one-hot targets); `class_weight` scales each sample's
-//! loss by its class's weight (Keras' class_weight; all ones for the plain loss).
+//! loss by its class's weight (Keras' class_weight; all ones for the plain loss). With label
+//! smoothing e the target is (1 - e) * onehot + e / classes (Keras' label_smoothing).
 
 use super::{check_buf, reduce};
 use crate::error::{check_len, shape_err, Result};
 use crate::gpu::{shaders, GpuBuffer, Recorder};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct XentShape {
     pub batch: usize,
     pub classes: usize,
+    /// Label smoothing in [0, 1); 0 for the plain loss.
+    pub smoothing: f32,
 }
 
 impl XentShape {
     fn check(&self, logits: usize, labels: usize, class_weight: usize) -> Result<()> {
         if self.classes == 0 {
             return Err(shape_err("softmax_xent", "zero classes"));
+        }
+        if !(0.0..1.0).contains(&self.smoothing) {
+            return Err(shape_err("softmax_xent", format!("label smoothing {} is not in [0, 1)", self.smoothing)));
         }
         check_len("softmax_xent", "logits", logits, self.batch * self.classes)?;
         check_len("softmax_xent", "labels", labels, self.batch)?;
@@ -48,7 +54,9 @@ pub fn forward_cpu(s: XentShape, logits: &[f32], labels: &[u32], class_weight: &
             *p = (v - top).exp() / total;
         }
         let label = label as usize;
-        loss += class_weight[label] * (total.ln() - (row[label] - top)) / s.batch as f32;
+        let nll = total.ln() - (row[label] - top);
+        let mean_nll = total.ln() - row.iter().map(|&v| v - top).sum::<f32>() / s.classes as f32;
+        loss += class_weight[label] * ((1.0 - s.smoothing) * nll + s.smoothing * mean_nll) / s.batch as f32;
         correct += (top_at == label) as u32;
     }
     Ok((loss, correct))
@@ -61,7 +69,8 @@ pub fn backward_cpu(s: XentShape, probs: &[f32], labels: &[u32], class_weight: &
     for ((p, d), &label) in probs.chunks(s.classes).zip(dlogits.chunks_mut(s.classes)).zip(labels) {
         let w = class_weight[label as usize] / s.batch as f32;
         for (c, (d, &p)) in d.iter_mut().zip(p).enumerate() {
-            *d = w * (p - if c == label as usize { 1.0 } else { 0.0 });
+            let target = if c == label as usize { 1.0 - s.smoothing } else { 0.0 } + s.smoothing / s.classes as f32;
+            *d = w * (p - target);
         }
     }
     Ok(())
@@ -85,7 +94,7 @@ pub fn forward_gpu(rec: &mut Recorder, s: XentShape, logits: &GpuBuffer<f32>, la
     check_buf("softmax_xent", "loss", out.loss, 1)?;
     check_buf("softmax_xent", "correct count", out.correct, 1)?;
     rec.clear(out.correct);
-    let params = [s.batch as u32, s.classes as u32, 0, 0];
+    let params = [s.batch as u32, s.classes as u32, s.smoothing.to_bits(), 0];
     let bindings = [labels.all(), class_weight.all(), logits.all(), out.probs.all().rw(), out.row_loss.all().rw(), out.correct.all().rw()];
     rec.dispatch_linear("softmax_xent_forward", &shaders::SOFTMAX_XENT, "forward", &params, &bindings, s.batch, 64)?;
     reduce::sum_channels_gpu(rec, out.row_loss.all(), (1, 1, s.batch), out.loss, false)
@@ -94,7 +103,7 @@ pub fn forward_gpu(rec: &mut Recorder, s: XentShape, logits: &GpuBuffer<f32>, la
 pub fn backward_gpu(rec: &mut Recorder, s: XentShape, probs: &GpuBuffer<f32>, labels: &GpuBuffer<u32>, class_weight: &GpuBuffer<f32>, dlogits: &GpuBuffer<f32>) -> Result<()> {
     s.check(probs.len(), labels.len(), class_weight.len())?;
     check_buf("softmax_xent", "logit gradient", dlogits, probs.len())?;
-    let params = [s.batch as u32, s.classes as u32, 0, 0];
+    let params = [s.batch as u32, s.classes as u32, s.smoothing.to_bits(), 0];
     let bindings = [labels.all(), class_weight.all(), probs.all(), dlogits.all().rw()];
     rec.dispatch_linear("softmax_xent_backward", &shaders::SOFTMAX_XENT, "backward", &params, &bindings, s.batch * s.classes, 256)
 }

@@ -78,6 +78,8 @@ pub struct Model<B: Backend> {
     class_weight: B::Tensor,
     workspaces: Vec<Workspace<B>>,
     pub bn: BnConfig,
+    /// Label smoothing of the training loss (evaluation always scores the plain loss).
+    pub label_smoothing: f32,
 }
 
 /// What one batch did: mean loss, correct predictions, and in evaluation the logits and
@@ -156,7 +158,7 @@ impl<B: Backend> Model<B> {
         }
         let class_weight = backend.tensor(config.classes)?;
         backend.write(&class_weight, &vec![1.0; config.classes])?;
-        Ok(Model { config, params, layers, input_len, class_weight, workspaces: Vec::new(), bn: BnConfig::default() })
+        Ok(Model { config, params, layers, input_len, class_weight, workspaces: Vec::new(), bn: BnConfig::default(), label_smoothing: 0.0 })
     }
 
     pub fn parameter_count(&self) -> usize {
@@ -267,7 +269,7 @@ impl<B: Backend> Model<B> {
         if images.len() != batch * self.input_len || maps.len() != batch || batch == 0 {
             return Err(shape_err("model", format!("{} input bytes and {} maps for {batch} images of {} values", images.len(), maps.len(), self.input_len)));
         }
-        XentShape { batch, classes: self.config.classes }.check_labels(labels)?;
+        XentShape { batch, classes: self.config.classes, smoothing: 0.0 }.check_labels(labels)?;
         let wi = self.workspace(backend, batch)?;
         let ws = &self.workspaces[wi];
         backend.write_ints(&ws.labels, labels)?;
@@ -275,8 +277,8 @@ impl<B: Backend> Model<B> {
         Ok(wi)
     }
 
-    fn loss(&self, backend: &B, ws: &Workspace<B>) -> Result<()> {
-        let s = XentShape { batch: ws.batch, classes: self.config.classes };
+    fn loss(&self, backend: &B, ws: &Workspace<B>, smoothing: f32) -> Result<()> {
+        let s = XentShape { batch: ws.batch, classes: self.config.classes, smoothing };
         let out = LossTensors { probs: &ws.probs, row_loss: &ws.row_loss, loss: &ws.loss, correct: &ws.correct };
         backend.xent_forward(s, ws.acts.last().expect("logits"), &ws.labels, &self.class_weight, out)
     }
@@ -288,8 +290,8 @@ impl<B: Backend> Model<B> {
         let wi = self.load_batch(backend, images, maps, labels)?;
         let ws = &self.workspaces[wi];
         self.forward(backend, ws, true, seed)?;
-        self.loss(backend, ws)?;
-        let s = XentShape { batch: ws.batch, classes: self.config.classes };
+        self.loss(backend, ws, self.label_smoothing)?;
+        let s = XentShape { batch: ws.batch, classes: self.config.classes, smoothing: self.label_smoothing };
         backend.xent_backward(s, &ws.probs, &ws.labels, &self.class_weight, ws.grads.last().expect("logit gradient"))?;
         self.backward(backend, ws, seed)?;
         for p in self.params.iter().filter(|p| p.kind == TensorKind::Trainable) {
@@ -305,7 +307,7 @@ impl<B: Backend> Model<B> {
         let wi = self.load_batch(backend, images, &vec![crate::kernels::warp::IDENTITY; labels.len()], labels)?;
         let ws = &self.workspaces[wi];
         self.forward(backend, ws, false, 0)?;
-        self.loss(backend, ws)?;
+        self.loss(backend, ws, 0.0)?;
         Ok(BatchResult {
             loss: backend.read(&ws.loss)?[0],
             correct: backend.read_ints(&ws.correct)?[0],
