@@ -154,6 +154,7 @@ fn textured(w: u32, h: u32, seed: u32) -> image::GrayImage {
     })
 }
 
+/// resize.wgsl against the CPU's INTER_LINEAR_EXACT.
 #[test]
 fn gpu_resize_matches_the_cpu_bit_for_bit() {
     let gpu = common::gpu();
@@ -178,6 +179,7 @@ fn gpu_integrals_match_the_cpu_including_tilted() {
     assert_eq!(integrals_gpu(gpu, &bright, false).unwrap().sqsum, cpu::Integrals::new(&bright, false).sqsum);
 }
 
+/// haar_cascade.wgsl's norm factor (its `norm_probe` entry point), against OpenCV's f64 formula.
 #[test]
 fn gpu_norm_factors_are_opencvs_double_rounded_value() {
     // OpenCV: f32(1 / sqrt(f64(nf))). Values across the range windows produce (1 to ~2^42),
