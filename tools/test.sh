@@ -36,7 +36,10 @@ cargo test --no-run
 ./target/debug/mien devices
 
 cargo test
-if ./target/debug/mien devices --backend gl | grep -q '^\[0\]'; then
+# Read the whole listing before matching: `grep -q` would close the pipe early and make
+# `mien devices` fail on a write to it, which pipefail reports as no adapter.
+gl_adapters=$(./target/debug/mien devices --backend gl || true)
+if grep -q '^\[0\]' <<<"$gl_adapters"; then
   echo "== GPU kernel tests again on wgpu's GL backend =="
   MIEN_TEST_BACKEND=gl cargo test --test kernels --test limits --test training -- --test-threads=1
 elif [ "${CI:-}" = true ]; then
