@@ -284,9 +284,7 @@ impl<'g> GpuDetector<'g> {
         let mut tap_offsets = Vec::new();
         for l in levels {
             tap_offsets.push((taps.len() as u32, (taps.len() + l.size.0 as usize) as u32));
-            let pack = |(i, w): (usize, u32)| (i as u32) << 9 | w;
-            taps.extend(resize_taps(img.width(), l.size.0).into_iter().map(pack));
-            taps.extend(resize_taps(img.height(), l.size.1).into_iter().map(pack));
+            taps.extend(packed_taps(img.dimensions(), l.size));
         }
         let table = (w0 + 1) * (h0 + 1);
         let frame = Frame {
@@ -361,6 +359,13 @@ impl<'g> GpuDetector<'g> {
     }
 }
 
+/// One level's resize taps as resize.wgsl reads them: the x taps, then the y taps, each packed
+/// (index << 9) | weight.
+fn packed_taps(src: (u32, u32), dst: (u32, u32)) -> Vec<u32> {
+    let pack = |(i, w): (usize, u32)| (i as u32) << 9 | w;
+    resize_taps(src.0, dst.0).into_iter().chain(resize_taps(src.1, dst.1)).map(pack).collect()
+}
+
 /// Records one pyramid level's resize: `taps` holds the level's x taps at `offsets.0` and y
 /// taps at `offsets.1`, packed (index << 9) | weight.
 fn record_resize(rec: &mut Recorder, image: &GpuBuffer<u32>, src: (u32, u32), taps: &GpuBuffer<u32>, offsets: (u32, u32), dst: &GpuBuffer<u32>, size: (u32, u32)) -> Result<()> {
@@ -386,9 +391,7 @@ fn record_integrals(rec: &mut Recorder, img: &GpuBuffer<u32>, (w, h): (u32, u32)
 
 /// The resize kernel on its own: `src` scaled to (width, height), as [`cpu::resize_exact`].
 pub fn resize_gpu(gpu: &Gpu, src: &GrayImage, width: u32, height: u32) -> Result<GrayImage> {
-    let pack = |(i, w): (usize, u32)| (i as u32) << 9 | w;
-    let taps: Vec<u32> = resize_taps(src.width(), width).into_iter().chain(resize_taps(src.height(), height)).map(pack).collect();
-    let (image, taps) = (gpu.upload(&pack_bytes(src.as_raw()))?, gpu.upload(&taps)?);
+    let (image, taps) = (gpu.upload(&pack_bytes(src.as_raw()))?, gpu.upload(&packed_taps(src.dimensions(), (width, height)))?);
     let dst = gpu.zeros::<u32>((width * height) as usize)?;
     gpu.run(|rec| record_resize(rec, &image, src.dimensions(), &taps, (0, width), &dst, (width, height)))?;
     let pixels = gpu.read(&dst)?.into_iter().map(|v| v as u8).collect();
