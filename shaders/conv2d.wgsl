@@ -1,20 +1,29 @@
-// 2-D convolution forward, stride 1, any kernel size and zero padding, NCHW activations and
-// OIHW weights (see src/kernels/conv2d.rs for why):
+// 'Valid' 2-D convolution forward, stride 1, any kernel size, NCHW activations and OIHW weights
+// (see src/kernels/conv2d.rs for why):
 //     out[img, co, oy, ox] = bias[co] + sum over (ci, ky, kx) of
-//                            w[co, ci, ky, kx] * x[img, ci, oy + ky - pad_h, ox + kx - pad_w]
-// The data gradient runs this same kernel on dy with flipped, transposed weights
-// (conv2d_flip.wgsl).
+//                            w[co, ci, ky, kx] * x[img, ci, oy + ky, ox + kx]
+// Zero padding is applied beforehand by conv2d_pad.wgsl; the data gradient runs this kernel on
+// padded dy with flipped, transposed weights (conv2d_flip.wgsl).
 //
-// Each thread computes 8 output channels x 8 neighbouring pixels of one output row, held in
-// registers as vec4s: 64 multiply-adds for every 16 loads. Loops run over (ci, ky, kx) with
-// no integer division inside them: on CPU Vulkan drivers (lavapipe) vector integer division
-// is split into scalar divisions, which made an implicit-im2col formulation ten times slower.
+// Outputs are computed at every column q % w of the flattened input width, q = oy * w + ox, so
+// the input a tap reads is the flat plane shifted by ky * w + kx: a 16-output window slides along
+// a kernel row by one element per tap, across row ends as well. The w - ow columns past the
+// output's edge are computed and dropped (8 % at 22 columns), which wastes far less than row
+// tiles at the narrow layers (10 columns padded to 16).
+//
+// Each thread computes 4 output channels x 16 consecutive outputs in 16 named vec4 registers.
+// A tap costs 1 new input load and 4 weight loads for 64 multiply-adds: lavapipe turns every
+// load into a per-lane gather, so loads per multiply-add is what sets its speed (8 channels x 8
+// pixels, at 9 loads per 64, ran 1.3x slower). Loops run over (ci, ky, kx) with no integer
+// division inside them: on CPU Vulkan drivers vector integer division is split into scalar
+// divisions, which made an implicit-im2col formulation ten times slower. (Accumulators in an
+// indexed array can end up in memory there, hence the names.)
 // Flags: bit 0 adds bias[co]; bit 1 adds into out.
 
 struct Params {
     batch: u32, cin: u32, h: u32, w: u32,
     cout: u32, oh: u32, ow: u32, kh: u32,
-    kw: u32, pad_h: u32, pad_w: u32, flags: u32,
+    kw: u32, _pad0: u32, _pad1: u32, flags: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -23,54 +32,71 @@ struct Params {
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
-const CO_TILE: u32 = 8u;
-const PX_TILE: u32 = 8u;
-
-// Input pixel (row start `row`, column ix) or 0 outside the image. Column indices left of the
-// image wrapped around to huge values, so one compare covers both edges.
-fn input_at(row: u32, ix: u32) -> f32 {
-    return select(0.0, x[row + min(ix, p.w - 1u)], ix < p.w);
-}
+const CO_TILE: u32 = 4u;
+const Q_TILE: u32 = 16u;
 
 @compute @workgroup_size(64)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let t = linear_index(wid, nwg, lid, 64u);
-    // Neighbouring threads take neighbouring pixel blocks of a row, so their loads are close.
-    let px_blocks = (p.ow + PX_TILE - 1u) / PX_TILE;
+    // Neighbouring threads take neighbouring output windows, so their loads are close.
+    let q_blocks = (p.oh * p.w + Q_TILE - 1u) / Q_TILE;
     let co_blocks = (p.cout + CO_TILE - 1u) / CO_TILE;
-    let bx = t % px_blocks;
-    let oy = (t / px_blocks) % p.oh;
-    let cb = (t / (px_blocks * p.oh)) % co_blocks;
-    let img = t / (px_blocks * p.oh * co_blocks);
+    let qb = t % q_blocks;
+    let cb = (t / q_blocks) % co_blocks;
+    let img = t / (q_blocks * co_blocks);
     if (img >= p.batch) {
         return;
     }
-    let ox0 = bx * PX_TILE;
+    let q0 = qb * Q_TILE;
     let co0 = cb * CO_TILE;
     let taps = p.kh * p.kw;
     let w_stride = p.cin * taps;
-    var acc: array<vec4<f32>, 16>; // acc[2c], acc[2c+1]: pixels 0-3 and 4-7 of channel co0 + c
+    // Only the dropped outputs of the last window can read past the plane; clamp them.
+    let in_plane = p.h * p.w;
+    let last_in = in_plane - 1u;
+    // Weight row of each of the 4 channels; channels past the end repeat the last one (their
+    // results are not stored).
+    let last = p.cout - 1u;
+    let w0 = min(co0, last) * w_stride;
+    let w1 = min(co0 + 1u, last) * w_stride;
+    let w2 = min(co0 + 2u, last) * w_stride;
+    let w3 = min(co0 + 3u, last) * w_stride;
+    // acc<c>_<q>: pixels 4q .. 4q+3 of channel co0 + c.
+    var acc0_0 = vec4<f32>(0.0); var acc0_1 = vec4<f32>(0.0); var acc0_2 = vec4<f32>(0.0); var acc0_3 = vec4<f32>(0.0);
+    var acc1_0 = vec4<f32>(0.0); var acc1_1 = vec4<f32>(0.0); var acc1_2 = vec4<f32>(0.0); var acc1_3 = vec4<f32>(0.0);
+    var acc2_0 = vec4<f32>(0.0); var acc2_1 = vec4<f32>(0.0); var acc2_2 = vec4<f32>(0.0); var acc2_3 = vec4<f32>(0.0);
+    var acc3_0 = vec4<f32>(0.0); var acc3_1 = vec4<f32>(0.0); var acc3_2 = vec4<f32>(0.0); var acc3_3 = vec4<f32>(0.0);
     for (var ci = 0u; ci < p.cin; ci++) {
-        let plane = (img * p.cin + ci) * p.h * p.w;
+        let plane = (img * p.cin + ci) * in_plane;
         for (var ky = 0u; ky < p.kh; ky++) {
-            let iy = oy + ky - p.pad_h;
-            if (iy >= p.h) {
-                continue; // a padding row: contributes nothing
-            }
-            let row = plane + iy * p.w;
+            // The input window: flat elements s + kx .. s + kx + 15 of the plane at tap kx.
+            let s = q0 + ky * p.w;
+            var v0 = vec4<f32>(x[plane + min(s, last_in)], x[plane + min(s + 1u, last_in)], x[plane + min(s + 2u, last_in)], x[plane + min(s + 3u, last_in)]);
+            var v1 = vec4<f32>(x[plane + min(s + 4u, last_in)], x[plane + min(s + 5u, last_in)], x[plane + min(s + 6u, last_in)], x[plane + min(s + 7u, last_in)]);
+            var v2 = vec4<f32>(x[plane + min(s + 8u, last_in)], x[plane + min(s + 9u, last_in)], x[plane + min(s + 10u, last_in)], x[plane + min(s + 11u, last_in)]);
+            var v3 = vec4<f32>(x[plane + min(s + 12u, last_in)], x[plane + min(s + 13u, last_in)], x[plane + min(s + 14u, last_in)], x[plane + min(s + 15u, last_in)]);
+            var tap = (ci * p.kh + ky) * p.kw;
             for (var kx = 0u; kx < p.kw; kx++) {
-                let ix = ox0 + kx - p.pad_w;
-                let lo = vec4<f32>(input_at(row, ix), input_at(row, ix + 1u), input_at(row, ix + 2u), input_at(row, ix + 3u));
-                let hi = vec4<f32>(input_at(row, ix + 4u), input_at(row, ix + 5u), input_at(row, ix + 6u), input_at(row, ix + 7u));
-                let tap = (ci * p.kh + ky) * p.kw + kx;
-                for (var c = 0u; c < CO_TILE; c++) {
-                    let wv = vec4<f32>(wt[min(co0 + c, p.cout - 1u) * w_stride + tap]);
-                    acc[2u * c] = fma(wv, lo, acc[2u * c]);
-                    acc[2u * c + 1u] = fma(wv, hi, acc[2u * c + 1u]);
+                if (kx > 0u) {
+                    v0 = vec4<f32>(v0.yzw, v1.x);
+                    v1 = vec4<f32>(v1.yzw, v2.x);
+                    v2 = vec4<f32>(v2.yzw, v3.x);
+                    v3 = vec4<f32>(v3.yzw, x[plane + min(s + kx + 15u, last_in)]);
                 }
+                var wv = vec4<f32>(wt[w0 + tap]);
+                acc0_0 = fma(wv, v0, acc0_0); acc0_1 = fma(wv, v1, acc0_1); acc0_2 = fma(wv, v2, acc0_2); acc0_3 = fma(wv, v3, acc0_3);
+                wv = vec4<f32>(wt[w1 + tap]);
+                acc1_0 = fma(wv, v0, acc1_0); acc1_1 = fma(wv, v1, acc1_1); acc1_2 = fma(wv, v2, acc1_2); acc1_3 = fma(wv, v3, acc1_3);
+                wv = vec4<f32>(wt[w2 + tap]);
+                acc2_0 = fma(wv, v0, acc2_0); acc2_1 = fma(wv, v1, acc2_1); acc2_2 = fma(wv, v2, acc2_2); acc2_3 = fma(wv, v3, acc2_3);
+                wv = vec4<f32>(wt[w3 + tap]);
+                acc3_0 = fma(wv, v0, acc3_0); acc3_1 = fma(wv, v1, acc3_1); acc3_2 = fma(wv, v2, acc3_2); acc3_3 = fma(wv, v3, acc3_3);
+                tap++;
             }
         }
     }
+    var acc = array<vec4<f32>, 16>(acc0_0, acc0_1, acc0_2, acc0_3, acc1_0, acc1_1, acc1_2, acc1_3,
+                                   acc2_0, acc2_1, acc2_2, acc2_3, acc3_0, acc3_1, acc3_2, acc3_3);
     let plane_out = p.oh * p.ow;
     for (var c = 0u; c < CO_TILE; c++) {
         let co = co0 + c;
@@ -79,13 +105,16 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         }
         var b = 0.0;
         if ((p.flags & 1u) != 0u) { b = bias[co]; }
-        let base = (img * p.cout + co) * plane_out + oy * p.ow;
-        for (var j = 0u; j < PX_TILE; j++) {
-            let ox = ox0 + j;
-            if (ox < p.ow) {
-                var v = acc[2u * c + j / 4u][j % 4u] + b;
-                if ((p.flags & 2u) != 0u) { v += out[base + ox]; }
-                out[base + ox] = v;
+        let base = (img * p.cout + co) * plane_out;
+        for (var j = 0u; j < Q_TILE; j++) {
+            let q = q0 + j;
+            let oy = q / p.w;
+            let ox = q % p.w;
+            if (oy < p.oh && ox < p.ow) {
+                var v = acc[4u * c + j / 4u][j % 4u] + b;
+                let o = base + oy * p.ow + ox;
+                if ((p.flags & 2u) != 0u) { v += out[o]; }
+                out[o] = v;
             }
         }
     }

@@ -91,6 +91,11 @@ impl Conv2dShape {
         }
     }
 
+    /// The same convolution on its zero-padded input: 'valid', no padding left.
+    pub fn padded(&self) -> Conv2dShape {
+        Conv2dShape { h: self.oh + self.kh - 1, w: self.ow + self.kw - 1, pad_top: 0, pad_left: 0, ..*self }
+    }
+
     fn check(&self, x: usize, w: usize, y: usize) -> Result<()> {
         check_len("conv2d", "input", x, self.input_len())?;
         check_len("conv2d", "weights", w, self.weight_len())?;
@@ -283,23 +288,34 @@ const TILE: usize = 64;
 
 /// Image ranges per dispatch so each image-split binding fits the device; `max_images` also
 /// keeps the grid inside the per-dimension workgroup limit.
-fn image_chunks(rec: &Recorder, s: &Conv2dShape, max_images: usize) -> Result<Vec<std::ops::Range<usize>>> {
-    let bytes = [4 * (s.cin * s.h * s.w) as u64, 4 * (s.cout * s.plane()) as u64];
+fn image_chunks(rec: &Recorder, s: &Conv2dShape, scratch_bytes: &[u64], max_images: usize) -> Result<Vec<std::ops::Range<usize>>> {
+    let mut bytes = vec![4 * (s.cin * s.h * s.w) as u64, 4 * (s.cout * s.plane()) as u64];
+    bytes.extend(scratch_bytes.iter().filter(|&&b| b > 0));
     rec.gpu().plan_chunks("conv2d", s.batch, &bytes, max_images.max(1))
 }
 
 fn forward_impl(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32>, w: &GpuBuffer<f32>, b: Option<&GpuBuffer<f32>>, y: &GpuBuffer<f32>) -> Result<()> {
-    let (in_img, out_img) = (s.cin * s.h * s.w, s.cout * s.plane());
-    for r in image_chunks(rec, &s, usize::MAX)? {
-        let params = Params::new(&s, r.len(), if b.is_some() { ADD_BIAS } else { 0 });
-        // One thread per 8 output channels x 8 pixels of a row (see conv2d.wgsl).
-        let threads = r.len() * s.cout.div_ceil(8) * s.oh * s.ow.div_ceil(8);
-        let bindings = [
-            x.slice(r.start * in_img..r.end * in_img),
-            w.all(),
-            b.unwrap_or(w).all(),
-            y.slice(r.start * out_img..r.end * out_img).rw(),
-        ];
+    // The kernel convolves 'valid' only; any padding is materialised first (conv2d_pad.wgsl).
+    let valid = s.padded();
+    let needs_pad = valid != s;
+    let (in_img, padded_img, out_img) = (s.cin * s.h * s.w, s.cin * valid.h * valid.w, s.cout * s.plane());
+    let padded_bytes = if needs_pad { 4 * padded_img as u64 } else { 0 };
+    for r in image_chunks(rec, &s, &[padded_bytes], usize::MAX)? {
+        let xs = x.slice(r.start * in_img..r.end * in_img);
+        let padded;
+        let input = if needs_pad {
+            padded = rec.gpu().zeros::<f32>(r.len() * padded_img)?;
+            let params = [(r.len() * s.cin) as u32, s.h as u32, s.w as u32, s.pad_top as u32, s.pad_left as u32, valid.h as u32, valid.w as u32, 0];
+            rec.dispatch_linear("conv2d_pad", &shaders::CONV2D_PAD, "pad", &params, &[xs, padded.all().rw()], padded.len(), 256)?;
+            padded.all()
+        } else {
+            xs
+        };
+        let params = Params::new(&valid, r.len(), if b.is_some() { ADD_BIAS } else { 0 });
+        // One thread per 4 output channels x 16 outputs along the flattened input width (see
+        // conv2d.wgsl).
+        let threads = r.len() * s.cout.div_ceil(4) * (s.oh * valid.w).div_ceil(16);
+        let bindings = [input, w.all(), b.unwrap_or(w).all(), y.slice(r.start * out_img..r.end * out_img).rw()];
         rec.dispatch_linear("conv2d_forward", &shaders::CONV2D, "forward", &params, &bindings, threads, 64)?;
     }
     Ok(())
@@ -333,7 +349,7 @@ pub fn backward_filter_gpu(
     let (in_img, out_img) = (s.cin * s.h * s.w, s.cout * s.plane());
     let tiles = s.cout.div_ceil(TILE) * s.taps().div_ceil(TILE);
     // The batch is the reduction axis: each chunk of images adds into dw.
-    for (i, r) in image_chunks(rec, &s, usize::MAX)?.into_iter().enumerate() {
+    for (i, r) in image_chunks(rec, &s, &[], usize::MAX)?.into_iter().enumerate() {
         let xs = x.slice(r.start * in_img..r.end * in_img);
         let dys = dy.slice(r.start * out_img..r.end * out_img);
         let k = r.len() * s.plane();
