@@ -36,7 +36,7 @@ macro_rules! shaders {
 shaders! {
     DENSE = "dense" ["dense.wgsl", "gemm_core.wgsl"];
     CONV2D = "conv2d" ["conv2d.wgsl"];
-    CONV2D_FILTER_GRAD = "conv2d_filter_grad" ["conv2d_filter_grad.wgsl", "gemm_core.wgsl"];
+    CONV2D_FILTER_GRAD = "conv2d_filter_grad" ["conv2d_filter_grad.wgsl"];
     CONV2D_FLIP = "conv2d_flip" ["conv2d_flip.wgsl"];
     CONV2D_PAD = "conv2d_pad" ["conv2d_pad.wgsl"];
     REDUCE = "reduce" ["reduce.wgsl"];

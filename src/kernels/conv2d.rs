@@ -7,10 +7,10 @@
 //! directly, and gets the data gradient by running the forward kernel on dy with flipped,
 //! transposed weights and complementary padding.
 
-use super::reduce::{self, split_k, ACCUMULATE, WRITE_SPLITS};
+use super::reduce::{self, ACCUMULATE, WRITE_SPLITS};
 use super::{check_buf, parallel_over_batch, sgemm, MatRef};
 use crate::error::{check_len, shape_err, Result};
-use crate::gpu::{shaders, GpuBuffer, Recorder};
+use crate::gpu::{shaders, GpuBuffer, GpuSlice, Recorder};
 use rayon::prelude::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -279,12 +279,12 @@ impl Params {
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct FilterParams {
     conv: Params,
-    k_chunk: u32,
-    _pad: [u32; 3],
+    rows_per_split: u32,
+    splits: u32,
+    _pad: [u32; 2],
 }
 
 const ADD_BIAS: u32 = 1;
-const TILE: usize = 64;
 
 /// Image ranges per dispatch so each image-split binding fits the device; `max_images` also
 /// keeps the grid inside the per-dimension workgroup limit.
@@ -292,6 +292,15 @@ fn image_chunks(rec: &Recorder, s: &Conv2dShape, scratch_bytes: &[u64], max_imag
     let mut bytes = vec![4 * (s.cin * s.h * s.w) as u64, 4 * (s.cout * s.plane()) as u64];
     bytes.extend(scratch_bytes.iter().filter(|&&b| b > 0));
     rec.gpu().plan_chunks("conv2d", s.batch, &bytes, max_images.max(1))
+}
+
+/// `images` input images of `s` copied into the zero-bordered planes of `s.padded()`.
+fn pad_gpu(rec: &mut Recorder, s: &Conv2dShape, images: usize, x: GpuSlice) -> Result<GpuBuffer<f32>> {
+    let valid = s.padded();
+    let padded = rec.gpu().zeros::<f32>(images * s.cin * valid.h * valid.w)?;
+    let params = [(images * s.cin) as u32, s.h as u32, s.w as u32, s.pad_top as u32, s.pad_left as u32, valid.h as u32, valid.w as u32, 0];
+    rec.dispatch_linear("conv2d_pad", &shaders::CONV2D_PAD, "pad", &params, &[x, padded.all().rw()], padded.len(), 256)?;
+    Ok(padded)
 }
 
 fn forward_impl(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32>, w: &GpuBuffer<f32>, b: Option<&GpuBuffer<f32>>, y: &GpuBuffer<f32>) -> Result<()> {
@@ -304,9 +313,7 @@ fn forward_impl(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32>, w: &GpuB
         let xs = x.slice(r.start * in_img..r.end * in_img);
         let padded;
         let input = if needs_pad {
-            padded = rec.gpu().zeros::<f32>(r.len() * padded_img)?;
-            let params = [(r.len() * s.cin) as u32, s.h as u32, s.w as u32, s.pad_top as u32, s.pad_left as u32, valid.h as u32, valid.w as u32, 0];
-            rec.dispatch_linear("conv2d_pad", &shaders::CONV2D_PAD, "pad", &params, &[xs, padded.all().rw()], padded.len(), 256)?;
+            padded = pad_gpu(rec, &s, r.len(), xs)?;
             padded.all()
         } else {
             xs
@@ -346,23 +353,36 @@ pub fn backward_filter_gpu(
 ) -> Result<()> {
     s.check(x.len(), dw.len(), dy.len())?;
     check_buf("conv2d", "bias gradient", db, s.cout)?;
-    let (in_img, out_img) = (s.cin * s.h * s.w, s.cout * s.plane());
-    let tiles = s.cout.div_ceil(TILE) * s.taps().div_ceil(TILE);
+    let valid = s.padded();
+    let needs_pad = valid != s;
+    let (in_img, padded_img, out_img) = (s.cin * s.h * s.w, s.cin * valid.h * valid.w, s.cout * s.plane());
+    let padded_bytes = if needs_pad { 4 * padded_img as u64 } else { 0 };
+    // One thread per 4 output channels x input channel x 3x3 block of taps (see
+    // conv2d_filter_grad.wgsl), times the splits of the reduction over output rows.
+    let tiles = s.cout.div_ceil(4) * s.cin * s.kh.div_ceil(3) * s.kw.div_ceil(3);
+    const TARGET_THREADS: usize = 16384;
     // The batch is the reduction axis: each chunk of images adds into dw.
-    for (i, r) in image_chunks(rec, &s, &[], usize::MAX)?.into_iter().enumerate() {
+    for (i, r) in image_chunks(rec, &s, &[padded_bytes], usize::MAX)?.into_iter().enumerate() {
         let xs = x.slice(r.start * in_img..r.end * in_img);
         let dys = dy.slice(r.start * out_img..r.end * out_img);
-        let k = r.len() * s.plane();
-        let (splits, k_chunk) = split_k(tiles, k);
+        let padded;
+        let input = if needs_pad {
+            padded = pad_gpu(rec, &s, r.len(), xs)?;
+            padded.all()
+        } else {
+            xs
+        };
+        let rows = r.len() * s.oh;
+        let rows_per_split = rows.div_ceil((TARGET_THREADS / tiles).clamp(1, rows.max(1)));
+        let splits = rows.div_ceil(rows_per_split.max(1));
         let accumulate = if i > 0 { ACCUMULATE } else { 0 };
-        let groups = [s.taps().div_ceil(TILE) as u32, s.cout.div_ceil(TILE) as u32, splits as u32];
-        let mut params = FilterParams { conv: Params::new(&s, r.len(), accumulate), k_chunk: k_chunk as u32, _pad: [0; 3] };
-        if splits == 1 {
-            rec.dispatch("conv2d_filter_grad", &shaders::CONV2D_FILTER_GRAD, "gemm_main", &params, &[xs, dys, dw.all().rw()], groups)?;
+        let mut params = FilterParams { conv: Params::new(&valid, r.len(), accumulate), rows_per_split: rows_per_split as u32, splits: splits as u32, _pad: [0; 2] };
+        if splits <= 1 {
+            rec.dispatch_linear("conv2d_filter_grad", &shaders::CONV2D_FILTER_GRAD, "filter_grad", &params, &[input, dys, dw.all().rw()], tiles, 64)?;
         } else {
             let partial = rec.gpu().zeros::<f32>(splits * dw.len())?;
             params.conv.flags = WRITE_SPLITS;
-            rec.dispatch("conv2d_filter_grad", &shaders::CONV2D_FILTER_GRAD, "gemm_main", &params, &[xs, dys, partial.all().rw()], groups)?;
+            rec.dispatch_linear("conv2d_filter_grad", &shaders::CONV2D_FILTER_GRAD, "filter_grad", &params, &[input, dys, partial.all().rw()], tiles * splits, 64)?;
             reduce::sum_splits_gpu(rec, &partial, splits, dw.all(), dw.len(), i > 0)?;
         }
         reduce::sum_channels_gpu(rec, dys, (r.len(), s.cout, s.plane()), db, i > 0)?;
