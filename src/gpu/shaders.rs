@@ -34,7 +34,7 @@ macro_rules! shaders {
 }
 
 shaders! {
-    DENSE = "dense" ["dense.wgsl", "gemm_core.wgsl"];
+    DENSE = "dense" ["dense.wgsl"];
     CONV2D = "conv2d" ["conv2d.wgsl"];
     CONV2D_FILTER_GRAD = "conv2d_filter_grad" ["conv2d_filter_grad.wgsl"];
     CONV2D_FLIP = "conv2d_flip" ["conv2d_flip.wgsl"];

@@ -373,7 +373,9 @@ pub fn backward_filter_gpu(
             xs
         };
         let rows = r.len() * s.oh;
-        let rows_per_split = rows.div_ceil((TARGET_THREADS / tiles).clamp(1, rows.max(1)));
+        // Splits fill the GPU, within what the partial sums' binding can hold.
+        let max_splits = (rec.gpu().binding_limit() / (4 * dw.len() as u64)).max(1) as usize;
+        let rows_per_split = rows.div_ceil((TARGET_THREADS / tiles).min(max_splits).clamp(1, rows.max(1)));
         let splits = rows.div_ceil(rows_per_split.max(1));
         let accumulate = if i > 0 { ACCUMULATE } else { 0 };
         let mut params = FilterParams { conv: Params::new(&valid, r.len(), accumulate), rows_per_split: rows_per_split as u32, splits: splits as u32, _pad: [0; 2] };

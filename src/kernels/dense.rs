@@ -1,7 +1,6 @@
 //! Dense (fully connected) layer: `y = x W + b` with x [batch, in], W [in, out] (Keras' layout),
 //! b [out], and its two backward products `dx = dy W^T` and `dW = x^T dy`, `db = sum dy`.
-//! GPU: shaders/dense.wgsl supplies strided operand loaders to the register-tiled product in
-//! shaders/gemm_core.wgsl, which conv2d_filter_grad.wgsl shares.
+//! GPU: one register-tiled product with strided operands (shaders/dense.wgsl) serves all three.
 
 use super::reduce::{self, split_k, ACCUMULATE, WRITE_SPLITS};
 use super::{check_buf, sgemm, MatRef};
@@ -77,7 +76,9 @@ struct Params {
 }
 
 const ADD_BIAS: u32 = 1;
-const TILE: usize = 64; // a workgroup's 16x16 threads times 4x4 outputs each
+// A workgroup's 8x8 threads times 16x8 outputs each cover TILE_M rows and TILE_N columns.
+const TILE_M: usize = 128;
+const TILE_N: usize = 64;
 
 /// One strided product `C = A B (+ bias) (+ C)` on the dense shader, with split-K when the
 /// output is too small to fill the GPU.
@@ -91,7 +92,7 @@ fn product(
     c: GpuSlice,
     flags: u32,
 ) -> Result<()> {
-    let tiles = m.div_ceil(TILE) * n.div_ceil(TILE);
+    let tiles = m.div_ceil(TILE_M) * n.div_ceil(TILE_N);
     // A biased product is never split: the bias belongs to exactly one pass.
     let (splits, k_chunk) = if flags & ADD_BIAS != 0 { (1, k) } else { split_k(tiles, k) };
     let mut params = Params {
@@ -106,21 +107,21 @@ fn product(
         flags,
         _pad: [0; 3],
     };
-    let groups = [n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, splits as u32];
+    let groups = [n.div_ceil(TILE_N) as u32, m.div_ceil(TILE_M) as u32, splits as u32];
     if splits == 1 {
-        return rec.dispatch("dense", &shaders::DENSE, "gemm_main", &params, &[a.0, b.0, bias, c.rw()], groups);
+        return rec.dispatch("dense", &shaders::DENSE, "gemm", &params, &[a.0, b.0, bias, c.rw()], groups);
     }
     // Accumulation into C is applied once, by the pass that adds the splits together.
     let partial = rec.gpu().zeros::<f32>(splits * m * n)?;
     params.flags = WRITE_SPLITS;
-    rec.dispatch("dense", &shaders::DENSE, "gemm_main", &params, &[a.0, b.0, bias, partial.all().rw()], groups)?;
+    rec.dispatch("dense", &shaders::DENSE, "gemm", &params, &[a.0, b.0, bias, partial.all().rw()], groups)?;
     reduce::sum_splits_gpu(rec, &partial, splits, c, m * n, flags & ACCUMULATE != 0)
 }
 
 /// Rows of the batch per dispatch, so that the row-split bindings fit the device.
 fn row_chunks(rec: &Recorder, s: DenseShape, widths: &[usize]) -> Result<Vec<std::ops::Range<usize>>> {
     let bytes: Vec<u64> = widths.iter().map(|&w| 4 * w as u64).collect();
-    let max_rows = rec.gpu().limits.max_compute_workgroups_per_dimension as usize * TILE;
+    let max_rows = rec.gpu().limits.max_compute_workgroups_per_dimension as usize * TILE_M;
     rec.gpu().plan_chunks("dense", s.batch, &bytes, max_rows)
 }
 
