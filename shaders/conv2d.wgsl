@@ -3,7 +3,9 @@
 //     out[img, co, oy, ox] = bias[co] + sum over (ci, ky, kx) of
 //                            w[co, ci, ky, kx] * x[img, ci, oy + ky, ox + kx]
 // Zero padding is applied beforehand by conv2d_pad.wgsl; the data gradient runs this kernel on
-// padded dy with flipped, transposed weights (conv2d_flip.wgsl).
+// padded dy with flipped, transposed weights (conv2d_flip.wgsl). `zero_top` and `zero_bottom`
+// say how many rows of the input are such padding, so windows lying wholly in them are skipped
+// (a fifth of the work of the 10x10 data gradient).
 //
 // Outputs are computed at every column q % w of the flattened input width, q = oy * w + ox, so
 // the input a tap reads is the flat plane shifted by ky * w + kx: a 16-output window slides along
@@ -11,19 +13,22 @@
 // output's edge are computed and dropped (8 % at 22 columns), which wastes far less than row
 // tiles at the narrow layers (10 columns padded to 16).
 //
-// Each thread computes 4 output channels x 16 consecutive outputs in 16 named vec4 registers.
-// A tap costs 1 new input load and 4 weight loads for 64 multiply-adds: lavapipe turns every
-// load into a per-lane gather, so loads per multiply-add is what sets its speed (8 channels x 8
-// pixels, at 9 loads per 64, ran 1.3x slower). Loops run over (ci, ky, kx) with no integer
-// division inside them: on CPU Vulkan drivers vector integer division is split into scalar
-// divisions, which made an implicit-im2col formulation ten times slower. (Accumulators in an
-// indexed array can end up in memory there, hence the names.)
+// Each thread computes 8 output channels x 16 consecutive outputs in 32 named vec4 registers.
+// A tap costs 1 new input load and 8 weight loads for 128 multiply-adds: lavapipe turns every
+// load into a per-lane gather, so loads per multiply-add is what sets its speed. Measured there
+// (ms at batch 64, conv2 / conv3 / conv4): 8 channels x 8 pixels of a row, 9 loads per 64:
+// 2070 at conv3; 2 x 16: 3001 / 2618 / 968; 4 x 16: 2000 / 1770 / 600; 8 x 16: 1401 / 1207 /
+// 431; 16 x 16 gained another 12 % but holds 256 accumulators, too many for a real GPU's
+// registers. Loops run over (ci, ky, kx) with no integer division inside them: on CPU Vulkan
+// drivers vector integer division is split into scalar divisions, which made an
+// implicit-im2col formulation ten times slower. (Accumulators in an indexed array can end up
+// in memory there, hence the names.)
 // Flags: bit 0 adds bias[co]; bit 1 adds into out.
 
 struct Params {
     batch: u32, cin: u32, h: u32, w: u32,
     cout: u32, oh: u32, ow: u32, kh: u32,
-    kw: u32, _pad0: u32, _pad1: u32, flags: u32,
+    kw: u32, zero_top: u32, zero_bottom: u32, flags: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -32,7 +37,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
-const CO_TILE: u32 = 4u;
+const CO_TILE: u32 = 8u;
 const Q_TILE: u32 = 16u;
 
 @compute @workgroup_size(64)
@@ -54,23 +59,37 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     // Only the dropped outputs of the last window can read past the plane; clamp them.
     let in_plane = p.h * p.w;
     let last_in = in_plane - 1u;
-    // Weight row of each of the 4 channels; channels past the end repeat the last one (their
+    // Flat input elements before zero_head and from zero_tail on are padding rows.
+    let zero_head = p.zero_top * p.w;
+    let zero_tail = (p.h - p.zero_bottom) * p.w;
+    // Weight row of each of the 8 channels; channels past the end repeat the last one (their
     // results are not stored).
     let last = p.cout - 1u;
     let w0 = min(co0, last) * w_stride;
     let w1 = min(co0 + 1u, last) * w_stride;
     let w2 = min(co0 + 2u, last) * w_stride;
     let w3 = min(co0 + 3u, last) * w_stride;
+    let w4 = min(co0 + 4u, last) * w_stride;
+    let w5 = min(co0 + 5u, last) * w_stride;
+    let w6 = min(co0 + 6u, last) * w_stride;
+    let w7 = min(co0 + 7u, last) * w_stride;
     // acc<c>_<q>: pixels 4q .. 4q+3 of channel co0 + c.
     var acc0_0 = vec4<f32>(0.0); var acc0_1 = vec4<f32>(0.0); var acc0_2 = vec4<f32>(0.0); var acc0_3 = vec4<f32>(0.0);
     var acc1_0 = vec4<f32>(0.0); var acc1_1 = vec4<f32>(0.0); var acc1_2 = vec4<f32>(0.0); var acc1_3 = vec4<f32>(0.0);
     var acc2_0 = vec4<f32>(0.0); var acc2_1 = vec4<f32>(0.0); var acc2_2 = vec4<f32>(0.0); var acc2_3 = vec4<f32>(0.0);
     var acc3_0 = vec4<f32>(0.0); var acc3_1 = vec4<f32>(0.0); var acc3_2 = vec4<f32>(0.0); var acc3_3 = vec4<f32>(0.0);
+    var acc4_0 = vec4<f32>(0.0); var acc4_1 = vec4<f32>(0.0); var acc4_2 = vec4<f32>(0.0); var acc4_3 = vec4<f32>(0.0);
+    var acc5_0 = vec4<f32>(0.0); var acc5_1 = vec4<f32>(0.0); var acc5_2 = vec4<f32>(0.0); var acc5_3 = vec4<f32>(0.0);
+    var acc6_0 = vec4<f32>(0.0); var acc6_1 = vec4<f32>(0.0); var acc6_2 = vec4<f32>(0.0); var acc6_3 = vec4<f32>(0.0);
+    var acc7_0 = vec4<f32>(0.0); var acc7_1 = vec4<f32>(0.0); var acc7_2 = vec4<f32>(0.0); var acc7_3 = vec4<f32>(0.0);
     for (var ci = 0u; ci < p.cin; ci++) {
         let plane = (img * p.cin + ci) * in_plane;
         for (var ky = 0u; ky < p.kh; ky++) {
             // The input window: flat elements s + kx .. s + kx + 15 of the plane at tap kx.
             let s = q0 + ky * p.w;
+            if (s + Q_TILE + p.kw - 1u <= zero_head || s >= zero_tail) {
+                continue;
+            }
             var v0 = vec4<f32>(x[plane + min(s, last_in)], x[plane + min(s + 1u, last_in)], x[plane + min(s + 2u, last_in)], x[plane + min(s + 3u, last_in)]);
             var v1 = vec4<f32>(x[plane + min(s + 4u, last_in)], x[plane + min(s + 5u, last_in)], x[plane + min(s + 6u, last_in)], x[plane + min(s + 7u, last_in)]);
             var v2 = vec4<f32>(x[plane + min(s + 8u, last_in)], x[plane + min(s + 9u, last_in)], x[plane + min(s + 10u, last_in)], x[plane + min(s + 11u, last_in)]);
@@ -91,12 +110,19 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
                 acc2_0 = fma(wv, v0, acc2_0); acc2_1 = fma(wv, v1, acc2_1); acc2_2 = fma(wv, v2, acc2_2); acc2_3 = fma(wv, v3, acc2_3);
                 wv = vec4<f32>(wt[w3 + tap]);
                 acc3_0 = fma(wv, v0, acc3_0); acc3_1 = fma(wv, v1, acc3_1); acc3_2 = fma(wv, v2, acc3_2); acc3_3 = fma(wv, v3, acc3_3);
+                wv = vec4<f32>(wt[w4 + tap]);
+                acc4_0 = fma(wv, v0, acc4_0); acc4_1 = fma(wv, v1, acc4_1); acc4_2 = fma(wv, v2, acc4_2); acc4_3 = fma(wv, v3, acc4_3);
+                wv = vec4<f32>(wt[w5 + tap]);
+                acc5_0 = fma(wv, v0, acc5_0); acc5_1 = fma(wv, v1, acc5_1); acc5_2 = fma(wv, v2, acc5_2); acc5_3 = fma(wv, v3, acc5_3);
+                wv = vec4<f32>(wt[w6 + tap]);
+                acc6_0 = fma(wv, v0, acc6_0); acc6_1 = fma(wv, v1, acc6_1); acc6_2 = fma(wv, v2, acc6_2); acc6_3 = fma(wv, v3, acc6_3);
+                wv = vec4<f32>(wt[w7 + tap]);
+                acc7_0 = fma(wv, v0, acc7_0); acc7_1 = fma(wv, v1, acc7_1); acc7_2 = fma(wv, v2, acc7_2); acc7_3 = fma(wv, v3, acc7_3);
                 tap++;
             }
         }
     }
-    var acc = array<vec4<f32>, 16>(acc0_0, acc0_1, acc0_2, acc0_3, acc1_0, acc1_1, acc1_2, acc1_3,
-                                   acc2_0, acc2_1, acc2_2, acc2_3, acc3_0, acc3_1, acc3_2, acc3_3);
+    var acc = array<vec4<f32>, 32>(acc0_0, acc0_1, acc0_2, acc0_3, acc1_0, acc1_1, acc1_2, acc1_3, acc2_0, acc2_1, acc2_2, acc2_3, acc3_0, acc3_1, acc3_2, acc3_3, acc4_0, acc4_1, acc4_2, acc4_3, acc5_0, acc5_1, acc5_2, acc5_3, acc6_0, acc6_1, acc6_2, acc6_3, acc7_0, acc7_1, acc7_2, acc7_3);
     let plane_out = p.oh * p.ow;
     for (var c = 0u; c < CO_TILE; c++) {
         let co = co0 + c;
@@ -106,15 +132,21 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         var b = 0.0;
         if ((p.flags & 1u) != 0u) { b = bias[co]; }
         let base = (img * p.cout + co) * plane_out;
+        // Output (oy, ox) of q0 + j, stepped without a division per output (vector integer
+        // division is slow on CPU drivers).
+        var oy = q0 / p.w;
+        var ox = q0 % p.w;
         for (var j = 0u; j < Q_TILE; j++) {
-            let q = q0 + j;
-            let oy = q / p.w;
-            let ox = q % p.w;
             if (oy < p.oh && ox < p.ow) {
                 var v = acc[4u * c + j / 4u][j % 4u] + b;
                 let o = base + oy * p.ow + ox;
                 if ((p.flags & 2u) != 0u) { v += out[o]; }
                 out[o] = v;
+            }
+            ox++;
+            if (ox == p.w) {
+                ox = 0u;
+                oy++;
             }
         }
     }

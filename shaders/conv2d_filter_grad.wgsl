@@ -1,11 +1,11 @@
 // Weight gradient of a 'valid' stride-1 convolution (NCHW, OIHW; padding is applied beforehand
 // by conv2d_pad.wgsl):
 //     dw[co, ci, ky, kx] = sum over (img, oy, ox) of dy[img, co, oy, ox] * x[img, ci, oy + ky, ox + kx]
-// Each thread owns 4 output channels x one input channel x a 3x3 block of taps (a 3x3 kernel is
+// Each thread owns 8 output channels x one input channel x a 3x3 block of taps (a 3x3 kernel is
 // one block; other sizes take several, the taps past the kernel's edge are computed and
-// dropped), in 9 named vec4 registers whose lanes are the 4 channels. Walking along an output
-// row, the three input rows' windows slide by one column, so a pixel costs 4 loads of dy and 3
-// new loads of x for 36 multiply-adds (lavapipe gathers every load per lane; a matrix-product
+// dropped), in 18 named vec4 registers whose lanes are channels. Walking along an output row,
+// the three input rows' windows slide by one column, so a pixel costs 8 loads of dy and 3 new
+// loads of x for 72 multiply-adds (lavapipe gathers every load per lane; a matrix-product
 // formulation with integer division per element ran at a third of this speed).
 // The reduction runs over every output row of the batch while the result is small, so the rows
 // are split across threads (`rows_per_split`) and the partial sums are added by reduce.wgsl.
@@ -23,7 +23,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> dy: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dw: array<f32>;
 
-const CO_TILE: u32 = 4u;
+const CO_TILE: u32 = 8u;
 const TAP_BLOCK: u32 = 3u;
 
 @compute @workgroup_size(64)
@@ -45,20 +45,27 @@ fn filter_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let plane_in = p.h * p.w;
     let plane_out = p.oh * p.ow;
     let last = p.cout - 1u;
-    // acc<r><c>: tap (ky0 + r, kx0 + c) for the 4 channels.
-    var acc00 = vec4<f32>(0.0); var acc01 = vec4<f32>(0.0); var acc02 = vec4<f32>(0.0);
-    var acc10 = vec4<f32>(0.0); var acc11 = vec4<f32>(0.0); var acc12 = vec4<f32>(0.0);
-    var acc20 = vec4<f32>(0.0); var acc21 = vec4<f32>(0.0); var acc22 = vec4<f32>(0.0);
+    // acc<r><c>l / acc<r><c>h: tap (ky0 + r, kx0 + c) for channels co0 .. co0+3 / co0+4 .. co0+7.
+    var acc00l = vec4<f32>(0.0); var acc01l = vec4<f32>(0.0); var acc02l = vec4<f32>(0.0);
+    var acc10l = vec4<f32>(0.0); var acc11l = vec4<f32>(0.0); var acc12l = vec4<f32>(0.0);
+    var acc20l = vec4<f32>(0.0); var acc21l = vec4<f32>(0.0); var acc22l = vec4<f32>(0.0);
+    var acc00h = vec4<f32>(0.0); var acc01h = vec4<f32>(0.0); var acc02h = vec4<f32>(0.0);
+    var acc10h = vec4<f32>(0.0); var acc11h = vec4<f32>(0.0); var acc12h = vec4<f32>(0.0);
+    var acc20h = vec4<f32>(0.0); var acc21h = vec4<f32>(0.0); var acc22h = vec4<f32>(0.0);
     let row_begin = split * p.rows_per_split;
     let row_end = min(row_begin + p.rows_per_split, p.batch * p.oh);
     for (var r = row_begin; r < row_end; r++) {
         let img = r / p.oh;
         let oy = r % p.oh;
-        // dy rows of the 4 channels (channels past the end repeat the last; dropped at the store).
+        // dy rows of the 8 channels (channels past the end repeat the last; dropped at the store).
         let d0 = (img * p.cout + co0) * plane_out + oy * p.ow;
         let d1 = (img * p.cout + min(co0 + 1u, last)) * plane_out + oy * p.ow;
         let d2 = (img * p.cout + min(co0 + 2u, last)) * plane_out + oy * p.ow;
         let d3 = (img * p.cout + min(co0 + 3u, last)) * plane_out + oy * p.ow;
+        let d4 = (img * p.cout + min(co0 + 4u, last)) * plane_out + oy * p.ow;
+        let d5 = (img * p.cout + min(co0 + 5u, last)) * plane_out + oy * p.ow;
+        let d6 = (img * p.cout + min(co0 + 6u, last)) * plane_out + oy * p.ow;
+        let d7 = (img * p.cout + min(co0 + 7u, last)) * plane_out + oy * p.ow;
         // Input rows oy + ky0 + 0..2 from column kx0; taps past the kernel may point past the
         // plane, so every read is clamped to it.
         let x_plane = (img * p.cin + ci) * plane_in;
@@ -70,19 +77,24 @@ fn filter_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         var a1 = x[min(x1, x_last)]; var b1 = x[min(x1 + 1u, x_last)];
         var a2 = x[min(x2, x_last)]; var b2 = x[min(x2 + 1u, x_last)];
         for (var ox = 0u; ox < p.ow; ox++) {
-            let d = vec4<f32>(dy[d0 + ox], dy[d1 + ox], dy[d2 + ox], dy[d3 + ox]);
+            let dl = vec4<f32>(dy[d0 + ox], dy[d1 + ox], dy[d2 + ox], dy[d3 + ox]);
+            let dh = vec4<f32>(dy[d4 + ox], dy[d5 + ox], dy[d6 + ox], dy[d7 + ox]);
             let c0 = x[min(x0 + ox + 2u, x_last)];
             let c1 = x[min(x1 + ox + 2u, x_last)];
             let c2 = x[min(x2 + ox + 2u, x_last)];
-            acc00 = fma(d, vec4<f32>(a0), acc00); acc01 = fma(d, vec4<f32>(b0), acc01); acc02 = fma(d, vec4<f32>(c0), acc02);
-            acc10 = fma(d, vec4<f32>(a1), acc10); acc11 = fma(d, vec4<f32>(b1), acc11); acc12 = fma(d, vec4<f32>(c1), acc12);
-            acc20 = fma(d, vec4<f32>(a2), acc20); acc21 = fma(d, vec4<f32>(b2), acc21); acc22 = fma(d, vec4<f32>(c2), acc22);
+            acc00l = fma(dl, vec4<f32>(a0), acc00l); acc01l = fma(dl, vec4<f32>(b0), acc01l); acc02l = fma(dl, vec4<f32>(c0), acc02l);
+            acc10l = fma(dl, vec4<f32>(a1), acc10l); acc11l = fma(dl, vec4<f32>(b1), acc11l); acc12l = fma(dl, vec4<f32>(c1), acc12l);
+            acc20l = fma(dl, vec4<f32>(a2), acc20l); acc21l = fma(dl, vec4<f32>(b2), acc21l); acc22l = fma(dl, vec4<f32>(c2), acc22l);
+            acc00h = fma(dh, vec4<f32>(a0), acc00h); acc01h = fma(dh, vec4<f32>(b0), acc01h); acc02h = fma(dh, vec4<f32>(c0), acc02h);
+            acc10h = fma(dh, vec4<f32>(a1), acc10h); acc11h = fma(dh, vec4<f32>(b1), acc11h); acc12h = fma(dh, vec4<f32>(c1), acc12h);
+            acc20h = fma(dh, vec4<f32>(a2), acc20h); acc21h = fma(dh, vec4<f32>(b2), acc21h); acc22h = fma(dh, vec4<f32>(c2), acc22h);
             a0 = b0; b0 = c0;
             a1 = b1; b1 = c1;
             a2 = b2; b2 = c2;
         }
     }
-    var acc = array<vec4<f32>, 9>(acc00, acc01, acc02, acc10, acc11, acc12, acc20, acc21, acc22);
+    var acc = array<vec4<f32>, 18>(acc00l, acc00h, acc01l, acc01h, acc02l, acc02h, acc10l, acc10h, acc11l, acc11h,
+                                   acc12l, acc12h, acc20l, acc20h, acc21l, acc21h, acc22l, acc22h);
     let taps = p.kh * p.kw;
     let len = p.cout * p.cin * taps;
     for (var i = 0u; i < 9u; i++) {
@@ -98,11 +110,11 @@ fn filter_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
             }
             let o = ((co * p.cin + ci) * p.kh + ky) * p.kw + kx;
             if ((p.flags & 4u) != 0u) {
-                dw[split * len + o] = acc[i][c];
+                dw[split * len + o] = acc[2u * i + c / 4u][c % 4u];
             } else if ((p.flags & 2u) != 0u) {
-                dw[o] += acc[i][c];
+                dw[o] += acc[2u * i + c / 4u][c % 4u];
             } else {
-                dw[o] = acc[i][c];
+                dw[o] = acc[2u * i + c / 4u][c % 4u];
             }
         }
     }

@@ -9,21 +9,27 @@ struct Params { planes: u32, h: u32, w: u32, top: u32, left: u32, ph: u32, pw: u
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> padded: array<f32>;
 
-@compute @workgroup_size(256)
+// One thread per padded row: the integer divisions that locate it happen once per row, not
+// per element (CPU Vulkan drivers split vector integer division into scalar ones).
+@compute @workgroup_size(64)
 fn pad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = linear_index(wid, nwg, lid, 256u);
-    if (i >= p.planes * p.ph * p.pw) {
+    let row = linear_index(wid, nwg, lid, 64u);
+    if (row >= p.planes * p.ph) {
         return;
     }
-    let px = i % p.pw;
-    let py = (i / p.pw) % p.ph;
-    let plane = i / (p.pw * p.ph);
+    let plane = row / p.ph;
     // Rows and columns above or left of x wrap around to huge values, so one compare per axis.
-    let iy = py - p.top;
-    let ix = px - p.left;
-    var v = 0.0;
-    if (iy < p.h && ix < p.w) {
-        v = x[(plane * p.h + iy) * p.w + ix];
+    let iy = row % p.ph - p.top;
+    let out = row * p.pw;
+    if (iy >= p.h) {
+        for (var px = 0u; px < p.pw; px++) {
+            padded[out + px] = 0.0;
+        }
+        return;
     }
-    padded[i] = v;
+    let src = (plane * p.h + iy) * p.w;
+    for (var px = 0u; px < p.pw; px++) {
+        let ix = px - p.left;
+        padded[out + px] = select(0.0, x[src + min(ix, p.w - 1u)], ix < p.w);
+    }
 }

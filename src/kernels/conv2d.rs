@@ -251,8 +251,9 @@ struct Params {
     ow: u32,
     kh: u32,
     kw: u32,
-    pad_h: u32,
-    pad_w: u32,
+    /// Rows at the top and bottom of the input that are zero padding (conv2d.wgsl skips them).
+    zero_top: u32,
+    zero_bottom: u32,
     flags: u32,
 }
 
@@ -268,8 +269,8 @@ impl Params {
             ow: s.ow as u32,
             kh: s.kh as u32,
             kw: s.kw as u32,
-            pad_h: s.pad_top as u32,
-            pad_w: s.pad_left as u32,
+            zero_top: 0,
+            zero_bottom: 0,
             flags,
         }
     }
@@ -299,7 +300,7 @@ fn pad_gpu(rec: &mut Recorder, s: &Conv2dShape, images: usize, x: GpuSlice) -> R
     let valid = s.padded();
     let padded = rec.gpu().zeros::<f32>(images * s.cin * valid.h * valid.w)?;
     let params = [(images * s.cin) as u32, s.h as u32, s.w as u32, s.pad_top as u32, s.pad_left as u32, valid.h as u32, valid.w as u32, 0];
-    rec.dispatch_linear("conv2d_pad", &shaders::CONV2D_PAD, "pad", &params, &[x, padded.all().rw()], padded.len(), 256)?;
+    rec.dispatch_linear("conv2d_pad", &shaders::CONV2D_PAD, "pad", &params, &[x, padded.all().rw()], images * s.cin * valid.h, 64)?;
     Ok(padded)
 }
 
@@ -318,10 +319,12 @@ fn forward_impl(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32>, w: &GpuB
         } else {
             xs
         };
-        let params = Params::new(&valid, r.len(), if b.is_some() { ADD_BIAS } else { 0 });
-        // One thread per 4 output channels x 16 outputs along the flattened input width (see
+        let mut params = Params::new(&valid, r.len(), if b.is_some() { ADD_BIAS } else { 0 });
+        params.zero_top = s.pad_top as u32;
+        params.zero_bottom = (valid.h - s.h - s.pad_top) as u32;
+        // One thread per 8 output channels x 16 outputs along the flattened input width (see
         // conv2d.wgsl).
-        let threads = r.len() * s.cout.div_ceil(4) * (s.oh * valid.w).div_ceil(16);
+        let threads = r.len() * s.cout.div_ceil(8) * (s.oh * valid.w).div_ceil(16);
         let bindings = [input, w.all(), b.unwrap_or(w).all(), y.slice(r.start * out_img..r.end * out_img).rw()];
         rec.dispatch_linear("conv2d_forward", &shaders::CONV2D, "forward", &params, &bindings, threads, 64)?;
     }
@@ -357,9 +360,9 @@ pub fn backward_filter_gpu(
     let needs_pad = valid != s;
     let (in_img, padded_img, out_img) = (s.cin * s.h * s.w, s.cin * valid.h * valid.w, s.cout * s.plane());
     let padded_bytes = if needs_pad { 4 * padded_img as u64 } else { 0 };
-    // One thread per 4 output channels x input channel x 3x3 block of taps (see
+    // One thread per 8 output channels x input channel x 3x3 block of taps (see
     // conv2d_filter_grad.wgsl), times the splits of the reduction over output rows.
-    let tiles = s.cout.div_ceil(4) * s.cin * s.kh.div_ceil(3) * s.kw.div_ceil(3);
+    let tiles = s.cout.div_ceil(8) * s.cin * s.kh.div_ceil(3) * s.kw.div_ceil(3);
     const TARGET_THREADS: usize = 16384;
     // The batch is the reduction axis: each chunk of images adds into dw.
     for (i, r) in image_chunks(rec, &s, &[padded_bytes], usize::MAX)?.into_iter().enumerate() {
