@@ -304,21 +304,35 @@ fn pad_gpu(rec: &mut Recorder, s: &Conv2dShape, images: usize, x: GpuSlice) -> R
     Ok(padded)
 }
 
-fn forward_impl(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32>, w: &GpuBuffer<f32>, b: Option<&GpuBuffer<f32>>, y: &GpuBuffer<f32>) -> Result<()> {
-    // The kernel convolves 'valid' only; any padding is materialised first (conv2d_pad.wgsl).
+/// Calls `pass(rec, images, input)` for each chunk of images whose bindings fit the device,
+/// with the chunk of `x` as the 'valid'-only kernels want it: copied into zero-bordered planes
+/// (conv2d_pad.wgsl) when `s` pads.
+fn for_each_valid_chunk(
+    rec: &mut Recorder,
+    s: &Conv2dShape,
+    x: &GpuBuffer<f32>,
+    mut pass: impl FnMut(&mut Recorder, std::ops::Range<usize>, GpuSlice) -> Result<()>,
+) -> Result<()> {
     let valid = s.padded();
-    let needs_pad = valid != s;
-    let (in_img, padded_img, out_img) = (s.cin * s.h * s.w, s.cin * valid.h * valid.w, s.cout * s.plane());
-    let padded_bytes = if needs_pad { 4 * padded_img as u64 } else { 0 };
-    for r in image_chunks(rec, &s, &[padded_bytes], usize::MAX)? {
+    let needs_pad = valid != *s;
+    let in_img = s.cin * s.h * s.w;
+    let padded_bytes = if needs_pad { 4 * (s.cin * valid.h * valid.w) as u64 } else { 0 };
+    for r in image_chunks(rec, s, &[padded_bytes], usize::MAX)? {
         let xs = x.slice(r.start * in_img..r.end * in_img);
-        let padded;
-        let input = if needs_pad {
-            padded = pad_gpu(rec, &s, r.len(), xs)?;
-            padded.all()
+        if needs_pad {
+            let padded = pad_gpu(rec, s, r.len(), xs)?;
+            pass(rec, r, padded.all())?;
         } else {
-            xs
-        };
+            pass(rec, r, xs)?;
+        }
+    }
+    Ok(())
+}
+
+fn forward_impl(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32>, w: &GpuBuffer<f32>, b: Option<&GpuBuffer<f32>>, y: &GpuBuffer<f32>) -> Result<()> {
+    let valid = s.padded();
+    let out_img = s.cout * s.plane();
+    for_each_valid_chunk(rec, &s, x, |rec, r, input| {
         let mut params = Params::new(&valid, r.len(), if b.is_some() { ADD_BIAS } else { 0 });
         params.zero_top = s.pad_top as u32;
         params.zero_bottom = (valid.h - s.h - s.pad_top) as u32;
@@ -326,9 +340,8 @@ fn forward_impl(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32>, w: &GpuB
         // conv2d.wgsl).
         let threads = r.len() * s.cout.div_ceil(8) * (s.oh * valid.w).div_ceil(16);
         let bindings = [input, w.all(), b.unwrap_or(w).all(), y.slice(r.start * out_img..r.end * out_img).rw()];
-        rec.dispatch_linear("conv2d_forward", &shaders::CONV2D, "forward", &params, &bindings, threads, 64)?;
-    }
-    Ok(())
+        rec.dispatch_linear("conv2d_forward", &shaders::CONV2D, "forward", &params, &bindings, threads, 64)
+    })
 }
 
 pub fn forward_gpu(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32>, w: &GpuBuffer<f32>, b: &GpuBuffer<f32>, y: &GpuBuffer<f32>) -> Result<()> {
@@ -357,30 +370,21 @@ pub fn backward_filter_gpu(
     s.check(x.len(), dw.len(), dy.len())?;
     check_buf("conv2d", "bias gradient", db, s.cout)?;
     let valid = s.padded();
-    let needs_pad = valid != s;
-    let (in_img, padded_img, out_img) = (s.cin * s.h * s.w, s.cin * valid.h * valid.w, s.cout * s.plane());
-    let padded_bytes = if needs_pad { 4 * padded_img as u64 } else { 0 };
+    let out_img = s.cout * s.plane();
     // One thread per 8 output channels x input channel x 3x3 block of taps (see
     // conv2d_filter_grad.wgsl), times the splits of the reduction over output rows.
     let tiles = s.cout.div_ceil(8) * s.cin * s.kh.div_ceil(3) * s.kw.div_ceil(3);
     const TARGET_THREADS: usize = 16384;
-    // The batch is the reduction axis: each chunk of images adds into dw.
-    for (i, r) in image_chunks(rec, &s, &[padded_bytes], usize::MAX)?.into_iter().enumerate() {
-        let xs = x.slice(r.start * in_img..r.end * in_img);
+    // The batch is the reduction axis: each chunk of images after the first adds into dw.
+    for_each_valid_chunk(rec, &s, x, |rec, r, input| {
+        let first = r.start == 0;
         let dys = dy.slice(r.start * out_img..r.end * out_img);
-        let padded;
-        let input = if needs_pad {
-            padded = pad_gpu(rec, &s, r.len(), xs)?;
-            padded.all()
-        } else {
-            xs
-        };
         let rows = r.len() * s.oh;
         // Splits fill the GPU, within what the partial sums' binding can hold.
         let max_splits = (rec.gpu().binding_limit() / (4 * dw.len() as u64)).max(1) as usize;
         let rows_per_split = rows.div_ceil((TARGET_THREADS / tiles).min(max_splits).clamp(1, rows.max(1)));
         let splits = rows.div_ceil(rows_per_split.max(1));
-        let accumulate = if i > 0 { ACCUMULATE } else { 0 };
+        let accumulate = if first { 0 } else { ACCUMULATE };
         let mut params = FilterParams { conv: Params::new(&valid, r.len(), accumulate), rows_per_split: rows_per_split as u32, splits: splits as u32, _pad: [0; 2] };
         if splits <= 1 {
             rec.dispatch_linear("conv2d_filter_grad", &shaders::CONV2D_FILTER_GRAD, "filter_grad", &params, &[input, dys, dw.all().rw()], tiles, 64)?;
@@ -388,9 +392,8 @@ pub fn backward_filter_gpu(
             let partial = rec.gpu().zeros::<f32>(splits * dw.len())?;
             params.conv.flags = WRITE_SPLITS;
             rec.dispatch_linear("conv2d_filter_grad", &shaders::CONV2D_FILTER_GRAD, "filter_grad", &params, &[input, dys, partial.all().rw()], tiles * splits, 64)?;
-            reduce::sum_splits_gpu(rec, &partial, splits, dw.all(), dw.len(), i > 0)?;
+            reduce::sum_splits_gpu(rec, &partial, splits, dw.all(), dw.len(), !first)?;
         }
-        reduce::sum_channels_gpu(rec, dys, (r.len(), s.cout, s.plane()), db, i > 0)?;
-    }
-    Ok(())
+        reduce::sum_channels_gpu(rec, dys, (r.len(), s.cout, s.plane()), db, !first)
+    })
 }
