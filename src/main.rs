@@ -8,6 +8,13 @@ fn main() -> std::process::ExitCode {
             std::env::set_var("XDG_RUNTIME_DIR", &dir);
         }
     }
+    // A closed stdout (`mien devices | head -1`) ends the process the way it ends other Unix
+    // tools, rather than as a panic inside println!.
+    #[cfg(unix)]
+    // SAFETY: called before any thread starts; SIG_DFL is a valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     match mien::cli::main() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
