@@ -134,6 +134,16 @@ fn mismatched_shapes_are_errors_naming_the_op_and_shapes() {
 
     let err = Conv2dShape::new(1, 1, (2, 2), 1, (3, 3), Padding::Valid).unwrap_err();
     assert!(err.to_string().contains("needs an input of at least that size, got 2x2"), "{err}");
+    let err = Conv2dShape::new(1, 1, (3, 0), 1, (3, 3), Padding::Same).unwrap_err();
+    assert!(err.to_string().contains("an empty 3x0 input"), "{err}");
+
+    // An empty batch overwrites the gradients with zeros, as the CPU backend does.
+    let s = Conv2dShape::new(0, 2, (5, 5), 3, (3, 3), Padding::Same).unwrap();
+    let (x, dy) = (g.zeros::<f32>(0).unwrap(), g.zeros::<f32>(0).unwrap());
+    let (dw, db) = (g.upload(&vec![7.0f32; s.weight_len()]).unwrap(), g.upload(&[7.0f32; 3]).unwrap());
+    g.run(|rec| conv2d::backward_filter_gpu(rec, s, &x, &dy, &dw, &db)).unwrap();
+    assert_eq!(g.read(&dw).unwrap(), vec![0.0; s.weight_len()]);
+    assert_eq!(g.read(&db).unwrap(), vec![0.0; 3]);
 
     let mut y = vec![0.0; 10];
     let err = dense::forward_cpu(DenseShape::new(2, 3, 5).unwrap(), &[0.0; 6], &[0.0; 15], &[0.0; 4], &mut y).unwrap_err();

@@ -40,6 +40,9 @@ impl Conv2dShape {
         if cin == 0 || cout == 0 || kh == 0 || kw == 0 {
             return Err(shape_err("conv2d", format!("channels {cin}->{cout} and kernel {kh}x{kw} must be positive")));
         }
+        if h == 0 || w == 0 {
+            return Err(shape_err("conv2d", format!("an empty {h}x{w} input")));
+        }
         let (pad_top, pad_left, oh, ow) = match padding {
             Padding::Same => ((kh - 1) / 2, (kw - 1) / 2, h, w),
             Padding::Valid => {
@@ -383,7 +386,7 @@ pub fn backward_filter_gpu(
         // Splits fill the GPU, within what the partial sums' binding can hold.
         let max_splits = (rec.gpu().binding_limit() / (4 * dw.len() as u64)).max(1) as usize;
         let rows_per_split = rows.div_ceil((TARGET_THREADS / tiles).min(max_splits).clamp(1, rows.max(1)));
-        let splits = rows.div_ceil(rows_per_split.max(1));
+        let splits = rows.div_ceil(rows_per_split.max(1)).max(1); // one split writes zeros for an empty batch
         let accumulate = if first { 0 } else { ACCUMULATE };
         let mut params = FilterParams { conv: Params::new(&valid, r.len(), accumulate), rows_per_split: rows_per_split as u32, splits: splits as u32, _pad: [0; 2] };
         if splits <= 1 {
