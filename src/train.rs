@@ -230,6 +230,7 @@ fn metadata(state: &RunState, accuracy: f64) -> HashMap<String, String> {
         ("val_accuracy".to_string(), format!("{accuracy:.4}")),
         ("epochs".to_string(), state.epoch.to_string()),
         ("device".to_string(), state.device.clone()),
+        ("saved".to_string(), jiff::Timestamp::now().to_string()),
     ])
 }
 
