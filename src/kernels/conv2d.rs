@@ -290,14 +290,6 @@ struct FilterParams {
 
 const ADD_BIAS: u32 = 1;
 
-/// Image ranges per dispatch so each image-split binding fits the device; `max_images` also
-/// keeps the grid inside the per-dimension workgroup limit.
-fn image_chunks(rec: &Recorder, s: &Conv2dShape, scratch_bytes: &[u64], max_images: usize) -> Result<Vec<std::ops::Range<usize>>> {
-    let mut bytes = vec![4 * (s.cin * s.h * s.w) as u64, 4 * (s.cout * s.plane()) as u64];
-    bytes.extend(scratch_bytes.iter().filter(|&&b| b > 0));
-    rec.gpu().plan_chunks("conv2d", s.batch, &bytes, max_images.max(1))
-}
-
 /// `images` input images of `s` copied into the zero-bordered planes of `s.padded()`.
 fn pad_gpu(rec: &mut Recorder, s: &Conv2dShape, images: usize, x: GpuSlice) -> Result<GpuBuffer<f32>> {
     let valid = s.padded();
@@ -307,9 +299,9 @@ fn pad_gpu(rec: &mut Recorder, s: &Conv2dShape, images: usize, x: GpuSlice) -> R
     Ok(padded)
 }
 
-/// Calls `pass(rec, images, input)` for each chunk of images whose bindings fit the device,
-/// with the chunk of `x` as the 'valid'-only kernels want it: copied into zero-bordered planes
-/// (conv2d_pad.wgsl) when `s` pads.
+/// Calls `pass(rec, images, input)` for each chunk of images whose bindings (input, output and
+/// any padded copy) fit the device, with the chunk of `x` as the 'valid'-only kernels want it:
+/// copied into zero-bordered planes (conv2d_pad.wgsl) when `s` pads.
 fn for_each_valid_chunk(
     rec: &mut Recorder,
     s: &Conv2dShape,
@@ -319,8 +311,11 @@ fn for_each_valid_chunk(
     let valid = s.padded();
     let needs_pad = valid != *s;
     let in_img = s.cin * s.h * s.w;
-    let padded_bytes = if needs_pad { 4 * (s.cin * valid.h * valid.w) as u64 } else { 0 };
-    for r in image_chunks(rec, s, &[padded_bytes], usize::MAX)? {
+    let mut image_bytes = vec![4 * in_img as u64, 4 * (s.cout * s.plane()) as u64];
+    if needs_pad {
+        image_bytes.push(4 * (s.cin * valid.h * valid.w) as u64);
+    }
+    for r in rec.gpu().plan_chunks("conv2d", s.batch, &image_bytes, usize::MAX)? {
         let xs = x.slice(r.start * in_img..r.end * in_img);
         if needs_pad {
             let padded = pad_gpu(rec, s, r.len(), xs)?;
@@ -385,11 +380,12 @@ pub fn backward_filter_gpu(
         let rows = r.len() * s.oh;
         // Splits fill the GPU, within what the partial sums' binding can hold.
         let max_splits = (rec.gpu().binding_limit() / (4 * dw.len() as u64)).max(1) as usize;
-        let rows_per_split = rows.div_ceil((TARGET_THREADS / tiles).min(max_splits).clamp(1, rows.max(1)));
-        let splits = rows.div_ceil(rows_per_split.max(1)).max(1); // one split writes zeros for an empty batch
+        let wanted = (TARGET_THREADS / tiles).min(max_splits).clamp(1, rows.max(1));
+        let rows_per_split = rows.div_ceil(wanted).max(1);
+        let splits = rows.div_ceil(rows_per_split).max(1); // one split writes zeros for an empty batch
         let accumulate = if first { 0 } else { ACCUMULATE };
         let mut params = FilterParams { conv: Params::new(&valid, r.len(), accumulate), rows_per_split: rows_per_split as u32, splits: splits as u32, _pad: [0; 2] };
-        if splits <= 1 {
+        if splits == 1 {
             rec.dispatch_linear("conv2d_filter_grad", &shaders::CONV2D_FILTER_GRAD, "filter_grad", &params, &[input, dys, dw.all().rw()], tiles, 64)?;
         } else {
             let partial = rec.gpu().zeros::<f32>(splits * dw.len())?;
