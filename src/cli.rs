@@ -113,9 +113,24 @@ struct TrainArgs {
     /// Weight classes by inverse frequency.
     #[arg(long)]
     class_weights: bool,
-    /// Train on the images as they are.
+    /// Train on the images as they are (overrides the flags below).
     #[arg(long)]
     no_augment: bool,
+    /// Random rotation range in degrees (default: the recipe's).
+    #[arg(long)]
+    rotation: Option<f32>,
+    /// Random shear range in degrees (default: the recipe's).
+    #[arg(long)]
+    shear: Option<f32>,
+    /// Random zoom range as a fraction: factors in [1 - z, 1 + z] (default: the recipe's).
+    #[arg(long)]
+    zoom: Option<f32>,
+    /// Random width and height shift as a fraction of the image size (default: the recipe's).
+    #[arg(long)]
+    shift: Option<f32>,
+    /// No random horizontal flips.
+    #[arg(long)]
+    no_flip: bool,
     /// Validate on this fraction of the training images instead of the test split.
     #[arg(long)]
     val_split: Option<f64>,
@@ -446,6 +461,17 @@ fn run_train<B: Backend>(backend: &B, args: &TrainArgs) -> Result<()> {
     recipe.label_smoothing = args.label_smoothing.unwrap_or(recipe.label_smoothing);
     if !(0.0..1.0).contains(&recipe.label_smoothing) {
         bail!("--label-smoothing must be in [0, 1), got {}", recipe.label_smoothing);
+    }
+    let augment = &mut recipe.augment;
+    augment.rotation_deg = args.rotation.unwrap_or(augment.rotation_deg);
+    augment.shear_deg = args.shear.unwrap_or(augment.shear_deg);
+    augment.zoom = args.zoom.unwrap_or(augment.zoom);
+    augment.shift = args.shift.unwrap_or(augment.shift);
+    augment.horizontal_flip &= !args.no_flip;
+    for (flag, value, max) in [("--rotation", augment.rotation_deg, 180.0), ("--shear", augment.shear_deg, 89.0), ("--zoom", augment.zoom, 0.99), ("--shift", augment.shift, 1.0)] {
+        if !(0.0..=max).contains(&value) {
+            bail!("{flag} must be in [0, {max}], got {value}");
+        }
     }
     if args.no_augment {
         recipe.augment = AugmentConfig::NONE;
