@@ -52,6 +52,11 @@ fn mix32(mut x: u32) -> u32 {
 /// `dst = src * mask / (1 - rate)`: the forward pass on x, the backward pass on dy.
 pub fn apply_cpu(mask: Mask, src: &[f32], dst: &mut [f32]) -> Result<()> {
     check_len("dropout", "output", dst.len(), src.len())?;
+    if mask.rate == 0.0 {
+        // Inference: every element is kept with scale 1.
+        dst.copy_from_slice(src);
+        return Ok(());
+    }
     let scale = mask.scale();
     const CHUNK: usize = 1 << 14;
     dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).enumerate().for_each(|(c, (d, s))| {
