@@ -10,8 +10,9 @@
 // the speed (8x8 blocks ran at 77-89 % of the calibration, 16x8 at 91-111 %), and
 // workgroup-memory tiling with barriers is slower there. Rows and columns past the edge are
 // clamped to the last one, so every load is in bounds; their results are dropped at the store.
-// Flags: bit 0 adds bias[n]; bit 1 adds into C instead of overwriting; bit 2 writes the partial
-// product of split `z` (the k range z * k_chunk ..) to C[z * M * N + ...] for reduce.wgsl to sum.
+// Flags: bit 0 adds bias[n] (in split 0 only); bit 1 adds into C instead of overwriting; bit 2
+// writes the partial product of split `z` (the k range z * k_chunk ..) to C[z * M * N + ...] for
+// reduce.wgsl to sum.
 
 struct Params {
     m: u32, n: u32, k: u32, k_chunk: u32,
@@ -122,12 +123,13 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
 }
 
 fn store_c(m: u32, n: u32, split: u32, value: f32) {
+    var v = value;
+    // The bias belongs to one pass: the unsplit product, or split 0 of a split one.
+    if ((p.flags & 1u) != 0u && split == 0u) { v += bias[n]; }
     if ((p.flags & 4u) != 0u) {
-        c[(split * p.m + m) * p.n + n] = value;
+        c[(split * p.m + m) * p.n + n] = v;
         return;
     }
-    var v = value;
-    if ((p.flags & 1u) != 0u) { v += bias[n]; }
     let i = m * p.n + n;
     if ((p.flags & 2u) != 0u) { v += c[i]; }
     c[i] = v;

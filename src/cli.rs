@@ -113,7 +113,7 @@ struct TrainArgs {
     /// Weight classes by inverse frequency.
     #[arg(long)]
     class_weights: bool,
-    /// Train on the images as they are (overrides the flags below).
+    /// Train on the images as they are (the flags below are still checked).
     #[arg(long)]
     no_augment: bool,
     /// Random rotation range in degrees (default: the recipe's).

@@ -92,3 +92,9 @@ fn gpu_detection_gives_the_cpu_faces_and_labels() {
         assert_eq!(small[0]["faces"][0][key], gpu[0]["faces"][0][key]);
     }
 }
+
+#[test]
+fn train_rejects_an_augmentation_range_out_of_bounds_before_reading_data() {
+    let (ok, _, stderr) = mien(&["train", "--device", "cpu", "--zoom", "1.5", "--data", "no/such/folder"]);
+    assert!(!ok && stderr.contains("--zoom must be in [0, 0.99], got 1.5"), "{stderr}");
+}

@@ -181,9 +181,9 @@ fn prepare(features: &[Feature], width: usize) -> Vec<Prepared> {
             for (i, r) in f.rects.iter().enumerate() {
                 let (x, y, w, h) = (r.x as usize, r.y as usize, r.w as usize, r.h as usize);
                 let at = |x: usize, y: usize| u32::try_from(y * width + x).expect("a cascade window's offsets fit in u32");
-                // The parser guarantees x >= h for tilted rectangles.
                 p.corners[i] = if f.tilted {
-                    [at(x, y), at(x - h, y + h), at(x + w, y + w), at(x + w - h, y + w + h)]
+                    let left = |x: usize| x.checked_sub(h).expect("the parser keeps tilted rectangles inside the window (x >= h)");
+                    [at(x, y), at(left(x), y + h), at(x + w, y + w), at(left(x + w), y + w + h)]
                 } else {
                     [at(x, y), at(x + w, y), at(x, y + h), at(x + w, y + h)]
                 };

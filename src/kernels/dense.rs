@@ -93,8 +93,7 @@ fn product(
     flags: u32,
 ) -> Result<()> {
     let tiles = m.div_ceil(TILE_M) * n.div_ceil(TILE_N);
-    // A biased product is never split: the bias belongs to exactly one pass.
-    let (splits, k_chunk) = if flags & ADD_BIAS != 0 { (1, k) } else { split_k(tiles, k) };
+    let (splits, k_chunk) = split_k(tiles, k);
     let mut params = Params {
         m: m as u32,
         n: n as u32,
@@ -111,9 +110,10 @@ fn product(
     if splits == 1 {
         return rec.dispatch("dense", &shaders::DENSE, "gemm", &params, &[a.0, b.0, bias, c.rw()], groups);
     }
-    // Accumulation into C is applied once, by the pass that adds the splits together.
+    // Accumulation into C is applied once, by the pass that adds the splits together; the
+    // bias by split 0 (dense.wgsl).
     let partial = rec.gpu().zeros::<f32>(splits * m * n)?;
-    params.flags = WRITE_SPLITS;
+    params.flags = WRITE_SPLITS | (flags & ADD_BIAS);
     rec.dispatch("dense", &shaders::DENSE, "gemm", &params, &[a.0, b.0, bias, partial.all().rw()], groups)?;
     reduce::sum_splits_gpu(rec, &partial, splits, c, m * n, flags & ACCUMULATE != 0)
 }
