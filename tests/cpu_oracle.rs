@@ -3,6 +3,7 @@
 mod common;
 
 use common::{assert_close, naive_conv, naive_matmul, randn_like, transpose};
+use mien::kernels::batchnorm::{self, BnConfig, BnParams, BnSaved, BnShape};
 use mien::kernels::conv2d::{self, Conv2dShape, Padding};
 use mien::kernels::dense::{self, DenseShape};
 
@@ -65,5 +66,56 @@ fn dense_products_match_naive_matmul() {
         assert_close("dense dW", &dw, &naive_matmul(&transpose(&x, batch, n_in), &dy, n_in, batch, n_out), 1e-5);
         let want_db: Vec<f32> = (0..n_out).map(|o| (0..batch).map(|r| dy[r * n_out + o]).sum()).collect();
         assert_close("dense db", &db, &want_db, 1e-5);
+    }
+}
+
+/// Batch norm by the textbook formulas, one element at a time with f64 sums.
+#[test]
+fn batchnorm_matches_per_element_loops() {
+    let cfg = BnConfig::default();
+    // NCHW planes, a dense layer's [batch, features] (plane 1), and a batch of one.
+    for (i, s) in [BnShape { batch: 3, channels: 5, plane: 7 * 9 }, BnShape { batch: 64, channels: 37, plane: 1 }, BnShape { batch: 1, channels: 4, plane: 11 }].into_iter().enumerate() {
+        let (len, n) = (s.len(), (s.batch * s.plane) as f64);
+        let at = |c: usize, j: usize| ((j / s.plane) * s.channels + c) * s.plane + j % s.plane;
+        let x: Vec<f32> = randn_like(len, 40 + i as u64).iter().map(|v| 3.0 * v + 1.0).collect();
+        let dy = randn_like(len, 50 + i as u64);
+        let gamma = randn_like(s.channels, 60 + i as u64);
+        let beta = randn_like(s.channels, 70 + i as u64);
+        let (mut rm, mut rv) = (vec![0.5; s.channels], vec![2.0; s.channels]);
+        let (mut mean, mut invstd, mut y) = (vec![0.0; s.channels], vec![0.0; s.channels], vec![0.0; len]);
+        batchnorm::forward_train_cpu(s, cfg, &x, &gamma, &beta, &mut rm, &mut rv, &mut mean, &mut invstd, &mut y).unwrap();
+        let (mut dx, mut dgamma, mut dbeta) = (vec![0.0; len], vec![0.0; s.channels], vec![0.0; s.channels]);
+        batchnorm::backward_cpu(s, &x, &dy, &gamma, BnSaved { mean: &mean, invstd: &invstd }, &mut dx, &mut dgamma, &mut dbeta).unwrap();
+        let mut y_inf = vec![0.0; len];
+        batchnorm::forward_infer_cpu(s, cfg, &x, BnParams { gamma: &gamma, beta: &beta, running_mean: &rm, running_var: &rv }, &mut y_inf).unwrap();
+
+        let (mut want_y, mut want_inf, mut want_dx) = (vec![0.0; len], vec![0.0; len], vec![0.0; len]);
+        let (mut want_dgamma, mut want_dbeta, mut want_rm, mut want_rv) = (vec![0.0; s.channels], vec![0.0; s.channels], vec![0.0; s.channels], vec![0.0; s.channels]);
+        for c in 0..s.channels {
+            let mu = (0..s.batch * s.plane).map(|j| x[at(c, j)] as f64).sum::<f64>() / n;
+            let var = (0..s.batch * s.plane).map(|j| (x[at(c, j)] as f64 - mu).powi(2)).sum::<f64>() / n;
+            let inv = 1.0 / (var + cfg.epsilon as f64).sqrt();
+            want_rm[c] = (cfg.momentum as f64 * 0.5 + (1.0 - cfg.momentum as f64) * mu) as f32;
+            want_rv[c] = (cfg.momentum as f64 * 2.0 + (1.0 - cfg.momentum as f64) * var) as f32;
+            let inv_running = 1.0 / (want_rv[c] as f64 + cfg.epsilon as f64).sqrt();
+            let xhat = |j: usize| (x[at(c, j)] as f64 - mu) * inv;
+            let (g, b) = (0..s.batch * s.plane).fold((0.0, 0.0), |(g, b), j| (g + dy[at(c, j)] as f64 * xhat(j), b + dy[at(c, j)] as f64));
+            want_dgamma[c] = g as f32;
+            want_dbeta[c] = b as f32;
+            for j in 0..s.batch * s.plane {
+                let k = at(c, j);
+                want_y[k] = (gamma[c] as f64 * xhat(j) + beta[c] as f64) as f32;
+                want_inf[k] = (gamma[c] as f64 * (x[k] as f64 - want_rm[c] as f64) * inv_running + beta[c] as f64) as f32;
+                want_dx[k] = (gamma[c] as f64 * inv / n * (n * dy[k] as f64 - b - xhat(j) * g)) as f32;
+            }
+        }
+        let name = |what: &str| format!("batchnorm {what} {s:?}");
+        assert_close(&name("y"), &y, &want_y, 1e-4);
+        assert_close(&name("running mean"), &rm, &want_rm, 1e-5);
+        assert_close(&name("running variance"), &rv, &want_rv, 1e-5);
+        assert_close(&name("inference y"), &y_inf, &want_inf, 1e-4);
+        assert_close(&name("dgamma"), &dgamma, &want_dgamma, 1e-4);
+        assert_close(&name("dbeta"), &dbeta, &want_dbeta, 1e-4);
+        assert_close(&name("dx"), &dx, &want_dx, 1e-4);
     }
 }

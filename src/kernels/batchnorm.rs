@@ -9,6 +9,7 @@
 use super::check_buf;
 use crate::error::{check_len, Result};
 use crate::gpu::{shaders, GpuBuffer, Recorder};
+use rayon::prelude::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BnShape {
@@ -28,9 +29,16 @@ impl BnShape {
     fn count(&self) -> usize {
         self.batch * self.plane
     }
-    /// Index of the j-th element of channel c.
-    fn at(&self, c: usize, j: usize) -> usize {
-        ((j / self.plane) * self.channels + c) * self.plane + j % self.plane
+    /// Channel c's elements in order (image by image, pixels within an image): the order of
+    /// every per-channel sum, so results do not depend on the thread count.
+    fn channel<'a>(&self, x: &'a [f32], c: usize) -> impl Iterator<Item = f32> + 'a {
+        let (channels, plane) = (self.channels, self.plane);
+        x.chunks_exact(plane.max(1)).skip(c).step_by(channels).flatten().copied()
+    }
+    /// Planes per parallel task: at least 16k elements, so a dense layer's [batch, features]
+    /// (planes of one element) is not split into one task per value.
+    fn min_planes(&self) -> usize {
+        ((1 << 14) / self.plane.max(1)).max(1)
     }
 }
 
@@ -84,10 +92,16 @@ pub fn forward_train_cpu(
     let lens = [("gamma", gamma.len()), ("beta", beta.len()), ("running mean", running_mean.len()), ("running variance", running_var.len()), ("mean", mean.len()), ("invstd", invstd.len())];
     check(&s, x.len(), y.len(), &lens)?;
     let n = s.count() as f64;
-    for c in 0..s.channels {
-        // f64 sums: the CPU side is the reference the GPU's tree sums are compared with.
-        let mu = (0..s.count()).map(|j| x[s.at(c, j)] as f64).sum::<f64>() / n;
-        let var = (0..s.count()).map(|j| (x[s.at(c, j)] as f64 - mu).powi(2)).sum::<f64>() / n;
+    let stats: Vec<(f64, f64)> = (0..s.channels)
+        .into_par_iter()
+        .map(|c| {
+            // f64 sums: the CPU side is the reference the GPU's tree sums are compared with.
+            let mu = s.channel(x, c).map(|v| v as f64).sum::<f64>() / n;
+            let var = s.channel(x, c).map(|v| (v as f64 - mu).powi(2)).sum::<f64>() / n;
+            (mu, var)
+        })
+        .collect();
+    for (c, &(mu, var)) in stats.iter().enumerate() {
         mean[c] = mu as f32;
         invstd[c] = (1.0 / (var + cfg.epsilon as f64).sqrt()) as f32;
         running_mean[c] = cfg.momentum * running_mean[c] + (1.0 - cfg.momentum) * mu as f32;
@@ -106,10 +120,10 @@ pub fn forward_infer_cpu(s: BnShape, cfg: BnConfig, x: &[f32], p: BnParams<'_, [
 }
 
 fn normalize_cpu(s: &BnShape, x: &[f32], gamma: &[f32], beta: &[f32], mean: &[f32], invstd: &[f32], y: &mut [f32]) {
-    for (i, (y, &x)) in y.iter_mut().zip(x).enumerate() {
-        let c = (i / s.plane) % s.channels;
-        *y = gamma[c] * (x - mean[c]) * invstd[c] + beta[c];
-    }
+    y.par_chunks_mut(s.plane.max(1)).zip(x.par_chunks(s.plane.max(1))).enumerate().with_min_len(s.min_planes()).for_each(|(i, (y, x))| {
+        let c = i % s.channels;
+        y.iter_mut().zip(x).for_each(|(y, &x)| *y = gamma[c] * (x - mean[c]) * invstd[c] + beta[c]);
+    });
 }
 
 /// Training-mode gradients: writes dx, dgamma and dbeta.
@@ -119,21 +133,22 @@ pub fn backward_cpu(s: BnShape, x: &[f32], dy: &[f32], gamma: &[f32], saved: BnS
     check(&s, x.len(), dx.len(), &lens)?;
     check_len("batchnorm", "output gradient", dy.len(), s.len())?;
     let n = s.count() as f32;
-    for c in 0..s.channels {
-        let xhat = |i: usize| (x[i] - saved.mean[c]) * saved.invstd[c];
-        let (mut g, mut b) = (0.0f64, 0.0f64);
-        for j in 0..s.count() {
-            let i = s.at(c, j);
-            g += (dy[i] * xhat(i)) as f64;
-            b += dy[i] as f64;
-        }
+    let xhat = |c: usize, v: f32| (v - saved.mean[c]) * saved.invstd[c];
+    let sums: Vec<(f64, f64)> = (0..s.channels)
+        .into_par_iter()
+        .map(|c| s.channel(x, c).zip(s.channel(dy, c)).fold((0.0f64, 0.0f64), |(g, b), (x, dy)| (g + (dy * xhat(c, x)) as f64, b + dy as f64)))
+        .collect();
+    for (c, &(g, b)) in sums.iter().enumerate() {
         dgamma[c] = g as f32;
         dbeta[c] = b as f32;
-        for j in 0..s.count() {
-            let i = s.at(c, j);
-            dx[i] = gamma[c] * saved.invstd[c] / n * (n * dy[i] - dbeta[c] - xhat(i) * dgamma[c]);
-        }
     }
+    let (dgamma, dbeta) = (&*dgamma, &*dbeta);
+    dx.par_chunks_mut(s.plane.max(1)).zip(x.par_chunks(s.plane.max(1))).zip(dy.par_chunks(s.plane.max(1))).enumerate().with_min_len(s.min_planes()).for_each(|(i, ((dx, x), dy))| {
+        let c = i % s.channels;
+        for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+            *dx = gamma[c] * saved.invstd[c] / n * (n * dy - dbeta[c] - xhat(c, x) * dgamma[c]);
+        }
+    });
     Ok(())
 }
 
