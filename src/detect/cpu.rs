@@ -411,9 +411,11 @@ pub fn scan_scale(cascade: &Cascade, img: &GrayImage, level: &ScaleScan) -> Vec<
 }
 
 /// Every window the cascade accepts, before grouping, in OpenCV's order (scale by scale, rows
-/// top to bottom).
+/// top to bottom). Levels run concurrently as well as their rows: the small levels have too
+/// few rows to keep every thread busy, and each level's resize and integrals are serial work.
 pub fn raw_windows(cascade: &Cascade, img: &GrayImage, p: &DetectParams) -> Vec<Rect> {
-    scan_plan(cascade, (img.width(), img.height()), p).iter().flat_map(|level| scan_scale(cascade, img, level)).collect()
+    let levels: Vec<Vec<Rect>> = scan_plan(cascade, (img.width(), img.height()), p).par_iter().map(|level| scan_scale(cascade, img, level)).collect();
+    levels.into_iter().flatten().collect()
 }
 
 /// Intersects each rectangle with the image and drops the empty ones (OpenCV's last step).
