@@ -7,9 +7,13 @@
 // the three input rows' windows slide by one column, so a pixel costs 8 loads of dy and 3 new
 // loads of x for 72 multiply-adds (lavapipe gathers every load per lane; a matrix-product
 // formulation with integer division per element ran at a third of this speed).
+// The bias gradient db[co] = sum of dy[img, co, oy, ox] comes out of the same walk: the threads
+// of input channel 0 and the first tap block store their running sums of dy. A pass of its own
+// would read dy again, which on lavapipe took as long as this whole kernel at conv1.
 // The reduction runs over every output row of the batch while the result is small, so the rows
 // are split across threads (`rows_per_split`) and the partial sums are added by reduce.wgsl.
-// Flags: bit 1 adds into dw; bit 2 writes split s's partial sum to dw[s * len(dw) + ...].
+// Flags: bit 1 adds into dw and db; bit 2 writes split s's partial sums to dw[s * len(dw) + ...]
+// and db[s * cout + ...].
 
 struct Params {
     batch: u32, cin: u32, h: u32, w: u32,
@@ -22,6 +26,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> dy: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dw: array<f32>;
+@group(0) @binding(4) var<storage, read_write> db: array<f32>;
 
 const CO_TILE: u32 = 8u;
 const TAP_BLOCK: u32 = 3u;
@@ -52,6 +57,9 @@ fn filter_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     var acc00h = vec4<f32>(0.0); var acc01h = vec4<f32>(0.0); var acc02h = vec4<f32>(0.0);
     var acc10h = vec4<f32>(0.0); var acc11h = vec4<f32>(0.0); var acc12h = vec4<f32>(0.0);
     var acc20h = vec4<f32>(0.0); var acc21h = vec4<f32>(0.0); var acc22h = vec4<f32>(0.0);
+    // Sums of dy for channels co0 .. co0+3 / co0+4 .. co0+7 (kept by every thread: two adds
+    // beside 18 multiply-adds cost less than a branch that splits the lanes).
+    var dyl = vec4<f32>(0.0); var dyh = vec4<f32>(0.0);
     let row_begin = split * p.rows_per_split;
     let row_end = min(row_begin + p.rows_per_split, p.batch * p.oh);
     for (var r = row_begin; r < row_end; r++) {
@@ -82,6 +90,8 @@ fn filter_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
             let c0 = x[min(x0 + ox + 2u, x_last)];
             let c1 = x[min(x1 + ox + 2u, x_last)];
             let c2 = x[min(x2 + ox + 2u, x_last)];
+            dyl += dl;
+            dyh += dh;
             acc00l = fma(dl, vec4<f32>(a0), acc00l); acc01l = fma(dl, vec4<f32>(b0), acc01l); acc02l = fma(dl, vec4<f32>(c0), acc02l);
             acc10l = fma(dl, vec4<f32>(a1), acc10l); acc11l = fma(dl, vec4<f32>(b1), acc11l); acc12l = fma(dl, vec4<f32>(c1), acc12l);
             acc20l = fma(dl, vec4<f32>(a2), acc20l); acc21l = fma(dl, vec4<f32>(b2), acc21l); acc22l = fma(dl, vec4<f32>(c2), acc22l);
@@ -116,6 +126,24 @@ fn filter_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
             } else {
                 dw[o] = acc[2u * i + c / 4u][c % 4u];
             }
+        }
+    }
+    if (ci != 0u || ky0 != 0u || kx0 != 0u) {
+        return;
+    }
+    let sums = array<vec4<f32>, 2>(dyl, dyh);
+    for (var c = 0u; c < CO_TILE; c++) {
+        let co = co0 + c;
+        if (co >= p.cout) {
+            break;
+        }
+        let v = sums[c / 4u][c % 4u];
+        if ((p.flags & 4u) != 0u) {
+            db[split * p.cout + co] = v;
+        } else if ((p.flags & 2u) != 0u) {
+            db[co] += v;
+        } else {
+            db[co] = v;
         }
     }
 }

@@ -388,6 +388,7 @@ pub fn backward_filter_gpu(
     // conv2d_filter_grad.wgsl), times the splits of the reduction over output rows.
     let tiles = s.cout.div_ceil(8) * s.cin * s.kh.div_ceil(3) * s.kw.div_ceil(3);
     const TARGET_THREADS: usize = 16384;
+    const MIN_PIXELS: usize = 256;
     // The batch is the reduction axis: each chunk of images after the first adds into dw.
     for_each_valid_chunk(rec, &s, x, |rec, r, input| {
         let first = r.start == 0;
@@ -396,18 +397,21 @@ pub fn backward_filter_gpu(
         // Splits fill the GPU, within what the partial sums' binding can hold.
         let max_splits = (rec.gpu().binding_limit() / (4 * dw.len() as u64)).max(1) as usize;
         let wanted = (TARGET_THREADS / tiles).min(max_splits).clamp(1, rows.max(1));
-        let rows_per_split = rows.div_ceil(wanted).max(1);
+        // A split costs a partial sum per weight, written here and read back by reduce.wgsl: at
+        // one 46-pixel row per thread (conv1) that traffic took a quarter of the pass on
+        // lavapipe, so each thread walks at least MIN_PIXELS.
+        let rows_per_split = rows.div_ceil(wanted).max(MIN_PIXELS.div_ceil(valid.ow)).max(1);
         let splits = rows.div_ceil(rows_per_split).max(1); // one split writes zeros for an empty batch
         let accumulate = if first { 0 } else { ACCUMULATE };
         let mut params = FilterParams { conv: Params::new(&valid, r.len(), accumulate), rows_per_split: rows_per_split as u32, splits: splits as u32, _pad: [0; 2] };
         if splits == 1 {
-            rec.dispatch_linear("conv2d_filter_grad", &shaders::CONV2D_FILTER_GRAD, "filter_grad", &params, &[input, dys, dw.all().rw()], tiles, 64)?;
-        } else {
-            let partial = rec.gpu().zeros::<f32>(splits * dw.len())?;
-            params.conv.flags = WRITE_SPLITS;
-            rec.dispatch_linear("conv2d_filter_grad", &shaders::CONV2D_FILTER_GRAD, "filter_grad", &params, &[input, dys, partial.all().rw()], tiles * splits, 64)?;
-            reduce::sum_splits_gpu(rec, &partial, splits, dw.all(), dw.len(), !first)?;
+            return rec.dispatch_linear("conv2d_filter_grad", &shaders::CONV2D_FILTER_GRAD, "filter_grad", &params, &[input, dys, dw.all().rw(), db.all().rw()], tiles, 64);
         }
-        reduce::sum_channels_gpu(rec, dys, (r.len(), s.cout, s.plane()), db, !first)
+        let partial_dw = rec.gpu().zeros::<f32>(splits * dw.len())?;
+        let partial_db = rec.gpu().zeros::<f32>(splits * db.len())?;
+        params.conv.flags = WRITE_SPLITS;
+        rec.dispatch_linear("conv2d_filter_grad", &shaders::CONV2D_FILTER_GRAD, "filter_grad", &params, &[input, dys, partial_dw.all().rw(), partial_db.all().rw()], tiles * splits, 64)?;
+        reduce::sum_splits_gpu(rec, &partial_dw, splits, dw.all(), dw.len(), !first)?;
+        reduce::sum_splits_gpu(rec, &partial_db, splits, db.all(), db.len(), !first)
     })
 }
