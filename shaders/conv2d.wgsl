@@ -2,8 +2,10 @@
 // (see src/kernels/conv2d.rs for why):
 //     out[img, co, oy, ox] = bias[co] + sum over (ci, ky, kx) of
 //                            w[co, ci, ky, kx] * x[img, ci, oy + ky, ox + kx]
-// Zero padding is applied beforehand by conv2d_pad.wgsl; the data gradient runs this kernel on
-// padded dy with flipped, transposed weights (conv2d_flip.wgsl). `zero_top` and `zero_bottom`
+// Zero padding is applied beforehand by conv2d_pad.wgsl, and the weights are packed by
+// conv2d_pack.wgsl: packed[(ci, ky, kx)][co] with co padded to a multiple of 8, read here as
+// vec4s. The data gradient runs this kernel on padded dy with the flipped, transposed weights
+// that conv2d_pack.wgsl also writes. `zero_top` and `zero_bottom`
 // say how many rows of the input are such padding, so windows lying wholly in them are skipped
 // (a fifth of the work of the 10x10 data gradient).
 //
@@ -14,8 +16,9 @@
 // tiles at the narrow layers (10 columns padded to 16).
 //
 // Each thread computes 8 output channels x 16 consecutive outputs in 32 named vec4 registers.
-// A tap costs 1 new input load and 8 weight loads for 128 multiply-adds: lavapipe turns every
-// load into a per-lane gather, so loads per multiply-add is what sets its speed. Measured there
+// A tap costs 1 new input load and 2 vec4 weight loads for 128 multiply-adds: lavapipe turns
+// every load into a per-lane gather, so loads per multiply-add is what sets its speed (eight
+// scalar weight loads instead of two vec4 ones cost about 20 % at conv2-4). Measured there
 // (ms at batch 64, conv2 / conv3 / conv4): 8 channels x 8 pixels of a row, 9 loads per 64:
 // 2070 at conv3; 2 x 16: 3001 / 2618 / 968; 4 x 16: 2000 / 1770 / 600; 8 x 16: 1401 / 1207 /
 // 431; 16 x 16 gained another 12 % but holds 256 accumulators, too many for a real GPU's
@@ -33,7 +36,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> wt: array<f32>;
+@group(0) @binding(2) var<storage, read> wt: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
@@ -54,25 +57,12 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     }
     let q0 = qb * Q_TILE;
     let co0 = cb * CO_TILE;
-    let taps = p.kh * p.kw;
-    let w_stride = p.cin * taps;
     // Only the dropped outputs of the last window can read past the plane; clamp them.
     let in_plane = p.h * p.w;
     let last_in = in_plane - 1u;
     // Flat input elements before zero_head and from zero_tail on are padding rows.
     let zero_head = p.zero_top * p.w;
     let zero_tail = (p.h - p.zero_bottom) * p.w;
-    // Weight row of each of the 8 channels; channels past the end repeat the last one (their
-    // results are not stored).
-    let last = p.cout - 1u;
-    let w0 = min(co0, last) * w_stride;
-    let w1 = min(co0 + 1u, last) * w_stride;
-    let w2 = min(co0 + 2u, last) * w_stride;
-    let w3 = min(co0 + 3u, last) * w_stride;
-    let w4 = min(co0 + 4u, last) * w_stride;
-    let w5 = min(co0 + 5u, last) * w_stride;
-    let w6 = min(co0 + 6u, last) * w_stride;
-    let w7 = min(co0 + 7u, last) * w_stride;
     // acc<c>_<q>: pixels 4q .. 4q+3 of channel co0 + c.
     var acc0_0 = vec4<f32>(0.0); var acc0_1 = vec4<f32>(0.0); var acc0_2 = vec4<f32>(0.0); var acc0_3 = vec4<f32>(0.0);
     var acc1_0 = vec4<f32>(0.0); var acc1_1 = vec4<f32>(0.0); var acc1_2 = vec4<f32>(0.0); var acc1_3 = vec4<f32>(0.0);
@@ -102,21 +92,24 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
                     v2 = vec4<f32>(v2.yzw, v3.x);
                     v3 = vec4<f32>(v3.yzw, x[plane + min(s + kx + 15u, last_in)]);
                 }
-                var wv = vec4<f32>(wt[w0 + tap]);
+                // Channels co0 .. co0+3 and co0+4 .. co0+7 of this tap.
+                let wl = wt[(tap * co_blocks + cb) * 2u];
+                let wh = wt[(tap * co_blocks + cb) * 2u + 1u];
+                var wv = vec4<f32>(wl.x);
                 acc0_0 = fma(wv, v0, acc0_0); acc0_1 = fma(wv, v1, acc0_1); acc0_2 = fma(wv, v2, acc0_2); acc0_3 = fma(wv, v3, acc0_3);
-                wv = vec4<f32>(wt[w1 + tap]);
+                wv = vec4<f32>(wl.y);
                 acc1_0 = fma(wv, v0, acc1_0); acc1_1 = fma(wv, v1, acc1_1); acc1_2 = fma(wv, v2, acc1_2); acc1_3 = fma(wv, v3, acc1_3);
-                wv = vec4<f32>(wt[w2 + tap]);
+                wv = vec4<f32>(wl.z);
                 acc2_0 = fma(wv, v0, acc2_0); acc2_1 = fma(wv, v1, acc2_1); acc2_2 = fma(wv, v2, acc2_2); acc2_3 = fma(wv, v3, acc2_3);
-                wv = vec4<f32>(wt[w3 + tap]);
+                wv = vec4<f32>(wl.w);
                 acc3_0 = fma(wv, v0, acc3_0); acc3_1 = fma(wv, v1, acc3_1); acc3_2 = fma(wv, v2, acc3_2); acc3_3 = fma(wv, v3, acc3_3);
-                wv = vec4<f32>(wt[w4 + tap]);
+                wv = vec4<f32>(wh.x);
                 acc4_0 = fma(wv, v0, acc4_0); acc4_1 = fma(wv, v1, acc4_1); acc4_2 = fma(wv, v2, acc4_2); acc4_3 = fma(wv, v3, acc4_3);
-                wv = vec4<f32>(wt[w5 + tap]);
+                wv = vec4<f32>(wh.y);
                 acc5_0 = fma(wv, v0, acc5_0); acc5_1 = fma(wv, v1, acc5_1); acc5_2 = fma(wv, v2, acc5_2); acc5_3 = fma(wv, v3, acc5_3);
-                wv = vec4<f32>(wt[w6 + tap]);
+                wv = vec4<f32>(wh.z);
                 acc6_0 = fma(wv, v0, acc6_0); acc6_1 = fma(wv, v1, acc6_1); acc6_2 = fma(wv, v2, acc6_2); acc6_3 = fma(wv, v3, acc6_3);
-                wv = vec4<f32>(wt[w7 + tap]);
+                wv = vec4<f32>(wh.w);
                 acc7_0 = fma(wv, v0, acc7_0); acc7_1 = fma(wv, v1, acc7_1); acc7_2 = fma(wv, v2, acc7_2); acc7_3 = fma(wv, v3, acc7_3);
                 tap++;
             }

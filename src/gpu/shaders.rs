@@ -37,7 +37,7 @@ shaders! {
     DENSE = "dense" ["dense.wgsl"];
     CONV2D = "conv2d" ["conv2d.wgsl"];
     CONV2D_FILTER_GRAD = "conv2d_filter_grad" ["conv2d_filter_grad.wgsl"];
-    CONV2D_FLIP = "conv2d_flip" ["conv2d_flip.wgsl"];
+    CONV2D_PACK = "conv2d_pack" ["conv2d_pack.wgsl"];
     CONV2D_PAD = "conv2d_pad" ["conv2d_pad.wgsl"];
     REDUCE = "reduce" ["reduce.wgsl"];
     MAXPOOL2D = "maxpool2d" ["maxpool2d.wgsl"];

@@ -4,8 +4,8 @@
 //!
 //! The CPU treats it as a matrix product with the im2col matrix of each image (`sgemm`), and
 //! its data gradient as the transposed product folded back with col2im. The GPU convolves
-//! directly, and gets the data gradient by running the forward kernel on dy with flipped,
-//! transposed weights and complementary padding.
+//! directly on weights packed by tap (conv2d_pack.wgsl), and gets the data gradient by running
+//! the forward kernel on dy with flipped, transposed weights and complementary padding.
 
 use super::reduce::{self, ACCUMULATE, WRITE_SPLITS};
 use super::{check_buf, parallel_over_batch, sgemm, MatRef};
@@ -77,7 +77,7 @@ impl Conv2dShape {
     }
 
     /// The convolution that maps dy back to dx on the GPU: channels swap, the weights are
-    /// flipped (conv2d_flip.wgsl), and the padding is what's left of a full (kh-1) border.
+    /// flipped (conv2d_pack.wgsl), and the padding is what's left of a full (kh-1) border.
     pub fn data_grad(&self) -> Conv2dShape {
         Conv2dShape {
             batch: self.batch,
@@ -342,7 +342,18 @@ fn for_each_valid_chunk(
     Ok(())
 }
 
-fn forward_impl(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32>, w: &GpuBuffer<f32>, b: Option<&GpuBuffer<f32>>, y: &GpuBuffer<f32>) -> Result<()> {
+/// The weights of `s` packed for conv2d.wgsl (see conv2d_pack.wgsl): `w` itself, or with
+/// `flip` the weights of the convolution whose data gradient `s` is, flipped and transposed.
+fn pack_weights_gpu(rec: &mut Recorder, s: &Conv2dShape, w: &GpuBuffer<f32>, flip: bool) -> Result<GpuBuffer<f32>> {
+    let co_pad = s.cout.next_multiple_of(8);
+    let packed = rec.gpu().zeros::<f32>(s.taps() * co_pad)?;
+    let params = [s.cout as u32, s.cin as u32, s.kh as u32, s.kw as u32, co_pad as u32, flip as u32, 0, 0];
+    rec.dispatch_linear("conv2d_pack", &shaders::CONV2D_PACK, "pack", &params, &[w.all(), packed.all().rw()], packed.len(), 256)?;
+    Ok(packed)
+}
+
+/// `y = conv(x, W) + b` for weights `packed` by [`pack_weights_gpu`].
+fn forward_impl(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32>, packed: &GpuBuffer<f32>, b: Option<&GpuBuffer<f32>>, y: &GpuBuffer<f32>) -> Result<()> {
     let valid = s.padded();
     let out_img = s.cout * s.plane();
     for_each_valid_chunk(rec, &s, x, |rec, r, input| {
@@ -352,7 +363,7 @@ fn forward_impl(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32>, w: &GpuB
         // One thread per 8 output channels x 16 outputs along the flattened input width (see
         // conv2d.wgsl).
         let threads = r.len() * s.cout.div_ceil(8) * (s.oh * valid.w).div_ceil(16);
-        let bindings = [input, w.all(), b.unwrap_or(w).all(), y.slice(r.start * out_img..r.end * out_img).rw()];
+        let bindings = [input, packed.all(), b.unwrap_or(packed).all(), y.slice(r.start * out_img..r.end * out_img).rw()];
         rec.dispatch_linear("conv2d_forward", &shaders::CONV2D, "forward", &params, &bindings, threads, 64)
     })
 }
@@ -360,15 +371,15 @@ fn forward_impl(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32>, w: &GpuB
 pub fn forward_gpu(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32>, w: &GpuBuffer<f32>, b: &GpuBuffer<f32>, y: &GpuBuffer<f32>) -> Result<()> {
     s.check(x.len(), w.len(), y.len())?;
     check_buf("conv2d", "bias", b, s.cout)?;
-    forward_impl(rec, s, x, w, Some(b), y)
+    let packed = pack_weights_gpu(rec, &s, w, false)?;
+    forward_impl(rec, s, x, &packed, Some(b), y)
 }
 
 pub fn backward_data_gpu(rec: &mut Recorder, s: Conv2dShape, dy: &GpuBuffer<f32>, w: &GpuBuffer<f32>, dx: &GpuBuffer<f32>) -> Result<()> {
     s.check(dx.len(), w.len(), dy.len())?;
-    let flipped = rec.gpu().zeros::<f32>(w.len())?;
-    let params = [s.cout as u32, s.cin as u32, s.kh as u32, s.kw as u32];
-    rec.dispatch_linear("conv2d_flip", &shaders::CONV2D_FLIP, "flip", &params, &[w.all(), flipped.all().rw()], w.len(), 256)?;
-    forward_impl(rec, s.data_grad(), dy, &flipped, None, dx)
+    let grad = s.data_grad();
+    let flipped = pack_weights_gpu(rec, &grad, w, true)?;
+    forward_impl(rec, grad, dy, &flipped, None, dx)
 }
 
 /// Overwrites `dw` and `db`.
