@@ -35,6 +35,8 @@ macro_rules! shaders {
 
 shaders! {
     DENSE = "dense" ["dense.wgsl"];
+    DENSE_PACK = "dense_pack" ["dense_pack.wgsl"];
+    DENSE_TRANSPOSE = "dense_transpose" ["dense_transpose.wgsl"];
     CONV2D = "conv2d" ["conv2d.wgsl"];
     CONV2D_FILTER_GRAD = "conv2d_filter_grad" ["conv2d_filter_grad.wgsl"];
     CONV2D_PACK = "conv2d_pack" ["conv2d_pack.wgsl"];

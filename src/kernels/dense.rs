@@ -1,6 +1,7 @@
 //! Dense (fully connected) layer: `y = x W + b` with x [batch, in], W [in, out] (Keras' layout),
 //! b [out], and its two backward products `dx = dy W^T` and `dW = x^T dy`, `db = sum dy`.
-//! GPU: one register-tiled product with strided operands (shaders/dense.wgsl) serves all three.
+//! GPU: one register-tiled product on k-major operands (shaders/dense.wgsl) serves all three;
+//! an operand not already laid out that way is packed first (shaders/dense_pack.wgsl).
 
 use super::reduce::{self, split_k, ACCUMULATE, WRITE_SPLITS};
 use super::{check_buf, sgemm, MatRef};
@@ -79,12 +80,10 @@ struct Params {
     n: u32,
     k: u32,
     k_chunk: u32,
-    a_row: u32,
-    a_col: u32,
-    b_row: u32,
-    b_col: u32,
+    a_row4: u32,
+    b_row4: u32,
     flags: u32,
-    _pad: [u32; 3],
+    _pad: u32,
 }
 
 const ADD_BIAS: u32 = 1;
@@ -92,18 +91,42 @@ const ADD_BIAS: u32 = 1;
 const TILE_M: usize = 128;
 const TILE_N: usize = 64;
 
-/// One strided product `C = A B (+ bias) (+ C)` on the dense shader, with split-K when the
-/// output is too small to fill the GPU.
-#[allow(clippy::too_many_arguments)]
-fn product(
-    rec: &mut Recorder,
-    (m, n, k): (usize, usize, usize),
-    a: (GpuSlice, usize, usize),
-    b: (GpuSlice, usize, usize),
-    bias: GpuSlice,
-    c: GpuSlice,
-    flags: u32,
-) -> Result<()> {
+/// A matrix operand of [`product`]: element (i, k) sits at `slice[i * i_stride + k * k_stride]`,
+/// where i is the row m of A or the column n of B.
+struct Operand<'a> {
+    slice: GpuSlice<'a>,
+    i_stride: usize,
+    k_stride: usize,
+}
+
+/// The operand in dense.wgsl's k-major layout with rows of `width` padded to `pad`: `None` when
+/// it already is (then it is bound as it is), else a packed copy (dense_pack.wgsl).
+fn k_major(rec: &mut Recorder, op: &Operand, k: usize, width: usize, pad: usize) -> Result<Option<GpuBuffer<f32>>> {
+    let width_pad = width.next_multiple_of(pad);
+    if op.i_stride == 1 && op.k_stride == width_pad {
+        return Ok(None);
+    }
+    let packed = rec.gpu().zeros::<f32>(k * width_pad)?;
+    let params = [k as u32, width as u32, width_pad as u32, op.k_stride as u32, op.i_stride as u32, 0, 0, 0];
+    let bindings = [op.slice, packed.all().rw()];
+    if op.k_stride == 1 && k % 4 == 0 && op.i_stride % 4 == 0 {
+        let blocks = (k / 4) * (width_pad / 4);
+        rec.dispatch_linear("dense_pack", &shaders::DENSE_TRANSPOSE, "transpose", &params, &bindings, blocks, 64)?;
+    } else {
+        rec.dispatch_linear("dense_pack", &shaders::DENSE_PACK, "pack", &params, &bindings, packed.len(), 256)?;
+    }
+    Ok(Some(packed))
+}
+
+/// One product `C = A B (+ bias) (+ C)` on the dense shader, with split-K when the output is
+/// too small to fill the GPU.
+fn product(rec: &mut Recorder, (m, n, k): (usize, usize, usize), a: Operand, b: Operand, bias: GpuSlice, c: GpuSlice, flags: u32) -> Result<()> {
+    const A_PAD: usize = 16; // a thread's rows (TILE_M / 8 threads)
+    const B_PAD: usize = 8; // a thread's columns
+    let a_packed = k_major(rec, &a, k, m, A_PAD)?;
+    let b_packed = k_major(rec, &b, k, n, B_PAD)?;
+    let a_bind = a_packed.as_ref().map_or(a.slice, |p| p.all());
+    let b_bind = b_packed.as_ref().map_or(b.slice, |p| p.all());
     let tiles = m.div_ceil(TILE_M) * n.div_ceil(TILE_N);
     let (splits, k_chunk) = split_k(tiles, k);
     let mut params = Params {
@@ -111,22 +134,20 @@ fn product(
         n: n as u32,
         k: k as u32,
         k_chunk: k_chunk as u32,
-        a_row: a.1 as u32,
-        a_col: a.2 as u32,
-        b_row: b.1 as u32,
-        b_col: b.2 as u32,
+        a_row4: (m.next_multiple_of(A_PAD) / 4) as u32,
+        b_row4: (n.next_multiple_of(B_PAD) / 4) as u32,
         flags,
-        _pad: [0; 3],
+        _pad: 0,
     };
     let groups = [n.div_ceil(TILE_N) as u32, m.div_ceil(TILE_M) as u32, splits as u32];
     if splits == 1 {
-        return rec.dispatch("dense", &shaders::DENSE, "gemm", &params, &[a.0, b.0, bias, c.rw()], groups);
+        return rec.dispatch("dense", &shaders::DENSE, "gemm", &params, &[a_bind, b_bind, bias, c.rw()], groups);
     }
     // Accumulation into C is applied once, by the pass that adds the splits together; the
     // bias by split 0 (dense.wgsl).
     let partial = rec.gpu().zeros::<f32>(splits * m * n)?;
     params.flags = WRITE_SPLITS | (flags & ADD_BIAS);
-    rec.dispatch("dense", &shaders::DENSE, "gemm", &params, &[a.0, b.0, bias, partial.all().rw()], groups)?;
+    rec.dispatch("dense", &shaders::DENSE, "gemm", &params, &[a_bind, b_bind, bias, partial.all().rw()], groups)?;
     reduce::sum_splits_gpu(rec, &partial, splits, c, m * n, flags & ACCUMULATE != 0)
 }
 
@@ -143,7 +164,9 @@ pub fn forward_gpu(rec: &mut Recorder, s: DenseShape, x: &GpuBuffer<f32>, w: &Gp
     for r in row_chunks(rec, s, &[s.inputs, s.outputs])? {
         let xs = x.slice(r.start * s.inputs..r.end * s.inputs);
         let ys = y.slice(r.start * s.outputs..r.end * s.outputs);
-        product(rec, (r.len(), s.outputs, s.inputs), (xs, s.inputs, 1), (w.all(), s.outputs, 1), b.all(), ys, ADD_BIAS)?;
+        let x_op = Operand { slice: xs, i_stride: s.inputs, k_stride: 1 };
+        let w_op = Operand { slice: w.all(), i_stride: 1, k_stride: s.outputs };
+        product(rec, (r.len(), s.outputs, s.inputs), x_op, w_op, b.all(), ys, ADD_BIAS)?;
     }
     Ok(())
 }
@@ -154,7 +177,9 @@ pub fn backward_data_gpu(rec: &mut Recorder, s: DenseShape, dy: &GpuBuffer<f32>,
         let dys = dy.slice(r.start * s.outputs..r.end * s.outputs);
         let dxs = dx.slice(r.start * s.inputs..r.end * s.inputs);
         // W read transposed: element (k = out, n = in) sits at w[in * outputs + out].
-        product(rec, (r.len(), s.inputs, s.outputs), (dys, s.outputs, 1), (w.all(), 1, s.outputs), w.all(), dxs, 0)?;
+        let dy_op = Operand { slice: dys, i_stride: s.outputs, k_stride: 1 };
+        let wt_op = Operand { slice: w.all(), i_stride: s.outputs, k_stride: 1 };
+        product(rec, (r.len(), s.inputs, s.outputs), dy_op, wt_op, w.all(), dxs, 0)?;
     }
     Ok(())
 }
@@ -179,7 +204,9 @@ pub fn backward_weights_gpu(
         let flags = if i > 0 { ACCUMULATE } else { 0 };
         // x read transposed: element (m = in, k = row) sits at x[row * inputs + in]. No bias:
         // xs fills that binding.
-        product(rec, (s.inputs, s.outputs, r.len()), (xs, 1, s.inputs), (dys, s.outputs, 1), xs, dw.all(), flags)?;
+        let xt_op = Operand { slice: xs, i_stride: 1, k_stride: s.inputs };
+        let dy_op = Operand { slice: dys, i_stride: 1, k_stride: s.outputs };
+        product(rec, (s.inputs, s.outputs, r.len()), xt_op, dy_op, xs, dw.all(), flags)?;
         reduce::sum_channels_gpu(rec, dys, (r.len(), s.outputs, 1), db, i > 0)?;
     }
     Ok(())
