@@ -16,7 +16,8 @@
 // tiles at the narrow layers (10 columns padded to 16).
 //
 // Each thread computes 8 output channels x 16 consecutive outputs in 32 named vec4 registers.
-// A tap costs 1 new input load and 2 vec4 weight loads for 128 multiply-adds: lavapipe turns
+// A kernel row costs 4 vec4 input loads, then 1 more load and 2 vec4 weight loads per tap, for
+// 128 multiply-adds per tap: lavapipe turns
 // every load into a per-lane gather, so loads per multiply-add is what sets its speed (eight
 // scalar weight loads instead of two vec4 ones cost about 20 % at conv2-4). Measured there
 // (ms at batch 64, conv2 / conv3 / conv4): 8 channels x 8 pixels of a row, 9 loads per 64:
@@ -35,7 +36,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> wt: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
@@ -57,9 +58,9 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     }
     let q0 = qb * Q_TILE;
     let co0 = cb * CO_TILE;
-    // Only the dropped outputs of the last window can read past the plane; clamp them.
+    // Only dropped outputs read past their plane, so a read is only clamped to the buffer.
     let in_plane = p.h * p.w;
-    let last_in = in_plane - 1u;
+    let last_in = arrayLength(&x) - 1u;
     // Flat input elements before zero_head and from zero_tail on are padding rows.
     let zero_head = p.zero_top * p.w;
     let zero_tail = (p.h - p.zero_bottom) * p.w;
@@ -73,24 +74,26 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     var acc6_0 = vec4<f32>(0.0); var acc6_1 = vec4<f32>(0.0); var acc6_2 = vec4<f32>(0.0); var acc6_3 = vec4<f32>(0.0);
     var acc7_0 = vec4<f32>(0.0); var acc7_1 = vec4<f32>(0.0); var acc7_2 = vec4<f32>(0.0); var acc7_3 = vec4<f32>(0.0);
     for (var ci = 0u; ci < p.cin; ci++) {
-        let plane = (img * p.cin + ci) * in_plane;
+        // In vec4s: rows are a multiple of 4 long (Conv2dShape::padded), so windows start aligned.
+        let plane = (img * p.cin + ci) * in_plane / 4u;
         for (var ky = 0u; ky < p.kh; ky++) {
             // The input window: flat elements s + kx .. s + kx + 15 of the plane at tap kx.
             let s = q0 + ky * p.w;
             if (s + Q_TILE + p.kw - 1u <= zero_head || s >= zero_tail) {
                 continue;
             }
-            var v0 = vec4<f32>(x[plane + min(s, last_in)], x[plane + min(s + 1u, last_in)], x[plane + min(s + 2u, last_in)], x[plane + min(s + 3u, last_in)]);
-            var v1 = vec4<f32>(x[plane + min(s + 4u, last_in)], x[plane + min(s + 5u, last_in)], x[plane + min(s + 6u, last_in)], x[plane + min(s + 7u, last_in)]);
-            var v2 = vec4<f32>(x[plane + min(s + 8u, last_in)], x[plane + min(s + 9u, last_in)], x[plane + min(s + 10u, last_in)], x[plane + min(s + 11u, last_in)]);
-            var v3 = vec4<f32>(x[plane + min(s + 12u, last_in)], x[plane + min(s + 13u, last_in)], x[plane + min(s + 14u, last_in)], x[plane + min(s + 15u, last_in)]);
+            let s4 = plane + s / 4u;
+            var v0 = x[min(s4, last_in)];
+            var v1 = x[min(s4 + 1u, last_in)];
+            var v2 = x[min(s4 + 2u, last_in)];
+            var v3 = x[min(s4 + 3u, last_in)];
             var tap = (ci * p.kh + ky) * p.kw;
             for (var kx = 0u; kx < p.kw; kx++) {
                 if (kx > 0u) {
                     v0 = vec4<f32>(v0.yzw, v1.x);
                     v1 = vec4<f32>(v1.yzw, v2.x);
                     v2 = vec4<f32>(v2.yzw, v3.x);
-                    v3 = vec4<f32>(v3.yzw, x[plane + min(s + kx + 15u, last_in)]);
+                    v3 = vec4<f32>(v3.yzw, x[min(s4 + (kx + 15u) / 4u, last_in)][(kx + 15u) % 4u]);
                 }
                 // Channels co0 .. co0+3 and co0+4 .. co0+7 of this tap.
                 let wl = wt[(tap * co_blocks + cb) * 2u];

@@ -94,9 +94,11 @@ impl Conv2dShape {
         }
     }
 
-    /// The same convolution on its zero-padded input: 'valid', no padding left.
-    pub fn padded(&self) -> Conv2dShape {
-        Conv2dShape { h: self.oh + self.kh - 1, w: self.ow + self.kw - 1, pad_top: 0, pad_left: 0, ..*self }
+    /// The same convolution on its zero-padded input: 'valid', no padding left, and rows
+    /// widened with zeros to a multiple of `row_align` (extra columns only feed outputs that
+    /// are dropped).
+    pub fn padded(&self, row_align: usize) -> Conv2dShape {
+        Conv2dShape { h: self.oh + self.kh - 1, w: (self.ow + self.kw - 1).next_multiple_of(row_align), pad_top: 0, pad_left: 0, ..*self }
     }
 
     fn check(&self, x: usize, w: usize, y: usize) -> Result<()> {
@@ -305,9 +307,8 @@ struct FilterParams {
 
 const ADD_BIAS: u32 = 1;
 
-/// `images` input images of `s` copied into the zero-bordered planes of `s.padded()`.
-fn pad_gpu(rec: &mut Recorder, s: &Conv2dShape, images: usize, x: GpuSlice) -> Result<GpuBuffer<f32>> {
-    let valid = s.padded();
+/// `images` input images of `s` copied into the zero-bordered planes of `valid`.
+fn pad_gpu(rec: &mut Recorder, s: &Conv2dShape, valid: &Conv2dShape, images: usize, x: GpuSlice) -> Result<GpuBuffer<f32>> {
     let padded = rec.gpu().zeros::<f32>(images * s.cin * valid.h * valid.w)?;
     let params = [(images * s.cin) as u32, s.h as u32, s.w as u32, s.pad_top as u32, s.pad_left as u32, valid.h as u32, valid.w as u32, 0];
     rec.dispatch_linear("conv2d_pad", &shaders::CONV2D_PAD, "pad", &params, &[x, padded.all().rw()], images * s.cin * valid.h, 64)?;
@@ -315,15 +316,16 @@ fn pad_gpu(rec: &mut Recorder, s: &Conv2dShape, images: usize, x: GpuSlice) -> R
 }
 
 /// Calls `pass(rec, images, input)` for each chunk of images whose bindings (input, output and
-/// any padded copy) fit the device, with the chunk of `x` as the 'valid'-only kernels want it:
-/// copied into zero-bordered planes (conv2d_pad.wgsl) when `s` pads.
+/// any padded copy) fit the device, with the chunk of `x` as the 'valid'-only kernels want it,
+/// the input of `valid`: copied into zero-bordered planes (conv2d_pad.wgsl) when that differs
+/// from `s`.
 fn for_each_valid_chunk(
     rec: &mut Recorder,
     s: &Conv2dShape,
+    valid: Conv2dShape,
     x: &GpuBuffer<f32>,
     mut pass: impl FnMut(&mut Recorder, std::ops::Range<usize>, GpuSlice) -> Result<()>,
 ) -> Result<()> {
-    let valid = s.padded();
     let needs_pad = valid != *s;
     let in_img = s.cin * s.h * s.w;
     let mut image_bytes = vec![4 * in_img as u64, 4 * (s.cout * s.plane()) as u64];
@@ -333,7 +335,7 @@ fn for_each_valid_chunk(
     for r in rec.gpu().plan_chunks("conv2d", s.batch, &image_bytes, usize::MAX)? {
         let xs = x.slice(r.start * in_img..r.end * in_img);
         if needs_pad {
-            let padded = pad_gpu(rec, s, r.len(), xs)?;
+            let padded = pad_gpu(rec, s, &valid, r.len(), xs)?;
             pass(rec, r, padded.all())?;
         } else {
             pass(rec, r, xs)?;
@@ -354,9 +356,10 @@ fn pack_weights_gpu(rec: &mut Recorder, s: &Conv2dShape, w: &GpuBuffer<f32>, fli
 
 /// `y = conv(x, W) + b` for weights `packed` by [`pack_weights_gpu`].
 fn forward_impl(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32>, packed: &GpuBuffer<f32>, b: Option<&GpuBuffer<f32>>, y: &GpuBuffer<f32>) -> Result<()> {
-    let valid = s.padded();
+    // conv2d.wgsl reads input rows as vec4s.
+    let valid = s.padded(4);
     let out_img = s.cout * s.plane();
-    for_each_valid_chunk(rec, &s, x, |rec, r, input| {
+    for_each_valid_chunk(rec, &s, valid, x, |rec, r, input| {
         let mut params = Params::new(&valid, r.len(), if b.is_some() { ADD_BIAS } else { 0 });
         params.zero_top = s.pad_top as u32;
         params.zero_bottom = (valid.h - s.h - s.pad_top) as u32;
@@ -393,7 +396,7 @@ pub fn backward_filter_gpu(
 ) -> Result<()> {
     s.check(x.len(), dw.len(), dy.len())?;
     check_buf("conv2d", "bias gradient", db, s.cout)?;
-    let valid = s.padded();
+    let valid = s.padded(1);
     let out_img = s.cout * s.plane();
     // One thread per 8 output channels x input channel x 3x3 block of taps (see
     // conv2d_filter_grad.wgsl), times the splits of the reduction over output rows.
@@ -401,7 +404,7 @@ pub fn backward_filter_gpu(
     const TARGET_THREADS: usize = 16384;
     const MIN_PIXELS: usize = 256;
     // The batch is the reduction axis: each chunk of images after the first adds into dw.
-    for_each_valid_chunk(rec, &s, x, |rec, r, input| {
+    for_each_valid_chunk(rec, &s, valid, x, |rec, r, input| {
         let first = r.start == 0;
         let dys = dy.slice(r.start * out_img..r.end * out_img);
         let rows = r.len() * s.oh;
