@@ -2,7 +2,7 @@
 //! goes into the step size, and epsilon (1e-7 by default, as in Keras) is added to sqrt(v)
 //! before the correction rather than after, so results match Keras rather than PyTorch exactly.
 
-use super::{check_buf, for_each_chunk};
+use super::{check_buf, for_each_chunk, MIN_TASK_ELEMENTS};
 use crate::error::{check_len, Result};
 use crate::gpu::{shaders, GpuBuffer, Recorder};
 use rayon::prelude::*;
@@ -39,7 +39,7 @@ pub fn step_cpu(cfg: AdamConfig, t: u64, param: &mut [f32], grad: &[f32], m: &mu
     check_len("adam", "second moment", v.len(), n)?;
     let lr_t = cfg.lr_t(t);
     let (b1, b2, eps) = (cfg.beta1, cfg.beta2, cfg.epsilon);
-    param.par_iter_mut().with_min_len(1 << 14).zip(grad).zip(m.par_iter_mut().zip(v.par_iter_mut())).for_each(|((p, &g), (m, v))| {
+    param.par_iter_mut().with_min_len(MIN_TASK_ELEMENTS).zip(grad).zip(m.par_iter_mut().zip(v.par_iter_mut())).for_each(|((p, &g), (m, v))| {
         *m = b1 * *m + (1.0 - b1) * g;
         *v = b2 * *v + (1.0 - b2) * g * g;
         *p -= lr_t * *m / (v.sqrt() + eps);

@@ -6,7 +6,7 @@
 //! GPU: shaders/batchnorm_forward.wgsl (statistics, normalisation) and
 //! shaders/batchnorm_backward.wgsl (per-channel sums, data gradient).
 
-use super::check_buf;
+use super::{check_buf, items_per_task};
 use crate::error::{check_len, Result};
 use crate::gpu::{shaders, GpuBuffer, Recorder};
 use rayon::prelude::*;
@@ -34,11 +34,6 @@ impl BnShape {
     fn channel<'a>(&self, x: &'a [f32], c: usize) -> impl Iterator<Item = f32> + 'a {
         let (channels, plane) = (self.channels, self.plane);
         x.chunks_exact(plane.max(1)).skip(c).step_by(channels).flatten().copied()
-    }
-    /// Planes per parallel task: at least 16k elements, so a dense layer's [batch, features]
-    /// (planes of one element) is not split into one task per value.
-    fn min_planes(&self) -> usize {
-        ((1 << 14) / self.plane.max(1)).max(1)
     }
 }
 
@@ -120,7 +115,8 @@ pub fn forward_infer_cpu(s: BnShape, cfg: BnConfig, x: &[f32], p: BnParams<'_, [
 }
 
 fn normalize_cpu(s: &BnShape, x: &[f32], gamma: &[f32], beta: &[f32], mean: &[f32], invstd: &[f32], y: &mut [f32]) {
-    y.par_chunks_mut(s.plane.max(1)).zip(x.par_chunks(s.plane.max(1))).enumerate().with_min_len(s.min_planes()).for_each(|(i, (y, x))| {
+    let plane = s.plane.max(1);
+    y.par_chunks_mut(plane).zip(x.par_chunks(plane)).enumerate().with_min_len(items_per_task(plane)).for_each(|(i, (y, x))| {
         let c = i % s.channels;
         y.iter_mut().zip(x).for_each(|(y, &x)| *y = gamma[c] * (x - mean[c]) * invstd[c] + beta[c]);
     });
@@ -143,7 +139,8 @@ pub fn backward_cpu(s: BnShape, x: &[f32], dy: &[f32], gamma: &[f32], saved: BnS
         dbeta[c] = b as f32;
     }
     let (dgamma, dbeta) = (&*dgamma, &*dbeta);
-    dx.par_chunks_mut(s.plane.max(1)).zip(x.par_chunks(s.plane.max(1))).zip(dy.par_chunks(s.plane.max(1))).enumerate().with_min_len(s.min_planes()).for_each(|(i, ((dx, x), dy))| {
+    let plane = s.plane.max(1);
+    dx.par_chunks_mut(plane).zip(x.par_chunks(plane)).zip(dy.par_chunks(plane)).enumerate().with_min_len(items_per_task(plane)).for_each(|(i, ((dx, x), dy))| {
         let c = i % s.channels;
         for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
             *dx = gamma[c] * saved.invstd[c] / n * (n * dy - dbeta[c] - xhat(c, x) * dgamma[c]);

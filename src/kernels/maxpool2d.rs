@@ -2,7 +2,7 @@
 //! MaxPooling2D with 'valid' padding: a remainder row or column is dropped). The forward pass
 //! records the in-plane index of each maximum for the backward pass.
 
-use super::check_buf;
+use super::{check_buf, items_per_task};
 use crate::error::{check_len, shape_err, Result};
 use crate::gpu::{shaders, GpuBuffer, Recorder};
 use rayon::prelude::*;
@@ -42,13 +42,10 @@ pub fn forward_cpu(s: PoolShape, x: &[f32], y: &mut [f32], argmax: &mut [u32]) -
     check_len("maxpool2d", "output", y.len(), s.output_len())?;
     check_len("maxpool2d", "argmax", argmax.len(), s.output_len())?;
     let (plane_in, plane_out, ow, size) = (s.h * s.w, s.oh() * s.ow(), s.ow(), s.size);
-    // Tasks of at least 32k inputs (about 10 us): small layers, as in batch-1 inference, run on
-    // one thread, since a task per plane cost more than its pooling.
-    let min_planes = (1 << 15) / plane_in.max(1);
     y.par_chunks_mut(plane_out.max(1))
         .zip(argmax.par_chunks_mut(plane_out.max(1)))
         .zip(x.par_chunks(plane_in))
-        .with_min_len(min_planes.max(1))
+        .with_min_len(items_per_task(plane_in))
         .for_each(|((yp, ap), xp)| {
             for (oy, (yrow, arow)) in yp.chunks_exact_mut(ow).zip(ap.chunks_exact_mut(ow)).enumerate() {
                 for (ox, (y, a)) in yrow.iter_mut().zip(arow.iter_mut()).enumerate() {

@@ -106,6 +106,16 @@ pub(crate) fn check_buf<T: bytemuck::Pod>(op: &'static str, name: &str, buf: &Gp
     crate::error::check_len(op, name, buf.len(), expected)
 }
 
+/// Elements a rayon task gets at least in the element-wise and per-plane CPU kernels: about
+/// 10 us of work, so that small layers (batch-1 inference, a dense layer's [batch, features])
+/// are not split into tasks that cost more to schedule than to run.
+pub(crate) const MIN_TASK_ELEMENTS: usize = 1 << 15;
+
+/// Items of `item_len` elements per rayon task (see [`MIN_TASK_ELEMENTS`]).
+pub(crate) fn items_per_task(item_len: usize) -> usize {
+    (MIN_TASK_ELEMENTS / item_len.max(1)).max(1)
+}
+
 /// Whether a batch is big enough to hand each rayon thread whole images (true) or better
 /// served by letting the matrix product itself use the threads (false).
 pub(crate) fn parallel_over_batch(batch: usize) -> bool {

@@ -1,16 +1,14 @@
 //! ReLU and its gradient, element-wise.
 
-use super::{check_buf, for_each_chunk};
+use super::{check_buf, for_each_chunk, MIN_TASK_ELEMENTS};
 use crate::error::{check_len, Result};
 use crate::gpu::{shaders, GpuBuffer, Recorder};
 use rayon::prelude::*;
 
-const MIN_PARALLEL: usize = 1 << 15;
-
 pub fn forward_cpu(x: &[f32], y: &mut [f32]) -> Result<()> {
     check_len("relu", "output", y.len(), x.len())?;
     // Written so that NaN passes through (f32::max would turn it into 0 and hide a diverging run).
-    y.par_iter_mut().with_min_len(MIN_PARALLEL).zip(x).for_each(|(y, &x)| *y = if x <= 0.0 { 0.0 } else { x });
+    y.par_iter_mut().with_min_len(MIN_TASK_ELEMENTS).zip(x).for_each(|(y, &x)| *y = if x <= 0.0 { 0.0 } else { x });
     Ok(())
 }
 
@@ -18,7 +16,7 @@ pub fn forward_cpu(x: &[f32], y: &mut [f32]) -> Result<()> {
 pub fn backward_cpu(x: &[f32], dy: &[f32], dx: &mut [f32]) -> Result<()> {
     check_len("relu", "output gradient", dy.len(), x.len())?;
     check_len("relu", "input gradient", dx.len(), x.len())?;
-    dx.par_iter_mut().with_min_len(MIN_PARALLEL).zip(x).zip(dy).for_each(|((dx, &x), &g)| *dx = if x > 0.0 { g } else { 0.0 });
+    dx.par_iter_mut().with_min_len(MIN_TASK_ELEMENTS).zip(x).zip(dy).for_each(|((dx, &x), &g)| *dx = if x > 0.0 { g } else { 0.0 });
     Ok(())
 }
 
