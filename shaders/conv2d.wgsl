@@ -2,31 +2,33 @@
 // (see src/kernels/conv2d.rs for why):
 //     out[img, co, oy, ox] = bias[co] + sum over (ci, ky, kx) of
 //                            w[co, ci, ky, kx] * x[img, ci, oy + ky, ox + kx]
-// Zero padding is applied beforehand by conv2d_pad.wgsl, and the weights are packed by
-// conv2d_pack.wgsl: packed[(ci, ky, kx)][co] with co padded to a multiple of 8, read here as
-// vec4s. The data gradient runs this kernel on padded dy with the flipped, transposed weights
-// that conv2d_pack.wgsl also writes. `zero_top` and `zero_bottom`
-// say how many rows of the input are such padding, so windows lying wholly in them are skipped
-// (a fifth of the work of the 10x10 data gradient).
+// Zero padding is applied beforehand by conv2d_pad.wgsl, which also widens the rows to a
+// multiple of 4 so that they are read here as vec4s; `zero_top` and `zero_bottom` say how many
+// rows of the input are such padding, so windows lying wholly in them are skipped (a fifth of
+// the work of the 10x10 data gradient). The weights come packed by conv2d_pack.wgsl:
+// packed[(ci, ky, kx)][co] with co padded to a multiple of 8, also read as vec4s. The data
+// gradient runs this kernel on padded dy with the flipped, transposed weights that
+// conv2d_pack.wgsl also writes.
 //
 // Outputs are computed at every column q % w of the flattened input width, q = oy * w + ox, so
 // the input a tap reads is the flat plane shifted by ky * w + kx: a 16-output window slides along
 // a kernel row by one element per tap, across row ends as well. The w - ow columns past the
-// output's edge are computed and dropped (8 % at 22 columns), which wastes far less than row
-// tiles at the narrow layers (10 columns padded to 16).
+// output's edge are computed and dropped (2 of 24 at conv3), which wastes far less than row
+// tiles at the narrow layers (8 columns padded to 16).
 //
 // Each thread computes 8 output channels x 16 consecutive outputs in 32 named vec4 registers.
-// A kernel row costs 4 vec4 input loads, then 1 more load and 2 vec4 weight loads per tap, for
-// 128 multiply-adds per tap: lavapipe turns
-// every load into a per-lane gather, so loads per multiply-add is what sets its speed (eight
-// scalar weight loads instead of two vec4 ones cost about 20 % at conv2-4). Measured there
-// (ms at batch 64, conv2 / conv3 / conv4): 8 channels x 8 pixels of a row, 9 loads per 64:
-// 2070 at conv3; 2 x 16: 3001 / 2618 / 968; 4 x 16: 2000 / 1770 / 600; 8 x 16: 1401 / 1207 /
-// 431; 16 x 16 gained another 12 % but holds 256 accumulators, too many for a real GPU's
-// registers. Loops run over (ci, ky, kx) with no integer division inside them: on CPU Vulkan
-// drivers vector integer division is split into scalar divisions, which made an
-// implicit-im2col formulation ten times slower. (Accumulators in an indexed array can end up
-// in memory there, hence the names.)
+// A kernel row costs 4 vec4 input loads, then per tap 1 more input load and 2 vec4 weight loads
+// for 128 multiply-adds. lavapipe turns every load into a per-lane gather, so loads per
+// multiply-add is what sets its speed there: eight scalar weight loads per tap instead of two
+// vec4s cost about 20 % at conv2-4, sixteen scalar input loads per row instead of four vec4s
+// 7-12 % of the data gradients. Tile shapes measured there before the vec4 loads (ms at batch
+// 64, conv2 / conv3 / conv4, on an AVX2 host): 8 channels x 8 pixels of a row: 2070 at conv3;
+// 2 x 16: 3001 / 2618 / 968; 4 x 16: 2000 / 1770 / 600; 8 x 16: 1401 / 1207 / 431; 16 x 16
+// gained another 12 % but holds 256 accumulators, too many for a real GPU's registers. Loops
+// run over (ci, ky, kx) with no integer division inside them: on CPU Vulkan drivers vector
+// integer division is split into scalar divisions, which made an implicit-im2col formulation
+// ten times slower. (Accumulators in an indexed array can end up in memory there, hence the
+// names.)
 // Flags: bit 0 adds bias[co]; bit 1 adds into out.
 
 struct Params {
