@@ -17,8 +17,8 @@
 // tiles at the narrow layers (8 columns padded to 16).
 //
 // Each thread computes 8 output channels x 16 consecutive outputs in 32 named vec4 registers.
-// A kernel row costs 4 vec4 input loads, then per tap 1 more input load and 2 vec4 weight loads
-// for 128 multiply-adds. lavapipe turns every load into a per-lane gather, so loads per
+// A kernel row costs 5 vec4 input loads (one more per 4 taps past the fifth), and a tap 2 vec4
+// weight loads for 128 multiply-adds. lavapipe turns every load into a per-lane gather, so loads per
 // multiply-add is what sets its speed there: eight scalar weight loads per tap instead of two
 // vec4s cost about 20 % at conv2-4, sixteen scalar input loads per row instead of four vec4s
 // 7-12 % of the data gradients. Tile shapes measured there before the vec4 loads (ms at batch
@@ -89,13 +89,19 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
             var v1 = x[min(s4 + 1u, last_in)];
             var v2 = x[min(s4 + 2u, last_in)];
             var v3 = x[min(s4 + 3u, last_in)];
+            // The elements that slide in next, four at a time.
+            var next = x[min(s4 + 4u, last_in)];
             var tap = (ci * p.kh + ky) * p.kw;
             for (var kx = 0u; kx < p.kw; kx++) {
                 if (kx > 0u) {
+                    if (kx > 1u && kx % 4u == 1u) {
+                        next = x[min(s4 + 4u + kx / 4u, last_in)];
+                    }
                     v0 = vec4<f32>(v0.yzw, v1.x);
                     v1 = vec4<f32>(v1.yzw, v2.x);
                     v2 = vec4<f32>(v2.yzw, v3.x);
-                    v3 = vec4<f32>(v3.yzw, x[min(s4 + (kx + 15u) / 4u, last_in)][(kx + 15u) % 4u]);
+                    v3 = vec4<f32>(v3.yzw, next.x);
+                    next = vec4<f32>(next.yzw, 0.0);
                 }
                 // Channels co0 .. co0+3 and co0+4 .. co0+7 of this tap.
                 let wl = wt[(tap * co_blocks + cb) * 2u];

@@ -37,6 +37,8 @@ fn odd_convs() -> Vec<Conv2dShape> {
         Conv2dShape::new(2, 2, (7, 7), 3, (2, 2), Padding::Same).unwrap(),
         Conv2dShape::new(2, 3, (8, 9), 5, (1, 1), Padding::Valid).unwrap(),
         Conv2dShape::new(1, 4, (6, 17), 3, (3, 5), Padding::Valid).unwrap(),
+        // Kernel rows past 5 taps: conv2d.wgsl loads the input window's next vec4 mid-row.
+        Conv2dShape::new(2, 3, (9, 14), 9, (2, 7), Padding::Valid).unwrap(),
     ]
 }
 
