@@ -579,11 +579,11 @@ pub fn bench_train<B: crate::nn::Backend>(backend: &B, config: crate::nn::ModelC
         Ok(())
     })?;
     let infer = median(&mut || {
-        model.predict(backend, &images)?;
+        model.predict(backend, &images, false)?;
         Ok(())
     })?;
     let single = median(&mut || {
-        model.predict(backend, &images[..px])?;
+        model.predict(backend, &images[..px], false)?;
         Ok(())
     })?;
     Ok(TrainBench {

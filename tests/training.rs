@@ -145,6 +145,38 @@ fn warp_kernel_matches_cpu_and_identity_is_exact() {
     assert_close("warp", &g.read(&out).unwrap(), &cpu, 1e-5);
 }
 
+/// Each 48x48 image of `data` with its rows reversed.
+fn mirrored(data: &Dataset) -> Dataset {
+    let mut out = data.clone();
+    out.images.chunks_mut(48).for_each(<[u8]>::reverse);
+    out
+}
+
+fn check_mirror_evaluation<B: Backend>(backend: &B) {
+    let data = synthetic(37, 4);
+    let mut model = Model::new(backend, tiny_model(), 6).unwrap();
+    let alone = model.predict(backend, &data.images, false).unwrap();
+    let flipped = model.predict(backend, &mirrored(&data).images, false).unwrap();
+    let both = model.predict(backend, &data.images, true).unwrap();
+    let mean: Vec<f32> = alone.iter().zip(&flipped).map(|(a, b)| 0.5 * (a + b)).collect();
+    assert_close("mirror-averaged probabilities", &both, &mean, 1e-5);
+
+    let single = train::evaluate(&mut model, backend, &data, 16, false).unwrap();
+    let tta = train::evaluate(&mut model, backend, &data, 16, true).unwrap();
+    assert!(!single.mirror && tta.mirror);
+    assert_eq!(tta.single_accuracy, single.accuracy);
+    let correct = |probs: &[f32]| probs.chunks(7).zip(&data.labels).filter(|(p, &l)| (0..7).all(|c| p[c] <= p[l as usize])).count();
+    assert_eq!((tta.accuracy * 37.0).round() as usize, correct(&mean));
+    let loss = -mean.chunks(7).zip(&data.labels).map(|(p, &l)| (p[l as usize] as f64).ln()).sum::<f64>() / 37.0;
+    assert!((tta.loss - loss).abs() < 1e-4, "mirror loss {} vs {loss}", tta.loss);
+}
+
+#[test]
+fn mirror_evaluation_averages_each_image_with_its_mirror_image() {
+    check_mirror_evaluation(&Cpu);
+    check_mirror_evaluation(&GpuBackend::new(gpu()));
+}
+
 fn run<B: Backend>(backend: &B, dir: &Path, epochs: usize, resume: bool) -> (Model<B>, train::RunState) {
     let mut model = Model::new(backend, tiny_model(), 5).unwrap();
     let files = RunFiles { dir: dir.to_path_buf() };

@@ -11,6 +11,8 @@ use rayon::prelude::*;
 
 /// The identity map (no augmentation).
 pub const IDENTITY: [f32; 6] = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0];
+/// The horizontal mirror image: output column x reads source column 47 - x.
+pub const MIRROR: [f32; 6] = [-1.0, 0.0, (SIDE - 1) as f32, 0.0, 1.0, 0.0];
 
 const PLANE: usize = SIDE * SIDE;
 

@@ -304,7 +304,12 @@ impl<B: Backend> Model<B> {
 
     /// Inference on a batch: loss, correct count and the probabilities.
     pub fn evaluate_batch(&mut self, backend: &B, images: &[u8], labels: &[u32]) -> Result<BatchResult> {
-        let wi = self.load_batch(backend, images, &vec![crate::kernels::warp::IDENTITY; labels.len()], labels)?;
+        self.evaluate_batch_warped(backend, images, crate::kernels::warp::IDENTITY, labels)
+    }
+
+    /// [`Model::evaluate_batch`] on every image warped by `map` (the mirror images, say).
+    pub fn evaluate_batch_warped(&mut self, backend: &B, images: &[u8], map: [f32; 6], labels: &[u32]) -> Result<BatchResult> {
+        let wi = self.load_batch(backend, images, &vec![map; labels.len()], labels)?;
         let ws = &self.workspaces[wi];
         self.forward(backend, ws, false, 0)?;
         self.loss(backend, ws, 0.0)?;
@@ -318,12 +323,18 @@ impl<B: Backend> Model<B> {
 }
 
 impl<B: Backend> Model<B> {
-    /// Class probabilities ([n, classes]) for 48x48 byte images ([n, 48, 48]).
-    pub fn predict(&mut self, backend: &B, images: &[u8]) -> Result<Vec<f32>> {
+    /// Class probabilities ([n, classes]) for 48x48 byte images ([n, 48, 48]); with `mirror`,
+    /// the mean of each image's and its mirror image's.
+    pub fn predict(&mut self, backend: &B, images: &[u8], mirror: bool) -> Result<Vec<f32>> {
         let n = images.len() / self.input_len.max(1);
         // The loss needs labels; any valid ones do, since only the probabilities are used.
-        let r = self.evaluate_batch(backend, images, &vec![0; n])?;
-        Ok(r.probs.expect("evaluation returns probabilities"))
+        let labels = vec![0; n];
+        let mut probs = self.evaluate_batch(backend, images, &labels)?.probs.expect("evaluation returns probabilities");
+        if mirror {
+            let mirrored = self.evaluate_batch_warped(backend, images, crate::kernels::warp::MIRROR, &labels)?;
+            probs.iter_mut().zip(mirrored.probs.expect("evaluation returns probabilities")).for_each(|(p, q)| *p = 0.5 * (*p + q));
+        }
+        Ok(probs)
     }
 }
 
