@@ -205,8 +205,7 @@ pub fn evaluate<B: Backend>(model: &mut Model<B>, backend: &B, data: &Dataset, b
         if mirror {
             // Test-time augmentation: the mean of the probabilities of each face and its mirror
             // image, and the cross-entropy of that mean.
-            let m = model.evaluate_batch_warped(backend, &images, crate::kernels::warp::MIRROR, &labels)?;
-            probs.iter_mut().zip(m.probs.expect("evaluation returns probabilities")).for_each(|(p, q)| *p = 0.5 * (*p + q));
+            model.average_with_mirror(backend, &images, &labels, &mut probs)?;
             loss_sum -= probs.chunks(classes).zip(&labels).map(|(row, &l)| (row[l as usize].max(f32::MIN_POSITIVE) as f64).ln()).sum::<f64>();
         } else {
             loss_sum += r.loss as f64 * chunk.len() as f64;

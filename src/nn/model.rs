@@ -308,7 +308,7 @@ impl<B: Backend> Model<B> {
     }
 
     /// [`Model::evaluate_batch`] on every image warped by `map` (the mirror images, say).
-    pub fn evaluate_batch_warped(&mut self, backend: &B, images: &[u8], map: [f32; 6], labels: &[u32]) -> Result<BatchResult> {
+    fn evaluate_batch_warped(&mut self, backend: &B, images: &[u8], map: [f32; 6], labels: &[u32]) -> Result<BatchResult> {
         let wi = self.load_batch(backend, images, &vec![map; labels.len()], labels)?;
         let ws = &self.workspaces[wi];
         self.forward(backend, ws, false, 0)?;
@@ -331,10 +331,17 @@ impl<B: Backend> Model<B> {
         let labels = vec![0; n];
         let mut probs = self.evaluate_batch(backend, images, &labels)?.probs.expect("evaluation returns probabilities");
         if mirror {
-            let mirrored = self.evaluate_batch_warped(backend, images, crate::kernels::warp::MIRROR, &labels)?;
-            probs.iter_mut().zip(mirrored.probs.expect("evaluation returns probabilities")).for_each(|(p, q)| *p = 0.5 * (*p + q));
+            self.average_with_mirror(backend, images, &labels, &mut probs)?;
         }
         Ok(probs)
+    }
+
+    /// Replaces `probs`, the class probabilities of `images`, with their mean with those of the
+    /// images' mirror images.
+    pub fn average_with_mirror(&mut self, backend: &B, images: &[u8], labels: &[u32], probs: &mut [f32]) -> Result<()> {
+        let mirrored = self.evaluate_batch_warped(backend, images, crate::kernels::warp::MIRROR, labels)?;
+        probs.iter_mut().zip(mirrored.probs.expect("evaluation returns probabilities")).for_each(|(p, q)| *p = 0.5 * (*p + q));
+        Ok(())
     }
 }
 
