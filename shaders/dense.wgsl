@@ -2,7 +2,7 @@
 // laid out k-major: A as a[k, m] with rows padded to a multiple of 16, B as b[k, n] with rows
 // padded to a multiple of 8, the padding zero. src/kernels/dense.rs passes an operand as it is
 // when it already has that layout (W in the forward product, x and dy in the weight gradient)
-// and packs it with dense_pack.wgsl otherwise.
+// and packs it with dense_pack.wgsl (or dense_transpose.wgsl, for a transpose) otherwise.
 //
 // Each thread accumulates a 16x8 block of C in 32 named vec4 registers (an indexed array can end
 // up in memory on lavapipe). A step of k loads four vec4s of A and two of B for 128

@@ -8,12 +8,7 @@ struct Params { k: u32, width: u32, width_pad: u32, k_stride: u32, i_stride: u32
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> packed: array<f32>;
 
-// In bounds for a well-formed call; clamped all the same, as every load here is.
-fn load(i: u32, k: u32) -> f32 {
-    return src[min(k * p.k_stride + i * p.i_stride, arrayLength(&src) - 1u)];
-}
-
-// One thread per element of `packed`, for sources strided along k.
+// One thread per element of `packed`.
 @compute @workgroup_size(256)
 fn pack(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let t = linear_index(wid, nwg, lid, 256u);
@@ -24,7 +19,8 @@ fn pack(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let i = t % p.width_pad;
     var v = 0.0;
     if (i < p.width) {
-        v = load(i, k);
+        // In bounds for a well-formed call; clamped all the same.
+        v = src[min(k * p.k_stride + i * p.i_stride, arrayLength(&src) - 1u)];
     }
     packed[t] = v;
 }

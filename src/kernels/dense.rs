@@ -1,7 +1,8 @@
 //! Dense (fully connected) layer: `y = x W + b` with x [batch, in], W [in, out] (Keras' layout),
 //! b [out], and its two backward products `dx = dy W^T` and `dW = x^T dy`, `db = sum dy`.
 //! GPU: one register-tiled product on k-major operands (shaders/dense.wgsl) serves all three;
-//! an operand not already laid out that way is packed first (shaders/dense_pack.wgsl).
+//! an operand not already laid out that way is packed first (shaders/dense_pack.wgsl, or
+//! shaders/dense_transpose.wgsl when packing is a transpose).
 
 use super::reduce::{self, split_k, ACCUMULATE, WRITE_SPLITS};
 use super::{check_buf, sgemm, MatRef};
@@ -100,7 +101,8 @@ struct Operand<'a> {
 }
 
 /// The operand in dense.wgsl's k-major layout with rows of `width` padded to `pad`: `None` when
-/// it already is (then it is bound as it is), else a packed copy (dense_pack.wgsl).
+/// it already is (then it is bound as it is), else a packed copy: by 4x4 blocks when that is a
+/// transpose of whole vec4s (dense_transpose.wgsl), element by element otherwise (dense_pack.wgsl).
 fn k_major(rec: &mut Recorder, op: &Operand, k: usize, width: usize, pad: usize) -> Result<Option<GpuBuffer<f32>>> {
     let width_pad = width.next_multiple_of(pad);
     if op.i_stride == 1 && op.k_stride == width_pad {
@@ -111,7 +113,7 @@ fn k_major(rec: &mut Recorder, op: &Operand, k: usize, width: usize, pad: usize)
     let bindings = [op.slice, packed.all().rw()];
     if op.k_stride == 1 && k % 4 == 0 && op.i_stride % 4 == 0 {
         let blocks = (k / 4) * (width_pad / 4);
-        rec.dispatch_linear("dense_pack", &shaders::DENSE_TRANSPOSE, "transpose", &params, &bindings, blocks, 64)?;
+        rec.dispatch_linear("dense_transpose", &shaders::DENSE_TRANSPOSE, "transpose", &params, &bindings, blocks, 64)?;
     } else {
         rec.dispatch_linear("dense_pack", &shaders::DENSE_PACK, "pack", &params, &bindings, packed.len(), 256)?;
     }
