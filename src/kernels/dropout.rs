@@ -31,12 +31,6 @@ impl Mask {
     pub fn keeps(&self, i: u32) -> bool {
         mix32(i ^ mix32(self.seed)) >= self.threshold()
     }
-
-    /// `keeps` for a run of elements, with the per-call work hoisted out of the loop.
-    fn keep_run(&self, start: u32) -> impl Fn(u32) -> bool {
-        let (key, threshold) = (mix32(self.seed), self.threshold());
-        move |j| mix32((start + j) ^ key) >= threshold
-    }
 }
 
 /// The same integer finaliser as dropout.wgsl.
@@ -60,9 +54,11 @@ pub fn apply_cpu(mask: Mask, src: &[f32], dst: &mut [f32]) -> Result<()> {
     let scale = mask.scale();
     const CHUNK: usize = 1 << 14;
     dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).enumerate().for_each(|(c, (d, s))| {
-        let keeps = mask.keep_run((c * CHUNK) as u32);
-        for (j, (d, &s)) in d.iter_mut().zip(s).enumerate() {
-            *d = if keeps(j as u32) { s * scale } else { 0.0 };
+        // The product is taken whether kept or not, so the loop has no branch and compiles to
+        // SIMD (it ran scalar at 5 GB/s).
+        for ((d, &s), i) in d.iter_mut().zip(s).zip((c * CHUNK) as u32..) {
+            let kept = s * scale;
+            *d = if mask.keeps(i) { kept } else { 0.0 };
         }
     });
     Ok(())
