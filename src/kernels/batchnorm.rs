@@ -29,12 +29,36 @@ impl BnShape {
     fn count(&self) -> usize {
         self.batch * self.plane
     }
-    /// Channel c's elements in order (image by image, pixels within an image): the order of
-    /// every per-channel sum, so results do not depend on the thread count.
-    fn channel<'a>(&self, x: &'a [f32], c: usize) -> impl Iterator<Item = f32> + 'a {
-        let (channels, plane) = (self.channels, self.plane);
-        x.chunks_exact(plane.max(1)).skip(c).step_by(channels).flatten().copied()
+    /// Channel c's planes, image by image: every per-channel sum runs in this order, so
+    /// results do not depend on the thread count.
+    fn channel<'a>(&self, x: &'a [f32], c: usize) -> impl Iterator<Item = &'a [f32]> + 'a {
+        x.chunks_exact(self.plane.max(1)).skip(c).step_by(self.channels)
     }
+}
+
+/// Sums of `terms(a[i], b[i])` in f64 (the CPU side is the reference the GPU's tree sums are
+/// compared with), kept in eight lanes per sum so that the loop compiles to SIMD: summed one
+/// after another, the per-channel sums were a fifth of vgg_bn's training step.
+fn lane_sums<const K: usize>(a: &[f32], b: &[f32], terms: impl Fn(f64, f64) -> [f64; K]) -> [f64; K] {
+    const LANES: usize = 8;
+    let mut lanes = [[0.0f64; LANES]; K];
+    let (mut ca, mut cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    for (ca, cb) in (&mut ca).zip(&mut cb) {
+        for l in 0..LANES {
+            let t = terms(ca[l] as f64, cb[l] as f64);
+            for k in 0..K {
+                lanes[k][l] += t[k];
+            }
+        }
+    }
+    let mut sums = lanes.map(|l| l.iter().sum::<f64>());
+    for (&a, &b) in ca.remainder().iter().zip(cb.remainder()) {
+        let t = terms(a as f64, b as f64);
+        for k in 0..K {
+            sums[k] += t[k];
+        }
+    }
+    sums
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -90,9 +114,8 @@ pub fn forward_train_cpu(
     let stats: Vec<(f64, f64)> = (0..s.channels)
         .into_par_iter()
         .map(|c| {
-            // f64 sums: the CPU side is the reference the GPU's tree sums are compared with.
-            let mu = s.channel(x, c).map(|v| v as f64).sum::<f64>() / n;
-            let var = s.channel(x, c).map(|v| (v as f64 - mu).powi(2)).sum::<f64>() / n;
+            let mu = s.channel(x, c).map(|p| lane_sums(p, p, |v, _| [v])[0]).sum::<f64>() / n;
+            let var = s.channel(x, c).map(|p| lane_sums(p, p, |v, _| [(v - mu) * (v - mu)])[0]).sum::<f64>() / n;
             (mu, var)
         })
         .collect();
@@ -130,11 +153,17 @@ pub fn backward_cpu(s: BnShape, x: &[f32], dy: &[f32], gamma: &[f32], saved: BnS
     check_len("batchnorm", "output gradient", dy.len(), s.len())?;
     let n = s.count() as f32;
     let xhat = |c: usize, v: f32| (v - saved.mean[c]) * saved.invstd[c];
-    let sums: Vec<(f64, f64)> = (0..s.channels)
+    let sums: Vec<[f64; 2]> = (0..s.channels)
         .into_par_iter()
-        .map(|c| s.channel(x, c).zip(s.channel(dy, c)).fold((0.0f64, 0.0f64), |(g, b), (x, dy)| (g + (dy * xhat(c, x)) as f64, b + dy as f64)))
+        .map(|c| {
+            let (mean, invstd) = (saved.mean[c] as f64, saved.invstd[c] as f64);
+            s.channel(x, c).zip(s.channel(dy, c)).fold([0.0; 2], |acc, (x, dy)| {
+                let plane = lane_sums(x, dy, |x, dy| [dy * (x - mean) * invstd, dy]);
+                [acc[0] + plane[0], acc[1] + plane[1]]
+            })
+        })
         .collect();
-    for (c, &(g, b)) in sums.iter().enumerate() {
+    for (c, &[g, b]) in sums.iter().enumerate() {
         dgamma[c] = g as f32;
         dbeta[c] = b as f32;
     }
