@@ -29,7 +29,7 @@
 // integer division is split into scalar divisions, which made an implicit-im2col formulation
 // ten times slower. (Accumulators in an indexed array can end up in memory there, hence the
 // names.)
-// Flags: bit 0 adds bias[co]; bit 1 adds into out.
+// Flags: bit 0 adds bias[co].
 
 struct Params {
     batch: u32, cin: u32, h: u32, w: u32,
@@ -126,32 +126,48 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
             }
         }
     }
-    var acc = array<vec4<f32>, 32>(acc0_0, acc0_1, acc0_2, acc0_3, acc1_0, acc1_1, acc1_2, acc1_3, acc2_0, acc2_1, acc2_2, acc2_3, acc3_0, acc3_1, acc3_2, acc3_3, acc4_0, acc4_1, acc4_2, acc4_3, acc5_0, acc5_1, acc5_2, acc5_3, acc6_0, acc6_1, acc6_2, acc6_3, acc7_0, acc7_1, acc7_2, acc7_3);
+    // Quad k holds the flat outputs q0 + 4k .. q0 + 4k + 3: one row, since w is a multiple of 4
+    // and q0 of 16, of which the first n lie inside the output. Stored with every accumulator
+    // named where it is used: through an indexed array of them, the stores took half of
+    // conv1's time on lavapipe.
     let plane_out = p.oh * p.ow;
-    for (var c = 0u; c < CO_TILE; c++) {
-        let co = co0 + c;
-        if (co >= p.cout) {
-            break;
+    var oy = q0 / p.w;
+    var ox = q0 % p.w;
+    for (var k = 0u; k < 4u; k++) {
+        if (oy < p.oh && ox < p.ow) {
+            let o = (img * p.cout + co0) * plane_out + oy * p.ow + ox;
+            let n = min(4u, p.ow - ox);
+            store_quad(o, n, co0, quad(k, acc0_0, acc0_1, acc0_2, acc0_3));
+            store_quad(o + plane_out, n, co0 + 1u, quad(k, acc1_0, acc1_1, acc1_2, acc1_3));
+            store_quad(o + 2u * plane_out, n, co0 + 2u, quad(k, acc2_0, acc2_1, acc2_2, acc2_3));
+            store_quad(o + 3u * plane_out, n, co0 + 3u, quad(k, acc3_0, acc3_1, acc3_2, acc3_3));
+            store_quad(o + 4u * plane_out, n, co0 + 4u, quad(k, acc4_0, acc4_1, acc4_2, acc4_3));
+            store_quad(o + 5u * plane_out, n, co0 + 5u, quad(k, acc5_0, acc5_1, acc5_2, acc5_3));
+            store_quad(o + 6u * plane_out, n, co0 + 6u, quad(k, acc6_0, acc6_1, acc6_2, acc6_3));
+            store_quad(o + 7u * plane_out, n, co0 + 7u, quad(k, acc7_0, acc7_1, acc7_2, acc7_3));
         }
-        var b = 0.0;
-        if ((p.flags & 1u) != 0u) { b = bias[co]; }
-        let base = (img * p.cout + co) * plane_out;
-        // Output (oy, ox) of q0 + j, stepped without a division per output (vector integer
-        // division is slow on CPU drivers).
-        var oy = q0 / p.w;
-        var ox = q0 % p.w;
-        for (var j = 0u; j < Q_TILE; j++) {
-            if (oy < p.oh && ox < p.ow) {
-                var v = acc[4u * c + j / 4u][j % 4u] + b;
-                let o = base + oy * p.ow + ox;
-                if ((p.flags & 2u) != 0u) { v += out[o]; }
-                out[o] = v;
-            }
-            ox++;
-            if (ox == p.w) {
-                ox = 0u;
-                oy++;
-            }
+        ox += 4u;
+        if (ox == p.w) {
+            ox = 0u;
+            oy++;
         }
     }
+}
+
+// a<k>: k is the same in every thread, so this is a choice of register, not a memory access.
+fn quad(k: u32, a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>) -> vec4<f32> {
+    return select(select(a0, a1, k == 1u), select(a2, a3, k == 3u), k >= 2u);
+}
+
+// Outputs o .. o + n - 1 of channel co (plus its bias) from v.
+fn store_quad(o: u32, n: u32, co: u32, v: vec4<f32>) {
+    if (co >= p.cout) {
+        return;
+    }
+    var b = 0.0;
+    if ((p.flags & 1u) != 0u) { b = bias[co]; }
+    out[o] = v.x + b;
+    if (n > 1u) { out[o + 1u] = v.y + b; }
+    if (n > 2u) { out[o + 2u] = v.z + b; }
+    if (n > 3u) { out[o + 3u] = v.w + b; }
 }
