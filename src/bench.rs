@@ -117,7 +117,9 @@ fn seeded(n: usize, seed: u32) -> Vec<f32> {
     (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed.wrapping_mul(40503)) >> 8) as f32 / (1 << 23) as f32 - 1.0).collect()
 }
 
-fn conv_cases(gpu: &Gpu, name: &str, s: Conv2dShape) -> Result<Vec<Case>> {
+/// The forward pass and both gradients of one convolution; `data_grad` false leaves out the
+/// gradient with respect to the input, which training never computes for the first layer.
+fn conv_cases(gpu: &Gpu, name: &str, s: Conv2dShape, data_grad: bool) -> Result<Vec<Case>> {
     let x = seeded(s.input_len(), 1);
     let w: Vec<f32> = seeded(s.weight_len(), 2).iter().map(|v| v * 0.1).collect();
     let b = seeded(s.cout, 3);
@@ -131,29 +133,30 @@ fn conv_cases(gpu: &Gpu, name: &str, s: Conv2dShape) -> Result<Vec<Case>> {
     let mut y = vec![0.0; s.output_len()];
     let mut dx = vec![0.0; s.input_len()];
     let (mut dw, mut db) = (vec![0.0; s.weight_len()], vec![0.0; s.cout]);
-    Ok(vec![
-        Case {
-            name: format!("{name} forward"),
-            shape: shape.clone(),
-            work,
-            gpu: Box::new(move |rec| conv2d::forward_gpu(rec, s, &g1.0, &g1.1, &g1.2, &g1.4)),
-            cpu: Box::new(move || conv2d::forward_cpu(s, &x1, &w1, Some(&b1), &mut y)),
-        },
-        Case {
+    let mut cases = vec![Case {
+        name: format!("{name} forward"),
+        shape: shape.clone(),
+        work,
+        gpu: Box::new(move |rec| conv2d::forward_gpu(rec, s, &g1.0, &g1.1, &g1.2, &g1.4)),
+        cpu: Box::new(move || conv2d::forward_cpu(s, &x1, &w1, Some(&b1), &mut y)),
+    }];
+    if data_grad {
+        cases.push(Case {
             name: format!("{name} backward data"),
             shape: shape.clone(),
             work,
             gpu: Box::new(move |rec| conv2d::backward_data_gpu(rec, s, &g2.3, &g2.1, &g2.5)),
             cpu: Box::new(move || conv2d::backward_data_cpu(s, &dy2, &w2, &mut dx)),
-        },
-        Case {
-            name: format!("{name} backward filter"),
-            shape,
-            work,
-            gpu: Box::new(move |rec| conv2d::backward_filter_gpu(rec, s, &g3.0, &g3.3, &g3.6, &g3.7)),
-            cpu: Box::new(move || conv2d::backward_filter_cpu(s, &x, &dy, &mut dw, &mut db)),
-        },
-    ])
+        });
+    }
+    cases.push(Case {
+        name: format!("{name} backward filter"),
+        shape,
+        work,
+        gpu: Box::new(move |rec| conv2d::backward_filter_gpu(rec, s, &g3.0, &g3.3, &g3.6, &g3.7)),
+        cpu: Box::new(move || conv2d::backward_filter_cpu(s, &x, &dy, &mut dw, &mut db)),
+    });
+    Ok(cases)
 }
 
 fn dense_cases(gpu: &Gpu, name: &str, s: DenseShape) -> Result<Vec<Case>> {
@@ -353,10 +356,10 @@ fn xent_adam_bn_cases(gpu: &Gpu) -> Result<Vec<Case>> {
 fn cases(gpu: &Gpu, batch: usize) -> Result<Vec<Case>> {
     let conv = |cin, hw, cout| Conv2dShape::new(batch, cin, (hw, hw), cout, (3, 3), Padding::Valid);
     let mut all = Vec::new();
-    all.extend(conv_cases(gpu, "conv1 1->32", conv(1, 48, 32)?)?);
-    all.extend(conv_cases(gpu, "conv2 32->64", conv(32, 46, 64)?)?);
-    all.extend(conv_cases(gpu, "conv3 64->128", conv(64, 22, 128)?)?);
-    all.extend(conv_cases(gpu, "conv4 128->128", conv(128, 10, 128)?)?);
+    all.extend(conv_cases(gpu, "conv1 1->32", conv(1, 48, 32)?, false)?);
+    all.extend(conv_cases(gpu, "conv2 32->64", conv(32, 46, 64)?, true)?);
+    all.extend(conv_cases(gpu, "conv3 64->128", conv(64, 22, 128)?, true)?);
+    all.extend(conv_cases(gpu, "conv4 128->128", conv(128, 10, 128)?, true)?);
     all.extend(pool_cases(gpu, "maxpool1", PoolShape::new(batch, 64, (44, 44), 2)?)?);
     all.extend(pool_cases(gpu, "maxpool2", PoolShape::new(batch, 128, (20, 20), 2)?)?);
     all.extend(dense_cases(gpu, "dense1 2048->1024", DenseShape::new(batch, 2048, 1024)?)?);
