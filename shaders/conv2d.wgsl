@@ -29,7 +29,8 @@
 // integer division is split into scalar divisions, which made an implicit-im2col formulation
 // ten times slower. (Accumulators in an indexed array can end up in memory there, hence the
 // names.)
-// Flags: bit 0 adds bias[co].
+// Flags: bit 0 adds bias[co]; bit 1 applies a ReLU to the outputs (the model fuses a ReLU that
+// follows a convolution).
 
 struct Params {
     batch: u32, cin: u32, h: u32, w: u32,
@@ -159,15 +160,17 @@ fn quad(k: u32, a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>) -> v
     return select(select(a0, a1, k == 1u), select(a2, a3, k == 3u), k >= 2u);
 }
 
-// Outputs o .. o + n - 1 of channel co (plus its bias) from v.
-fn store_quad(o: u32, n: u32, co: u32, v: vec4<f32>) {
+// Outputs o .. o + n - 1 of channel co from v, plus the bias, through the ReLU.
+fn store_quad(o: u32, n: u32, co: u32, acc: vec4<f32>) {
     if (co >= p.cout) {
         return;
     }
-    var b = 0.0;
-    if ((p.flags & 1u) != 0u) { b = bias[co]; }
-    out[o] = v.x + b;
-    if (n > 1u) { out[o + 1u] = v.y + b; }
-    if (n > 2u) { out[o + 2u] = v.z + b; }
-    if (n > 3u) { out[o + 3u] = v.w + b; }
+    var v = acc;
+    if ((p.flags & 1u) != 0u) { v += vec4<f32>(bias[co]); }
+    // select, not max(): NaN passes through, as in relu.wgsl.
+    if ((p.flags & 2u) != 0u) { v = select(v, vec4<f32>(0.0), v <= vec4<f32>(0.0)); }
+    out[o] = v.x;
+    if (n > 1u) { out[o + 1u] = v.y; }
+    if (n > 2u) { out[o + 2u] = v.z; }
+    if (n > 3u) { out[o + 3u] = v.w; }
 }

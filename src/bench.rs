@@ -6,7 +6,7 @@ use crate::error::Result;
 use crate::gpu::{Gpu, GpuBuffer, Recorder};
 use crate::kernels::adam::{self, AdamConfig};
 use crate::kernels::batchnorm::{self, BnConfig, BnParams, BnSaved, BnShape};
-use crate::kernels::conv2d::{self, Conv2dShape, Padding};
+use crate::kernels::conv2d::{self, Activation, Conv2dShape, Padding};
 use crate::kernels::dense::{self, DenseShape};
 use crate::kernels::dropout::{self, Mask};
 use crate::kernels::maxpool2d::{self, PoolShape};
@@ -137,8 +137,8 @@ fn conv_cases(gpu: &Gpu, name: &str, s: Conv2dShape, data_grad: bool) -> Result<
         name: format!("{name} forward"),
         shape: shape.clone(),
         work,
-        gpu: Box::new(move |rec| conv2d::forward_gpu(rec, s, &g1.0, &g1.1, &g1.2, &g1.4)),
-        cpu: Box::new(move || conv2d::forward_cpu(s, &x1, &w1, Some(&b1), &mut y)),
+        gpu: Box::new(move |rec| conv2d::forward_gpu(rec, s, &g1.0, &g1.1, &g1.2, Activation::Relu, &g1.4)),
+        cpu: Box::new(move || conv2d::forward_cpu(s, &x1, &w1, Some(&b1), Activation::Relu, &mut y)),
     }];
     if data_grad {
         cases.push(Case {

@@ -4,7 +4,7 @@ mod common;
 
 use common::{assert_close, naive_conv, naive_matmul, randn_like, transpose};
 use mien::kernels::batchnorm::{self, BnConfig, BnParams, BnSaved, BnShape};
-use mien::kernels::conv2d::{self, Conv2dShape, Padding};
+use mien::kernels::conv2d::{self, Activation, Conv2dShape, Padding};
 use mien::kernels::dense::{self, DenseShape};
 
 #[test]
@@ -23,7 +23,7 @@ fn conv_forward_matches_direct_loops() {
         let w = randn_like(s.weight_len(), 100 + i as u64);
         let b = randn_like(s.cout, 200 + i as u64);
         let mut y = vec![0.0; s.output_len()];
-        conv2d::forward_cpu(s, &x, &w, Some(&b), &mut y).unwrap();
+        conv2d::forward_cpu(s, &x, &w, Some(&b), Activation::Identity, &mut y).unwrap();
         assert_close(&format!("conv {s:?}"), &y, &naive_conv(&s, &x, &w, &b), 1e-5);
     }
 }

@@ -6,7 +6,7 @@ mod common;
 
 use common::{randn_like, uniform};
 use mien::kernels::batchnorm::{self, BnConfig, BnSaved, BnShape};
-use mien::kernels::conv2d::{self, Conv2dShape, Padding};
+use mien::kernels::conv2d::{self, Activation, Conv2dShape, Padding};
 use mien::kernels::dense::{self, DenseShape};
 use mien::kernels::dropout::{self, Mask};
 use mien::kernels::maxpool2d::{self, PoolShape};
@@ -49,7 +49,7 @@ fn conv2d_gradients() {
         conv2d::backward_filter_cpu(s, &x, &r, &mut dw, &mut db).unwrap();
         let loss = |x: &[f32], w: &[f32], b: &[f32]| {
             let mut y = vec![0.0; s.output_len()];
-            conv2d::forward_cpu(s, x, w, Some(b), &mut y).unwrap();
+            conv2d::forward_cpu(s, x, w, Some(b), Activation::Identity, &mut y).unwrap();
             dot(&y, &r)
         };
         check("conv dx", &x, &dx, 1e-2, 2e-3, |v| loss(v, &w, &b));
@@ -150,4 +150,44 @@ fn batchnorm_gradients() {
     check("batchnorm dx", &x, &dx, 1e-2, 5e-3, |v| dot(&forward(v, &gamma, &beta).0, &r));
     check("batchnorm dgamma", &gamma, &dgamma, 1e-2, 2e-3, |v| dot(&forward(&x, v, &beta).0, &r));
     check("batchnorm dbeta", &beta, &dbeta, 1e-2, 2e-3, |v| dot(&forward(&x, &gamma, v).0, &r));
+}
+
+/// The model's backward pass as a whole, on the CPU backend: the parameter gradients of one
+/// training step match finite differences of the evaluation loss. Both convolutions run with
+/// their ReLU fused in (conv2d::Activation); the dense layer's ReLU runs on its own.
+#[test]
+fn model_gradients_through_fused_relus() {
+    use mien::kernels::{adam::AdamConfig, warp};
+    use mien::nn::{Backend, Cpu, Model, ModelConfig};
+    let config = ModelConfig::from_json(
+        r#"{"name": "grad", "input": [1, 48, 48], "classes": 7, "layers": [
+            {"type": "conv2d", "filters": 3, "kernel": 3}, {"type": "relu"}, {"type": "max_pool", "size": 4},
+            {"type": "conv2d", "filters": 4, "kernel": 3, "padding": "same"}, {"type": "relu"}, {"type": "max_pool", "size": 3},
+            {"type": "flatten"}, {"type": "dense", "units": 8}, {"type": "relu"}, {"type": "dense", "units": 7}]}"#,
+        "grad",
+    )
+    .unwrap();
+    let backend = Cpu;
+    let model = std::cell::RefCell::new(Model::new(&backend, config, 3).unwrap());
+    let images: Vec<u8> = uniform(4 * 48 * 48, 7, 0.0, 255.0).iter().map(|&v| v as u8).collect();
+    let labels = [0u32, 3, 5, 6];
+    let start: Vec<Vec<f32>> = model.borrow().params.iter().map(|p| backend.read(&p.value).unwrap()).collect();
+    // The gradients are taken at the starting weights; Adam's update after them is undone.
+    model.borrow_mut().train_step(&backend, &images, &[warp::IDENTITY; 4], &labels, 1, AdamConfig::default(), 1).unwrap();
+    let grads: Vec<Vec<f32>> = model.borrow().params.iter().map(|p| backend.read(&p.grad).unwrap()).collect();
+    for (p, w) in model.borrow().params.iter().zip(&start) {
+        backend.write(&p.value, w).unwrap();
+    }
+    for (i, (w, g)) in start.iter().zip(&grads).enumerate() {
+        let name = model.borrow().params[i].name.clone();
+        check(&name, w, g, 1e-4, 2e-3, |v| {
+            let mut m = model.borrow_mut();
+            backend.write(&m.params[i].value, v).unwrap();
+            let logits = m.evaluate_batch(&backend, &images, &labels).unwrap().logits.unwrap();
+            backend.write(&m.params[i].value, w).unwrap();
+            // The mean cross-entropy again, in f64: the f32 loss would limit the differences.
+            let rows = logits.chunks(7).zip(&labels);
+            rows.map(|(z, &l)| z.iter().map(|&v| (v as f64).exp()).sum::<f64>().ln() - z[l as usize] as f64).sum::<f64>() / labels.len() as f64
+        });
+    }
 }

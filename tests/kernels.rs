@@ -7,7 +7,7 @@ use common::{assert_close, gpu, randn_like, read, uniform};
 use mien::gpu::Gpu;
 use mien::kernels::adam::{self, AdamConfig};
 use mien::kernels::batchnorm::{self, BnConfig, BnParams, BnSaved, BnShape};
-use mien::kernels::conv2d::{self, Conv2dShape, Padding};
+use mien::kernels::conv2d::{self, Activation, Conv2dShape, Padding};
 use mien::kernels::dense::{self, DenseShape};
 use mien::kernels::dropout::{self, Mask};
 use mien::kernels::maxpool2d::{self, PoolShape};
@@ -50,23 +50,28 @@ fn check_conv(s: Conv2dShape, seed: u64) {
     let dy = randn_like(s.output_len(), seed + 3);
 
     let mut y = vec![0.0; s.output_len()];
-    conv2d::forward_cpu(s, &x, &w, Some(&b), &mut y).unwrap();
+    conv2d::forward_cpu(s, &x, &w, Some(&b), Activation::Identity, &mut y).unwrap();
+    let mut y_relu = vec![0.0; s.output_len()];
+    conv2d::forward_cpu(s, &x, &w, Some(&b), Activation::Relu, &mut y_relu).unwrap();
+    assert!(y_relu.iter().zip(&y).all(|(&r, &v)| r == v.max(0.0)), "fused ReLU {s:?}");
     let mut dx = vec![0.0; s.input_len()];
     conv2d::backward_data_cpu(s, &dy, &w, &mut dx).unwrap();
     let (mut dw, mut db) = (vec![0.0; s.weight_len()], vec![0.0; s.cout]);
     conv2d::backward_filter_cpu(s, &x, &dy, &mut dw, &mut db).unwrap();
 
     let (xg, wg, bg, dyg) = (up(g, &x), up(g, &w), up(g, &b), up(g, &dy));
-    let yg = g.zeros(s.output_len()).unwrap();
+    let (yg, yg_relu) = (g.zeros(s.output_len()).unwrap(), g.zeros(s.output_len()).unwrap());
     let dxg = g.zeros(s.input_len()).unwrap();
     let (dwg, dbg) = (g.zeros(s.weight_len()).unwrap(), g.zeros(s.cout).unwrap());
     g.run(|rec| {
-        conv2d::forward_gpu(rec, s, &xg, &wg, &bg, &yg)?;
+        conv2d::forward_gpu(rec, s, &xg, &wg, &bg, Activation::Identity, &yg)?;
+        conv2d::forward_gpu(rec, s, &xg, &wg, &bg, Activation::Relu, &yg_relu)?;
         conv2d::backward_data_gpu(rec, s, &dyg, &wg, &dxg)?;
         conv2d::backward_filter_gpu(rec, s, &xg, &dyg, &dwg, &dbg)
     })
     .unwrap();
     assert_close(&format!("conv forward {s:?}"), &read(&yg), &y, SUM_TOL);
+    assert_close(&format!("conv forward with ReLU {s:?}"), &read(&yg_relu), &y_relu, SUM_TOL);
     assert_close(&format!("conv backward data {s:?}"), &read(&dxg), &dx, SUM_TOL);
     assert_close(&format!("conv backward filter {s:?}"), &read(&dwg), &dw, SUM_TOL);
     assert_close(&format!("conv bias gradient {s:?}"), &read(&dbg), &db, SUM_TOL);

@@ -7,7 +7,7 @@ use common::{assert_close, randn_like, small_binding_gpu};
 use mien::gpu::Gpu;
 use mien::kernels::adam::{self, AdamConfig};
 use mien::kernels::batchnorm::{self, BnConfig, BnParams, BnSaved, BnShape};
-use mien::kernels::conv2d::{self, Conv2dShape, Padding};
+use mien::kernels::conv2d::{self, Activation, Conv2dShape, Padding};
 use mien::kernels::dense::{self, DenseShape};
 use mien::kernels::dropout::{self, Mask};
 use mien::kernels::maxpool2d::{self, PoolShape};
@@ -26,7 +26,7 @@ fn chunked_conv_and_dense_match_the_cpu() {
     let s = Conv2dShape::new(5, 2, (8, 8), 4, (3, 3), Padding::Same).unwrap();
     let (x, w, b, dy) = (randn_like(s.input_len(), 1), randn_like(s.weight_len(), 2), randn_like(4, 3), randn_like(s.output_len(), 4));
     let mut y = vec![0.0; s.output_len()];
-    conv2d::forward_cpu(s, &x, &w, Some(&b), &mut y).unwrap();
+    conv2d::forward_cpu(s, &x, &w, Some(&b), Activation::Identity, &mut y).unwrap();
     let mut dx = vec![0.0; s.input_len()];
     conv2d::backward_data_cpu(s, &dy, &w, &mut dx).unwrap();
     let (mut dw, mut db) = (vec![0.0; w.len()], vec![0.0; 4]);
@@ -34,7 +34,7 @@ fn chunked_conv_and_dense_match_the_cpu() {
     let (xg, wg, bg, dyg) = (up(g, &x), up(g, &w), up(g, &b), up(g, &dy));
     let (yg, dxg, dwg, dbg) = (g.zeros(y.len()).unwrap(), g.zeros(dx.len()).unwrap(), g.zeros(dw.len()).unwrap(), g.zeros(4).unwrap());
     g.run(|rec| {
-        conv2d::forward_gpu(rec, s, &xg, &wg, &bg, &yg)?;
+        conv2d::forward_gpu(rec, s, &xg, &wg, &bg, Activation::Identity, &yg)?;
         conv2d::backward_data_gpu(rec, s, &dyg, &wg, &dxg)?;
         conv2d::backward_filter_gpu(rec, s, &xg, &dyg, &dwg, &dbg)
     })
@@ -129,7 +129,7 @@ fn mismatched_shapes_are_errors_naming_the_op_and_shapes() {
     let x = g.zeros::<f32>(s.input_len()).unwrap();
     let w = g.zeros::<f32>(s.weight_len() - 1).unwrap();
     let (b, y) = (g.zeros::<f32>(4).unwrap(), g.zeros::<f32>(s.output_len()).unwrap());
-    let err = g.run(|rec| conv2d::forward_gpu(rec, s, &x, &w, &b, &y)).unwrap_err();
+    let err = g.run(|rec| conv2d::forward_gpu(rec, s, &x, &w, &b, Activation::Identity, &y)).unwrap_err();
     assert_eq!(err.to_string(), "conv2d: bad shapes: weights has 107 elements, expected 108");
 
     let err = Conv2dShape::new(1, 1, (2, 2), 1, (3, 3), Padding::Valid).unwrap_err();

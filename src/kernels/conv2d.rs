@@ -19,6 +19,15 @@ pub enum Padding {
     Same,
 }
 
+/// What the forward pass applies to its outputs as it stores them. A ReLU fused here saves
+/// the model a pass over the activations (and a buffer of them); its gradient needs only the
+/// stored outputs, since relu(z) > 0 exactly where z > 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    Identity,
+    Relu,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv2dShape {
     pub batch: usize,
@@ -169,8 +178,8 @@ where
     }
 }
 
-/// `y = conv(x, w) + b`; `b` may be left out.
-pub fn forward_cpu(s: Conv2dShape, x: &[f32], w: &[f32], b: Option<&[f32]>, y: &mut [f32]) -> Result<()> {
+/// `y = act(conv(x, w) + b)`; `b` may be left out.
+pub fn forward_cpu(s: Conv2dShape, x: &[f32], w: &[f32], b: Option<&[f32]>, act: Activation, y: &mut [f32]) -> Result<()> {
     s.check(x.len(), w.len(), y.len())?;
     if let Some(b) = b {
         check_len("conv2d", "bias", b.len(), s.cout)?;
@@ -183,6 +192,9 @@ pub fn forward_cpu(s: Conv2dShape, x: &[f32], w: &[f32], b: Option<&[f32]>, y: &
         }
         im2col(&s, xi, col);
         sgemm(s.cout, plane, taps, MatRef::rows(w, taps), MatRef::rows(col, plane), yo, true, threads);
+        if act == Activation::Relu {
+            yo.iter_mut().for_each(|v| *v = super::relu::relu(*v));
+        }
     });
     Ok(())
 }
@@ -305,7 +317,9 @@ struct FilterParams {
     _pad: [u32; 2],
 }
 
+// conv2d.wgsl's flags.
 const ADD_BIAS: u32 = 1;
+const APPLY_RELU: u32 = 2;
 
 /// `images` input images of `s` copied into the zero-bordered planes of `valid`.
 fn pad_gpu(rec: &mut Recorder, s: &Conv2dShape, valid: &Conv2dShape, images: usize, x: GpuSlice) -> Result<GpuBuffer<f32>> {
@@ -354,13 +368,14 @@ fn pack_weights_gpu(rec: &mut Recorder, s: &Conv2dShape, w: &GpuBuffer<f32>, fli
     Ok(packed)
 }
 
-/// `y = conv(x, W) + b` for weights `packed` by [`pack_weights_gpu`].
-fn forward_impl(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32>, packed: &GpuBuffer<f32>, b: Option<&GpuBuffer<f32>>, y: &GpuBuffer<f32>) -> Result<()> {
+/// `y = act(conv(x, W) + b)` for weights `packed` by [`pack_weights_gpu`].
+fn forward_impl(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32>, packed: &GpuBuffer<f32>, b: Option<&GpuBuffer<f32>>, act: Activation, y: &GpuBuffer<f32>) -> Result<()> {
     // conv2d.wgsl reads input rows as vec4s.
     let valid = s.padded(4);
     let out_img = s.cout * s.plane();
     for_each_valid_chunk(rec, &s, valid, x, |rec, r, input| {
-        let mut params = Params::new(&valid, r.len(), if b.is_some() { ADD_BIAS } else { 0 });
+        let flags = if b.is_some() { ADD_BIAS } else { 0 } | if act == Activation::Relu { APPLY_RELU } else { 0 };
+        let mut params = Params::new(&valid, r.len(), flags);
         params.zero_top = s.pad_top as u32;
         params.zero_bottom = (valid.h - s.h - s.pad_top) as u32;
         // One thread per 8 output channels x 16 outputs along the flattened input width (see
@@ -371,18 +386,18 @@ fn forward_impl(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32>, packed: 
     })
 }
 
-pub fn forward_gpu(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32>, w: &GpuBuffer<f32>, b: &GpuBuffer<f32>, y: &GpuBuffer<f32>) -> Result<()> {
+pub fn forward_gpu(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32>, w: &GpuBuffer<f32>, b: &GpuBuffer<f32>, act: Activation, y: &GpuBuffer<f32>) -> Result<()> {
     s.check(x.len(), w.len(), y.len())?;
     check_buf("conv2d", "bias", b, s.cout)?;
     let packed = pack_weights_gpu(rec, &s, w, false)?;
-    forward_impl(rec, s, x, &packed, Some(b), y)
+    forward_impl(rec, s, x, &packed, Some(b), act, y)
 }
 
 pub fn backward_data_gpu(rec: &mut Recorder, s: Conv2dShape, dy: &GpuBuffer<f32>, w: &GpuBuffer<f32>, dx: &GpuBuffer<f32>) -> Result<()> {
     s.check(dx.len(), w.len(), dy.len())?;
     let grad = s.data_grad();
     let flipped = pack_weights_gpu(rec, &grad, w, true)?;
-    forward_impl(rec, grad, dy, &flipped, None, dx)
+    forward_impl(rec, grad, dy, &flipped, None, Activation::Identity, dx)
 }
 
 /// Overwrites `dw` and `db`.

@@ -5,10 +5,18 @@ use crate::error::{check_len, Result};
 use crate::gpu::{shaders, GpuBuffer, Recorder};
 use rayon::prelude::*;
 
+/// Written so that NaN passes through (f32::max would turn it into 0 and hide a diverging run).
+pub(crate) fn relu(x: f32) -> f32 {
+    if x <= 0.0 {
+        0.0
+    } else {
+        x
+    }
+}
+
 pub fn forward_cpu(x: &[f32], y: &mut [f32]) -> Result<()> {
     check_len("relu", "output", y.len(), x.len())?;
-    // Written so that NaN passes through (f32::max would turn it into 0 and hide a diverging run).
-    y.par_iter_mut().with_min_len(MIN_TASK_ELEMENTS).zip(x).for_each(|(y, &x)| *y = if x <= 0.0 { 0.0 } else { x });
+    y.par_iter_mut().with_min_len(MIN_TASK_ELEMENTS).zip(x).for_each(|(y, &x)| *y = relu(x));
     Ok(())
 }
 

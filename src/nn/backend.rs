@@ -6,7 +6,7 @@ use crate::error::Result;
 use crate::gpu::{Gpu, GpuBuffer, PassTiming, Recorder};
 use crate::kernels::adam::{self, AdamConfig};
 use crate::kernels::batchnorm::{self, BnConfig, BnParams, BnSaved, BnShape};
-use crate::kernels::conv2d::{self, Conv2dShape};
+use crate::kernels::conv2d::{self, Activation, Conv2dShape};
 use crate::kernels::dense::{self, DenseShape};
 use crate::kernels::dropout::{self, Mask};
 use crate::kernels::maxpool2d::{self, PoolShape};
@@ -53,7 +53,7 @@ pub trait Backend {
 
     /// Warps 48x48 byte images by their affine maps into `out` as floats in [0, 1].
     fn warp(&self, images: &[u8], maps: &[[f32; 6]], out: &Self::Tensor) -> Result<()>;
-    fn conv2d_forward(&self, s: Conv2dShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, y: &Self::Tensor) -> Result<()>;
+    fn conv2d_forward(&self, s: Conv2dShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, act: Activation, y: &Self::Tensor) -> Result<()>;
     fn conv2d_backward_data(&self, s: Conv2dShape, dy: &Self::Tensor, w: &Self::Tensor, dx: &Self::Tensor) -> Result<()>;
     fn conv2d_backward_filter(&self, s: Conv2dShape, x: &Self::Tensor, dy: &Self::Tensor, dw: &Self::Tensor, db: &Self::Tensor) -> Result<()>;
     fn dense_forward(&self, s: DenseShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, y: &Self::Tensor) -> Result<()>;
@@ -110,8 +110,8 @@ impl Backend for Cpu {
     fn warp(&self, images: &[u8], maps: &[[f32; 6]], out: &Self::Tensor) -> Result<()> {
         warp::warp_cpu(images, maps, &mut out.borrow_mut())
     }
-    fn conv2d_forward(&self, s: Conv2dShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, y: &Self::Tensor) -> Result<()> {
-        conv2d::forward_cpu(s, &x.borrow(), &w.borrow(), Some(&b.borrow()), &mut y.borrow_mut())
+    fn conv2d_forward(&self, s: Conv2dShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, act: Activation, y: &Self::Tensor) -> Result<()> {
+        conv2d::forward_cpu(s, &x.borrow(), &w.borrow(), Some(&b.borrow()), act, &mut y.borrow_mut())
     }
     fn conv2d_backward_data(&self, s: Conv2dShape, dy: &Self::Tensor, w: &Self::Tensor, dx: &Self::Tensor) -> Result<()> {
         conv2d::backward_data_cpu(s, &dy.borrow(), &w.borrow(), &mut dx.borrow_mut())
@@ -259,8 +259,8 @@ impl Backend for GpuBackend<'_> {
         let maps = self.gpu.upload(maps.as_flattened())?;
         self.record(|r| warp::warp_gpu(r, maps.len() / 6, &pixels, &maps, out))
     }
-    fn conv2d_forward(&self, s: Conv2dShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, y: &Self::Tensor) -> Result<()> {
-        self.record(|r| conv2d::forward_gpu(r, s, x, w, b, y))
+    fn conv2d_forward(&self, s: Conv2dShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, act: Activation, y: &Self::Tensor) -> Result<()> {
+        self.record(|r| conv2d::forward_gpu(r, s, x, w, b, act, y))
     }
     fn conv2d_backward_data(&self, s: Conv2dShape, dy: &Self::Tensor, w: &Self::Tensor, dx: &Self::Tensor) -> Result<()> {
         self.record(|r| conv2d::backward_data_gpu(r, s, dy, w, dx))

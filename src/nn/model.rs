@@ -6,7 +6,7 @@ use super::config::{LayerSpec, ModelConfig, PaddingSpec};
 use crate::error::{shape_err, Result};
 use crate::kernels::adam::AdamConfig;
 use crate::kernels::batchnorm::{BnConfig, BnShape};
-use crate::kernels::conv2d::{Conv2dShape, Padding};
+use crate::kernels::conv2d::{Activation, Conv2dShape, Padding};
 use crate::kernels::dense::DenseShape;
 use crate::kernels::dropout::Mask;
 use crate::kernels::maxpool2d::PoolShape;
@@ -40,7 +40,7 @@ pub struct Param<T> {
 }
 
 enum Op {
-    Conv { shape: Conv2dShape, w: usize, b: usize },
+    Conv { shape: Conv2dShape, w: usize, b: usize, act: Activation },
     Dense { inputs: usize, outputs: usize, w: usize, b: usize },
     Relu,
     Pool { size: usize, channels: usize, h: usize, w: usize },
@@ -62,6 +62,9 @@ struct Workspace<B: Backend> {
     acts: Vec<B::Tensor>,
     grads: Vec<B::Tensor>,
     argmax: Vec<Option<B::Ints>>,
+    /// For a convolution with a fused ReLU: the gradient with respect to its output before
+    /// the ReLU.
+    pre_relu_grads: Vec<Option<B::Tensor>>,
     bn_saved: Vec<Option<(B::Tensor, B::Tensor)>>,
     labels: B::Ints,
     probs: B::Tensor,
@@ -121,7 +124,7 @@ impl<B: Backend> Model<B> {
                     let wi = add(format!("{index}.weight"), vec![filters, c, kernel, kernel], TensorKind::Trainable, false, glorot(&mut rng, shape.weight_len(), c * kernel * kernel, filters * kernel * kernel))?;
                     let bi = add(format!("{index}.bias"), vec![filters], TensorKind::Trainable, false, vec![0.0; filters])?;
                     (c, h, w) = (filters, shape.oh, shape.ow);
-                    Op::Conv { shape, w: wi, b: bi }
+                    Op::Conv { shape, w: wi, b: bi, act: Activation::Identity }
                 }
                 LayerSpec::Dense { units } => {
                     let inputs = c * h * w;
@@ -130,7 +133,14 @@ impl<B: Backend> Model<B> {
                     (c, h, w) = (units, 1, 1);
                     Op::Dense { inputs, outputs: units, w: wi, b: bi }
                 }
-                LayerSpec::Relu => Op::Relu,
+                LayerSpec::Relu => {
+                    // A ReLU right after a convolution runs inside it (see conv2d::Activation).
+                    if let Some(Layer { op: Op::Conv { act: act @ Activation::Identity, .. }, .. }) = layers.last_mut() {
+                        *act = Activation::Relu;
+                        continue;
+                    }
+                    Op::Relu
+                }
                 LayerSpec::MaxPool { size } => {
                     PoolShape::new(1, c, (h, w), size).map_err(|e| shape_err("model", format!("layer {index}: {e}")))?;
                     let op = Op::Pool { size, channels: c, h, w };
@@ -184,6 +194,11 @@ impl<B: Backend> Model<B> {
             acts: sizes.iter().map(|n| backend.tensor(n * batch)).collect::<Result<_>>()?,
             grads: sizes.iter().map(|n| backend.tensor(n * batch)).collect::<Result<_>>()?,
             argmax: self.layers.iter().map(|l| match l.op { Op::Pool { .. } => backend.ints(l.out_len * batch).map(Some), _ => Ok(None) }).collect::<Result<_>>()?,
+            pre_relu_grads: self
+                .layers
+                .iter()
+                .map(|l| match l.op { Op::Conv { act: Activation::Relu, .. } => backend.tensor(l.out_len * batch).map(Some), _ => Ok(None) })
+                .collect::<Result<_>>()?,
             bn_saved: self
                 .layers
                 .iter()
@@ -217,7 +232,7 @@ impl<B: Backend> Model<B> {
         for (i, layer) in self.layers.iter().enumerate() {
             let (x, y) = (&ws.acts[i], &ws.acts[i + 1]);
             match layer.op {
-                Op::Conv { shape, w, b } => backend.conv2d_forward(Conv2dShape { batch, ..shape }, x, &self.params[w].value, &self.params[b].value, y)?,
+                Op::Conv { shape, w, b, act } => backend.conv2d_forward(Conv2dShape { batch, ..shape }, x, &self.params[w].value, &self.params[b].value, act, y)?,
                 Op::Dense { inputs, outputs, w, b } => backend.dense_forward(DenseShape { batch, inputs, outputs }, x, &self.params[w].value, &self.params[b].value, y)?,
                 Op::Relu => backend.relu_forward(x, y)?,
                 Op::Pool { size, channels, h, w } => backend.maxpool_forward(PoolShape::new(batch, channels, (h, w), size)?, x, y, ws.argmax[i].as_ref().expect("pool workspace"))?,
@@ -236,8 +251,16 @@ impl<B: Backend> Model<B> {
             // Nothing needs the gradient with respect to the input images.
             let need_dx = i > 0;
             match layer.op {
-                Op::Conv { shape, w, b } => {
+                Op::Conv { shape, w, b, .. } => {
                     let s = Conv2dShape { batch, ..shape };
+                    // Through the fused ReLU first, masked by the stored outputs.
+                    let dy = match &ws.pre_relu_grads[i] {
+                        Some(pre) => {
+                            backend.relu_backward(&ws.acts[i + 1], dy, pre)?;
+                            pre
+                        }
+                        None => dy,
+                    };
                     backend.conv2d_backward_filter(s, x, dy, &self.params[w].grad, &self.params[b].grad)?;
                     if need_dx {
                         backend.conv2d_backward_data(s, dy, &self.params[w].value, dx)?;
