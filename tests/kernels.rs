@@ -84,6 +84,17 @@ fn conv2d_odd_shapes() {
     }
 }
 
+/// Scratch buffers (padded inputs, packed weights, partial sums) start as NaN in test builds and
+/// come back from the pool with the last call's contents: every call must write all it reads.
+#[test]
+fn scratch_buffers_reused_across_calls_hold_no_stale_values() {
+    let same = Conv2dShape::new(3, 5, (9, 11), 6, (3, 3), Padding::Same).unwrap();
+    for seed in [500, 600, 700] {
+        check_conv(same, seed);
+        check_dense(DenseShape::new(3, 37, 19).unwrap(), seed);
+    }
+}
+
 #[test]
 fn conv2d_seed_model_shapes_batch_64() {
     for (i, s) in seed_model_convs().into_iter().enumerate() {

@@ -32,6 +32,9 @@ impl GpuSlice<'_> {
     }
 }
 
+/// The most the scratch pool keeps (see [`Gpu::return_scratch`]).
+const SCRATCH_POOL_BYTES: u64 = 1 << 30;
+
 // INDIRECT so that a kernel can write the workgroup counts of a later dispatch.
 const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::INDIRECT)
@@ -106,6 +109,39 @@ impl Gpu {
             mapped_at_creation: false,
         });
         Ok(GpuBuffer { buffer, len, _t: PhantomData })
+    }
+
+    /// A buffer of `len` elements from the scratch pool when one of the same size is free
+    /// there (its contents left over from earlier work), else a new one.
+    pub(super) fn take_scratch<T: Pod>(&self, len: usize) -> Result<GpuBuffer<T>> {
+        let size = ((len.max(1) * std::mem::size_of::<T>()) as u64).next_multiple_of(4);
+        let mut pool = self.scratch_pool.lock().expect("scratch pool poisoned");
+        match pool.iter().position(|b| b.size() == size).and_then(|i| pool.remove(i)) {
+            Some(buffer) => Ok(GpuBuffer { buffer, len, _t: PhantomData }),
+            None => {
+                drop(pool);
+                let buf = self.zeros::<T>(len)?;
+                // Debug builds (the tests) start scratch as all-ones bits, NaN as f32: a kernel
+                // that reads an element it did not write then fails loudly instead of finding
+                // zeros in a new buffer and stale values in a reused one.
+                if cfg!(debug_assertions) {
+                    self.queue.write_buffer(&buf.buffer, 0, &vec![0xff; size as usize]);
+                }
+                Ok(buf)
+            }
+        }
+    }
+
+    /// Puts scratch buffers whose work has finished back in the pool, and frees the oldest
+    /// ones past [`SCRATCH_POOL_BYTES`] (several batch sizes' worth of the seed model's).
+    pub(super) fn return_scratch(&self, buffers: Vec<wgpu::Buffer>) {
+        let mut pool = self.scratch_pool.lock().expect("scratch pool poisoned");
+        pool.extend(buffers);
+        let mut total: u64 = pool.iter().map(|b| b.size()).sum();
+        while total > SCRATCH_POOL_BYTES {
+            let Some(oldest) = pool.pop_front() else { break };
+            total -= oldest.size();
+        }
     }
 
     /// Overwrites the start of `buf` with `data`.

@@ -10,7 +10,7 @@ pub use record::{PassTiming, Recorder};
 
 use crate::error::{Error, Result};
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 /// Which wgpu backend to look for adapters on.
@@ -200,6 +200,8 @@ pub struct Gpu {
     pub timestamps: bool,
     binding_limit: u64,
     pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<Pipeline>>>,
+    /// Scratch buffers no recorder holds, oldest first (see [`Recorder::scratch`]).
+    scratch_pool: Mutex<VecDeque<wgpu::Buffer>>,
 }
 
 /// A compiled entry point and the bind-group layout it was built with.
@@ -241,6 +243,7 @@ impl Gpu {
             limits,
             binding_limit,
             pipelines: Mutex::new(HashMap::new()),
+            scratch_pool: Mutex::new(VecDeque::new()),
         })
     }
 

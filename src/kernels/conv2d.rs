@@ -323,7 +323,7 @@ const APPLY_RELU: u32 = 2;
 
 /// `images` input images of `s` copied into the zero-bordered planes of `valid`.
 fn pad_gpu(rec: &mut Recorder, s: &Conv2dShape, valid: &Conv2dShape, images: usize, x: GpuSlice) -> Result<GpuBuffer<f32>> {
-    let padded = rec.gpu().zeros::<f32>(images * s.cin * valid.h * valid.w)?;
+    let padded = rec.scratch::<f32>(images * s.cin * valid.h * valid.w)?;
     let params = [(images * s.cin) as u32, s.h as u32, s.w as u32, s.pad_top as u32, s.pad_left as u32, valid.h as u32, valid.w as u32, 0];
     rec.dispatch_linear("conv2d_pad", &shaders::CONV2D_PAD, "pad", &params, &[x, padded.all().rw()], images * s.cin * valid.h, 64)?;
     Ok(padded)
@@ -362,7 +362,7 @@ fn for_each_valid_chunk(
 /// `flip` the weights of the convolution whose data gradient `s` is, flipped and transposed.
 fn pack_weights_gpu(rec: &mut Recorder, s: &Conv2dShape, w: &GpuBuffer<f32>, flip: bool) -> Result<GpuBuffer<f32>> {
     let co_pad = s.cout.next_multiple_of(8);
-    let packed = rec.gpu().zeros::<f32>(s.taps() * co_pad)?;
+    let packed = rec.scratch::<f32>(s.taps() * co_pad)?;
     let params = [s.cout as u32, s.cin as u32, s.kh as u32, s.kw as u32, co_pad as u32, flip as u32, 0, 0];
     rec.dispatch_linear("conv2d_pack", &shaders::CONV2D_PACK, "pack", &params, &[w.all(), packed.all().rw()], packed.len(), 256)?;
     Ok(packed)
@@ -436,8 +436,8 @@ pub fn backward_filter_gpu(
         if splits == 1 {
             return rec.dispatch_linear("conv2d_filter_grad", &shaders::CONV2D_FILTER_GRAD, "filter_grad", &params, &[input, dys, dw.all().rw(), db.all().rw()], tiles, 64);
         }
-        let partial_dw = rec.gpu().zeros::<f32>(splits * dw.len())?;
-        let partial_db = rec.gpu().zeros::<f32>(splits * db.len())?;
+        let partial_dw = rec.scratch::<f32>(splits * dw.len())?;
+        let partial_db = rec.scratch::<f32>(splits * db.len())?;
         params.conv.flags = WRITE_SPLITS;
         rec.dispatch_linear("conv2d_filter_grad", &shaders::CONV2D_FILTER_GRAD, "filter_grad", &params, &[input, dys, partial_dw.all().rw(), partial_db.all().rw()], tiles * splits, 64)?;
         reduce::sum_splits_gpu(rec, &partial_dw, splits, dw.all(), dw.len(), !first)?;

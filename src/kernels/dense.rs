@@ -108,7 +108,7 @@ fn k_major(rec: &mut Recorder, op: &Operand, k: usize, width: usize, pad: usize)
     if op.i_stride == 1 && op.k_stride == width_pad {
         return Ok(None);
     }
-    let packed = rec.gpu().zeros::<f32>(k * width_pad)?;
+    let packed = rec.scratch::<f32>(k * width_pad)?;
     let params = [k as u32, width as u32, width_pad as u32, op.k_stride as u32, op.i_stride as u32, 0, 0, 0];
     let bindings = [op.slice, packed.all().rw()];
     if op.k_stride == 1 && k % 4 == 0 && op.i_stride % 4 == 0 {
@@ -147,7 +147,7 @@ fn product(rec: &mut Recorder, (m, n, k): (usize, usize, usize), a: Operand, b: 
     }
     // Accumulation into C is applied once, by the pass that adds the splits together; the
     // bias by split 0 (dense.wgsl).
-    let partial = rec.gpu().zeros::<f32>(splits * m * n)?;
+    let partial = rec.scratch::<f32>(splits * m * n)?;
     params.flags = WRITE_SPLITS | (flags & ADD_BIAS);
     rec.dispatch("dense", &shaders::DENSE, "gemm", &params, &[a_bind, b_bind, bias, partial.all().rw()], groups)?;
     reduce::sum_splits_gpu(rec, &partial, splits, c, m * n, flags & ACCUMULATE != 0)
