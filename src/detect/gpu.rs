@@ -287,19 +287,26 @@ impl<'g> GpuDetector<'g> {
             taps.extend(packed_taps(img.dimensions(), l.size));
         }
         let table = (w0 + 1) * (h0 + 1);
-        let frame = Frame {
-            image: gpu.upload(&pack_bytes(img.as_raw()))?,
-            taps: gpu.upload(&taps)?,
-            scaled: gpu.zeros(w0 * h0)?,
-            tables: gpu.zeros(table * if tilted { 3 } else { 2 })?,
-            scratch: gpu.zeros(if tilted { w0 * h0 + 2 * (h0 + 1) * (w0 + h0 + 1) } else { 1 })?,
-            codes: gpu.zeros(2 * most_windows)?,
-            lists: gpu.zeros(4 * most_windows)?,
-            state: gpu.zeros(found_off + 3 * capacity)?,
-            prepared: gpu.zeros(16 * self.layout.nodes as usize)?,
-            args: gpu.zeros(3 * levels.len() * groups)?,
-        };
         let mut rec = gpu.recorder(false);
+        // Scratch buffers, so that a stream of frames of one size reuses the last frame's; all
+        // but `state`, which is read back after they have gone back to the pool.
+        let uploaded = |rec: &mut Recorder, data: &[u32]| -> Result<GpuBuffer<u32>> {
+            let buf = rec.scratch(data.len())?;
+            gpu.write(&buf, data)?;
+            Ok(buf)
+        };
+        let frame = Frame {
+            image: uploaded(&mut rec, &pack_bytes(img.as_raw()))?,
+            taps: uploaded(&mut rec, &taps)?,
+            scaled: rec.scratch(w0 * h0)?,
+            tables: rec.scratch(table * if tilted { 3 } else { 2 })?,
+            scratch: rec.scratch(if tilted { w0 * h0 + 2 * (h0 + 1) * (w0 + h0 + 1) } else { 1 })?,
+            codes: rec.scratch(2 * most_windows)?,
+            lists: rec.scratch(4 * most_windows)?,
+            state: gpu.zeros(found_off + 3 * capacity)?,
+            prepared: rec.scratch(16 * self.layout.nodes as usize)?,
+            args: rec.scratch(3 * levels.len() * groups)?,
+        };
         rec.clear(&frame.state);
         for (i, level) in levels.iter().enumerate() {
             let (sw, sh) = level.size;
