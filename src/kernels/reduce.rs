@@ -1,8 +1,10 @@
 //! Sums shared by several ops: adding split-K partial products, and summing over every axis
 //! but the channel one (bias gradients, a batch's mean loss).
 
+use super::items_per_task;
 use crate::error::Result;
 use crate::gpu::{shaders, GpuBuffer, GpuSlice, Recorder};
+use rayon::prelude::*;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -45,13 +47,24 @@ pub fn sum_channels_gpu(
     rec.dispatch_linear("sum_channels", &shaders::REDUCE, "sum_channels", &params, &[x, out.all().rw()], channels, 1)
 }
 
-/// CPU version of [`sum_channels_gpu`] (overwrites `out`).
+/// CPU version of [`sum_channels_gpu`] (overwrites `out`). Channels run in parallel, each
+/// summed in a fixed order, so the result does not depend on the thread count.
 pub fn sum_channels_cpu(x: &[f32], (outer, channels, inner): (usize, usize, usize), out: &mut [f32]) {
-    out[..channels].fill(0.0);
-    for o in 0..outer {
-        for (c, acc) in out[..channels].iter_mut().enumerate() {
-            let start = (o * channels + c) * inner;
-            *acc += x[start..start + inner].iter().sum::<f32>();
-        }
+    out[..channels].par_iter_mut().enumerate().with_min_len(items_per_task(outer * inner)).for_each(|(c, acc)| {
+        *acc = (0..outer).map(|o| lane_sum(&x[(o * channels + c) * inner..][..inner])).sum();
+    });
+}
+
+/// The sum of `xs` in sixteen lanes. `iter().sum()` is one dependent add per element, since
+/// the compiler may not reorder float additions: as a conv layer's bias gradient, on one
+/// thread, it took 7 % of a CPU training step.
+fn lane_sum(xs: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let mut lanes = [0.0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for chunk in chunks {
+        lanes.iter_mut().zip(chunk).for_each(|(l, v)| *l += v);
     }
+    lanes.iter().sum::<f32>() + tail
 }
