@@ -3,12 +3,16 @@
 // are the batch's N*C channel images. The forward pass keeps, for each output, the in-plane
 // index of the input it took, so the backward pass routes the gradient without searching.
 
-struct Params { planes: u32, h: u32, w: u32, size: u32, oh: u32, ow: u32, _pad0: u32, _pad1: u32 }
+// relu (backward only): the gradient also goes through the ReLU before the pooling, passing
+// where the pooled output is positive (src/kernels/maxpool2d.rs says why that is the same).
+struct Params { planes: u32, h: u32, w: u32, size: u32, oh: u32, ow: u32, relu: u32, _pad: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> argmax: array<u32>;
 @group(0) @binding(3) var<storage, read_write> dst: array<f32>;
+// Backward only: the pooled output.
+@group(0) @binding(4) var<storage, read> pooled: array<f32>;
 
 // One thread per output in both passes. Its plane, row and column come from two divisions
 // (remainders by multiply and subtract): CPU Vulkan drivers split vector integer division into
@@ -59,7 +63,10 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let at = output_position(i);
     let base = at.x * p.h * p.w;
     let taken = argmax[i];
-    let g = src[i];
+    var g = src[i];
+    if (p.relu != 0u && !(pooled[i] > 0.0)) {
+        g = 0.0;
+    }
     let y0 = at.y * p.size;
     let x0 = at.z * p.size;
     let y1 = select(y0 + p.size, p.h, at.y + 1u == p.oh);

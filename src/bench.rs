@@ -221,8 +221,8 @@ fn pool_cases(gpu: &Gpu, name: &str, s: PoolShape) -> Result<Vec<Case>> {
             name: format!("{name} backward"),
             shape,
             work: bwd,
-            gpu: Box::new(move |rec| maxpool2d::backward_gpu(rec, s, &g2.3, &g2.2, &g2.4)),
-            cpu: Box::new(move || maxpool2d::backward_cpu(s, &dy, &arg2, &mut dx)),
+            gpu: Box::new(move |rec| maxpool2d::backward_gpu(rec, s, &g2.3, &g2.2, None, &g2.4)),
+            cpu: Box::new(move || maxpool2d::backward_cpu(s, &dy, &arg2, None, &mut dx)),
         },
     ])
 }

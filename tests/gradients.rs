@@ -86,7 +86,7 @@ fn maxpool_gradient() {
     let (mut y, mut arg) = (vec![0.0; s.output_len()], vec![0u32; s.output_len()]);
     maxpool2d::forward_cpu(s, &x, &mut y, &mut arg).unwrap();
     let mut dx = vec![0.0; x.len()];
-    maxpool2d::backward_cpu(s, &r, &arg, &mut dx).unwrap();
+    maxpool2d::backward_cpu(s, &r, &arg, None, &mut dx).unwrap();
     check("maxpool dx", &x, &dx, 1e-2, 1e-3, |v| {
         let (mut y, mut a) = (vec![0.0; s.output_len()], vec![0u32; s.output_len()]);
         maxpool2d::forward_cpu(s, v, &mut y, &mut a).unwrap();

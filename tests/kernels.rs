@@ -151,17 +151,25 @@ fn maxpool_odd_and_seed_model_shapes() {
         let dy = randn_like(s.output_len(), 50 + i as u64);
         let (mut y, mut arg, mut dx) = (vec![0.0; s.output_len()], vec![0u32; s.output_len()], vec![0.0; s.input_len()]);
         maxpool2d::forward_cpu(s, &x, &mut y, &mut arg).unwrap();
-        maxpool2d::backward_cpu(s, &dy, &arg, &mut dx).unwrap();
+        maxpool2d::backward_cpu(s, &dy, &arg, None, &mut dx).unwrap();
+        // Through a ReLU before the pooling as well: the same as ReLU's own backward pass on
+        // the pooling's input gradient.
+        let (mut dx_relu, mut expected) = (vec![0.0; s.input_len()], vec![0.0; s.input_len()]);
+        maxpool2d::backward_cpu(s, &dy, &arg, Some(&y), &mut dx_relu).unwrap();
+        relu::backward_cpu(&x, &dx, &mut expected).unwrap();
+        assert_eq!(dx_relu, expected, "maxpool backward through a ReLU {s:?}");
         let (xg, dyg) = (up(g, &x), up(g, &dy));
-        let (yg, argg, dxg) = (g.zeros(y.len()).unwrap(), g.zeros::<u32>(y.len()).unwrap(), g.zeros(x.len()).unwrap());
+        let (yg, argg, dxg, dxg_relu) = (g.zeros(y.len()).unwrap(), g.zeros::<u32>(y.len()).unwrap(), g.zeros(x.len()).unwrap(), g.zeros(x.len()).unwrap());
         g.run(|rec| {
             maxpool2d::forward_gpu(rec, s, &xg, &yg, &argg)?;
-            maxpool2d::backward_gpu(rec, s, &dyg, &argg, &dxg)
+            maxpool2d::backward_gpu(rec, s, &dyg, &argg, None, &dxg)?;
+            maxpool2d::backward_gpu(rec, s, &dyg, &argg, Some(&yg), &dxg_relu)
         })
         .unwrap();
         assert_eq!(read(&yg), y, "maxpool forward {s:?}");
         assert_eq!(g.read(&argg).unwrap(), arg, "maxpool argmax {s:?}");
         assert_eq!(read(&dxg), dx, "maxpool backward {s:?}");
+        assert_eq!(read(&dxg_relu), dx_relu, "maxpool backward through a ReLU {s:?}");
     }
 }
 

@@ -94,15 +94,23 @@ fn forward_plane_2x2(s: PoolShape, xp: &[f32], yp: &mut [f32], ap: &mut [u32]) {
     }
 }
 
-pub fn backward_cpu(s: PoolShape, dy: &[f32], argmax: &[u32], dx: &mut [f32]) -> Result<()> {
+/// `dx` from `dy` through the recorded maxima. With `relu_of`, the pooled outputs, the
+/// gradient also goes through the ReLU before the pooling: it passes only where the output is
+/// positive, which is where the input it came from was, so the model needs no ReLU pass.
+pub fn backward_cpu(s: PoolShape, dy: &[f32], argmax: &[u32], relu_of: Option<&[f32]>, dx: &mut [f32]) -> Result<()> {
     check_len("maxpool2d", "output gradient", dy.len(), s.output_len())?;
     check_len("maxpool2d", "argmax", argmax.len(), s.output_len())?;
     check_len("maxpool2d", "input gradient", dx.len(), s.input_len())?;
-    let (plane_in, plane_out) = (s.h * s.w, s.oh() * s.ow());
-    dx.par_chunks_mut(plane_in).zip(dy.par_chunks(plane_out.max(1))).zip(argmax.par_chunks(plane_out.max(1))).for_each(|((dxp, dyp), ap)| {
+    if let Some(y) = relu_of {
+        check_len("maxpool2d", "output", y.len(), s.output_len())?;
+    }
+    let (plane_in, plane_out) = (s.h * s.w, (s.oh() * s.ow()).max(1));
+    dx.par_chunks_mut(plane_in).zip(dy.par_chunks(plane_out)).zip(argmax.par_chunks(plane_out)).enumerate().for_each(|(p, ((dxp, dyp), ap))| {
         dxp.fill(0.0);
-        for (g, &at) in dyp.iter().zip(ap) {
-            dxp[at as usize] += g;
+        let yp = relu_of.map(|y| &y[p * plane_out..][..dyp.len()]);
+        for (o, (&g, &at)) in dyp.iter().zip(ap).enumerate() {
+            let passes = yp.is_none_or(|y| y[o] > 0.0);
+            dxp[at as usize] += if passes { g } else { 0.0 };
         }
     });
     Ok(())
@@ -117,36 +125,49 @@ struct Params {
     size: u32,
     oh: u32,
     ow: u32,
-    _pad: [u32; 2],
+    /// Backward: 1 when the gradient also goes through a ReLU before the pooling.
+    relu: u32,
+    _pad: u32,
 }
 
-/// Plane ranges per dispatch so that input, argmax and output bindings fit the device.
-fn dispatch_chunks(rec: &mut Recorder, s: PoolShape, entry: &'static str, src: &GpuBuffer<f32>, argmax: &GpuBuffer<u32>, dst: &GpuBuffer<f32>, src_is_input: bool) -> Result<()> {
-    let (plane_in, plane_out) = (s.h * s.w, s.oh() * s.ow());
-    let bytes = [4 * plane_in as u64, 4 * plane_out as u64];
-    for r in rec.gpu().plan_chunks("maxpool2d", s.planes, &bytes, u32::MAX as usize)? {
-        let params = Params { planes: r.len() as u32, h: s.h as u32, w: s.w as u32, size: s.size as u32, oh: s.oh() as u32, ow: s.ow() as u32, _pad: [0; 2] };
-        let (src_plane, dst_plane) = if src_is_input { (plane_in, plane_out) } else { (plane_out, plane_in) };
-        let bindings = [
-            src.slice(r.start * src_plane..r.end * src_plane),
-            argmax.slice(r.start * plane_out..r.end * plane_out).rw(),
-            dst.slice(r.start * dst_plane..r.end * dst_plane).rw(),
-        ];
-        rec.dispatch_linear("maxpool2d", &shaders::MAXPOOL2D, entry, &params, &bindings, r.len() * plane_out, 256)?;
-    }
-    Ok(())
+/// The uniform of one dispatch over `planes` planes.
+fn params(s: PoolShape, planes: usize, relu: bool) -> Params {
+    Params { planes: planes as u32, h: s.h as u32, w: s.w as u32, size: s.size as u32, oh: s.oh() as u32, ow: s.ow() as u32, relu: relu as u32, _pad: 0 }
+}
+
+/// Plane ranges per dispatch, so that every binding fits the device.
+fn plane_chunks(rec: &Recorder, s: PoolShape) -> Result<Vec<std::ops::Range<usize>>> {
+    rec.gpu().plan_chunks("maxpool2d", s.planes, &[4 * (s.h * s.w) as u64, 4 * (s.oh() * s.ow()) as u64], u32::MAX as usize)
 }
 
 pub fn forward_gpu(rec: &mut Recorder, s: PoolShape, x: &GpuBuffer<f32>, y: &GpuBuffer<f32>, argmax: &GpuBuffer<u32>) -> Result<()> {
     check_buf("maxpool2d", "input", x, s.input_len())?;
     check_buf("maxpool2d", "output", y, s.output_len())?;
     check_buf("maxpool2d", "argmax", argmax, s.output_len())?;
-    dispatch_chunks(rec, s, "forward", x, argmax, y, true)
+    let (plane_in, plane_out) = (s.h * s.w, s.oh() * s.ow());
+    for r in plane_chunks(rec, s)? {
+        let out = r.start * plane_out..r.end * plane_out;
+        let bindings = [x.slice(r.start * plane_in..r.end * plane_in), argmax.slice(out.clone()).rw(), y.slice(out).rw()];
+        rec.dispatch_linear("maxpool2d", &shaders::MAXPOOL2D, "forward", &params(s, r.len(), false), &bindings, r.len() * plane_out, 256)?;
+    }
+    Ok(())
 }
 
-pub fn backward_gpu(rec: &mut Recorder, s: PoolShape, dy: &GpuBuffer<f32>, argmax: &GpuBuffer<u32>, dx: &GpuBuffer<f32>) -> Result<()> {
+/// See [`backward_cpu`]; `relu_of` is the pooled output.
+pub fn backward_gpu(rec: &mut Recorder, s: PoolShape, dy: &GpuBuffer<f32>, argmax: &GpuBuffer<u32>, relu_of: Option<&GpuBuffer<f32>>, dx: &GpuBuffer<f32>) -> Result<()> {
     check_buf("maxpool2d", "output gradient", dy, s.output_len())?;
     check_buf("maxpool2d", "argmax", argmax, s.output_len())?;
     check_buf("maxpool2d", "input gradient", dx, s.input_len())?;
-    dispatch_chunks(rec, s, "backward", dy, argmax, dx, false)
+    if let Some(y) = relu_of {
+        check_buf("maxpool2d", "output", y, s.output_len())?;
+    }
+    let (plane_in, plane_out) = (s.h * s.w, s.oh() * s.ow());
+    for r in plane_chunks(rec, s)? {
+        let out = r.start * plane_out..r.end * plane_out;
+        // Without a ReLU the output's binding is not read; dy fills it.
+        let pooled = relu_of.unwrap_or(dy).slice(out.clone());
+        let bindings = [dy.slice(out.clone()), argmax.slice(out).rw(), dx.slice(r.start * plane_in..r.end * plane_in).rw(), pooled];
+        rec.dispatch_linear("maxpool2d", &shaders::MAXPOOL2D, "backward", &params(s, r.len(), relu_of.is_some()), &bindings, r.len() * plane_out, 256)?;
+    }
+    Ok(())
 }

@@ -60,7 +60,8 @@ pub trait Backend {
     fn dense_backward_data(&self, s: DenseShape, dy: &Self::Tensor, w: &Self::Tensor, dx: &Self::Tensor) -> Result<()>;
     fn dense_backward_weights(&self, s: DenseShape, x: &Self::Tensor, dy: &Self::Tensor, dw: &Self::Tensor, db: &Self::Tensor) -> Result<()>;
     fn maxpool_forward(&self, s: PoolShape, x: &Self::Tensor, y: &Self::Tensor, argmax: &Self::Ints) -> Result<()>;
-    fn maxpool_backward(&self, s: PoolShape, dy: &Self::Tensor, argmax: &Self::Ints, dx: &Self::Tensor) -> Result<()>;
+    /// With `relu_of` (the pooled output), also through the ReLU before the pooling.
+    fn maxpool_backward(&self, s: PoolShape, dy: &Self::Tensor, argmax: &Self::Ints, relu_of: Option<&Self::Tensor>, dx: &Self::Tensor) -> Result<()>;
     fn relu_forward(&self, x: &Self::Tensor, y: &Self::Tensor) -> Result<()>;
     fn relu_backward(&self, x: &Self::Tensor, dy: &Self::Tensor, dx: &Self::Tensor) -> Result<()>;
     fn dropout(&self, mask: Mask, src: &Self::Tensor, dst: &Self::Tensor) -> Result<()>;
@@ -131,8 +132,9 @@ impl Backend for Cpu {
     fn maxpool_forward(&self, s: PoolShape, x: &Self::Tensor, y: &Self::Tensor, argmax: &Self::Ints) -> Result<()> {
         maxpool2d::forward_cpu(s, &x.borrow(), &mut y.borrow_mut(), &mut argmax.borrow_mut())
     }
-    fn maxpool_backward(&self, s: PoolShape, dy: &Self::Tensor, argmax: &Self::Ints, dx: &Self::Tensor) -> Result<()> {
-        maxpool2d::backward_cpu(s, &dy.borrow(), &argmax.borrow(), &mut dx.borrow_mut())
+    fn maxpool_backward(&self, s: PoolShape, dy: &Self::Tensor, argmax: &Self::Ints, relu_of: Option<&Self::Tensor>, dx: &Self::Tensor) -> Result<()> {
+        let y = relu_of.map(|y| y.borrow());
+        maxpool2d::backward_cpu(s, &dy.borrow(), &argmax.borrow(), y.as_deref().map(|y| y.as_slice()), &mut dx.borrow_mut())
     }
     fn relu_forward(&self, x: &Self::Tensor, y: &Self::Tensor) -> Result<()> {
         relu::forward_cpu(&x.borrow(), &mut y.borrow_mut())
@@ -280,8 +282,8 @@ impl Backend for GpuBackend<'_> {
     fn maxpool_forward(&self, s: PoolShape, x: &Self::Tensor, y: &Self::Tensor, argmax: &Self::Ints) -> Result<()> {
         self.record(|r| maxpool2d::forward_gpu(r, s, x, y, argmax))
     }
-    fn maxpool_backward(&self, s: PoolShape, dy: &Self::Tensor, argmax: &Self::Ints, dx: &Self::Tensor) -> Result<()> {
-        self.record(|r| maxpool2d::backward_gpu(r, s, dy, argmax, dx))
+    fn maxpool_backward(&self, s: PoolShape, dy: &Self::Tensor, argmax: &Self::Ints, relu_of: Option<&Self::Tensor>, dx: &Self::Tensor) -> Result<()> {
+        self.record(|r| maxpool2d::backward_gpu(r, s, dy, argmax, relu_of, dx))
     }
     fn relu_forward(&self, x: &Self::Tensor, y: &Self::Tensor) -> Result<()> {
         self.record(|r| relu::forward_gpu(r, x, y))

@@ -253,10 +253,13 @@ impl<B: Backend> Model<B> {
             match layer.op {
                 Op::Conv { shape, w, b, .. } => {
                     let s = Conv2dShape { batch, ..shape };
-                    // Through the fused ReLU first, masked by the stored outputs.
+                    // Through the fused ReLU first, masked by the stored outputs, unless a pooling
+                    // layer after it has done that.
                     let dy = match &ws.pre_relu_grads[i] {
                         Some(pre) => {
-                            backend.relu_backward(&ws.acts[i + 1], dy, pre)?;
+                            if !self.pools_after_relu(i + 1) {
+                                backend.relu_backward(&ws.acts[i + 1], dy, pre)?;
+                            }
                             pre
                         }
                         None => dy,
@@ -274,7 +277,17 @@ impl<B: Backend> Model<B> {
                     }
                 }
                 Op::Relu => backend.relu_backward(x, dy, dx)?,
-                Op::Pool { size, channels, h, w } => backend.maxpool_backward(PoolShape::new(batch, channels, (h, w), size)?, dy, ws.argmax[i].as_ref().expect("pool workspace"), dx)?,
+                Op::Pool { size, channels, h, w } => {
+                    let s = PoolShape::new(batch, channels, (h, w), size)?;
+                    let argmax = ws.argmax[i].as_ref().expect("pool workspace");
+                    if self.pools_after_relu(i) {
+                        // Straight to the gradient before the convolution's ReLU.
+                        let pre = ws.pre_relu_grads[i - 1].as_ref().expect("fused ReLU workspace");
+                        backend.maxpool_backward(s, dy, argmax, Some(&ws.acts[i + 1]), pre)?
+                    } else {
+                        backend.maxpool_backward(s, dy, argmax, None, dx)?
+                    }
+                }
                 Op::Dropout { rate } => backend.dropout(Mask::new(rate, dropout_seed(seed, layer.index))?, dy, dx)?,
                 Op::BatchNorm { channels, plane, gamma, beta, .. } => {
                     let s = BnShape { batch, channels, plane };
@@ -283,6 +296,12 @@ impl<B: Backend> Model<B> {
             }
         }
         Ok(())
+    }
+
+    /// Whether layer `i` pools the output of a convolution with a fused ReLU: then its backward
+    /// pass also applies that ReLU's gradient (see maxpool2d::backward_cpu).
+    fn pools_after_relu(&self, i: usize) -> bool {
+        matches!(self.layers.get(i), Some(Layer { op: Op::Pool { .. }, .. })) && i > 0 && matches!(self.layers[i - 1].op, Op::Conv { act: Activation::Relu, .. })
     }
 
     /// Puts a batch in the input: byte images warped by their augmentation maps (identity
