@@ -60,7 +60,19 @@ pub fn forward_cpu(s: DenseShape, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]
 pub fn backward_data_cpu(s: DenseShape, dy: &[f32], w: &[f32], dx: &mut [f32]) -> Result<()> {
     s.check(dx.len(), w.len(), dy.len())?;
     let threads = rayon::current_num_threads();
-    sgemm(s.batch, s.inputs, s.outputs, MatRef::rows(dy, s.outputs), MatRef::transposed(w, s.outputs), dx, false, threads);
+    // dx^T = W dy^T, then transposed: the gemm crate packs W by rows this way, where dy W^T
+    // made it gather W's columns (dense1 at batch 64: 2.7-2.8 -> 1.5-2.0 ms). Storing the
+    // product transposed instead does not help; the crate swaps it back to the slow form.
+    if s.batch == 0 {
+        return Ok(());
+    }
+    let mut dx_t = vec![0.0; s.inputs * s.batch];
+    sgemm(s.inputs, s.batch, s.outputs, MatRef::rows(w, s.outputs), MatRef::transposed(dy, s.outputs), &mut dx_t, false, threads);
+    for (i, column) in dx_t.chunks_exact(s.batch).enumerate() {
+        for (row, &v) in dx.chunks_exact_mut(s.inputs).zip(column) {
+            row[i] = v;
+        }
+    }
     Ok(())
 }
 
