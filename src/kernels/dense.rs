@@ -60,10 +60,14 @@ pub fn forward_cpu(s: DenseShape, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]
 pub fn backward_data_cpu(s: DenseShape, dy: &[f32], w: &[f32], dx: &mut [f32]) -> Result<()> {
     s.check(dx.len(), w.len(), dy.len())?;
     let threads = rayon::current_num_threads();
-    // dx^T = W dy^T, then transposed: the gemm crate packs W by rows this way, where dy W^T
-    // made it gather W's columns (dense1 at batch 64: 2.7-2.8 -> 1.5-2.0 ms). Storing the
-    // product transposed instead does not help; the crate swaps it back to the slow form.
-    if s.batch == 0 {
+    // dy W^T has the gemm crate gather W's columns, a cache line per element once W's rows
+    // are longer than one (16 values). Then dx^T = W dy^T, transposed after, packs W by rows
+    // (dense1 at batch 64: 2.7-2.8 -> 1.5-1.9 ms); for short rows (dense2) the plain product
+    // stays faster. Storing the product transposed through gemm's strides did not help: the
+    // crate swaps it back to the slow form.
+    const CACHE_LINE_VALUES: usize = 16;
+    if s.outputs <= CACHE_LINE_VALUES || s.batch == 0 {
+        sgemm(s.batch, s.inputs, s.outputs, MatRef::rows(dy, s.outputs), MatRef::transposed(w, s.outputs), dx, false, threads);
         return Ok(());
     }
     let mut dx_t = vec![0.0; s.inputs * s.batch];
