@@ -18,13 +18,18 @@ fn conv_forward_matches_direct_loops() {
         Conv2dShape::new(1, 4, (6, 17), 3, (3, 5), Padding::Valid).unwrap(),
         Conv2dShape::new(5, 2, (2, 3), 2, (5, 5), Padding::Same).unwrap(), // kernel larger than the image
     ];
-    for (i, s) in shapes.into_iter().enumerate() {
-        let x = randn_like(s.input_len(), i as u64);
-        let w = randn_like(s.weight_len(), 100 + i as u64);
-        let b = randn_like(s.cout, 200 + i as u64);
-        let mut y = vec![0.0; s.output_len()];
-        conv2d::forward_cpu(s, &x, &w, Some(&b), Activation::Identity, &mut y).unwrap();
-        assert_close(&format!("conv {s:?}"), &y, &naive_conv(&s, &x, &w, &b), 1e-5);
+    // One thread, and more threads than images: then each image's output pixels are shared
+    // out among the threads (unevenly at 7), with partial output rows at the seams.
+    for threads in [1, 2, 7] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        for (i, s) in shapes.into_iter().enumerate() {
+            let x = randn_like(s.input_len(), i as u64);
+            let w = randn_like(s.weight_len(), 100 + i as u64);
+            let b = randn_like(s.cout, 200 + i as u64);
+            let mut y = vec![0.0; s.output_len()];
+            pool.install(|| conv2d::forward_cpu(s, &x, &w, Some(&b), Activation::Identity, &mut y)).unwrap();
+            assert_close(&format!("conv {s:?} on {threads} threads"), &y, &naive_conv(&s, &x, &w, &b), 1e-5);
+        }
     }
 }
 

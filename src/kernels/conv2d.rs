@@ -119,16 +119,20 @@ impl Conv2dShape {
 
 /// Fills `col` ([cin*kh*kw, oh*ow], row-major) with the receptive fields of one image.
 fn im2col(s: &Conv2dShape, img: &[f32], col: &mut [f32]) {
-    let plane = s.plane();
+    im2col_rows(s, img, col, 0..s.oh);
+}
+
+/// [`im2col`] for the output rows `rows` only: `col` is then [cin*kh*kw, rows.len()*ow].
+fn im2col_rows(s: &Conv2dShape, img: &[f32], col: &mut [f32], rows: std::ops::Range<usize>) {
+    let n = rows.len() * s.ow;
     for ci in 0..s.cin {
         for ky in 0..s.kh {
             for kx in 0..s.kw {
-                let row = &mut col[((ci * s.kh + ky) * s.kw + kx) * plane..][..plane];
+                let row = &mut col[((ci * s.kh + ky) * s.kw + kx) * n..][..n];
                 // Output columns whose input column ox + kx - pad_left lies inside the image.
                 let lo = s.pad_left.saturating_sub(kx).min(s.ow);
                 let hi = (s.w + s.pad_left).saturating_sub(kx).min(s.ow).max(lo);
-                for oy in 0..s.oh {
-                    let dst = &mut row[oy * s.ow..(oy + 1) * s.ow];
+                for (oy, dst) in rows.clone().zip(row.chunks_exact_mut(s.ow)) {
                     let iy = (oy + ky).wrapping_sub(s.pad_top);
                     if iy >= s.h {
                         dst.fill(0.0);
@@ -185,17 +189,49 @@ pub fn forward_cpu(s: Conv2dShape, x: &[f32], w: &[f32], b: Option<&[f32]>, act:
         check_len("conv2d", "bias", b.len(), s.cout)?;
     }
     let (in_img, out_img, plane, taps) = (s.cin * s.h * s.w, s.cout * s.plane(), s.plane(), s.taps());
-    let items: Vec<_> = y.chunks_mut(out_img.max(1)).zip(x.chunks(in_img.max(1))).collect();
-    per_image(&s, items, |(yo, xi), col, threads| {
-        for (co, row) in yo.chunks_mut(plane).enumerate() {
+    // Output rows `rows` of image `xi` into `out` ([cout, rows.len() * ow]).
+    let rows_of = |xi: &[f32], rows: std::ops::Range<usize>, out: &mut [f32], col: &mut [f32]| {
+        let n = rows.len() * s.ow;
+        if n == 0 {
+            return;
+        }
+        for (co, row) in out.chunks_mut(n).enumerate() {
             row.fill(b.map_or(0.0, |b| b[co]));
         }
-        im2col(&s, xi, col);
-        sgemm(s.cout, plane, taps, MatRef::rows(w, taps), MatRef::rows(col, plane), yo, true, threads);
+        im2col_rows(&s, xi, &mut col[..taps * n], rows);
+        sgemm(s.cout, n, taps, MatRef::rows(w, taps), MatRef::rows(col, n), out, true, 1);
         if act == Activation::Relu {
-            yo.iter_mut().for_each(|v| *v = super::relu::relu(*v));
+            out.iter_mut().for_each(|v| *v = super::relu::relu(*v));
         }
-    });
+    };
+    let threads = rayon::current_num_threads();
+    if parallel_over_batch(s.batch) || s.oh < threads {
+        let items: Vec<_> = y.chunks_mut(out_img.max(1)).zip(x.chunks(in_img.max(1))).collect();
+        per_image(&s, items, |(yo, xi), col, _| rows_of(xi, 0..s.oh, yo, col));
+        return Ok(());
+    }
+    // Fewer images than threads (batch-1 inference): each thread takes a share of the image's
+    // output rows, with its own im2col columns, in one fork and join per image. The gemm
+    // crate's own split of the product synchronised its threads several times a call, and a
+    // tenth of batch-1 calls took half as long again.
+    let share = s.oh.div_ceil(threads);
+    for (yo, xi) in y.chunks_mut(out_img).zip(x.chunks(in_img)) {
+        let parts: Vec<Vec<f32>> = (0..threads)
+            .into_par_iter()
+            .map(|t| {
+                let rows = (t * share).min(s.oh)..((t + 1) * share).min(s.oh);
+                let mut out = vec![0.0; s.cout * rows.len() * s.ow];
+                with_col_scratch(taps * rows.len() * s.ow, |col| rows_of(xi, rows, &mut out, col));
+                out
+            })
+            .collect();
+        for (t, part) in parts.iter().enumerate().filter(|(_, p)| !p.is_empty()) {
+            let n = part.len() / s.cout;
+            for (co, row) in part.chunks(n).enumerate() {
+                yo[co * plane + t * share * s.ow..][..n].copy_from_slice(row);
+            }
+        }
+    }
     Ok(())
 }
 
