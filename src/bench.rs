@@ -540,6 +540,11 @@ pub fn bench_detect_gpu(gpu: &Gpu, cascade: &crate::detect::Cascade, scene: &ima
     bench_detect(&gpu.describe(), rayon::current_num_threads(), scene, reps, |frame| Ok(detector.detect_multi_scale(frame, &params)?.len()))
 }
 
+/// Batch-1 latency is the median of this many calls per repetition: a call takes about a
+/// millisecond, and on a shared host the median of ten moved by half from run to run.
+/// tools/torch_bench.py does the same.
+pub const BATCH1_REPS_PER_REP: usize = 20;
+
 /// Training and inference throughput of a model on one backend.
 #[derive(Clone, Debug, Serialize)]
 pub struct TrainBench {
@@ -557,7 +562,7 @@ pub struct TrainBench {
 }
 
 /// Times training steps and inference of `config` on `backend` with synthetic images,
-/// median of `reps` after a warm-up.
+/// median of `reps` after a warm-up (batch-1 latency: of [`BATCH1_REPS_PER_REP`] times as many).
 pub fn bench_train<B: crate::nn::Backend>(backend: &B, config: crate::nn::ModelConfig, batch: usize, reps: usize) -> anyhow::Result<TrainBench> {
     use crate::kernels::adam::AdamConfig;
     let mut model = crate::nn::Model::new(backend, config, 1)?;
@@ -565,16 +570,17 @@ pub fn bench_train<B: crate::nn::Backend>(backend: &B, config: crate::nn::ModelC
     let images: Vec<u8> = (0..batch * px).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     let labels: Vec<u32> = (0..batch as u32).map(|i| i % 7).collect();
     let maps = vec![crate::kernels::warp::IDENTITY; batch];
-    let median = |f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<f64> {
+    let median_of = |reps: usize, f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<f64> {
         f()?;
         let mut samples = Vec::new();
-        for _ in 0..reps.max(1) {
+        for _ in 0..reps {
             let t = Instant::now();
             f()?;
             samples.push(t.elapsed().as_secs_f64());
         }
         Ok(summarize(samples).0)
     };
+    let median = |f: &mut dyn FnMut() -> anyhow::Result<()>| median_of(reps.max(1), f);
     let mut step = 0u64;
     let train = median(&mut || {
         step += 1;
@@ -585,7 +591,7 @@ pub fn bench_train<B: crate::nn::Backend>(backend: &B, config: crate::nn::ModelC
         model.predict(backend, &images, false)?;
         Ok(())
     })?;
-    let single = median(&mut || {
+    let single = median_of(reps.max(1) * BATCH1_REPS_PER_REP, &mut || {
         model.predict(backend, &images[..px], false)?;
         Ok(())
     })?;

@@ -224,7 +224,7 @@ def markdown(report):
         "## Training and inference (`mien bench train` vs `tools/torch_bench.py`)",
         "",
         "Synthetic images, the same models (built from data/models/*.json), training step = forward, "
-        "cross-entropy, backward, Adam; median over the repetitions. mien's training step starts from "
+        "cross-entropy, backward, Adam; median over the repetitions (batch-1 latency: over 20 times as many calls). mien's training step starts from "
         "u8 pixels (its u8-to-float conversion is inside the step); PyTorch's from a float tensor.",
         "",
     ]

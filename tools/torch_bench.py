@@ -12,7 +12,9 @@ src/bench.rs:
 - inference of a batch (eval mode, torch.inference_mode), as images per second;
 - the latency of one image (batch 1), in milliseconds.
 Each figure is the median of --reps timed runs after --warmup untimed ones (mien: 1 warm-up,
-median of 5, the upper median when the count is even; so here). Threads are PyTorch's default
+median of 5, the upper median when the count is even; so here), batch-1 latency the median of
+BATCH1_REPS_PER_REP times as many: a call takes about a millisecond, and on a shared host a
+median of ten of them moved by half from run to run. Threads are PyTorch's default
 (torch.get_num_threads()) unless --threads is given.
 
 With --json, prints one JSON object whose per-model entries use mien's field names (model,
@@ -29,6 +31,10 @@ import time
 import torch
 
 from mien_torch import build, load_config, model_path, optimizer, parameter_count
+
+
+# As mien's bench::BATCH1_REPS_PER_REP.
+BATCH1_REPS_PER_REP = 20
 
 
 def median(samples):
@@ -73,7 +79,7 @@ def bench_model(name, batch, reps, warmup, seed=1):
 
     train_s, train_samples = timed(train_step, reps, warmup)
     infer_s, infer_samples = timed(lambda: infer(images), reps, warmup)
-    single_s, single_samples = timed(lambda: infer(one), reps, warmup)
+    single_s, single_samples = timed(lambda: infer(one), reps * BATCH1_REPS_PER_REP, warmup)
     return {
         "model": config["name"],
         "device": f"PyTorch CPU ({torch.get_num_threads()} threads)",
