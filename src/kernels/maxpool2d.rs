@@ -50,25 +50,27 @@ pub fn forward_cpu(s: PoolShape, x: &[f32], y: &mut [f32], argmax: &mut [u32]) -
     Ok(())
 }
 
-// Both plane loops scan each window in row-major order keeping a strictly greater value, so
-// the first maximum wins, and both are written as selects: a data-dependent branch here
-// mispredicts half the time.
+/// The running maximum `(value, index)` after looking at `v` at `at`. Both plane loops scan
+/// each window in row-major order, so keeping only a strictly greater value makes the first
+/// maximum win. Written as selects: a data-dependent branch here mispredicts half the time.
+fn keep_max((best, best_at): (f32, u32), v: f32, at: u32) -> (f32, u32) {
+    let greater = v > best;
+    (if greater { v } else { best }, if greater { at } else { best_at })
+}
+
 fn forward_plane(s: PoolShape, xp: &[f32], yp: &mut [f32], ap: &mut [u32]) {
     let (ow, size) = (s.ow(), s.size);
     for (oy, (yrow, arow)) in yp.chunks_exact_mut(ow).zip(ap.chunks_exact_mut(ow)).enumerate() {
         for (ox, (y, a)) in yrow.iter_mut().zip(arow.iter_mut()).enumerate() {
             let first = oy * size * s.w + ox * size;
-            let (mut best, mut best_at) = (xp[first], first);
+            let mut best = (xp[first], first as u32);
             for dy in 0..size {
                 let start = first + dy * s.w;
                 for (dx, &v) in xp[start..start + size].iter().enumerate() {
-                    let greater = v > best;
-                    best = if greater { v } else { best };
-                    best_at = if greater { start + dx } else { best_at };
+                    best = keep_max(best, v, (start + dx) as u32);
                 }
             }
-            *y = best;
-            *a = best_at as u32;
+            (*y, *a) = best;
         }
     }
 }
@@ -82,14 +84,11 @@ fn forward_plane_2x2(s: PoolShape, xp: &[f32], yp: &mut [f32], ap: &mut [u32]) {
         let (r0, r1) = (&xp[top..top + 2 * ow], &xp[top + w..top + w + 2 * ow]);
         for (ox, (((y, a), p0), p1)) in yrow.iter_mut().zip(arow.iter_mut()).zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)).enumerate() {
             let left = (top + 2 * ox) as u32;
-            let (mut best, mut best_at) = (p0[0], left);
+            let mut best = (p0[0], left);
             for (v, at) in [(p0[1], left + 1), (p1[0], left + w as u32), (p1[1], left + w as u32 + 1)] {
-                let greater = v > best;
-                best = if greater { v } else { best };
-                best_at = if greater { at } else { best_at };
+                best = keep_max(best, v, at);
             }
-            *y = best;
-            *a = best_at;
+            (*y, *a) = best;
         }
     }
 }
