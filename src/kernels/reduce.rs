@@ -43,8 +43,7 @@ pub fn sum_channels_gpu(
     accumulate: bool,
 ) -> Result<()> {
     let params = Params { outer: outer as u32, channels: channels as u32, inner: inner as u32, flags: if accumulate { ACCUMULATE } else { 0 } };
-    // One workgroup per channel: dispatch_linear with a workgroup size of 1 folds the count.
-    rec.dispatch_linear("sum_channels", &shaders::REDUCE, "sum_channels", &params, &[x, out.all().rw()], channels, 1)
+    rec.dispatch_linear("sum_channels", &shaders::REDUCE, "sum_channels", &params, &[x, out.all().rw()], channels, 64)
 }
 
 /// CPU version of [`sum_channels_gpu`] (overwrites `out`). Channels run in parallel, each
