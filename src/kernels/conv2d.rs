@@ -357,8 +357,10 @@ struct FilterParams {
 const ADD_BIAS: u32 = 1;
 const APPLY_RELU: u32 = 2;
 
-/// `images` input images of `s` copied into the zero-bordered planes of `valid`.
+/// `images` input images of `s` copied into the zero-bordered planes of `valid`, whose rows
+/// must be a multiple of 4 long.
 fn pad_gpu(rec: &mut Recorder, s: &Conv2dShape, valid: &Conv2dShape, images: usize, x: GpuSlice) -> Result<GpuBuffer<f32>> {
+    debug_assert_eq!(valid.w % 4, 0, "conv2d_pad.wgsl writes whole vec4s");
     let padded = rec.scratch::<f32>(images * s.cin * valid.h * valid.w)?;
     let params = [(images * s.cin) as u32, s.h as u32, s.w as u32, s.pad_top as u32, s.pad_left as u32, valid.h as u32, valid.w as u32, 0];
     rec.dispatch_linear("conv2d_pad", &shaders::CONV2D_PAD, "pad", &params, &[x, padded.all().rw()], images * s.cin * valid.h, 64)?;
@@ -447,7 +449,9 @@ pub fn backward_filter_gpu(
 ) -> Result<()> {
     s.check(x.len(), dw.len(), dy.len())?;
     check_buf("conv2d", "bias gradient", db, s.cout)?;
-    let valid = s.padded(1);
+    // Read as it is when no padding is needed; a padded copy has rows a multiple of 4 long,
+    // since conv2d_pad.wgsl writes whole vec4s.
+    let valid = if s.padded(1) == s { s } else { s.padded(4) };
     let out_img = s.cout * s.plane();
     // One thread per 8 output channels x input channel x 3x3 block of taps (see
     // conv2d_filter_grad.wgsl), times the splits of the reduction over output rows.
