@@ -5,6 +5,7 @@ use mien::gpu::shaders::{Shader, ALL};
 use naga::back::{glsl, hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
+/// The shader parsed, validated, and with its `override` constants set as its pipelines set them.
 fn validate(shader: &Shader) -> (naga::Module, naga::valid::ModuleInfo) {
     let src = shader.source();
     let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(&src)));
@@ -12,7 +13,10 @@ fn validate(shader: &Shader) -> (naga::Module, naga::valid::ModuleInfo) {
     let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
         .validate(&module)
         .unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(&src)));
-    (module, info)
+    let constants = shader.constants.iter().map(|&(name, value)| (name.to_string(), value)).collect();
+    let (module, info) = naga::back::pipeline_constants::process_overrides(&module, &info, None, &constants)
+        .unwrap_or_else(|e| panic!("{}: overrides {:?}: {e}", shader.name, shader.constants));
+    (module.into_owned(), info.into_owned())
 }
 
 #[test]

@@ -297,7 +297,7 @@ impl Gpu {
                     layout: Some(&pipeline_layout),
                     module: &module,
                     entry_point: Some(entry),
-                    compilation_options: Default::default(),
+                    compilation_options: wgpu::PipelineCompilationOptions { constants: shader.constants, ..Default::default() },
                     cache: None,
                 });
                 Arc::new(Pipeline { pipeline, layout })

@@ -4,8 +4,11 @@
 //! defines). The naga test validates and cross-compiles every entry of `ALL`.
 
 pub struct Shader {
+    /// Unique per shader and per set of `constants` (the pipeline cache's key).
     pub name: &'static str,
     pub files: &'static [(&'static str, &'static str)],
+    /// Values for the shader's `override` declarations, fixed when its pipelines are compiled.
+    pub constants: &'static [(&'static str, f64)],
 }
 
 impl Shader {
@@ -27,8 +30,12 @@ macro_rules! wgsl {
 }
 
 macro_rules! shaders {
-    ($($id:ident = $name:literal [$($file:literal),+];)+) => {
-        $(pub const $id: Shader = Shader { name: $name, files: &[wgsl!("common.wgsl"), $(wgsl!($file)),+] };)+
+    ($($id:ident = $name:literal [$($file:literal),+] $({ $($constant:ident = $value:literal),+ })?;)+) => {
+        $(pub const $id: Shader = Shader {
+            name: $name,
+            files: &[wgsl!("common.wgsl"), $(wgsl!($file)),+],
+            constants: &[$($((stringify!($constant), $value)),+)?],
+        };)+
         pub const ALL: &[&Shader] = &[$(&$id),+];
     };
 }
@@ -38,6 +45,8 @@ shaders! {
     DENSE_PACK = "dense_pack" ["dense_pack.wgsl"];
     DENSE_TRANSPOSE = "dense_transpose" ["dense_transpose.wgsl"];
     CONV2D = "conv2d" ["conv2d.wgsl"];
+    // Specialised for 3-wide kernels: each kernel row as straight-line code.
+    CONV2D_THREE_TAPS = "conv2d_three_taps" ["conv2d.wgsl"] { THREE_TAPS = 1.0 };
     CONV2D_FILTER_GRAD = "conv2d_filter_grad" ["conv2d_filter_grad.wgsl"];
     CONV2D_PACK = "conv2d_pack" ["conv2d_pack.wgsl"];
     CONV2D_PAD = "conv2d_pad" ["conv2d_pad.wgsl"];
@@ -56,3 +65,4 @@ shaders! {
     INTEGRAL = "integral" ["integral.wgsl"];
     HAAR_CASCADE = "haar_cascade" ["haar_cascade.wgsl"];
 }
+

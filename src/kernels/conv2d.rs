@@ -420,7 +420,8 @@ fn forward_impl(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32>, packed: 
         // conv2d.wgsl).
         let threads = r.len() * s.cout.div_ceil(8) * (s.oh * valid.w).div_ceil(16);
         let bindings = [input, packed.all(), b.unwrap_or(packed).all(), y.slice(r.start * out_img..r.end * out_img).rw()];
-        rec.dispatch_linear("conv2d_forward", &shaders::CONV2D, "forward", &params, &bindings, threads, 64)
+        let shader = if s.kw == 3 { &shaders::CONV2D_THREE_TAPS } else { &shaders::CONV2D };
+        rec.dispatch_linear("conv2d_forward", shader, "forward", &params, &bindings, threads, 64)
     })
 }
 
