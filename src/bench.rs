@@ -90,7 +90,7 @@ fn time_gpu(gpu: &Gpu, run: &GpuRun, reps: usize) -> Result<(f64, f64)> {
         let mut rec = gpu.recorder(true);
         let start = Instant::now();
         run(&mut rec)?;
-        let passes = rec.finish()?;
+        let passes = rec.finish()?.passes;
         let wall = start.elapsed().as_secs_f64() * 1e3;
         let ms = if gpu.timestamps { passes.iter().map(|p| p.nanos).sum::<f64>() / 1e6 } else { wall };
         if rep > 0 {

@@ -792,17 +792,23 @@ fn profile_train(global: &Global, steps: usize, batch: usize, trace: &Path, mode
     // One step first, so pipeline compilation and first allocations stay out of the profile.
     net.train_step(&backend, &images, &maps, &labels, 0, AdamConfig::default(), 1)?;
     backend.take_timings();
+    backend.take_host_timing();
     let start = std::time::Instant::now();
     for step in 0..steps as u64 {
         net.train_step(&backend, &images, &maps, &labels, step as u32 + 1, AdamConfig::default(), step + 2)?;
     }
     let wall = start.elapsed().as_secs_f64();
     let passes = backend.take_timings();
+    let host = backend.take_host_timing();
     let events: Vec<serde_json::Value> = passes
         .iter()
         .map(|p| serde_json::json!({"name": p.label, "cat": "gpu", "ph": "X", "ts": p.start_ns / 1e3, "dur": p.nanos / 1e3, "pid": 1, "tid": 1}))
         .collect();
-    let doc = serde_json::json!({"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"adapter": gpu.describe(), "steps": steps, "batch": batch}});
+    let per_step = |ns: f64| ns / 1e6 / steps.max(1) as f64;
+    let doc = serde_json::json!({"traceEvents": events, "displayTimeUnit": "ms", "otherData": {
+        "adapter": gpu.describe(), "steps": steps, "batch": batch,
+        "host_record_ms_per_step": per_step(host.record_ns), "host_submit_ms_per_step": per_step(host.submit_ns),
+    }});
     std::fs::write(trace, serde_json::to_string(&doc)?).with_context(|| format!("{}: cannot write", trace.display()))?;
     let mut by_kernel: std::collections::BTreeMap<&str, (usize, f64)> = Default::default();
     for p in &passes {
@@ -814,6 +820,14 @@ fn profile_train(global: &Global, steps: usize, batch: usize, trace: &Path, mode
     let mut rows: Vec<_> = by_kernel.into_iter().collect();
     rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
     println!("{} training steps at batch {batch} on {}: {:.1} ms GPU time per step, {:.1} ms wall per step", steps, gpu.describe(), total / 1e6 / steps.max(1) as f64, wall * 1e3 / steps.max(1) as f64);
+    // What a GPU faster than the host waits on: with the trace's timestamps this reads as
+    // launch overhead against kernel time.
+    println!(
+        "host per step: {:.2} ms recording {} passes, {:.2} ms encoding and submitting them",
+        per_step(host.record_ns),
+        host.passes / steps.max(1),
+        per_step(host.submit_ns)
+    );
     println!("{:<28} {:>7} {:>6} {:>12} {:>12}", "kernel", "share", "calls", "total ms", "mean us");
     for (name, (calls, nanos)) in rows {
         println!("{:<28} {:>6.1}% {:>6} {:>12.2} {:>12.1}", name, 100.0 * nanos / total, calls, nanos / 1e6, nanos / 1e3 / calls as f64);

@@ -19,6 +19,23 @@ pub struct PassTiming {
 
 const QUERIES_PER_SET: u32 = 512;
 
+/// What one submission cost the host, the launch overhead a fast GPU waits on.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HostTiming {
+    /// Passes recorded.
+    pub passes: usize,
+    /// Recording them: a params uniform, a bind group and a compute pass each.
+    pub record_ns: f64,
+    /// Finishing the command buffer (wgpu encodes the driver's commands here) and submitting it.
+    pub submit_ns: f64,
+}
+
+/// A submission's results: each pass's GPU time when profiling, and the host's cost.
+pub struct Finished {
+    pub passes: Vec<PassTiming>,
+    pub host: HostTiming,
+}
+
 pub struct Recorder<'g> {
     gpu: &'g Gpu,
     encoder: wgpu::CommandEncoder,
@@ -27,6 +44,7 @@ pub struct Recorder<'g> {
     labels: Vec<&'static str>,
     /// Scratch buffers handed out here, back to the pool once the work has run.
     scratch: Vec<wgpu::Buffer>,
+    host: HostTiming,
 }
 
 impl<'g> Recorder<'g> {
@@ -38,6 +56,7 @@ impl<'g> Recorder<'g> {
             query_sets: Vec::new(),
             labels: Vec::new(),
             scratch: Vec::new(),
+            host: HostTiming::default(),
         }
     }
 
@@ -115,6 +134,7 @@ impl<'g> Recorder<'g> {
         bindings: &[GpuSlice<'_>],
         dispatch: impl FnOnce(&mut wgpu::ComputePass<'_>),
     ) -> Result<()> {
+        let start = Instant::now();
         let gpu = self.gpu;
         let align = gpu.limits.min_storage_buffer_offset_alignment as u64;
         for (i, b) in bindings.iter().enumerate() {
@@ -162,6 +182,9 @@ impl<'g> Recorder<'g> {
         pass.set_pipeline(&pipeline.pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
         dispatch(&mut pass);
+        drop(pass);
+        self.host.passes += 1;
+        self.host.record_ns += start.elapsed().as_secs_f64() * 1e9;
         Ok(())
     }
 
@@ -213,10 +236,10 @@ impl<'g> Recorder<'g> {
         Some((self.query_sets.len() - 1, index % QUERIES_PER_SET))
     }
 
-    /// Submits everything recorded and waits for it. With profiling on, returns each pass's GPU
-    /// time (or one wall-clock entry when the adapter has no timestamp queries).
-    pub fn finish(self) -> Result<Vec<PassTiming>> {
-        let Recorder { gpu, mut encoder, profile, query_sets, labels, scratch } = self;
+    /// Submits everything recorded and waits for it. With profiling on, the passes are each
+    /// pass's GPU time (or one wall-clock entry when the adapter has no timestamp queries).
+    pub fn finish(self) -> Result<Finished> {
+        let Recorder { gpu, mut encoder, profile, query_sets, labels, scratch, mut host } = self;
         let mut resolved = Vec::new();
         for set in &query_sets {
             let bytes = QUERIES_PER_SET as u64 * 8;
@@ -233,21 +256,22 @@ impl<'g> Recorder<'g> {
         }
         let start = Instant::now();
         gpu.queue.submit([encoder.finish()]);
+        host.submit_ns = start.elapsed().as_secs_f64() * 1e9;
         gpu.wait()?;
         gpu.return_scratch(scratch);
         let wall = start.elapsed().as_secs_f64() * 1e9;
         if !profile {
-            return Ok(Vec::new());
+            return Ok(Finished { passes: Vec::new(), host });
         }
         if resolved.is_empty() {
-            return Ok(vec![PassTiming { label: "all passes (wall clock)", start_ns: 0.0, nanos: wall }]);
+            return Ok(Finished { passes: vec![PassTiming { label: "all passes (wall clock)", start_ns: 0.0, nanos: wall }], host });
         }
         let period = gpu.queue.get_timestamp_period() as f64;
         let mut ticks = Vec::new();
         for host in &resolved {
             ticks.extend(gpu.read(host)?);
         }
-        Ok(labels
+        let passes = labels
             .iter()
             .enumerate()
             .map(|(i, &label)| PassTiming {
@@ -255,6 +279,7 @@ impl<'g> Recorder<'g> {
                 start_ns: ticks[2 * i].saturating_sub(ticks[0]) as f64 * period,
                 nanos: ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period,
             })
-            .collect())
+            .collect();
+        Ok(Finished { passes, host })
     }
 }

@@ -3,7 +3,7 @@
 //! until something is read back). The model and training loop are written once, against this.
 
 use crate::error::Result;
-use crate::gpu::{Gpu, GpuBuffer, PassTiming, Recorder};
+use crate::gpu::{Finished, Gpu, GpuBuffer, HostTiming, PassTiming, Recorder};
 use crate::kernels::adam::{self, AdamConfig};
 use crate::kernels::batchnorm::{self, BnConfig, BnParams, BnSaved, BnShape};
 use crate::kernels::conv2d::{self, Activation, Conv2dShape};
@@ -189,11 +189,13 @@ pub struct GpuBackend<'g> {
     recorder: RefCell<Option<Recorder<'g>>>,
     /// With profiling on: every pass so far, submissions laid end to end on one time line.
     profile: Option<RefCell<Vec<PassTiming>>>,
+    /// The host's cost of every submission so far, summed.
+    host: RefCell<HostTiming>,
 }
 
 impl<'g> GpuBackend<'g> {
     pub fn new(gpu: &'g Gpu) -> Self {
-        GpuBackend { gpu, recorder: RefCell::new(None), profile: None }
+        GpuBackend { gpu, recorder: RefCell::new(None), profile: None, host: RefCell::default() }
     }
 
     /// A backend that times every pass with timestamp queries (see [`GpuBackend::take_timings`]).
@@ -204,6 +206,11 @@ impl<'g> GpuBackend<'g> {
     /// The passes timed so far, and forgets them.
     pub fn take_timings(&self) -> Vec<PassTiming> {
         self.profile.as_ref().map(|p| std::mem::take(&mut *p.borrow_mut())).unwrap_or_default()
+    }
+
+    /// What recording and submitting cost the host so far, and forgets it.
+    pub fn take_host_timing(&self) -> HostTiming {
+        std::mem::take(&mut *self.host.borrow_mut())
     }
 
     fn record(&self, f: impl FnOnce(&mut Recorder<'g>) -> Result<()>) -> Result<()> {
@@ -245,11 +252,15 @@ impl Backend for GpuBackend<'_> {
     }
     fn flush(&self) -> Result<()> {
         let Some(rec) = self.recorder.borrow_mut().take() else { return Ok(()) };
-        let timings = rec.finish()?;
+        let Finished { passes, host } = rec.finish()?;
+        let mut total = self.host.borrow_mut();
+        total.passes += host.passes;
+        total.record_ns += host.record_ns;
+        total.submit_ns += host.submit_ns;
         if let Some(profile) = &self.profile {
             let mut all = profile.borrow_mut();
             let offset = all.last().map_or(0.0, |t| t.start_ns + t.nanos);
-            all.extend(timings.into_iter().map(|t| PassTiming { start_ns: t.start_ns + offset, ..t }));
+            all.extend(passes.into_iter().map(|t| PassTiming { start_ns: t.start_ns + offset, ..t }));
         }
         Ok(())
     }
