@@ -98,3 +98,16 @@ fn train_rejects_an_augmentation_range_out_of_bounds_before_reading_data() {
     let (ok, _, stderr) = mien(&["train", "--device", "cpu", "--zoom", "1.5", "--data", "no/such/folder"]);
     assert!(!ok && stderr.contains("--zoom must be in [0, 0.99], got 1.5"), "{stderr}");
 }
+
+#[test]
+fn profile_train_writes_a_trace_and_prints_gpu_and_host_costs() {
+    let dir = temp_dir("profile");
+    let trace = dir.join("trace.json");
+    let (ok, stdout, stderr) = mien(&["profile", "train", "--device", "gpu", "--steps", "2", "--batch", "3", "--trace", s(&trace)]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("ms GPU time per step") && stdout.contains("host per step:") && stdout.contains("conv2d_forward"), "{stdout}");
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    let events = doc["traceEvents"].as_array().unwrap();
+    assert!(events.iter().any(|e| e["name"] == "conv2d_filter_grad" && e["dur"].as_f64().unwrap() > 0.0));
+    assert!(doc["otherData"]["host_record_ms_per_step"].as_f64().unwrap() > 0.0);
+}
