@@ -1,12 +1,14 @@
 // Weight gradient of a 'valid' stride-1 convolution (NCHW, OIHW; padding is applied beforehand
 // by conv2d_pad.wgsl):
 //     dw[co, ci, ky, kx] = sum over (img, oy, ox) of dy[img, co, oy, ox] * x[img, ci, oy + ky, ox + kx]
-// Each thread owns 8 output channels x one input channel x a 3x3 block of taps (a 3x3 kernel is
+// Each thread owns 8 output channels x two input channels x a 3x3 block of taps (a 3x3 kernel is
 // one block; other sizes take several, the taps past the kernel's edge are computed and
-// dropped), in 18 named vec4 registers whose lanes are channels. Walking along an output row,
-// the three input rows' windows slide by one column, so a pixel costs 8 loads of dy and 3 new
-// loads of x for 72 multiply-adds (lavapipe gathers every load per lane; a matrix-product
-// formulation with integer division per element ran at a third of this speed).
+// dropped), in 36 named vec4 registers whose lanes are output channels. Walking along an output
+// row, the three input rows' windows of each input channel slide by one column, so a pixel
+// costs 8 loads of dy and 6 new loads of x for 144 multiply-adds. lavapipe gathers every load
+// lane by lane, so loads per multiply-add set its speed: one input channel a thread (11 loads
+// for 72) was 14-23 % slower at conv2-4, and a matrix-product formulation with integer division
+// per element ran at a third of this speed.
 // The bias gradient db[co] = sum of dy[img, co, oy, ox] comes out of the same walk: the threads
 // of input channel 0 and the first tap block store their running sums of dy. A pass of its own
 // would read dy again, which on lavapipe took as long as this whole kernel at conv1.
@@ -37,26 +39,36 @@ fn filter_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let kyb = (p.kh + TAP_BLOCK - 1u) / TAP_BLOCK;
     let kxb = (p.kw + TAP_BLOCK - 1u) / TAP_BLOCK;
     let co_blocks = (p.cout + CO_TILE - 1u) / CO_TILE;
-    // Neighbouring threads take neighbouring input channels of one channel block: they read the
-    // same dy.
-    let ci = t % p.cin;
-    let kx0 = ((t / p.cin) % kxb) * TAP_BLOCK;
-    let ky0 = ((t / (p.cin * kxb)) % kyb) * TAP_BLOCK;
-    let co0 = ((t / (p.cin * kxb * kyb)) % co_blocks) * CO_TILE;
-    let split = t / (p.cin * kxb * kyb * co_blocks);
+    // Neighbouring threads take neighbouring pairs of input channels of one block of output
+    // channels: they read the same dy.
+    let pairs = (p.cin + 1u) / 2u;
+    let ci = (t % pairs) * 2u;
+    // The second channel of an odd count repeats the first; dropped at the store.
+    let cj = min(ci + 1u, p.cin - 1u);
+    let kx0 = ((t / pairs) % kxb) * TAP_BLOCK;
+    let ky0 = ((t / (pairs * kxb)) % kyb) * TAP_BLOCK;
+    let co0 = ((t / (pairs * kxb * kyb)) % co_blocks) * CO_TILE;
+    let split = t / (pairs * kxb * kyb * co_blocks);
     if (split >= p.splits) {
         return;
     }
     let plane_in = p.h * p.w;
     let plane_out = p.oh * p.ow;
     let last = p.cout - 1u;
-    // acc<r><c>l / acc<r><c>h: tap (ky0 + r, kx0 + c) for channels co0 .. co0+3 / co0+4 .. co0+7.
+    // acc<r><c>l / acc<r><c>h: tap (ky0 + r, kx0 + c) of input channel ci for output channels
+    // co0 .. co0+3 / co0+4 .. co0+7; bcc<r><c>l / bcc<r><c>h: the same for input channel cj.
     var acc00l = vec4<f32>(0.0); var acc01l = vec4<f32>(0.0); var acc02l = vec4<f32>(0.0);
     var acc10l = vec4<f32>(0.0); var acc11l = vec4<f32>(0.0); var acc12l = vec4<f32>(0.0);
     var acc20l = vec4<f32>(0.0); var acc21l = vec4<f32>(0.0); var acc22l = vec4<f32>(0.0);
     var acc00h = vec4<f32>(0.0); var acc01h = vec4<f32>(0.0); var acc02h = vec4<f32>(0.0);
     var acc10h = vec4<f32>(0.0); var acc11h = vec4<f32>(0.0); var acc12h = vec4<f32>(0.0);
     var acc20h = vec4<f32>(0.0); var acc21h = vec4<f32>(0.0); var acc22h = vec4<f32>(0.0);
+    var bcc00l = vec4<f32>(0.0); var bcc01l = vec4<f32>(0.0); var bcc02l = vec4<f32>(0.0);
+    var bcc10l = vec4<f32>(0.0); var bcc11l = vec4<f32>(0.0); var bcc12l = vec4<f32>(0.0);
+    var bcc20l = vec4<f32>(0.0); var bcc21l = vec4<f32>(0.0); var bcc22l = vec4<f32>(0.0);
+    var bcc00h = vec4<f32>(0.0); var bcc01h = vec4<f32>(0.0); var bcc02h = vec4<f32>(0.0);
+    var bcc10h = vec4<f32>(0.0); var bcc11h = vec4<f32>(0.0); var bcc12h = vec4<f32>(0.0);
+    var bcc20h = vec4<f32>(0.0); var bcc21h = vec4<f32>(0.0); var bcc22h = vec4<f32>(0.0);
     // Sums of dy for channels co0 .. co0+3 / co0+4 .. co0+7 (kept by every thread: two adds
     // beside 18 multiply-adds cost less than a branch that splits the lanes).
     var dyl = vec4<f32>(0.0); var dyh = vec4<f32>(0.0);
@@ -84,12 +96,24 @@ fn filter_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         var a0 = x[min(x0, x_last)]; var b0 = x[min(x0 + 1u, x_last)];
         var a1 = x[min(x1, x_last)]; var b1 = x[min(x1 + 1u, x_last)];
         var a2 = x[min(x2, x_last)]; var b2 = x[min(x2 + 1u, x_last)];
+        // The same rows of input channel cj: windows f g h.
+        let y_plane = (img * p.cin + cj) * plane_in;
+        let y_last = y_plane + plane_in - 1u;
+        let y0 = y_plane + (oy + ky0) * p.w + kx0;
+        let y1 = y0 + p.w;
+        let y2 = y1 + p.w;
+        var f0 = x[min(y0, y_last)]; var g0 = x[min(y0 + 1u, y_last)];
+        var f1 = x[min(y1, y_last)]; var g1 = x[min(y1 + 1u, y_last)];
+        var f2 = x[min(y2, y_last)]; var g2 = x[min(y2 + 1u, y_last)];
         for (var ox = 0u; ox < p.ow; ox++) {
             let dl = vec4<f32>(dy[d0 + ox], dy[d1 + ox], dy[d2 + ox], dy[d3 + ox]);
             let dh = vec4<f32>(dy[d4 + ox], dy[d5 + ox], dy[d6 + ox], dy[d7 + ox]);
             let c0 = x[min(x0 + ox + 2u, x_last)];
             let c1 = x[min(x1 + ox + 2u, x_last)];
             let c2 = x[min(x2 + ox + 2u, x_last)];
+            let h0 = x[min(y0 + ox + 2u, y_last)];
+            let h1 = x[min(y1 + ox + 2u, y_last)];
+            let h2 = x[min(y2 + ox + 2u, y_last)];
             dyl += dl;
             dyh += dh;
             acc00l = fma(dl, vec4<f32>(a0), acc00l); acc01l = fma(dl, vec4<f32>(b0), acc01l); acc02l = fma(dl, vec4<f32>(c0), acc02l);
@@ -98,35 +122,27 @@ fn filter_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
             acc00h = fma(dh, vec4<f32>(a0), acc00h); acc01h = fma(dh, vec4<f32>(b0), acc01h); acc02h = fma(dh, vec4<f32>(c0), acc02h);
             acc10h = fma(dh, vec4<f32>(a1), acc10h); acc11h = fma(dh, vec4<f32>(b1), acc11h); acc12h = fma(dh, vec4<f32>(c1), acc12h);
             acc20h = fma(dh, vec4<f32>(a2), acc20h); acc21h = fma(dh, vec4<f32>(b2), acc21h); acc22h = fma(dh, vec4<f32>(c2), acc22h);
+            bcc00l = fma(dl, vec4<f32>(f0), bcc00l); bcc01l = fma(dl, vec4<f32>(g0), bcc01l); bcc02l = fma(dl, vec4<f32>(h0), bcc02l);
+            bcc10l = fma(dl, vec4<f32>(f1), bcc10l); bcc11l = fma(dl, vec4<f32>(g1), bcc11l); bcc12l = fma(dl, vec4<f32>(h1), bcc12l);
+            bcc20l = fma(dl, vec4<f32>(f2), bcc20l); bcc21l = fma(dl, vec4<f32>(g2), bcc21l); bcc22l = fma(dl, vec4<f32>(h2), bcc22l);
+            bcc00h = fma(dh, vec4<f32>(f0), bcc00h); bcc01h = fma(dh, vec4<f32>(g0), bcc01h); bcc02h = fma(dh, vec4<f32>(h0), bcc02h);
+            bcc10h = fma(dh, vec4<f32>(f1), bcc10h); bcc11h = fma(dh, vec4<f32>(g1), bcc11h); bcc12h = fma(dh, vec4<f32>(h1), bcc12h);
+            bcc20h = fma(dh, vec4<f32>(f2), bcc20h); bcc21h = fma(dh, vec4<f32>(g2), bcc21h); bcc22h = fma(dh, vec4<f32>(h2), bcc22h);
+            f0 = g0; g0 = h0;
+            f1 = g1; g1 = h1;
+            f2 = g2; g2 = h2;
             a0 = b0; b0 = c0;
             a1 = b1; b1 = c1;
             a2 = b2; b2 = c2;
         }
     }
-    var acc = array<vec4<f32>, 18>(acc00l, acc00h, acc01l, acc01h, acc02l, acc02h, acc10l, acc10h, acc11l, acc11h,
-                                   acc12l, acc12h, acc20l, acc20h, acc21l, acc21h, acc22l, acc22h);
     let taps = p.kh * p.kw;
     let len = p.cout * p.cin * taps;
-    for (var i = 0u; i < 9u; i++) {
-        let ky = ky0 + i / 3u;
-        let kx = kx0 + i % 3u;
-        if (ky >= p.kh || kx >= p.kw) {
-            continue;
-        }
-        for (var c = 0u; c < CO_TILE; c++) {
-            let co = co0 + c;
-            if (co >= p.cout) {
-                break;
-            }
-            let o = ((co * p.cin + ci) * p.kh + ky) * p.kw + kx;
-            if ((p.flags & 4u) != 0u) {
-                dw[split * len + o] = acc[2u * i + c / 4u][c % 4u];
-            } else if ((p.flags & 2u) != 0u) {
-                dw[o] += acc[2u * i + c / 4u][c % 4u];
-            } else {
-                dw[o] = acc[2u * i + c / 4u][c % 4u];
-            }
-        }
+    store_taps(ci, ky0, kx0, co0, split, len, array<vec4<f32>, 18>(acc00l, acc00h, acc01l, acc01h, acc02l, acc02h, acc10l, acc10h, acc11l, acc11h,
+                                   acc12l, acc12h, acc20l, acc20h, acc21l, acc21h, acc22l, acc22h));
+    if (cj != ci) {
+        store_taps(cj, ky0, kx0, co0, split, len, array<vec4<f32>, 18>(bcc00l, bcc00h, bcc01l, bcc01h, bcc02l, bcc02h, bcc10l, bcc10h, bcc11l, bcc11h,
+                                   bcc12l, bcc12h, bcc20l, bcc20h, bcc21l, bcc21h, bcc22l, bcc22h));
     }
     if (ci != 0u || ky0 != 0u || kx0 != 0u) {
         return;
@@ -144,6 +160,34 @@ fn filter_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
             db[co] += v;
         } else {
             db[co] = v;
+        }
+    }
+}
+
+// Channels co0 .. co0+7 of input channel ci, taps (ky0, kx0) .. (ky0 + 2, kx0 + 2), from acc:
+// tap (r, c) in acc[2 (3 r + c)] (channels co0 .. co0+3) and the vec4 after it.
+fn store_taps(ci: u32, ky0: u32, kx0: u32, co0: u32, split: u32, len: u32, acc: array<vec4<f32>, 18>) {
+    var a = acc;
+    for (var i = 0u; i < 9u; i++) {
+        let ky = ky0 + i / 3u;
+        let kx = kx0 + i % 3u;
+        if (ky >= p.kh || kx >= p.kw) {
+            continue;
+        }
+        for (var c = 0u; c < CO_TILE; c++) {
+            let co = co0 + c;
+            if (co >= p.cout) {
+                break;
+            }
+            let o = ((co * p.cin + ci) * p.kh + ky) * p.kw + kx;
+            let v = a[2u * i + c / 4u][c % 4u];
+            if ((p.flags & 4u) != 0u) {
+                dw[split * len + o] = v;
+            } else if ((p.flags & 2u) != 0u) {
+                dw[o] += v;
+            } else {
+                dw[o] = v;
+            }
         }
     }
 }

@@ -454,9 +454,9 @@ pub fn backward_filter_gpu(
     // since conv2d_pad.wgsl writes whole vec4s.
     let valid = if s.padded(1) == s { s } else { s.padded(4) };
     let out_img = s.cout * s.plane();
-    // One thread per 8 output channels x input channel x 3x3 block of taps (see
+    // One thread per 8 output channels x 2 input channels x 3x3 block of taps (see
     // conv2d_filter_grad.wgsl), times the splits of the reduction over output rows.
-    let tiles = s.cout.div_ceil(8) * s.cin * s.kh.div_ceil(3) * s.kw.div_ceil(3);
+    let tiles = s.cout.div_ceil(8) * s.cin.div_ceil(2) * s.kh.div_ceil(3) * s.kw.div_ceil(3);
     const TARGET_THREADS: usize = 16384;
     const MIN_PIXELS: usize = 256;
     // The batch is the reduction axis: each chunk of images after the first adds into dw.
