@@ -11,6 +11,10 @@ use crate::error::{check_len, Result};
 use crate::gpu::{shaders, GpuBuffer, Recorder};
 use rayon::prelude::*;
 
+/// Consecutive elements per thread in the per-element GPU passes (`ELEMENTS` in their shaders):
+/// each thread divides once to find its first element's channel and steps from there.
+const ELEMENTS_PER_THREAD: usize = 16;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BnShape {
     pub batch: usize,
@@ -216,7 +220,7 @@ pub fn forward_gpu(
         y.all().rw(),
     ];
     rec.dispatch_linear("batchnorm_stats", &shaders::BATCHNORM_FORWARD, "stats", &params, &bindings, s.channels, 1)?;
-    rec.dispatch_linear("batchnorm_normalize", &shaders::BATCHNORM_FORWARD, "normalize", &params, &bindings, s.len(), 256)
+    rec.dispatch_linear("batchnorm_normalize", &shaders::BATCHNORM_FORWARD, "normalize", &params, &bindings, s.len().div_ceil(ELEMENTS_PER_THREAD), 256)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -237,5 +241,5 @@ pub fn backward_gpu(
     let params = [s.batch as u32, s.channels as u32, s.plane as u32, 0];
     let bindings = [x.all(), dy.all(), saved.mean.all(), saved.invstd.all(), dgamma.all().rw(), dbeta.all().rw(), gamma.all(), dx.all().rw()];
     rec.dispatch_linear("batchnorm_backward_reduce", &shaders::BATCHNORM_BACKWARD, "reduce", &params, &bindings, s.channels, 1)?;
-    rec.dispatch_linear("batchnorm_backward_data", &shaders::BATCHNORM_BACKWARD, "data", &params, &bindings, s.len(), 256)
+    rec.dispatch_linear("batchnorm_backward_data", &shaders::BATCHNORM_BACKWARD, "data", &params, &bindings, s.len().div_ceil(ELEMENTS_PER_THREAD), 256)
 }
