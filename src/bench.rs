@@ -60,6 +60,15 @@ pub struct KernelResult {
     pub cpu_spread_ms: f64,
     /// CPU time / GPU time: above 1 the GPU is faster.
     pub gpu_speedup: f64,
+    /// The GPU passes one run records, in order, each with its median time (timestamp queries
+    /// only): where a kernel of several passes (packing, the product, a sum of splits) spends.
+    pub gpu_passes: Vec<PassMedian>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PassMedian {
+    pub pass: &'static str,
+    pub ms: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -84,8 +93,10 @@ fn summarize(mut samples: Vec<f64>) -> (f64, f64) {
     (median, samples[samples.len() - 1] - samples[0])
 }
 
-fn time_gpu(gpu: &Gpu, run: &GpuRun, reps: usize) -> Result<(f64, f64)> {
+/// Median and spread of a GPU run's time, and each of its passes' median.
+fn time_gpu(gpu: &Gpu, run: &GpuRun, reps: usize) -> Result<(f64, f64, Vec<PassMedian>)> {
     let mut samples = Vec::with_capacity(reps);
+    let mut pass_samples: Vec<(&'static str, Vec<f64>)> = Vec::new();
     for rep in 0..=reps {
         let mut rec = gpu.recorder(true);
         let start = Instant::now();
@@ -93,11 +104,21 @@ fn time_gpu(gpu: &Gpu, run: &GpuRun, reps: usize) -> Result<(f64, f64)> {
         let passes = rec.finish()?.passes;
         let wall = start.elapsed().as_secs_f64() * 1e3;
         let ms = if gpu.timestamps { passes.iter().map(|p| p.nanos).sum::<f64>() / 1e6 } else { wall };
-        if rep > 0 {
-            samples.push(ms); // the first run is warm-up: pipeline compilation, first touches
+        if rep == 0 {
+            continue; // warm-up: pipeline compilation, first touches
+        }
+        samples.push(ms);
+        if gpu.timestamps {
+            pass_samples.resize_with(passes.len(), || ("", Vec::new()));
+            for (slot, p) in pass_samples.iter_mut().zip(&passes) {
+                slot.0 = p.label;
+                slot.1.push(p.nanos / 1e6);
+            }
         }
     }
-    Ok(summarize(samples))
+    let passes = pass_samples.into_iter().map(|(pass, s)| PassMedian { pass, ms: summarize(s).0 }).collect();
+    let (median, spread) = summarize(samples);
+    Ok((median, spread, passes))
 }
 
 fn time_cpu(run: &mut CpuRun, reps: usize) -> Result<(f64, f64)> {
@@ -376,7 +397,7 @@ pub fn calibrate_sgemm(gpu: &Gpu, reps: usize) -> Result<f64> {
     let b = gpu.upload(&seeded(n * n, 21))?;
     let c = gpu.zeros::<f32>(n * n)?;
     let run: GpuRun = Box::new(move |rec| crate::kernels::calibration::sgemm_gpu(rec, n, &a, &b, &c));
-    let (ms, _) = time_gpu(gpu, &run, reps)?;
+    let (ms, _, _) = time_gpu(gpu, &run, reps)?;
     Ok(2.0 * (n * n * n) as f64 / (ms / 1e3) / 1e9)
 }
 
@@ -386,7 +407,7 @@ pub fn calibrate_copy(gpu: &Gpu, reps: usize) -> Result<f64> {
     let src = gpu.upload(&seeded(len, 22))?;
     let dst = gpu.zeros::<f32>(len)?;
     let run: GpuRun = Box::new(move |rec| crate::kernels::calibration::copy_gpu(rec, len, &src, &dst));
-    let (ms, _) = time_gpu(gpu, &run, reps)?;
+    let (ms, _, _) = time_gpu(gpu, &run, reps)?;
     Ok(2.0 * 4.0 * len as f64 / (ms / 1e3) / 1e9)
 }
 
@@ -414,7 +435,7 @@ pub fn bench_kernels(
         if filter.is_some_and(|f| !case.name.contains(f)) {
             continue;
         }
-        let (gpu_ms, gpu_spread_ms) = time_gpu(gpu, &case.gpu, reps)?;
+        let (gpu_ms, gpu_spread_ms, gpu_passes) = time_gpu(gpu, &case.gpu, reps)?;
         let (cpu_ms, cpu_spread_ms) = time_cpu(&mut case.cpu, reps)?;
         let (of_sgemm, of_copy) = match case.work {
             Work::Flops(f) => (Some(100.0 * f / (gpu_ms / 1e3) / 1e9 / sgemm_gflops), None),
@@ -431,6 +452,7 @@ pub fn bench_kernels(
             cpu_ms,
             cpu_spread_ms,
             gpu_speedup: cpu_ms / gpu_ms,
+            gpu_passes,
         };
         progress(&result);
         results.push(result);
@@ -461,8 +483,9 @@ pub fn table_header() -> String {
     )
 }
 
+/// A kernel's row, and under it its GPU passes when there are several.
 pub fn table_row(r: &KernelResult) -> String {
-    format!(
+    let mut row = format!(
         "{:<34} {:<28} {:>10.3} {:>16} {:>7} {:>10.3} {:>16} {:>7.3}x",
         r.kernel,
         r.shape,
@@ -472,7 +495,12 @@ pub fn table_row(r: &KernelResult) -> String {
         r.cpu_ms,
         r.work.rate(r.cpu_ms / 1e3),
         r.gpu_speedup
-    )
+    );
+    if r.gpu_passes.len() > 1 {
+        let passes: Vec<String> = r.gpu_passes.iter().map(|p| format!("{} {:.3}", p.pass, p.ms)).collect();
+        row.push_str(&format!("\n    passes (ms): {}", passes.join(", ")));
+    }
+    row
 }
 
 /// Face-detection speed on one frame size.

@@ -111,3 +111,20 @@ fn profile_train_writes_a_trace_and_prints_gpu_and_host_costs() {
     assert!(events.iter().any(|e| e["name"] == "conv2d_filter_grad" && e["dur"].as_f64().unwrap() > 0.0));
     assert!(doc["otherData"]["host_record_ms_per_step"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn bench_kernels_reports_rates_peaks_and_each_pass() {
+    let (ok, stdout, stderr) = mien(&["bench", "kernels", "--device", "gpu", "--filter", "dense2", "--reps", "1", "--json"]);
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(report["sgemm_gflops"].as_f64().unwrap() > 0.0 && report["copy_gbps"].as_f64().unwrap() > 0.0);
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3, "{stdout}");
+    for r in results {
+        assert!(r["gpu_ms"].as_f64().unwrap() > 0.0 && r["cpu_ms"].as_f64().unwrap() > 0.0);
+        assert!(r["gpu_percent_of_sgemm"].as_f64().is_some());
+        // dense2's products run split-K: the product and the sum of its splits at least.
+        let passes = r["gpu_passes"].as_array().unwrap();
+        assert!(passes.iter().any(|p| p["pass"] == "dense"), "{r}");
+    }
+}
