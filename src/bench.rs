@@ -52,10 +52,14 @@ pub struct KernelResult {
     pub work: Work,
     pub gpu_ms: f64,
     pub gpu_spread_ms: f64,
-    /// The kernel's GPU GFLOP/s as a percentage of the calibration SGEMM's.
+    /// The kernel's GPU GFLOP/s as a percentage of the calibration SGEMM's, measured just
+    /// before it (`yardstick`).
     pub gpu_percent_of_sgemm: Option<f64>,
-    /// A memory-bound kernel's GPU GB/s as a percentage of the calibration copy's.
+    /// A memory-bound kernel's GPU GB/s as a percentage of the calibration copy's, measured
+    /// just before it.
     pub gpu_percent_of_copy: Option<f64>,
+    /// The calibration this kernel's %peak divides by: SGEMM GFLOP/s or copy GB/s.
+    pub yardstick: f64,
     pub cpu_ms: f64,
     pub cpu_spread_ms: f64,
     /// CPU time / GPU time: above 1 the GPU is faster.
@@ -74,11 +78,12 @@ pub struct PassMedian {
 #[derive(Clone, Debug, Serialize)]
 pub struct KernelReport {
     pub adapter: String,
-    /// GFLOP/s of the calibration SGEMM (shaders/sgemm_calibration.wgsl) on this adapter in
-    /// this run: the yardstick for the compute-bound kernels.
+    /// GFLOP/s of the calibration SGEMM (shaders/sgemm_calibration.wgsl) on this adapter at
+    /// the start of this run; each compute-bound kernel's %peak uses the SGEMM timed again just
+    /// before it (its `yardstick`).
     pub sgemm_gflops: f64,
-    /// GB/s (read plus written) of the calibration copy (shaders/copy_calibration.wgsl): the
-    /// yardstick for the memory-bound kernels.
+    /// GB/s (read plus written) of the calibration copy (shaders/copy_calibration.wgsl) at the
+    /// start; the memory-bound kernels' yardstick, timed again before each.
     pub copy_gbps: f64,
     pub gpu_timing: &'static str,
     pub cpu_threads: usize,
@@ -390,25 +395,53 @@ fn cases(gpu: &Gpu, batch: usize) -> Result<Vec<Case>> {
     Ok(all)
 }
 
-/// GFLOP/s of a plain, well-shaped 1024^3 product on this adapter (median of `reps`).
-pub fn calibrate_sgemm(gpu: &Gpu, reps: usize) -> Result<f64> {
-    let n = 1024usize;
-    let a = gpu.upload(&seeded(n * n, 20))?;
-    let b = gpu.upload(&seeded(n * n, 21))?;
-    let c = gpu.zeros::<f32>(n * n)?;
-    let run: GpuRun = Box::new(move |rec| crate::kernels::calibration::sgemm_gpu(rec, n, &a, &b, &c));
-    let (ms, _, _) = time_gpu(gpu, &run, reps)?;
-    Ok(2.0 * (n * n * n) as f64 / (ms / 1e3) / 1e9)
+/// The yardsticks: a plain, well-shaped 1024^3 product and a 64 MiB vec4 copy, set up once
+/// and timed again before each kernel. On a shared host their speed moves between runs by more
+/// than a kernel's does (lavapipe's SGEMM: 19-31 GFLOP/s over a day here), so a kernel's
+/// %peak is taken against the calibration measured just before it.
+struct Calibration {
+    sgemm: GpuRun,
+    sgemm_flops: f64,
+    copy: GpuRun,
+    copy_bytes: f64,
 }
 
-/// GB/s (read plus written) of a 64 MiB vec4 copy on this adapter (median of `reps`).
-pub fn calibrate_copy(gpu: &Gpu, reps: usize) -> Result<f64> {
-    let len = (16usize << 20).min(gpu.binding_limit() as usize / 4) / 4 * 4;
-    let src = gpu.upload(&seeded(len, 22))?;
-    let dst = gpu.zeros::<f32>(len)?;
-    let run: GpuRun = Box::new(move |rec| crate::kernels::calibration::copy_gpu(rec, len, &src, &dst));
-    let (ms, _, _) = time_gpu(gpu, &run, reps)?;
-    Ok(2.0 * 4.0 * len as f64 / (ms / 1e3) / 1e9)
+impl Calibration {
+    fn new(gpu: &Gpu) -> Result<Calibration> {
+        let n = 1024usize;
+        let a = gpu.upload(&seeded(n * n, 20))?;
+        let b = gpu.upload(&seeded(n * n, 21))?;
+        let c = gpu.zeros::<f32>(n * n)?;
+        let len = (16usize << 20).min(gpu.binding_limit() as usize / 4) / 4 * 4;
+        let src = gpu.upload(&seeded(len, 22))?;
+        let dst = gpu.zeros::<f32>(len)?;
+        Ok(Calibration {
+            sgemm: Box::new(move |rec| crate::kernels::calibration::sgemm_gpu(rec, n, &a, &b, &c)),
+            sgemm_flops: 2.0 * (n * n * n) as f64,
+            copy: Box::new(move |rec| crate::kernels::calibration::copy_gpu(rec, len, &src, &dst)),
+            copy_bytes: 2.0 * 4.0 * len as f64,
+        })
+    }
+
+    /// GFLOP/s of the SGEMM (median of `reps`).
+    fn sgemm_gflops(&self, gpu: &Gpu, reps: usize) -> Result<f64> {
+        let (ms, _, _) = time_gpu(gpu, &self.sgemm, reps)?;
+        Ok(self.sgemm_flops / (ms / 1e3) / 1e9)
+    }
+
+    /// GB/s of the copy, read plus written (median of `reps`).
+    fn copy_gbps(&self, gpu: &Gpu, reps: usize) -> Result<f64> {
+        let (ms, _, _) = time_gpu(gpu, &self.copy, reps)?;
+        Ok(self.copy_bytes / (ms / 1e3) / 1e9)
+    }
+
+    /// The yardstick for `work`, measured now.
+    fn for_work(&self, gpu: &Gpu, work: Work, reps: usize) -> Result<f64> {
+        match work {
+            Work::Flops(_) => self.sgemm_gflops(gpu, reps),
+            Work::Bytes(_) => self.copy_gbps(gpu, reps),
+        }
+    }
 }
 
 /// The adapter's measured peaks: (SGEMM GFLOP/s, copy GB/s).
@@ -427,7 +460,8 @@ pub fn bench_kernels(
     calibrated: impl FnOnce(&Peaks),
     mut progress: impl FnMut(&KernelResult),
 ) -> Result<KernelReport> {
-    let peaks = Peaks { sgemm_gflops: calibrate_sgemm(gpu, reps)?, copy_gbps: calibrate_copy(gpu, reps)? };
+    let calibration = Calibration::new(gpu)?;
+    let peaks = Peaks { sgemm_gflops: calibration.sgemm_gflops(gpu, reps)?, copy_gbps: calibration.copy_gbps(gpu, reps)? };
     calibrated(&peaks);
     let Peaks { sgemm_gflops, copy_gbps } = peaks;
     let mut results = Vec::new();
@@ -435,11 +469,12 @@ pub fn bench_kernels(
         if filter.is_some_and(|f| !case.name.contains(f)) {
             continue;
         }
+        let yardstick = calibration.for_work(gpu, case.work, reps)?;
         let (gpu_ms, gpu_spread_ms, gpu_passes) = time_gpu(gpu, &case.gpu, reps)?;
         let (cpu_ms, cpu_spread_ms) = time_cpu(&mut case.cpu, reps)?;
         let (of_sgemm, of_copy) = match case.work {
-            Work::Flops(f) => (Some(100.0 * f / (gpu_ms / 1e3) / 1e9 / sgemm_gflops), None),
-            Work::Bytes(b) => (None, Some(100.0 * b / (gpu_ms / 1e3) / 1e9 / copy_gbps)),
+            Work::Flops(f) => (Some(100.0 * f / (gpu_ms / 1e3) / 1e9 / yardstick), None),
+            Work::Bytes(b) => (None, Some(100.0 * b / (gpu_ms / 1e3) / 1e9 / yardstick)),
         };
         let result = KernelResult {
             kernel: case.name,
@@ -453,6 +488,7 @@ pub fn bench_kernels(
             cpu_spread_ms,
             gpu_speedup: cpu_ms / gpu_ms,
             gpu_passes,
+            yardstick,
         };
         progress(&result);
         results.push(result);
@@ -466,6 +502,13 @@ pub fn bench_kernels(
         repetitions: reps,
         results,
     })
+}
+
+/// The lowest and highest yardstick among the results whose work `kind` accepts.
+pub fn yardstick_range(report: &KernelReport, kind: impl Fn(Work) -> bool) -> Option<(f64, f64)> {
+    let values: Vec<f64> = report.results.iter().filter(|r| kind(r.work)).map(|r| r.yardstick).collect();
+    let lo = values.iter().copied().reduce(f64::min)?;
+    Some((lo, values.iter().copied().fold(lo, f64::max)))
 }
 
 pub fn table_header() -> String {

@@ -362,7 +362,7 @@ fn bench_kernels(global: &Global, batch: usize, reps: usize, filter: Option<&str
         if !json {
             println!("calibration SGEMM 1024^3 (8x8 outputs per thread, vec4 loads): {:.2} GFLOP/s", peaks.sgemm_gflops);
             println!("calibration copy 64 MiB (vec4 per thread): {:.2} GB/s read + written", peaks.copy_gbps);
-            println!("%peak: GFLOP/s as a share of the SGEMM, or GB/s as a share of the copy");
+            println!("%peak: GFLOP/s as a share of the SGEMM, or GB/s as a share of the copy, each timed again just before the kernel");
             println!("{}", bench::table_header());
         }
     }, |r| {
@@ -372,6 +372,8 @@ fn bench_kernels(global: &Global, batch: usize, reps: usize, filter: Option<&str
     })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if let Some((lo, hi)) = bench::yardstick_range(&report, |w| matches!(w, bench::Work::Flops(_))) {
+        println!("calibration SGEMM before each compute-bound kernel: {lo:.2}-{hi:.2} GFLOP/s");
     }
     Ok(())
 }
