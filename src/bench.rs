@@ -560,6 +560,10 @@ pub struct DetectResult {
     pub min_ms: f64,
     pub fps: f64,
     pub faces: usize,
+    /// GPU only: passes recorded per frame and the host's milliseconds to record and submit
+    /// them (median), a floor under the frame time however fast the GPU is.
+    pub gpu_passes_per_frame: Option<usize>,
+    pub host_ms: Option<f64>,
 }
 
 /// The frame sizes of the detection benchmark.
@@ -578,21 +582,32 @@ pub fn detect_frame(scene: &image::GrayImage, w: u32, h: u32) -> image::GrayImag
 
 /// Detection (OpenCV's defaults) at each frame size: `detect` returns the faces of a frame;
 /// median of `reps` runs after a warm-up.
-fn bench_detect(device: &str, threads: usize, scene: &image::GrayImage, reps: usize, mut detect: impl FnMut(&image::GrayImage) -> Result<usize>) -> Result<Vec<DetectResult>> {
+/// `detect` returns a frame's face count and, on the GPU, its host cost.
+fn bench_detect(
+    device: &str,
+    threads: usize,
+    scene: &image::GrayImage,
+    reps: usize,
+    mut detect: impl FnMut(&image::GrayImage) -> Result<(usize, Option<crate::gpu::HostTiming>)>,
+) -> Result<Vec<DetectResult>> {
     DETECT_SIZES
         .iter()
         .map(|&(w, h)| {
             let frame = detect_frame(scene, w, h);
-            let faces = detect(&frame)?;
+            let (faces, _) = detect(&frame)?;
             let mut samples = Vec::new();
+            let mut host = Vec::new();
             for _ in 0..reps.max(1) {
                 let t = Instant::now();
-                detect(&frame)?;
+                let (_, timing) = detect(&frame)?;
                 samples.push(t.elapsed().as_secs_f64() * 1e3);
+                host.extend(timing);
             }
             let min_ms = samples.iter().copied().fold(f64::INFINITY, f64::min);
             let (median_ms, _) = summarize(samples);
-            Ok(DetectResult { device: device.to_string(), width: w, height: h, threads, reps: reps.max(1), median_ms, min_ms, fps: 1e3 / median_ms, faces })
+            let gpu_passes_per_frame = host.first().map(|t| t.passes);
+            let host_ms = (!host.is_empty()).then(|| summarize(host.iter().map(|t| (t.record_ns + t.submit_ns) / 1e6).collect()).0);
+            Ok(DetectResult { device: device.to_string(), width: w, height: h, threads, reps: reps.max(1), median_ms, min_ms, fps: 1e3 / median_ms, faces, gpu_passes_per_frame, host_ms })
         })
         .collect()
 }
@@ -601,14 +616,17 @@ fn bench_detect(device: &str, threads: usize, scene: &image::GrayImage, reps: us
 pub fn bench_detect_cpu(cascade: &crate::detect::Cascade, scene: &image::GrayImage, threads: usize, reps: usize) -> Result<Vec<DetectResult>> {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| crate::error::Error::Gpu { op: "thread pool".into(), detail: e.to_string() })?;
     let params = crate::detect::DetectParams::default();
-    bench_detect("cpu", threads, scene, reps, |frame| Ok(pool.install(|| crate::detect::detect_multi_scale(cascade, frame, &params)).len()))
+    bench_detect("cpu", threads, scene, reps, |frame| Ok((pool.install(|| crate::detect::detect_multi_scale(cascade, frame, &params)).len(), None)))
 }
 
 /// The GPU detector; each frame is uploaded, scanned and read back.
 pub fn bench_detect_gpu(gpu: &Gpu, cascade: &crate::detect::Cascade, scene: &image::GrayImage, reps: usize) -> Result<Vec<DetectResult>> {
     let detector = crate::detect::gpu::GpuDetector::new(gpu, cascade)?;
     let params = crate::detect::DetectParams::default();
-    bench_detect(&gpu.describe(), rayon::current_num_threads(), scene, reps, |frame| Ok(detector.detect_multi_scale(frame, &params)?.len()))
+    bench_detect(&gpu.describe(), rayon::current_num_threads(), scene, reps, |frame| {
+        let faces = detector.detect_multi_scale(frame, &params)?.len();
+        Ok((faces, Some(detector.last_host_timing())))
+    })
 }
 
 /// Batch-1 latency is the median of this many calls per repetition: a call takes about a

@@ -16,7 +16,7 @@ use super::cascade::Cascade;
 use super::cpu::{self, resize_taps, scan_plan, scan_scale, DetectParams, Integrals, ScaleScan, STAGE_THRESHOLD_EPS};
 use super::group::Rect;
 use crate::error::{Error, Result};
-use crate::gpu::{pack_bytes, shaders, Gpu, GpuBuffer, GpuSlice, Recorder};
+use crate::gpu::{pack_bytes, shaders, Gpu, GpuBuffer, GpuSlice, HostTiming, Recorder};
 use image::GrayImage;
 
 const WORKGROUP: u32 = 64;
@@ -202,6 +202,8 @@ pub struct GpuDetector<'g> {
     layout: Encoded,
     groups: Vec<(u32, u32)>,
     vnf_limit: f32,
+    /// What the last image's scans cost the host (recording and submitting their passes).
+    host: std::cell::Cell<HostTiming>,
 }
 
 /// Buffers for one frame, sized for its largest level.
@@ -223,7 +225,15 @@ impl<'g> GpuDetector<'g> {
         let layout = encode(cascade)?;
         let encoded = gpu.upload(&layout.words)?;
         let (nw, nh) = (cascade.window.0 - 2, cascade.window.1 - 2);
-        Ok(GpuDetector { gpu, cascade: cascade.clone(), encoded, groups: stage_groups(cascade.stages.len()), vnf_limit: vnf_limit((nw * nh) as f64), layout })
+        Ok(GpuDetector {
+            gpu,
+            cascade: cascade.clone(),
+            encoded,
+            groups: stage_groups(cascade.stages.len()),
+            vnf_limit: vnf_limit((nw * nh) as f64),
+            layout,
+            host: Default::default(),
+        })
     }
 
     /// Every window the cascade accepts, before grouping, in OpenCV's order.
@@ -233,6 +243,7 @@ impl<'g> GpuDetector<'g> {
             return Ok(Vec::new());
         }
         let mut capacity = 4096;
+        self.host.take();
         loop {
             let (found, count) = self.scan(img, &levels, capacity)?;
             if count <= capacity {
@@ -240,6 +251,12 @@ impl<'g> GpuDetector<'g> {
             }
             capacity = count.next_power_of_two();
         }
+    }
+
+    /// What the last image cost the host: the passes recorded (a handful per pyramid level),
+    /// and the time to record and submit them, which a fast GPU waits on.
+    pub fn last_host_timing(&self) -> HostTiming {
+        self.host.get()
     }
 
     /// OpenCV's `detectMultiScale` on a grey image.
@@ -358,7 +375,13 @@ impl<'g> GpuDetector<'g> {
                 rec.dispatch_indirect("haar stages", cascade, "scan_list", &params, &bindings, &frame.args, 3 * (i * groups + g))?;
             }
         }
-        rec.finish()?;
+        let host = rec.finish()?.host;
+        let total = self.host.get();
+        self.host.set(HostTiming {
+            passes: total.passes + host.passes,
+            record_ns: total.record_ns + host.record_ns,
+            submit_ns: total.submit_ns + host.submit_ns,
+        });
         let state = gpu.read(&frame.state)?;
         let count = state[0] as usize;
         let found = state[found_off..].chunks_exact(3).take(count.min(capacity)).map(|c| [c[0], c[1], c[2]]).collect();
