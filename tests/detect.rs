@@ -121,7 +121,10 @@ fn cpu_detector_matches_opencv_on_every_fixture() {
 }
 
 fn check_gpu(runs: Vec<(String, image::GrayImage, PathBuf, DetectParams, Vec<Rect>)>) {
-    let gpu = common::gpu();
+    check_gpu_on(common::gpu(), runs);
+}
+
+fn check_gpu_on(gpu: &'static mien::gpu::Gpu, runs: Vec<(String, image::GrayImage, PathBuf, DetectParams, Vec<Rect>)>) {
     let mut detectors: HashMap<*const Cascade, GpuDetector> = HashMap::new();
     check_against_opencv(runs, |cascade, img, p| {
         let detector = detectors.entry(cascade as *const _).or_insert_with(|| GpuDetector::new(gpu, cascade).unwrap());
@@ -138,6 +141,16 @@ fn gpu_detector_matches_opencv() {
     let runs: Vec<_> = fixture_runs().into_iter().filter(|(name, img, path, ..)| img.width() * img.height() <= 140_000 || seen.insert((name.clone(), path.clone()))).collect();
     assert!(runs.len() >= 45, "only {} runs", runs.len());
     check_gpu(runs);
+}
+
+/// With 8 MiB bindings the levels of the larger fixtures run in several batches, each with its
+/// own list counters; the windows must not change.
+#[test]
+fn gpu_detector_matches_opencv_with_levels_split_into_batches() {
+    let mut seen = std::collections::HashSet::new();
+    let runs: Vec<_> = fixture_runs().into_iter().filter(|(name, img, path, ..)| img.width() * img.height() > 100_000 && seen.insert((name.clone(), path.clone()))).collect();
+    assert!(runs.len() >= 5, "only {} runs", runs.len());
+    check_gpu_on(common::mid_binding_gpu(), runs);
 }
 
 #[test]

@@ -25,13 +25,9 @@ const WORKGROUP: u32 = 64;
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 struct ScanParams {
-    iw: u32,
-    table: u32,
-    work_w: u32,
-    step: u32,
-    grid_w: u32,
-    grid_h: u32,
-    scale: u32,
+    levels: u32,
+    windows: u32,
+    rows: u32,
     groups: u32,
     stage_begin: u32,
     stage_end: u32,
@@ -52,7 +48,85 @@ struct ScanParams {
     list_in: u32,
     list_out: u32,
     max_groups_x: u32,
-    _pad: u32,
+    counters: u32,
+    args_at: u32,
+    _pad: [u32; 3],
+}
+
+/// One pyramid level of a batch: haar_cascade.wgsl's `Level`, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct LevelParams {
+    scale: u32,
+    iw: u32,
+    table: u32,
+    tables_at: u32,
+    step: u32,
+    grid_w: u32,
+    grid_h: u32,
+    windows_before: u32,
+    rows_before: u32,
+    _pad: [u32; 3],
+}
+
+/// Consecutive levels scanned together, each in its own region of the batch's buffers.
+struct Batch {
+    /// Index of the first level among the frame's.
+    first: usize,
+    levels: Vec<LevelParams>,
+    /// Where each level's resized image starts in the batch's `scaled` buffer.
+    scaled_at: Vec<usize>,
+    /// Elements of the batch's scaled images and integral tables, aligned regions included.
+    scaled_len: usize,
+    tables_len: usize,
+    windows: usize,
+    rows: usize,
+}
+
+impl Batch {
+    fn nodes_len(&self, nodes: u32) -> usize {
+        16 * nodes as usize * self.levels.len()
+    }
+}
+
+/// Groups the frame's levels into batches whose buffers each fit one binding: every level of
+/// a batch keeps its integral tables, window codes and prepared nodes at once, so a batch is
+/// scanned by one dispatch per phase. `align` is the binding offset alignment in elements.
+fn plan_batches(levels: &[ScaleScan], tables_per_level: usize, nodes: u32, limit_elems: usize, align: usize) -> Vec<Batch> {
+    let mut batches: Vec<Batch> = Vec::new();
+    for (i, l) in levels.iter().enumerate() {
+        let (sw, sh) = (l.size.0 as usize, l.size.1 as usize);
+        let (grid_w, grid_h) = (l.work_width.div_ceil(l.step), l.rows_end.div_ceil(l.step));
+        let table = (sw + 1) * (sh + 1);
+        let windows = grid_w as usize * grid_h as usize;
+        let fits = |b: &Batch| {
+            let levels = b.levels.len() + 1;
+            let lens = [b.tables_len + (tables_per_level * table).next_multiple_of(align), b.scaled_len + (sw * sh).next_multiple_of(align), 2 * (b.windows + windows), 6 * (b.windows + windows), 16 * nodes as usize * levels];
+            lens.iter().all(|&n| n <= limit_elems)
+        };
+        if batches.last().is_none_or(|b| !fits(b)) {
+            batches.push(Batch { first: i, levels: Vec::new(), scaled_at: Vec::new(), scaled_len: 0, tables_len: 0, windows: 0, rows: 0 });
+        }
+        let b = batches.last_mut().expect("a batch");
+        b.levels.push(LevelParams {
+            scale: i as u32,
+            iw: sw as u32 + 1,
+            table: table as u32,
+            tables_at: b.tables_len as u32,
+            step: l.step,
+            grid_w,
+            grid_h,
+            windows_before: b.windows as u32,
+            rows_before: b.rows as u32,
+            _pad: [0; 3],
+        });
+        b.scaled_at.push(b.scaled_len);
+        b.tables_len += (tables_per_level * table).next_multiple_of(align);
+        b.scaled_len += (sw * sh).next_multiple_of(align);
+        b.windows += windows;
+        b.rows += grid_h as usize;
+    }
+    batches
 }
 
 /// A cascade flattened into one u32 buffer for exact evaluation: stages (first tree, tree
@@ -206,7 +280,8 @@ pub struct GpuDetector<'g> {
     host: std::cell::Cell<HostTiming>,
 }
 
-/// Buffers for one frame, sized for its largest level.
+/// Buffers for one frame, sized for its largest batch of levels; the batches run one after
+/// the other and reuse them.
 struct Frame {
     image: GpuBuffer<u32>,
     taps: GpuBuffer<u32>,
@@ -291,19 +366,21 @@ impl<'g> GpuDetector<'g> {
     fn scan(&self, img: &GrayImage, levels: &[ScaleScan], capacity: usize) -> Result<(Vec<[u32; 3]>, usize)> {
         let gpu = self.gpu;
         let tilted = self.cascade.tilted_features();
-        let (w0, h0) = levels.iter().fold((0, 0), |(w, h), l| (w.max(l.size.0 as usize), h.max(l.size.1 as usize)));
-        let grid = |l: &ScaleScan| (l.work_width.div_ceil(l.step), l.rows_end.div_ceil(l.step));
-        let most_windows = levels.iter().map(|l| grid(l).0 as usize * grid(l).1 as usize).max().unwrap_or(1);
+        let tables_per_level = if tilted { 3 } else { 2 };
+        let nodes = self.layout.nodes;
+        let align = (gpu.limits.min_storage_buffer_offset_alignment as usize / 4).max(1);
+        let batches = plan_batches(levels, tables_per_level, nodes, (gpu.binding_limit() / 4) as usize, align);
+        let largest = |f: fn(&Batch) -> usize| batches.iter().map(f).max().unwrap_or(1).max(1);
         let groups = self.groups.len();
-        let counters = levels.len() * (groups + 1);
-        let found_off = 1 + counters;
+        // State: the found count, each batch's list lengths, then the found windows.
+        let found_off = 1 + batches.len() * (groups + 1);
         let mut taps = Vec::new();
         let mut tap_offsets = Vec::new();
         for l in levels {
             tap_offsets.push((taps.len() as u32, (taps.len() + l.size.0 as usize) as u32));
             taps.extend(packed_taps(img.dimensions(), l.size));
         }
-        let table = (w0 + 1) * (h0 + 1);
+        let (w0, h0) = levels.iter().fold((0, 0), |(w, h), l| (w.max(l.size.0 as usize), h.max(l.size.1 as usize)));
         let mut rec = gpu.recorder(false);
         // Scratch buffers, so that a stream of frames of one size reuses the last frame's; all
         // but `state`, which is read back after they have gone back to the pool.
@@ -312,33 +389,35 @@ impl<'g> GpuDetector<'g> {
             gpu.write(&buf, data)?;
             Ok(buf)
         };
+        let windows = largest(|b| b.windows);
         let frame = Frame {
             image: uploaded(&mut rec, &pack_bytes(img.as_raw()))?,
             taps: uploaded(&mut rec, &taps)?,
-            scaled: rec.scratch(w0 * h0)?,
-            tables: rec.scratch(table * if tilted { 3 } else { 2 })?,
+            scaled: rec.scratch(largest(|b| b.scaled_len))?,
+            tables: rec.scratch(largest(|b| b.tables_len))?,
             scratch: rec.scratch(if tilted { w0 * h0 + 2 * (h0 + 1) * (w0 + h0 + 1) } else { 1 })?,
-            codes: rec.scratch(2 * most_windows)?,
-            lists: rec.scratch(4 * most_windows)?,
+            codes: rec.scratch(2 * windows)?,
+            lists: rec.scratch(6 * windows)?,
             state: gpu.zeros(found_off + 3 * capacity)?,
-            prepared: rec.scratch(16 * self.layout.nodes as usize)?,
-            args: rec.scratch(3 * levels.len() * groups)?,
+            prepared: rec.scratch(batches.iter().map(|b| b.nodes_len(nodes)).max().unwrap_or(1).max(1))?,
+            args: rec.scratch(3 * groups.max(1) * batches.len())?,
         };
         rec.clear(&frame.state);
-        for (i, level) in levels.iter().enumerate() {
-            let (sw, sh) = level.size;
-            record_resize(&mut rec, &frame.image, img.dimensions(), &frame.taps, tap_offsets[i], &frame.scaled, level.size)?;
-            record_integrals(&mut rec, &frame.scaled, (sw, sh), &frame.tables, &frame.scratch, tilted)?;
-            let (grid_w, grid_h) = grid(level);
-            let l = &self.layout;
+        let l = &self.layout;
+        for (bi, batch) in batches.iter().enumerate() {
+            for (k, level) in batch.levels.iter().enumerate() {
+                let i = batch.first + k;
+                let (sw, sh) = levels[i].size;
+                let scaled = frame.scaled.slice(batch.scaled_at[k]..batch.scaled_at[k] + (sw * sh) as usize);
+                let tables = frame.tables.slice(level.tables_at as usize..level.tables_at as usize + tables_per_level * level.table as usize);
+                record_resize(&mut rec, &frame.image, img.dimensions(), &frame.taps, tap_offsets[i], scaled.rw(), levels[i].size)?;
+                record_integrals(&mut rec, scaled, (sw, sh), tables.rw(), &frame.scratch, tilted)?;
+            }
+            let level_table = uploaded(&mut rec, bytemuck::cast_slice(&batch.levels))?;
             let mut params = ScanParams {
-                iw: sw + 1,
-                table: (sw + 1) * (sh + 1),
-                work_w: level.work_width,
-                step: level.step,
-                grid_w,
-                grid_h,
-                scale: i as u32,
+                levels: batch.levels.len() as u32,
+                windows: batch.windows as u32,
+                rows: batch.rows as u32,
                 groups: groups as u32,
                 norm_w: self.cascade.window.0 - 2,
                 norm_h: self.cascade.window.1 - 2,
@@ -351,18 +430,18 @@ impl<'g> GpuDetector<'g> {
                 features_off: l.features_off,
                 found_off: found_off as u32,
                 found_capacity: capacity as u32,
-                list_in: 0,
-                list_out: 0,
+                nodes,
                 max_groups_x: gpu.limits.max_compute_workgroups_per_dimension,
-                nodes: l.nodes,
+                counters: (1 + bi * (groups + 1)) as u32,
+                args_at: (3 * groups * bi) as u32,
                 ..Default::default()
             };
-            let bindings = [frame.tables.all(), self.encoded.all(), frame.codes.all().rw(), frame.lists.all().rw(), frame.state.all().rw(), frame.prepared.all().rw()];
+            let bindings = [frame.tables.all(), self.encoded.all(), frame.codes.all().rw(), frame.lists.all().rw(), frame.state.all().rw(), frame.prepared.all().rw(), level_table.all()];
             let cascade = &shaders::HAAR_CASCADE;
-            rec.dispatch_linear("haar nodes", cascade, "prepare_nodes", &params, &bindings, l.nodes as usize, WORKGROUP)?;
-            rec.dispatch_linear("haar stage 0", cascade, "scan_windows", &params, &bindings, (grid_w * grid_h) as usize, WORKGROUP)?;
-            rec.dispatch_linear("haar row walk", cascade, "walk_rows", &params, &bindings, grid_h as usize, WORKGROUP)?;
-            let half = 2 * most_windows as u32;
+            rec.dispatch_linear("haar nodes", cascade, "prepare_nodes", &params, &bindings, batch.levels.len() * nodes as usize, WORKGROUP)?;
+            rec.dispatch_linear("haar stage 0", cascade, "scan_windows", &params, &bindings, batch.windows, WORKGROUP)?;
+            rec.dispatch_linear("haar row walk", cascade, "walk_rows", &params, &bindings, batch.rows, WORKGROUP)?;
+            let half = 3 * windows as u32;
             for (g, &(begin, end)) in self.groups.iter().enumerate() {
                 params.group = g as u32;
                 params.stage_begin = begin;
@@ -370,9 +449,9 @@ impl<'g> GpuDetector<'g> {
                 params.last = (g + 1 == groups) as u32;
                 params.list_in = half * (g as u32 % 2);
                 params.list_out = half * ((g as u32 + 1) % 2);
-                let with_args = [bindings[0], bindings[1], bindings[2], bindings[3], bindings[4], bindings[5], frame.args.all().rw()];
+                let with_args = [bindings[0], bindings[1], bindings[2], bindings[3], bindings[4], bindings[5], bindings[6], frame.args.all().rw()];
                 rec.dispatch("haar list size", cascade, "list_args", &params, &with_args, [1, 1, 1])?;
-                rec.dispatch_indirect("haar stages", cascade, "scan_list", &params, &bindings, &frame.args, 3 * (i * groups + g))?;
+                rec.dispatch_indirect("haar stages", cascade, "scan_list", &params, &bindings, &frame.args, params.args_at as usize + 3 * g)?;
             }
         }
         let host = rec.finish()?.host;
@@ -398,16 +477,16 @@ fn packed_taps(src: (u32, u32), dst: (u32, u32)) -> Vec<u32> {
 
 /// Records one pyramid level's resize: `taps` holds the level's x taps at `offsets.0` and y
 /// taps at `offsets.1`, packed (index << 9) | weight.
-fn record_resize(rec: &mut Recorder, image: &GpuBuffer<u32>, src: (u32, u32), taps: &GpuBuffer<u32>, offsets: (u32, u32), dst: &GpuBuffer<u32>, size: (u32, u32)) -> Result<()> {
+fn record_resize(rec: &mut Recorder, image: &GpuBuffer<u32>, src: (u32, u32), taps: &GpuBuffer<u32>, offsets: (u32, u32), dst: GpuSlice, size: (u32, u32)) -> Result<()> {
     let params = [src.0, src.1, size.0, size.1, offsets.0, offsets.1, 0, 0];
-    rec.dispatch_linear("resize", &shaders::RESIZE, "resize", &params, &[image.all(), taps.all(), dst.all().rw()], (size.0 * size.1) as usize, WORKGROUP)
+    rec.dispatch_linear("resize", &shaders::RESIZE, "resize", &params, &[image.all(), taps.all(), dst], (size.0 * size.1) as usize, WORKGROUP)
 }
 
 /// Records the integral images of a (w, h) image (one pixel per u32) into `tables`: sum, sqsum
 /// and, with `tilted`, the tilted table, each (w + 1) * (h + 1).
-fn record_integrals(rec: &mut Recorder, img: &GpuBuffer<u32>, (w, h): (u32, u32), tables: &GpuBuffer<u32>, scratch: &GpuBuffer<u32>, tilted: bool) -> Result<()> {
+fn record_integrals(rec: &mut Recorder, img: GpuSlice, (w, h): (u32, u32), tables: GpuSlice, scratch: &GpuBuffer<u32>, tilted: bool) -> Result<()> {
     let params = [w, h, 0, 0];
-    let bindings: [GpuSlice; 3] = [img.all(), tables.all().rw(), scratch.all().rw()];
+    let bindings: [GpuSlice; 3] = [img, tables, scratch.all().rw()];
     let shader = &shaders::INTEGRAL;
     rec.dispatch_linear("integral rows", shader, "upright_rows", &params, &bindings, h as usize + 1, WORKGROUP)?;
     rec.dispatch_linear("integral columns", shader, "upright_cols", &params, &bindings, 2 * (w as usize + 1), WORKGROUP)?;
@@ -423,7 +502,7 @@ fn record_integrals(rec: &mut Recorder, img: &GpuBuffer<u32>, (w, h): (u32, u32)
 pub fn resize_gpu(gpu: &Gpu, src: &GrayImage, width: u32, height: u32) -> Result<GrayImage> {
     let (image, taps) = (gpu.upload(&pack_bytes(src.as_raw()))?, gpu.upload(&packed_taps(src.dimensions(), (width, height)))?);
     let dst = gpu.zeros::<u32>((width * height) as usize)?;
-    gpu.run(|rec| record_resize(rec, &image, src.dimensions(), &taps, (0, width), &dst, (width, height)))?;
+    gpu.run(|rec| record_resize(rec, &image, src.dimensions(), &taps, (0, width), dst.all().rw(), (width, height)))?;
     let pixels = gpu.read(&dst)?.into_iter().map(|v| v as u8).collect();
     Ok(GrayImage::from_raw(width, height, pixels).expect("sized buffer"))
 }
@@ -435,7 +514,7 @@ pub fn integrals_gpu(gpu: &Gpu, img: &GrayImage, tilted: bool) -> Result<Integra
     let table = (w + 1) * (h + 1);
     let tables = gpu.zeros::<u32>(table * 3)?;
     let scratch = gpu.zeros::<u32>(if tilted { w * h + 2 * (h + 1) * (w + h + 1) } else { 1 })?;
-    gpu.run(|rec| record_integrals(rec, &pixels, img.dimensions(), &tables, &scratch, tilted))?;
+    gpu.run(|rec| record_integrals(rec, pixels.all(), img.dimensions(), tables.all().rw(), &scratch, tilted))?;
     let all: Vec<i32> = gpu.read(&tables)?.into_iter().map(|v| v as i32).collect();
     Ok(Integrals { width: w + 1, sum: all[..table].to_vec(), sqsum: all[table..2 * table].to_vec(), tilted: if tilted { all[2 * table..].to_vec() } else { Vec::new() } })
 }
@@ -472,6 +551,33 @@ mod tests {
         assert_eq!(stage_groups(25), vec![(1, 2), (2, 4), (4, 8), (8, 16), (16, 25)]);
         assert_eq!(stage_groups(1), vec![]);
         assert_eq!(stage_groups(3), vec![(1, 2), (2, 3)]);
+    }
+
+    #[test]
+    fn batches_hold_consecutive_levels_in_aligned_regions_within_the_limit() {
+        let cascade = crate::detect::Cascade::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/data/cascades/haarcascade_frontalface_default.xml"))).unwrap();
+        let levels = scan_plan(&cascade, (320, 240), &DetectParams::default());
+        let all = plan_batches(&levels, 2, 100, usize::MAX, 64);
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].levels.len(), levels.len());
+        // Room for level 0's tables and a little more: several batches.
+        let limit = 2 * 321 * 241 + 64 * 100;
+        let split = plan_batches(&levels, 2, 100, limit, 64);
+        assert!(split.len() > 1, "{} batches", split.len());
+        let mut next = 0;
+        for b in &split {
+            assert_eq!(b.first, next);
+            next += b.levels.len();
+            assert!(b.tables_len <= limit && b.scaled_len <= limit && 6 * b.windows <= limit);
+            let mut windows = 0;
+            for (k, l) in b.levels.iter().enumerate() {
+                assert_eq!((l.scale as usize, l.tables_at % 64, b.scaled_at[k] % 64), (b.first + k, 0, 0));
+                assert_eq!(l.windows_before as usize, windows);
+                windows += (l.grid_w * l.grid_h) as usize;
+            }
+            assert_eq!(windows, b.windows);
+        }
+        assert_eq!(next, levels.len());
     }
 
     #[test]

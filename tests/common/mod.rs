@@ -31,6 +31,13 @@ pub fn gpu() -> &'static Gpu {
     GPU.get_or_init(|| open(None))
 }
 
+/// A context whose storage bindings are at most 8 MiB: one pyramid level of a test photo fits,
+/// all of them don't, so the GPU detector splits a frame's levels into several batches.
+pub fn mid_binding_gpu() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| open(Some(8 << 20)))
+}
+
 /// A context that pretends storage bindings are at most 4 KiB, to exercise chunked dispatch.
 pub fn small_binding_gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
