@@ -13,48 +13,114 @@
 //   A[Y][c] = A[Y - 1][c] + P(Y - 1, c - Y + 1),   B[Y][c] = B[Y - 1][c] + P(Y - 1, c + Y - 1),
 // one independent scan per diagonal instead of OpenCV's row-by-row recurrence.
 
-struct Params { w: u32, h: u32, _pad0: u32, _pad1: u32 }
+//
+// Every level of a batch in one dispatch per pass: `levels` gives each level's size and where
+// its image, tables and scratch start; a thread finds its level by a binary search over the
+// levels' running counts of the pass's items (rows, columns, diagonals or entries), then works
+// as if its level were the only image, through `lv`.
+
+// The batch's item counts per pass.
+struct Params { levels: u32, rows: u32, cols: u32, image_rows: u32, diagonals: u32, entries: u32, _pad0: u32, _pad1: u32 }
+
+struct Level {
+    w: u32, h: u32,
+    img_at: u32, tables_at: u32, scratch_at: u32,
+    // Items of the batch's earlier levels, per pass.
+    rows_before: u32, cols_before: u32, image_rows_before: u32, diagonals_before: u32, entries_before: u32,
+    _pad0: u32, _pad1: u32,
+}
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> img: array<u32>;
-// sum, then sqsum, then tilted, each (h + 1) * (w + 1).
+// Per level: sum, then sqsum, then tilted, each (h + 1) * (w + 1).
 @group(0) @binding(2) var<storage, read_write> tables: array<u32>;
-// Row prefix sums (w * h), then the A and B diagonal scans ((h + 1) * (w + h + 1) each).
+// Per level: row prefix sums (w * h), then the A and B diagonal scans ((h + 1) * (w + h + 1) each).
 @group(0) @binding(3) var<storage, read_write> scratch: array<u32>;
+@group(0) @binding(4) var<storage, read> levels: array<Level>;
+
+// The level this thread works on.
+var<private> lv: Level;
+
+fn level(l: u32) -> Level {
+    return levels[min(l, arrayLength(&levels) - 1u)];
+}
+
+// Sets `lv` to the level holding item t of a pass (`kind`: 0 table rows, 1 table columns,
+// 2 image rows, 3 diagonals, 4 table entries) and returns t's index within it.
+fn find_level(t: u32, kind: u32) -> u32 {
+    var lo = 0u;
+    var hi = p.levels;
+    while (hi - lo > 1u) {
+        let mid = (lo + hi) / 2u;
+        if (before(level(mid), kind) <= t) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    lv = level(lo);
+    return t - before(lv, kind);
+}
+
+fn before(l: Level, kind: u32) -> u32 {
+    switch kind {
+        case 0u: { return l.rows_before; }
+        case 1u: { return l.cols_before; }
+        case 2u: { return l.image_rows_before; }
+        case 3u: { return l.diagonals_before; }
+        default: { return l.entries_before; }
+    }
+}
 
 fn pixel(x: u32, y: u32) -> u32 {
-    let i = y * p.w + x;
-    return select(0u, img[min(i, arrayLength(&img) - 1u)], x < p.w && y < p.h);
+    let i = lv.img_at + y * lv.w + x;
+    return select(0u, img[min(i, arrayLength(&img) - 1u)], x < lv.w && y < lv.h);
 }
 
 fn table_len() -> u32 {
-    return (p.w + 1u) * (p.h + 1u);
+    return (lv.w + 1u) * (lv.h + 1u);
 }
 
+// Entry i of the level's tables.
 fn put(i: u32, v: u32) {
-    if (i < arrayLength(&tables)) {
-        tables[i] = v;
+    let at = lv.tables_at + i;
+    if (at < arrayLength(&tables)) {
+        tables[at] = v;
     }
 }
 
 fn table_at(i: u32) -> u32 {
-    return select(0u, tables[min(i, arrayLength(&tables) - 1u)], i < arrayLength(&tables));
+    let at = lv.tables_at + i;
+    return select(0u, tables[min(at, arrayLength(&tables) - 1u)], at < arrayLength(&tables));
+}
+
+// Entry i of the level's scratch.
+fn scratch_get(i: u32) -> u32 {
+    return scratch[min(lv.scratch_at + i, arrayLength(&scratch) - 1u)];
+}
+
+fn scratch_put(i: u32, v: u32) {
+    let at = lv.scratch_at + i;
+    if (at < arrayLength(&scratch)) {
+        scratch[at] = v;
+    }
 }
 
 // One thread per table row: row 0 is zero, row y + 1 gets the running sums of image row y.
 @compute @workgroup_size(64)
 fn upright_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let r = linear_index(wid, nwg, lid, 64u);
-    if (r > p.h) {
+    let t = linear_index(wid, nwg, lid, 64u);
+    if (t >= p.rows) {
         return;
     }
-    let iw = p.w + 1u;
+    let r = find_level(t, 0u);
+    let iw = lv.w + 1u;
     let n = table_len();
     put(r * iw, 0u);
     put(n + r * iw, 0u);
     var s = 0u;
     var q = 0u;
-    for (var x = 0u; x < p.w; x++) {
+    for (var x = 0u; x < lv.w; x++) {
         if (r > 0u) {
             let v = pixel(x, r - 1u);
             s += v;
@@ -68,14 +134,15 @@ fn upright_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 // One thread per table column: accumulate the row sums downwards, in both tables.
 @compute @workgroup_size(64)
 fn upright_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let t = linear_index(wid, nwg, lid, 64u);
-    let iw = p.w + 1u;
-    if (t >= 2u * iw) {
+    let u = linear_index(wid, nwg, lid, 64u);
+    if (u >= p.cols) {
         return;
     }
+    let t = find_level(u, 1u);
+    let iw = lv.w + 1u;
     let start = (t / iw) * table_len() + t % iw;
     var acc = 0u;
-    for (var y = 0u; y <= p.h; y++) {
+    for (var y = 0u; y <= lv.h; y++) {
         let i = start + y * iw;
         acc += table_at(i);
         put(i, acc);
@@ -83,27 +150,24 @@ fn upright_cols(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 }
 
 fn prefix(y: u32, k: i32) -> u32 {
-    if (k < 0 || p.w == 0u) {
+    if (k < 0 || lv.w == 0u) {
         return 0u;
     }
-    let i = y * p.w + min(u32(k), p.w - 1u);
-    return scratch[min(i, arrayLength(&scratch) - 1u)];
+    return scratch_get(y * lv.w + min(u32(k), lv.w - 1u));
 }
 
 // One thread per image row: inclusive prefix sums P(y, x).
 @compute @workgroup_size(64)
 fn tilted_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let y = linear_index(wid, nwg, lid, 64u);
-    if (y >= p.h) {
+    let t = linear_index(wid, nwg, lid, 64u);
+    if (t >= p.image_rows) {
         return;
     }
+    let y = find_level(t, 2u);
     var s = 0u;
-    for (var x = 0u; x < p.w; x++) {
+    for (var x = 0u; x < lv.w; x++) {
         s += pixel(x, y);
-        let i = y * p.w + x;
-        if (i < arrayLength(&scratch)) {
-            scratch[i] = s;
-        }
+        scratch_put(y * lv.w + x, s);
     }
 }
 
@@ -111,41 +175,39 @@ fn tilted_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 // (c = X - Y - 1 in -h-1..=w-1), each stored as (h + 1) rows of w + h + 1.
 @compute @workgroup_size(64)
 fn tilted_diagonals(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let t = linear_index(wid, nwg, lid, 64u);
-    let dw = p.w + p.h + 1u;
-    if (t >= 2u * dw) {
+    let u = linear_index(wid, nwg, lid, 64u);
+    if (u >= p.diagonals) {
         return;
     }
+    let t = find_level(u, 3u);
+    let dw = lv.w + lv.h + 1u;
     let is_b = t >= dw;
     let slot = t % dw;
-    let c = select(i32(slot) - 2, i32(slot) - i32(p.h) - 1, is_b);
-    let base = p.w * p.h + select(0u, (p.h + 1u) * dw, is_b) + slot;
+    let c = select(i32(slot) - 2, i32(slot) - i32(lv.h) - 1, is_b);
+    let base = lv.w * lv.h + select(0u, (lv.h + 1u) * dw, is_b) + slot;
     var acc = 0u;
-    for (var y = 0u; y <= p.h; y++) {
+    for (var y = 0u; y <= lv.h; y++) {
         if (y > 0u) {
             let k = select(c - i32(y) + 1, c + i32(y) - 1, is_b);
             acc += prefix(y - 1u, k);
         }
-        let i = base + y * dw;
-        if (i < arrayLength(&scratch)) {
-            scratch[i] = acc;
-        }
+        scratch_put(base + y * dw, acc);
     }
 }
 
 // One thread per tilted entry: tilted[Y][X] = A[Y][X + Y - 2] - B[Y][X - Y - 1].
 @compute @workgroup_size(64)
 fn tilted_assemble(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = linear_index(wid, nwg, lid, 64u);
-    if (i >= table_len()) {
+    let u = linear_index(wid, nwg, lid, 64u);
+    if (u >= p.entries) {
         return;
     }
-    let iw = p.w + 1u;
+    let i = find_level(u, 4u);
+    let iw = lv.w + 1u;
     let x = i % iw;
     let y = i / iw;
-    let dw = p.w + p.h + 1u;
-    let a = p.w * p.h + y * dw + x + y;                          // slot of c = X + Y - 2 is c + 2
-    let b = p.w * p.h + (p.h + 1u) * dw + y * dw + x + p.h - y;  // slot of c = X - Y - 1 is c + h + 1
-    let last = arrayLength(&scratch) - 1u;
-    put(2u * table_len() + i, scratch[min(a, last)] - scratch[min(b, last)]);
+    let dw = lv.w + lv.h + 1u;
+    let a = lv.w * lv.h + y * dw + x + y;                            // slot of c = X + Y - 2 is c + 2
+    let b = lv.w * lv.h + (lv.h + 1u) * dw + y * dw + x + lv.h - y;  // slot of c = X - Y - 1 is c + h + 1
+    put(2u * table_len() + i, scratch_get(a) - scratch_get(b));
 }

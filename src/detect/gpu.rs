@@ -1,6 +1,8 @@
 //! The GPU detector: the same windows as the CPU reference (and so as OpenCV), from WGSL
-//! kernels. Per pyramid level, all recorded into one command buffer:
-//! - `resize.wgsl` builds the level from the original image with taps from the host;
+//! kernels, all recorded into one command buffer. Each pass covers every pyramid level of a
+//! batch (all of a frame's levels unless their buffers outgrow a binding), each level in its
+//! own regions of the batch's buffers, so a frame costs the host 16 passes, not 16 per level:
+//! - `resize.wgsl` builds the levels from the original image with taps from the host;
 //! - `integral.wgsl` builds the upright, squared and (when the cascade needs it) tilted
 //!   integral images, in exact wrapping u32;
 //! - `haar_cascade.wgsl` runs stage 0 on every window, walks each row with OpenCV's skip rule
@@ -79,6 +81,8 @@ struct Batch {
     /// Elements of the batch's scaled images and integral tables, aligned regions included.
     scaled_len: usize,
     tables_len: usize,
+    /// Elements of the tilted integrals' scratch (none without tilted features).
+    scratch_len: usize,
     windows: usize,
     rows: usize,
 }
@@ -92,20 +96,29 @@ impl Batch {
 /// Groups the frame's levels into batches whose buffers each fit one binding: every level of
 /// a batch keeps its integral tables, window codes and prepared nodes at once, so a batch is
 /// scanned by one dispatch per phase. `align` is the binding offset alignment in elements.
-fn plan_batches(levels: &[ScaleScan], tables_per_level: usize, nodes: u32, limit_elems: usize, align: usize) -> Vec<Batch> {
+fn plan_batches(levels: &[ScaleScan], tilted: bool, nodes: u32, limit_elems: usize, align: usize) -> Vec<Batch> {
+    let tables_per_level = if tilted { 3 } else { 2 };
     let mut batches: Vec<Batch> = Vec::new();
     for (i, l) in levels.iter().enumerate() {
         let (sw, sh) = (l.size.0 as usize, l.size.1 as usize);
         let (grid_w, grid_h) = (l.work_width.div_ceil(l.step), l.rows_end.div_ceil(l.step));
         let table = (sw + 1) * (sh + 1);
         let windows = grid_w as usize * grid_h as usize;
+        let scratch = if tilted { integral_scratch_len(sw, sh) } else { 0 };
         let fits = |b: &Batch| {
             let levels = b.levels.len() + 1;
-            let lens = [b.tables_len + (tables_per_level * table).next_multiple_of(align), b.scaled_len + (sw * sh).next_multiple_of(align), 2 * (b.windows + windows), 6 * (b.windows + windows), 16 * nodes as usize * levels];
+            let lens = [
+                b.tables_len + (tables_per_level * table).next_multiple_of(align),
+                b.scaled_len + (sw * sh).next_multiple_of(align),
+                b.scratch_len + scratch,
+                2 * (b.windows + windows),
+                6 * (b.windows + windows),
+                16 * nodes as usize * levels,
+            ];
             lens.iter().all(|&n| n <= limit_elems)
         };
         if batches.last().is_none_or(|b| !fits(b)) {
-            batches.push(Batch { first: i, levels: Vec::new(), scaled_at: Vec::new(), scaled_len: 0, tables_len: 0, windows: 0, rows: 0 });
+            batches.push(Batch { first: i, levels: Vec::new(), scaled_at: Vec::new(), scaled_len: 0, tables_len: 0, scratch_len: 0, windows: 0, rows: 0 });
         }
         let b = batches.last_mut().expect("a batch");
         b.levels.push(LevelParams {
@@ -123,6 +136,7 @@ fn plan_batches(levels: &[ScaleScan], tables_per_level: usize, nodes: u32, limit
         b.scaled_at.push(b.scaled_len);
         b.tables_len += (tables_per_level * table).next_multiple_of(align);
         b.scaled_len += (sw * sh).next_multiple_of(align);
+        b.scratch_len += scratch;
         b.windows += windows;
         b.rows += grid_h as usize;
     }
@@ -366,10 +380,9 @@ impl<'g> GpuDetector<'g> {
     fn scan(&self, img: &GrayImage, levels: &[ScaleScan], capacity: usize) -> Result<(Vec<[u32; 3]>, usize)> {
         let gpu = self.gpu;
         let tilted = self.cascade.tilted_features();
-        let tables_per_level = if tilted { 3 } else { 2 };
         let nodes = self.layout.nodes;
         let align = (gpu.limits.min_storage_buffer_offset_alignment as usize / 4).max(1);
-        let batches = plan_batches(levels, tables_per_level, nodes, (gpu.binding_limit() / 4) as usize, align);
+        let batches = plan_batches(levels, tilted, nodes, (gpu.binding_limit() / 4) as usize, align);
         let largest = |f: fn(&Batch) -> usize| batches.iter().map(f).max().unwrap_or(1).max(1);
         let groups = self.groups.len();
         // State: the found count, each batch's list lengths, then the found windows.
@@ -380,7 +393,6 @@ impl<'g> GpuDetector<'g> {
             tap_offsets.push((taps.len() as u32, (taps.len() + l.size.0 as usize) as u32));
             taps.extend(packed_taps(img.dimensions(), l.size));
         }
-        let (w0, h0) = levels.iter().fold((0, 0), |(w, h), l| (w.max(l.size.0 as usize), h.max(l.size.1 as usize)));
         let mut rec = gpu.recorder(false);
         // Scratch buffers, so that a stream of frames of one size reuses the last frame's; all
         // but `state`, which is read back after they have gone back to the pool.
@@ -395,7 +407,7 @@ impl<'g> GpuDetector<'g> {
             taps: uploaded(&mut rec, &taps)?,
             scaled: rec.scratch(largest(|b| b.scaled_len))?,
             tables: rec.scratch(largest(|b| b.tables_len))?,
-            scratch: rec.scratch(if tilted { w0 * h0 + 2 * (h0 + 1) * (w0 + h0 + 1) } else { 1 })?,
+            scratch: rec.scratch(largest(|b| b.scratch_len))?,
             codes: rec.scratch(2 * windows)?,
             lists: rec.scratch(6 * windows)?,
             state: gpu.zeros(found_off + 3 * capacity)?,
@@ -405,14 +417,15 @@ impl<'g> GpuDetector<'g> {
         rec.clear(&frame.state);
         let l = &self.layout;
         for (bi, batch) in batches.iter().enumerate() {
-            for (k, level) in batch.levels.iter().enumerate() {
-                let i = batch.first + k;
-                let (sw, sh) = levels[i].size;
-                let scaled = frame.scaled.slice(batch.scaled_at[k]..batch.scaled_at[k] + (sw * sh) as usize);
-                let tables = frame.tables.slice(level.tables_at as usize..level.tables_at as usize + tables_per_level * level.table as usize);
-                record_resize(&mut rec, &frame.image, img.dimensions(), &frame.taps, tap_offsets[i], scaled.rw(), levels[i].size)?;
-                record_integrals(&mut rec, scaled, (sw, sh), tables.rw(), &frame.scratch, tilted)?;
-            }
+            let sizes: Vec<(u32, u32)> = levels[batch.first..][..batch.levels.len()].iter().map(|l| l.size).collect();
+            let resize_levels = resize_levels(&sizes, &tap_offsets[batch.first..], &batch.scaled_at);
+            let resize_table = uploaded(&mut rec, bytemuck::cast_slice(&resize_levels))?;
+            record_resize(&mut rec, &frame.image, img.dimensions(), &frame.taps, &resize_levels, &resize_table, frame.scaled.all().rw())?;
+            let tables_at: Vec<usize> = batch.levels.iter().map(|l| l.tables_at as usize).collect();
+            let (integral_levels, totals) = integral_levels(&sizes, &batch.scaled_at, &tables_at, tilted);
+            let integral_table = uploaded(&mut rec, bytemuck::cast_slice(&integral_levels))?;
+            let integral_bindings = [frame.scaled.all(), frame.tables.all().rw(), frame.scratch.all().rw(), integral_table.all()];
+            record_integrals(&mut rec, totals, &integral_bindings, tilted)?;
             let level_table = uploaded(&mut rec, bytemuck::cast_slice(&batch.levels))?;
             let mut params = ScanParams {
                 levels: batch.levels.len() as u32,
@@ -475,25 +488,116 @@ fn packed_taps(src: (u32, u32), dst: (u32, u32)) -> Vec<u32> {
     resize_taps(src.0, dst.0).into_iter().chain(resize_taps(src.1, dst.1)).map(pack).collect()
 }
 
-/// Records one pyramid level's resize: `taps` holds the level's x taps at `offsets.0` and y
-/// taps at `offsets.1`, packed (index << 9) | weight.
-fn record_resize(rec: &mut Recorder, image: &GpuBuffer<u32>, src: (u32, u32), taps: &GpuBuffer<u32>, offsets: (u32, u32), dst: GpuSlice, size: (u32, u32)) -> Result<()> {
-    let params = [src.0, src.1, size.0, size.1, offsets.0, offsets.1, 0, 0];
-    rec.dispatch_linear("resize", &shaders::RESIZE, "resize", &params, &[image.all(), taps.all(), dst], (size.0 * size.1) as usize, WORKGROUP)
+/// resize.wgsl's `Level`, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct ResizeLevel {
+    dst_w: u32,
+    dst_h: u32,
+    x_taps: u32,
+    y_taps: u32,
+    dst_at: u32,
+    pixels_before: u32,
+    _pad: [u32; 2],
 }
 
-/// Records the integral images of a (w, h) image (one pixel per u32) into `tables`: sum, sqsum
-/// and, with `tilted`, the tilted table, each (w + 1) * (h + 1).
-fn record_integrals(rec: &mut Recorder, img: GpuSlice, (w, h): (u32, u32), tables: GpuSlice, scratch: &GpuBuffer<u32>, tilted: bool) -> Result<()> {
-    let params = [w, h, 0, 0];
-    let bindings: [GpuSlice; 3] = [img, tables, scratch.all().rw()];
+/// The resize table of levels of `sizes`, whose taps start at `taps` (x, y) and whose images
+/// go to `dst_at`.
+fn resize_levels(sizes: &[(u32, u32)], taps: &[(u32, u32)], dst_at: &[usize]) -> Vec<ResizeLevel> {
+    let mut pixels = 0;
+    sizes
+        .iter()
+        .zip(taps)
+        .zip(dst_at)
+        .map(|((&(w, h), &(x_taps, y_taps)), &at)| {
+            let level = ResizeLevel { dst_w: w, dst_h: h, x_taps, y_taps, dst_at: at as u32, pixels_before: pixels, _pad: [0; 2] };
+            pixels += w * h;
+            level
+        })
+        .collect()
+}
+
+/// Records the resize of every level of `levels` (uploaded as `table`) from `image` into `dst`,
+/// one thread per output pixel; `taps` holds each level's x taps then y taps, packed
+/// (index << 9) | weight.
+fn record_resize(rec: &mut Recorder, image: &GpuBuffer<u32>, src: (u32, u32), taps: &GpuBuffer<u32>, levels: &[ResizeLevel], table: &GpuBuffer<u32>, dst: GpuSlice) -> Result<()> {
+    let pixels: u32 = levels.iter().map(|l| l.dst_w * l.dst_h).sum();
+    let params = [src.0, src.1, levels.len() as u32, pixels];
+    rec.dispatch_linear("resize", &shaders::RESIZE, "resize", &params, &[image.all(), taps.all(), dst, table.all()], pixels as usize, WORKGROUP)
+}
+
+/// integral.wgsl's `Level`, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct IntegralLevel {
+    w: u32,
+    h: u32,
+    img_at: u32,
+    tables_at: u32,
+    scratch_at: u32,
+    rows_before: u32,
+    cols_before: u32,
+    image_rows_before: u32,
+    diagonals_before: u32,
+    entries_before: u32,
+    _pad: [u32; 2],
+}
+
+/// Scratch elements of the tilted integral of a w x h image: row prefix sums, then the two
+/// diagonal scans.
+fn integral_scratch_len(w: usize, h: usize) -> usize {
+    w * h + 2 * (h + 1) * (w + h + 1)
+}
+
+/// The integral table of levels of `sizes` (images at `img_at`, tables at `tables_at`), and the
+/// batch's totals per pass, as integral.wgsl's `Params`: levels, table rows, table columns
+/// (both tables), image rows, diagonals (both scans), table entries.
+fn integral_levels(sizes: &[(u32, u32)], img_at: &[usize], tables_at: &[usize], tilted: bool) -> (Vec<IntegralLevel>, [u32; 8]) {
+    let mut totals = [sizes.len() as u32, 0, 0, 0, 0, 0, 0, 0];
+    let mut scratch = 0;
+    let levels = sizes
+        .iter()
+        .enumerate()
+        .map(|(k, &(w, h))| {
+            let level = IntegralLevel {
+                w,
+                h,
+                img_at: img_at[k] as u32,
+                tables_at: tables_at[k] as u32,
+                scratch_at: scratch as u32,
+                rows_before: totals[1],
+                cols_before: totals[2],
+                image_rows_before: totals[3],
+                diagonals_before: totals[4],
+                entries_before: totals[5],
+                _pad: [0; 2],
+            };
+            totals[1] += h + 1;
+            totals[2] += 2 * (w + 1);
+            totals[3] += h;
+            totals[4] += 2 * (w + h + 1);
+            totals[5] += (w + 1) * (h + 1);
+            if tilted {
+                scratch += integral_scratch_len(w as usize, h as usize);
+            }
+            level
+        })
+        .collect();
+    (levels, totals)
+}
+
+/// Records the integral images of every level of a batch: sum, sqsum and, with `tilted`, the
+/// tilted table of each level, (w + 1) * (h + 1) entries apiece. `bindings`: the levels'
+/// images, their tables, the scratch, and the level table.
+fn record_integrals(rec: &mut Recorder, totals: [u32; 8], bindings: &[GpuSlice; 4], tilted: bool) -> Result<()> {
     let shader = &shaders::INTEGRAL;
-    rec.dispatch_linear("integral rows", shader, "upright_rows", &params, &bindings, h as usize + 1, WORKGROUP)?;
-    rec.dispatch_linear("integral columns", shader, "upright_cols", &params, &bindings, 2 * (w as usize + 1), WORKGROUP)?;
+    let [_, rows, cols, image_rows, diagonals, entries, ..] = totals.map(|n| n as usize);
+    rec.dispatch_linear("integral rows", shader, "upright_rows", &totals, bindings, rows, WORKGROUP)?;
+    rec.dispatch_linear("integral columns", shader, "upright_cols", &totals, bindings, cols, WORKGROUP)?;
     if tilted {
-        rec.dispatch_linear("tilted rows", shader, "tilted_rows", &params, &bindings, h as usize, WORKGROUP)?;
-        rec.dispatch_linear("tilted diagonals", shader, "tilted_diagonals", &params, &bindings, 2 * (w + h + 1) as usize, WORKGROUP)?;
-        rec.dispatch_linear("tilted assemble", shader, "tilted_assemble", &params, &bindings, ((w + 1) * (h + 1)) as usize, WORKGROUP)?;
+        rec.dispatch_linear("tilted rows", shader, "tilted_rows", &totals, bindings, image_rows, WORKGROUP)?;
+        rec.dispatch_linear("tilted diagonals", shader, "tilted_diagonals", &totals, bindings, diagonals, WORKGROUP)?;
+        rec.dispatch_linear("tilted assemble", shader, "tilted_assemble", &totals, bindings, entries, WORKGROUP)?;
     }
     Ok(())
 }
@@ -502,7 +606,9 @@ fn record_integrals(rec: &mut Recorder, img: GpuSlice, (w, h): (u32, u32), table
 pub fn resize_gpu(gpu: &Gpu, src: &GrayImage, width: u32, height: u32) -> Result<GrayImage> {
     let (image, taps) = (gpu.upload(&pack_bytes(src.as_raw()))?, gpu.upload(&packed_taps(src.dimensions(), (width, height)))?);
     let dst = gpu.zeros::<u32>((width * height) as usize)?;
-    gpu.run(|rec| record_resize(rec, &image, src.dimensions(), &taps, (0, width), dst.all().rw(), (width, height)))?;
+    let levels = resize_levels(&[(width, height)], &[(0, width)], &[0]);
+    let table = gpu.upload(bytemuck::cast_slice::<_, u32>(&levels))?;
+    gpu.run(|rec| record_resize(rec, &image, src.dimensions(), &taps, &levels, &table, dst.all().rw()))?;
     let pixels = gpu.read(&dst)?.into_iter().map(|v| v as u8).collect();
     Ok(GrayImage::from_raw(width, height, pixels).expect("sized buffer"))
 }
@@ -513,8 +619,10 @@ pub fn integrals_gpu(gpu: &Gpu, img: &GrayImage, tilted: bool) -> Result<Integra
     let pixels = gpu.upload(&img.as_raw().iter().map(|&v| v as u32).collect::<Vec<_>>())?;
     let table = (w + 1) * (h + 1);
     let tables = gpu.zeros::<u32>(table * 3)?;
-    let scratch = gpu.zeros::<u32>(if tilted { w * h + 2 * (h + 1) * (w + h + 1) } else { 1 })?;
-    gpu.run(|rec| record_integrals(rec, pixels.all(), img.dimensions(), tables.all().rw(), &scratch, tilted))?;
+    let scratch = gpu.zeros::<u32>(if tilted { integral_scratch_len(w, h) } else { 1 })?;
+    let (levels, totals) = integral_levels(&[img.dimensions()], &[0], &[0], tilted);
+    let level_table = gpu.upload(bytemuck::cast_slice::<_, u32>(&levels))?;
+    gpu.run(|rec| record_integrals(rec, totals, &[pixels.all(), tables.all().rw(), scratch.all().rw(), level_table.all()], tilted))?;
     let all: Vec<i32> = gpu.read(&tables)?.into_iter().map(|v| v as i32).collect();
     Ok(Integrals { width: w + 1, sum: all[..table].to_vec(), sqsum: all[table..2 * table].to_vec(), tilted: if tilted { all[2 * table..].to_vec() } else { Vec::new() } })
 }
@@ -557,12 +665,12 @@ mod tests {
     fn batches_hold_consecutive_levels_in_aligned_regions_within_the_limit() {
         let cascade = crate::detect::Cascade::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/data/cascades/haarcascade_frontalface_default.xml"))).unwrap();
         let levels = scan_plan(&cascade, (320, 240), &DetectParams::default());
-        let all = plan_batches(&levels, 2, 100, usize::MAX, 64);
+        let all = plan_batches(&levels, false, 100, usize::MAX, 64);
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].levels.len(), levels.len());
         // Room for level 0's tables and a little more: several batches.
         let limit = 2 * 321 * 241 + 64 * 100;
-        let split = plan_batches(&levels, 2, 100, limit, 64);
+        let split = plan_batches(&levels, false, 100, limit, 64);
         assert!(split.len() > 1, "{} batches", split.len());
         let mut next = 0;
         for b in &split {
