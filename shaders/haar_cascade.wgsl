@@ -278,14 +278,14 @@ fn weight(packed: u32, i: u32) -> i32 {
 }
 
 // The weighted sum of node `n`'s feature at window origin `base`: an exact integer
-// (host-checked), returned as f32. Zero weights contribute nothing, so a two-rectangle feature's
-// empty third rectangle costs four cheap loads rather than a branch.
-fn feature_value(n: u32, base: u32) -> f32 {
+// (host-checked), returned as f32. `weights` is the node's packed weights (the x of its last
+// vector, which the caller has loaded anyway). Zero weights contribute nothing, so a
+// two-rectangle feature's empty third rectangle costs four cheap loads rather than a branch.
+fn feature_value(n: u32, weights: u32, base: u32) -> f32 {
     let last = arrayLength(&prepared) - 1u;
-    let tail = prepared[min(4u * n + 3u, last)];
-    var ret = weight(tail.x, 0u) * corner_sum(base, prepared[min(4u * n, last)]);
-    ret += weight(tail.x, 1u) * corner_sum(base, prepared[min(4u * n + 1u, last)]);
-    let w2 = weight(tail.x, 2u);
+    var ret = weight(weights, 0u) * corner_sum(base, prepared[min(4u * n, last)]);
+    ret += weight(weights, 1u) * corner_sum(base, prepared[min(4u * n + 1u, last)]);
+    let w2 = weight(weights, 2u);
     if (w2 != 0i) {
         ret += w2 * corner_sum(base, prepared[min(4u * n + 2u, last)]);
     }
@@ -307,8 +307,8 @@ fn stage_passes(stage: u32, node0: u32, base: u32, vnf: f32) -> bool {
         var leaf = 0u;
         for (var depth = 0u; depth < p.max_depth; depth++) {
             let n = node0 + first_node + node;
-            let value = feature_value(n, base) * vnf;
             let tail = prepared[min(4u * n + 3u, arrayLength(&prepared) - 1u)];
+            let value = feature_value(n, tail.x, base) * vnf;
             let next = bitcast<i32>(select(tail.w, tail.z, value < bitcast<f32>(tail.y)));
             if (next <= 0i) {
                 leaf = u32(-next);
