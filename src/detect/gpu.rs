@@ -1,7 +1,7 @@
 //! The GPU detector: the same windows as the CPU reference (and so as OpenCV), from WGSL
 //! kernels, all recorded into one command buffer. Each pass covers every pyramid level of a
-//! batch (all of a frame's levels unless their buffers outgrow a binding), each level in its
-//! own regions of the batch's buffers, so a frame costs the host 16 passes, not 16 per level:
+//! batch (consecutive levels whose buffers fit [`BATCH_BUFFER_BYTES`]), each level in its own
+//! regions of the batch's buffers, so a batch costs the host 16 passes, not 16 per level:
 //! - `resize.wgsl` builds the levels from the original image with taps from the host;
 //! - `integral.wgsl` builds the upright, squared and (when the cascade needs it) tilted
 //!   integral images, in exact wrapping u32;
