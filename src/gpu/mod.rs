@@ -202,6 +202,9 @@ pub struct Gpu {
     pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<Pipeline>>>,
     /// Scratch buffers no recorder holds, oldest first (see [`Recorder::scratch`]).
     scratch_pool: Mutex<VecDeque<wgpu::Buffer>>,
+    /// Uniform buffers for the passes' params, [`record::PARAMS_CHUNK`] bytes each, that no
+    /// recorder holds.
+    params_pool: Mutex<Vec<wgpu::Buffer>>,
 }
 
 /// A compiled entry point and the bind-group layout it was built with.
@@ -244,6 +247,7 @@ impl Gpu {
             binding_limit,
             pipelines: Mutex::new(HashMap::new()),
             scratch_pool: Mutex::new(VecDeque::new()),
+            params_pool: Mutex::new(Vec::new()),
         })
     }
 
@@ -303,6 +307,25 @@ impl Gpu {
                 Arc::new(Pipeline { pipeline, layout })
             })
             .clone()
+    }
+
+    /// A uniform buffer for a recorder's params, from the pool or new.
+    fn take_params_chunk(&self) -> wgpu::Buffer {
+        self.params_pool.lock().expect("params pool poisoned").pop().unwrap_or_else(|| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("params"),
+                size: record::PARAMS_CHUNK,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })
+    }
+
+    /// Params buffers whose work has finished; a few are kept for the next recorders.
+    fn return_params_chunks(&self, chunks: Vec<wgpu::Buffer>) {
+        let mut pool = self.params_pool.lock().expect("params pool poisoned");
+        pool.extend(chunks);
+        pool.truncate(8);
     }
 
     /// Starts recording kernels into one command buffer; `profile` adds a timestamp per pass.

@@ -5,7 +5,6 @@ use super::shaders::Shader;
 use super::Gpu;
 use crate::error::{Error, Result};
 use std::time::Instant;
-use wgpu::util::DeviceExt;
 
 /// Time one pass took on the GPU, from timestamp queries (or wall time of the whole submit
 /// when the adapter has no timestamps).
@@ -18,6 +17,11 @@ pub struct PassTiming {
 }
 
 const QUERIES_PER_SET: u32 = 512;
+
+/// Bytes of one uniform buffer holding the params of a recorder's passes, each at an offset
+/// aligned to the device's uniform offset alignment (256 bytes on most), written with one queue
+/// write at submit. A buffer created and filled per pass cost most of a pass's recording time.
+pub(super) const PARAMS_CHUNK: u64 = 64 << 10;
 
 /// What one submission cost the host, the launch overhead a fast GPU waits on.
 #[derive(Clone, Copy, Debug, Default)]
@@ -44,6 +48,8 @@ pub struct Recorder<'g> {
     labels: Vec<&'static str>,
     /// Scratch buffers handed out here, back to the pool once the work has run.
     scratch: Vec<wgpu::Buffer>,
+    /// Params uniform buffers with the bytes to write into each at submit.
+    params: Vec<(wgpu::Buffer, Vec<u8>)>,
     host: HostTiming,
 }
 
@@ -56,6 +62,7 @@ impl<'g> Recorder<'g> {
             query_sets: Vec::new(),
             labels: Vec::new(),
             scratch: Vec::new(),
+            params: Vec::new(),
             host: HostTiming::default(),
         }
     }
@@ -153,12 +160,9 @@ impl<'g> Recorder<'g> {
         }
         let writable: Vec<bool> = bindings.iter().map(|b| b.writable).collect();
         let pipeline = gpu.pipeline(shader, entry, &writable);
-        let uniform = gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("params"),
-            contents: bytemuck::bytes_of(params),
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
-        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
+        let (chunk, offset) = self.params_slot(bytemuck::bytes_of(params));
+        let params_binding = wgpu::BufferBinding { buffer: &self.params[chunk].0, offset, size: wgpu::BufferSize::new(std::mem::size_of::<P>() as u64) };
+        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::Buffer(params_binding) }];
         entries.extend(bindings.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry {
             binding: i as u32 + 1,
             resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -186,6 +190,21 @@ impl<'g> Recorder<'g> {
         self.host.passes += 1;
         self.host.record_ns += start.elapsed().as_secs_f64() * 1e9;
         Ok(())
+    }
+
+    /// Places a pass's params in the current params buffer (a new one when it is full):
+    /// (which buffer, byte offset).
+    fn params_slot(&mut self, bytes: &[u8]) -> (usize, u64) {
+        let align = self.gpu.limits.min_uniform_buffer_offset_alignment as usize;
+        let len = bytes.len().next_multiple_of(align);
+        if self.params.last().is_none_or(|(_, staged)| staged.len() + len > PARAMS_CHUNK as usize) {
+            self.params.push((self.gpu.take_params_chunk(), Vec::with_capacity(PARAMS_CHUNK as usize)));
+        }
+        let (_, staged) = self.params.last_mut().expect("a params buffer");
+        let offset = staged.len() as u64;
+        staged.extend_from_slice(bytes);
+        staged.resize(offset as usize + len, 0);
+        (self.params.len() - 1, offset)
     }
 
     /// Dispatches enough workgroups of `workgroup_size` threads to cover `threads`, folded into
@@ -239,7 +258,7 @@ impl<'g> Recorder<'g> {
     /// Submits everything recorded and waits for it. With profiling on, the passes are each
     /// pass's GPU time (or one wall-clock entry when the adapter has no timestamp queries).
     pub fn finish(self) -> Result<Finished> {
-        let Recorder { gpu, mut encoder, profile, query_sets, labels, scratch, mut host } = self;
+        let Recorder { gpu, mut encoder, profile, query_sets, labels, scratch, params, mut host } = self;
         let mut resolved = Vec::new();
         for set in &query_sets {
             let bytes = QUERIES_PER_SET as u64 * 8;
@@ -255,10 +274,14 @@ impl<'g> Recorder<'g> {
             resolved.push(host);
         }
         let start = Instant::now();
+        for (buffer, staged) in &params {
+            gpu.queue.write_buffer(buffer, 0, staged);
+        }
         gpu.queue.submit([encoder.finish()]);
         host.submit_ns = start.elapsed().as_secs_f64() * 1e9;
         gpu.wait()?;
         gpu.return_scratch(scratch);
+        gpu.return_params_chunks(params.into_iter().map(|(buffer, _)| buffer).collect());
         let wall = start.elapsed().as_secs_f64() * 1e9;
         if !profile {
             return Ok(Finished { passes: Vec::new(), host });
