@@ -84,7 +84,7 @@ struct Batch {
     levels: Vec<LevelParams>,
     /// Where each level's resized image starts in the batch's `scaled` buffer.
     scaled_at: Vec<usize>,
-    /// Elements of the batch's scaled images and integral tables, aligned regions included.
+    /// Elements of the batch's scaled images and integral tables.
     scaled_len: usize,
     tables_len: usize,
     /// Elements of the tilted integrals' scratch (none without tilted features).
@@ -101,8 +101,8 @@ impl Batch {
 
 /// Groups the frame's levels into batches whose buffers each fit one binding: every level of
 /// a batch keeps its integral tables, window codes and prepared nodes at once, so a batch is
-/// scanned by one dispatch per phase. `align` is the binding offset alignment in elements.
-fn plan_batches(levels: &[ScaleScan], tilted: bool, nodes: u32, limit_elems: usize, align: usize) -> Vec<Batch> {
+/// scanned by one dispatch per phase.
+fn plan_batches(levels: &[ScaleScan], tilted: bool, nodes: u32, limit_elems: usize) -> Vec<Batch> {
     let tables_per_level = if tilted { 3 } else { 2 };
     let mut batches: Vec<Batch> = Vec::new();
     for (i, l) in levels.iter().enumerate() {
@@ -114,8 +114,8 @@ fn plan_batches(levels: &[ScaleScan], tilted: bool, nodes: u32, limit_elems: usi
         let fits = |b: &Batch| {
             let levels = b.levels.len() + 1;
             let lens = [
-                b.tables_len + (tables_per_level * table).next_multiple_of(align),
-                b.scaled_len + (sw * sh).next_multiple_of(align),
+                b.tables_len + tables_per_level * table,
+                b.scaled_len + sw * sh,
                 b.scratch_len + scratch,
                 2 * (b.windows + windows),
                 6 * (b.windows + windows),
@@ -140,8 +140,8 @@ fn plan_batches(levels: &[ScaleScan], tilted: bool, nodes: u32, limit_elems: usi
             _pad: [0; 3],
         });
         b.scaled_at.push(b.scaled_len);
-        b.tables_len += (tables_per_level * table).next_multiple_of(align);
-        b.scaled_len += (sw * sh).next_multiple_of(align);
+        b.tables_len += tables_per_level * table;
+        b.scaled_len += sw * sh;
         b.scratch_len += scratch;
         b.windows += windows;
         b.rows += grid_h as usize;
@@ -387,9 +387,8 @@ impl<'g> GpuDetector<'g> {
         let gpu = self.gpu;
         let tilted = self.cascade.tilted_features();
         let nodes = self.layout.nodes;
-        let align = (gpu.limits.min_storage_buffer_offset_alignment as usize / 4).max(1);
         let limit = gpu.binding_limit().min(BATCH_BUFFER_BYTES) / 4;
-        let batches = plan_batches(levels, tilted, nodes, limit as usize, align);
+        let batches = plan_batches(levels, tilted, nodes, limit as usize);
         let largest = |f: fn(&Batch) -> usize| batches.iter().map(f).max().unwrap_or(1).max(1);
         let groups = self.groups.len();
         // State: the found count, each batch's list lengths, then the found windows.
@@ -669,15 +668,15 @@ mod tests {
     }
 
     #[test]
-    fn batches_hold_consecutive_levels_in_aligned_regions_within_the_limit() {
+    fn batches_hold_consecutive_levels_within_the_limit() {
         let cascade = crate::detect::Cascade::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/data/cascades/haarcascade_frontalface_default.xml"))).unwrap();
         let levels = scan_plan(&cascade, (320, 240), &DetectParams::default());
-        let all = plan_batches(&levels, false, 100, usize::MAX, 64);
+        let all = plan_batches(&levels, false, 100, usize::MAX);
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].levels.len(), levels.len());
         // Room for level 0's tables and a little more: several batches.
-        let limit = 2 * 321 * 241 + 64 * 100;
-        let split = plan_batches(&levels, false, 100, limit, 64);
+        let limit = 2 * 321 * 241 + 16 * 100;
+        let split = plan_batches(&levels, false, 100, limit);
         assert!(split.len() > 1, "{} batches", split.len());
         let mut next = 0;
         for b in &split {
@@ -686,7 +685,7 @@ mod tests {
             assert!(b.tables_len <= limit && b.scaled_len <= limit && 6 * b.windows <= limit);
             let mut windows = 0;
             for (k, l) in b.levels.iter().enumerate() {
-                assert_eq!((l.scale as usize, l.tables_at % 64, b.scaled_at[k] % 64), (b.first + k, 0, 0));
+                assert_eq!(l.scale as usize, b.first + k);
                 assert_eq!(l.windows_before as usize, windows);
                 windows += (l.grid_w * l.grid_h) as usize;
             }
