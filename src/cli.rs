@@ -200,6 +200,29 @@ enum ProfileWhat {
         #[arg(long)]
         model: Option<PathBuf>,
     },
+    /// Face detection on the GPU: frames of the benchmark scene (the montage of
+    /// `mien bench detect`), OpenCV's default parameters.
+    Detect {
+        #[arg(long, default_value_t = 5)]
+        frames: usize,
+        /// Frame size, WIDTHxHEIGHT.
+        #[arg(long, default_value = "1280x720", value_parser = parse_size)]
+        size: (u32, u32),
+        /// Trace file (JSON trace-event format; open it in ui.perfetto.dev or chrome://tracing).
+        #[arg(long, default_value = "trace.json")]
+        trace: PathBuf,
+        #[arg(long, default_value = "data/cascades/haarcascade_frontalface_default.xml")]
+        cascade: PathBuf,
+    },
+}
+
+/// "WIDTHxHEIGHT", both positive.
+fn parse_size(s: &str) -> std::result::Result<(u32, u32), String> {
+    let parsed = s.split_once('x').and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)));
+    match parsed {
+        Some((w, h)) if w > 0 && h > 0 => Ok((w, h)),
+        _ => Err(format!("expected WIDTHxHEIGHT such as 1280x720, got {s:?}")),
+    }
 }
 
 #[derive(Args)]
@@ -300,6 +323,7 @@ pub fn main() -> Result<()> {
             None => run_eval(&Cpu, &args),
         },
         Command::Profile { what: ProfileWhat::Train { steps, batch, trace, model } } => profile_train(&cli.global, steps, batch, &trace, model.as_deref()),
+        Command::Profile { what: ProfileWhat::Detect { frames, size, trace, cascade } } => profile_detect(&cli.global, frames, size, &trace, &cascade),
         Command::Detect(args) => match gpu::select(cli.global.device, &cli.global.gpu_options())? {
             Some(gpu) => run_detect(&GpuBackend::new(&gpu), Some(&gpu), &args),
             None => run_detect(&Cpu, None, &args),
@@ -780,12 +804,81 @@ fn bench_train<B: Backend>(backend: &B, batch: usize, reps: usize, json: bool) -
     Ok(())
 }
 
-fn profile_train(global: &Global, steps: usize, batch: usize, trace: &Path, model: Option<&Path>) -> Result<()> {
-    use crate::kernels::adam::AdamConfig;
+/// A GPU with timestamp queries, for the profilers.
+fn profiling_gpu(global: &Global) -> Result<gpu::Gpu> {
     let gpu = gpu::Gpu::new(&global.gpu_options()).context("profiling times GPU passes, so it needs a GPU adapter")?;
     if !gpu.timestamps {
         bail!("{} has no timestamp queries: passes cannot be timed one by one", gpu.describe());
     }
+    Ok(gpu)
+}
+
+/// What `mien profile` measured over `units` repetitions of a unit of work (a training step, a
+/// frame): every pass with its GPU time, the wall time and the host's cost.
+struct Profile<'a> {
+    unit: &'a str,
+    units: usize,
+    passes: Vec<gpu::PassTiming>,
+    wall_s: f64,
+    host: gpu::HostTiming,
+}
+
+/// Writes the trace (JSON trace-event format, `other` added to its otherData) and prints the
+/// per-kernel summary after `title`.
+fn report_profile(gpu: &gpu::Gpu, title: &str, p: &Profile, trace: &Path, other: serde_json::Value) -> Result<()> {
+    let events: Vec<serde_json::Value> = p
+        .passes
+        .iter()
+        .map(|t| serde_json::json!({"name": t.label, "cat": "gpu", "ph": "X", "ts": t.start_ns / 1e3, "dur": t.nanos / 1e3, "pid": 1, "tid": 1}))
+        .collect();
+    let per_unit = |ns: f64| ns / 1e6 / p.units.max(1) as f64;
+    let mut other_data = serde_json::json!({
+        "adapter": gpu.describe(),
+        format!("{}s", p.unit): p.units,
+        format!("host_record_ms_per_{}", p.unit): per_unit(p.host.record_ns),
+        format!("host_submit_ms_per_{}", p.unit): per_unit(p.host.submit_ns),
+    });
+    if let (Some(all), serde_json::Value::Object(more)) = (other_data.as_object_mut(), other) {
+        all.extend(more);
+    }
+    let doc = serde_json::json!({"traceEvents": events, "displayTimeUnit": "ms", "otherData": other_data});
+    std::fs::write(trace, serde_json::to_string(&doc)?).with_context(|| format!("{}: cannot write", trace.display()))?;
+    let mut by_kernel: std::collections::BTreeMap<&str, (usize, f64)> = Default::default();
+    for t in &p.passes {
+        let e = by_kernel.entry(t.label).or_default();
+        e.0 += 1;
+        e.1 += t.nanos;
+    }
+    let total: f64 = by_kernel.values().map(|v| v.1).sum();
+    let mut rows: Vec<_> = by_kernel.into_iter().collect();
+    rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+    println!(
+        "{title} on {}: {:.1} ms GPU time per {unit}, {:.1} ms wall per {unit}",
+        gpu.describe(),
+        per_unit(total),
+        p.wall_s * 1e3 / p.units.max(1) as f64,
+        unit = p.unit
+    );
+    // What a GPU faster than the host waits on: with the trace's timestamps this reads as
+    // launch overhead against kernel time.
+    println!(
+        "host per {}: {:.2} ms recording {} passes, {:.2} ms encoding and submitting them",
+        p.unit,
+        per_unit(p.host.record_ns),
+        p.host.passes / p.units.max(1),
+        per_unit(p.host.submit_ns)
+    );
+    println!("{:<28} {:>7} {:>6} {:>12} {:>12}", "kernel", "share", "calls", "total ms", "mean us");
+    for (name, (calls, nanos)) in rows {
+        println!("{:<28} {:>6.1}% {:>6} {:>12.2} {:>12.1}", name, 100.0 * nanos / total, calls, nanos / 1e6, nanos / 1e3 / calls as f64);
+    }
+    println!("trace: {} ({} passes)", trace.display(), p.passes.len());
+    Ok(())
+}
+
+fn profile_train(global: &Global, steps: usize, batch: usize, trace: &Path, model: Option<&Path>) -> Result<()> {
+    use crate::kernels::adam::AdamConfig;
+    let gpu = profiling_gpu(global)?;
     let backend = GpuBackend::profiling(&gpu);
     let config = match model {
         Some(path) => ModelConfig::load(path)?,
@@ -803,41 +896,33 @@ fn profile_train(global: &Global, steps: usize, batch: usize, trace: &Path, mode
     for step in 0..steps as u64 {
         net.train_step(&backend, &images, &maps, &labels, step as u32 + 1, AdamConfig::default(), step + 2)?;
     }
-    let wall = start.elapsed().as_secs_f64();
-    let passes = backend.take_timings();
-    let host = backend.take_host_timing();
-    let events: Vec<serde_json::Value> = passes
-        .iter()
-        .map(|p| serde_json::json!({"name": p.label, "cat": "gpu", "ph": "X", "ts": p.start_ns / 1e3, "dur": p.nanos / 1e3, "pid": 1, "tid": 1}))
-        .collect();
-    let per_step = |ns: f64| ns / 1e6 / steps.max(1) as f64;
-    let doc = serde_json::json!({"traceEvents": events, "displayTimeUnit": "ms", "otherData": {
-        "adapter": gpu.describe(), "steps": steps, "batch": batch,
-        "host_record_ms_per_step": per_step(host.record_ns), "host_submit_ms_per_step": per_step(host.submit_ns),
-    }});
-    std::fs::write(trace, serde_json::to_string(&doc)?).with_context(|| format!("{}: cannot write", trace.display()))?;
-    let mut by_kernel: std::collections::BTreeMap<&str, (usize, f64)> = Default::default();
-    for p in &passes {
-        let e = by_kernel.entry(p.label).or_default();
-        e.0 += 1;
-        e.1 += p.nanos;
+    let wall_s = start.elapsed().as_secs_f64();
+    let profile = Profile { unit: "step", units: steps, passes: backend.take_timings(), wall_s, host: backend.take_host_timing() };
+    report_profile(&gpu, &format!("{steps} training steps at batch {batch}"), &profile, trace, serde_json::json!({"batch": batch}))
+}
+
+fn profile_detect(global: &Global, frames: usize, (w, h): (u32, u32), trace: &Path, cascade: &Path) -> Result<()> {
+    let gpu = profiling_gpu(global)?;
+    let cascade = crate::detect::Cascade::load(&shipped(cascade))?;
+    let scene_path = shipped(Path::new("data/fixtures/haar/montage.png"));
+    let scene = image::open(&scene_path).with_context(|| format!("{}: cannot read the benchmark scene", scene_path.display()))?.to_luma8();
+    let frame = bench::detect_frame(&scene, w, h);
+    let detector = crate::detect::gpu::GpuDetector::new(&gpu, &cascade)?;
+    let params = crate::detect::DetectParams::default();
+    // One frame first, so pipeline compilation and first allocations stay out of the profile.
+    let faces = detector.detect_multi_scale(&frame, &params)?.len();
+    detector.set_profiling(true);
+    let (mut passes, mut host) = (Vec::new(), gpu::HostTiming::default());
+    let start = std::time::Instant::now();
+    for _ in 0..frames {
+        detector.detect_multi_scale(&frame, &params)?;
+        let offset = passes.last().map_or(0.0, |t: &gpu::PassTiming| t.start_ns + t.nanos);
+        passes.extend(detector.take_timings().into_iter().map(|t| gpu::PassTiming { start_ns: t.start_ns + offset, ..t }));
+        let h = detector.last_host_timing();
+        host = gpu::HostTiming { passes: host.passes + h.passes, record_ns: host.record_ns + h.record_ns, submit_ns: host.submit_ns + h.submit_ns };
     }
-    let total: f64 = by_kernel.values().map(|v| v.1).sum();
-    let mut rows: Vec<_> = by_kernel.into_iter().collect();
-    rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
-    println!("{} training steps at batch {batch} on {}: {:.1} ms GPU time per step, {:.1} ms wall per step", steps, gpu.describe(), total / 1e6 / steps.max(1) as f64, wall * 1e3 / steps.max(1) as f64);
-    // What a GPU faster than the host waits on: with the trace's timestamps this reads as
-    // launch overhead against kernel time.
-    println!(
-        "host per step: {:.2} ms recording {} passes, {:.2} ms encoding and submitting them",
-        per_step(host.record_ns),
-        host.passes / steps.max(1),
-        per_step(host.submit_ns)
-    );
-    println!("{:<28} {:>7} {:>6} {:>12} {:>12}", "kernel", "share", "calls", "total ms", "mean us");
-    for (name, (calls, nanos)) in rows {
-        println!("{:<28} {:>6.1}% {:>6} {:>12.2} {:>12.1}", name, 100.0 * nanos / total, calls, nanos / 1e6, nanos / 1e3 / calls as f64);
-    }
-    println!("trace: {} ({} passes)", trace.display(), passes.len());
-    Ok(())
+    let wall_s = start.elapsed().as_secs_f64();
+    let profile = Profile { unit: "frame", units: frames, passes, wall_s, host };
+    let title = format!("{frames} frames of {w}x{h} ({faces} faces, OpenCV's default parameters)");
+    report_profile(&gpu, &title, &profile, trace, serde_json::json!({"width": w, "height": h, "faces": faces}))
 }

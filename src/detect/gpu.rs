@@ -18,7 +18,7 @@ use super::cascade::Cascade;
 use super::cpu::{self, resize_taps, scan_plan, scan_scale, DetectParams, Integrals, ScaleScan, STAGE_THRESHOLD_EPS};
 use super::group::Rect;
 use crate::error::{Error, Result};
-use crate::gpu::{pack_bytes, shaders, Gpu, GpuBuffer, GpuSlice, HostTiming, Recorder};
+use crate::gpu::{pack_bytes, shaders, Finished, Gpu, GpuBuffer, GpuSlice, HostTiming, PassTiming, Recorder};
 use image::GrayImage;
 
 const WORKGROUP: u32 = 64;
@@ -298,6 +298,8 @@ pub struct GpuDetector<'g> {
     vnf_limit: f32,
     /// What the last image's scans cost the host (recording and submitting their passes).
     host: std::cell::Cell<HostTiming>,
+    /// With profiling on, every pass timed since the last `take_timings`.
+    timings: std::cell::RefCell<Option<Vec<PassTiming>>>,
 }
 
 /// Buffers for one frame, sized for its largest batch of levels; the batches run one after
@@ -328,6 +330,7 @@ impl<'g> GpuDetector<'g> {
             vnf_limit: vnf_limit((nw * nh) as f64),
             layout,
             host: Default::default(),
+            timings: Default::default(),
         })
     }
 
@@ -352,6 +355,17 @@ impl<'g> GpuDetector<'g> {
     /// and the time to record and submit them, which a fast GPU waits on.
     pub fn last_host_timing(&self) -> HostTiming {
         self.host.get()
+    }
+
+    /// Times every pass with timestamp queries from now on (or no longer).
+    pub fn set_profiling(&self, on: bool) {
+        *self.timings.borrow_mut() = on.then(Vec::new);
+    }
+
+    /// The passes timed since profiling began or the last call, each submission's from its
+    /// own start; forgets them.
+    pub fn take_timings(&self) -> Vec<PassTiming> {
+        self.timings.borrow_mut().as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// OpenCV's `detectMultiScale` on a grey image.
@@ -399,7 +413,7 @@ impl<'g> GpuDetector<'g> {
             tap_offsets.push((taps.len() as u32, (taps.len() + l.size.0 as usize) as u32));
             taps.extend(packed_taps(img.dimensions(), l.size));
         }
-        let mut rec = gpu.recorder(false);
+        let mut rec = gpu.recorder(self.timings.borrow().is_some());
         // Scratch buffers, so that a stream of frames of one size reuses the last frame's; all
         // but `state`, which is read back after they have gone back to the pool.
         let uploaded = |rec: &mut Recorder, data: &[u32]| -> Result<GpuBuffer<u32>> {
@@ -473,7 +487,11 @@ impl<'g> GpuDetector<'g> {
                 rec.dispatch_indirect("haar stages", cascade, "scan_list", &params, &bindings, &frame.args, params.args_at as usize + 3 * g)?;
             }
         }
-        let host = rec.finish()?.host;
+        let Finished { passes, host } = rec.finish()?;
+        if let Some(timings) = self.timings.borrow_mut().as_mut() {
+            let offset = timings.last().map_or(0.0, |t| t.start_ns + t.nanos);
+            timings.extend(passes.into_iter().map(|t| PassTiming { start_ns: t.start_ns + offset, ..t }));
+        }
         let total = self.host.get();
         self.host.set(HostTiming {
             passes: total.passes + host.passes,
