@@ -96,7 +96,7 @@ pub fn training_curves(path: &Path, epochs: &[(usize, f64, f64, f64, f64)]) -> R
     root.present().map_err(|e| err(path, e))
 }
 
-/// Heat map of confusion[true][predicted], shaded by each row's share, with the counts.
+/// Heat map of `confusion[true][predicted]`, shaded by each row's share, with the counts.
 pub fn confusion_matrix(path: &Path, classes: &[&str], confusion: &[Vec<usize>]) -> Result<()> {
     register_font();
     let n = classes.len();

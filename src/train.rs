@@ -166,7 +166,7 @@ pub struct Evaluation {
     /// Accuracy on the images alone (the same as `accuracy` without `mirror`).
     pub single_accuracy: f64,
     pub loss: f64,
-    /// confusion[true][predicted]
+    /// `confusion[true][predicted]`
     pub confusion: Vec<Vec<usize>>,
     pub per_class: Vec<ClassScores>,
 }

@@ -285,7 +285,7 @@ fn profiling_times_every_pass_of_a_step() {
     let data = synthetic(8, 4);
     let labels: Vec<u32> = data.labels.iter().map(|&l| l as u32).collect();
     backend.take_timings();
-    model.train_step(&backend, &data.images, &vec![warp::IDENTITY; 8], &labels, 1, Default::default(), 1).unwrap();
+    model.train_step(&backend, &data.images, &[warp::IDENTITY; 8], &labels, 1, Default::default(), 1).unwrap();
     let passes = backend.take_timings();
     assert!(g.timestamps, "lavapipe and real GPUs have timestamp queries");
     for kernel in ["warp", "conv2d_forward", "conv2d_filter_grad", "batchnorm_stats", "softmax_xent_backward", "adam"] {

@@ -159,7 +159,7 @@ impl Reader<'_> {
             for (w, wp) in self.items(weak, &weak_path) {
                 let (nodes, np) = self.child(w, &wp, "internalNodes")?;
                 let values: Vec<f64> = self.numbers(nodes, &np)?;
-                if values.is_empty() || values.len() % 4 != 0 {
+                if values.is_empty() || !values.len().is_multiple_of(4) {
                     return Err(self.err(&np, format!("expected 4 numbers per split (left right feature threshold), found {}", values.len())));
                 }
                 let (leaf_node, lp) = self.child(w, &wp, "leafValues")?;

@@ -102,7 +102,7 @@ pub fn resize_exact(src: &GrayImage, width: u32, height: u32) -> GrayImage {
 /// Integral and squared-integral images with a zero first row and column, as i32 with
 /// wrap-around like OpenCV's CV_32S buffers: differences of four corners stay exact while a
 /// window's true sum fits in 32 bits, however large the image. With `tilted`, also the
-/// 45-degree integral: T[Y][X] sums the pixels (x, y) with y < Y and |x - (X - 1)| <= Y - 1 - y.
+/// 45-degree integral: `T[Y][X]` sums the pixels (x, y) with y < Y and |x - (X - 1)| <= Y - 1 - y.
 pub struct Integrals {
     pub width: usize,
     pub sum: Vec<i32>,
@@ -377,7 +377,7 @@ pub fn scan_plan(cascade: &Cascade, size: (u32, u32), p: &DetectParams) -> Vec<S
                 return None;
             }
             let step = if factor >= 2.0 { 1 } else { 2 };
-            let stripe = ((work_h / step + stripes - 1) / stripes).max(1) * step;
+            let stripe = (work_h / step).div_ceil(stripes).max(1) * step;
             let window = (round_f32(ww as f32 * factor), round_f32(wh as f32 * factor));
             Some(ScaleScan { factor, size: scaled_size(size, factor), work_width, rows_end: (stripes * stripe).min(work_h), step, window })
         })

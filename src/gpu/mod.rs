@@ -145,7 +145,7 @@ pub fn report(index: usize, adapter: &wgpu::Adapter) -> AdapterReport {
         subgroups: features.contains(wgpu::Features::SUBGROUP),
         subgroup_size: [info.subgroup_min_size, info.subgroup_max_size],
         timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
-        max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size as u64,
+        max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
         max_buffer_size: limits.max_buffer_size,
         max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
         max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
@@ -235,8 +235,8 @@ impl Gpu {
         .map_err(|e| Error::Device { adapter: info.name.clone(), reason: e.to_string() })?;
         let binding_limit = options
             .binding_limit_override
-            .unwrap_or(limits.max_storage_buffer_binding_size as u64)
-            .min(limits.max_storage_buffer_binding_size as u64);
+            .unwrap_or(limits.max_storage_buffer_binding_size)
+            .min(limits.max_storage_buffer_binding_size);
         log::info!("GPU: {} ({:?}, {} {})", info.name, info.backend, info.driver, info.driver_info);
         Ok(Gpu {
             device,

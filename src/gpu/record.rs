@@ -245,7 +245,7 @@ impl<'g> Recorder<'g> {
         }
         let index = self.labels.len() as u32 * 2;
         self.labels.push(label);
-        if index % QUERIES_PER_SET == 0 {
+        if index.is_multiple_of(QUERIES_PER_SET) {
             self.query_sets.push(self.gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
                 label: Some("pass timestamps"),
                 ty: wgpu::QueryType::Timestamp,

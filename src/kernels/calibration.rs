@@ -9,7 +9,7 @@ use crate::gpu::{shaders, GpuBuffer, Recorder};
 
 /// `c = a b` for n x n row-major matrices, n a multiple of 64.
 pub fn sgemm_gpu(rec: &mut Recorder, n: usize, a: &GpuBuffer<f32>, b: &GpuBuffer<f32>, c: &GpuBuffer<f32>) -> Result<()> {
-    if n == 0 || n % 64 != 0 {
+    if n == 0 || !n.is_multiple_of(64) {
         return Err(shape_err("sgemm_calibration", format!("side {n} is not a positive multiple of 64")));
     }
     for (name, buf) in [("a", a), ("b", b), ("c", c)] {
@@ -22,7 +22,7 @@ pub fn sgemm_gpu(rec: &mut Recorder, n: usize, a: &GpuBuffer<f32>, b: &GpuBuffer
 
 /// `dst = src`, both `len` floats, `len` a multiple of 4.
 pub fn copy_gpu(rec: &mut Recorder, len: usize, src: &GpuBuffer<f32>, dst: &GpuBuffer<f32>) -> Result<()> {
-    if len % 4 != 0 {
+    if !len.is_multiple_of(4) {
         return Err(shape_err("copy_calibration", format!("{len} floats is not a whole number of vec4s")));
     }
     check_buf("copy_calibration", "src", src, len)?;

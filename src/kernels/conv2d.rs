@@ -273,7 +273,7 @@ fn col2im(s: &Conv2dShape, col: &[f32], img: &mut [f32]) {
     }
 }
 
-/// Overwrites `dw` ([cout, cin, kh, kw]) and `db` ([cout]).
+/// Overwrites `dw` (`[cout, cin, kh, kw]`) and `db` (`[cout]`).
 pub fn backward_filter_cpu(s: Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32], db: &mut [f32]) -> Result<()> {
     s.check(x.len(), dw.len(), dy.len())?;
     check_len("conv2d", "bias gradient", db.len(), s.cout)?;

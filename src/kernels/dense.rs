@@ -1,5 +1,5 @@
-//! Dense (fully connected) layer: `y = x W + b` with x [batch, in], W [in, out] (Keras' layout),
-//! b [out], and its two backward products `dx = dy W^T` and `dW = x^T dy`, `db = sum dy`.
+//! Dense (fully connected) layer: `y = x W + b` with x `[batch, in]`, W `[in, out]` (Keras' layout),
+//! b `[out]`, and its two backward products `dx = dy W^T` and `dW = x^T dy`, `db = sum dy`.
 //! GPU: one register-tiled product on k-major operands (shaders/dense.wgsl) serves all three;
 //! an operand not already laid out that way is packed first (shaders/dense_pack.wgsl, or
 //! shaders/dense_transpose.wgsl when packing is a transpose).
@@ -127,7 +127,7 @@ fn k_major(rec: &mut Recorder, op: &Operand, k: usize, width: usize, pad: usize)
     let packed = rec.scratch::<f32>(k * width_pad)?;
     let params = [k as u32, width as u32, width_pad as u32, op.k_stride as u32, op.i_stride as u32, 0, 0, 0];
     let bindings = [op.slice, packed.all().rw()];
-    if op.k_stride == 1 && k % 4 == 0 && op.i_stride % 4 == 0 {
+    if op.k_stride == 1 && k.is_multiple_of(4) && op.i_stride.is_multiple_of(4) {
         let blocks = (k / 4) * (width_pad / 4);
         rec.dispatch_linear("dense_transpose", &shaders::DENSE_TRANSPOSE, "transpose", &params, &bindings, blocks, 64)?;
     } else {

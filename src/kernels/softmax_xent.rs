@@ -79,11 +79,11 @@ pub fn backward_cpu(s: XentShape, probs: &[f32], labels: &[u32], class_weight: &
 /// Buffers the GPU forward pass writes into.
 pub struct XentOutputs<'a> {
     pub probs: &'a GpuBuffer<f32>,
-    /// [batch] scratch: each row's share of the mean loss.
+    /// `[batch]` scratch: each row's share of the mean loss.
     pub row_loss: &'a GpuBuffer<f32>,
-    /// [1] the mean loss.
+    /// `[1]` the mean loss.
     pub loss: &'a GpuBuffer<f32>,
-    /// [1] how many rows' argmax equals the label.
+    /// `[1]` how many rows' argmax equals the label.
     pub correct: &'a GpuBuffer<u32>,
 }
 

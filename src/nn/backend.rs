@@ -25,8 +25,8 @@ pub struct BnTensors<'a, T> {
     pub invstd: &'a T,
 }
 
-/// Outputs of the loss: probabilities [batch, classes], scratch [batch], mean loss [1],
-/// correct count [1].
+/// Outputs of the loss: probabilities `[batch, classes]`, scratch `[batch]`, mean loss `[1]`,
+/// correct count `[1]`.
 pub struct LossTensors<'a, T, I> {
     pub probs: &'a T,
     pub row_loss: &'a T,
