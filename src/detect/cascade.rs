@@ -3,6 +3,7 @@
 //!   and a shared `features` list;
 //! - the old one (`<haarcascade_*>` with `type_id="opencv-haar-classifier"`): `stages/_/trees/_/_`
 //!   nodes that carry their own feature, threshold and `left_val`/`left_node` children.
+//!
 //! Both become one [`Cascade`]. Every error names the element path where the file went wrong.
 
 use roxmltree::{Document, Node as XmlNode};

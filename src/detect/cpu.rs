@@ -110,9 +110,10 @@ pub struct Integrals {
     pub tilted: Vec<i32>,
 }
 
-/// The tilted integral by the recurrence T(X,Y) = T(X-1,Y-1) + T(X+1,Y-1) - T(X,Y-2)
-/// + I(X-1,Y-1) + I(X-1,Y-2), on columns widened by h + 2 on each side: the recurrence reaches
-/// outside the image, where pixels count as 0.
+/// The tilted integral by the recurrence
+/// T(X,Y) = T(X-1,Y-1) + T(X+1,Y-1) - T(X,Y-2) + I(X-1,Y-1) + I(X-1,Y-2),
+/// on columns widened by h + 2 on each side: the recurrence reaches outside the image, where
+/// pixels count as 0.
 fn tilted_integral(img: &GrayImage) -> Vec<i32> {
     let (w, h) = (img.width() as i64, img.height() as i64);
     let pad = h + 2;

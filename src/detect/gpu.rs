@@ -8,6 +8,7 @@
 //! - `haar_cascade.wgsl` runs stage 0 on every window, walks each row with OpenCV's skip rule
 //!   to compact the survivors into a list, then runs the later stages in groups, compacting
 //!   again after each group, with indirect dispatches sized by the GPU's own counts.
+//!
 //! Only the found windows come back; grouping stays on the CPU.
 //!
 //! The cascade is encoded for exact integer evaluation (docs/opencv-haar-semantics.md §15.3);
