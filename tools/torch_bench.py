@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""PyTorch on the CPU as the peer of `mien bench train`: the same models, the same figures.
+"""PyTorch as the peer of `mien bench train`: the same models, the same figures.
 
     tools/.venv/bin/python tools/torch_bench.py [--models original,vgg_bn] [--batch 64] [--reps 5]
-                                                [--threads N] [--json]
+                                                [--threads N] [--device cpu|cuda] [--json]
 
 For each model (data/models/NAME.json, built by tools/mien_torch.py exactly as mien builds it)
 on synthetic images ([batch, 1, 48, 48] uniform in [0, 1), labels i % 7), like mien's
@@ -16,6 +16,10 @@ median of 5, the upper median when the count is even; so here), batch-1 latency 
 BATCH1_REPS_PER_REP times as many: a call takes about a millisecond, and on a shared host a
 median of ten of them moved by half from run to run. Threads are PyTorch's default
 (torch.get_num_threads()) unless --threads is given.
+
+--device cuda runs on the GPU with cuDNN (benchmark mode on, PyTorch's default TF32 settings,
+reported), waiting for the GPU after every timed call as mien's GPU backend does when it reads
+a step's loss: the peer of `mien bench train --device gpu` on the same GPU (issue 5's target).
 
 With --json, prints one JSON object whose per-model entries use mien's field names (model,
 device, batch, train_images_per_second, inference_images_per_second, inference_batch1_ms), so a
@@ -42,26 +46,37 @@ def median(samples):
     return sorted(samples)[len(samples) // 2]
 
 
-def timed(fn, reps, warmup):
-    for _ in range(warmup):
+def timed(fn, reps, warmup, device):
+    def call():
         fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(warmup):
+        call()
     samples = []
     for _ in range(max(1, reps)):
         t = time.perf_counter()
-        fn()
+        call()
         samples.append(time.perf_counter() - t)
     return median(samples), samples
 
 
-def bench_model(name, batch, reps, warmup, seed=1):
+def device_name(device):
+    if device.type == "cuda":
+        return f"PyTorch CUDA ({torch.cuda.get_device_name(device)}, cuDNN {torch.backends.cudnn.version()})"
+    return f"PyTorch CPU ({torch.get_num_threads()} threads)"
+
+
+def bench_model(name, batch, reps, warmup, device, seed=1):
     config = load_config(model_path(name))
     torch.manual_seed(seed)
-    model = build(config)
+    model = build(config).to(device)
     opt = optimizer(model)
     loss_fn = torch.nn.CrossEntropyLoss()
     g = torch.Generator().manual_seed(seed)
-    images = torch.rand(batch, *config["input"], generator=g)
-    labels = torch.arange(batch) % config["classes"]
+    images = torch.rand(batch, *config["input"], generator=g).to(device)
+    labels = (torch.arange(batch) % config["classes"]).to(device)
     one = images[:1].clone()
 
     def train_step():
@@ -77,12 +92,12 @@ def bench_model(name, batch, reps, warmup, seed=1):
         with torch.inference_mode():
             return model(x)
 
-    train_s, train_samples = timed(train_step, reps, warmup)
-    infer_s, infer_samples = timed(lambda: infer(images), reps, warmup)
-    single_s, single_samples = timed(lambda: infer(one), reps * BATCH1_REPS_PER_REP, warmup)
+    train_s, train_samples = timed(train_step, reps, warmup, device)
+    infer_s, infer_samples = timed(lambda: infer(images), reps, warmup, device)
+    single_s, single_samples = timed(lambda: infer(one), reps * BATCH1_REPS_PER_REP, warmup, device)
     return {
         "model": config["name"],
-        "device": f"PyTorch CPU ({torch.get_num_threads()} threads)",
+        "device": device_name(device),
         "batch": batch,
         "parameters": parameter_count(model),
         "train_images_per_second": batch / train_s,
@@ -120,24 +135,34 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: PyTorch's own choice)")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
 
     default_threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
     info = backend_info()
-    if not args.json:
+    if not args.json and device.type == "cuda":
+        print(f"PyTorch {torch.__version__}: {device_name(device)}; cuDNN benchmark mode, TF32 for convolutions "
+              f"{'on' if torch.backends.cudnn.allow_tf32 else 'off'}, for matrix products "
+              f"{'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}; batch {args.batch}, median of {args.reps} "
+              f"after {args.warmup} warm-up")
+    elif not args.json:
         print(f"PyTorch {torch.__version__} on the CPU ({cpu_model()}): {torch.get_num_threads()} threads "
               f"(default {default_threads}); MKL {'yes' if info['mkl_available'] else 'no'}, "
               f"oneDNN (mkldnn) {'yes' if info['mkldnn_available'] else 'no'}"
               f"{'' if info['mkldnn_enabled'] else ' (disabled)'}, CPU capability {info['cpu_capability']}; "
               f"batch {args.batch}, median of {args.reps} after {args.warmup} warm-up")
+    if not args.json:
         print(f"{'model':<10} {'params':>10} {'train img/s':>12} {'infer img/s':>12} {'batch-1 ms':>11}", flush=True)
 
     results = []
     for name in args.models.split(","):
-        r = bench_model(name.strip(), args.batch, args.reps, args.warmup)
+        r = bench_model(name.strip(), args.batch, args.reps, args.warmup, device)
         results.append(r)
         if not args.json:
             print(f"{r['model']:<10} {r['parameters']:>10,} {r['train_images_per_second']:>12.1f} "
@@ -157,6 +182,9 @@ def main():
             "reps": args.reps,
             "warmup": args.warmup,
             "input": "synthetic, uniform [0, 1), labels i % 7",
+            "device": device_name(device),
+            "cudnn_tf32": torch.backends.cudnn.allow_tf32 if device.type == "cuda" else None,
+            "matmul_tf32": torch.backends.cuda.matmul.allow_tf32 if device.type == "cuda" else None,
             "results": results,
         }
         print(json.dumps(report, indent=2))
