@@ -580,9 +580,8 @@ pub fn detect_frame(scene: &image::GrayImage, w: u32, h: u32) -> image::GrayImag
     frame
 }
 
-/// Detection (OpenCV's defaults) at each frame size: `detect` returns the faces of a frame;
-/// median of `reps` runs after a warm-up.
-/// `detect` returns a frame's face count and, on the GPU, its host cost.
+/// Detection (OpenCV's defaults) at each frame size: `detect` returns a frame's face count and,
+/// on the GPU, its host cost; median of `reps` runs after a warm-up.
 fn bench_detect(
     device: &str,
     threads: usize,

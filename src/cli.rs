@@ -749,10 +749,15 @@ fn run_detect<B: Backend>(backend: &B, gpu: Option<&gpu::Gpu>, args: &DetectArgs
     Ok(())
 }
 
+/// The scene the detection benchmarks and profiles frame: a montage of faces.
+fn benchmark_scene() -> Result<image::GrayImage> {
+    let path = shipped(Path::new("data/fixtures/haar/montage.png"));
+    Ok(image::open(&path).with_context(|| format!("{}: cannot read the benchmark scene", path.display()))?.to_luma8())
+}
+
 fn bench_detect(global: &Global, cascade: &Path, reps: usize, json: bool) -> Result<()> {
     let cascade = crate::detect::Cascade::load(&shipped(cascade))?;
-    let scene_path = shipped(Path::new("data/fixtures/haar/montage.png"));
-    let scene = image::open(&scene_path).with_context(|| format!("{}: cannot read the benchmark scene", scene_path.display()))?.to_luma8();
+    let scene = benchmark_scene()?;
     // GPU vs CPU side by side: the GPU path on any adapter (lavapipe included) unless --device
     // cpu; a missing adapter is an error only when --device gpu asked for one.
     let gpu = match global.device {
@@ -904,9 +909,7 @@ fn profile_train(global: &Global, steps: usize, batch: usize, trace: &Path, mode
 fn profile_detect(global: &Global, frames: usize, (w, h): (u32, u32), trace: &Path, cascade: &Path) -> Result<()> {
     let gpu = profiling_gpu(global)?;
     let cascade = crate::detect::Cascade::load(&shipped(cascade))?;
-    let scene_path = shipped(Path::new("data/fixtures/haar/montage.png"));
-    let scene = image::open(&scene_path).with_context(|| format!("{}: cannot read the benchmark scene", scene_path.display()))?.to_luma8();
-    let frame = bench::detect_frame(&scene, w, h);
+    let frame = bench::detect_frame(&benchmark_scene()?, w, h);
     let detector = crate::detect::gpu::GpuDetector::new(&gpu, &cascade)?;
     let params = crate::detect::DetectParams::default();
     // One frame first, so pipeline compilation and first allocations stay out of the profile.
@@ -916,10 +919,8 @@ fn profile_detect(global: &Global, frames: usize, (w, h): (u32, u32), trace: &Pa
     let start = std::time::Instant::now();
     for _ in 0..frames {
         detector.detect_multi_scale(&frame, &params)?;
-        let offset = passes.last().map_or(0.0, |t: &gpu::PassTiming| t.start_ns + t.nanos);
-        passes.extend(detector.take_timings().into_iter().map(|t| gpu::PassTiming { start_ns: t.start_ns + offset, ..t }));
-        let h = detector.last_host_timing();
-        host = gpu::HostTiming { passes: host.passes + h.passes, record_ns: host.record_ns + h.record_ns, submit_ns: host.submit_ns + h.submit_ns };
+        gpu::append_timeline(&mut passes, detector.take_timings());
+        host += detector.last_host_timing();
     }
     let wall_s = start.elapsed().as_secs_f64();
     let profile = Profile { unit: "frame", units: frames, passes, wall_s, host };

@@ -19,7 +19,7 @@ use super::cascade::Cascade;
 use super::cpu::{self, resize_taps, scan_plan, scan_scale, DetectParams, Integrals, ScaleScan, STAGE_THRESHOLD_EPS};
 use super::group::Rect;
 use crate::error::{Error, Result};
-use crate::gpu::{pack_bytes, shaders, Finished, Gpu, GpuBuffer, GpuSlice, HostTiming, PassTiming, Recorder};
+use crate::gpu::{append_timeline, pack_bytes, shaders, Finished, Gpu, GpuBuffer, GpuSlice, HostTiming, PassTiming, Recorder};
 use image::GrayImage;
 
 const WORKGROUP: u32 = 64;
@@ -92,12 +92,6 @@ struct Batch {
     scratch_len: usize,
     windows: usize,
     rows: usize,
-}
-
-impl Batch {
-    fn nodes_len(&self, nodes: u32) -> usize {
-        16 * nodes as usize * self.levels.len()
-    }
 }
 
 /// Groups the frame's levels into batches whose buffers each fit one binding: every level of
@@ -363,8 +357,8 @@ impl<'g> GpuDetector<'g> {
         *self.timings.borrow_mut() = on.then(Vec::new);
     }
 
-    /// The passes timed since profiling began or the last call, each submission's from its
-    /// own start; forgets them.
+    /// The passes timed since profiling began or the last call, submissions laid end to end;
+    /// forgets them.
     pub fn take_timings(&self) -> Vec<PassTiming> {
         self.timings.borrow_mut().as_mut().map(std::mem::take).unwrap_or_default()
     }
@@ -432,7 +426,7 @@ impl<'g> GpuDetector<'g> {
             codes: rec.scratch(2 * windows)?,
             lists: rec.scratch(6 * windows)?,
             state: gpu.zeros(found_off + 3 * capacity)?,
-            prepared: rec.scratch(batches.iter().map(|b| b.nodes_len(nodes)).max().unwrap_or(1).max(1))?,
+            prepared: rec.scratch(16 * nodes as usize * largest(|b| b.levels.len()))?,
             args: rec.scratch(3 * groups.max(1) * batches.len())?,
         };
         rec.clear(&frame.state);
@@ -490,15 +484,11 @@ impl<'g> GpuDetector<'g> {
         }
         let Finished { passes, host } = rec.finish()?;
         if let Some(timings) = self.timings.borrow_mut().as_mut() {
-            let offset = timings.last().map_or(0.0, |t| t.start_ns + t.nanos);
-            timings.extend(passes.into_iter().map(|t| PassTiming { start_ns: t.start_ns + offset, ..t }));
+            append_timeline(timings, passes);
         }
-        let total = self.host.get();
-        self.host.set(HostTiming {
-            passes: total.passes + host.passes,
-            record_ns: total.record_ns + host.record_ns,
-            submit_ns: total.submit_ns + host.submit_ns,
-        });
+        let mut total = self.host.get();
+        total += host;
+        self.host.set(total);
         let state = gpu.read(&frame.state)?;
         let count = state[0] as usize;
         let found = state[found_off..].chunks_exact(3).take(count.min(capacity)).map(|c| [c[0], c[1], c[2]]).collect();

@@ -6,7 +6,7 @@ mod record;
 pub mod shaders;
 
 pub use buffer::{pack_bytes, GpuBuffer, GpuSlice};
-pub use record::{Finished, HostTiming, PassTiming, Recorder};
+pub use record::{append_timeline, Finished, HostTiming, PassTiming, Recorder};
 
 use crate::error::{Error, Result};
 use serde::Serialize;

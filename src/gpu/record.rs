@@ -34,6 +34,21 @@ pub struct HostTiming {
     pub submit_ns: f64,
 }
 
+impl std::ops::AddAssign for HostTiming {
+    fn add_assign(&mut self, other: HostTiming) {
+        self.passes += other.passes;
+        self.record_ns += other.record_ns;
+        self.submit_ns += other.submit_ns;
+    }
+}
+
+/// Appends one submission's passes to a time line of earlier ones, laid end to end (each
+/// submission's timestamps start from its own first pass).
+pub fn append_timeline(timeline: &mut Vec<PassTiming>, passes: Vec<PassTiming>) {
+    let offset = timeline.last().map_or(0.0, |t| t.start_ns + t.nanos);
+    timeline.extend(passes.into_iter().map(|t| PassTiming { start_ns: t.start_ns + offset, ..t }));
+}
+
 /// A submission's results: each pass's GPU time when profiling, and the host's cost.
 pub struct Finished {
     pub passes: Vec<PassTiming>,
@@ -269,9 +284,9 @@ impl<'g> Recorder<'g> {
                 mapped_at_creation: false,
             });
             encoder.resolve_query_set(set, 0..QUERIES_PER_SET, &resolve, 0);
-            let host = gpu.zeros::<u64>(QUERIES_PER_SET as usize)?;
-            encoder.copy_buffer_to_buffer(&resolve, 0, &host.buffer, 0, bytes);
-            resolved.push(host);
+            let readback = gpu.zeros::<u64>(QUERIES_PER_SET as usize)?;
+            encoder.copy_buffer_to_buffer(&resolve, 0, &readback.buffer, 0, bytes);
+            resolved.push(readback);
         }
         let start = Instant::now();
         for (buffer, staged) in &params {
@@ -291,8 +306,8 @@ impl<'g> Recorder<'g> {
         }
         let period = gpu.queue.get_timestamp_period() as f64;
         let mut ticks = Vec::new();
-        for host in &resolved {
-            ticks.extend(gpu.read(host)?);
+        for readback in &resolved {
+            ticks.extend(gpu.read(readback)?);
         }
         let passes = labels
             .iter()

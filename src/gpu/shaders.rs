@@ -65,4 +65,3 @@ shaders! {
     INTEGRAL = "integral" ["integral.wgsl"];
     HAAR_CASCADE = "haar_cascade" ["haar_cascade.wgsl"];
 }
-

@@ -3,7 +3,7 @@
 //! until something is read back). The model and training loop are written once, against this.
 
 use crate::error::Result;
-use crate::gpu::{Finished, Gpu, GpuBuffer, HostTiming, PassTiming, Recorder};
+use crate::gpu::{append_timeline, Finished, Gpu, GpuBuffer, HostTiming, PassTiming, Recorder};
 use crate::kernels::adam::{self, AdamConfig};
 use crate::kernels::batchnorm::{self, BnConfig, BnParams, BnSaved, BnShape};
 use crate::kernels::conv2d::{self, Activation, Conv2dShape};
@@ -253,14 +253,9 @@ impl Backend for GpuBackend<'_> {
     fn flush(&self) -> Result<()> {
         let Some(rec) = self.recorder.borrow_mut().take() else { return Ok(()) };
         let Finished { passes, host } = rec.finish()?;
-        let mut total = self.host.borrow_mut();
-        total.passes += host.passes;
-        total.record_ns += host.record_ns;
-        total.submit_ns += host.submit_ns;
+        *self.host.borrow_mut() += host;
         if let Some(profile) = &self.profile {
-            let mut all = profile.borrow_mut();
-            let offset = all.last().map_or(0.0, |t| t.start_ns + t.nanos);
-            all.extend(passes.into_iter().map(|t| PassTiming { start_ns: t.start_ns + offset, ..t }));
+            append_timeline(&mut profile.borrow_mut(), passes);
         }
         Ok(())
     }
