@@ -670,11 +670,19 @@ pub fn bench_train<B: crate::nn::Backend>(backend: &B, config: crate::nn::ModelC
     };
     let median = |f: &mut dyn FnMut() -> anyhow::Result<()>| median_of(reps.max(1), f);
     let mut step = 0u64;
+    // Pipelined as `mien train` runs them: step N + 1 is queued before step N's loss is read.
+    let mut in_flight = None;
     let train = median(&mut || {
         step += 1;
-        model.train_step(backend, &images, &maps, &labels, step as u32, AdamConfig::default(), step)?;
+        let next = model.submit_train_step(backend, &images, &maps, &labels, step as u32, AdamConfig::default(), step)?;
+        if let Some(previous) = in_flight.replace(next) {
+            previous.wait(backend)?;
+        }
         Ok(())
     })?;
+    if let Some(last) = in_flight.take() {
+        last.wait(backend)?;
+    }
     let infer = median(&mut || {
         model.predict(backend, &images, false)?;
         Ok(())

@@ -269,6 +269,9 @@ enum BenchSuite {
         batch: usize,
         #[arg(long, default_value_t = 5)]
         reps: usize,
+        /// Model configs to time instead of the two shipped ones (repeat the flag for several).
+        #[arg(long)]
+        model: Vec<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -309,9 +312,9 @@ pub fn main() -> Result<()> {
         Command::Devices { json } => devices(&cli.global, json),
         Command::Bench { suite: BenchSuite::Kernels { batch, reps, filter, json } } => bench_kernels(&cli.global, batch, reps, filter.as_deref(), json),
         Command::Bench { suite: BenchSuite::Detect { reps, cascade, json } } => bench_detect(&cli.global, &cascade, reps, json),
-        Command::Bench { suite: BenchSuite::Train { batch, reps, json } } => match gpu::select(cli.global.device, &cli.global.gpu_options())? {
-            Some(gpu) => bench_train(&GpuBackend::new(&gpu), batch, reps, json),
-            None => bench_train(&Cpu, batch, reps, json),
+        Command::Bench { suite: BenchSuite::Train { batch, reps, model, json } } => match gpu::select(cli.global.device, &cli.global.gpu_options())? {
+            Some(gpu) => bench_train(&GpuBackend::new(&gpu), batch, reps, &model, json),
+            None => bench_train(&Cpu, batch, reps, &model, json),
         },
         // Each command is generic over the backend; this picks the instance.
         Command::Train(args) => match gpu::select(cli.global.device, &cli.global.gpu_options())? {
@@ -790,10 +793,14 @@ fn bench_detect(global: &Global, cascade: &Path, reps: usize, json: bool) -> Res
     Ok(())
 }
 
-fn bench_train<B: Backend>(backend: &B, batch: usize, reps: usize, json: bool) -> Result<()> {
-    let deeper = ModelConfig::load(&shipped(Path::new("data/models/vgg_bn.json")))?;
+fn bench_train<B: Backend>(backend: &B, batch: usize, reps: usize, models: &[PathBuf], json: bool) -> Result<()> {
+    let configs = if models.is_empty() {
+        vec![ModelConfig::original(), ModelConfig::load(&shipped(Path::new("data/models/vgg_bn.json")))?]
+    } else {
+        models.iter().map(|m| ModelConfig::load(m)).collect::<Result<Vec<_>, _>>()?
+    };
     let mut results = Vec::new();
-    for config in [ModelConfig::original(), deeper] {
+    for config in configs {
         let r = bench::bench_train(backend, config, batch, reps)?;
         if !json {
             println!(

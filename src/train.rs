@@ -7,7 +7,7 @@ use crate::data::{Dataset, CLASSES};
 use crate::kernels::adam::AdamConfig;
 use crate::nn::model::Model;
 use crate::nn::weights::{write_atomic, Part};
-use crate::nn::{Backend, ModelConfig};
+use crate::nn::{Backend, ModelConfig, StepInFlight};
 use crate::rng::Rng;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -337,11 +337,9 @@ pub fn train<B: Backend>(
         let adam = AdamConfig { lr: state.lr, ..AdamConfig::default() };
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         let batches = order.len().div_ceil(recipe.batch);
-        for (b, chunk) in order.chunks(recipe.batch).enumerate() {
-            let (images, labels) = gather(train, chunk);
-            let maps: Vec<[f32; 6]> = chunk.iter().map(|_| recipe.augment.draw(&mut rng)).collect();
-            state.step += 1;
-            let r = model.train_step(backend, &images, &maps, &labels, rng.next_u32(), adam, state.step)?;
+        // Adds a finished step to the epoch's figures; a non-finite loss ends the run.
+        let mut tally = |(b, images, step): (usize, usize, StepInFlight<B>)| -> Result<()> {
+            let r = step.wait(backend)?;
             if !r.loss.is_finite() {
                 bail!(
                     "epoch {epoch}, batch {}: the loss became {} (learning rate {}); stopping. The last good checkpoint is {} (epoch {}).",
@@ -352,10 +350,27 @@ pub fn train<B: Backend>(
                     state.epoch
                 );
             }
-            loss_sum += r.loss as f64 * chunk.len() as f64;
+            loss_sum += r.loss as f64 * images as f64;
             correct += r.correct as usize;
-            seen += chunk.len();
+            seen += images;
             observer.batch(b + 1, batches, loss_sum / seen as f64, correct as f64 / seen as f64, seen as f64 / start.elapsed().as_secs_f64());
+            Ok(())
+        };
+        // One step stays in flight: step N + 1 is queued before step N's loss is read, so a GPU
+        // does not idle while the host gathers and records the next batch. A non-finite loss
+        // is so caught one step late, with the weights already spoiled by its own update.
+        let mut in_flight = None;
+        for (b, chunk) in order.chunks(recipe.batch).enumerate() {
+            let (images, labels) = gather(train, chunk);
+            let maps: Vec<[f32; 6]> = chunk.iter().map(|_| recipe.augment.draw(&mut rng)).collect();
+            state.step += 1;
+            let step = model.submit_train_step(backend, &images, &maps, &labels, rng.next_u32(), adam, state.step)?;
+            if let Some(previous) = in_flight.replace((b, chunk.len(), step)) {
+                tally(previous)?;
+            }
+        }
+        if let Some(last) = in_flight.take() {
+            tally(last)?;
         }
         let train_seconds = start.elapsed().as_secs_f64();
         let eval = evaluate(model, backend, val, recipe.batch, recipe.mirror_eval)?;

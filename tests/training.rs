@@ -255,6 +255,51 @@ fn a_nan_stops_the_run_and_keeps_the_last_good_checkpoint() {
     assert!(msg.contains("epoch 2, batch 1: the loss became NaN") && msg.contains("last good checkpoint"), "{msg}");
     assert_eq!(std::fs::read(dir.join("weights.safetensors")).unwrap(), poisoned, "a failed epoch must not overwrite the checkpoint");
     assert_ne!(good, poisoned);
+    // The GPU reads each loss one step late (batch 2 is queued first), and names batch 1 all the same.
+    let backend = GpuBackend::new(gpu());
+    let mut model = Model::new(&backend, tiny_model(), 5).unwrap();
+    let err = train::train(&mut model, &backend, &synthetic(320, 1), &synthetic(64, 2), &quick_recipe(2), &RunFiles { dir: dir.clone() }, true, &mut Quiet).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("epoch 2, batch 1: the loss became NaN"), "{msg}");
+    assert_eq!(std::fs::read(dir.join("weights.safetensors")).unwrap(), poisoned);
+}
+
+#[test]
+fn steps_in_flight_match_steps_run_one_at_a_time() {
+    // Step N + 1 is queued before step N's loss is read, and overwrites the buffer that loss
+    // was computed in: each step must still report its own loss, and the weights must come
+    // out the same.
+    let backend = GpuBackend::new(gpu());
+    let data = synthetic(32, 6);
+    let labels: Vec<u32> = data.labels.iter().map(|&l| l as u32).collect();
+    let maps = [warp::IDENTITY; 8];
+    let batch = |i: usize| (&data.images[i % 4 * 8 * PIXELS..][..8 * PIXELS], &labels[i % 4 * 8..][..8]);
+    let mut one_at_a_time = Model::new(&backend, tiny_model(), 5).unwrap();
+    let expected: Vec<(f32, u32)> = (0..6)
+        .map(|i| {
+            let (images, labels) = batch(i);
+            let r = one_at_a_time.train_step(&backend, images, &maps, labels, i as u32, Default::default(), i as u64 + 1).unwrap();
+            (r.loss, r.correct)
+        })
+        .collect();
+    let mut pipelined = Model::new(&backend, tiny_model(), 5).unwrap();
+    let mut in_flight = None;
+    let mut got = Vec::new();
+    for i in 0..6 {
+        let (images, labels) = batch(i);
+        let step = pipelined.submit_train_step(&backend, images, &maps, labels, i as u32, Default::default(), i as u64 + 1).unwrap();
+        if let Some(previous) = in_flight.replace(step) {
+            let r = previous.wait(&backend).unwrap();
+            got.push((r.loss, r.correct));
+        }
+    }
+    let r = in_flight.unwrap().wait(&backend).unwrap();
+    got.push((r.loss, r.correct));
+    assert_eq!(got, expected);
+    assert!(expected.windows(2).all(|w| w[0].0 != w[1].0), "each step has a loss of its own: {expected:?}");
+    for (a, b) in one_at_a_time.params.iter().zip(&pipelined.params) {
+        assert_eq!(backend.read(&a.value).unwrap(), backend.read(&b.value).unwrap(), "{}", a.name);
+    }
 }
 
 #[test]

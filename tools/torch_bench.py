@@ -18,8 +18,9 @@ median of ten of them moved by half from run to run. Threads are PyTorch's defau
 (torch.get_num_threads()) unless --threads is given.
 
 --device cuda runs on the GPU with cuDNN (benchmark mode on, PyTorch's default TF32 settings,
-reported), waiting for the GPU after every timed call as mien's GPU backend does when it reads
-a step's loss: the peer of `mien bench train --device gpu` on the same GPU (issue 5's target).
+reported): the peer of `mien bench train --device gpu` on the same GPU (issue 5's target). As
+in mien, each training step reads the loss of the step before once it has queued its own (one
+step in flight), and each inference call waits for its outputs.
 
 With --json, prints one JSON object whose per-model entries use mien's field names (model,
 device, batch, train_images_per_second, inference_images_per_second, inference_batch1_ms), so a
@@ -62,6 +63,23 @@ def timed(fn, reps, warmup, device):
     return median(samples), samples
 
 
+def timed_steps(step, reps, warmup, device):
+    """`timed` for training steps, pipelined as mien's: a call queues a step (on the GPU it
+    returns while the step runs), then reads the previous step's loss."""
+    previous = None
+
+    def call():
+        nonlocal previous
+        loss = step()
+        if previous is not None:
+            previous.item()
+        previous = loss
+
+    result = timed(call, reps, warmup, torch.device("cpu"))
+    previous.item()
+    return result
+
+
 def device_name(device):
     if device.type == "cuda":
         return f"PyTorch CUDA ({torch.cuda.get_device_name(device)}, cuDNN {torch.backends.cudnn.version()})"
@@ -92,7 +110,7 @@ def bench_model(name, batch, reps, warmup, device, seed=1):
         with torch.inference_mode():
             return model(x)
 
-    train_s, train_samples = timed(train_step, reps, warmup, device)
+    train_s, train_samples = timed_steps(train_step, reps, warmup, device)
     infer_s, infer_samples = timed(lambda: infer(images), reps, warmup, device)
     single_s, single_samples = timed(lambda: infer(one), reps * BATCH1_REPS_PER_REP, warmup, device)
     return {

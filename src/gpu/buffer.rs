@@ -155,32 +155,10 @@ impl Gpu {
 
     /// Copies the buffer back to the host, waiting for all work queued before.
     pub fn read<T: Pod>(&self, buf: &GpuBuffer<T>) -> Result<Vec<T>> {
-        let bytes = (buf.len * std::mem::size_of::<T>()) as u64;
-        if bytes == 0 {
-            return Ok(Vec::new());
-        }
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size: bytes,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut enc = self.device.create_command_encoder(&Default::default());
-        enc.copy_buffer_to_buffer(&buf.buffer, 0, &staging, 0, bytes);
-        self.queue.submit([enc.finish()]);
-        let slice = staging.slice(..);
-        let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        self.wait()?;
-        let mapped = rx.recv().map_err(|e| Error::Gpu { op: "read".into(), detail: e.to_string() })?;
-        mapped.map_err(|e| Error::Gpu { op: "read".into(), detail: e.to_string() })?;
-        let view = slice.get_mapped_range().map_err(|e| Error::Gpu { op: "read".into(), detail: e.to_string() })?;
-        let out = bytemuck::cast_slice(&view[..]).to_vec();
-        drop(view);
-        staging.unmap();
-        Ok(out)
+        let mut rec = self.recorder(false);
+        let readback = rec.read_back(buf);
+        rec.submit()?;
+        readback.wait(self)
     }
 
     /// Splits `items` (images of a batch, elements of a vector...) into chunks whose bindings

@@ -6,7 +6,7 @@ mod record;
 pub mod shaders;
 
 pub use buffer::{pack_bytes, GpuBuffer, GpuSlice};
-pub use record::{append_timeline, Finished, HostTiming, PassTiming, Recorder};
+pub use record::{append_timeline, Finished, HostTiming, PassTiming, Readback, Recorder, Submitted};
 
 use crate::error::{Error, Result};
 use serde::Serialize;
@@ -341,9 +341,10 @@ impl Gpu {
         Ok(out)
     }
 
-    pub(crate) fn wait(&self) -> Result<()> {
+    /// Blocks until `submission` (by default the latest) and every one before it have run.
+    pub(crate) fn wait_for(&self, submission: Option<wgpu::SubmissionIndex>) -> Result<()> {
         self.device
-            .poll(wgpu::PollType::wait_indefinitely())
+            .poll(wgpu::PollType::Wait { submission_index: submission, timeout: None })
             .map(|_| ())
             .map_err(|e| Error::Gpu { op: "poll".into(), detail: e.to_string() })
     }

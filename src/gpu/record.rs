@@ -4,6 +4,8 @@ use super::buffer::GpuSlice;
 use super::shaders::Shader;
 use super::Gpu;
 use crate::error::{Error, Result};
+use std::marker::PhantomData;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 /// Time one pass took on the GPU, from timestamp queries (or wall time of the whole submit
@@ -65,7 +67,58 @@ pub struct Recorder<'g> {
     scratch: Vec<wgpu::Buffer>,
     /// Params uniform buffers with the bytes to write into each at submit.
     params: Vec<(wgpu::Buffer, Vec<u8>)>,
+    /// Where to note the submission of each read recorded here.
+    readbacks: Vec<Arc<OnceLock<wgpu::SubmissionIndex>>>,
     host: HostTiming,
+}
+
+/// A buffer's contents on their way back to the host. [`Recorder::read_back`] records the copy
+/// in the command buffer; [`Readback::wait`] returns the values once the submission holding it
+/// has run, without waiting for work submitted after it. So a training loop can submit step
+/// N + 1 before it reads step N's loss, and the GPU does not idle while the host records.
+pub struct Readback<T: bytemuck::Pod> {
+    staging: wgpu::Buffer,
+    len: usize,
+    /// Set when the recorder holding the copy is submitted.
+    submission: Arc<OnceLock<wgpu::SubmissionIndex>>,
+    _t: PhantomData<T>,
+}
+
+impl<T: bytemuck::Pod> Readback<T> {
+    /// Whether the copy has been submitted (else [`Readback::wait`] fails).
+    pub fn is_submitted(&self) -> bool {
+        self.submission.get().is_some()
+    }
+
+    pub fn wait(self, gpu: &Gpu) -> Result<Vec<T>> {
+        let err = |detail: String| Error::Gpu { op: "read".into(), detail };
+        let index = self.submission.get().ok_or_else(|| err("waited on a read whose commands were never submitted".into()))?;
+        if self.len == 0 {
+            return Ok(Vec::new());
+        }
+        let slice = self.staging.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        gpu.wait_for(Some(index.clone()))?;
+        rx.recv().map_err(|e| err(e.to_string()))?.map_err(|e| err(e.to_string()))?;
+        let view = slice.get_mapped_range().map_err(|e| err(e.to_string()))?;
+        let out = bytemuck::cast_slice(&view[..]).to_vec();
+        drop(view);
+        self.staging.unmap();
+        Ok(out)
+    }
+}
+
+/// A submitted recorder, until [`Submitted::wait`] collects its results.
+pub struct Submitted<'g> {
+    gpu: &'g Gpu,
+    index: wgpu::SubmissionIndex,
+    host: HostTiming,
+    /// When profiling: the resolved timestamps, and each pass's label.
+    timestamps: Option<(Vec<super::GpuBuffer<u64>>, Vec<&'static str>)>,
+    submitted_at: Instant,
 }
 
 impl<'g> Recorder<'g> {
@@ -78,8 +131,27 @@ impl<'g> Recorder<'g> {
             labels: Vec::new(),
             scratch: Vec::new(),
             params: Vec::new(),
+            readbacks: Vec::new(),
             host: HostTiming::default(),
         }
+    }
+
+    /// Copies `buf` out at this point of the command buffer, for [`Readback::wait`] once this
+    /// recorder is submitted.
+    pub fn read_back<T: bytemuck::Pod>(&mut self, buf: &super::GpuBuffer<T>) -> Readback<T> {
+        let bytes = (buf.len() * std::mem::size_of::<T>()) as u64;
+        let staging = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: bytes.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        if bytes > 0 {
+            self.encoder.copy_buffer_to_buffer(&buf.buffer, 0, &staging, 0, bytes);
+        }
+        let submission = Arc::new(OnceLock::new());
+        self.readbacks.push(submission.clone());
+        Readback { staging, len: buf.len(), submission, _t: PhantomData }
     }
 
     pub fn gpu(&self) -> &'g Gpu {
@@ -273,7 +345,14 @@ impl<'g> Recorder<'g> {
     /// Submits everything recorded and waits for it. With profiling on, the passes are each
     /// pass's GPU time (or one wall-clock entry when the adapter has no timestamp queries).
     pub fn finish(self) -> Result<Finished> {
-        let Recorder { gpu, mut encoder, profile, query_sets, labels, scratch, params, mut host } = self;
+        self.submit()?.wait()
+    }
+
+    /// Submits everything recorded without waiting for it to run. The scratch and params
+    /// buffers go back to their pools at once: work that takes them next is submitted later,
+    /// and a queue runs its submissions in order.
+    pub fn submit(self) -> Result<Submitted<'g>> {
+        let Recorder { gpu, mut encoder, profile, query_sets, labels, scratch, params, readbacks, mut host } = self;
         let mut resolved = Vec::new();
         for set in &query_sets {
             let bytes = QUERIES_PER_SET as u64 * 8;
@@ -288,20 +367,37 @@ impl<'g> Recorder<'g> {
             encoder.copy_buffer_to_buffer(&resolve, 0, &readback.buffer, 0, bytes);
             resolved.push(readback);
         }
-        let start = Instant::now();
+        let submitted_at = Instant::now();
         for (buffer, staged) in &params {
             gpu.queue.write_buffer(buffer, 0, staged);
         }
-        gpu.queue.submit([encoder.finish()]);
-        host.submit_ns = start.elapsed().as_secs_f64() * 1e9;
-        gpu.wait()?;
+        let index = gpu.queue.submit([encoder.finish()]);
+        host.submit_ns = submitted_at.elapsed().as_secs_f64() * 1e9;
+        for r in readbacks {
+            // Each was created by this recorder, so none is set yet.
+            let _ = r.set(index.clone());
+        }
         gpu.return_scratch(scratch);
         gpu.return_params_chunks(params.into_iter().map(|(buffer, _)| buffer).collect());
-        let wall = start.elapsed().as_secs_f64() * 1e9;
-        if !profile {
+        Ok(Submitted { gpu, index, host, timestamps: profile.then_some((resolved, labels)), submitted_at })
+    }
+}
+
+impl Submitted<'_> {
+    /// What recording and submitting cost the host.
+    pub fn host(&self) -> HostTiming {
+        self.host
+    }
+
+    /// Waits for this submission (and those before it) to run.
+    pub fn wait(self) -> Result<Finished> {
+        let Submitted { gpu, index, host, timestamps, submitted_at } = self;
+        gpu.wait_for(Some(index))?;
+        let Some((resolved, labels)) = timestamps else {
             return Ok(Finished { passes: Vec::new(), host });
-        }
+        };
         if resolved.is_empty() {
+            let wall = submitted_at.elapsed().as_secs_f64() * 1e9;
             return Ok(Finished { passes: vec![PassTiming { label: "all passes (wall clock)", start_ns: 0.0, nanos: wall }], host });
         }
         let period = gpu.queue.get_timestamp_period() as f64;

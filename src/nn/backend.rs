@@ -3,7 +3,7 @@
 //! until something is read back). The model and training loop are written once, against this.
 
 use crate::error::Result;
-use crate::gpu::{append_timeline, Finished, Gpu, GpuBuffer, HostTiming, PassTiming, Recorder};
+use crate::gpu::{append_timeline, Finished, Gpu, GpuBuffer, HostTiming, PassTiming, Readback, Recorder};
 use crate::kernels::adam::{self, AdamConfig};
 use crate::kernels::batchnorm::{self, BnConfig, BnParams, BnSaved, BnShape};
 use crate::kernels::conv2d::{self, Activation, Conv2dShape};
@@ -45,10 +45,25 @@ pub trait Backend {
     fn ints(&self, len: usize) -> Result<Self::Ints>;
     fn write(&self, t: &Self::Tensor, data: &[f32]) -> Result<()>;
     fn write_ints(&self, t: &Self::Ints, data: &[u32]) -> Result<()>;
+    /// Values asked for by [`Backend::read_later`], on their way until [`Backend::collect`].
+    type Pending<T: bytemuck::Pod>;
+    /// Asks for `t`'s values as the work queued so far leaves them, without waiting for that
+    /// work: the caller can queue more (the next training step, say) before collecting them.
+    fn read_later(&self, t: &Self::Tensor) -> Result<Self::Pending<f32>>;
+    fn read_ints_later(&self, t: &Self::Ints) -> Result<Self::Pending<u32>>;
+    /// The values, once the work queued before they were asked for has run (and only that).
+    fn collect<T: bytemuck::Pod>(&self, pending: Self::Pending<T>) -> Result<Vec<T>>;
     /// Reads back, finishing any queued work first.
-    fn read(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
-    fn read_ints(&self, t: &Self::Ints) -> Result<Vec<u32>>;
-    /// Runs queued work to completion (a no-op on the CPU).
+    fn read(&self, t: &Self::Tensor) -> Result<Vec<f32>> {
+        let pending = self.read_later(t)?;
+        self.collect(pending)
+    }
+    fn read_ints(&self, t: &Self::Ints) -> Result<Vec<u32>> {
+        let pending = self.read_ints_later(t)?;
+        self.collect(pending)
+    }
+    /// Starts the queued work; the GPU backend does not wait for it unless it is profiling
+    /// (a no-op on the CPU, where ops run as they are called).
     fn flush(&self) -> Result<()>;
 
     /// Warps 48x48 byte images by their affine maps into `out` as floats in [0, 1].
@@ -98,11 +113,15 @@ impl Backend for Cpu {
         t.borrow_mut()[..data.len()].copy_from_slice(data);
         Ok(())
     }
-    fn read(&self, t: &Self::Tensor) -> Result<Vec<f32>> {
+    type Pending<T: bytemuck::Pod> = Vec<T>;
+    fn read_later(&self, t: &Self::Tensor) -> Result<Vec<f32>> {
         Ok(t.borrow().clone())
     }
-    fn read_ints(&self, t: &Self::Ints) -> Result<Vec<u32>> {
+    fn read_ints_later(&self, t: &Self::Ints) -> Result<Vec<u32>> {
         Ok(t.borrow().clone())
+    }
+    fn collect<T: bytemuck::Pod>(&self, pending: Vec<T>) -> Result<Vec<T>> {
+        Ok(pending)
     }
     fn flush(&self) -> Result<()> {
         Ok(())
@@ -213,7 +232,7 @@ impl<'g> GpuBackend<'g> {
         std::mem::take(&mut *self.host.borrow_mut())
     }
 
-    fn record(&self, f: impl FnOnce(&mut Recorder<'g>) -> Result<()>) -> Result<()> {
+    fn record<T>(&self, f: impl FnOnce(&mut Recorder<'g>) -> Result<T>) -> Result<T> {
         let mut slot = self.recorder.borrow_mut();
         f(slot.get_or_insert_with(|| self.gpu.recorder(self.profile.is_some())))
     }
@@ -233,8 +252,8 @@ impl Backend for GpuBackend<'_> {
         self.gpu.zeros(len)
     }
     fn write(&self, t: &Self::Tensor, data: &[f32]) -> Result<()> {
-        // Queue writes land before the next submit, so pending ops that read `t` would see the
-        // new data: submit them first.
+        // Queue writes land before the next submit, so recorded ops that read `t` would see the
+        // new data: submit them first. (Submitted work, even still running, sees the old data.)
         self.flush()?;
         self.gpu.write(t, data)
     }
@@ -242,21 +261,30 @@ impl Backend for GpuBackend<'_> {
         self.flush()?;
         self.gpu.write(t, data)
     }
-    fn read(&self, t: &Self::Tensor) -> Result<Vec<f32>> {
-        self.flush()?;
-        self.gpu.read(t)
+    type Pending<T: bytemuck::Pod> = Readback<T>;
+    fn read_later(&self, t: &Self::Tensor) -> Result<Readback<f32>> {
+        self.record(|r| Ok(r.read_back(t)))
     }
-    fn read_ints(&self, t: &Self::Ints) -> Result<Vec<u32>> {
-        self.flush()?;
-        self.gpu.read(t)
+    fn read_ints_later(&self, t: &Self::Ints) -> Result<Readback<u32>> {
+        self.record(|r| Ok(r.read_back(t)))
+    }
+    fn collect<T: bytemuck::Pod>(&self, pending: Readback<T>) -> Result<Vec<T>> {
+        if !pending.is_submitted() {
+            self.flush()?;
+        }
+        pending.wait(self.gpu)
     }
     fn flush(&self) -> Result<()> {
         let Some(rec) = self.recorder.borrow_mut().take() else { return Ok(()) };
-        let Finished { passes, host } = rec.finish()?;
+        let submitted = rec.submit()?;
+        let Some(profile) = &self.profile else {
+            *self.host.borrow_mut() += submitted.host();
+            return Ok(());
+        };
+        // The pass timings come from timestamps read back after the work.
+        let Finished { passes, host } = submitted.wait()?;
         *self.host.borrow_mut() += host;
-        if let Some(profile) = &self.profile {
-            append_timeline(&mut profile.borrow_mut(), passes);
-        }
+        append_timeline(&mut profile.borrow_mut(), passes);
         Ok(())
     }
 

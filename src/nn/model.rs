@@ -329,6 +329,14 @@ impl<B: Backend> Model<B> {
     /// and an Adam update at step `t` (counted from 1).
     #[allow(clippy::too_many_arguments)]
     pub fn train_step(&mut self, backend: &B, images: &[u8], maps: &[[f32; 6]], labels: &[u32], seed: u32, adam: AdamConfig, t: u64) -> Result<BatchResult> {
+        self.submit_train_step(backend, images, maps, labels, seed, adam, t)?.wait(backend)
+    }
+
+    /// [`Model::train_step`] without waiting for it: the step is queued, and its loss and
+    /// accuracy arrive with [`StepInFlight::wait`]. Submitting step N + 1 before waiting for
+    /// step N keeps a GPU busy while the host records (an in-order queue runs N first).
+    #[allow(clippy::too_many_arguments)]
+    pub fn submit_train_step(&mut self, backend: &B, images: &[u8], maps: &[[f32; 6]], labels: &[u32], seed: u32, adam: AdamConfig, t: u64) -> Result<StepInFlight<B>> {
         let wi = self.load_batch(backend, images, maps, labels)?;
         let ws = &self.workspaces[wi];
         self.forward(backend, ws, true, seed)?;
@@ -339,9 +347,9 @@ impl<B: Backend> Model<B> {
         for p in self.params.iter().filter(|p| p.kind == TensorKind::Trainable) {
             backend.adam(adam, t, &p.value, &p.grad, &p.m, &p.v)?;
         }
-        let loss = backend.read(&ws.loss)?[0];
-        let correct = backend.read_ints(&ws.correct)?[0];
-        Ok(BatchResult { loss, correct, logits: None, probs: None })
+        let step = StepInFlight { loss: backend.read_later(&ws.loss)?, correct: backend.read_ints_later(&ws.correct)? };
+        backend.flush()?;
+        Ok(step)
     }
 
     /// Inference on a batch: loss, correct count and the probabilities.
@@ -355,12 +363,33 @@ impl<B: Backend> Model<B> {
         let ws = &self.workspaces[wi];
         self.forward(backend, ws, false, 0)?;
         self.loss(backend, ws, 0.0)?;
+        // Asked for together, so they come back from one submission.
+        let loss = backend.read_later(&ws.loss)?;
+        let correct = backend.read_ints_later(&ws.correct)?;
+        let logits = backend.read_later(ws.acts.last().expect("logits"))?;
+        let probs = backend.read_later(&ws.probs)?;
         Ok(BatchResult {
-            loss: backend.read(&ws.loss)?[0],
-            correct: backend.read_ints(&ws.correct)?[0],
-            logits: Some(backend.read(ws.acts.last().expect("logits"))?),
-            probs: Some(backend.read(&ws.probs)?),
+            loss: backend.collect(loss)?[0],
+            correct: backend.collect(correct)?[0],
+            logits: Some(backend.collect(logits)?),
+            probs: Some(backend.collect(probs)?),
         })
+    }
+}
+
+/// A training step queued by [`Model::submit_train_step`], its loss and correct count still
+/// on their way back.
+pub struct StepInFlight<B: Backend> {
+    loss: B::Pending<f32>,
+    correct: B::Pending<u32>,
+}
+
+impl<B: Backend> StepInFlight<B> {
+    /// Waits for the step (and the work queued before it) and returns its loss and count.
+    pub fn wait(self, backend: &B) -> Result<BatchResult> {
+        let loss = backend.collect(self.loss)?[0];
+        let correct = backend.collect(self.correct)?[0];
+        Ok(BatchResult { loss, correct, logits: None, probs: None })
     }
 }
 
