@@ -409,8 +409,7 @@ impl<'g> GpuDetector<'g> {
             taps.extend(packed_taps(img.dimensions(), l.size));
         }
         let mut rec = gpu.recorder(self.timings.borrow().is_some());
-        // Scratch buffers, so that a stream of frames of one size reuses the last frame's; all
-        // but `state`, which is read back after they have gone back to the pool.
+        // Scratch buffers, so that a stream of frames of one size reuses the last frame's.
         let uploaded = |rec: &mut Recorder, data: &[u32]| -> Result<GpuBuffer<u32>> {
             let buf = rec.scratch(data.len())?;
             gpu.write(&buf, data)?;
@@ -425,7 +424,7 @@ impl<'g> GpuDetector<'g> {
             scratch: rec.scratch(largest(|b| b.scratch_len))?,
             codes: rec.scratch(2 * windows)?,
             lists: rec.scratch(6 * windows)?,
-            state: gpu.zeros(found_off + 3 * capacity)?,
+            state: rec.scratch(found_off + 3 * capacity)?,
             prepared: rec.scratch(16 * nodes as usize * largest(|b| b.levels.len()))?,
             args: rec.scratch(3 * groups.max(1) * batches.len())?,
         };
@@ -482,14 +481,17 @@ impl<'g> GpuDetector<'g> {
                 rec.dispatch_indirect("haar stages", cascade, "scan_list", &params, &bindings, &frame.args, params.args_at as usize + 3 * g)?;
             }
         }
-        let Finished { passes, host } = rec.finish()?;
+        // Copied out in the same submission: one wait a frame, not two.
+        let state = rec.read_back(&frame.state);
+        let submitted = rec.submit()?;
+        let state = state.wait(gpu)?;
+        let Finished { passes, host } = submitted.wait()?;
         if let Some(timings) = self.timings.borrow_mut().as_mut() {
             append_timeline(timings, passes);
         }
         let mut total = self.host.get();
         total += host;
         self.host.set(total);
-        let state = gpu.read(&frame.state)?;
         let count = state[0] as usize;
         let found = state[found_off..].chunks_exact(3).take(count.min(capacity)).map(|c| [c[0], c[1], c[2]]).collect();
         Ok((found, count))
