@@ -8,10 +8,11 @@
 #   device run, carry [".bin", ".gl"]:  bash tools/gpu_check.sh .bin/mien $OUT
 #
 # (strip: the release binary keeps debug info, 96 MB against the 64 MiB a call may carry.)
-# Prints, and keeps in OUT/report.txt: the adapters; every kernel GPU vs CPU; training and
-# inference images/s on the GPU beside PyTorch with cuDNN on the same GPU (also as
-# train_mien.json and train_torch.json); detection frames/s at 640x480, 1280x720 and 1920x1080;
-# per-pass profiles of GPU detection at 1280x720 and of training steps (traces beside them).
+# Prints, and keeps in OUT/report.txt: the adapters; every kernel GPU vs CPU at batch 64, 1 and
+# 256; training and inference images/s on the GPU beside PyTorch with cuDNN on the same GPU
+# (also as train_mien.json and train_torch.json); detection frames/s at 640x480, 1280x720 and
+# 1920x1080; per-pass profiles of GPU detection at 1280x720 and of training steps (traces
+# beside them).
 # Five files in all, within the eight a device call brings back.
 set -euo pipefail
 bin=${1:?usage: tools/gpu_check.sh MIEN_BINARY OUT_DIR}
@@ -34,8 +35,10 @@ step() { { echo; echo "== $*"; } | tee -a "$report"; }
 
 step adapters
 "$bin" devices 2>&1 | tee -a "$report"
-step kernels
-"$bin" bench kernels --device gpu 2>&1 | tee -a "$report"
+for batch in 64 1 256; do
+    step "kernels, batch $batch"
+    "$bin" bench kernels --device gpu --batch "$batch" 2>&1 | tee -a "$report"
+done
 step "training and inference: mien on the GPU"
 "$bin" bench train --device gpu --json | tee "$out/train_mien.json"
 step "training and inference: PyTorch on the same GPU"

@@ -402,7 +402,8 @@ fn pack_weights_gpu(rec: &mut Recorder, s: &Conv2dShape, w: &GpuBuffer<f32>, fli
     let co_pad = s.cout.next_multiple_of(8);
     let packed = rec.scratch::<f32>(s.taps() * co_pad)?;
     let params = [s.cout as u32, s.cin as u32, s.kh as u32, s.kw as u32, co_pad as u32, flip as u32, 0, 0];
-    rec.dispatch_linear("conv2d_pack", &shaders::CONV2D_PACK, "pack", &params, &[w.all(), packed.all().rw()], packed.len(), 256)?;
+    // One thread per tap and 8 output channels (conv2d_pack.wgsl).
+    rec.dispatch_linear("conv2d_pack", &shaders::CONV2D_PACK, "pack", &params, &[w.all(), packed.all().rw()], packed.len() / 8, 64)?;
     Ok(packed)
 }
 
