@@ -133,8 +133,9 @@ fn check_dense(s: DenseShape, seed: u64) {
 fn dense_odd_shapes_and_seed_model() {
     // (5, 40, 12) and (70, 36, 20) take the vec4 transpose into the k-major layout
     // (dense_transpose.wgsl) with ragged edges; the odd ones the element-wise packing
-    // (dense_pack.wgsl).
-    let shapes = [(1, 37, 19), (5, 37, 19), (3, 1000, 7), (513, 3, 2), (5, 40, 12), (70, 36, 20), (64, 2048, 1024), (64, 1024, 7)];
+    // (dense_pack.wgsl). Up to 4 rows take the matrix-vector pipeline (dense.wgsl's
+    // SMALL_M), 512 columns a workgroup: (4, 64, 1100) spans three, the last ragged.
+    let shapes = [(1, 37, 19), (5, 37, 19), (3, 1000, 7), (513, 3, 2), (5, 40, 12), (70, 36, 20), (64, 2048, 1024), (64, 1024, 7), (1, 2048, 1024), (4, 64, 1100)];
     for (i, &(b, n_in, n_out)) in shapes.iter().enumerate() {
         check_dense(DenseShape::new(b, n_in, n_out).unwrap(), 7 * i as u64);
     }

@@ -42,6 +42,8 @@ macro_rules! shaders {
 
 shaders! {
     DENSE = "dense" ["dense.wgsl"];
+    // Specialised for products of at most 4 rows (batch-1 inference).
+    DENSE_SMALL_M = "dense_small_m" ["dense.wgsl"] { SMALL_M = 1.0 };
     DENSE_PACK = "dense_pack" ["dense_pack.wgsl"];
     DENSE_TRANSPOSE = "dense_transpose" ["dense_transpose.wgsl"];
     CONV2D = "conv2d" ["conv2d.wgsl"];

@@ -145,7 +145,10 @@ fn product(rec: &mut Recorder, (m, n, k): (usize, usize, usize), a: Operand, b: 
     let b_packed = k_major(rec, &b, k, n, B_PAD)?;
     let a_bind = a_packed.as_ref().map_or(a.slice, |p| p.all());
     let b_bind = b_packed.as_ref().map_or(b.slice, |p| p.all());
-    let tiles = m.div_ceil(TILE_M) * n.div_ceil(TILE_N);
+    // At most 4 rows: every thread of a workgroup takes columns (dense.wgsl's SMALL_M).
+    let small_m = m <= 4;
+    let (shader, tile_n, row_tiles) = if small_m { (&shaders::DENSE_SMALL_M, TILE_N * 8, 1) } else { (&shaders::DENSE, TILE_N, m.div_ceil(TILE_M)) };
+    let tiles = row_tiles * n.div_ceil(tile_n);
     let (splits, k_chunk) = split_k(tiles, k);
     let mut params = Params {
         m: m as u32,
@@ -157,15 +160,15 @@ fn product(rec: &mut Recorder, (m, n, k): (usize, usize, usize), a: Operand, b: 
         flags,
         _pad: 0,
     };
-    let groups = [n.div_ceil(TILE_N) as u32, m.div_ceil(TILE_M) as u32, splits as u32];
+    let groups = [n.div_ceil(tile_n) as u32, row_tiles as u32, splits as u32];
     if splits == 1 {
-        return rec.dispatch("dense", &shaders::DENSE, "gemm", &params, &[a_bind, b_bind, bias, c.rw()], groups);
+        return rec.dispatch("dense", shader, "gemm", &params, &[a_bind, b_bind, bias, c.rw()], groups);
     }
     // Accumulation into C is applied once, by the pass that adds the splits together; the
     // bias by split 0 (dense.wgsl).
     let partial = rec.scratch::<f32>(splits * m * n)?;
     params.flags = WRITE_SPLITS | (flags & ADD_BIAS);
-    rec.dispatch("dense", &shaders::DENSE, "gemm", &params, &[a_bind, b_bind, bias, partial.all().rw()], groups)?;
+    rec.dispatch("dense", shader, "gemm", &params, &[a_bind, b_bind, bias, partial.all().rw()], groups)?;
     reduce::sum_splits_gpu(rec, &partial, splits, c, m * n, flags & ACCUMULATE != 0)
 }
 
