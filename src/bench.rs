@@ -192,7 +192,9 @@ fn dense_cases(gpu: &Gpu, name: &str, s: DenseShape) -> Result<Vec<Case>> {
     let dy = seeded(s.batch * s.outputs, 8);
     let g = Rc::new((gpu.upload(&x)?, gpu.upload(&w)?, gpu.upload(&b)?, gpu.upload(&dy)?, gpu.zeros(dy.len())?, gpu.zeros(x.len())?, gpu.zeros(w.len())?, gpu.zeros(s.outputs)?));
     let shape = format!("{}x{} -> {}", s.batch, s.inputs, s.outputs);
-    let work = Work::Flops(s.flops());
+    // A handful of rows make a matrix-vector product, bound by reading W: judged by the bytes
+    // it moves against the copy (as dense.rs switches to its matrix-vector pipeline).
+    let work = if s.batch <= 4 { Work::Bytes(4.0 * (s.batch * s.inputs + s.inputs * s.outputs + s.batch * s.outputs) as f64) } else { Work::Flops(s.flops()) };
     let (g1, g2, g3) = (g.clone(), g.clone(), g);
     let (x1, w1) = (x.clone(), w.clone());
     let dy2 = dy.clone();
