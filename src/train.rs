@@ -5,9 +5,10 @@
 use crate::augment::AugmentConfig;
 use crate::data::{Dataset, CLASSES};
 use crate::kernels::adam::AdamConfig;
-use crate::nn::model::Model;
+use crate::kernels::warp;
+use crate::nn::model::{average_into, Model};
 use crate::nn::weights::{write_atomic, Part};
-use crate::nn::{Backend, ModelConfig, StepInFlight};
+use crate::nn::{Backend, ModelConfig, BatchInFlight};
 use crate::rng::Rng;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -195,25 +196,40 @@ pub fn evaluate<B: Backend>(model: &mut Model<B>, backend: &B, data: &Dataset, b
     let mut loss_sum = 0.0f64;
     let mut single_correct = 0usize;
     let mut logits = Vec::with_capacity(data.len());
-    let order: Vec<usize> = (0..data.len()).collect();
-    for chunk in order.chunks(batch.max(1)) {
-        let (images, labels) = gather(data, chunk);
-        let r = model.evaluate_batch(backend, &images, &labels)?;
+    // Adds a finished batch (and its mirror images' results) to the figures.
+    let mut tally = |labels: Vec<u32>, plain: BatchInFlight<B>, mirrored: Option<BatchInFlight<B>>| -> Result<()> {
+        let r = plain.wait(backend)?;
         let mut probs = r.probs.expect("evaluation returns probabilities");
         single_correct += r.correct as usize;
         logits.extend(r.logits.expect("evaluation returns logits").chunks(classes).map(<[f32]>::to_vec));
-        if mirror {
+        if let Some(mirrored) = mirrored {
             // Test-time augmentation: the mean of the probabilities of each face and its mirror
             // image, and the cross-entropy of that mean.
-            model.average_with_mirror(backend, &images, &labels, &mut probs)?;
+            average_into(&mut probs, &mirrored.wait(backend)?.probs.expect("evaluation returns probabilities"));
             loss_sum -= probs.chunks(classes).zip(&labels).map(|(row, &l)| (row[l as usize].max(f32::MIN_POSITIVE) as f64).ln()).sum::<f64>();
         } else {
-            loss_sum += r.loss as f64 * chunk.len() as f64;
+            loss_sum += r.loss as f64 * labels.len() as f64;
         }
         for (row, &label) in probs.chunks(classes).zip(&labels) {
             let predicted = row.iter().enumerate().fold(0, |best, (i, &p)| if p > row[best] { i } else { best });
             confusion[label as usize][predicted] += 1;
         }
+        Ok(())
+    };
+    // As in training, one batch stays in flight: batch N + 1 (and its mirror images) is queued
+    // before batch N's results are read.
+    let mut in_flight = None;
+    let order: Vec<usize> = (0..data.len()).collect();
+    for chunk in order.chunks(batch.max(1)) {
+        let (images, labels) = gather(data, chunk);
+        let plain = model.submit_evaluation(backend, &images, warp::IDENTITY, &labels)?;
+        let mirrored = if mirror { Some(model.submit_evaluation(backend, &images, warp::MIRROR, &labels)?) } else { None };
+        if let Some((labels, plain, mirrored)) = in_flight.replace((labels, plain, mirrored)) {
+            tally(labels, plain, mirrored)?;
+        }
+    }
+    if let Some((labels, plain, mirrored)) = in_flight.take() {
+        tally(labels, plain, mirrored)?;
     }
     let n = data.len().max(1);
     let correct: usize = (0..classes).map(|c| confusion[c][c]).sum();
@@ -338,7 +354,7 @@ pub fn train<B: Backend>(
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         let batches = order.len().div_ceil(recipe.batch);
         // Adds a finished step to the epoch's figures; a non-finite loss ends the run.
-        let mut tally = |(b, images, step): (usize, usize, StepInFlight<B>)| -> Result<()> {
+        let mut tally = |(b, images, step): (usize, usize, BatchInFlight<B>)| -> Result<()> {
             let r = step.wait(backend)?;
             if !r.loss.is_finite() {
                 bail!(

@@ -333,10 +333,10 @@ impl<B: Backend> Model<B> {
     }
 
     /// [`Model::train_step`] without waiting for it: the step is queued, and its loss and
-    /// accuracy arrive with [`StepInFlight::wait`]. Submitting step N + 1 before waiting for
+    /// accuracy arrive with [`BatchInFlight::wait`]. Submitting step N + 1 before waiting for
     /// step N keeps a GPU busy while the host records (an in-order queue runs N first).
     #[allow(clippy::too_many_arguments)]
-    pub fn submit_train_step(&mut self, backend: &B, images: &[u8], maps: &[[f32; 6]], labels: &[u32], seed: u32, adam: AdamConfig, t: u64) -> Result<StepInFlight<B>> {
+    pub fn submit_train_step(&mut self, backend: &B, images: &[u8], maps: &[[f32; 6]], labels: &[u32], seed: u32, adam: AdamConfig, t: u64) -> Result<BatchInFlight<B>> {
         let wi = self.load_batch(backend, images, maps, labels)?;
         let ws = &self.workspaces[wi];
         self.forward(backend, ws, true, seed)?;
@@ -347,7 +347,7 @@ impl<B: Backend> Model<B> {
         for p in self.params.iter().filter(|p| p.kind == TensorKind::Trainable) {
             backend.adam(adam, t, &p.value, &p.grad, &p.m, &p.v)?;
         }
-        let step = StepInFlight { loss: backend.read_later(&ws.loss)?, correct: backend.read_ints_later(&ws.correct)? };
+        let step = BatchInFlight { loss: backend.read_later(&ws.loss)?, correct: backend.read_ints_later(&ws.correct)?, outputs: None };
         backend.flush()?;
         Ok(step)
     }
@@ -359,37 +359,46 @@ impl<B: Backend> Model<B> {
 
     /// [`Model::evaluate_batch`] on every image warped by `map` (the mirror images, say).
     fn evaluate_batch_warped(&mut self, backend: &B, images: &[u8], map: [f32; 6], labels: &[u32]) -> Result<BatchResult> {
+        self.submit_evaluation(backend, images, map, labels)?.wait(backend)
+    }
+
+    /// Inference on a batch of images warped by `map` (`warp::IDENTITY` for none), queued
+    /// without waiting: its loss, correct count, logits and probabilities arrive with
+    /// [`BatchInFlight::wait`], so the next batch can be queued first, as in training.
+    pub fn submit_evaluation(&mut self, backend: &B, images: &[u8], map: [f32; 6], labels: &[u32]) -> Result<BatchInFlight<B>> {
         let wi = self.load_batch(backend, images, &vec![map; labels.len()], labels)?;
         let ws = &self.workspaces[wi];
         self.forward(backend, ws, false, 0)?;
         self.loss(backend, ws, 0.0)?;
-        // Asked for together, so they come back from one submission.
-        let loss = backend.read_later(&ws.loss)?;
-        let correct = backend.read_ints_later(&ws.correct)?;
-        let logits = backend.read_later(ws.acts.last().expect("logits"))?;
-        let probs = backend.read_later(&ws.probs)?;
-        Ok(BatchResult {
-            loss: backend.collect(loss)?[0],
-            correct: backend.collect(correct)?[0],
-            logits: Some(backend.collect(logits)?),
-            probs: Some(backend.collect(probs)?),
-        })
+        let batch = BatchInFlight {
+            loss: backend.read_later(&ws.loss)?,
+            correct: backend.read_ints_later(&ws.correct)?,
+            outputs: Some((backend.read_later(ws.acts.last().expect("logits"))?, backend.read_later(&ws.probs)?)),
+        };
+        backend.flush()?;
+        Ok(batch)
     }
 }
 
-/// A training step queued by [`Model::submit_train_step`], its loss and correct count still
-/// on their way back.
-pub struct StepInFlight<B: Backend> {
+/// A batch queued by [`Model::submit_train_step`] or [`Model::submit_evaluation`], its results
+/// still on their way back.
+pub struct BatchInFlight<B: Backend> {
     loss: B::Pending<f32>,
     correct: B::Pending<u32>,
+    /// Logits and probabilities, for an evaluation.
+    outputs: Option<(B::Pending<f32>, B::Pending<f32>)>,
 }
 
-impl<B: Backend> StepInFlight<B> {
-    /// Waits for the step (and the work queued before it) and returns its loss and count.
+impl<B: Backend> BatchInFlight<B> {
+    /// Waits for the batch (and the work queued before it) and returns its results.
     pub fn wait(self, backend: &B) -> Result<BatchResult> {
         let loss = backend.collect(self.loss)?[0];
         let correct = backend.collect(self.correct)?[0];
-        Ok(BatchResult { loss, correct, logits: None, probs: None })
+        let (logits, probs) = match self.outputs {
+            Some((logits, probs)) => (Some(backend.collect(logits)?), Some(backend.collect(probs)?)),
+            None => (None, None),
+        };
+        Ok(BatchResult { loss, correct, logits, probs })
     }
 }
 
@@ -411,9 +420,15 @@ impl<B: Backend> Model<B> {
     /// images' mirror images.
     pub fn average_with_mirror(&mut self, backend: &B, images: &[u8], labels: &[u32], probs: &mut [f32]) -> Result<()> {
         let mirrored = self.evaluate_batch_warped(backend, images, crate::kernels::warp::MIRROR, labels)?;
-        probs.iter_mut().zip(mirrored.probs.expect("evaluation returns probabilities")).for_each(|(p, q)| *p = 0.5 * (*p + q));
+        average_into(probs, &mirrored.probs.expect("evaluation returns probabilities"));
         Ok(())
     }
+}
+
+/// Makes `probs` the element-wise mean of itself and `other` (an image's and its mirror
+/// image's class probabilities).
+pub fn average_into(probs: &mut [f32], other: &[f32]) {
+    probs.iter_mut().zip(other).for_each(|(p, q)| *p = 0.5 * (*p + q));
 }
 
 /// A distinct dropout stream per (step, layer).
