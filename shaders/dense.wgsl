@@ -69,40 +69,31 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     var ka = k_begin * p.a_row4 + m0 / 4u;
     var kb = k_begin * p.b_row4 + n0 / 4u;
     for (var k = k_begin; k < k_end; k++) {
-        if (SMALL_M) {
-            let a0 = a[ka];
-            let bl = b[kb];
-            let bh = b[kb + 1u];
-            acc0l = fma(vec4<f32>(a0.x), bl, acc0l); acc0h = fma(vec4<f32>(a0.x), bh, acc0h);
-            acc1l = fma(vec4<f32>(a0.y), bl, acc1l); acc1h = fma(vec4<f32>(a0.y), bh, acc1h);
-            acc2l = fma(vec4<f32>(a0.z), bl, acc2l); acc2h = fma(vec4<f32>(a0.z), bh, acc2h);
-            acc3l = fma(vec4<f32>(a0.w), bl, acc3l); acc3h = fma(vec4<f32>(a0.w), bh, acc3h);
-            ka += p.a_row4;
-            kb += p.b_row4;
-            continue;
-        }
-        let a0 = a[ka + 0u];
-        let a1 = a[ka + 1u];
-        let a2 = a[ka + 2u];
-        let a3 = a[ka + 3u];
+        let a0 = a[ka];
         let bl = b[kb];
         let bh = b[kb + 1u];
         acc0l = fma(vec4<f32>(a0.x), bl, acc0l); acc0h = fma(vec4<f32>(a0.x), bh, acc0h);
         acc1l = fma(vec4<f32>(a0.y), bl, acc1l); acc1h = fma(vec4<f32>(a0.y), bh, acc1h);
         acc2l = fma(vec4<f32>(a0.z), bl, acc2l); acc2h = fma(vec4<f32>(a0.z), bh, acc2h);
         acc3l = fma(vec4<f32>(a0.w), bl, acc3l); acc3h = fma(vec4<f32>(a0.w), bh, acc3h);
-        acc4l = fma(vec4<f32>(a1.x), bl, acc4l); acc4h = fma(vec4<f32>(a1.x), bh, acc4h);
-        acc5l = fma(vec4<f32>(a1.y), bl, acc5l); acc5h = fma(vec4<f32>(a1.y), bh, acc5h);
-        acc6l = fma(vec4<f32>(a1.z), bl, acc6l); acc6h = fma(vec4<f32>(a1.z), bh, acc6h);
-        acc7l = fma(vec4<f32>(a1.w), bl, acc7l); acc7h = fma(vec4<f32>(a1.w), bh, acc7h);
-        acc8l = fma(vec4<f32>(a2.x), bl, acc8l); acc8h = fma(vec4<f32>(a2.x), bh, acc8h);
-        acc9l = fma(vec4<f32>(a2.y), bl, acc9l); acc9h = fma(vec4<f32>(a2.y), bh, acc9h);
-        acc10l = fma(vec4<f32>(a2.z), bl, acc10l); acc10h = fma(vec4<f32>(a2.z), bh, acc10h);
-        acc11l = fma(vec4<f32>(a2.w), bl, acc11l); acc11h = fma(vec4<f32>(a2.w), bh, acc11h);
-        acc12l = fma(vec4<f32>(a3.x), bl, acc12l); acc12h = fma(vec4<f32>(a3.x), bh, acc12h);
-        acc13l = fma(vec4<f32>(a3.y), bl, acc13l); acc13h = fma(vec4<f32>(a3.y), bh, acc13h);
-        acc14l = fma(vec4<f32>(a3.z), bl, acc14l); acc14h = fma(vec4<f32>(a3.z), bh, acc14h);
-        acc15l = fma(vec4<f32>(a3.w), bl, acc15l); acc15h = fma(vec4<f32>(a3.w), bh, acc15h);
+        // Rows 4-15, which the pipeline for at most 4 rows does not have.
+        if (!SMALL_M) {
+            let a1 = a[ka + 1u];
+            let a2 = a[ka + 2u];
+            let a3 = a[ka + 3u];
+            acc4l = fma(vec4<f32>(a1.x), bl, acc4l); acc4h = fma(vec4<f32>(a1.x), bh, acc4h);
+            acc5l = fma(vec4<f32>(a1.y), bl, acc5l); acc5h = fma(vec4<f32>(a1.y), bh, acc5h);
+            acc6l = fma(vec4<f32>(a1.z), bl, acc6l); acc6h = fma(vec4<f32>(a1.z), bh, acc6h);
+            acc7l = fma(vec4<f32>(a1.w), bl, acc7l); acc7h = fma(vec4<f32>(a1.w), bh, acc7h);
+            acc8l = fma(vec4<f32>(a2.x), bl, acc8l); acc8h = fma(vec4<f32>(a2.x), bh, acc8h);
+            acc9l = fma(vec4<f32>(a2.y), bl, acc9l); acc9h = fma(vec4<f32>(a2.y), bh, acc9h);
+            acc10l = fma(vec4<f32>(a2.z), bl, acc10l); acc10h = fma(vec4<f32>(a2.z), bh, acc10h);
+            acc11l = fma(vec4<f32>(a2.w), bl, acc11l); acc11h = fma(vec4<f32>(a2.w), bh, acc11h);
+            acc12l = fma(vec4<f32>(a3.x), bl, acc12l); acc12h = fma(vec4<f32>(a3.x), bh, acc12h);
+            acc13l = fma(vec4<f32>(a3.y), bl, acc13l); acc13h = fma(vec4<f32>(a3.y), bh, acc13h);
+            acc14l = fma(vec4<f32>(a3.z), bl, acc14l); acc14h = fma(vec4<f32>(a3.z), bh, acc14h);
+            acc15l = fma(vec4<f32>(a3.w), bl, acc15l); acc15h = fma(vec4<f32>(a3.w), bh, acc15h);
+        }
         ka += p.a_row4;
         kb += p.b_row4;
     }

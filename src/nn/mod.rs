@@ -8,4 +8,4 @@ pub mod weights;
 
 pub use backend::{Backend, Cpu, GpuBackend};
 pub use config::ModelConfig;
-pub use model::{Model, BatchInFlight};
+pub use model::{BatchInFlight, Model};
