@@ -15,7 +15,8 @@ fn main() {
     let show = |rows: Vec<DetectResult>| {
         for r in rows {
             let on = if r.device == "cpu" { format!("CPU, {} thread(s)", r.threads) } else { format!("GPU, {}", r.device) };
-            println!("{}x{} {on}: {:.1} ms, {:.2} fps, {} faces", r.width, r.height, r.median_ms, r.fps, r.faces);
+            let stream = r.stream_fps.map_or(String::new(), |fps| format!("; as a stream with one frame in flight {fps:.2} fps"));
+            println!("{}x{} {on}: {:.1} ms, {:.2} fps, {} faces{stream}", r.width, r.height, r.median_ms, r.fps, r.faces);
         }
     };
     println!("OpenCV defaults (scale 1.1, 3 neighbours), frontal-face cascade, median of {reps}");

@@ -784,8 +784,8 @@ fn bench_detect(global: &Global, cascade: &Path, reps: usize, json: bool) -> Res
     println!("Face detection, OpenCV defaults (scale 1.1, 3 neighbours), frontal-face cascade, median of {reps}");
     for r in &results {
         let on = if r.device == "cpu" { format!("CPU {} thread(s)", r.threads) } else { format!("GPU {}", r.device) };
-        let host = match (r.gpu_passes_per_frame, r.host_ms) {
-            (Some(passes), Some(ms)) => format!("; host {ms:.2} ms recording and submitting {passes} passes"),
+        let host = match (r.gpu_passes_per_frame, r.host_ms, r.stream_fps) {
+            (Some(passes), Some(ms), Some(stream)) => format!("; host {ms:.2} ms recording and submitting {passes} passes; as a stream with one frame in flight {stream:.2} fps"),
             _ => String::new(),
         };
         println!("{}x{} {on}: {:.1} ms, {:.2} fps, {} faces{host}", r.width, r.height, r.median_ms, r.fps, r.faces);

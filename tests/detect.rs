@@ -153,6 +153,26 @@ fn gpu_detector_matches_opencv_with_levels_split_into_batches() {
     check_gpu_on(common::mid_binding_gpu(), runs);
 }
 
+/// Frame N + 1 is queued before frame N is read back, in the scratch buffers frame N gave back
+/// to the pool at its submit: each frame must still get its own faces. The sizes change from
+/// frame to frame, so the buffers do too.
+#[test]
+fn a_stream_with_a_frame_in_flight_gets_each_frames_faces() {
+    let runs: Vec<_> = fixture_runs()
+        .into_iter()
+        .filter(|(_, img, path, p, _)| path.ends_with("haarcascade_frontalface_default.xml") && *p == DetectParams::default() && img.width() * img.height() <= 140_000)
+        .collect();
+    assert!(runs.len() >= 4, "only {} runs", runs.len());
+    let cascade = Cascade::load(&runs[0].2).unwrap();
+    let detector = GpuDetector::new(common::gpu(), &cascade).unwrap();
+    // Twice over, so that a frame follows one of another size.
+    let frames: Vec<_> = runs.iter().chain(&runs).map(|r| &r.1).collect();
+    let mut got = Vec::new();
+    detector.detect_stream(frames, &DetectParams::default(), |i, faces| got.push((i, faces))).unwrap();
+    let want: Vec<_> = runs.iter().chain(&runs).map(|r| r.4.clone()).enumerate().collect();
+    assert_eq!(got, want);
+}
+
 #[test]
 #[ignore = "slow on lavapipe (minutes): every fixture run on the GPU"]
 fn gpu_detector_matches_opencv_on_every_fixture() {

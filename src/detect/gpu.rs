@@ -19,7 +19,7 @@ use super::cascade::Cascade;
 use super::cpu::{self, resize_taps, scan_plan, scan_scale, DetectParams, Integrals, ScaleScan, STAGE_THRESHOLD_EPS};
 use super::group::Rect;
 use crate::error::{Error, Result};
-use crate::gpu::{append_timeline, pack_bytes, shaders, Finished, Gpu, GpuBuffer, GpuSlice, HostTiming, PassTiming, Recorder};
+use crate::gpu::{append_timeline, pack_bytes, shaders, Finished, Gpu, GpuBuffer, GpuSlice, HostTiming, PassTiming, Readback, Recorder, Submitted};
 use image::GrayImage;
 
 const WORKGROUP: u32 = 64;
@@ -331,19 +331,36 @@ impl<'g> GpuDetector<'g> {
 
     /// Every window the cascade accepts, before grouping, in OpenCV's order.
     pub fn raw_windows(&self, img: &GrayImage, p: &DetectParams) -> Result<Vec<Rect>> {
+        self.submit(img, p)?.raw_windows()
+    }
+
+    /// Queues the detection of `img` without waiting for it: its faces come from
+    /// [`FrameInFlight::faces`]. Submitting frame N + 1 before taking frame N's faces keeps the
+    /// GPU busy while the host records (a video stream; see [`GpuDetector::detect_stream`]).
+    pub fn submit<'d, 'i>(&'d self, img: &'i GrayImage, p: &DetectParams) -> Result<FrameInFlight<'d, 'g, 'i>> {
         let levels = scan_plan(&self.cascade, (img.width(), img.height()), p);
-        if levels.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut capacity = 4096;
         self.host.take();
-        loop {
-            let (found, count) = self.scan(img, &levels, capacity)?;
-            if count <= capacity {
-                return Ok(self.windows(img, &levels, found));
+        // Enough for the found windows of any frame we have seen; a frame with more is
+        // scanned again with room for all of them.
+        const CAPACITY: usize = 4096;
+        let scan = if levels.is_empty() { None } else { Some(self.submit_scan(img, &levels, CAPACITY)?) };
+        Ok(FrameInFlight { detector: self, img, params: *p, levels, scan })
+    }
+
+    /// OpenCV's `detectMultiScale` on each frame, one frame in flight: frame N + 1 is queued
+    /// before frame N's windows are read back. `each` gets each frame's index and faces.
+    pub fn detect_stream<'i>(&self, frames: impl IntoIterator<Item = &'i GrayImage>, p: &DetectParams, mut each: impl FnMut(usize, Vec<Rect>)) -> Result<()> {
+        let mut in_flight: Option<(usize, FrameInFlight)> = None;
+        for (i, img) in frames.into_iter().enumerate() {
+            let next = self.submit(img, p)?;
+            if let Some((j, frame)) = in_flight.replace((i, next)) {
+                each(j, frame.faces()?);
             }
-            capacity = count.next_power_of_two();
         }
+        if let Some((j, frame)) = in_flight {
+            each(j, frame.faces()?);
+        }
+        Ok(())
     }
 
     /// What the last image cost the host: the passes recorded (a handful per pyramid level),
@@ -365,7 +382,7 @@ impl<'g> GpuDetector<'g> {
 
     /// OpenCV's `detectMultiScale` on a grey image.
     pub fn detect_multi_scale(&self, img: &GrayImage, p: &DetectParams) -> Result<Vec<Rect>> {
-        Ok(cpu::group_and_clip(&self.raw_windows(img, p)?, p, (img.width(), img.height())))
+        self.submit(img, p)?.faces()
     }
 
     /// Orders the found (level, x, y) triples as OpenCV lists them and maps them to
@@ -391,8 +408,8 @@ impl<'g> GpuDetector<'g> {
         out
     }
 
-    /// Runs every level; returns up to `capacity` found triples and how many there were.
-    fn scan(&self, img: &GrayImage, levels: &[ScaleScan], capacity: usize) -> Result<(Vec<[u32; 3]>, usize)> {
+    /// Records and submits the scan of every level, with room for `capacity` found triples.
+    fn submit_scan(&self, img: &GrayImage, levels: &[ScaleScan], capacity: usize) -> Result<ScanInFlight<'g>> {
         let gpu = self.gpu;
         let tilted = self.cascade.tilted_features();
         let nodes = self.layout.nodes;
@@ -484,17 +501,62 @@ impl<'g> GpuDetector<'g> {
         // Copied out in the same submission: one wait a frame, not two.
         let state = rec.read_back(&frame.state);
         let submitted = rec.submit()?;
-        let state = state.wait(gpu)?;
-        let Finished { passes, host } = submitted.wait()?;
+        let mut total = self.host.get();
+        total += submitted.host();
+        self.host.set(total);
+        Ok(ScanInFlight { state, submitted, found_off, capacity })
+    }
+
+    /// Waits for a scan; returns up to its capacity of found triples and how many there were.
+    fn finish_scan(&self, scan: ScanInFlight) -> Result<(Vec<[u32; 3]>, usize)> {
+        let state = scan.state.wait(self.gpu)?;
+        let Finished { passes, .. } = scan.submitted.wait()?;
         if let Some(timings) = self.timings.borrow_mut().as_mut() {
             append_timeline(timings, passes);
         }
-        let mut total = self.host.get();
-        total += host;
-        self.host.set(total);
         let count = state[0] as usize;
-        let found = state[found_off..].chunks_exact(3).take(count.min(capacity)).map(|c| [c[0], c[1], c[2]]).collect();
+        let found = state[scan.found_off..].chunks_exact(3).take(count.min(scan.capacity)).map(|c| [c[0], c[1], c[2]]).collect();
         Ok((found, count))
+    }
+}
+
+/// A scan submitted by [`GpuDetector::submit_scan`].
+struct ScanInFlight<'g> {
+    state: Readback<u32>,
+    submitted: Submitted<'g>,
+    found_off: usize,
+    capacity: usize,
+}
+
+/// A frame queued by [`GpuDetector::submit`], its windows still on their way back.
+pub struct FrameInFlight<'d, 'g, 'i> {
+    detector: &'d GpuDetector<'g>,
+    img: &'i GrayImage,
+    params: DetectParams,
+    levels: Vec<ScaleScan>,
+    /// None when no window fits the image.
+    scan: Option<ScanInFlight<'g>>,
+}
+
+impl FrameInFlight<'_, '_, '_> {
+    /// The faces: the windows grouped as `detectMultiScale` groups them.
+    pub fn faces(self) -> Result<Vec<Rect>> {
+        let (img, params) = (self.img, self.params);
+        Ok(cpu::group_and_clip(&self.raw_windows()?, &params, (img.width(), img.height())))
+    }
+
+    /// Every window the cascade accepts, before grouping, in OpenCV's order.
+    pub fn raw_windows(self) -> Result<Vec<Rect>> {
+        let FrameInFlight { detector, img, levels, scan, .. } = self;
+        let Some(mut scan) = scan else { return Ok(Vec::new()) };
+        loop {
+            let capacity = scan.capacity;
+            let (found, count) = detector.finish_scan(scan)?;
+            if count <= capacity {
+                return Ok(detector.windows(img, &levels, found));
+            }
+            scan = detector.submit_scan(img, &levels, count.next_power_of_two())?;
+        }
     }
 }
 
