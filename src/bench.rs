@@ -224,6 +224,26 @@ fn dense_cases(gpu: &Gpu, name: &str, s: DenseShape) -> Result<Vec<Case>> {
     ])
 }
 
+/// The calibration SGEMM at another product's shape (m x k times k x n, rounded up to what it
+/// takes: m and n to multiples of 8, k of 4): what a plain product reaches at a layer's shape,
+/// beside that layer's kernels, when the shape and not the kernel limits them.
+fn sgemm_case(gpu: &Gpu, layer: &str, (m, n, k): (usize, usize, usize)) -> Result<Case> {
+    let (m, n, k) = (m.next_multiple_of(8), n.next_multiple_of(8), k.next_multiple_of(4));
+    let (a, b) = (seeded(m * k, 11), seeded(k * n, 12));
+    let g = (gpu.upload(&a)?, gpu.upload(&b)?, gpu.zeros(m * n)?);
+    let mut c = vec![0.0; m * n];
+    Ok(Case {
+        name: format!("plain SGEMM, {layer}'s shape"),
+        shape: format!("{m}x{k} x {k}x{n}"),
+        work: Work::Flops(2.0 * (m * n * k) as f64),
+        gpu: Box::new(move |rec| crate::kernels::calibration::sgemm_gpu(rec, (m, n, k), &g.0, &g.1, &g.2)),
+        cpu: Box::new(move || {
+            crate::kernels::sgemm(m, n, k, crate::kernels::MatRef::rows(&a, k), crate::kernels::MatRef::rows(&b, n), &mut c, false, rayon::current_num_threads());
+            Ok(())
+        }),
+    })
+}
+
 fn pool_cases(gpu: &Gpu, name: &str, s: PoolShape) -> Result<Vec<Case>> {
     let x = seeded(s.input_len(), 9);
     let dy = seeded(s.output_len(), 10);
@@ -392,6 +412,11 @@ fn cases(gpu: &Gpu, batch: usize) -> Result<Vec<Case>> {
     all.extend(pool_cases(gpu, "maxpool2", PoolShape::new(batch, 128, (20, 20), 2)?)?);
     all.extend(dense_cases(gpu, "dense1 2048->1024", DenseShape::new(batch, 2048, 1024)?)?);
     all.extend(dense_cases(gpu, "dense2 1024->7", DenseShape::new(batch, 1024, 7)?)?);
+    // The two layers whose shapes keep them far below the calibration, beside the same plain
+    // SGEMM at their product's shape: conv1 as output channels x taps times taps x outputs
+    // (9 taps: 9 multiply-adds per output written), dense2 as batch x 1024 times 1024 x 7.
+    all.push(sgemm_case(gpu, "conv1", (32, batch * 46 * 46, 9))?);
+    all.push(sgemm_case(gpu, "dense2", (batch, 7, 1024))?);
     all.extend(elementwise_cases(gpu, batch * 64 * 44 * 44)?);
     all.extend(xent_adam_bn_cases(gpu)?);
     Ok(all)
@@ -418,7 +443,7 @@ impl Calibration {
         let src = gpu.upload(&seeded(len, 22))?;
         let dst = gpu.zeros::<f32>(len)?;
         Ok(Calibration {
-            sgemm: Box::new(move |rec| crate::kernels::calibration::sgemm_gpu(rec, n, &a, &b, &c)),
+            sgemm: Box::new(move |rec| crate::kernels::calibration::sgemm_gpu(rec, (n, n, n), &a, &b, &c)),
             sgemm_flops: 2.0 * (n * n * n) as f64,
             copy: Box::new(move |rec| crate::kernels::calibration::copy_gpu(rec, len, &src, &dst)),
             copy_bytes: 2.0 * 4.0 * len as f64,

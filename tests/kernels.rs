@@ -317,12 +317,14 @@ fn batchnorm_training_inference_and_backward() {
 #[test]
 fn sgemm_calibration_kernel_multiplies() {
     let g = gpu();
-    let n = 128;
-    let (a, b) = (randn_like(n * n, 1), randn_like(n * n, 2));
-    let (ag, bg, cg) = (up(g, &a), up(g, &b), g.zeros(n * n).unwrap());
-    g.run(|rec| mien::kernels::calibration::sgemm_gpu(rec, n, &ag, &bg, &cg)).unwrap();
-    assert_close("calibration sgemm", &read(&cg), &common::naive_matmul(&a, &b, n, n, n), SUM_TOL);
-    assert!(g.run(|rec| mien::kernels::calibration::sgemm_gpu(rec, 100, &ag, &bg, &cg)).is_err());
+    // Square, and rectangular with sides that are not multiples of the 64x64 workgroup tile.
+    for (m, n, k) in [(128, 128, 128), (40, 72, 12)] {
+        let (a, b) = (randn_like(m * k, 1), randn_like(k * n, 2));
+        let (ag, bg, cg) = (up(g, &a), up(g, &b), g.zeros(m * n).unwrap());
+        g.run(|rec| mien::kernels::calibration::sgemm_gpu(rec, (m, n, k), &ag, &bg, &cg)).unwrap();
+        assert_close("calibration sgemm", &read(&cg), &common::naive_matmul(&a, &b, m, k, n), SUM_TOL);
+        assert!(g.run(|rec| mien::kernels::calibration::sgemm_gpu(rec, (m, n + 4, k), &ag, &bg, &cg)).is_err());
+    }
 }
 
 #[test]

@@ -1,23 +1,26 @@
 //! Calibration kernels that the benchmarks time to learn what this adapter reaches, as the
 //! yardsticks for the other kernels: a plain, well-shaped SGEMM
-//! (shaders/sgemm_calibration.wgsl; square row-major matrices whose side is a multiple of 64)
+//! (shaders/sgemm_calibration.wgsl: row-major, 8x8 outputs a thread)
 //! for GFLOP/s, and a vec4 copy (shaders/copy_calibration.wgsl) for memory bandwidth.
 
 use super::check_buf;
 use crate::error::{shape_err, Result};
 use crate::gpu::{shaders, GpuBuffer, Recorder};
 
-/// `c = a b` for n x n row-major matrices, n a multiple of 64.
-pub fn sgemm_gpu(rec: &mut Recorder, n: usize, a: &GpuBuffer<f32>, b: &GpuBuffer<f32>, c: &GpuBuffer<f32>) -> Result<()> {
-    if n == 0 || !n.is_multiple_of(64) {
-        return Err(shape_err("sgemm_calibration", format!("side {n} is not a positive multiple of 64")));
+/// `c = a b` for row-major a (m x k), b (k x n), c (m x n), with m and n multiples of 8 (a
+/// thread's 8x8 outputs) and k of 4 (a vec4 of a row). The calibration itself is 1024^3; the
+/// kernel benchmark also runs it at the product shapes of the layers it is compared with.
+pub fn sgemm_gpu(rec: &mut Recorder, (m, n, k): (usize, usize, usize), a: &GpuBuffer<f32>, b: &GpuBuffer<f32>, c: &GpuBuffer<f32>) -> Result<()> {
+    if m == 0 || n == 0 || k == 0 || !m.is_multiple_of(8) || !n.is_multiple_of(8) || !k.is_multiple_of(4) {
+        return Err(shape_err("sgemm_calibration", format!("{m}x{k} times {k}x{n}: m and n must be positive multiples of 8, k of 4")));
     }
-    for (name, buf) in [("a", a), ("b", b), ("c", c)] {
-        check_buf("sgemm_calibration", name, buf, n * n)?;
+    for (name, buf, len) in [("a", a, m * k), ("b", b, k * n), ("c", c, m * n)] {
+        check_buf("sgemm_calibration", name, buf, len)?;
     }
-    let params = [n as u32, n as u32, n as u32, 0];
-    let groups = (n / 64) as u32; // 8x8 threads of 8x8 outputs each
-    rec.dispatch("sgemm_calibration", &shaders::SGEMM_CALIBRATION, "sgemm", &params, &[a.all(), b.all(), c.all().rw()], [groups, groups, 1])
+    let params = [m as u32, n as u32, k as u32, 0];
+    // 8x8 threads of 8x8 outputs each.
+    let groups = [n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1];
+    rec.dispatch("sgemm_calibration", &shaders::SGEMM_CALIBRATION, "sgemm", &params, &[a.all(), b.all(), c.all().rw()], groups)
 }
 
 /// `dst = src`, both `len` floats, `len` a multiple of 4.
