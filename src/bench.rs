@@ -721,10 +721,18 @@ pub fn bench_train<B: crate::nn::Backend>(backend: &B, config: crate::nn::ModelC
     if let Some(last) = in_flight.take() {
         last.wait(backend)?;
     }
+    // Throughput, so pipelined too: batch N + 1 is queued before batch N's outputs are read.
+    let mut in_flight = None;
     let infer = median(&mut || {
-        model.predict(backend, &images, false)?;
+        let next = model.submit_evaluation(backend, &images, crate::kernels::warp::IDENTITY, &labels)?;
+        if let Some(previous) = in_flight.replace(next) {
+            previous.wait(backend)?;
+        }
         Ok(())
     })?;
+    if let Some(last) = in_flight.take() {
+        last.wait(backend)?;
+    }
     let single = median_of(reps.max(1) * BATCH1_REPS_PER_REP, &mut || {
         model.predict(backend, &images[..px], false)?;
         Ok(())

@@ -19,8 +19,9 @@ median of ten of them moved by half from run to run. Threads are PyTorch's defau
 
 --device cuda runs on the GPU with cuDNN (benchmark mode on, PyTorch's default TF32 settings,
 reported): the peer of `mien bench train --device gpu` on the same GPU (issue 5's target). As
-in mien, each training step reads the loss of the step before once it has queued its own (one
-step in flight), and each inference call waits for its outputs.
+in mien, each training step reads the loss of the step before once it has queued its own, and
+each batch-64 inference call the outputs of the call before (one batch in flight); a batch-1
+call waits for its own outputs (latency).
 
 With --json, prints one JSON object whose per-model entries use mien's field names (model,
 device, batch, train_images_per_second, inference_images_per_second, inference_batch1_ms), so a
@@ -63,21 +64,21 @@ def timed(fn, reps, warmup, device):
     return median(samples), samples
 
 
-def timed_steps(step, reps, warmup, device):
-    """`timed` for training steps, pipelined as mien's: a call queues a step (on the GPU it
-    returns while the step runs), then reads the previous step's loss."""
+def timed_in_flight(fn, reps, warmup, read):
+    """`timed` for a stream of calls, pipelined as mien's: a call queues its work (on the GPU it
+    returns while the work runs), then reads the previous call's result with `read`."""
     previous = None
 
     def call():
         nonlocal previous
-        loss = step()
+        result = fn()
         if previous is not None:
-            previous.item()
-        previous = loss
+            read(previous)
+        previous = result
 
-    result = timed(call, reps, warmup, torch.device("cpu"))
-    previous.item()
-    return result
+    timing = timed(call, reps, warmup, torch.device("cpu"))
+    read(previous)
+    return timing
 
 
 def device_name(device):
@@ -110,8 +111,8 @@ def bench_model(name, batch, reps, warmup, device, seed=1):
         with torch.inference_mode():
             return model(x)
 
-    train_s, train_samples = timed_steps(train_step, reps, warmup, device)
-    infer_s, infer_samples = timed(lambda: infer(images), reps, warmup, device)
+    train_s, train_samples = timed_in_flight(train_step, reps, warmup, lambda loss: loss.item())
+    infer_s, infer_samples = timed_in_flight(lambda: infer(images), reps, warmup, lambda out: out.cpu())
     single_s, single_samples = timed(lambda: infer(one), reps * BATCH1_REPS_PER_REP, warmup, device)
     return {
         "model": config["name"],
