@@ -54,6 +54,8 @@ shaders! {
     CONV2D_PAD = "conv2d_pad" ["conv2d_pad.wgsl"];
     REDUCE = "reduce" ["reduce.wgsl"];
     MAXPOOL2D = "maxpool2d" ["maxpool2d.wgsl"];
+    // 2x2 windows on rows a multiple of 4 long, a pair of outputs a thread.
+    MAXPOOL2D_PAIRS = "maxpool2d_pairs" ["maxpool2d_pairs.wgsl"];
     RELU = "relu" ["relu.wgsl"];
     DROPOUT = "dropout" ["dropout.wgsl"];
     SOFTMAX_XENT = "softmax_xent" ["softmax_xent.wgsl"];

@@ -134,6 +134,16 @@ fn params(s: PoolShape, planes: usize, relu: bool) -> Params {
     Params { planes: planes as u32, h: s.h as u32, w: s.w as u32, size: s.size as u32, oh: s.oh() as u32, ow: s.ow() as u32, relu: relu as u32, _pad: 0 }
 }
 
+/// The shader for `s` and the outputs one of its threads takes: maxpool2d_pairs.wgsl's pairs
+/// for 2x2 windows on rows a multiple of 4 long, else maxpool2d.wgsl's single outputs.
+fn shader(s: PoolShape) -> (&'static shaders::Shader, usize) {
+    if s.size == 2 && s.w.is_multiple_of(4) {
+        (&shaders::MAXPOOL2D_PAIRS, 2)
+    } else {
+        (&shaders::MAXPOOL2D, 1)
+    }
+}
+
 /// Plane ranges per dispatch, so that every binding fits the device.
 fn plane_chunks(rec: &Recorder, s: PoolShape) -> Result<Vec<std::ops::Range<usize>>> {
     rec.gpu().plan_chunks("maxpool2d", s.planes, &[4 * (s.h * s.w) as u64, 4 * (s.oh() * s.ow()) as u64], u32::MAX as usize)
@@ -147,7 +157,8 @@ pub fn forward_gpu(rec: &mut Recorder, s: PoolShape, x: &GpuBuffer<f32>, y: &Gpu
     for r in plane_chunks(rec, s)? {
         let out = r.start * plane_out..r.end * plane_out;
         let bindings = [x.slice(r.start * plane_in..r.end * plane_in), argmax.slice(out.clone()).rw(), y.slice(out).rw()];
-        rec.dispatch_linear("maxpool2d", &shaders::MAXPOOL2D, "forward", &params(s, r.len(), false), &bindings, r.len() * plane_out, 256)?;
+        let (shader, per_thread) = shader(s);
+        rec.dispatch_linear("maxpool2d", shader, "forward", &params(s, r.len(), false), &bindings, r.len() * plane_out / per_thread, 256)?;
     }
     Ok(())
 }
@@ -166,7 +177,8 @@ pub fn backward_gpu(rec: &mut Recorder, s: PoolShape, dy: &GpuBuffer<f32>, argma
         // Without a ReLU the output's binding is not read; dy fills it.
         let pooled = relu_of.unwrap_or(dy).slice(out.clone());
         let bindings = [dy.slice(out.clone()), argmax.slice(out).rw(), dx.slice(r.start * plane_in..r.end * plane_in).rw(), pooled];
-        rec.dispatch_linear("maxpool2d", &shaders::MAXPOOL2D, "backward", &params(s, r.len(), relu_of.is_some()), &bindings, r.len() * plane_out, 256)?;
+        let (shader, per_thread) = shader(s);
+        rec.dispatch_linear("maxpool2d", shader, "backward", &params(s, r.len(), relu_of.is_some()), &bindings, r.len() * plane_out / per_thread, 256)?;
     }
     Ok(())
 }
