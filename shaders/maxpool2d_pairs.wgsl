@@ -14,9 +14,9 @@ struct Params { planes: u32, h: u32, w: u32, size: u32, oh: u32, ow: u32, relu: 
 // Backward only: the pooled output.
 @group(0) @binding(4) var<storage, read> pooled: array<vec2<f32>>;
 
-// Where thread `i`'s pair of outputs reads: the pair of input row y0 that starts its windows (in
-// pairs of floats; the row below is w / 2 pairs on), and the in-plane index of its first input.
-struct Pair { at: u32, k: u32, last_row: bool }
+// Where thread `i`'s pair of outputs reads, in pairs of floats: the first pair of its windows'
+// top row (`at`) and of their bottom row (`below`); and the in-plane index of its first input.
+struct Pair { at: u32, below: u32, k: u32, last_row: bool }
 
 fn pair_position(i: u32) -> Pair {
     let pairs_per_row = p.ow / 2u;
@@ -25,7 +25,8 @@ fn pair_position(i: u32) -> Pair {
     let r = i - pl * pairs_per_plane;
     let oy = r / pairs_per_row;
     let k = 2u * oy * p.w + 4u * (r - oy * pairs_per_row);
-    return Pair((pl * p.h * p.w + k) / 2u, k, oy + 1u == p.oh);
+    let at = (pl * p.h * p.w + k) / 2u;
+    return Pair(at, at + p.w / 2u, k, oy + 1u == p.oh);
 }
 
 // The maximum of a window, top row then bottom row, and the in-plane index of the first one.
@@ -48,9 +49,8 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         return;
     }
     let at = pair_position(i);
-    let below = at.at + p.w / 2u;
-    let first = window_max(src[at.at], src[below], at.k);
-    let second = window_max(src[at.at + 1u], src[below + 1u], at.k + 2u);
+    let first = window_max(src[at.at], src[at.below], at.k);
+    let second = window_max(src[at.at + 1u], src[at.below + 1u], at.k + 2u);
     dst[i] = vec2<f32>(first.v, second.v);
     argmax[i] = vec2<u32>(first.k, second.k);
 }
@@ -70,14 +70,15 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     if (p.relu != 0u) {
         g = select(vec2<f32>(0.0), g, pooled[i] > vec2<f32>(0.0));
     }
+    // In-plane indices of the windows' first inputs in the top and bottom rows.
     let k = at.k;
-    let below = at.at + p.w / 2u;
+    let kb = k + p.w;
     dst[at.at] = vec2<f32>(select(0.0, g.x, taken.x == k), select(0.0, g.x, taken.x == k + 1u));
     dst[at.at + 1u] = vec2<f32>(select(0.0, g.y, taken.y == k + 2u), select(0.0, g.y, taken.y == k + 3u));
-    dst[below] = vec2<f32>(select(0.0, g.x, taken.x == k + p.w), select(0.0, g.x, taken.x == k + p.w + 1u));
-    dst[below + 1u] = vec2<f32>(select(0.0, g.y, taken.y == k + p.w + 2u), select(0.0, g.y, taken.y == k + p.w + 3u));
+    dst[at.below] = vec2<f32>(select(0.0, g.x, taken.x == kb), select(0.0, g.x, taken.x == kb + 1u));
+    dst[at.below + 1u] = vec2<f32>(select(0.0, g.y, taken.y == kb + 2u), select(0.0, g.y, taken.y == kb + 3u));
     if (at.last_row && p.h > 2u * p.oh) {
-        dst[below + p.w / 2u] = vec2<f32>(0.0);
-        dst[below + p.w / 2u + 1u] = vec2<f32>(0.0);
+        dst[at.below + p.w / 2u] = vec2<f32>(0.0);
+        dst[at.below + p.w / 2u + 1u] = vec2<f32>(0.0);
     }
 }
