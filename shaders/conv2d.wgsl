@@ -6,7 +6,7 @@
 // multiple of 4 so that they are read here as vec4s; `zero_top` and `zero_bottom` say how many
 // rows of the input are such padding, so windows lying wholly in them are skipped (a fifth of
 // the work of the 10x10 data gradient). The weights come packed by conv2d_pack.wgsl:
-// packed[(ci, ky, kx)][co] with co padded to a multiple of 8, also read as vec4s. The data
+// packed[(ci, ky, kx)][co] with co padded to a multiple of 8 (16), also read as vec4s. The data
 // gradient runs this kernel on padded dy with the flipped, transposed weights that
 // conv2d_pack.wgsl also writes.
 //
@@ -16,15 +16,16 @@
 // output's edge are computed and dropped (2 of 24 at conv3), which wastes far less than row
 // tiles at the narrow layers (8 columns padded to 16).
 //
-// Each thread computes 8 output channels x 16 consecutive outputs in 32 named vec4 registers.
-// A kernel row costs 5 vec4 input loads (one more per 4 taps past the fifth), and a tap 2 vec4
-// weight loads for 128 multiply-adds. lavapipe turns every load into a per-lane gather, so loads per
-// multiply-add is what sets its speed there: eight scalar weight loads per tap instead of two
+// Each thread computes 8 (wide: 16) output channels x 16 consecutive outputs in 32 (64) named
+// vec4 registers. A kernel row costs 5 vec4 input loads (one more per 4 taps past the fifth),
+// and a tap 2 vec4 weight loads for 128 multiply-adds. lavapipe turns every load into a per-lane
+// gather, so loads per multiply-add is what sets its speed there: eight scalar weight loads per tap instead of two
 // vec4s cost about 20 % at conv2-4, sixteen scalar input loads per row instead of four vec4s
 // 7-12 % of the data gradients. Tile shapes measured there before the vec4 loads (ms at batch
 // 64, conv2 / conv3 / conv4, on an AVX2 host): 8 channels x 8 pixels of a row: 2070 at conv3;
 // 2 x 16: 3001 / 2618 / 968; 4 x 16: 2000 / 1770 / 600; 8 x 16: 1401 / 1207 / 431; 16 x 16
-// gained another 12 % but holds 256 accumulators, too many for a real GPU's registers. Loops
+// gained another 12 % but holds 256 accumulators, too many for a real GPU's registers: it is
+// the wide variant, for CPU adapters. Loops
 // run over (ci, ky, kx) with no integer division inside them: on CPU Vulkan drivers vector
 // integer division is split into scalar divisions, which made an implicit-im2col formulation
 // ten times slower. (Accumulators in an indexed array can end up in memory there, hence the
@@ -52,7 +53,13 @@ struct Params {
 // p.kw ran no faster than the loop. (Whole 3x3 windows in one block were no faster either.)
 override THREE_TAPS: bool = false;
 
-const CO_TILE: u32 = 8u;
+// Output channels a thread takes, in vec4s: 8 channels, or 16 in the "wide" variant for CPU
+// adapters such as lavapipe (src/kernels/conv2d.rs picks; the variant also compiles the lines
+// that start `//wide: `). There a window's input loads serve twice the multiply-adds: conv2-4
+// forward and data gradients 11-14 % faster. A real GPU's registers would not hold its 64 vec4
+// accumulators. (Those lines under an `override`'s branch instead ran 25 % slower there, and
+// the tile in a variable rather than this constant lost half the gain.)
+override CO_TILE4: u32 = 2u;
 const Q_TILE: u32 = 16u;
 
 @compute @workgroup_size(64)
@@ -60,7 +67,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let t = linear_index(wid, nwg, lid, 64u);
     // Neighbouring threads take neighbouring output windows, so their loads are close.
     let q_blocks = (p.oh * p.w + Q_TILE - 1u) / Q_TILE;
-    let co_blocks = (p.cout + CO_TILE - 1u) / CO_TILE;
+    let co_blocks = (p.cout + 4u * CO_TILE4 - 1u) / (4u * CO_TILE4);
     let qb = t % q_blocks;
     let cb = (t / q_blocks) % co_blocks;
     let img = t / (q_blocks * co_blocks);
@@ -68,7 +75,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         return;
     }
     let q0 = qb * Q_TILE;
-    let co0 = cb * CO_TILE;
+    let co0 = cb * 4u * CO_TILE4;
     // Only dropped outputs read past their plane, so a read is only clamped to the buffer.
     let in_plane = p.h * p.w;
     let last_in = arrayLength(&x) - 1u;
@@ -84,6 +91,14 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     var acc5_0 = vec4<f32>(0.0); var acc5_1 = vec4<f32>(0.0); var acc5_2 = vec4<f32>(0.0); var acc5_3 = vec4<f32>(0.0);
     var acc6_0 = vec4<f32>(0.0); var acc6_1 = vec4<f32>(0.0); var acc6_2 = vec4<f32>(0.0); var acc6_3 = vec4<f32>(0.0);
     var acc7_0 = vec4<f32>(0.0); var acc7_1 = vec4<f32>(0.0); var acc7_2 = vec4<f32>(0.0); var acc7_3 = vec4<f32>(0.0);
+    //wide: var acc8_0 = vec4<f32>(0.0); var acc8_1 = vec4<f32>(0.0); var acc8_2 = vec4<f32>(0.0); var acc8_3 = vec4<f32>(0.0);
+    //wide: var acc9_0 = vec4<f32>(0.0); var acc9_1 = vec4<f32>(0.0); var acc9_2 = vec4<f32>(0.0); var acc9_3 = vec4<f32>(0.0);
+    //wide: var acc10_0 = vec4<f32>(0.0); var acc10_1 = vec4<f32>(0.0); var acc10_2 = vec4<f32>(0.0); var acc10_3 = vec4<f32>(0.0);
+    //wide: var acc11_0 = vec4<f32>(0.0); var acc11_1 = vec4<f32>(0.0); var acc11_2 = vec4<f32>(0.0); var acc11_3 = vec4<f32>(0.0);
+    //wide: var acc12_0 = vec4<f32>(0.0); var acc12_1 = vec4<f32>(0.0); var acc12_2 = vec4<f32>(0.0); var acc12_3 = vec4<f32>(0.0);
+    //wide: var acc13_0 = vec4<f32>(0.0); var acc13_1 = vec4<f32>(0.0); var acc13_2 = vec4<f32>(0.0); var acc13_3 = vec4<f32>(0.0);
+    //wide: var acc14_0 = vec4<f32>(0.0); var acc14_1 = vec4<f32>(0.0); var acc14_2 = vec4<f32>(0.0); var acc14_3 = vec4<f32>(0.0);
+    //wide: var acc15_0 = vec4<f32>(0.0); var acc15_1 = vec4<f32>(0.0); var acc15_2 = vec4<f32>(0.0); var acc15_3 = vec4<f32>(0.0);
     for (var ci = 0u; ci < p.cin; ci++) {
         // In vec4s: rows are a multiple of 4 long (Conv2dShape::padded), so windows start aligned.
         let plane = (img * p.cin + ci) * in_plane / 4u;
@@ -100,13 +115,15 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
             var v3 = x[min(s4 + 3u, last_in)];
             // The elements that slide in next, four at a time.
             var next = x[min(s4 + 4u, last_in)];
-            // Channels co0 .. co0+3 and co0+4 .. co0+7 of tap kx: wt[w + kx * w_step] and the vec4 after it.
-            let w = ((ci * p.kh + ky) * p.kw * co_blocks + cb) * 2u;
-            let w_step = co_blocks * 2u;
+            // Channels co0 .. co0+3 and co0+4 .. co0+7 of tap kx: wt[w + kx * w_step] and the vec4
+            // after it; in the wide variant co0+8 .. co0+15 are the two vec4s after those.
+            let w = ((ci * p.kh + ky) * p.kw * co_blocks + cb) * CO_TILE4;
+            let w_step = co_blocks * CO_TILE4;
             if (THREE_TAPS) {
                 // Taps 0, 1, 2: the window, shifted by 0, 1 and 2 elements.
                 {
                     let wl = wt[w]; let wh = wt[w + 1u];
+                    //wide: let wl2 = wt[w + 2u]; let wh2 = wt[w + 3u];
                     var wv = vec4<f32>(wl.x); acc0_0 = fma(wv, v0, acc0_0); acc0_1 = fma(wv, v1, acc0_1); acc0_2 = fma(wv, v2, acc0_2); acc0_3 = fma(wv, v3, acc0_3);
                     wv = vec4<f32>(wl.y); acc1_0 = fma(wv, v0, acc1_0); acc1_1 = fma(wv, v1, acc1_1); acc1_2 = fma(wv, v2, acc1_2); acc1_3 = fma(wv, v3, acc1_3);
                     wv = vec4<f32>(wl.z); acc2_0 = fma(wv, v0, acc2_0); acc2_1 = fma(wv, v1, acc2_1); acc2_2 = fma(wv, v2, acc2_2); acc2_3 = fma(wv, v3, acc2_3);
@@ -115,10 +132,19 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
                     wv = vec4<f32>(wh.y); acc5_0 = fma(wv, v0, acc5_0); acc5_1 = fma(wv, v1, acc5_1); acc5_2 = fma(wv, v2, acc5_2); acc5_3 = fma(wv, v3, acc5_3);
                     wv = vec4<f32>(wh.z); acc6_0 = fma(wv, v0, acc6_0); acc6_1 = fma(wv, v1, acc6_1); acc6_2 = fma(wv, v2, acc6_2); acc6_3 = fma(wv, v3, acc6_3);
                     wv = vec4<f32>(wh.w); acc7_0 = fma(wv, v0, acc7_0); acc7_1 = fma(wv, v1, acc7_1); acc7_2 = fma(wv, v2, acc7_2); acc7_3 = fma(wv, v3, acc7_3);
+                    //wide: wv = vec4<f32>(wl2.x); acc8_0 = fma(wv, v0, acc8_0); acc8_1 = fma(wv, v1, acc8_1); acc8_2 = fma(wv, v2, acc8_2); acc8_3 = fma(wv, v3, acc8_3);
+                    //wide: wv = vec4<f32>(wl2.y); acc9_0 = fma(wv, v0, acc9_0); acc9_1 = fma(wv, v1, acc9_1); acc9_2 = fma(wv, v2, acc9_2); acc9_3 = fma(wv, v3, acc9_3);
+                    //wide: wv = vec4<f32>(wl2.z); acc10_0 = fma(wv, v0, acc10_0); acc10_1 = fma(wv, v1, acc10_1); acc10_2 = fma(wv, v2, acc10_2); acc10_3 = fma(wv, v3, acc10_3);
+                    //wide: wv = vec4<f32>(wl2.w); acc11_0 = fma(wv, v0, acc11_0); acc11_1 = fma(wv, v1, acc11_1); acc11_2 = fma(wv, v2, acc11_2); acc11_3 = fma(wv, v3, acc11_3);
+                    //wide: wv = vec4<f32>(wh2.x); acc12_0 = fma(wv, v0, acc12_0); acc12_1 = fma(wv, v1, acc12_1); acc12_2 = fma(wv, v2, acc12_2); acc12_3 = fma(wv, v3, acc12_3);
+                    //wide: wv = vec4<f32>(wh2.y); acc13_0 = fma(wv, v0, acc13_0); acc13_1 = fma(wv, v1, acc13_1); acc13_2 = fma(wv, v2, acc13_2); acc13_3 = fma(wv, v3, acc13_3);
+                    //wide: wv = vec4<f32>(wh2.z); acc14_0 = fma(wv, v0, acc14_0); acc14_1 = fma(wv, v1, acc14_1); acc14_2 = fma(wv, v2, acc14_2); acc14_3 = fma(wv, v3, acc14_3);
+                    //wide: wv = vec4<f32>(wh2.w); acc15_0 = fma(wv, v0, acc15_0); acc15_1 = fma(wv, v1, acc15_1); acc15_2 = fma(wv, v2, acc15_2); acc15_3 = fma(wv, v3, acc15_3);
                 }
                 {
                     let u0 = vec4<f32>(v0.yzw, v1.x); let u1 = vec4<f32>(v1.yzw, v2.x); let u2 = vec4<f32>(v2.yzw, v3.x); let u3 = vec4<f32>(v3.yzw, next.x);
                     let wl = wt[w + w_step]; let wh = wt[w + w_step + 1u];
+                    //wide: let wl2 = wt[w + w_step + 2u]; let wh2 = wt[w + w_step + 3u];
                     var wv = vec4<f32>(wl.x); acc0_0 = fma(wv, u0, acc0_0); acc0_1 = fma(wv, u1, acc0_1); acc0_2 = fma(wv, u2, acc0_2); acc0_3 = fma(wv, u3, acc0_3);
                     wv = vec4<f32>(wl.y); acc1_0 = fma(wv, u0, acc1_0); acc1_1 = fma(wv, u1, acc1_1); acc1_2 = fma(wv, u2, acc1_2); acc1_3 = fma(wv, u3, acc1_3);
                     wv = vec4<f32>(wl.z); acc2_0 = fma(wv, u0, acc2_0); acc2_1 = fma(wv, u1, acc2_1); acc2_2 = fma(wv, u2, acc2_2); acc2_3 = fma(wv, u3, acc2_3);
@@ -127,10 +153,19 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
                     wv = vec4<f32>(wh.y); acc5_0 = fma(wv, u0, acc5_0); acc5_1 = fma(wv, u1, acc5_1); acc5_2 = fma(wv, u2, acc5_2); acc5_3 = fma(wv, u3, acc5_3);
                     wv = vec4<f32>(wh.z); acc6_0 = fma(wv, u0, acc6_0); acc6_1 = fma(wv, u1, acc6_1); acc6_2 = fma(wv, u2, acc6_2); acc6_3 = fma(wv, u3, acc6_3);
                     wv = vec4<f32>(wh.w); acc7_0 = fma(wv, u0, acc7_0); acc7_1 = fma(wv, u1, acc7_1); acc7_2 = fma(wv, u2, acc7_2); acc7_3 = fma(wv, u3, acc7_3);
+                    //wide: wv = vec4<f32>(wl2.x); acc8_0 = fma(wv, u0, acc8_0); acc8_1 = fma(wv, u1, acc8_1); acc8_2 = fma(wv, u2, acc8_2); acc8_3 = fma(wv, u3, acc8_3);
+                    //wide: wv = vec4<f32>(wl2.y); acc9_0 = fma(wv, u0, acc9_0); acc9_1 = fma(wv, u1, acc9_1); acc9_2 = fma(wv, u2, acc9_2); acc9_3 = fma(wv, u3, acc9_3);
+                    //wide: wv = vec4<f32>(wl2.z); acc10_0 = fma(wv, u0, acc10_0); acc10_1 = fma(wv, u1, acc10_1); acc10_2 = fma(wv, u2, acc10_2); acc10_3 = fma(wv, u3, acc10_3);
+                    //wide: wv = vec4<f32>(wl2.w); acc11_0 = fma(wv, u0, acc11_0); acc11_1 = fma(wv, u1, acc11_1); acc11_2 = fma(wv, u2, acc11_2); acc11_3 = fma(wv, u3, acc11_3);
+                    //wide: wv = vec4<f32>(wh2.x); acc12_0 = fma(wv, u0, acc12_0); acc12_1 = fma(wv, u1, acc12_1); acc12_2 = fma(wv, u2, acc12_2); acc12_3 = fma(wv, u3, acc12_3);
+                    //wide: wv = vec4<f32>(wh2.y); acc13_0 = fma(wv, u0, acc13_0); acc13_1 = fma(wv, u1, acc13_1); acc13_2 = fma(wv, u2, acc13_2); acc13_3 = fma(wv, u3, acc13_3);
+                    //wide: wv = vec4<f32>(wh2.z); acc14_0 = fma(wv, u0, acc14_0); acc14_1 = fma(wv, u1, acc14_1); acc14_2 = fma(wv, u2, acc14_2); acc14_3 = fma(wv, u3, acc14_3);
+                    //wide: wv = vec4<f32>(wh2.w); acc15_0 = fma(wv, u0, acc15_0); acc15_1 = fma(wv, u1, acc15_1); acc15_2 = fma(wv, u2, acc15_2); acc15_3 = fma(wv, u3, acc15_3);
                 }
                 {
                     let u0 = vec4<f32>(v0.zw, v1.xy); let u1 = vec4<f32>(v1.zw, v2.xy); let u2 = vec4<f32>(v2.zw, v3.xy); let u3 = vec4<f32>(v3.zw, next.xy);
                     let wl = wt[w + 2u * w_step]; let wh = wt[w + 2u * w_step + 1u];
+                    //wide: let wl2 = wt[w + 2u * w_step + 2u]; let wh2 = wt[w + 2u * w_step + 3u];
                     var wv = vec4<f32>(wl.x); acc0_0 = fma(wv, u0, acc0_0); acc0_1 = fma(wv, u1, acc0_1); acc0_2 = fma(wv, u2, acc0_2); acc0_3 = fma(wv, u3, acc0_3);
                     wv = vec4<f32>(wl.y); acc1_0 = fma(wv, u0, acc1_0); acc1_1 = fma(wv, u1, acc1_1); acc1_2 = fma(wv, u2, acc1_2); acc1_3 = fma(wv, u3, acc1_3);
                     wv = vec4<f32>(wl.z); acc2_0 = fma(wv, u0, acc2_0); acc2_1 = fma(wv, u1, acc2_1); acc2_2 = fma(wv, u2, acc2_2); acc2_3 = fma(wv, u3, acc2_3);
@@ -139,6 +174,14 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
                     wv = vec4<f32>(wh.y); acc5_0 = fma(wv, u0, acc5_0); acc5_1 = fma(wv, u1, acc5_1); acc5_2 = fma(wv, u2, acc5_2); acc5_3 = fma(wv, u3, acc5_3);
                     wv = vec4<f32>(wh.z); acc6_0 = fma(wv, u0, acc6_0); acc6_1 = fma(wv, u1, acc6_1); acc6_2 = fma(wv, u2, acc6_2); acc6_3 = fma(wv, u3, acc6_3);
                     wv = vec4<f32>(wh.w); acc7_0 = fma(wv, u0, acc7_0); acc7_1 = fma(wv, u1, acc7_1); acc7_2 = fma(wv, u2, acc7_2); acc7_3 = fma(wv, u3, acc7_3);
+                    //wide: wv = vec4<f32>(wl2.x); acc8_0 = fma(wv, u0, acc8_0); acc8_1 = fma(wv, u1, acc8_1); acc8_2 = fma(wv, u2, acc8_2); acc8_3 = fma(wv, u3, acc8_3);
+                    //wide: wv = vec4<f32>(wl2.y); acc9_0 = fma(wv, u0, acc9_0); acc9_1 = fma(wv, u1, acc9_1); acc9_2 = fma(wv, u2, acc9_2); acc9_3 = fma(wv, u3, acc9_3);
+                    //wide: wv = vec4<f32>(wl2.z); acc10_0 = fma(wv, u0, acc10_0); acc10_1 = fma(wv, u1, acc10_1); acc10_2 = fma(wv, u2, acc10_2); acc10_3 = fma(wv, u3, acc10_3);
+                    //wide: wv = vec4<f32>(wl2.w); acc11_0 = fma(wv, u0, acc11_0); acc11_1 = fma(wv, u1, acc11_1); acc11_2 = fma(wv, u2, acc11_2); acc11_3 = fma(wv, u3, acc11_3);
+                    //wide: wv = vec4<f32>(wh2.x); acc12_0 = fma(wv, u0, acc12_0); acc12_1 = fma(wv, u1, acc12_1); acc12_2 = fma(wv, u2, acc12_2); acc12_3 = fma(wv, u3, acc12_3);
+                    //wide: wv = vec4<f32>(wh2.y); acc13_0 = fma(wv, u0, acc13_0); acc13_1 = fma(wv, u1, acc13_1); acc13_2 = fma(wv, u2, acc13_2); acc13_3 = fma(wv, u3, acc13_3);
+                    //wide: wv = vec4<f32>(wh2.z); acc14_0 = fma(wv, u0, acc14_0); acc14_1 = fma(wv, u1, acc14_1); acc14_2 = fma(wv, u2, acc14_2); acc14_3 = fma(wv, u3, acc14_3);
+                    //wide: wv = vec4<f32>(wh2.w); acc15_0 = fma(wv, u0, acc15_0); acc15_1 = fma(wv, u1, acc15_1); acc15_2 = fma(wv, u2, acc15_2); acc15_3 = fma(wv, u3, acc15_3);
                 }
                 continue;
             }
@@ -154,6 +197,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
                     next = vec4<f32>(next.yzw, 0.0);
                 }
                 let wl = wt[w + kx * w_step]; let wh = wt[w + kx * w_step + 1u];
+                //wide: let wl2 = wt[w + kx * w_step + 2u]; let wh2 = wt[w + kx * w_step + 3u];
                 var wv = vec4<f32>(wl.x); acc0_0 = fma(wv, v0, acc0_0); acc0_1 = fma(wv, v1, acc0_1); acc0_2 = fma(wv, v2, acc0_2); acc0_3 = fma(wv, v3, acc0_3);
                 wv = vec4<f32>(wl.y); acc1_0 = fma(wv, v0, acc1_0); acc1_1 = fma(wv, v1, acc1_1); acc1_2 = fma(wv, v2, acc1_2); acc1_3 = fma(wv, v3, acc1_3);
                 wv = vec4<f32>(wl.z); acc2_0 = fma(wv, v0, acc2_0); acc2_1 = fma(wv, v1, acc2_1); acc2_2 = fma(wv, v2, acc2_2); acc2_3 = fma(wv, v3, acc2_3);
@@ -162,6 +206,14 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
                 wv = vec4<f32>(wh.y); acc5_0 = fma(wv, v0, acc5_0); acc5_1 = fma(wv, v1, acc5_1); acc5_2 = fma(wv, v2, acc5_2); acc5_3 = fma(wv, v3, acc5_3);
                 wv = vec4<f32>(wh.z); acc6_0 = fma(wv, v0, acc6_0); acc6_1 = fma(wv, v1, acc6_1); acc6_2 = fma(wv, v2, acc6_2); acc6_3 = fma(wv, v3, acc6_3);
                 wv = vec4<f32>(wh.w); acc7_0 = fma(wv, v0, acc7_0); acc7_1 = fma(wv, v1, acc7_1); acc7_2 = fma(wv, v2, acc7_2); acc7_3 = fma(wv, v3, acc7_3);
+                //wide: wv = vec4<f32>(wl2.x); acc8_0 = fma(wv, v0, acc8_0); acc8_1 = fma(wv, v1, acc8_1); acc8_2 = fma(wv, v2, acc8_2); acc8_3 = fma(wv, v3, acc8_3);
+                //wide: wv = vec4<f32>(wl2.y); acc9_0 = fma(wv, v0, acc9_0); acc9_1 = fma(wv, v1, acc9_1); acc9_2 = fma(wv, v2, acc9_2); acc9_3 = fma(wv, v3, acc9_3);
+                //wide: wv = vec4<f32>(wl2.z); acc10_0 = fma(wv, v0, acc10_0); acc10_1 = fma(wv, v1, acc10_1); acc10_2 = fma(wv, v2, acc10_2); acc10_3 = fma(wv, v3, acc10_3);
+                //wide: wv = vec4<f32>(wl2.w); acc11_0 = fma(wv, v0, acc11_0); acc11_1 = fma(wv, v1, acc11_1); acc11_2 = fma(wv, v2, acc11_2); acc11_3 = fma(wv, v3, acc11_3);
+                //wide: wv = vec4<f32>(wh2.x); acc12_0 = fma(wv, v0, acc12_0); acc12_1 = fma(wv, v1, acc12_1); acc12_2 = fma(wv, v2, acc12_2); acc12_3 = fma(wv, v3, acc12_3);
+                //wide: wv = vec4<f32>(wh2.y); acc13_0 = fma(wv, v0, acc13_0); acc13_1 = fma(wv, v1, acc13_1); acc13_2 = fma(wv, v2, acc13_2); acc13_3 = fma(wv, v3, acc13_3);
+                //wide: wv = vec4<f32>(wh2.z); acc14_0 = fma(wv, v0, acc14_0); acc14_1 = fma(wv, v1, acc14_1); acc14_2 = fma(wv, v2, acc14_2); acc14_3 = fma(wv, v3, acc14_3);
+                //wide: wv = vec4<f32>(wh2.w); acc15_0 = fma(wv, v0, acc15_0); acc15_1 = fma(wv, v1, acc15_1); acc15_2 = fma(wv, v2, acc15_2); acc15_3 = fma(wv, v3, acc15_3);
             }
         }
     }
@@ -184,6 +236,14 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
             store_quad(o + 5u * plane_out, n, co0 + 5u, quad(k, acc5_0, acc5_1, acc5_2, acc5_3));
             store_quad(o + 6u * plane_out, n, co0 + 6u, quad(k, acc6_0, acc6_1, acc6_2, acc6_3));
             store_quad(o + 7u * plane_out, n, co0 + 7u, quad(k, acc7_0, acc7_1, acc7_2, acc7_3));
+            //wide: store_quad(o + 8u * plane_out, n, co0 + 8u, quad(k, acc8_0, acc8_1, acc8_2, acc8_3));
+            //wide: store_quad(o + 9u * plane_out, n, co0 + 9u, quad(k, acc9_0, acc9_1, acc9_2, acc9_3));
+            //wide: store_quad(o + 10u * plane_out, n, co0 + 10u, quad(k, acc10_0, acc10_1, acc10_2, acc10_3));
+            //wide: store_quad(o + 11u * plane_out, n, co0 + 11u, quad(k, acc11_0, acc11_1, acc11_2, acc11_3));
+            //wide: store_quad(o + 12u * plane_out, n, co0 + 12u, quad(k, acc12_0, acc12_1, acc12_2, acc12_3));
+            //wide: store_quad(o + 13u * plane_out, n, co0 + 13u, quad(k, acc13_0, acc13_1, acc13_2, acc13_3));
+            //wide: store_quad(o + 14u * plane_out, n, co0 + 14u, quad(k, acc14_0, acc14_1, acc14_2, acc14_3));
+            //wide: store_quad(o + 15u * plane_out, n, co0 + 15u, quad(k, acc15_0, acc15_1, acc15_2, acc15_3));
         }
         ox += 4u;
         if (ox == p.w) {

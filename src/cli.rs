@@ -43,7 +43,7 @@ struct Global {
 
 impl Global {
     fn gpu_options(&self) -> GpuOptions {
-        GpuOptions { backend: self.backend, adapter: self.adapter.clone(), binding_limit_override: self.max_binding }
+        GpuOptions { backend: self.backend, adapter: self.adapter.clone(), binding_limit_override: self.max_binding, gpu_tiles: false }
     }
 }
 

@@ -77,6 +77,9 @@ pub struct GpuOptions {
     /// Pretend the device's storage-binding limit is this small, so tests can exercise the code
     /// that splits work across several bindings without allocating hundreds of megabytes.
     pub binding_limit_override: Option<u64>,
+    /// Use the kernel tiles meant for real GPUs even on a CPU adapter, where wider ones run
+    /// faster: so that tests on lavapipe also run the kernels a GPU would.
+    pub gpu_tiles: bool,
 }
 
 /// What `mien devices` prints for one adapter.
@@ -198,6 +201,9 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub timestamps: bool,
+    /// Kernels take tiles sized for a CPU adapter's wide lanes and large caches (lavapipe)
+    /// rather than for a GPU's registers (see [`GpuOptions::gpu_tiles`]).
+    pub cpu_tiles: bool,
     binding_limit: u64,
     pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<Pipeline>>>,
     /// Scratch buffers no recorder holds, oldest first (see [`Recorder::scratch`]).
@@ -242,6 +248,7 @@ impl Gpu {
             device,
             queue,
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            cpu_tiles: info.device_type == wgpu::DeviceType::Cpu && !options.gpu_tiles,
             info,
             limits,
             binding_limit,

@@ -1,23 +1,35 @@
 //! Every WGSL shader, embedded at build time. A shader is a list of files from `shaders/`
 //! concatenated: `common.wgsl` first, then the kernel's own file, then any shared core it
 //! plugs into (the matrix-product core reads its operands through functions the kernel file
-//! defines). The naga test validates and cross-compiles every entry of `ALL`.
+//! defines). A shader may also set `override` constants and compile a variant's lines (see
+//! [`Shader::variant`]). The naga test validates and cross-compiles every entry of `ALL`.
 
 pub struct Shader {
-    /// Unique per shader and per set of `constants` (the pipeline cache's key).
+    /// Unique per shader, per set of `constants` and of `variant` (the pipeline cache's key).
     pub name: &'static str,
     pub files: &'static [(&'static str, &'static str)],
     /// Values for the shader's `override` declarations, fixed when its pipelines are compiled.
     pub constants: &'static [(&'static str, f64)],
+    /// A variant that differs by whole statements: the files' lines that start `//<variant>: `
+    /// are compiled in, and stay comments in every other shader built from the files. (An
+    /// `override`'s branch would serve, but lavapipe ran such statements 25 % slower.)
+    pub variant: Option<&'static str>,
 }
 
 impl Shader {
     pub fn source(&self) -> String {
         let mut src = String::new();
+        let marker = self.variant.map(|v| format!("//{v}: "));
         for (file, text) in self.files {
             src.push_str(&format!("// ---- shaders/{file} ----\n"));
-            src.push_str(text);
-            src.push('\n');
+            for line in text.lines() {
+                let code = line.trim_start();
+                match marker.as_deref().and_then(|m| code.strip_prefix(m)) {
+                    Some(enabled) => src.push_str(&format!("{}{enabled}", &line[..line.len() - code.len()])),
+                    None => src.push_str(line),
+                }
+                src.push('\n');
+            }
         }
         src
     }
@@ -30,14 +42,17 @@ macro_rules! wgsl {
 }
 
 macro_rules! shaders {
-    ($($id:ident = $name:literal [$($file:literal),+] $({ $($constant:ident = $value:literal),+ })?;)+) => {
+    ($($id:ident = $name:literal [$($file:literal),+] $({ $($constant:ident = $value:literal),+ })? $(variant $variant:literal)?;)+) => {
         $(pub const $id: Shader = Shader {
             name: $name,
             files: &[wgsl!("common.wgsl"), $(wgsl!($file)),+],
             constants: &[$($((stringify!($constant), $value)),+)?],
+            variant: shaders!(@variant $($variant)?),
         };)+
         pub const ALL: &[&Shader] = &[$(&$id),+];
     };
+    (@variant) => { None };
+    (@variant $variant:literal) => { Some($variant) };
 }
 
 shaders! {
@@ -46,9 +61,12 @@ shaders! {
     DENSE_SMALL_M = "dense_small_m" ["dense.wgsl"] { SMALL_M = 1.0 };
     DENSE_PACK = "dense_pack" ["dense_pack.wgsl"];
     DENSE_TRANSPOSE = "dense_transpose" ["dense_transpose.wgsl"];
+    // 8 output channels a thread (GPUs), or 16 (CPU adapters); specialised for 3-wide kernels,
+    // each kernel row as straight-line code.
     CONV2D = "conv2d" ["conv2d.wgsl"];
-    // Specialised for 3-wide kernels: each kernel row as straight-line code.
+    CONV2D_WIDE = "conv2d_wide" ["conv2d.wgsl"] { CO_TILE4 = 4.0 } variant "wide";
     CONV2D_THREE_TAPS = "conv2d_three_taps" ["conv2d.wgsl"] { THREE_TAPS = 1.0 };
+    CONV2D_THREE_TAPS_WIDE = "conv2d_three_taps_wide" ["conv2d.wgsl"] { THREE_TAPS = 1.0, CO_TILE4 = 4.0 } variant "wide";
     CONV2D_FILTER_GRAD = "conv2d_filter_grad" ["conv2d_filter_grad.wgsl"];
     CONV2D_PACK = "conv2d_pack" ["conv2d_pack.wgsl"];
     CONV2D_PAD = "conv2d_pad" ["conv2d_pad.wgsl"];

@@ -399,12 +399,20 @@ fn for_each_valid_chunk(
 /// The weights of `s` packed for conv2d.wgsl (see conv2d_pack.wgsl): `w` itself, or with
 /// `flip` the weights of the convolution whose data gradient `s` is, flipped and transposed.
 fn pack_weights_gpu(rec: &mut Recorder, s: &Conv2dShape, w: &GpuBuffer<f32>, flip: bool) -> Result<GpuBuffer<f32>> {
-    let co_pad = s.cout.next_multiple_of(8);
+    let co_pad = s.cout.next_multiple_of(channel_tile(rec.gpu(), s));
     let packed = rec.scratch::<f32>(s.taps() * co_pad)?;
     let params = [s.cout as u32, s.cin as u32, s.kh as u32, s.kw as u32, co_pad as u32, flip as u32, 0, 0];
     // One thread per tap and 8 output channels (conv2d_pack.wgsl).
     rec.dispatch_linear("conv2d_pack", &shaders::CONV2D_PACK, "pack", &params, &[w.all(), packed.all().rw()], packed.len() / 8, 64)?;
     Ok(packed)
+}
+
+/// Output channels a thread of conv2d.wgsl takes (4 x its CO_TILE4): 16, its "wide" variant, on
+/// a CPU adapter, where a window's input loads then serve twice the multiply-adds (conv2-4
+/// 11-14 % faster on lavapipe); 8 for a single input channel (conv1, 5-10 % slower with 16) and
+/// on a GPU, whose registers would not hold 16 channels' 64 vec4 accumulators.
+fn channel_tile(gpu: &crate::gpu::Gpu, s: &Conv2dShape) -> usize {
+    if gpu.cpu_tiles && s.cin > 1 { 16 } else { 8 }
 }
 
 /// `y = act(conv(x, W) + b)` for weights `packed` by [`pack_weights_gpu`].
@@ -417,11 +425,17 @@ fn forward_impl(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32>, packed: 
         let mut params = Params::new(&valid, r.len(), flags);
         params.zero_top = s.pad_top as u32;
         params.zero_bottom = (valid.h - s.h - s.pad_top) as u32;
-        // One thread per 8 output channels x 16 outputs along the flattened input width (see
-        // conv2d.wgsl).
-        let threads = r.len() * s.cout.div_ceil(8) * (s.oh * valid.w).div_ceil(16);
+        // One thread per tile of output channels x 16 outputs along the flattened input width
+        // (see conv2d.wgsl).
+        let tile = channel_tile(rec.gpu(), &s);
+        let threads = r.len() * s.cout.div_ceil(tile) * (s.oh * valid.w).div_ceil(16);
         let bindings = [input, packed.all(), b.unwrap_or(packed).all(), y.slice(r.start * out_img..r.end * out_img).rw()];
-        let shader = if s.kw == 3 { &shaders::CONV2D_THREE_TAPS } else { &shaders::CONV2D };
+        let shader = match (s.kw == 3, tile == 16) {
+            (true, true) => &shaders::CONV2D_THREE_TAPS_WIDE,
+            (true, false) => &shaders::CONV2D_THREE_TAPS,
+            (false, true) => &shaders::CONV2D_WIDE,
+            (false, false) => &shaders::CONV2D,
+        };
         rec.dispatch_linear("conv2d_forward", shader, "forward", &params, &bindings, threads, 64)
     })
 }

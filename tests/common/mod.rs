@@ -16,8 +16,8 @@ fn backend() -> BackendChoice {
     }
 }
 
-fn open(binding_limit_override: Option<u64>) -> Gpu {
-    let options = GpuOptions { backend: backend(), adapter: std::env::var("MIEN_TEST_ADAPTER").ok(), binding_limit_override };
+fn open(binding_limit_override: Option<u64>, gpu_tiles: bool) -> Gpu {
+    let options = GpuOptions { backend: backend(), adapter: std::env::var("MIEN_TEST_ADAPTER").ok(), binding_limit_override, gpu_tiles };
     // A missing adapter fails the test, never skips it: on a machine without a GPU the test
     // command installs lavapipe, so no adapter means the set-up is broken.
     let gpu = Gpu::new(&options).unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
@@ -28,20 +28,27 @@ fn open(binding_limit_override: Option<u64>) -> Gpu {
 /// The adapter's context, opened once per test binary.
 pub fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
-    GPU.get_or_init(|| open(None))
+    GPU.get_or_init(|| open(None, false))
 }
 
 /// A context whose storage bindings are at most 8 MiB: one pyramid level of a test photo fits,
 /// all of them don't, so the GPU detector splits a frame's levels into several batches.
 pub fn mid_binding_gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
-    GPU.get_or_init(|| open(Some(8 << 20)))
+    GPU.get_or_init(|| open(Some(8 << 20), false))
+}
+
+/// A context that runs the kernel tiles meant for real GPUs even on lavapipe, whose own (CPU
+/// adapter) tiles are wider: the tests cover both.
+pub fn gpu_with_gpu_tiles() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| open(None, true))
 }
 
 /// A context that pretends storage bindings are at most 4 KiB, to exercise chunked dispatch.
 pub fn small_binding_gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
-    GPU.get_or_init(|| open(Some(4096)))
+    GPU.get_or_init(|| open(Some(4096), false))
 }
 
 /// Seeded uniform values in [lo, hi) (SplitMix64).
