@@ -1,11 +1,11 @@
 // Weight gradient of a 'valid' stride-1 convolution (NCHW, OIHW; padding is applied beforehand
 // by conv2d_pad.wgsl):
 //     dw[co, ci, ky, kx] = sum over (img, oy, ox) of dy[img, co, oy, ox] * x[img, ci, oy + ky, ox + kx]
-// Each thread owns 8 output channels x two input channels x a 3x3 block of taps (a 3x3 kernel is
-// one block; other sizes take several, the taps past the kernel's edge are computed and
-// dropped), in 36 named vec4 registers whose lanes are output channels. Walking along an output
-// row, the three input rows' windows of each input channel slide by one column, so a pixel
-// costs 8 loads of dy and 6 new loads of x for 144 multiply-adds. lavapipe gathers every load
+// Each thread owns 8 (wide: 16) output channels x two input channels x a 3x3 block of taps (a
+// 3x3 kernel is one block; other sizes take several, the taps past the kernel's edge are
+// computed and dropped), in 36 (72) named vec4 registers whose lanes are output channels.
+// Walking along an output row, the three input rows' windows of each input channel slide by one
+// column, so a pixel costs 8 (16) loads of dy and 6 new loads of x for 144 (288) multiply-adds. lavapipe gathers every load
 // lane by lane, so loads per multiply-add set its speed: one input channel a thread (11 loads
 // for 72) was 14-23 % slower at conv2-4, and a matrix-product formulation with integer division
 // per element ran at a third of this speed.
@@ -30,7 +30,12 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> dw: array<f32>;
 @group(0) @binding(4) var<storage, read_write> db: array<f32>;
 
-const CO_TILE: u32 = 8u;
+// Output channels a thread takes: 8, or 16 in the "wide" variant for CPU adapters such as
+// lavapipe (src/kernels/conv2d.rs picks), which also compiles the lines that start `//wide: `
+// (accumulators `*_8` for channels co0+8 .. co0+15). There a pixel's 22 loads serve 288
+// multiply-adds instead of 14 serving 144: conv1-4 4-17 % faster. A real GPU's registers would
+// not hold its 72 vec4 accumulators.
+override CO_TILE: u32 = 8u;
 const TAP_BLOCK: u32 = 3u;
 
 @compute @workgroup_size(64)
@@ -58,20 +63,33 @@ fn filter_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     // acc<r><c>l / acc<r><c>h: tap (ky0 + r, kx0 + c) of input channel ci for output channels
     // co0 .. co0+3 / co0+4 .. co0+7; bcc<r><c>l / bcc<r><c>h: the same for input channel cj.
     var acc00l = vec4<f32>(0.0); var acc01l = vec4<f32>(0.0); var acc02l = vec4<f32>(0.0);
+    //wide: var acc00l_8 = vec4<f32>(0.0); var acc01l_8 = vec4<f32>(0.0); var acc02l_8 = vec4<f32>(0.0);
     var acc10l = vec4<f32>(0.0); var acc11l = vec4<f32>(0.0); var acc12l = vec4<f32>(0.0);
+    //wide: var acc10l_8 = vec4<f32>(0.0); var acc11l_8 = vec4<f32>(0.0); var acc12l_8 = vec4<f32>(0.0);
     var acc20l = vec4<f32>(0.0); var acc21l = vec4<f32>(0.0); var acc22l = vec4<f32>(0.0);
+    //wide: var acc20l_8 = vec4<f32>(0.0); var acc21l_8 = vec4<f32>(0.0); var acc22l_8 = vec4<f32>(0.0);
     var acc00h = vec4<f32>(0.0); var acc01h = vec4<f32>(0.0); var acc02h = vec4<f32>(0.0);
+    //wide: var acc00h_8 = vec4<f32>(0.0); var acc01h_8 = vec4<f32>(0.0); var acc02h_8 = vec4<f32>(0.0);
     var acc10h = vec4<f32>(0.0); var acc11h = vec4<f32>(0.0); var acc12h = vec4<f32>(0.0);
+    //wide: var acc10h_8 = vec4<f32>(0.0); var acc11h_8 = vec4<f32>(0.0); var acc12h_8 = vec4<f32>(0.0);
     var acc20h = vec4<f32>(0.0); var acc21h = vec4<f32>(0.0); var acc22h = vec4<f32>(0.0);
+    //wide: var acc20h_8 = vec4<f32>(0.0); var acc21h_8 = vec4<f32>(0.0); var acc22h_8 = vec4<f32>(0.0);
     var bcc00l = vec4<f32>(0.0); var bcc01l = vec4<f32>(0.0); var bcc02l = vec4<f32>(0.0);
+    //wide: var bcc00l_8 = vec4<f32>(0.0); var bcc01l_8 = vec4<f32>(0.0); var bcc02l_8 = vec4<f32>(0.0);
     var bcc10l = vec4<f32>(0.0); var bcc11l = vec4<f32>(0.0); var bcc12l = vec4<f32>(0.0);
+    //wide: var bcc10l_8 = vec4<f32>(0.0); var bcc11l_8 = vec4<f32>(0.0); var bcc12l_8 = vec4<f32>(0.0);
     var bcc20l = vec4<f32>(0.0); var bcc21l = vec4<f32>(0.0); var bcc22l = vec4<f32>(0.0);
+    //wide: var bcc20l_8 = vec4<f32>(0.0); var bcc21l_8 = vec4<f32>(0.0); var bcc22l_8 = vec4<f32>(0.0);
     var bcc00h = vec4<f32>(0.0); var bcc01h = vec4<f32>(0.0); var bcc02h = vec4<f32>(0.0);
+    //wide: var bcc00h_8 = vec4<f32>(0.0); var bcc01h_8 = vec4<f32>(0.0); var bcc02h_8 = vec4<f32>(0.0);
     var bcc10h = vec4<f32>(0.0); var bcc11h = vec4<f32>(0.0); var bcc12h = vec4<f32>(0.0);
+    //wide: var bcc10h_8 = vec4<f32>(0.0); var bcc11h_8 = vec4<f32>(0.0); var bcc12h_8 = vec4<f32>(0.0);
     var bcc20h = vec4<f32>(0.0); var bcc21h = vec4<f32>(0.0); var bcc22h = vec4<f32>(0.0);
+    //wide: var bcc20h_8 = vec4<f32>(0.0); var bcc21h_8 = vec4<f32>(0.0); var bcc22h_8 = vec4<f32>(0.0);
     // Sums of dy for channels co0 .. co0+3 / co0+4 .. co0+7 (kept by every thread: two adds
     // beside 18 multiply-adds cost less than a branch that splits the lanes).
     var dyl = vec4<f32>(0.0); var dyh = vec4<f32>(0.0);
+    //wide: var dyl_8 = vec4<f32>(0.0); var dyh_8 = vec4<f32>(0.0);
     let row_begin = split * p.rows_per_split;
     let row_end = min(row_begin + p.rows_per_split, p.batch * p.oh);
     for (var r = row_begin; r < row_end; r++) {
@@ -86,6 +104,14 @@ fn filter_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         let d5 = (img * p.cout + min(co0 + 5u, last)) * plane_out + oy * p.ow;
         let d6 = (img * p.cout + min(co0 + 6u, last)) * plane_out + oy * p.ow;
         let d7 = (img * p.cout + min(co0 + 7u, last)) * plane_out + oy * p.ow;
+        //wide: let d8 = (img * p.cout + min(co0 + 8u, last)) * plane_out + oy * p.ow;
+        //wide: let d9 = (img * p.cout + min(co0 + 9u, last)) * plane_out + oy * p.ow;
+        //wide: let d10 = (img * p.cout + min(co0 + 10u, last)) * plane_out + oy * p.ow;
+        //wide: let d11 = (img * p.cout + min(co0 + 11u, last)) * plane_out + oy * p.ow;
+        //wide: let d12 = (img * p.cout + min(co0 + 12u, last)) * plane_out + oy * p.ow;
+        //wide: let d13 = (img * p.cout + min(co0 + 13u, last)) * plane_out + oy * p.ow;
+        //wide: let d14 = (img * p.cout + min(co0 + 14u, last)) * plane_out + oy * p.ow;
+        //wide: let d15 = (img * p.cout + min(co0 + 15u, last)) * plane_out + oy * p.ow;
         // Input rows oy + ky0 + 0..2 from column kx0; taps past the kernel may point past the
         // plane, so every read is clamped to it.
         let x_plane = (img * p.cin + ci) * plane_in;
@@ -108,6 +134,8 @@ fn filter_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         for (var ox = 0u; ox < p.ow; ox++) {
             let dl = vec4<f32>(dy[d0 + ox], dy[d1 + ox], dy[d2 + ox], dy[d3 + ox]);
             let dh = vec4<f32>(dy[d4 + ox], dy[d5 + ox], dy[d6 + ox], dy[d7 + ox]);
+            //wide: let dl_8 = vec4<f32>(dy[d8 + ox], dy[d9 + ox], dy[d10 + ox], dy[d11 + ox]);
+            //wide: let dh_8 = vec4<f32>(dy[d12 + ox], dy[d13 + ox], dy[d14 + ox], dy[d15 + ox]);
             let c0 = x[min(x0 + ox + 2u, x_last)];
             let c1 = x[min(x1 + ox + 2u, x_last)];
             let c2 = x[min(x2 + ox + 2u, x_last)];
@@ -116,18 +144,32 @@ fn filter_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
             let h2 = x[min(y2 + ox + 2u, y_last)];
             dyl += dl;
             dyh += dh;
+            //wide: dyl_8 += dl_8;
+            //wide: dyh_8 += dh_8;
             acc00l = fma(dl, vec4<f32>(a0), acc00l); acc01l = fma(dl, vec4<f32>(b0), acc01l); acc02l = fma(dl, vec4<f32>(c0), acc02l);
+            //wide: acc00l_8 = fma(dl_8, vec4<f32>(a0), acc00l_8); acc01l_8 = fma(dl_8, vec4<f32>(b0), acc01l_8); acc02l_8 = fma(dl_8, vec4<f32>(c0), acc02l_8);
             acc10l = fma(dl, vec4<f32>(a1), acc10l); acc11l = fma(dl, vec4<f32>(b1), acc11l); acc12l = fma(dl, vec4<f32>(c1), acc12l);
+            //wide: acc10l_8 = fma(dl_8, vec4<f32>(a1), acc10l_8); acc11l_8 = fma(dl_8, vec4<f32>(b1), acc11l_8); acc12l_8 = fma(dl_8, vec4<f32>(c1), acc12l_8);
             acc20l = fma(dl, vec4<f32>(a2), acc20l); acc21l = fma(dl, vec4<f32>(b2), acc21l); acc22l = fma(dl, vec4<f32>(c2), acc22l);
+            //wide: acc20l_8 = fma(dl_8, vec4<f32>(a2), acc20l_8); acc21l_8 = fma(dl_8, vec4<f32>(b2), acc21l_8); acc22l_8 = fma(dl_8, vec4<f32>(c2), acc22l_8);
             acc00h = fma(dh, vec4<f32>(a0), acc00h); acc01h = fma(dh, vec4<f32>(b0), acc01h); acc02h = fma(dh, vec4<f32>(c0), acc02h);
+            //wide: acc00h_8 = fma(dh_8, vec4<f32>(a0), acc00h_8); acc01h_8 = fma(dh_8, vec4<f32>(b0), acc01h_8); acc02h_8 = fma(dh_8, vec4<f32>(c0), acc02h_8);
             acc10h = fma(dh, vec4<f32>(a1), acc10h); acc11h = fma(dh, vec4<f32>(b1), acc11h); acc12h = fma(dh, vec4<f32>(c1), acc12h);
+            //wide: acc10h_8 = fma(dh_8, vec4<f32>(a1), acc10h_8); acc11h_8 = fma(dh_8, vec4<f32>(b1), acc11h_8); acc12h_8 = fma(dh_8, vec4<f32>(c1), acc12h_8);
             acc20h = fma(dh, vec4<f32>(a2), acc20h); acc21h = fma(dh, vec4<f32>(b2), acc21h); acc22h = fma(dh, vec4<f32>(c2), acc22h);
+            //wide: acc20h_8 = fma(dh_8, vec4<f32>(a2), acc20h_8); acc21h_8 = fma(dh_8, vec4<f32>(b2), acc21h_8); acc22h_8 = fma(dh_8, vec4<f32>(c2), acc22h_8);
             bcc00l = fma(dl, vec4<f32>(f0), bcc00l); bcc01l = fma(dl, vec4<f32>(g0), bcc01l); bcc02l = fma(dl, vec4<f32>(h0), bcc02l);
+            //wide: bcc00l_8 = fma(dl_8, vec4<f32>(f0), bcc00l_8); bcc01l_8 = fma(dl_8, vec4<f32>(g0), bcc01l_8); bcc02l_8 = fma(dl_8, vec4<f32>(h0), bcc02l_8);
             bcc10l = fma(dl, vec4<f32>(f1), bcc10l); bcc11l = fma(dl, vec4<f32>(g1), bcc11l); bcc12l = fma(dl, vec4<f32>(h1), bcc12l);
+            //wide: bcc10l_8 = fma(dl_8, vec4<f32>(f1), bcc10l_8); bcc11l_8 = fma(dl_8, vec4<f32>(g1), bcc11l_8); bcc12l_8 = fma(dl_8, vec4<f32>(h1), bcc12l_8);
             bcc20l = fma(dl, vec4<f32>(f2), bcc20l); bcc21l = fma(dl, vec4<f32>(g2), bcc21l); bcc22l = fma(dl, vec4<f32>(h2), bcc22l);
+            //wide: bcc20l_8 = fma(dl_8, vec4<f32>(f2), bcc20l_8); bcc21l_8 = fma(dl_8, vec4<f32>(g2), bcc21l_8); bcc22l_8 = fma(dl_8, vec4<f32>(h2), bcc22l_8);
             bcc00h = fma(dh, vec4<f32>(f0), bcc00h); bcc01h = fma(dh, vec4<f32>(g0), bcc01h); bcc02h = fma(dh, vec4<f32>(h0), bcc02h);
+            //wide: bcc00h_8 = fma(dh_8, vec4<f32>(f0), bcc00h_8); bcc01h_8 = fma(dh_8, vec4<f32>(g0), bcc01h_8); bcc02h_8 = fma(dh_8, vec4<f32>(h0), bcc02h_8);
             bcc10h = fma(dh, vec4<f32>(f1), bcc10h); bcc11h = fma(dh, vec4<f32>(g1), bcc11h); bcc12h = fma(dh, vec4<f32>(h1), bcc12h);
+            //wide: bcc10h_8 = fma(dh_8, vec4<f32>(f1), bcc10h_8); bcc11h_8 = fma(dh_8, vec4<f32>(g1), bcc11h_8); bcc12h_8 = fma(dh_8, vec4<f32>(h1), bcc12h_8);
             bcc20h = fma(dh, vec4<f32>(f2), bcc20h); bcc21h = fma(dh, vec4<f32>(g2), bcc21h); bcc22h = fma(dh, vec4<f32>(h2), bcc22h);
+            //wide: bcc20h_8 = fma(dh_8, vec4<f32>(f2), bcc20h_8); bcc21h_8 = fma(dh_8, vec4<f32>(g2), bcc21h_8); bcc22h_8 = fma(dh_8, vec4<f32>(h2), bcc22h_8);
             f0 = g0; g0 = h0;
             f1 = g1; g1 = h1;
             f2 = g2; g2 = h2;
@@ -144,11 +186,19 @@ fn filter_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         store_taps(cj, ky0, kx0, co0, split, len, array<vec4<f32>, 18>(bcc00l, bcc00h, bcc01l, bcc01h, bcc02l, bcc02h, bcc10l, bcc10h, bcc11l, bcc11h,
                                    bcc12l, bcc12h, bcc20l, bcc20h, bcc21l, bcc21h, bcc22l, bcc22h));
     }
+    //wide: store_taps(ci, ky0, kx0, co0 + 8u, split, len, array<vec4<f32>, 18>(acc00l_8, acc00h_8, acc01l_8, acc01h_8, acc02l_8, acc02h_8, acc10l_8, acc10h_8, acc11l_8, acc11h_8, acc12l_8, acc12h_8, acc20l_8, acc20h_8, acc21l_8, acc21h_8, acc22l_8, acc22h_8));
+    //wide: if (cj != ci) { store_taps(cj, ky0, kx0, co0 + 8u, split, len, array<vec4<f32>, 18>(bcc00l_8, bcc00h_8, bcc01l_8, bcc01h_8, bcc02l_8, bcc02h_8, bcc10l_8, bcc10h_8, bcc11l_8, bcc11h_8, bcc12l_8, bcc12h_8, bcc20l_8, bcc20h_8, bcc21l_8, bcc21h_8, bcc22l_8, bcc22h_8)); }
     if (ci != 0u || ky0 != 0u || kx0 != 0u) {
         return;
     }
-    let sums = array<vec4<f32>, 2>(dyl, dyh);
-    for (var c = 0u; c < CO_TILE; c++) {
+    store_bias_grad(co0, split, dyl, dyh);
+    //wide: store_bias_grad(co0 + 8u, split, dyl_8, dyh_8);
+}
+
+// The bias gradient of channels co0 .. co0+3 (lo) and co0+4 .. co0+7 (hi).
+fn store_bias_grad(co0: u32, split: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    let sums = array<vec4<f32>, 2>(lo, hi);
+    for (var c = 0u; c < 8u; c++) {
         let co = co0 + c;
         if (co >= p.cout) {
             break;
@@ -174,7 +224,7 @@ fn store_taps(ci: u32, ky0: u32, kx0: u32, co0: u32, split: u32, len: u32, acc: 
         if (ky >= p.kh || kx >= p.kw) {
             continue;
         }
-        for (var c = 0u; c < CO_TILE; c++) {
+        for (var c = 0u; c < 8u; c++) {
             let co = co0 + c;
             if (co >= p.cout) {
                 break;

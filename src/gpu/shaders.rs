@@ -68,6 +68,7 @@ shaders! {
     CONV2D_THREE_TAPS = "conv2d_three_taps" ["conv2d.wgsl"] { THREE_TAPS = 1.0 };
     CONV2D_THREE_TAPS_WIDE = "conv2d_three_taps_wide" ["conv2d.wgsl"] { THREE_TAPS = 1.0, CO_TILE4 = 4.0 } variant "wide";
     CONV2D_FILTER_GRAD = "conv2d_filter_grad" ["conv2d_filter_grad.wgsl"];
+    CONV2D_FILTER_GRAD_WIDE = "conv2d_filter_grad_wide" ["conv2d_filter_grad.wgsl"] { CO_TILE = 16.0 } variant "wide";
     CONV2D_PACK = "conv2d_pack" ["conv2d_pack.wgsl"];
     CONV2D_PAD = "conv2d_pad" ["conv2d_pad.wgsl"];
     REDUCE = "reduce" ["reduce.wgsl"];

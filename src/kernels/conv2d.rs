@@ -469,9 +469,11 @@ pub fn backward_filter_gpu(
     // since conv2d_pad.wgsl writes whole vec4s.
     let valid = if s.padded(1) == s { s } else { s.padded(4) };
     let out_img = s.cout * s.plane();
-    // One thread per 8 output channels x 2 input channels x 3x3 block of taps (see
-    // conv2d_filter_grad.wgsl), times the splits of the reduction over output rows.
-    let tiles = s.cout.div_ceil(8) * s.cin.div_ceil(2) * s.kh.div_ceil(3) * s.kw.div_ceil(3);
+    // One thread per 8 (on a CPU adapter 16: the shader's "wide" variant) output channels x 2
+    // input channels x 3x3 block of taps (see conv2d_filter_grad.wgsl), times the splits of the
+    // reduction over output rows.
+    let (shader, co_tile) = if rec.gpu().cpu_tiles { (&shaders::CONV2D_FILTER_GRAD_WIDE, 16) } else { (&shaders::CONV2D_FILTER_GRAD, 8) };
+    let tiles = s.cout.div_ceil(co_tile) * s.cin.div_ceil(2) * s.kh.div_ceil(3) * s.kw.div_ceil(3);
     const TARGET_THREADS: usize = 16384;
     const MIN_PIXELS: usize = 256;
     // The batch is the reduction axis: each chunk of images after the first adds into dw.
@@ -490,12 +492,12 @@ pub fn backward_filter_gpu(
         let accumulate = if first { 0 } else { ACCUMULATE };
         let mut params = FilterParams { conv: Params::new(&valid, r.len(), accumulate), rows_per_split: rows_per_split as u32, splits: splits as u32, _pad: [0; 2] };
         if splits == 1 {
-            return rec.dispatch_linear("conv2d_filter_grad", &shaders::CONV2D_FILTER_GRAD, "filter_grad", &params, &[input, dys, dw.all().rw(), db.all().rw()], tiles, 64);
+            return rec.dispatch_linear("conv2d_filter_grad", shader, "filter_grad", &params, &[input, dys, dw.all().rw(), db.all().rw()], tiles, 64);
         }
         let partial_dw = rec.scratch::<f32>(splits * dw.len())?;
         let partial_db = rec.scratch::<f32>(splits * db.len())?;
         params.conv.flags = WRITE_SPLITS;
-        rec.dispatch_linear("conv2d_filter_grad", &shaders::CONV2D_FILTER_GRAD, "filter_grad", &params, &[input, dys, partial_dw.all().rw(), partial_db.all().rw()], tiles * splits, 64)?;
+        rec.dispatch_linear("conv2d_filter_grad", shader, "filter_grad", &params, &[input, dys, partial_dw.all().rw(), partial_db.all().rw()], tiles * splits, 64)?;
         reduce::sum_splits_gpu(rec, &partial_dw, splits, dw.all(), dw.len(), !first)?;
         reduce::sum_splits_gpu(rec, &partial_db, splits, db.all(), db.len(), !first)
     })
