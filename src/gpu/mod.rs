@@ -263,10 +263,6 @@ impl Gpu {
         format!("{} ({:?}, {} {})", self.info.name, self.info.backend, self.info.driver, self.info.driver_info)
     }
 
-    pub fn is_software(&self) -> bool {
-        self.info.device_type == wgpu::DeviceType::Cpu
-    }
-
     /// The largest storage binding a kernel may use, in bytes.
     pub fn binding_limit(&self) -> u64 {
         self.binding_limit
