@@ -108,8 +108,13 @@ fn conv2d_seed_model_shapes_batch_64() {
     }
 }
 
+/// Every dense kernel against the CPU, with the adapter's own tiles and with the GPU ones.
 fn check_dense(s: DenseShape, seed: u64) {
-    let g = gpu();
+    check_dense_on(gpu(), s, seed);
+    check_dense_on(common::gpu_with_gpu_tiles(), s, seed);
+}
+
+fn check_dense_on(g: &Gpu, s: DenseShape, seed: u64) {
     let x = randn_like(s.batch * s.inputs, seed);
     let w = uniform(s.inputs * s.outputs, seed + 1, -0.1, 0.1);
     let b = randn_like(s.outputs, seed + 2);
@@ -129,10 +134,10 @@ fn check_dense(s: DenseShape, seed: u64) {
         dense::backward_weights_gpu(rec, s, &xg, &dyg, &dwg, &dbg)
     })
     .unwrap();
-    assert_close(&format!("dense forward {s:?}"), &read(&yg), &y, SUM_TOL);
-    assert_close(&format!("dense backward data {s:?}"), &read(&dxg), &dx, SUM_TOL);
-    assert_close(&format!("dense backward weights {s:?}"), &read(&dwg), &dw, SUM_TOL);
-    assert_close(&format!("dense bias gradient {s:?}"), &read(&dbg), &db, SUM_TOL);
+    assert_close(&format!("dense forward {s:?}"), &g.read(&yg).unwrap(), &y, SUM_TOL);
+    assert_close(&format!("dense backward data {s:?}"), &g.read(&dxg).unwrap(), &dx, SUM_TOL);
+    assert_close(&format!("dense backward weights {s:?}"), &g.read(&dwg).unwrap(), &dw, SUM_TOL);
+    assert_close(&format!("dense bias gradient {s:?}"), &g.read(&dbg).unwrap(), &db, SUM_TOL);
 }
 
 #[test]

@@ -57,6 +57,8 @@ macro_rules! shaders {
 
 shaders! {
     DENSE = "dense" ["dense.wgsl"];
+    // 16 columns a thread, for CPU adapters.
+    DENSE_WIDE = "dense_wide" ["dense.wgsl"] { TILE_N = 16.0 } variant "wide";
     // Specialised for products of at most 4 rows (batch-1 inference).
     DENSE_SMALL_M = "dense_small_m" ["dense.wgsl"] { SMALL_M = 1.0 };
     DENSE_PACK = "dense_pack" ["dense_pack.wgsl"];

@@ -104,9 +104,9 @@ struct Params {
 }
 
 const ADD_BIAS: u32 = 1;
-// A workgroup's 8x8 threads times 16x8 outputs each cover TILE_M rows and TILE_N columns.
+// A workgroup's 8x8 threads times 16 rows each cover TILE_M rows (and 8 times a thread's
+// columns).
 const TILE_M: usize = 128;
-const TILE_N: usize = 64;
 
 /// A matrix operand of [`product`]: element (i, k) sits at `slice[i * i_stride + k * k_stride]`,
 /// where i is the row m of A or the column n of B.
@@ -140,14 +140,22 @@ fn k_major(rec: &mut Recorder, op: &Operand, k: usize, width: usize, pad: usize)
 /// too small to fill the GPU.
 fn product(rec: &mut Recorder, (m, n, k): (usize, usize, usize), a: Operand, b: Operand, bias: GpuSlice, c: GpuSlice, flags: u32) -> Result<()> {
     const A_PAD: usize = 16; // a thread's rows (TILE_M / 8 threads)
-    const B_PAD: usize = 8; // a thread's columns
+    // At most 4 rows: every thread of a workgroup takes 8 columns (dense.wgsl's SMALL_M). Else
+    // 8 rows of threads, each 16 rows x 8 columns, or 16 columns on a CPU adapter when there are
+    // that many (its "wide" variant: 64 accumulators, too many for a GPU's registers).
+    let (shader, thread_cols, row_tiles) = if m <= 4 {
+        (&shaders::DENSE_SMALL_M, 8, 1)
+    } else if rec.gpu().cpu_tiles && n >= 16 {
+        (&shaders::DENSE_WIDE, 16, m.div_ceil(TILE_M))
+    } else {
+        (&shaders::DENSE, 8, m.div_ceil(TILE_M))
+    };
+    // B's rows are padded to a thread's columns; a workgroup covers 8 threads' (64 with SMALL_M).
+    let tile_n = thread_cols * if m <= 4 { 64 } else { 8 };
     let a_packed = k_major(rec, &a, k, m, A_PAD)?;
-    let b_packed = k_major(rec, &b, k, n, B_PAD)?;
+    let b_packed = k_major(rec, &b, k, n, thread_cols)?;
     let a_bind = a_packed.as_ref().map_or(a.slice, |p| p.all());
     let b_bind = b_packed.as_ref().map_or(b.slice, |p| p.all());
-    // At most 4 rows: every thread of a workgroup takes columns (dense.wgsl's SMALL_M).
-    let small_m = m <= 4;
-    let (shader, tile_n, row_tiles) = if small_m { (&shaders::DENSE_SMALL_M, TILE_N * 8, 1) } else { (&shaders::DENSE, TILE_N, m.div_ceil(TILE_M)) };
     let tiles = row_tiles * n.div_ceil(tile_n);
     let (splits, k_chunk) = split_k(tiles, k);
     let mut params = Params {
@@ -156,7 +164,7 @@ fn product(rec: &mut Recorder, (m, n, k): (usize, usize, usize), a: Operand, b: 
         k: k as u32,
         k_chunk: k_chunk as u32,
         a_row4: (m.next_multiple_of(A_PAD) / 4) as u32,
-        b_row4: (n.next_multiple_of(B_PAD) / 4) as u32,
+        b_row4: (n.next_multiple_of(thread_cols) / 4) as u32,
         flags,
         _pad: 0,
     };
