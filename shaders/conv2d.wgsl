@@ -130,69 +130,33 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
             let w = ((ci * p.kh + ky) * p.kw * co_blocks + cb) * CO_TILE4;
             let w_step = co_blocks * CO_TILE4;
             if (THREE_TAPS) {
-                // Taps 0, 1, 2: the window, shifted by 0, 1 and 2 elements.
-                {
-                    let wl = wt[w]; let wh = wt[w + 1u];
-                    //wide: let wl2 = wt[w + 2u]; let wh2 = wt[w + 3u];
-                    var wv = vec4<f32>(wl.x); acc0_0 = fma(wv, v0, acc0_0); acc0_1 = fma(wv, v1, acc0_1); acc0_2 = fma(wv, v2, acc0_2); acc0_3 = fma(wv, v3, acc0_3);
-                    wv = vec4<f32>(wl.y); acc1_0 = fma(wv, v0, acc1_0); acc1_1 = fma(wv, v1, acc1_1); acc1_2 = fma(wv, v2, acc1_2); acc1_3 = fma(wv, v3, acc1_3);
-                    wv = vec4<f32>(wl.z); acc2_0 = fma(wv, v0, acc2_0); acc2_1 = fma(wv, v1, acc2_1); acc2_2 = fma(wv, v2, acc2_2); acc2_3 = fma(wv, v3, acc2_3);
-                    wv = vec4<f32>(wl.w); acc3_0 = fma(wv, v0, acc3_0); acc3_1 = fma(wv, v1, acc3_1); acc3_2 = fma(wv, v2, acc3_2); acc3_3 = fma(wv, v3, acc3_3);
-                    wv = vec4<f32>(wh.x); acc4_0 = fma(wv, v0, acc4_0); acc4_1 = fma(wv, v1, acc4_1); acc4_2 = fma(wv, v2, acc4_2); acc4_3 = fma(wv, v3, acc4_3);
-                    wv = vec4<f32>(wh.y); acc5_0 = fma(wv, v0, acc5_0); acc5_1 = fma(wv, v1, acc5_1); acc5_2 = fma(wv, v2, acc5_2); acc5_3 = fma(wv, v3, acc5_3);
-                    wv = vec4<f32>(wh.z); acc6_0 = fma(wv, v0, acc6_0); acc6_1 = fma(wv, v1, acc6_1); acc6_2 = fma(wv, v2, acc6_2); acc6_3 = fma(wv, v3, acc6_3);
-                    wv = vec4<f32>(wh.w); acc7_0 = fma(wv, v0, acc7_0); acc7_1 = fma(wv, v1, acc7_1); acc7_2 = fma(wv, v2, acc7_2); acc7_3 = fma(wv, v3, acc7_3);
-                    //wide: wv = vec4<f32>(wl2.x); acc8_0 = fma(wv, v0, acc8_0); acc8_1 = fma(wv, v1, acc8_1); acc8_2 = fma(wv, v2, acc8_2); acc8_3 = fma(wv, v3, acc8_3);
-                    //wide: wv = vec4<f32>(wl2.y); acc9_0 = fma(wv, v0, acc9_0); acc9_1 = fma(wv, v1, acc9_1); acc9_2 = fma(wv, v2, acc9_2); acc9_3 = fma(wv, v3, acc9_3);
-                    //wide: wv = vec4<f32>(wl2.z); acc10_0 = fma(wv, v0, acc10_0); acc10_1 = fma(wv, v1, acc10_1); acc10_2 = fma(wv, v2, acc10_2); acc10_3 = fma(wv, v3, acc10_3);
-                    //wide: wv = vec4<f32>(wl2.w); acc11_0 = fma(wv, v0, acc11_0); acc11_1 = fma(wv, v1, acc11_1); acc11_2 = fma(wv, v2, acc11_2); acc11_3 = fma(wv, v3, acc11_3);
-                    //wide: wv = vec4<f32>(wh2.x); acc12_0 = fma(wv, v0, acc12_0); acc12_1 = fma(wv, v1, acc12_1); acc12_2 = fma(wv, v2, acc12_2); acc12_3 = fma(wv, v3, acc12_3);
-                    //wide: wv = vec4<f32>(wh2.y); acc13_0 = fma(wv, v0, acc13_0); acc13_1 = fma(wv, v1, acc13_1); acc13_2 = fma(wv, v2, acc13_2); acc13_3 = fma(wv, v3, acc13_3);
-                    //wide: wv = vec4<f32>(wh2.z); acc14_0 = fma(wv, v0, acc14_0); acc14_1 = fma(wv, v1, acc14_1); acc14_2 = fma(wv, v2, acc14_2); acc14_3 = fma(wv, v3, acc14_3);
-                    //wide: wv = vec4<f32>(wh2.w); acc15_0 = fma(wv, v0, acc15_0); acc15_1 = fma(wv, v1, acc15_1); acc15_2 = fma(wv, v2, acc15_2); acc15_3 = fma(wv, v3, acc15_3);
-                }
-                {
-                    let u0 = vec4<f32>(v0.yzw, v1.x); let u1 = vec4<f32>(v1.yzw, v2.x); let u2 = vec4<f32>(v2.yzw, v3.x); let u3 = vec4<f32>(v3.yzw, next.x);
-                    let wl = wt[w + w_step]; let wh = wt[w + w_step + 1u];
-                    //wide: let wl2 = wt[w + w_step + 2u]; let wh2 = wt[w + w_step + 3u];
-                    var wv = vec4<f32>(wl.x); acc0_0 = fma(wv, u0, acc0_0); acc0_1 = fma(wv, u1, acc0_1); acc0_2 = fma(wv, u2, acc0_2); acc0_3 = fma(wv, u3, acc0_3);
-                    wv = vec4<f32>(wl.y); acc1_0 = fma(wv, u0, acc1_0); acc1_1 = fma(wv, u1, acc1_1); acc1_2 = fma(wv, u2, acc1_2); acc1_3 = fma(wv, u3, acc1_3);
-                    wv = vec4<f32>(wl.z); acc2_0 = fma(wv, u0, acc2_0); acc2_1 = fma(wv, u1, acc2_1); acc2_2 = fma(wv, u2, acc2_2); acc2_3 = fma(wv, u3, acc2_3);
-                    wv = vec4<f32>(wl.w); acc3_0 = fma(wv, u0, acc3_0); acc3_1 = fma(wv, u1, acc3_1); acc3_2 = fma(wv, u2, acc3_2); acc3_3 = fma(wv, u3, acc3_3);
-                    wv = vec4<f32>(wh.x); acc4_0 = fma(wv, u0, acc4_0); acc4_1 = fma(wv, u1, acc4_1); acc4_2 = fma(wv, u2, acc4_2); acc4_3 = fma(wv, u3, acc4_3);
-                    wv = vec4<f32>(wh.y); acc5_0 = fma(wv, u0, acc5_0); acc5_1 = fma(wv, u1, acc5_1); acc5_2 = fma(wv, u2, acc5_2); acc5_3 = fma(wv, u3, acc5_3);
-                    wv = vec4<f32>(wh.z); acc6_0 = fma(wv, u0, acc6_0); acc6_1 = fma(wv, u1, acc6_1); acc6_2 = fma(wv, u2, acc6_2); acc6_3 = fma(wv, u3, acc6_3);
-                    wv = vec4<f32>(wh.w); acc7_0 = fma(wv, u0, acc7_0); acc7_1 = fma(wv, u1, acc7_1); acc7_2 = fma(wv, u2, acc7_2); acc7_3 = fma(wv, u3, acc7_3);
-                    //wide: wv = vec4<f32>(wl2.x); acc8_0 = fma(wv, u0, acc8_0); acc8_1 = fma(wv, u1, acc8_1); acc8_2 = fma(wv, u2, acc8_2); acc8_3 = fma(wv, u3, acc8_3);
-                    //wide: wv = vec4<f32>(wl2.y); acc9_0 = fma(wv, u0, acc9_0); acc9_1 = fma(wv, u1, acc9_1); acc9_2 = fma(wv, u2, acc9_2); acc9_3 = fma(wv, u3, acc9_3);
-                    //wide: wv = vec4<f32>(wl2.z); acc10_0 = fma(wv, u0, acc10_0); acc10_1 = fma(wv, u1, acc10_1); acc10_2 = fma(wv, u2, acc10_2); acc10_3 = fma(wv, u3, acc10_3);
-                    //wide: wv = vec4<f32>(wl2.w); acc11_0 = fma(wv, u0, acc11_0); acc11_1 = fma(wv, u1, acc11_1); acc11_2 = fma(wv, u2, acc11_2); acc11_3 = fma(wv, u3, acc11_3);
-                    //wide: wv = vec4<f32>(wh2.x); acc12_0 = fma(wv, u0, acc12_0); acc12_1 = fma(wv, u1, acc12_1); acc12_2 = fma(wv, u2, acc12_2); acc12_3 = fma(wv, u3, acc12_3);
-                    //wide: wv = vec4<f32>(wh2.y); acc13_0 = fma(wv, u0, acc13_0); acc13_1 = fma(wv, u1, acc13_1); acc13_2 = fma(wv, u2, acc13_2); acc13_3 = fma(wv, u3, acc13_3);
-                    //wide: wv = vec4<f32>(wh2.z); acc14_0 = fma(wv, u0, acc14_0); acc14_1 = fma(wv, u1, acc14_1); acc14_2 = fma(wv, u2, acc14_2); acc14_3 = fma(wv, u3, acc14_3);
-                    //wide: wv = vec4<f32>(wh2.w); acc15_0 = fma(wv, u0, acc15_0); acc15_1 = fma(wv, u1, acc15_1); acc15_2 = fma(wv, u2, acc15_2); acc15_3 = fma(wv, u3, acc15_3);
-                }
-                {
-                    let u0 = vec4<f32>(v0.zw, v1.xy); let u1 = vec4<f32>(v1.zw, v2.xy); let u2 = vec4<f32>(v2.zw, v3.xy); let u3 = vec4<f32>(v3.zw, next.xy);
-                    let wl = wt[w + 2u * w_step]; let wh = wt[w + 2u * w_step + 1u];
-                    //wide: let wl2 = wt[w + 2u * w_step + 2u]; let wh2 = wt[w + 2u * w_step + 3u];
-                    var wv = vec4<f32>(wl.x); acc0_0 = fma(wv, u0, acc0_0); acc0_1 = fma(wv, u1, acc0_1); acc0_2 = fma(wv, u2, acc0_2); acc0_3 = fma(wv, u3, acc0_3);
-                    wv = vec4<f32>(wl.y); acc1_0 = fma(wv, u0, acc1_0); acc1_1 = fma(wv, u1, acc1_1); acc1_2 = fma(wv, u2, acc1_2); acc1_3 = fma(wv, u3, acc1_3);
-                    wv = vec4<f32>(wl.z); acc2_0 = fma(wv, u0, acc2_0); acc2_1 = fma(wv, u1, acc2_1); acc2_2 = fma(wv, u2, acc2_2); acc2_3 = fma(wv, u3, acc2_3);
-                    wv = vec4<f32>(wl.w); acc3_0 = fma(wv, u0, acc3_0); acc3_1 = fma(wv, u1, acc3_1); acc3_2 = fma(wv, u2, acc3_2); acc3_3 = fma(wv, u3, acc3_3);
-                    wv = vec4<f32>(wh.x); acc4_0 = fma(wv, u0, acc4_0); acc4_1 = fma(wv, u1, acc4_1); acc4_2 = fma(wv, u2, acc4_2); acc4_3 = fma(wv, u3, acc4_3);
-                    wv = vec4<f32>(wh.y); acc5_0 = fma(wv, u0, acc5_0); acc5_1 = fma(wv, u1, acc5_1); acc5_2 = fma(wv, u2, acc5_2); acc5_3 = fma(wv, u3, acc5_3);
-                    wv = vec4<f32>(wh.z); acc6_0 = fma(wv, u0, acc6_0); acc6_1 = fma(wv, u1, acc6_1); acc6_2 = fma(wv, u2, acc6_2); acc6_3 = fma(wv, u3, acc6_3);
-                    wv = vec4<f32>(wh.w); acc7_0 = fma(wv, u0, acc7_0); acc7_1 = fma(wv, u1, acc7_1); acc7_2 = fma(wv, u2, acc7_2); acc7_3 = fma(wv, u3, acc7_3);
-                    //wide: wv = vec4<f32>(wl2.x); acc8_0 = fma(wv, u0, acc8_0); acc8_1 = fma(wv, u1, acc8_1); acc8_2 = fma(wv, u2, acc8_2); acc8_3 = fma(wv, u3, acc8_3);
-                    //wide: wv = vec4<f32>(wl2.y); acc9_0 = fma(wv, u0, acc9_0); acc9_1 = fma(wv, u1, acc9_1); acc9_2 = fma(wv, u2, acc9_2); acc9_3 = fma(wv, u3, acc9_3);
-                    //wide: wv = vec4<f32>(wl2.z); acc10_0 = fma(wv, u0, acc10_0); acc10_1 = fma(wv, u1, acc10_1); acc10_2 = fma(wv, u2, acc10_2); acc10_3 = fma(wv, u3, acc10_3);
-                    //wide: wv = vec4<f32>(wl2.w); acc11_0 = fma(wv, u0, acc11_0); acc11_1 = fma(wv, u1, acc11_1); acc11_2 = fma(wv, u2, acc11_2); acc11_3 = fma(wv, u3, acc11_3);
-                    //wide: wv = vec4<f32>(wh2.x); acc12_0 = fma(wv, u0, acc12_0); acc12_1 = fma(wv, u1, acc12_1); acc12_2 = fma(wv, u2, acc12_2); acc12_3 = fma(wv, u3, acc12_3);
-                    //wide: wv = vec4<f32>(wh2.y); acc13_0 = fma(wv, u0, acc13_0); acc13_1 = fma(wv, u1, acc13_1); acc13_2 = fma(wv, u2, acc13_2); acc13_3 = fma(wv, u3, acc13_3);
-                    //wide: wv = vec4<f32>(wh2.z); acc14_0 = fma(wv, u0, acc14_0); acc14_1 = fma(wv, u1, acc14_1); acc14_2 = fma(wv, u2, acc14_2); acc14_3 = fma(wv, u3, acc14_3);
-                    //wide: wv = vec4<f32>(wh2.w); acc15_0 = fma(wv, u0, acc15_0); acc15_1 = fma(wv, u1, acc15_1); acc15_2 = fma(wv, u2, acc15_2); acc15_3 = fma(wv, u3, acc15_3);
-                }
+                // Taps 0, 1, 2 read the window shifted by 0, 1 and 2 elements: v, u and r. Each
+                // accumulator takes its three multiply-adds in a row, so it is loaded and stored once
+                // a row where the driver keeps it in memory (lavapipe spills most of 64 or 128).
+                let u0 = vec4<f32>(v0.yzw, v1.x); let u1 = vec4<f32>(v1.yzw, v2.x); let u2 = vec4<f32>(v2.yzw, v3.x); let u3 = vec4<f32>(v3.yzw, next.x);
+                let r0 = vec4<f32>(v0.zw, v1.xy); let r1 = vec4<f32>(v1.zw, v2.xy); let r2 = vec4<f32>(v2.zw, v3.xy); let r3 = vec4<f32>(v3.zw, next.xy);
+                let w0a = wt[w]; let w0b = wt[w + 1u];
+                //wide: let w0c = wt[w + 2u]; let w0d = wt[w + 3u];
+                let w1a = wt[w + w_step]; let w1b = wt[w + w_step + 1u];
+                //wide: let w1c = wt[w + w_step + 2u]; let w1d = wt[w + w_step + 3u];
+                let w2a = wt[w + 2u * w_step]; let w2b = wt[w + 2u * w_step + 1u];
+                //wide: let w2c = wt[w + 2u * w_step + 2u]; let w2d = wt[w + 2u * w_step + 3u];
+                acc0_0 = fma(vec4<f32>(w2a.x), r0, fma(vec4<f32>(w1a.x), u0, fma(vec4<f32>(w0a.x), v0, acc0_0))); acc0_1 = fma(vec4<f32>(w2a.x), r1, fma(vec4<f32>(w1a.x), u1, fma(vec4<f32>(w0a.x), v1, acc0_1))); acc0_2 = fma(vec4<f32>(w2a.x), r2, fma(vec4<f32>(w1a.x), u2, fma(vec4<f32>(w0a.x), v2, acc0_2))); acc0_3 = fma(vec4<f32>(w2a.x), r3, fma(vec4<f32>(w1a.x), u3, fma(vec4<f32>(w0a.x), v3, acc0_3)));
+                acc1_0 = fma(vec4<f32>(w2a.y), r0, fma(vec4<f32>(w1a.y), u0, fma(vec4<f32>(w0a.y), v0, acc1_0))); acc1_1 = fma(vec4<f32>(w2a.y), r1, fma(vec4<f32>(w1a.y), u1, fma(vec4<f32>(w0a.y), v1, acc1_1))); acc1_2 = fma(vec4<f32>(w2a.y), r2, fma(vec4<f32>(w1a.y), u2, fma(vec4<f32>(w0a.y), v2, acc1_2))); acc1_3 = fma(vec4<f32>(w2a.y), r3, fma(vec4<f32>(w1a.y), u3, fma(vec4<f32>(w0a.y), v3, acc1_3)));
+                acc2_0 = fma(vec4<f32>(w2a.z), r0, fma(vec4<f32>(w1a.z), u0, fma(vec4<f32>(w0a.z), v0, acc2_0))); acc2_1 = fma(vec4<f32>(w2a.z), r1, fma(vec4<f32>(w1a.z), u1, fma(vec4<f32>(w0a.z), v1, acc2_1))); acc2_2 = fma(vec4<f32>(w2a.z), r2, fma(vec4<f32>(w1a.z), u2, fma(vec4<f32>(w0a.z), v2, acc2_2))); acc2_3 = fma(vec4<f32>(w2a.z), r3, fma(vec4<f32>(w1a.z), u3, fma(vec4<f32>(w0a.z), v3, acc2_3)));
+                acc3_0 = fma(vec4<f32>(w2a.w), r0, fma(vec4<f32>(w1a.w), u0, fma(vec4<f32>(w0a.w), v0, acc3_0))); acc3_1 = fma(vec4<f32>(w2a.w), r1, fma(vec4<f32>(w1a.w), u1, fma(vec4<f32>(w0a.w), v1, acc3_1))); acc3_2 = fma(vec4<f32>(w2a.w), r2, fma(vec4<f32>(w1a.w), u2, fma(vec4<f32>(w0a.w), v2, acc3_2))); acc3_3 = fma(vec4<f32>(w2a.w), r3, fma(vec4<f32>(w1a.w), u3, fma(vec4<f32>(w0a.w), v3, acc3_3)));
+                acc4_0 = fma(vec4<f32>(w2b.x), r0, fma(vec4<f32>(w1b.x), u0, fma(vec4<f32>(w0b.x), v0, acc4_0))); acc4_1 = fma(vec4<f32>(w2b.x), r1, fma(vec4<f32>(w1b.x), u1, fma(vec4<f32>(w0b.x), v1, acc4_1))); acc4_2 = fma(vec4<f32>(w2b.x), r2, fma(vec4<f32>(w1b.x), u2, fma(vec4<f32>(w0b.x), v2, acc4_2))); acc4_3 = fma(vec4<f32>(w2b.x), r3, fma(vec4<f32>(w1b.x), u3, fma(vec4<f32>(w0b.x), v3, acc4_3)));
+                acc5_0 = fma(vec4<f32>(w2b.y), r0, fma(vec4<f32>(w1b.y), u0, fma(vec4<f32>(w0b.y), v0, acc5_0))); acc5_1 = fma(vec4<f32>(w2b.y), r1, fma(vec4<f32>(w1b.y), u1, fma(vec4<f32>(w0b.y), v1, acc5_1))); acc5_2 = fma(vec4<f32>(w2b.y), r2, fma(vec4<f32>(w1b.y), u2, fma(vec4<f32>(w0b.y), v2, acc5_2))); acc5_3 = fma(vec4<f32>(w2b.y), r3, fma(vec4<f32>(w1b.y), u3, fma(vec4<f32>(w0b.y), v3, acc5_3)));
+                acc6_0 = fma(vec4<f32>(w2b.z), r0, fma(vec4<f32>(w1b.z), u0, fma(vec4<f32>(w0b.z), v0, acc6_0))); acc6_1 = fma(vec4<f32>(w2b.z), r1, fma(vec4<f32>(w1b.z), u1, fma(vec4<f32>(w0b.z), v1, acc6_1))); acc6_2 = fma(vec4<f32>(w2b.z), r2, fma(vec4<f32>(w1b.z), u2, fma(vec4<f32>(w0b.z), v2, acc6_2))); acc6_3 = fma(vec4<f32>(w2b.z), r3, fma(vec4<f32>(w1b.z), u3, fma(vec4<f32>(w0b.z), v3, acc6_3)));
+                acc7_0 = fma(vec4<f32>(w2b.w), r0, fma(vec4<f32>(w1b.w), u0, fma(vec4<f32>(w0b.w), v0, acc7_0))); acc7_1 = fma(vec4<f32>(w2b.w), r1, fma(vec4<f32>(w1b.w), u1, fma(vec4<f32>(w0b.w), v1, acc7_1))); acc7_2 = fma(vec4<f32>(w2b.w), r2, fma(vec4<f32>(w1b.w), u2, fma(vec4<f32>(w0b.w), v2, acc7_2))); acc7_3 = fma(vec4<f32>(w2b.w), r3, fma(vec4<f32>(w1b.w), u3, fma(vec4<f32>(w0b.w), v3, acc7_3)));
+                //wide: acc8_0 = fma(vec4<f32>(w2c.x), r0, fma(vec4<f32>(w1c.x), u0, fma(vec4<f32>(w0c.x), v0, acc8_0))); acc8_1 = fma(vec4<f32>(w2c.x), r1, fma(vec4<f32>(w1c.x), u1, fma(vec4<f32>(w0c.x), v1, acc8_1))); acc8_2 = fma(vec4<f32>(w2c.x), r2, fma(vec4<f32>(w1c.x), u2, fma(vec4<f32>(w0c.x), v2, acc8_2))); acc8_3 = fma(vec4<f32>(w2c.x), r3, fma(vec4<f32>(w1c.x), u3, fma(vec4<f32>(w0c.x), v3, acc8_3)));
+                //wide: acc9_0 = fma(vec4<f32>(w2c.y), r0, fma(vec4<f32>(w1c.y), u0, fma(vec4<f32>(w0c.y), v0, acc9_0))); acc9_1 = fma(vec4<f32>(w2c.y), r1, fma(vec4<f32>(w1c.y), u1, fma(vec4<f32>(w0c.y), v1, acc9_1))); acc9_2 = fma(vec4<f32>(w2c.y), r2, fma(vec4<f32>(w1c.y), u2, fma(vec4<f32>(w0c.y), v2, acc9_2))); acc9_3 = fma(vec4<f32>(w2c.y), r3, fma(vec4<f32>(w1c.y), u3, fma(vec4<f32>(w0c.y), v3, acc9_3)));
+                //wide: acc10_0 = fma(vec4<f32>(w2c.z), r0, fma(vec4<f32>(w1c.z), u0, fma(vec4<f32>(w0c.z), v0, acc10_0))); acc10_1 = fma(vec4<f32>(w2c.z), r1, fma(vec4<f32>(w1c.z), u1, fma(vec4<f32>(w0c.z), v1, acc10_1))); acc10_2 = fma(vec4<f32>(w2c.z), r2, fma(vec4<f32>(w1c.z), u2, fma(vec4<f32>(w0c.z), v2, acc10_2))); acc10_3 = fma(vec4<f32>(w2c.z), r3, fma(vec4<f32>(w1c.z), u3, fma(vec4<f32>(w0c.z), v3, acc10_3)));
+                //wide: acc11_0 = fma(vec4<f32>(w2c.w), r0, fma(vec4<f32>(w1c.w), u0, fma(vec4<f32>(w0c.w), v0, acc11_0))); acc11_1 = fma(vec4<f32>(w2c.w), r1, fma(vec4<f32>(w1c.w), u1, fma(vec4<f32>(w0c.w), v1, acc11_1))); acc11_2 = fma(vec4<f32>(w2c.w), r2, fma(vec4<f32>(w1c.w), u2, fma(vec4<f32>(w0c.w), v2, acc11_2))); acc11_3 = fma(vec4<f32>(w2c.w), r3, fma(vec4<f32>(w1c.w), u3, fma(vec4<f32>(w0c.w), v3, acc11_3)));
+                //wide: acc12_0 = fma(vec4<f32>(w2d.x), r0, fma(vec4<f32>(w1d.x), u0, fma(vec4<f32>(w0d.x), v0, acc12_0))); acc12_1 = fma(vec4<f32>(w2d.x), r1, fma(vec4<f32>(w1d.x), u1, fma(vec4<f32>(w0d.x), v1, acc12_1))); acc12_2 = fma(vec4<f32>(w2d.x), r2, fma(vec4<f32>(w1d.x), u2, fma(vec4<f32>(w0d.x), v2, acc12_2))); acc12_3 = fma(vec4<f32>(w2d.x), r3, fma(vec4<f32>(w1d.x), u3, fma(vec4<f32>(w0d.x), v3, acc12_3)));
+                //wide: acc13_0 = fma(vec4<f32>(w2d.y), r0, fma(vec4<f32>(w1d.y), u0, fma(vec4<f32>(w0d.y), v0, acc13_0))); acc13_1 = fma(vec4<f32>(w2d.y), r1, fma(vec4<f32>(w1d.y), u1, fma(vec4<f32>(w0d.y), v1, acc13_1))); acc13_2 = fma(vec4<f32>(w2d.y), r2, fma(vec4<f32>(w1d.y), u2, fma(vec4<f32>(w0d.y), v2, acc13_2))); acc13_3 = fma(vec4<f32>(w2d.y), r3, fma(vec4<f32>(w1d.y), u3, fma(vec4<f32>(w0d.y), v3, acc13_3)));
+                //wide: acc14_0 = fma(vec4<f32>(w2d.z), r0, fma(vec4<f32>(w1d.z), u0, fma(vec4<f32>(w0d.z), v0, acc14_0))); acc14_1 = fma(vec4<f32>(w2d.z), r1, fma(vec4<f32>(w1d.z), u1, fma(vec4<f32>(w0d.z), v1, acc14_1))); acc14_2 = fma(vec4<f32>(w2d.z), r2, fma(vec4<f32>(w1d.z), u2, fma(vec4<f32>(w0d.z), v2, acc14_2))); acc14_3 = fma(vec4<f32>(w2d.z), r3, fma(vec4<f32>(w1d.z), u3, fma(vec4<f32>(w0d.z), v3, acc14_3)));
+                //wide: acc15_0 = fma(vec4<f32>(w2d.w), r0, fma(vec4<f32>(w1d.w), u0, fma(vec4<f32>(w0d.w), v0, acc15_0))); acc15_1 = fma(vec4<f32>(w2d.w), r1, fma(vec4<f32>(w1d.w), u1, fma(vec4<f32>(w0d.w), v1, acc15_1))); acc15_2 = fma(vec4<f32>(w2d.w), r2, fma(vec4<f32>(w1d.w), u2, fma(vec4<f32>(w0d.w), v2, acc15_2))); acc15_3 = fma(vec4<f32>(w2d.w), r3, fma(vec4<f32>(w1d.w), u3, fma(vec4<f32>(w0d.w), v3, acc15_3)));
                 continue;
             }
             for (var kx = 0u; kx < p.kw; kx++) {
