@@ -1,4 +1,4 @@
-//! Kernel benchmarks: every op at the seed model's batch-64 shapes, on the GPU (timestamp
+//! Kernel benchmarks: every op at the seed model's shapes for a batch (64 by default), on the GPU (timestamp
 //! queries where the adapter has them, wall clock otherwise) and on the CPU backend, side by
 //! side in one run so the ratio is fair on a shared, noisy machine.
 
@@ -309,12 +309,12 @@ fn elementwise_cases(gpu: &Gpu, n: usize) -> Result<Vec<Case>> {
     ])
 }
 
-fn xent_adam_bn_cases(gpu: &Gpu) -> Result<Vec<Case>> {
+fn xent_adam_bn_cases(gpu: &Gpu, batch: usize) -> Result<Vec<Case>> {
     let mut cases = Vec::new();
 
-    let s = XentShape { batch: 64, classes: 7, smoothing: 0.0 };
-    let logits = seeded(64 * 7, 13);
-    let labels: Vec<u32> = (0..64).map(|i| i % 7).collect();
+    let s = XentShape { batch, classes: 7, smoothing: 0.0 };
+    let logits = seeded(batch * 7, 13);
+    let labels: Vec<u32> = (0..batch as u32).map(|i| i % 7).collect();
     let weights = vec![1.0f32; 7];
     struct XentBufs {
         logits: GpuBuffer<f32>,
@@ -330,17 +330,17 @@ fn xent_adam_bn_cases(gpu: &Gpu) -> Result<Vec<Case>> {
         logits: gpu.upload(&logits)?,
         labels: gpu.upload(&labels)?,
         weights: gpu.upload(&weights)?,
-        probs: gpu.zeros(64 * 7)?,
-        rows: gpu.zeros(64)?,
+        probs: gpu.zeros(batch * 7)?,
+        rows: gpu.zeros(batch)?,
         loss: gpu.zeros(1)?,
         correct: gpu.zeros(1)?,
-        grad: gpu.zeros(64 * 7)?,
+        grad: gpu.zeros(batch * 7)?,
     };
-    let (mut probs, mut grad) = (vec![0.0; 64 * 7], vec![0.0; 64 * 7]);
+    let (mut probs, mut grad) = (vec![0.0; batch * 7], vec![0.0; batch * 7]);
     cases.push(Case {
         name: "softmax-xent fwd+bwd".into(),
-        shape: "64x7".into(),
-        work: Work::Bytes(4.0 * (4 * 64 * 7 + 2 * 64) as f64),
+        shape: format!("{batch}x7"),
+        work: Work::Bytes(4.0 * (4 * batch * 7 + 2 * batch) as f64),
         gpu: Box::new(move |rec| {
             let out = XentOutputs { probs: &b.probs, row_loss: &b.rows, loss: &b.loss, correct: &b.correct };
             softmax_xent::forward_gpu(rec, s, &b.logits, &b.labels, &b.weights, out)?;
@@ -365,7 +365,7 @@ fn xent_adam_bn_cases(gpu: &Gpu) -> Result<Vec<Case>> {
         cpu: Box::new(move || adam::step_cpu(cfg, 10, &mut p, &grad, &mut m, &mut v)),
     });
 
-    let s = BnShape { batch: 64, channels: 64, plane: 44 * 44 };
+    let s = BnShape { batch, channels: 64, plane: 44 * 44 };
     let bn = BnConfig::default();
     let x = seeded(s.len(), 16);
     let dy = seeded(s.len(), 17);
@@ -418,7 +418,7 @@ fn cases(gpu: &Gpu, batch: usize) -> Result<Vec<Case>> {
     all.push(sgemm_case(gpu, "conv1", (32, batch * 46 * 46, 9))?);
     all.push(sgemm_case(gpu, "dense2", (batch, 7, 1024))?);
     all.extend(elementwise_cases(gpu, batch * 64 * 44 * 44)?);
-    all.extend(xent_adam_bn_cases(gpu)?);
+    all.extend(xent_adam_bn_cases(gpu, batch)?);
     Ok(all)
 }
 
