@@ -132,7 +132,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
             if (THREE_TAPS) {
                 // Taps 0, 1, 2 read the window shifted by 0, 1 and 2 elements: v, u and r. Each
                 // accumulator takes its three multiply-adds in a row, so it is loaded and stored once
-                // a row where the driver keeps it in memory (lavapipe spills most of 64 or 128).
+                // a row where the driver keeps it in memory (lavapipe spills most of the 32 or 64).
                 let u0 = vec4<f32>(v0.yzw, v1.x); let u1 = vec4<f32>(v1.yzw, v2.x); let u2 = vec4<f32>(v2.yzw, v3.x); let u3 = vec4<f32>(v3.yzw, next.x);
                 let r0 = vec4<f32>(v0.zw, v1.xy); let r1 = vec4<f32>(v1.zw, v2.xy); let r2 = vec4<f32>(v2.zw, v3.xy); let r3 = vec4<f32>(v3.zw, next.xy);
                 let w0a = wt[w]; let w0b = wt[w + 1u];
