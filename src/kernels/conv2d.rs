@@ -211,26 +211,30 @@ pub fn forward_cpu(s: Conv2dShape, x: &[f32], w: &[f32], b: Option<&[f32]>, act:
         return Ok(());
     }
     // Fewer images than threads (batch-1 inference): each thread takes a share of the image's
-    // output rows, with its own im2col columns, in one fork and join per image. The gemm
-    // crate's own split of the product synchronised its threads several times a call, and a
-    // tenth of batch-1 calls took half as long again.
+    // output rows, with its own im2col columns and product, in one fork and join per image,
+    // and copies its rows of every output channel into place. The gemm crate's own split of
+    // the product synchronised its threads several times a call, and a tenth of batch-1 calls
+    // took half as long again.
     let share = s.oh.div_ceil(threads);
     for (yo, xi) in y.chunks_mut(out_img).zip(x.chunks(in_img)) {
-        let parts: Vec<Vec<f32>> = (0..threads)
-            .into_par_iter()
-            .map(|t| {
-                let rows = (t * share).min(s.oh)..((t + 1) * share).min(s.oh);
-                let mut out = vec![0.0; s.cout * rows.len() * s.ow];
-                with_col_scratch(taps * rows.len() * s.ow, |col| rows_of(xi, rows, &mut out, col));
-                out
-            })
-            .collect();
-        for (t, part) in parts.iter().enumerate().filter(|(_, p)| !p.is_empty()) {
-            let n = part.len() / s.cout;
-            for (co, row) in part.chunks(n).enumerate() {
-                yo[co * plane + t * share * s.ow..][..n].copy_from_slice(row);
+        // Thread t's destination: its share of rows in each output channel's plane.
+        let mut dests: Vec<Vec<&mut [f32]>> = (0..threads).map(|_| Vec::with_capacity(s.cout)).collect();
+        for plane_out in yo.chunks_mut(plane) {
+            for (t, rows) in plane_out.chunks_mut(share * s.ow).enumerate() {
+                dests[t].push(rows);
             }
         }
+        dests.into_par_iter().enumerate().filter(|(_, d)| !d.is_empty()).for_each(|(t, mut dest)| {
+            let rows = (t * share).min(s.oh)..((t + 1) * share).min(s.oh);
+            let n = rows.len() * s.ow;
+            with_col_scratch(taps * n + s.cout * n, |scratch| {
+                let (col, out) = scratch.split_at_mut(taps * n);
+                rows_of(xi, rows, out, col);
+                for (d, row) in dest.iter_mut().zip(out.chunks(n)) {
+                    d.copy_from_slice(row);
+                }
+            });
+        });
     }
     Ok(())
 }
