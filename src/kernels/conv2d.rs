@@ -210,20 +210,15 @@ pub fn forward_cpu(s: Conv2dShape, x: &[f32], w: &[f32], b: Option<&[f32]>, act:
         per_image(&s, items, |(yo, xi), col, _| rows_of(xi, 0..s.oh, yo, col));
         return Ok(());
     }
-    // Fewer images than threads (batch-1 inference): the threads take chunks of the image's
-    // output rows, each with its own im2col columns and product, in one fork and join per
-    // image, and copy their rows of every output channel into place. The gemm crate's own split of
+    // Fewer images than threads (batch-1 inference): each thread takes a share of the image's
+    // output rows, with its own im2col columns and product, in one fork and join per image,
+    // and copies its rows of every output channel into place. The gemm crate's own split of
     // the product synchronised its threads several times a call, and a tenth of batch-1 calls
     // took half as long again.
-    // Chunks of rows whose im2col columns stay within a core's L2 (conv2: 8 chunks, conv4: 2),
-    // at least one per thread: conv2 and conv3 at batch 1 ran 25-40 % faster than with one
-    // chunk per thread, conv4 three times slower with 8 (one row of 8 outputs a product).
-    const CHUNK_COL_BYTES: usize = 256 << 10;
-    let chunks = (4 * taps * s.plane()).div_ceil(CHUNK_COL_BYTES).max(threads);
-    let share = s.oh.div_ceil(chunks);
+    let share = s.oh.div_ceil(threads);
     for (yo, xi) in y.chunks_mut(out_img).zip(x.chunks(in_img)) {
-        // Chunk t's destination: its rows in each output channel's plane.
-        let mut dests: Vec<Vec<&mut [f32]>> = (0..s.oh.div_ceil(share)).map(|_| Vec::with_capacity(s.cout)).collect();
+        // Thread t's destination: its share of rows in each output channel's plane.
+        let mut dests: Vec<Vec<&mut [f32]>> = (0..threads).map(|_| Vec::with_capacity(s.cout)).collect();
         for plane_out in yo.chunks_mut(plane) {
             for (t, rows) in plane_out.chunks_mut(share * s.ow).enumerate() {
                 dests[t].push(rows);
