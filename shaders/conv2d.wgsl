@@ -19,9 +19,9 @@
 // Each thread computes 8 (wide: 16) output channels x 16 consecutive outputs in 32 (64) named
 // vec4 registers. A kernel row costs 5 vec4 input loads (one more per 4 taps past the fifth),
 // and a tap 2 vec4 weight loads for 128 multiply-adds. lavapipe turns every load into a per-lane
-// gather, so loads per multiply-add is what sets its speed there: eight scalar weight loads per tap instead of two
-// vec4s cost about 20 % at conv2-4, sixteen scalar input loads per row instead of four vec4s
-// 7-12 % of the data gradients. Tile shapes measured there before the vec4 loads (ms at batch
+// gather, so loads per multiply-add is what sets its speed there: eight scalar weight loads
+// per tap instead of two vec4s cost about 20 % at conv2-4, sixteen scalar input loads per row
+// instead of four vec4s 7-12 % of the data gradients. Tile shapes measured there before the vec4 loads (ms at batch
 // 64, conv2 / conv3 / conv4, on an AVX2 host): 8 channels x 8 pixels of a row: 2070 at conv3;
 // 2 x 16: 3001 / 2618 / 968; 4 x 16: 2000 / 1770 / 600; 8 x 16: 1401 / 1207 / 431; 16 x 16
 // gained another 12 % but holds 256 accumulators, too many for a real GPU's registers: it is

@@ -1,8 +1,9 @@
 // Dense-layer products C[m, n] = sum over k of A[m, k] B[k, n] (+ bias[n]) (+ C), on operands
 // laid out k-major: A as a[k, m] with rows padded to a multiple of 16, B as b[k, n] with rows
 // padded to a multiple of TILE_N (8, or 16), the padding zero. src/kernels/dense.rs passes an
-// operand as it is when it already has that layout (W in the forward product, x and dy in the weight gradient)
-// and packs it with dense_pack.wgsl (or dense_transpose.wgsl, for a transpose) otherwise.
+// operand as it is when it already has that layout (W in the forward product, x and dy in the
+// weight gradient) and packs it with dense_pack.wgsl (or dense_transpose.wgsl, for a
+// transpose) otherwise.
 //
 // Each thread accumulates a 16x8 (wide: 16x16) block of C in 32 (64) named vec4 registers (an
 // indexed array can end up in memory on lavapipe). A step of k loads four vec4s of A and two of
@@ -30,8 +31,8 @@ const WG: u32 = 8u;
 // Columns a thread takes: 8, or 16 in the "wide" variant for CPU adapters such as lavapipe
 // (src/kernels/dense.rs picks), which also compiles the lines that start `//wide: `
 // (accumulators m and n for columns n0+8 .. n0+15). There a step of k's 8 loads then serve 256
-// multiply-adds instead of 6 serving 128: dense1 at batch 64 10-20 % faster. A real GPU's registers would
-// not hold its 64 vec4 accumulators.
+// multiply-adds instead of 6 serving 128: dense1 at batch 64 10-20 % faster. A real GPU's
+// registers would not hold its 64 vec4 accumulators.
 override TILE_N: u32 = 8u;
 const TILE_M: u32 = 16u;
 
