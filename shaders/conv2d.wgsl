@@ -21,14 +21,14 @@
 // and a tap 2 vec4 weight loads for 128 multiply-adds. lavapipe turns every load into a per-lane
 // gather, so loads per multiply-add is what sets its speed there: eight scalar weight loads
 // per tap instead of two vec4s cost about 20 % at conv2-4, sixteen scalar input loads per row
-// instead of four vec4s 7-12 % of the data gradients. Tile shapes measured there before the vec4 loads (ms at batch
-// 64, conv2 / conv3 / conv4, on an AVX2 host): 8 channels x 8 pixels of a row: 2070 at conv3;
-// 2 x 16: 3001 / 2618 / 968; 4 x 16: 2000 / 1770 / 600; 8 x 16: 1401 / 1207 / 431; 16 x 16
-// gained another 12 % but holds 256 accumulators, too many for a real GPU's registers: it is
-// the wide variant, for CPU adapters. Loops
-// run over (ci, ky, kx) with no integer division inside them: on CPU Vulkan drivers vector
-// integer division is split into scalar divisions, which made an implicit-im2col formulation
-// ten times slower. (Accumulators in an indexed array can end up in memory there, hence the
+// instead of four vec4s 7-12 % of the data gradients. Tile shapes measured there before the
+// vec4 loads (ms at batch 64, conv2 / conv3 / conv4, on an AVX2 host): 8 channels x 8 pixels of
+// a row: 2070 at conv3; 2 x 16: 3001 / 2618 / 968; 4 x 16: 2000 / 1770 / 600; 8 x 16: 1401 /
+// 1207 / 431; 16 x 16 gained another 12 % but holds 256 accumulators, too many for a real
+// GPU's registers: it is the wide variant, for CPU adapters (16 x 32 ran 25-35 % slower, its
+// accumulators spilled). Loops run over (ci, ky, kx) with no integer division inside them: on
+// CPU Vulkan drivers vector integer division is split into scalar divisions, which made an
+// implicit-im2col formulation ten times slower. (Accumulators in an indexed array can end up in memory there, hence the
 // names.)
 // Flags: bit 0 adds bias[co]; bit 1 applies a ReLU to the outputs (the model fuses a ReLU that
 // follows a convolution).
@@ -132,7 +132,8 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
             if (THREE_TAPS) {
                 // Taps 0, 1, 2 read the window shifted by 0, 1 and 2 elements: v, u and r. Each
                 // accumulator takes its three multiply-adds in a row, so it is loaded and stored once
-                // a row where the driver keeps it in memory (lavapipe spills most of the 32 or 64).
+                // a row where the driver keeps it in memory (lavapipe spills most of the 32 or 64
+                // accumulators).
                 let u0 = vec4<f32>(v0.yzw, v1.x); let u1 = vec4<f32>(v1.yzw, v2.x); let u2 = vec4<f32>(v2.yzw, v3.x); let u3 = vec4<f32>(v3.yzw, next.x);
                 let r0 = vec4<f32>(v0.zw, v1.xy); let r1 = vec4<f32>(v1.zw, v2.xy); let r2 = vec4<f32>(v2.zw, v3.xy); let r3 = vec4<f32>(v3.zw, next.xy);
                 let w0a = wt[w]; let w0b = wt[w + 1u];
