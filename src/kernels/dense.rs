@@ -140,18 +140,17 @@ fn k_major(rec: &mut Recorder, op: &Operand, k: usize, width: usize, pad: usize)
 /// too small to fill the GPU.
 fn product(rec: &mut Recorder, (m, n, k): (usize, usize, usize), a: Operand, b: Operand, bias: GpuSlice, c: GpuSlice, flags: u32) -> Result<()> {
     const A_PAD: usize = 16; // a thread's rows (TILE_M / 8 threads)
-    // At most 4 rows: every thread of a workgroup takes 8 columns (dense.wgsl's SMALL_M). Else
-    // 8 rows of threads, each 16 rows x 8 columns, or 16 columns on a CPU adapter when there are
-    // that many (its "wide" variant: 64 accumulators, too many for a GPU's registers).
-    let (shader, thread_cols, row_tiles) = if m <= 4 {
-        (&shaders::DENSE_SMALL_M, 8, 1)
+    // At most 4 rows: every thread of a workgroup takes 8 columns (dense.wgsl's SMALL_M), 512 a
+    // workgroup. Else 8 rows of threads, each 16 rows x 8 columns, or 16 columns on a CPU
+    // adapter when there are that many (its "wide" variant: 64 accumulators, too many for a
+    // GPU's registers), 8 threads' columns a workgroup. B's rows are padded to a thread's columns.
+    let (shader, thread_cols, tile_n, row_tiles) = if m <= 4 {
+        (&shaders::DENSE_SMALL_M, 8, 8 * 64, 1)
     } else if rec.gpu().cpu_tiles && n >= 16 {
-        (&shaders::DENSE_WIDE, 16, m.div_ceil(TILE_M))
+        (&shaders::DENSE_WIDE, 16, 16 * 8, m.div_ceil(TILE_M))
     } else {
-        (&shaders::DENSE, 8, m.div_ceil(TILE_M))
+        (&shaders::DENSE, 8, 8 * 8, m.div_ceil(TILE_M))
     };
-    // B's rows are padded to a thread's columns; a workgroup covers 8 threads' (64 with SMALL_M).
-    let tile_n = thread_cols * if m <= 4 { 64 } else { 8 };
     let a_packed = k_major(rec, &a, k, m, A_PAD)?;
     let b_packed = k_major(rec, &b, k, n, thread_cols)?;
     let a_bind = a_packed.as_ref().map_or(a.slice, |p| p.all());
