@@ -1,4 +1,5 @@
-//! `cargo bench`: every kernel at the seed model's batch-64 shapes, GPU vs the CPU backend.
+//! `cargo bench`: every kernel at the seed model's shapes at batches 1, 64 and 256, GPU vs the CPU
+//! backend.
 //! Options after `--`: `--quick` (2 repetitions instead of 5) and a name filter.
 
 use mien::bench;
@@ -16,7 +17,6 @@ fn main() {
     let gpu = Gpu::new(&GpuOptions { backend, ..Default::default() }).expect("the kernel benchmark needs a GPU adapter");
     println!("GPU: {} ({})", gpu.describe(), if gpu.timestamps { "timestamp queries" } else { "wall clock" });
     println!("CPU backend: {} rayon threads; median of {reps} runs after a warm-up", rayon::current_num_threads());
-    let calibrated = |p: &bench::Peaks| println!("calibration SGEMM 1024^3: {:.2} GFLOP/s; copy: {:.2} GB/s\n{}", p.sgemm_gflops, p.copy_gbps, bench::table_header());
-    bench::bench_kernels(&gpu, 64, reps, filter.as_deref(), calibrated, |r| println!("{}", bench::table_row(r)))
-        .expect("benchmark failed");
+    let calibrated = |p: &bench::Peaks| println!("calibration SGEMM 1024^3: {:.2} GFLOP/s; copy: {:.2} GB/s", p.sgemm_gflops, p.copy_gbps);
+    bench::bench_kernels(&gpu, &bench::DEFAULT_BATCHES, reps, filter.as_deref(), calibrated, bench::row_printer()).expect("benchmark failed");
 }

@@ -1,6 +1,7 @@
-//! Kernel benchmarks: every op at the seed model's shapes for a batch (64 by default), on the GPU (timestamp
-//! queries where the adapter has them, wall clock otherwise) and on the CPU backend, side by
-//! side in one run so the ratio is fair on a shared, noisy machine.
+//! Kernel benchmarks: every op at the seed model's shapes for each of a list of batches (1, 64 and
+//! 256 by default), on the GPU (timestamp queries where the adapter has them, wall clock
+//! otherwise) and on the CPU backend, side by side in one run so the ratio is fair on a shared,
+//! noisy machine.
 
 use crate::error::Result;
 use crate::gpu::{Gpu, GpuBuffer, Recorder};
@@ -47,9 +48,11 @@ struct Case {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct KernelResult {
+    pub batch: usize,
     pub kernel: String,
     pub shape: String,
     pub work: Work,
+    /// Median of the repetitions, and their highest minus their lowest.
     pub gpu_ms: f64,
     pub gpu_spread_ms: f64,
     /// The kernel's GPU GFLOP/s as a percentage of the calibration SGEMM's, measured just
@@ -88,6 +91,7 @@ pub struct KernelReport {
     pub gpu_timing: &'static str,
     pub cpu_threads: usize,
     pub repetitions: usize,
+    pub batches: Vec<usize>,
     pub results: Vec<KernelResult>,
 }
 
@@ -477,11 +481,15 @@ pub struct Peaks {
     pub copy_gbps: f64,
 }
 
-/// Runs every kernel case `reps` times (after one warm-up) on the GPU and on the CPU backend.
-/// `filter` keeps the cases whose name contains it.
+/// The batches `mien bench kernels` and `cargo bench` time by default: latency, the seed model's
+/// training batch, and a larger one where a fast GPU's launch overhead matters less.
+pub const DEFAULT_BATCHES: [usize; 3] = [1, 64, 256];
+
+/// Runs every kernel case `reps` times (after one warm-up) on the GPU and on the CPU backend,
+/// for each batch in turn. `filter` keeps the cases whose name contains it.
 pub fn bench_kernels(
     gpu: &Gpu,
-    batch: usize,
+    batches: &[usize],
     reps: usize,
     filter: Option<&str>,
     calibrated: impl FnOnce(&Peaks),
@@ -492,33 +500,37 @@ pub fn bench_kernels(
     calibrated(&peaks);
     let Peaks { sgemm_gflops, copy_gbps } = peaks;
     let mut results = Vec::new();
-    for mut case in cases(gpu, batch)? {
-        if filter.is_some_and(|f| !case.name.contains(f)) {
-            continue;
+    // One batch's cases at a time: at batch 256 their buffers alone take about a gigabyte.
+    for &batch in batches {
+        for mut case in cases(gpu, batch)? {
+            if filter.is_some_and(|f| !case.name.contains(f)) {
+                continue;
+            }
+            let yardstick = calibration.for_work(gpu, case.work, reps)?;
+            let (gpu_ms, gpu_spread_ms, gpu_passes) = time_gpu(gpu, &case.gpu, reps)?;
+            let (cpu_ms, cpu_spread_ms) = time_cpu(&mut case.cpu, reps)?;
+            let (of_sgemm, of_copy) = match case.work {
+                Work::Flops(f) => (Some(100.0 * f / (gpu_ms / 1e3) / 1e9 / yardstick), None),
+                Work::Bytes(b) => (None, Some(100.0 * b / (gpu_ms / 1e3) / 1e9 / yardstick)),
+            };
+            let result = KernelResult {
+                batch,
+                kernel: case.name,
+                shape: case.shape,
+                work: case.work,
+                gpu_ms,
+                gpu_spread_ms,
+                gpu_percent_of_sgemm: of_sgemm,
+                gpu_percent_of_copy: of_copy,
+                cpu_ms,
+                cpu_spread_ms,
+                gpu_speedup: cpu_ms / gpu_ms,
+                gpu_passes,
+                yardstick,
+            };
+            progress(&result);
+            results.push(result);
         }
-        let yardstick = calibration.for_work(gpu, case.work, reps)?;
-        let (gpu_ms, gpu_spread_ms, gpu_passes) = time_gpu(gpu, &case.gpu, reps)?;
-        let (cpu_ms, cpu_spread_ms) = time_cpu(&mut case.cpu, reps)?;
-        let (of_sgemm, of_copy) = match case.work {
-            Work::Flops(f) => (Some(100.0 * f / (gpu_ms / 1e3) / 1e9 / yardstick), None),
-            Work::Bytes(b) => (None, Some(100.0 * b / (gpu_ms / 1e3) / 1e9 / yardstick)),
-        };
-        let result = KernelResult {
-            kernel: case.name,
-            shape: case.shape,
-            work: case.work,
-            gpu_ms,
-            gpu_spread_ms,
-            gpu_percent_of_sgemm: of_sgemm,
-            gpu_percent_of_copy: of_copy,
-            cpu_ms,
-            cpu_spread_ms,
-            gpu_speedup: cpu_ms / gpu_ms,
-            gpu_passes,
-            yardstick,
-        };
-        progress(&result);
-        results.push(result);
     }
     Ok(KernelReport {
         adapter: gpu.describe(),
@@ -527,6 +539,7 @@ pub fn bench_kernels(
         gpu_timing: if gpu.timestamps { "timestamp queries" } else { "wall clock" },
         cpu_threads: rayon::current_num_threads(),
         repetitions: reps,
+        batches: batches.to_vec(),
         results,
     })
 }
@@ -538,31 +551,47 @@ pub fn yardstick_range(report: &KernelReport, kind: impl Fn(Work) -> bool) -> Op
     Some((lo, values.iter().copied().fold(lo, f64::max)))
 }
 
-pub fn table_header() -> String {
+fn table_header() -> String {
     format!(
-        "{:<34} {:<28} {:>10} {:>16} {:>7} {:>10} {:>16} {:>8}\n{}",
+        "{:<34} {:<28} {:>10} {:>8} {:>16} {:>7} {:>10} {:>8} {:>16} {:>8}\n{}",
         "kernel",
         "shape",
         "GPU ms",
+        "spread",
         "GPU rate",
         "%peak",
         "CPU ms",
+        "spread",
         "CPU rate",
         "GPU/CPU",
-        "-".repeat(136)
+        "-".repeat(154)
     )
 }
 
+/// Prints each kernel's row, with a heading and the table's header before a batch's first.
+pub fn row_printer() -> impl FnMut(&KernelResult) {
+    let mut last_batch = None;
+    move |r| {
+        if last_batch != Some(r.batch) {
+            println!("\nbatch {}\n{}", r.batch, table_header());
+            last_batch = Some(r.batch);
+        }
+        println!("{}", table_row(r));
+    }
+}
+
 /// A kernel's row, and under it its GPU passes when there are several.
-pub fn table_row(r: &KernelResult) -> String {
+fn table_row(r: &KernelResult) -> String {
     let mut row = format!(
-        "{:<34} {:<28} {:>10.3} {:>16} {:>7} {:>10.3} {:>16} {:>7.3}x",
+        "{:<34} {:<28} {:>10.3} {:>8} {:>16} {:>7} {:>10.3} {:>8} {:>16} {:>7.3}x",
         r.kernel,
         r.shape,
         r.gpu_ms,
+        format!("±{:.3}", r.gpu_spread_ms),
         r.work.rate(r.gpu_ms / 1e3),
         r.gpu_percent_of_sgemm.or(r.gpu_percent_of_copy).map_or(String::new(), |p| format!("{p:.0}%")),
         r.cpu_ms,
+        format!("±{:.3}", r.cpu_spread_ms),
         r.work.rate(r.cpu_ms / 1e3),
         r.gpu_speedup
     );

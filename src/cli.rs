@@ -287,8 +287,9 @@ enum BenchSuite {
     },
     /// Every kernel at the seed model's shapes, GPU vs the CPU backend.
     Kernels {
-        #[arg(long, default_value_t = 64)]
-        batch: usize,
+        /// Batches to time every kernel at, in turn.
+        #[arg(long, value_delimiter = ',', default_values_t = bench::DEFAULT_BATCHES)]
+        batch: Vec<usize>,
         /// Timed repetitions per kernel, after one warm-up run.
         #[arg(long, default_value_t = 5)]
         reps: usize,
@@ -310,7 +311,7 @@ pub fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(format!("mien={level},wgpu=error,naga=error"))).init();
     match cli.command {
         Command::Devices { json } => devices(&cli.global, json),
-        Command::Bench { suite: BenchSuite::Kernels { batch, reps, filter, json } } => bench_kernels(&cli.global, batch, reps, filter.as_deref(), json),
+        Command::Bench { suite: BenchSuite::Kernels { batch, reps, filter, json } } => bench_kernels(&cli.global, &batch, reps, filter.as_deref(), json),
         Command::Bench { suite: BenchSuite::Detect { reps, cascade, json } } => bench_detect(&cli.global, &cascade, reps, json),
         Command::Bench { suite: BenchSuite::Train { batch, reps, model, json } } => match gpu::select(cli.global.device, &cli.global.gpu_options())? {
             Some(gpu) => bench_train(&GpuBackend::new(&gpu), batch, reps, &model, json),
@@ -378,23 +379,27 @@ fn yes(b: bool) -> &'static str {
     if b { "yes" } else { "no" }
 }
 
-fn bench_kernels(global: &Global, batch: usize, reps: usize, filter: Option<&str>, json: bool) -> Result<()> {
+fn bench_kernels(global: &Global, batches: &[usize], reps: usize, filter: Option<&str>, json: bool) -> Result<()> {
+    if batches.contains(&0) {
+        bail!("--batch: batches must be at least 1");
+    }
     // The kernel benchmark compares the two backends, so it always opens the GPU.
     let gpu = gpu::Gpu::new(&global.gpu_options()).context("the kernel benchmark needs a GPU adapter")?;
     if !json {
         eprintln!("GPU: {} ({})", gpu.describe(), if gpu.timestamps { "timestamp queries" } else { "wall clock" });
         eprintln!("CPU backend: {} rayon threads", rayon::current_num_threads());
     }
-    let report = bench::bench_kernels(&gpu, batch, reps.max(1), filter, |peaks| {
+    let mut print_row = bench::row_printer();
+    let report = bench::bench_kernels(&gpu, batches, reps.max(1), filter, |peaks| {
         if !json {
             println!("calibration SGEMM 1024^3 (8x8 outputs per thread, vec4 loads): {:.2} GFLOP/s", peaks.sgemm_gflops);
             println!("calibration copy 64 MiB (vec4 per thread): {:.2} GB/s read + written", peaks.copy_gbps);
             println!("%peak: GFLOP/s as a share of the SGEMM, or GB/s as a share of the copy, each timed again just before the kernel");
-            println!("{}", bench::table_header());
+            println!("ms: median of {reps} runs after a warm-up; spread: their highest minus their lowest", reps = reps.max(1));
         }
     }, |r| {
         if !json {
-            println!("{}", bench::table_row(r));
+            print_row(r);
         }
     })?;
     if json {

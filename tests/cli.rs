@@ -114,21 +114,26 @@ fn profile_train_writes_a_trace_and_prints_gpu_and_host_costs() {
 
 #[test]
 fn bench_kernels_reports_rates_peaks_and_each_pass() {
-    let (ok, stdout, stderr) = mien(&["bench", "kernels", "--device", "gpu", "--filter", "dense2", "--reps", "1", "--json"]);
+    let (ok, stdout, stderr) = mien(&["bench", "kernels", "--device", "gpu", "--filter", "dense2", "--reps", "1", "--batch", "1,5", "--json"]);
     assert!(ok, "{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert!(report["sgemm_gflops"].as_f64().unwrap() > 0.0 && report["copy_gbps"].as_f64().unwrap() > 0.0);
-    // dense2's three products, and the plain SGEMM at dense2's shape beside them.
+    // dense2's three products, and the plain SGEMM at dense2's shape beside them, at each batch.
     let results = report["results"].as_array().unwrap();
-    assert_eq!(results.len(), 4, "{stdout}");
+    let batches: Vec<u64> = results.iter().map(|r| r["batch"].as_u64().unwrap()).collect();
+    assert_eq!(batches, [1, 1, 1, 1, 5, 5, 5, 5], "{stdout}");
     for r in results {
         assert!(r["gpu_ms"].as_f64().unwrap() > 0.0 && r["cpu_ms"].as_f64().unwrap() > 0.0);
-        assert!(r["gpu_percent_of_sgemm"].as_f64().is_some());
+        // A batch-1 product is a matrix-vector one, bound by memory: its yardstick is the copy.
+        let by_copy = r["batch"] == 1 && !r["kernel"].as_str().unwrap().starts_with("plain SGEMM");
+        assert!(r[if by_copy { "gpu_percent_of_copy" } else { "gpu_percent_of_sgemm" }].as_f64().is_some(), "{r}");
         // dense2's products run split-K: the product and the sum of its splits at least.
         let passes = r["gpu_passes"].as_array().unwrap();
         let pass = if r["kernel"].as_str().unwrap().starts_with("plain SGEMM") { "sgemm_calibration" } else { "dense" };
         assert!(passes.iter().any(|p| p["pass"] == pass), "{r}");
     }
+    let (ok, _, stderr) = mien(&["bench", "kernels", "--batch", "64,0"]);
+    assert!(!ok && stderr.contains("--batch"), "{stderr}");
 }
 
 #[test]
