@@ -2,6 +2,7 @@
 //! 1920x1080, the GPU detector and the CPU reference (1 thread and all threads) in one run.
 //! Options after `--`: `--quick` (1 repetition instead of 5).
 
+use indicatif::ProgressBar;
 use mien::bench::{self, DetectResult};
 use mien::detect::Cascade;
 use mien::gpu::{Gpu, GpuOptions};
@@ -21,9 +22,9 @@ fn main() {
     };
     println!("OpenCV defaults (scale 1.1, 3 neighbours), frontal-face cascade, median of {reps}");
     match Gpu::new(&GpuOptions::default()) {
-        Ok(gpu) => show(bench::bench_detect_gpu(&gpu, &cascade, &scene, reps).expect("GPU detection")),
+        Ok(gpu) => show(bench::bench_detect_gpu(&gpu, &cascade, &scene, reps, &ProgressBar::hidden()).expect("GPU detection")),
         Err(e) => println!("no GPU column: {e}"),
     }
-    show(bench::bench_detect_cpu(&cascade, &scene, 1, reps).expect("CPU detection"));
-    show(bench::bench_detect_cpu(&cascade, &scene, rayon::current_num_threads(), reps).expect("CPU detection"));
+    show(bench::bench_detect_cpu(&cascade, &scene, 1, reps, &ProgressBar::hidden()).expect("CPU detection"));
+    show(bench::bench_detect_cpu(&cascade, &scene, rayon::current_num_threads(), reps, &ProgressBar::hidden()).expect("CPU detection"));
 }

@@ -18,5 +18,7 @@ fn main() {
     println!("GPU: {} ({})", gpu.describe(), if gpu.timestamps { "timestamp queries" } else { "wall clock" });
     println!("CPU backend: {} rayon threads; median of {reps} runs after a warm-up", rayon::current_num_threads());
     let calibrated = |p: &bench::Peaks| println!("calibration SGEMM 1024^3: {:.2} GFLOP/s; copy: {:.2} GB/s", p.sgemm_gflops, p.copy_gbps);
-    bench::bench_kernels(&gpu, &bench::DEFAULT_BATCHES, reps, filter.as_deref(), calibrated, bench::row_printer()).expect("benchmark failed");
+    let bar = bench::progress_bar();
+    bench::bench_kernels(&gpu, &bench::DEFAULT_BATCHES, reps, filter.as_deref(), &bar, calibrated, bench::row_printer(&bar)).expect("benchmark failed");
+    bar.finish_and_clear();
 }

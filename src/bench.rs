@@ -13,6 +13,7 @@ use crate::kernels::dropout::{self, Mask};
 use crate::kernels::maxpool2d::{self, PoolShape};
 use crate::kernels::relu;
 use crate::kernels::softmax_xent::{self, XentOutputs, XentShape};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::rc::Rc;
 use std::time::Instant;
@@ -93,6 +94,14 @@ pub struct KernelReport {
     pub repetitions: usize,
     pub batches: Vec<usize>,
     pub results: Vec<KernelResult>,
+}
+
+/// A bar on stderr for a long benchmark, with the stage it is at as its message (hidden when
+/// stderr is not a terminal). Its length is the number of stages; a suite sets it.
+pub fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(ProgressStyle::with_template("[{bar:30}] {pos}/{len} {msg} ({elapsed}, about {eta} left)").expect("valid template").progress_chars("=> "));
+    bar
 }
 
 /// Median and (max - min) of the samples, in milliseconds.
@@ -486,26 +495,35 @@ pub struct Peaks {
 pub const DEFAULT_BATCHES: [usize; 3] = [1, 64, 256];
 
 /// Runs every kernel case `reps` times (after one warm-up) on the GPU and on the CPU backend,
-/// for each batch in turn. `filter` keeps the cases whose name contains it.
+/// for each batch in turn. `filter` keeps the cases whose name contains it; `bar` shows which
+/// is running.
 pub fn bench_kernels(
     gpu: &Gpu,
     batches: &[usize],
     reps: usize,
     filter: Option<&str>,
+    bar: &ProgressBar,
     calibrated: impl FnOnce(&Peaks),
     mut progress: impl FnMut(&KernelResult),
 ) -> Result<KernelReport> {
+    // The calibration is a stage of the bar's, the kernels the rest (counted once known).
+    bar.set_length(1);
+    bar.set_message("calibration SGEMM and copy");
     let calibration = Calibration::new(gpu)?;
     let peaks = Peaks { sgemm_gflops: calibration.sgemm_gflops(gpu, reps)?, copy_gbps: calibration.copy_gbps(gpu, reps)? };
-    calibrated(&peaks);
+    bar.inc(1);
+    bar.suspend(|| calibrated(&peaks));
     let Peaks { sgemm_gflops, copy_gbps } = peaks;
     let mut results = Vec::new();
     // One batch's cases at a time: at batch 256 their buffers alone take about a gigabyte.
     for &batch in batches {
-        for mut case in cases(gpu, batch)? {
-            if filter.is_some_and(|f| !case.name.contains(f)) {
-                continue;
-            }
+        let batch_cases: Vec<Case> = cases(gpu, batch)?.into_iter().filter(|c| filter.is_none_or(|f| c.name.contains(f))).collect();
+        if bar.length() == Some(1) {
+            // Every batch has the same kernels.
+            bar.set_length(1 + (batch_cases.len() * batches.len()) as u64);
+        }
+        for mut case in batch_cases {
+            bar.set_message(format!("batch {batch}: {}", case.name));
             let yardstick = calibration.for_work(gpu, case.work, reps)?;
             let (gpu_ms, gpu_spread_ms, gpu_passes) = time_gpu(gpu, &case.gpu, reps)?;
             let (cpu_ms, cpu_spread_ms) = time_cpu(&mut case.cpu, reps)?;
@@ -528,6 +546,7 @@ pub fn bench_kernels(
                 gpu_passes,
                 yardstick,
             };
+            bar.inc(1);
             progress(&result);
             results.push(result);
         }
@@ -568,15 +587,19 @@ fn table_header() -> String {
     )
 }
 
-/// Prints each kernel's row, with a heading and the table's header before a batch's first.
-pub fn row_printer() -> impl FnMut(&KernelResult) {
+/// Prints each kernel's row, with a heading and the table's header before a batch's first, above
+/// `bar`.
+pub fn row_printer(bar: &ProgressBar) -> impl FnMut(&KernelResult) {
+    let bar = bar.clone();
     let mut last_batch = None;
     move |r| {
-        if last_batch != Some(r.batch) {
-            println!("\nbatch {}\n{}", r.batch, table_header());
-            last_batch = Some(r.batch);
-        }
-        println!("{}", table_row(r));
+        bar.suspend(|| {
+            if last_batch != Some(r.batch) {
+                println!("\nbatch {}\n{}", r.batch, table_header());
+                last_batch = Some(r.batch);
+            }
+            println!("{}", table_row(r));
+        })
     }
 }
 
@@ -639,6 +662,10 @@ pub fn detect_frame(scene: &image::GrayImage, w: u32, h: u32) -> image::GrayImag
     frame
 }
 
+/// Stages [`bench_detect_gpu`] and [`bench_detect_cpu`] each add to a progress bar.
+pub const DETECT_GPU_STAGES: usize = 2 * DETECT_SIZES.len();
+pub const DETECT_CPU_STAGES: usize = DETECT_SIZES.len();
+
 /// Detection (OpenCV's defaults) at each frame size: `detect` returns a frame's face count and,
 /// on the GPU, its host cost; median of `reps` runs after a warm-up.
 fn bench_detect(
@@ -646,11 +673,13 @@ fn bench_detect(
     threads: usize,
     scene: &image::GrayImage,
     reps: usize,
+    bar: &ProgressBar,
     mut detect: impl FnMut(&image::GrayImage) -> Result<(usize, Option<crate::gpu::HostTiming>)>,
 ) -> Result<Vec<DetectResult>> {
     DETECT_SIZES
         .iter()
         .map(|&(w, h)| {
+            bar.set_message(format!("{w}x{h} on {}", if device == "cpu" { format!("the CPU, {threads} thread(s)") } else { device.to_string() }));
             let frame = detect_frame(scene, w, h);
             let (faces, _) = detect(&frame)?;
             let mut samples = Vec::new();
@@ -665,32 +694,35 @@ fn bench_detect(
             let (median_ms, _) = summarize(samples);
             let gpu_passes_per_frame = host.first().map(|t| t.passes);
             let host_ms = (!host.is_empty()).then(|| summarize(host.iter().map(|t| (t.record_ns + t.submit_ns) / 1e6).collect()).0);
+            bar.inc(1);
             Ok(DetectResult { device: device.to_string(), width: w, height: h, threads, reps: reps.max(1), median_ms, min_ms, fps: 1e3 / median_ms, faces, gpu_passes_per_frame, host_ms, stream_fps: None })
         })
         .collect()
 }
 
 /// The CPU reference detector with `threads` rayon threads.
-pub fn bench_detect_cpu(cascade: &crate::detect::Cascade, scene: &image::GrayImage, threads: usize, reps: usize) -> Result<Vec<DetectResult>> {
+pub fn bench_detect_cpu(cascade: &crate::detect::Cascade, scene: &image::GrayImage, threads: usize, reps: usize, bar: &ProgressBar) -> Result<Vec<DetectResult>> {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| crate::error::Error::Gpu { op: "thread pool".into(), detail: e.to_string() })?;
     let params = crate::detect::DetectParams::default();
-    bench_detect("cpu", threads, scene, reps, |frame| Ok((pool.install(|| crate::detect::detect_multi_scale(cascade, frame, &params)).len(), None)))
+    bench_detect("cpu", threads, scene, reps, bar, |frame| Ok((pool.install(|| crate::detect::detect_multi_scale(cascade, frame, &params)).len(), None)))
 }
 
 /// The GPU detector; each frame is uploaded, scanned and read back, then the same frames as a
 /// stream with one in flight.
-pub fn bench_detect_gpu(gpu: &Gpu, cascade: &crate::detect::Cascade, scene: &image::GrayImage, reps: usize) -> Result<Vec<DetectResult>> {
+pub fn bench_detect_gpu(gpu: &Gpu, cascade: &crate::detect::Cascade, scene: &image::GrayImage, reps: usize, bar: &ProgressBar) -> Result<Vec<DetectResult>> {
     let detector = crate::detect::gpu::GpuDetector::new(gpu, cascade)?;
     let params = crate::detect::DetectParams::default();
-    let mut results = bench_detect(&gpu.describe(), rayon::current_num_threads(), scene, reps, |frame| {
+    let mut results = bench_detect(&gpu.describe(), rayon::current_num_threads(), scene, reps, bar, |frame| {
         let faces = detector.detect_multi_scale(frame, &params)?.len();
         Ok((faces, Some(detector.last_host_timing())))
     })?;
     for r in &mut results {
+        bar.set_message(format!("{}x{} on {}, as a stream", r.width, r.height, r.device));
         let frame = detect_frame(scene, r.width, r.height);
         let start = Instant::now();
         detector.detect_stream(vec![&frame; r.reps], &params, |_, _| {})?;
         r.stream_fps = Some(r.reps as f64 / start.elapsed().as_secs_f64());
+        bar.inc(1);
     }
     Ok(results)
 }
@@ -716,9 +748,12 @@ pub struct TrainBench {
     pub inference_batch1_ms: f64,
 }
 
+/// Stages [`bench_train`] adds to a progress bar: training, inference, batch-1 latency.
+pub const TRAIN_STAGES: usize = 3;
+
 /// Times training steps and inference of `config` on `backend` with synthetic images,
 /// median of `reps` after a warm-up (batch-1 latency: of [`BATCH1_REPS_PER_REP`] times as many).
-pub fn bench_train<B: crate::nn::Backend>(backend: &B, config: crate::nn::ModelConfig, batch: usize, reps: usize) -> anyhow::Result<TrainBench> {
+pub fn bench_train<B: crate::nn::Backend>(backend: &B, config: crate::nn::ModelConfig, batch: usize, reps: usize, bar: &ProgressBar) -> anyhow::Result<TrainBench> {
     use crate::kernels::adam::AdamConfig;
     let mut model = crate::nn::Model::new(backend, config, 1)?;
     let px = crate::data::PIXELS;
@@ -736,7 +771,10 @@ pub fn bench_train<B: crate::nn::Backend>(backend: &B, config: crate::nn::ModelC
         Ok(summarize(samples).0)
     };
     let median = |f: &mut dyn FnMut() -> anyhow::Result<()>| median_of(reps.max(1), f);
+    let name = model.config.name.clone();
+    let stage = |what: &str| bar.set_message(format!("{name}: {what}"));
     let mut step = 0u64;
+    stage("training steps");
     // Pipelined as `mien train` runs them: step N + 1 is queued before step N's loss is read.
     let mut in_flight = None;
     let train = median(&mut || {
@@ -750,6 +788,8 @@ pub fn bench_train<B: crate::nn::Backend>(backend: &B, config: crate::nn::ModelC
     if let Some(last) = in_flight.take() {
         last.wait(backend)?;
     }
+    bar.inc(1);
+    stage("inference");
     // Throughput, so pipelined too: batch N + 1 is queued before batch N's outputs are read.
     let mut in_flight = None;
     let infer = median(&mut || {
@@ -762,10 +802,13 @@ pub fn bench_train<B: crate::nn::Backend>(backend: &B, config: crate::nn::ModelC
     if let Some(last) = in_flight.take() {
         last.wait(backend)?;
     }
+    bar.inc(1);
+    stage("batch-1 latency");
     let single = median_of(reps.max(1) * BATCH1_REPS_PER_REP, &mut || {
         model.predict(backend, &images[..px], false)?;
         Ok(())
     })?;
+    bar.inc(1);
     Ok(TrainBench {
         model: model.config.name.clone(),
         parameters: model.parameter_count(),

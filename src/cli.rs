@@ -389,8 +389,9 @@ fn bench_kernels(global: &Global, batches: &[usize], reps: usize, filter: Option
         eprintln!("GPU: {} ({})", gpu.describe(), if gpu.timestamps { "timestamp queries" } else { "wall clock" });
         eprintln!("CPU backend: {} rayon threads", rayon::current_num_threads());
     }
-    let mut print_row = bench::row_printer();
-    let report = bench::bench_kernels(&gpu, batches, reps.max(1), filter, |peaks| {
+    let bar = bench::progress_bar();
+    let mut print_row = bench::row_printer(&bar);
+    let report = bench::bench_kernels(&gpu, batches, reps.max(1), filter, &bar, |peaks| {
         if !json {
             println!("calibration SGEMM 1024^3 (8x8 outputs per thread, vec4 loads): {:.2} GFLOP/s", peaks.sgemm_gflops);
             println!("calibration copy 64 MiB (vec4 per thread): {:.2} GB/s read + written", peaks.copy_gbps);
@@ -402,6 +403,7 @@ fn bench_kernels(global: &Global, batches: &[usize], reps: usize, filter: Option
             print_row(r);
         }
     })?;
+    bar.finish_and_clear();
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else if let Some((lo, hi)) = bench::yardstick_range(&report, |w| matches!(w, bench::Work::Flops(_))) {
@@ -774,14 +776,17 @@ fn bench_detect(global: &Global, cascade: &Path, reps: usize, json: bool) -> Res
         DeviceChoice::Auto => gpu::Gpu::new(&global.gpu_options()).map_err(|e| eprintln!("no GPU column: {e}")).ok(),
     };
     let mut results = Vec::new();
+    let bar = bench::progress_bar();
+    bar.set_length((2 * bench::DETECT_CPU_STAGES + if gpu.is_some() { bench::DETECT_GPU_STAGES } else { 0 }) as u64);
     if let Some(gpu) = &gpu {
         if !json {
             eprintln!("GPU: {}", gpu.describe());
         }
-        results.extend(bench::bench_detect_gpu(gpu, &cascade, &scene, reps)?);
+        results.extend(bench::bench_detect_gpu(gpu, &cascade, &scene, reps, &bar)?);
     }
-    results.extend(bench::bench_detect_cpu(&cascade, &scene, 1, reps)?);
-    results.extend(bench::bench_detect_cpu(&cascade, &scene, rayon::current_num_threads(), reps)?);
+    results.extend(bench::bench_detect_cpu(&cascade, &scene, 1, reps, &bar)?);
+    results.extend(bench::bench_detect_cpu(&cascade, &scene, rayon::current_num_threads(), reps, &bar)?);
+    bar.finish_and_clear();
     if json {
         println!("{}", serde_json::to_string_pretty(&results)?);
         return Ok(());
@@ -805,16 +810,19 @@ fn bench_train<B: Backend>(backend: &B, batch: usize, reps: usize, models: &[Pat
         models.iter().map(|m| ModelConfig::load(m)).collect::<Result<Vec<_>, _>>()?
     };
     let mut results = Vec::new();
+    let bar = bench::progress_bar();
+    bar.set_length((configs.len() * bench::TRAIN_STAGES) as u64);
     for config in configs {
-        let r = bench::bench_train(backend, config, batch, reps)?;
+        let r = bench::bench_train(backend, config, batch, reps, &bar)?;
         if !json {
-            println!(
+            bar.suspend(|| println!(
                 "{} on {}: training {:.1} images/s, inference {:.1} images/s (batch {}), batch-1 latency {:.2} ms",
                 r.model, r.device, r.train_images_per_second, r.inference_images_per_second, r.batch, r.inference_batch1_ms
-            );
+            ));
         }
         results.push(r);
     }
+    bar.finish_and_clear();
     if json {
         println!("{}", serde_json::to_string_pretty(&results)?);
     }
