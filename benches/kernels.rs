@@ -17,7 +17,7 @@ fn main() {
     let gpu = Gpu::new(&GpuOptions { backend, ..Default::default() }).expect("the kernel benchmark needs a GPU adapter");
     println!("GPU: {} ({})", gpu.describe(), if gpu.timestamps { "timestamp queries" } else { "wall clock" });
     println!("CPU backend: {} rayon threads; median of {reps} runs after a warm-up", rayon::current_num_threads());
-    let calibrated = |p: &bench::Peaks| println!("calibration SGEMM 1024^3: {:.2} GFLOP/s; copy: {:.2} GB/s", p.sgemm_gflops, p.copy_gbps);
+    let calibrated = |p: &bench::Peaks| println!("calibration FMA: {:.2} GFLOP/s; SGEMM 1024^3: {:.2} GFLOP/s; copy: {:.2} GB/s", p.fma_gflops, p.sgemm_gflops, p.copy_gbps);
     let bar = bench::progress_bar();
     bench::bench_kernels(&gpu, &bench::DEFAULT_BATCHES, reps, filter.as_deref(), &bar, calibrated, bench::row_printer(&bar)).expect("benchmark failed");
     bar.finish_and_clear();

@@ -56,14 +56,19 @@ pub struct KernelResult {
     /// Median of the repetitions, and their highest minus their lowest.
     pub gpu_ms: f64,
     pub gpu_spread_ms: f64,
+    /// A compute-bound kernel's GPU GFLOP/s as a percentage of the adapter's peak, the
+    /// calibration FMA's GFLOP/s measured just before it (`fma_yardstick`).
+    pub gpu_percent_of_fma: Option<f64>,
     /// The kernel's GPU GFLOP/s as a percentage of the calibration SGEMM's, measured just
     /// before it (`yardstick`).
     pub gpu_percent_of_sgemm: Option<f64>,
     /// A memory-bound kernel's GPU GB/s as a percentage of the calibration copy's, measured
     /// just before it.
     pub gpu_percent_of_copy: Option<f64>,
-    /// The calibration this kernel's %peak divides by: SGEMM GFLOP/s or copy GB/s.
+    /// The calibration this kernel's percentage divides by: SGEMM GFLOP/s or copy GB/s.
     pub yardstick: f64,
+    /// The calibration FMA's GFLOP/s, for compute-bound kernels.
+    pub fma_yardstick: Option<f64>,
     pub cpu_ms: f64,
     pub cpu_spread_ms: f64,
     /// CPU time / GPU time: above 1 the GPU is faster.
@@ -82,6 +87,10 @@ pub struct PassMedian {
 #[derive(Clone, Debug, Serialize)]
 pub struct KernelReport {
     pub adapter: String,
+    /// GFLOP/s of the calibration FMA (shaders/fma_calibration.wgsl, multiply-adds on
+    /// registers alone) at the start of this run: the adapter's peak, timed again before each
+    /// compute-bound kernel (its `fma_yardstick`).
+    pub fma_gflops: f64,
     /// GFLOP/s of the calibration SGEMM (shaders/sgemm_calibration.wgsl) on this adapter at
     /// the start of this run; each compute-bound kernel's %peak uses the SGEMM timed again just
     /// before it (its `yardstick`).
@@ -112,7 +121,7 @@ fn summarize(mut samples: Vec<f64>) -> (f64, f64) {
 }
 
 /// Median and spread of a GPU run's time, and each of its passes' median.
-fn time_gpu(gpu: &Gpu, run: &GpuRun, reps: usize) -> Result<(f64, f64, Vec<PassMedian>)> {
+fn time_gpu(gpu: &Gpu, run: &dyn Fn(&mut Recorder) -> Result<()>, reps: usize) -> Result<(f64, f64, Vec<PassMedian>)> {
     let mut samples = Vec::with_capacity(reps);
     let mut pass_samples: Vec<(&'static str, Vec<f64>)> = Vec::new();
     for rep in 0..=reps {
@@ -435,15 +444,42 @@ fn cases(gpu: &Gpu, batch: usize) -> Result<Vec<Case>> {
     Ok(all)
 }
 
-/// The yardsticks: a plain, well-shaped 1024^3 product and a 64 MiB vec4 copy, set up once
-/// and timed again before each kernel. On a shared host their speed moves between runs by more
-/// than a kernel's does (lavapipe's SGEMM: 19-31 GFLOP/s over a day here), so a kernel's
-/// %peak is taken against the calibration measured just before it.
+/// The yardsticks: multiply-adds on registers alone (the peak), a plain, well-shaped 1024^3
+/// product and a 64 MiB vec4 copy, set up once and timed again before each kernel. On a shared
+/// host their speed moves between runs by more than a kernel's does (lavapipe's SGEMM: 19-31
+/// GFLOP/s over a day here), so a kernel's percentages are taken against the calibrations
+/// measured just before it.
 struct Calibration {
+    fma: GpuRun,
+    fma_flops: f64,
     sgemm: GpuRun,
     sgemm_flops: f64,
     copy: GpuRun,
     copy_bytes: f64,
+}
+
+/// Iterations per thread of the FMA calibration: 32,768 multiply-adds, so that a thread's
+/// setup and store are lost beside them (at 1 iteration lavapipe reached half the rate).
+const FMA_ITERATIONS: u32 = 256;
+
+/// The FMA calibration's run should take about this long, so that timing and launch costs are
+/// small beside it.
+const FMA_TARGET_MS: f64 = 20.0;
+
+/// The threads that make the FMA calibration take about [`FMA_TARGET_MS`]: doubled from one
+/// workgroup until a run takes a quarter of that, which only happens once they fill the
+/// adapter (lavapipe: a few thousand; a large GPU: millions), then scaled.
+fn fma_threads(gpu: &Gpu) -> Result<usize> {
+    let mut threads = 256usize;
+    loop {
+        let sums = gpu.zeros::<f32>(threads)?;
+        let (ms, _, _) = time_gpu(gpu, &|rec| crate::kernels::calibration::fma_gpu(rec, threads, FMA_ITERATIONS, &sums), 1)?;
+        if ms >= FMA_TARGET_MS / 4.0 || threads >= 1 << 24 {
+            let scaled = (threads as f64 * FMA_TARGET_MS / ms.max(1e-3)) as usize;
+            return Ok(scaled.clamp(256, threads * 8).next_multiple_of(256));
+        }
+        threads *= 2;
+    }
 }
 
 impl Calibration {
@@ -455,12 +491,22 @@ impl Calibration {
         let len = (16usize << 20).min(gpu.binding_limit() as usize / 4) / 4 * 4;
         let src = gpu.upload(&seeded(len, 22))?;
         let dst = gpu.zeros::<f32>(len)?;
+        let threads = fma_threads(gpu)?;
+        let sums = gpu.zeros::<f32>(threads)?;
         Ok(Calibration {
+            fma: Box::new(move |rec| crate::kernels::calibration::fma_gpu(rec, threads, FMA_ITERATIONS, &sums)),
+            fma_flops: crate::kernels::calibration::FMA_FLOPS_PER_ITERATION * threads as f64 * FMA_ITERATIONS as f64,
             sgemm: Box::new(move |rec| crate::kernels::calibration::sgemm_gpu(rec, (n, n, n), &a, &b, &c)),
             sgemm_flops: 2.0 * (n * n * n) as f64,
             copy: Box::new(move |rec| crate::kernels::calibration::copy_gpu(rec, len, &src, &dst)),
             copy_bytes: 2.0 * 4.0 * len as f64,
         })
+    }
+
+    /// GFLOP/s of the FMA calibration, the adapter's peak (median of `reps`).
+    fn fma_gflops(&self, gpu: &Gpu, reps: usize) -> Result<f64> {
+        let (ms, _, _) = time_gpu(gpu, &self.fma, reps)?;
+        Ok(self.fma_flops / (ms / 1e3) / 1e9)
     }
 
     /// GFLOP/s of the SGEMM (median of `reps`).
@@ -475,17 +521,19 @@ impl Calibration {
         Ok(self.copy_bytes / (ms / 1e3) / 1e9)
     }
 
-    /// The yardstick for `work`, measured now.
-    fn for_work(&self, gpu: &Gpu, work: Work, reps: usize) -> Result<f64> {
+    /// The yardsticks for `work`, measured now: the SGEMM's GFLOP/s and the FMA's, or the
+    /// copy's GB/s alone.
+    fn for_work(&self, gpu: &Gpu, work: Work, reps: usize) -> Result<(f64, Option<f64>)> {
         match work {
-            Work::Flops(_) => self.sgemm_gflops(gpu, reps),
-            Work::Bytes(_) => self.copy_gbps(gpu, reps),
+            Work::Flops(_) => Ok((self.sgemm_gflops(gpu, reps)?, Some(self.fma_gflops(gpu, reps)?))),
+            Work::Bytes(_) => Ok((self.copy_gbps(gpu, reps)?, None)),
         }
     }
 }
 
-/// The adapter's measured peaks: (SGEMM GFLOP/s, copy GB/s).
+/// The adapter's measured peaks: (FMA GFLOP/s, SGEMM GFLOP/s, copy GB/s).
 pub struct Peaks {
+    pub fma_gflops: f64,
     pub sgemm_gflops: f64,
     pub copy_gbps: f64,
 }
@@ -510,10 +558,10 @@ pub fn bench_kernels(
     bar.set_length(1);
     bar.set_message("calibration SGEMM and copy");
     let calibration = Calibration::new(gpu)?;
-    let peaks = Peaks { sgemm_gflops: calibration.sgemm_gflops(gpu, reps)?, copy_gbps: calibration.copy_gbps(gpu, reps)? };
+    let peaks = Peaks { fma_gflops: calibration.fma_gflops(gpu, reps)?, sgemm_gflops: calibration.sgemm_gflops(gpu, reps)?, copy_gbps: calibration.copy_gbps(gpu, reps)? };
     bar.inc(1);
     bar.suspend(|| calibrated(&peaks));
-    let Peaks { sgemm_gflops, copy_gbps } = peaks;
+    let Peaks { fma_gflops, sgemm_gflops, copy_gbps } = peaks;
     let mut results = Vec::new();
     // One batch's cases at a time: at batch 256 their buffers alone take about a gigabyte.
     for &batch in batches {
@@ -524,12 +572,15 @@ pub fn bench_kernels(
         }
         for mut case in batch_cases {
             bar.set_message(format!("batch {batch}: {}", case.name));
-            let yardstick = calibration.for_work(gpu, case.work, reps)?;
+            let (yardstick, fma_yardstick) = calibration.for_work(gpu, case.work, reps)?;
             let (gpu_ms, gpu_spread_ms, gpu_passes) = time_gpu(gpu, &case.gpu, reps)?;
             let (cpu_ms, cpu_spread_ms) = time_cpu(&mut case.cpu, reps)?;
+            let percent_of = |rate: f64| 100.0 * match case.work {
+                Work::Flops(f) | Work::Bytes(f) => f / (gpu_ms / 1e3) / 1e9 / rate,
+            };
             let (of_sgemm, of_copy) = match case.work {
-                Work::Flops(f) => (Some(100.0 * f / (gpu_ms / 1e3) / 1e9 / yardstick), None),
-                Work::Bytes(b) => (None, Some(100.0 * b / (gpu_ms / 1e3) / 1e9 / yardstick)),
+                Work::Flops(_) => (Some(percent_of(yardstick)), None),
+                Work::Bytes(_) => (None, Some(percent_of(yardstick))),
             };
             let result = KernelResult {
                 batch,
@@ -538,6 +589,7 @@ pub fn bench_kernels(
                 work: case.work,
                 gpu_ms,
                 gpu_spread_ms,
+                gpu_percent_of_fma: fma_yardstick.map(percent_of),
                 gpu_percent_of_sgemm: of_sgemm,
                 gpu_percent_of_copy: of_copy,
                 cpu_ms,
@@ -545,6 +597,7 @@ pub fn bench_kernels(
                 gpu_speedup: cpu_ms / gpu_ms,
                 gpu_passes,
                 yardstick,
+                fma_yardstick,
             };
             bar.inc(1);
             progress(&result);
@@ -553,6 +606,7 @@ pub fn bench_kernels(
     }
     Ok(KernelReport {
         adapter: gpu.describe(),
+        fma_gflops,
         sgemm_gflops,
         copy_gbps,
         gpu_timing: if gpu.timestamps { "timestamp queries" } else { "wall clock" },
@@ -563,27 +617,29 @@ pub fn bench_kernels(
     })
 }
 
-/// The lowest and highest yardstick among the results whose work `kind` accepts.
-pub fn yardstick_range(report: &KernelReport, kind: impl Fn(Work) -> bool) -> Option<(f64, f64)> {
-    let values: Vec<f64> = report.results.iter().filter(|r| kind(r.work)).map(|r| r.yardstick).collect();
+/// The lowest and highest of the values `pick` finds among the results (a calibration's rate
+/// measured before each kernel).
+pub fn range(report: &KernelReport, pick: impl Fn(&KernelResult) -> Option<f64>) -> Option<(f64, f64)> {
+    let values: Vec<f64> = report.results.iter().filter_map(pick).collect();
     let lo = values.iter().copied().reduce(f64::min)?;
     Some((lo, values.iter().copied().fold(lo, f64::max)))
 }
 
 fn table_header() -> String {
     format!(
-        "{:<34} {:<28} {:>10} {:>8} {:>16} {:>7} {:>10} {:>8} {:>16} {:>8}\n{}",
+        "{:<34} {:<28} {:>10} {:>8} {:>16} {:>6} {:>7} {:>10} {:>8} {:>16} {:>8}\n{}",
         "kernel",
         "shape",
         "GPU ms",
         "spread",
         "GPU rate",
         "%peak",
+        "%sgemm",
         "CPU ms",
         "spread",
         "CPU rate",
         "GPU/CPU",
-        "-".repeat(154)
+        "-".repeat(161)
     )
 }
 
@@ -606,13 +662,14 @@ pub fn row_printer(bar: &ProgressBar) -> impl FnMut(&KernelResult) {
 /// A kernel's row, and under it its GPU passes when there are several.
 fn table_row(r: &KernelResult) -> String {
     let mut row = format!(
-        "{:<34} {:<28} {:>10.3} {:>8} {:>16} {:>7} {:>10.3} {:>8} {:>16} {:>7.3}x",
+        "{:<34} {:<28} {:>10.3} {:>8} {:>16} {:>6} {:>7} {:>10.3} {:>8} {:>16} {:>7.3}x",
         r.kernel,
         r.shape,
         r.gpu_ms,
         format!("±{:.3}", r.gpu_spread_ms),
         r.work.rate(r.gpu_ms / 1e3),
-        r.gpu_percent_of_sgemm.or(r.gpu_percent_of_copy).map_or(String::new(), |p| format!("{p:.0}%")),
+        r.gpu_percent_of_fma.or(r.gpu_percent_of_copy).map_or(String::new(), |p| format!("{p:.0}%")),
+        r.gpu_percent_of_sgemm.map_or(String::new(), |p| format!("{p:.0}%")),
         r.cpu_ms,
         format!("±{:.3}", r.cpu_spread_ms),
         r.work.rate(r.cpu_ms / 1e3),

@@ -393,9 +393,10 @@ fn bench_kernels(global: &Global, batches: &[usize], reps: usize, filter: Option
     let mut print_row = bench::row_printer(&bar);
     let report = bench::bench_kernels(&gpu, batches, reps.max(1), filter, &bar, |peaks| {
         if !json {
+            println!("calibration FMA (multiply-adds on registers, the peak): {:.2} GFLOP/s", peaks.fma_gflops);
             println!("calibration SGEMM 1024^3 (8x8 outputs per thread, vec4 loads): {:.2} GFLOP/s", peaks.sgemm_gflops);
             println!("calibration copy 64 MiB (vec4 per thread): {:.2} GB/s read + written", peaks.copy_gbps);
-            println!("%peak: GFLOP/s as a share of the SGEMM, or GB/s as a share of the copy, each timed again just before the kernel");
+            println!("%peak: GFLOP/s as a share of the FMA's, or GB/s as a share of the copy's; %sgemm: GFLOP/s as a share of the SGEMM's; each calibration timed again just before the kernel");
             println!("ms: median of {reps} runs after a warm-up; spread: their highest minus their lowest", reps = reps.max(1));
         }
     }, |r| {
@@ -406,8 +407,8 @@ fn bench_kernels(global: &Global, batches: &[usize], reps: usize, filter: Option
     bar.finish_and_clear();
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
-    } else if let Some((lo, hi)) = bench::yardstick_range(&report, |w| matches!(w, bench::Work::Flops(_))) {
-        println!("calibration SGEMM before each compute-bound kernel: {lo:.2}-{hi:.2} GFLOP/s");
+    } else if let (Some(fma), Some(sgemm)) = (bench::range(&report, |r| r.fma_yardstick), bench::range(&report, |r| r.gpu_percent_of_sgemm.map(|_| r.yardstick))) {
+        println!("before each compute-bound kernel, calibration FMA {:.2}-{:.2} GFLOP/s, SGEMM {:.2}-{:.2} GFLOP/s", fma.0, fma.1, sgemm.0, sgemm.1);
     }
     Ok(())
 }

@@ -118,6 +118,8 @@ fn bench_kernels_reports_rates_peaks_and_each_pass() {
     assert!(ok, "{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert!(report["sgemm_gflops"].as_f64().unwrap() > 0.0 && report["copy_gbps"].as_f64().unwrap() > 0.0);
+    // The peak: multiply-adds with no memory traffic outrun any product.
+    assert!(report["fma_gflops"].as_f64().unwrap() > report["sgemm_gflops"].as_f64().unwrap(), "{stdout}");
     // dense2's three products, and the plain SGEMM at dense2's shape beside them, at each batch.
     let results = report["results"].as_array().unwrap();
     let batches: Vec<u64> = results.iter().map(|r| r["batch"].as_u64().unwrap()).collect();
@@ -126,7 +128,9 @@ fn bench_kernels_reports_rates_peaks_and_each_pass() {
         assert!(r["gpu_ms"].as_f64().unwrap() > 0.0 && r["cpu_ms"].as_f64().unwrap() > 0.0);
         // A batch-1 product is a matrix-vector one, bound by memory: its yardstick is the copy.
         let by_copy = r["batch"] == 1 && !r["kernel"].as_str().unwrap().starts_with("plain SGEMM");
-        assert!(r[if by_copy { "gpu_percent_of_copy" } else { "gpu_percent_of_sgemm" }].as_f64().is_some(), "{r}");
+        for key in if by_copy { ["gpu_percent_of_copy"].as_slice() } else { &["gpu_percent_of_sgemm", "gpu_percent_of_fma"] } {
+            assert!(r[key].as_f64().is_some(), "{key}: {r}");
+        }
         // dense2's products run split-K: the product and the sum of its splits at least.
         let passes = r["gpu_passes"].as_array().unwrap();
         let pass = if r["kernel"].as_str().unwrap().starts_with("plain SGEMM") { "sgemm_calibration" } else { "dense" };

@@ -341,6 +341,17 @@ fn sgemm_calibration_kernel_multiplies() {
 }
 
 #[test]
+fn fma_calibration_kernel_matches_the_cpu() {
+    let g = gpu();
+    // Not a multiple of the 256-thread workgroup.
+    let (threads, iterations) = (1000, 3);
+    let sums = g.zeros(threads).unwrap();
+    g.run(|rec| mien::kernels::calibration::fma_gpu(rec, threads, iterations, &sums)).unwrap();
+    assert_close("calibration fma", &read(&sums), &mien::kernels::calibration::fma_cpu(threads, iterations), SUM_TOL);
+    assert!(g.run(|rec| mien::kernels::calibration::fma_gpu(rec, threads + 2, iterations, &sums)).is_err());
+}
+
+#[test]
 fn copy_calibration_kernel_copies() {
     let g = gpu();
     let src = randn_like(4 * 1001, 3);

@@ -83,6 +83,7 @@ shaders! {
     ADAM = "adam" ["adam.wgsl"];
     BATCHNORM_FORWARD = "batchnorm_forward" ["batchnorm_forward.wgsl"];
     BATCHNORM_BACKWARD = "batchnorm_backward" ["batchnorm_backward.wgsl"];
+    FMA_CALIBRATION = "fma_calibration" ["fma_calibration.wgsl"];
     SGEMM_CALIBRATION = "sgemm_calibration" ["sgemm_calibration.wgsl"];
     COPY_CALIBRATION = "copy_calibration" ["copy_calibration.wgsl"];
     WARP = "warp" ["warp.wgsl"];
