@@ -367,7 +367,8 @@ fn pad_gpu(rec: &mut Recorder, s: &Conv2dShape, valid: &Conv2dShape, images: usi
     debug_assert_eq!(valid.w % 4, 0, "conv2d_pad.wgsl writes whole vec4s");
     let padded = rec.scratch::<f32>(images * s.cin * valid.h * valid.w)?;
     let params = [(images * s.cin) as u32, s.h as u32, s.w as u32, s.pad_top as u32, s.pad_left as u32, valid.h as u32, valid.w as u32, 0];
-    rec.dispatch_linear("conv2d_pad", &shaders::CONV2D_PAD, "pad", &params, &[x, padded.all().rw()], images * s.cin * valid.h, 64)?;
+    // Four vec4s of the padded planes a thread (conv2d_pad.wgsl).
+    rec.dispatch_linear("conv2d_pad", &shaders::CONV2D_PAD, "pad", &params, &[x, padded.all().rw()], padded.len().div_ceil(16), 64)?;
     Ok(padded)
 }
 
