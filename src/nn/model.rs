@@ -227,21 +227,26 @@ impl<B: Backend> Model<B> {
         }
     }
 
-    fn forward(&self, backend: &B, ws: &Workspace<B>, training: bool, seed: u32) -> Result<()> {
+    /// Runs the layers on the batch in `ws.acts[0]`, and returns the tensor holding the logits.
+    fn forward<'w>(&self, backend: &B, ws: &'w Workspace<B>, training: bool, seed: u32) -> Result<&'w B::Tensor> {
         let batch = ws.batch;
+        let mut x = &ws.acts[0];
         for (i, layer) in self.layers.iter().enumerate() {
-            let (x, y) = (&ws.acts[i], &ws.acts[i + 1]);
+            let y = &ws.acts[i + 1];
             match layer.op {
                 Op::Conv { shape, w, b, act } => backend.conv2d_forward(Conv2dShape { batch, ..shape }, x, &self.params[w].value, &self.params[b].value, act, y)?,
                 Op::Dense { inputs, outputs, w, b } => backend.dense_forward(DenseShape { batch, inputs, outputs }, x, &self.params[w].value, &self.params[b].value, y)?,
                 Op::Relu => backend.relu_forward(x, y)?,
                 Op::Pool { size, channels, h, w } => backend.maxpool_forward(PoolShape::new(batch, channels, (h, w), size)?, x, y, ws.argmax[i].as_ref().expect("pool workspace"))?,
-                // In inference dropout keeps everything: a rate-0 mask is a copy.
-                Op::Dropout { rate } => backend.dropout(Mask::new(if training { rate } else { 0.0 }, dropout_seed(seed, layer.index))?, x, y)?,
+                // In inference dropout keeps everything, so the next layer reads its input as it
+                // is (a copy pass less per dropout layer).
+                Op::Dropout { .. } if !training => continue,
+                Op::Dropout { rate } => backend.dropout(Mask::new(rate, dropout_seed(seed, layer.index))?, x, y)?,
                 Op::BatchNorm { channels, plane, .. } => backend.batchnorm_forward(BnShape { batch, channels, plane }, self.bn, training, x, self.bn_tensors(ws, i), y)?,
             }
+            x = y;
         }
-        Ok(())
+        Ok(x)
     }
 
     fn backward(&self, backend: &B, ws: &Workspace<B>, seed: u32) -> Result<()> {
@@ -319,10 +324,10 @@ impl<B: Backend> Model<B> {
         Ok(wi)
     }
 
-    fn loss(&self, backend: &B, ws: &Workspace<B>, smoothing: f32) -> Result<()> {
+    fn loss(&self, backend: &B, ws: &Workspace<B>, logits: &B::Tensor, smoothing: f32) -> Result<()> {
         let s = XentShape { batch: ws.batch, classes: self.config.classes, smoothing };
         let out = LossTensors { probs: &ws.probs, row_loss: &ws.row_loss, loss: &ws.loss, correct: &ws.correct };
-        backend.xent_forward(s, ws.acts.last().expect("logits"), &ws.labels, &self.class_weight, out)
+        backend.xent_forward(s, logits, &ws.labels, &self.class_weight, out)
     }
 
     /// One training step on a batch: forward with dropout drawn from `seed`, loss, backward,
@@ -339,8 +344,8 @@ impl<B: Backend> Model<B> {
     pub fn submit_train_step(&mut self, backend: &B, images: &[u8], maps: &[[f32; 6]], labels: &[u32], seed: u32, adam: AdamConfig, t: u64) -> Result<BatchInFlight<B>> {
         let wi = self.load_batch(backend, images, maps, labels)?;
         let ws = &self.workspaces[wi];
-        self.forward(backend, ws, true, seed)?;
-        self.loss(backend, ws, self.label_smoothing)?;
+        let logits = self.forward(backend, ws, true, seed)?;
+        self.loss(backend, ws, logits, self.label_smoothing)?;
         let s = XentShape { batch: ws.batch, classes: self.config.classes, smoothing: self.label_smoothing };
         backend.xent_backward(s, &ws.probs, &ws.labels, &self.class_weight, ws.grads.last().expect("logit gradient"))?;
         self.backward(backend, ws, seed)?;
@@ -368,12 +373,12 @@ impl<B: Backend> Model<B> {
     pub fn submit_evaluation(&mut self, backend: &B, images: &[u8], map: [f32; 6], labels: &[u32]) -> Result<BatchInFlight<B>> {
         let wi = self.load_batch(backend, images, &vec![map; labels.len()], labels)?;
         let ws = &self.workspaces[wi];
-        self.forward(backend, ws, false, 0)?;
-        self.loss(backend, ws, 0.0)?;
+        let logits = self.forward(backend, ws, false, 0)?;
+        self.loss(backend, ws, logits, 0.0)?;
         let batch = BatchInFlight {
             loss: backend.read_later(&ws.loss)?,
             correct: backend.read_ints_later(&ws.correct)?,
-            outputs: Some((backend.read_later(ws.acts.last().expect("logits"))?, backend.read_later(&ws.probs)?)),
+            outputs: Some((backend.read_later(logits)?, backend.read_later(&ws.probs)?)),
         };
         backend.flush()?;
         Ok(batch)
