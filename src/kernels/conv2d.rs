@@ -479,7 +479,11 @@ pub fn backward_filter_gpu(
     // reduction over output rows.
     let (shader, co_tile) = if rec.gpu().cpu_tiles { (&shaders::CONV2D_FILTER_GRAD_WIDE, 16) } else { (&shaders::CONV2D_FILTER_GRAD, 8) };
     let tiles = s.cout.div_ceil(co_tile) * s.cin.div_ceil(2) * s.kh.div_ceil(3) * s.kw.div_ceil(3);
-    const TARGET_THREADS: usize = 16384;
+    // Threads to aim for: enough to fill a GPU, or on a CPU adapter a few workgroups per core.
+    // There every split's partial sums are scattered lane by lane and summed again: with the
+    // GPU's count, lavapipe spent 12-15 % longer on conv2-4's filter gradients (2,048 threads
+    // on 2 cores; 512-2,048 ran alike).
+    let target_threads = if rec.gpu().cpu_tiles { 1024 * std::thread::available_parallelism().map_or(2, |n| n.get()) } else { 16384 };
     const MIN_PIXELS: usize = 256;
     // The batch is the reduction axis: each chunk of images after the first adds into dw.
     for_each_valid_chunk(rec, &s, valid, x, |rec, r, input| {
@@ -488,7 +492,7 @@ pub fn backward_filter_gpu(
         let rows = r.len() * s.oh;
         // Splits fill the GPU, within what the partial sums' binding can hold.
         let max_splits = (rec.gpu().binding_limit() / (4 * dw.len() as u64)).max(1) as usize;
-        let wanted = (TARGET_THREADS / tiles).min(max_splits).clamp(1, rows.max(1));
+        let wanted = (target_threads / tiles).min(max_splits).clamp(1, rows.max(1));
         // A split costs a partial sum per weight, written here and read back by reduce.wgsl: at
         // one 46-pixel row per thread (conv1) that traffic took a quarter of the pass on
         // lavapipe, so each thread walks at least MIN_PIXELS.
