@@ -19,11 +19,10 @@ pub(crate) const ACCUMULATE: u32 = 2;
 pub(crate) const WRITE_SPLITS: u32 = 4;
 
 /// How many ways to split a product's reduction axis of length `k` when its output has only
-/// `tiles` workgroup tiles: enough to give the GPU a few hundred workgroups, but never slices
+/// `tiles` workgroup tiles: enough to give the GPU `target_workgroups`, but never slices
 /// shorter than 256 terms, where the extra pass would cost more than it gains.
-pub(crate) fn split_k(tiles: usize, k: usize) -> (usize, usize) {
-    const TARGET_WORKGROUPS: usize = 256;
-    let splits = (TARGET_WORKGROUPS / tiles.max(1)).clamp(1, k.div_ceil(256).max(1)).min(65535);
+pub(crate) fn split_k(tiles: usize, k: usize, target_workgroups: usize) -> (usize, usize) {
+    let splits = (target_workgroups / tiles.max(1)).clamp(1, k.div_ceil(256).max(1)).min(65535);
     let chunk = k.div_ceil(splits).max(1);
     (k.div_ceil(chunk).max(1), chunk)
 }
