@@ -204,6 +204,10 @@ pub struct Gpu {
     /// Kernels take tiles sized for a CPU adapter's wide lanes and large caches (lavapipe)
     /// rather than for a GPU's registers (see [`GpuOptions::gpu_tiles`]).
     pub cpu_tiles: bool,
+    /// With `cpu_tiles`: the cores a CPU adapter runs workgroups on (lavapipe starts a thread per
+    /// core). Kernels that split work to fill a GPU split it for these instead, since each split
+    /// costs partial sums written and read again.
+    pub cpu_cores: usize,
     binding_limit: u64,
     pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<Pipeline>>>,
     /// Scratch buffers no recorder holds, oldest first (see [`Recorder::scratch`]).
@@ -249,6 +253,7 @@ impl Gpu {
             queue,
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             cpu_tiles: info.device_type == wgpu::DeviceType::Cpu && !options.gpu_tiles,
+            cpu_cores: std::thread::available_parallelism().map_or(2, |n| n.get()),
             info,
             limits,
             binding_limit,

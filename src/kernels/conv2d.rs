@@ -483,7 +483,7 @@ pub fn backward_filter_gpu(
     // There every split's partial sums are scattered lane by lane and summed again: with the
     // GPU's count, lavapipe spent 12-15 % longer on conv2-4's filter gradients (2,048 threads
     // on 2 cores; 512-2,048 ran alike).
-    let target_threads = if rec.gpu().cpu_tiles { 1024 * std::thread::available_parallelism().map_or(2, |n| n.get()) } else { 16384 };
+    let target_threads = if rec.gpu().cpu_tiles { 1024 * rec.gpu().cpu_cores } else { 16384 };
     const MIN_PIXELS: usize = 256;
     // The batch is the reduction axis: each chunk of images after the first adds into dw.
     for_each_valid_chunk(rec, &s, valid, x, |rec, r, input| {

@@ -156,7 +156,7 @@ fn product(rec: &mut Recorder, (m, n, k): (usize, usize, usize), a: Operand, b: 
     let a_bind = a_packed.as_ref().map_or(a.slice, |p| p.all());
     let b_bind = b_packed.as_ref().map_or(b.slice, |p| p.all());
     let tiles = row_tiles * n.div_ceil(tile_n);
-    let target_workgroups = if rec.gpu().cpu_tiles { 4 * std::thread::available_parallelism().map_or(2, |n| n.get()) } else { 256 };
+    let target_workgroups = if rec.gpu().cpu_tiles { 4 * rec.gpu().cpu_cores } else { 256 };
     let (splits, k_chunk) = split_k(tiles, k, target_workgroups);
     let mut params = Params {
         m: m as u32,
