@@ -22,36 +22,26 @@ fn fma_peak(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     }
     // Starting values that differ per thread, so no two chains can be merged.
     let s = f32(t % 1024u) / 1024.0;
+    let x0 = vec4<f32>(s, s + 0.125, s + 0.25, s + 0.375);
+    var x = Chains(x0, x0 + 0.125, x0 + 0.25, x0 + 0.375, x0 + 0.5, x0 + 0.625, x0 + 0.75, x0 + 0.875);
+    // 16 rounds of straight-line code an iteration: lavapipe blends each variable written in a
+    // loop with the lanes' mask once per iteration, which 16 multiply-adds a chain amortise.
+    for (var i = 0u; i < p.iterations; i++) {
+        x = four_rounds(four_rounds(four_rounds(four_rounds(x))));
+    }
+    let total = (x.a + x.b) + (x.c + x.d) + (x.e + x.f) + (x.g + x.h);
+    sums[t] = total.x + total.y + total.z + total.w;
+}
+
+// The 8 independent chains of a thread.
+struct Chains { a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, d: vec4<f32>, e: vec4<f32>, f: vec4<f32>, g: vec4<f32>, h: vec4<f32> }
+
+fn fma_round(x: Chains) -> Chains {
     let m = vec4<f32>(FMA_M);
     let c = vec4<f32>(FMA_C);
-    var x0 = vec4<f32>(s, s + 0.125, s + 0.25, s + 0.375);
-    var x1 = x0 + vec4<f32>(0.125);
-    var x2 = x0 + vec4<f32>(0.250);
-    var x3 = x0 + vec4<f32>(0.375);
-    var x4 = x0 + vec4<f32>(0.500);
-    var x5 = x0 + vec4<f32>(0.625);
-    var x6 = x0 + vec4<f32>(0.750);
-    var x7 = x0 + vec4<f32>(0.875);
-    // Straight-line rounds inside the loop: lavapipe blends each variable written in a loop with
-    // the lanes' mask once per iteration, so 16 multiply-adds per chain amortise it.
-    for (var i = 0u; i < p.iterations; i++) {
-        x0 = fma(x0, m, c); x1 = fma(x1, m, c); x2 = fma(x2, m, c); x3 = fma(x3, m, c); x4 = fma(x4, m, c); x5 = fma(x5, m, c); x6 = fma(x6, m, c); x7 = fma(x7, m, c);
-        x0 = fma(x0, m, c); x1 = fma(x1, m, c); x2 = fma(x2, m, c); x3 = fma(x3, m, c); x4 = fma(x4, m, c); x5 = fma(x5, m, c); x6 = fma(x6, m, c); x7 = fma(x7, m, c);
-        x0 = fma(x0, m, c); x1 = fma(x1, m, c); x2 = fma(x2, m, c); x3 = fma(x3, m, c); x4 = fma(x4, m, c); x5 = fma(x5, m, c); x6 = fma(x6, m, c); x7 = fma(x7, m, c);
-        x0 = fma(x0, m, c); x1 = fma(x1, m, c); x2 = fma(x2, m, c); x3 = fma(x3, m, c); x4 = fma(x4, m, c); x5 = fma(x5, m, c); x6 = fma(x6, m, c); x7 = fma(x7, m, c);
-        x0 = fma(x0, m, c); x1 = fma(x1, m, c); x2 = fma(x2, m, c); x3 = fma(x3, m, c); x4 = fma(x4, m, c); x5 = fma(x5, m, c); x6 = fma(x6, m, c); x7 = fma(x7, m, c);
-        x0 = fma(x0, m, c); x1 = fma(x1, m, c); x2 = fma(x2, m, c); x3 = fma(x3, m, c); x4 = fma(x4, m, c); x5 = fma(x5, m, c); x6 = fma(x6, m, c); x7 = fma(x7, m, c);
-        x0 = fma(x0, m, c); x1 = fma(x1, m, c); x2 = fma(x2, m, c); x3 = fma(x3, m, c); x4 = fma(x4, m, c); x5 = fma(x5, m, c); x6 = fma(x6, m, c); x7 = fma(x7, m, c);
-        x0 = fma(x0, m, c); x1 = fma(x1, m, c); x2 = fma(x2, m, c); x3 = fma(x3, m, c); x4 = fma(x4, m, c); x5 = fma(x5, m, c); x6 = fma(x6, m, c); x7 = fma(x7, m, c);
-        x0 = fma(x0, m, c); x1 = fma(x1, m, c); x2 = fma(x2, m, c); x3 = fma(x3, m, c); x4 = fma(x4, m, c); x5 = fma(x5, m, c); x6 = fma(x6, m, c); x7 = fma(x7, m, c);
-        x0 = fma(x0, m, c); x1 = fma(x1, m, c); x2 = fma(x2, m, c); x3 = fma(x3, m, c); x4 = fma(x4, m, c); x5 = fma(x5, m, c); x6 = fma(x6, m, c); x7 = fma(x7, m, c);
-        x0 = fma(x0, m, c); x1 = fma(x1, m, c); x2 = fma(x2, m, c); x3 = fma(x3, m, c); x4 = fma(x4, m, c); x5 = fma(x5, m, c); x6 = fma(x6, m, c); x7 = fma(x7, m, c);
-        x0 = fma(x0, m, c); x1 = fma(x1, m, c); x2 = fma(x2, m, c); x3 = fma(x3, m, c); x4 = fma(x4, m, c); x5 = fma(x5, m, c); x6 = fma(x6, m, c); x7 = fma(x7, m, c);
-        x0 = fma(x0, m, c); x1 = fma(x1, m, c); x2 = fma(x2, m, c); x3 = fma(x3, m, c); x4 = fma(x4, m, c); x5 = fma(x5, m, c); x6 = fma(x6, m, c); x7 = fma(x7, m, c);
-        x0 = fma(x0, m, c); x1 = fma(x1, m, c); x2 = fma(x2, m, c); x3 = fma(x3, m, c); x4 = fma(x4, m, c); x5 = fma(x5, m, c); x6 = fma(x6, m, c); x7 = fma(x7, m, c);
-        x0 = fma(x0, m, c); x1 = fma(x1, m, c); x2 = fma(x2, m, c); x3 = fma(x3, m, c); x4 = fma(x4, m, c); x5 = fma(x5, m, c); x6 = fma(x6, m, c); x7 = fma(x7, m, c);
-        x0 = fma(x0, m, c); x1 = fma(x1, m, c); x2 = fma(x2, m, c); x3 = fma(x3, m, c); x4 = fma(x4, m, c); x5 = fma(x5, m, c); x6 = fma(x6, m, c); x7 = fma(x7, m, c);
-    }
-    let total = (x0 + x1) + (x2 + x3) + (x4 + x5) + (x6 + x7);
-    sums[t] = total.x + total.y + total.z + total.w;
+    return Chains(fma(x.a, m, c), fma(x.b, m, c), fma(x.c, m, c), fma(x.d, m, c), fma(x.e, m, c), fma(x.f, m, c), fma(x.g, m, c), fma(x.h, m, c));
+}
+
+fn four_rounds(x: Chains) -> Chains {
+    return fma_round(fma_round(fma_round(fma_round(x))));
 }
