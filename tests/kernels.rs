@@ -39,6 +39,10 @@ fn odd_convs() -> Vec<Conv2dShape> {
         Conv2dShape::new(1, 4, (6, 17), 3, (3, 5), Padding::Valid).unwrap(),
         // Kernel rows past 5 taps: conv2d.wgsl loads the input window's next vec4 mid-row.
         Conv2dShape::new(2, 3, (9, 14), 9, (2, 7), Padding::Valid).unwrap(),
+        // Enough output windows that a CPU adapter of up to 8 cores takes the wide tile (16
+        // channels a thread) for these and their data gradients; the small shapes above get 8.
+        Conv2dShape::new(8, 5, (46, 45), 19, (3, 3), Padding::Same).unwrap(),
+        Conv2dShape::new(8, 3, (41, 38), 21, (5, 5), Padding::Same).unwrap(),
     ]
 }
 

@@ -414,10 +414,13 @@ fn pack_weights_gpu(rec: &mut Recorder, s: &Conv2dShape, w: &GpuBuffer<f32>, fli
 
 /// Output channels a thread of conv2d.wgsl takes (4 x its CO_TILE4): 16, its "wide" variant, on
 /// a CPU adapter, where a window's input loads then serve twice the multiply-adds (conv2-4
-/// 11-14 % faster on lavapipe); 8 for a single input channel (conv1, 5-10 % slower with 16) and
-/// on a GPU, whose registers would not hold 16 channels' 64 vec4 accumulators.
+/// 11-14 % faster on lavapipe); 8 for a single input channel (conv1, 5-10 % slower with 16), on
+/// a GPU, whose registers would not hold 16 channels' 64 vec4 accumulators, and where 16 would
+/// leave the adapter's cores fewer than two 64-thread workgroups each (conv4 at batch 1: one).
 fn channel_tile(gpu: &crate::gpu::Gpu, s: &Conv2dShape) -> usize {
-    if gpu.cpu_tiles && s.cin > 1 { 16 } else { 8 }
+    let windows = s.batch * (s.oh * s.padded(4).w).div_ceil(16);
+    let wide_workgroups = (windows * s.cout.div_ceil(16)).div_ceil(64);
+    if gpu.cpu_tiles && s.cin > 1 && wide_workgroups >= 2 * gpu.cpu_cores { 16 } else { 8 }
 }
 
 /// `y = act(conv(x, W) + b)` for weights `packed` by [`pack_weights_gpu`].
