@@ -177,6 +177,38 @@ fn mirror_evaluation_averages_each_image_with_its_mirror_image() {
     check_mirror_evaluation(&GpuBackend::new(gpu()));
 }
 
+/// The GPU backend keeps convolution weights packed between inference calls: after a training
+/// step (Adam) or a write of new weights (a checkpoint loading) it must pack them again.
+#[test]
+fn gpu_inference_packs_weights_again_after_they_change() {
+    use mien::kernels::adam::AdamConfig;
+    let data = synthetic(5, 9);
+    let labels: Vec<u32> = data.labels.iter().map(|&l| l as u32).collect();
+    let backend = GpuBackend::new(gpu());
+    let mut on_gpu = Model::new(&backend, tiny_model(), 11).unwrap();
+    let mut on_cpu = Model::new(&Cpu, tiny_model(), 11).unwrap();
+    let images = &data.images;
+    same_predictions(&backend, &mut on_gpu, &mut on_cpu, images, "first inference");
+    same_predictions(&backend, &mut on_gpu, &mut on_cpu, images, "inference with the packed weights kept");
+    // A large step, so that predictions with the stale packed weights would differ clearly.
+    let adam = AdamConfig { lr: 0.05, ..AdamConfig::default() };
+    let maps = vec![warp::IDENTITY; labels.len()];
+    on_gpu.train_step(&backend, &data.images, &maps, &labels, 1, adam, 1).unwrap();
+    on_cpu.train_step(&Cpu, &data.images, &maps, &labels, 1, adam, 1).unwrap();
+    same_predictions(&backend, &mut on_gpu, &mut on_cpu, images, "inference after a training step");
+    for (g, c) in on_gpu.params.iter().zip(&on_cpu.params) {
+        let halved: Vec<f32> = Cpu.read(&c.value).unwrap().iter().map(|v| 0.5 * v).collect();
+        backend.write(&g.value, &halved).unwrap();
+        Cpu.write(&c.value, &halved).unwrap();
+    }
+    same_predictions(&backend, &mut on_gpu, &mut on_cpu, images, "inference after new weights are written");
+}
+
+fn same_predictions<'g>(backend: &GpuBackend<'g>, on_gpu: &mut Model<GpuBackend<'g>>, on_cpu: &mut Model<Cpu>, images: &[u8], what: &str) {
+    let expected = on_cpu.predict(&Cpu, images, false).unwrap();
+    assert_close(what, &on_gpu.predict(backend, images, false).unwrap(), &expected, 1e-4);
+}
+
 fn run<B: Backend>(backend: &B, dir: &Path, epochs: usize, resume: bool) -> (Model<B>, train::RunState) {
     let mut model = Model::new(backend, tiny_model(), 5).unwrap();
     let files = RunFiles { dir: dir.to_path_buf() };

@@ -404,12 +404,30 @@ fn for_each_valid_chunk(
 /// The weights of `s` packed for conv2d.wgsl (see conv2d_pack.wgsl): `w` itself, or with
 /// `flip` the weights of the convolution whose data gradient `s` is, flipped and transposed.
 fn pack_weights_gpu(rec: &mut Recorder, s: &Conv2dShape, w: &GpuBuffer<f32>, flip: bool) -> Result<GpuBuffer<f32>> {
-    let co_pad = s.cout.next_multiple_of(channel_tile(rec.gpu(), s));
-    let packed = rec.scratch::<f32>(s.taps() * co_pad)?;
+    let packed = rec.scratch::<f32>(packed_len(rec.gpu(), s))?;
+    pack_weights_into(rec, s, w, flip, &packed)?;
+    Ok(packed)
+}
+
+/// Length of the weights of `s` packed for conv2d.wgsl on `gpu`: its taps times its output
+/// channels padded to the thread's tile.
+pub fn packed_len(gpu: &crate::gpu::Gpu, s: &Conv2dShape) -> usize {
+    s.taps() * s.cout.next_multiple_of(channel_tile(gpu, s))
+}
+
+fn pack_weights_into(rec: &mut Recorder, s: &Conv2dShape, w: &GpuBuffer<f32>, flip: bool, packed: &GpuBuffer<f32>) -> Result<()> {
+    check_buf("conv2d", "packed weights", packed, packed_len(rec.gpu(), s))?;
+    let co_pad = packed.len() / s.taps();
     let params = [s.cout as u32, s.cin as u32, s.kh as u32, s.kw as u32, co_pad as u32, flip as u32, 0, 0];
     // One thread per tap and 8 output channels (conv2d_pack.wgsl).
-    rec.dispatch_linear("conv2d_pack", &shaders::CONV2D_PACK, "pack", &params, &[w.all(), packed.all().rw()], packed.len() / 8, 64)?;
-    Ok(packed)
+    rec.dispatch_linear("conv2d_pack", &shaders::CONV2D_PACK, "pack", &params, &[w.all(), packed.all().rw()], packed.len() / 8, 64)
+}
+
+/// Packs the weights `w` of `s` into `packed` ([`packed_len`] long) for [`forward_packed_gpu`]:
+/// for a caller that runs the same weights many times, as inference does.
+pub fn pack_forward_weights_gpu(rec: &mut Recorder, s: Conv2dShape, w: &GpuBuffer<f32>, packed: &GpuBuffer<f32>) -> Result<()> {
+    check_buf("conv2d", "weights", w, s.weight_len())?;
+    pack_weights_into(rec, &s, w, false, packed)
 }
 
 /// Output channels a thread of conv2d.wgsl takes (4 x its CO_TILE4): 16, its "wide" variant, on
@@ -453,6 +471,15 @@ pub fn forward_gpu(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32>, w: &G
     check_buf("conv2d", "bias", b, s.cout)?;
     let packed = pack_weights_gpu(rec, &s, w, false)?;
     forward_impl(rec, s, x, &packed, Some(b), act, y)
+}
+
+/// [`forward_gpu`] with weights packed beforehand by [`pack_forward_weights_gpu`].
+pub fn forward_packed_gpu(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32>, packed: &GpuBuffer<f32>, b: &GpuBuffer<f32>, act: Activation, y: &GpuBuffer<f32>) -> Result<()> {
+    check_len("conv2d", "input", x.len(), s.input_len())?;
+    check_len("conv2d", "output", y.len(), s.output_len())?;
+    check_buf("conv2d", "packed weights", packed, packed_len(rec.gpu(), &s))?;
+    check_buf("conv2d", "bias", b, s.cout)?;
+    forward_impl(rec, s, x, packed, Some(b), act, y)
 }
 
 pub fn backward_data_gpu(rec: &mut Recorder, s: Conv2dShape, dy: &GpuBuffer<f32>, w: &GpuBuffer<f32>, dx: &GpuBuffer<f32>) -> Result<()> {

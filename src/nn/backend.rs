@@ -14,6 +14,7 @@ use crate::kernels::relu;
 use crate::kernels::softmax_xent::{self, XentOutputs, XentShape};
 use crate::kernels::warp;
 use std::cell::RefCell;
+use std::collections::HashMap;
 
 /// Batch-norm state handed to the backend: learned scale/shift, running and saved statistics.
 pub struct BnTensors<'a, T> {
@@ -206,6 +207,11 @@ impl Backend for Cpu {
 pub struct GpuBackend<'g> {
     gpu: &'g Gpu,
     recorder: RefCell<Option<Recorder<'g>>>,
+    /// Convolution weights packed for conv2d.wgsl, by weight buffer and packed length, kept
+    /// while no weight can have changed: inference then skips a packing pass per convolution
+    /// (4 of the seed model's 23 passes at batch 1). Every `write` and `adam` marks them stale,
+    /// and a stale one is packed again in place before its next use.
+    packed: RefCell<HashMap<(wgpu::Buffer, usize), PackedWeights>>,
     /// With profiling on: every pass so far, submissions laid end to end on one time line.
     profile: Option<RefCell<Vec<PassTiming>>>,
     /// The host's cost of every submission so far, summed.
@@ -214,7 +220,7 @@ pub struct GpuBackend<'g> {
 
 impl<'g> GpuBackend<'g> {
     pub fn new(gpu: &'g Gpu) -> Self {
-        GpuBackend { gpu, recorder: RefCell::new(None), profile: None, host: RefCell::default() }
+        GpuBackend { gpu, recorder: RefCell::new(None), packed: RefCell::default(), profile: None, host: RefCell::default() }
     }
 
     /// A backend that times every pass with timestamp queries (see [`GpuBackend::take_timings`]).
@@ -236,6 +242,18 @@ impl<'g> GpuBackend<'g> {
         let mut slot = self.recorder.borrow_mut();
         f(slot.get_or_insert_with(|| self.gpu.recorder(self.profile.is_some())))
     }
+
+    /// Marks every packed copy of weights stale: a weight may be about to change.
+    fn weights_may_change(&self) {
+        self.packed.borrow_mut().values_mut().for_each(|p| p.current = false);
+    }
+}
+
+/// A packed copy of a convolution's weights (see [`GpuBackend::packed`]).
+struct PackedWeights {
+    buffer: GpuBuffer<f32>,
+    /// Packed from the weights as they are now.
+    current: bool,
 }
 
 impl Backend for GpuBackend<'_> {
@@ -252,6 +270,7 @@ impl Backend for GpuBackend<'_> {
         self.gpu.zeros(len)
     }
     fn write(&self, t: &Self::Tensor, data: &[f32]) -> Result<()> {
+        self.weights_may_change();
         // Queue writes land before the next submit, so recorded ops that read `t` would see the
         // new data: submit them first. (Submitted work, even still running, sees the old data.)
         self.flush()?;
@@ -296,7 +315,24 @@ impl Backend for GpuBackend<'_> {
         self.record(|r| warp::warp_gpu(r, maps.len() / 6, &pixels, &maps, out))
     }
     fn conv2d_forward(&self, s: Conv2dShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, act: Activation, y: &Self::Tensor) -> Result<()> {
-        self.record(|r| conv2d::forward_gpu(r, s, x, w, b, act, y))
+        let key = (w.buffer.clone(), conv2d::packed_len(self.gpu, &s));
+        let mut packed = self.packed.borrow_mut();
+        let entry = match packed.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let buffer = self.gpu.zeros(e.key().1)?;
+                e.insert(PackedWeights { buffer, current: false })
+            }
+        };
+        let current = entry.current;
+        self.record(|r| {
+            if !current {
+                conv2d::pack_forward_weights_gpu(r, s, w, &entry.buffer)?;
+            }
+            conv2d::forward_packed_gpu(r, s, x, &entry.buffer, b, act, y)
+        })?;
+        entry.current = true;
+        Ok(())
     }
     fn conv2d_backward_data(&self, s: Conv2dShape, dy: &Self::Tensor, w: &Self::Tensor, dx: &Self::Tensor) -> Result<()> {
         self.record(|r| conv2d::backward_data_gpu(r, s, dy, w, dx))
@@ -343,6 +379,7 @@ impl Backend for GpuBackend<'_> {
         self.record(|r| softmax_xent::backward_gpu(r, s, probs, labels, class_weight, dlogits))
     }
     fn adam(&self, cfg: AdamConfig, t: u64, param: &Self::Tensor, grad: &Self::Tensor, m: &Self::Tensor, v: &Self::Tensor) -> Result<()> {
+        self.weights_may_change();
         self.record(|r| adam::step_gpu(r, cfg, t, param, grad, m, v))
     }
 }
