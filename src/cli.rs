@@ -200,6 +200,20 @@ enum ProfileWhat {
         #[arg(long)]
         model: Option<PathBuf>,
     },
+    /// Inference calls of the default model (synthetic images): batch-1 latency by default,
+    /// the launch-bound case a fast GPU spends most of its time between passes in.
+    Infer {
+        #[arg(long, default_value_t = 20)]
+        calls: usize,
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Trace file (JSON trace-event format; open it in ui.perfetto.dev or chrome://tracing).
+        #[arg(long, default_value = "trace.json")]
+        trace: PathBuf,
+        /// Model config; default: the original model.
+        #[arg(long)]
+        model: Option<PathBuf>,
+    },
     /// Face detection on the GPU: frames of the benchmark scene (the montage of
     /// `mien bench detect`), OpenCV's default parameters.
     Detect {
@@ -327,6 +341,7 @@ pub fn main() -> Result<()> {
             None => run_eval(&Cpu, &args),
         },
         Command::Profile { what: ProfileWhat::Train { steps, batch, trace, model } } => profile_train(&cli.global, steps, batch, &trace, model.as_deref()),
+        Command::Profile { what: ProfileWhat::Infer { calls, batch, trace, model } } => profile_infer(&cli.global, calls, batch, &trace, model.as_deref()),
         Command::Profile { what: ProfileWhat::Detect { frames, size, trace, cascade } } => profile_detect(&cli.global, frames, size, &trace, &cascade),
         Command::Detect(args) => match gpu::select(cli.global.device, &cli.global.gpu_options())? {
             Some(gpu) => run_detect(&GpuBackend::new(&gpu), Some(&gpu), &args),
@@ -902,17 +917,23 @@ fn report_profile(gpu: &gpu::Gpu, title: &str, p: &Profile, trace: &Path, other:
     Ok(())
 }
 
-fn profile_train(global: &Global, steps: usize, batch: usize, trace: &Path, model: Option<&Path>) -> Result<()> {
-    use crate::kernels::adam::AdamConfig;
-    let gpu = profiling_gpu(global)?;
-    let backend = GpuBackend::profiling(&gpu);
+/// The model a profile runs (the original one by default) on a profiling GPU backend, and a
+/// batch of synthetic images with labels.
+fn profiled_model<'g>(backend: &GpuBackend<'g>, batch: usize, model: Option<&Path>) -> Result<(Model<GpuBackend<'g>>, Vec<u8>, Vec<u32>)> {
     let config = match model {
         Some(path) => ModelConfig::load(path)?,
         None => ModelConfig::original(),
     };
-    let mut net = Model::new(&backend, config, 1)?;
     let images: Vec<u8> = (0..batch * data::PIXELS).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     let labels: Vec<u32> = (0..batch as u32).map(|i| i % 7).collect();
+    Ok((Model::new(backend, config, 1)?, images, labels))
+}
+
+fn profile_train(global: &Global, steps: usize, batch: usize, trace: &Path, model: Option<&Path>) -> Result<()> {
+    use crate::kernels::adam::AdamConfig;
+    let gpu = profiling_gpu(global)?;
+    let backend = GpuBackend::profiling(&gpu);
+    let (mut net, images, labels) = profiled_model(&backend, batch, model)?;
     let maps = vec![crate::kernels::warp::IDENTITY; batch];
     // One step first, so pipeline compilation and first allocations stay out of the profile.
     net.train_step(&backend, &images, &maps, &labels, 0, AdamConfig::default(), 1)?;
@@ -925,6 +946,27 @@ fn profile_train(global: &Global, steps: usize, batch: usize, trace: &Path, mode
     let wall_s = start.elapsed().as_secs_f64();
     let profile = Profile { unit: "step", units: steps, passes: backend.take_timings(), wall_s, host: backend.take_host_timing() };
     report_profile(&gpu, &format!("{steps} training steps at batch {batch}"), &profile, trace, serde_json::json!({"batch": batch}))
+}
+
+fn profile_infer(global: &Global, calls: usize, batch: usize, trace: &Path, model: Option<&Path>) -> Result<()> {
+    if batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let gpu = profiling_gpu(global)?;
+    let backend = GpuBackend::profiling(&gpu);
+    let (mut net, images, _) = profiled_model(&backend, batch, model)?;
+    // One call first, so pipeline compilation, first allocations and the weights' packing stay
+    // out of the profile, as in a stream of calls.
+    net.predict(&backend, &images, false)?;
+    backend.take_timings();
+    backend.take_host_timing();
+    let start = std::time::Instant::now();
+    for _ in 0..calls {
+        net.predict(&backend, &images, false)?;
+    }
+    let wall_s = start.elapsed().as_secs_f64();
+    let profile = Profile { unit: "call", units: calls, passes: backend.take_timings(), wall_s, host: backend.take_host_timing() };
+    report_profile(&gpu, &format!("{calls} inference calls at batch {batch}"), &profile, trace, serde_json::json!({"batch": batch}))
 }
 
 fn profile_detect(global: &Global, frames: usize, (w, h): (u32, u32), trace: &Path, cascade: &Path) -> Result<()> {

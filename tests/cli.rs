@@ -113,6 +113,22 @@ fn profile_train_writes_a_trace_and_prints_gpu_and_host_costs() {
 }
 
 #[test]
+fn profile_infer_times_each_pass_of_a_call_with_the_weights_kept_packed() {
+    let dir = temp_dir("profile-infer");
+    let trace = dir.join("trace.json");
+    let (ok, stdout, stderr) = mien(&["profile", "infer", "--device", "gpu", "--calls", "2", "--trace", s(&trace)]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("ms GPU time per call") && stdout.contains("conv2d_forward"), "{stdout}");
+    // The warm-up call packed the convolution weights; the profiled calls reuse them.
+    assert!(!stdout.contains("conv2d_pack"), "{stdout}");
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    assert_eq!(doc["otherData"]["calls"], 2);
+    assert_eq!(doc["otherData"]["batch"], 1);
+    let (ok, _, stderr) = mien(&["profile", "infer", "--batch", "0"]);
+    assert!(!ok && stderr.contains("--batch"), "{stderr}");
+}
+
+#[test]
 fn bench_kernels_reports_rates_peaks_and_each_pass() {
     let (ok, stdout, stderr) = mien(&["bench", "kernels", "--device", "gpu", "--filter", "dense2", "--reps", "1", "--batch", "1,5", "--json"]);
     assert!(ok, "{stderr}");
