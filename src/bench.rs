@@ -92,7 +92,7 @@ pub struct KernelReport {
     /// compute-bound kernel (its `fma_yardstick`).
     pub fma_gflops: f64,
     /// GFLOP/s of the calibration SGEMM (shaders/sgemm_calibration.wgsl) on this adapter at
-    /// the start of this run; each compute-bound kernel's %peak uses the SGEMM timed again just
+    /// the start of this run; each compute-bound kernel's %sgemm uses the SGEMM timed again just
     /// before it (its `yardstick`).
     pub sgemm_gflops: f64,
     /// GB/s (read plus written) of the calibration copy (shaders/copy_calibration.wgsl) at the
@@ -476,7 +476,9 @@ fn fma_threads(gpu: &Gpu) -> Result<usize> {
         let (ms, _, _) = time_gpu(gpu, &|rec| crate::kernels::calibration::fma_gpu(rec, threads, FMA_ITERATIONS, &sums), 1)?;
         if ms >= FMA_TARGET_MS / 4.0 || threads >= 1 << 24 {
             let scaled = (threads as f64 * FMA_TARGET_MS / ms.max(1e-3)) as usize;
-            return Ok(scaled.clamp(256, threads * 8).next_multiple_of(256));
+            // Each thread writes one float, within what one binding may hold.
+            let most = (gpu.binding_limit() as usize / 4).min(threads * 8) / 256 * 256;
+            return Ok(scaled.next_multiple_of(256).clamp(256, most.max(256)));
         }
         threads *= 2;
     }
