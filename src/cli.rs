@@ -422,7 +422,7 @@ fn bench_kernels(global: &Global, batches: &[usize], reps: usize, filter: Option
     bar.finish_and_clear();
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
-    } else if let (Some(fma), Some(sgemm)) = (bench::range(&report, |r| r.fma_yardstick), bench::range(&report, |r| r.gpu_percent_of_sgemm.map(|_| r.yardstick))) {
+    } else if let (Some(fma), Some(sgemm)) = (bench::range(&report, |r| r.fma_yardstick), bench::range(&report, |r| matches!(r.work, bench::Work::Flops(_)).then_some(r.yardstick))) {
         println!("before each compute-bound kernel, calibration FMA {:.2}-{:.2} GFLOP/s, SGEMM {:.2}-{:.2} GFLOP/s", fma.0, fma.1, sgemm.0, sgemm.1);
     }
     Ok(())
