@@ -37,6 +37,10 @@ struct Params {
     batch: u32, cin: u32, h: u32, w: u32,
     cout: u32, oh: u32, ow: u32, kh: u32,
     kw: u32, zero_top: u32, zero_bottom: u32, flags: u32,
+    // Images whose windows follow one another for a channel block, and the threads they take:
+    // one image and its windows, but in the wide variant, whose subgroups must not straddle two
+    // channel blocks, rounded up to whole subgroups (see src/kernels/conv2d.rs).
+    group: u32, group_threads: u32, _pad0: u32, _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -54,30 +58,43 @@ struct Params {
 override THREE_TAPS: bool = false;
 
 // Output channels a thread takes, in vec4s: 8 channels, or 16 in the "wide" variant for CPU
-// adapters such as lavapipe (src/kernels/conv2d.rs picks; the variant also compiles the lines
-// that start `//wide: `). There a window's input loads serve twice the multiply-adds: conv2-4
-// forward and data gradients 11-14 % faster. A real GPU's registers would not hold its 64 vec4
-// accumulators. (Those lines under an `override`'s branch instead ran 25 % slower there, and
-// the tile in a variable rather than this constant lost half the gain.)
+// adapters with subgroups of at least 8 lanes, such as lavapipe (src/kernels/conv2d.rs picks;
+// the variant compiles the lines that start `//wide: ` and drops those that start `//!wide: `).
+// There a window's input loads serve twice the multiply-adds: conv2-4 forward and data
+// gradients 11-14 % faster. A real GPU's registers would not hold its 64 vec4 accumulators.
+// (Those lines under an `override`'s branch instead ran 25 % slower there, and the tile in a
+// variable rather than this constant lost half the gain.)
+//
+// The wide variant also shares the weights across a subgroup. Its lanes take neighbouring
+// windows of one channel block, so they need the same 12 vec4s of weights per kernel row: two
+// loads, each lane taking one vec4, then broadcasts, instead of 12 loads in every lane. On
+// lavapipe, where each load is a loop over the 8 lanes and a broadcast is a register shuffle,
+// conv2-4 forward and data gradients ran 13-25 % faster.
 override CO_TILE4: u32 = 2u;
 const Q_TILE: u32 = 16u;
 
 @compute @workgroup_size(64)
-fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn forward(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+    //wide: @builtin(subgroup_invocation_id) lane: u32,
+) {
     let t = linear_index(wid, nwg, lid, 64u);
-    // Neighbouring threads take neighbouring output windows, so their loads are close. On CPU
-    // adapters (wide) they take neighbouring channel blocks of one window instead: a SIMD
-    // group's lanes then skip the same padding rows below, which lavapipe only saves when
-    // every lane does (the 10x10 data gradient 9-11 % faster).
+    // Neighbouring threads take neighbouring output windows, so their loads are close: the
+    // windows of a group of images (usually one), then the next channel block, then the next
+    // group. A group's inputs stay in cache while its channel blocks are computed (taking each
+    // block over the whole batch instead made conv2-3 12-18 % slower on lavapipe).
     let q_blocks = (p.oh * p.w + Q_TILE - 1u) / Q_TILE;
     let co_blocks = (p.cout + 4u * CO_TILE4 - 1u) / (4u * CO_TILE4);
-    var qb = t % q_blocks;
-    var cb = (t / q_blocks) % co_blocks;
-    //wide: cb = t % co_blocks; qb = (t / co_blocks) % q_blocks;
-    let img = t / (q_blocks * co_blocks);
-    if (img >= p.batch) {
-        return;
-    }
+    let window = t % p.group_threads;
+    let qb = window % q_blocks;
+    let cb = (t / p.group_threads) % co_blocks;
+    // Threads past the windows still run, on the last image, since the wide variant's
+    // subgroups need all their lanes; they store nothing.
+    let img_wanted = (t / (p.group_threads * co_blocks)) * p.group + window / q_blocks;
+    let in_range = img_wanted < p.batch && window < p.group * q_blocks;
+    let img = min(img_wanted, p.batch - 1u);
     let q0 = qb * Q_TILE;
     let co0 = cb * 4u * CO_TILE4;
     // Only dropped outputs read past their plane, so a read is only clamped to the buffer.
@@ -95,6 +112,10 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     while (ky_end > ky_begin && q0 + (ky_end - 1u) * p.w >= zero_tail) {
         ky_end--;
     }
+    // The subgroup's lanes run the same rows, for the weights they share (padding reads zeros).
+    //wide: ky_begin = subgroupMin(ky_begin);
+    //wide: ky_end = subgroupMax(ky_end);
+    //wide: let last_w = arrayLength(&wt) - 1u;
     // acc<c>_<q>: pixels 4q .. 4q+3 of channel co0 + c.
     var acc0_0 = vec4<f32>(0.0); var acc0_1 = vec4<f32>(0.0); var acc0_2 = vec4<f32>(0.0); var acc0_3 = vec4<f32>(0.0);
     var acc1_0 = vec4<f32>(0.0); var acc1_1 = vec4<f32>(0.0); var acc1_2 = vec4<f32>(0.0); var acc1_3 = vec4<f32>(0.0);
@@ -136,12 +157,16 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
                 // accumulators).
                 let u0 = vec4<f32>(v0.yzw, v1.x); let u1 = vec4<f32>(v1.yzw, v2.x); let u2 = vec4<f32>(v2.yzw, v3.x); let u3 = vec4<f32>(v3.yzw, next.x);
                 let r0 = vec4<f32>(v0.zw, v1.xy); let r1 = vec4<f32>(v1.zw, v2.xy); let r2 = vec4<f32>(v2.zw, v3.xy); let r3 = vec4<f32>(v3.zw, next.xy);
-                let w0a = wt[w]; let w0b = wt[w + 1u];
-                //wide: let w0c = wt[w + 2u]; let w0d = wt[w + 3u];
-                let w1a = wt[w + w_step]; let w1b = wt[w + w_step + 1u];
-                //wide: let w1c = wt[w + w_step + 2u]; let w1d = wt[w + w_step + 3u];
-                let w2a = wt[w + 2u * w_step]; let w2b = wt[w + 2u * w_step + 1u];
-                //wide: let w2c = wt[w + 2u * w_step + 2u]; let w2d = wt[w + 2u * w_step + 3u];
+                //!wide: let w0a = wt[w]; let w0b = wt[w + 1u];
+                //!wide: let w1a = wt[w + w_step]; let w1b = wt[w + w_step + 1u];
+                //!wide: let w2a = wt[w + 2u * w_step]; let w2b = wt[w + 2u * w_step + 1u];
+                // Vec4 i of the row's 12 (tap i / 4, channels co0 + 4 (i % 4) ..) is lane i of
+                // shared_a for i < 8, lane i - 8 of shared_b after (see CO_TILE4).
+                //wide: let shared_a = wt[min(w + (lane / 4u) * w_step + lane % 4u, last_w)];
+                //wide: let shared_b = wt[min(w + (lane / 4u + 2u) * w_step + lane % 4u, last_w)];
+                //wide: let w0a = subgroupBroadcast(shared_a, 0u); let w0b = subgroupBroadcast(shared_a, 1u); let w0c = subgroupBroadcast(shared_a, 2u); let w0d = subgroupBroadcast(shared_a, 3u);
+                //wide: let w1a = subgroupBroadcast(shared_a, 4u); let w1b = subgroupBroadcast(shared_a, 5u); let w1c = subgroupBroadcast(shared_a, 6u); let w1d = subgroupBroadcast(shared_a, 7u);
+                //wide: let w2a = subgroupBroadcast(shared_b, 0u); let w2b = subgroupBroadcast(shared_b, 1u); let w2c = subgroupBroadcast(shared_b, 2u); let w2d = subgroupBroadcast(shared_b, 3u);
                 acc0_0 = fma(vec4<f32>(w2a.x), r0, fma(vec4<f32>(w1a.x), u0, fma(vec4<f32>(w0a.x), v0, acc0_0))); acc0_1 = fma(vec4<f32>(w2a.x), r1, fma(vec4<f32>(w1a.x), u1, fma(vec4<f32>(w0a.x), v1, acc0_1))); acc0_2 = fma(vec4<f32>(w2a.x), r2, fma(vec4<f32>(w1a.x), u2, fma(vec4<f32>(w0a.x), v2, acc0_2))); acc0_3 = fma(vec4<f32>(w2a.x), r3, fma(vec4<f32>(w1a.x), u3, fma(vec4<f32>(w0a.x), v3, acc0_3)));
                 acc1_0 = fma(vec4<f32>(w2a.y), r0, fma(vec4<f32>(w1a.y), u0, fma(vec4<f32>(w0a.y), v0, acc1_0))); acc1_1 = fma(vec4<f32>(w2a.y), r1, fma(vec4<f32>(w1a.y), u1, fma(vec4<f32>(w0a.y), v1, acc1_1))); acc1_2 = fma(vec4<f32>(w2a.y), r2, fma(vec4<f32>(w1a.y), u2, fma(vec4<f32>(w0a.y), v2, acc1_2))); acc1_3 = fma(vec4<f32>(w2a.y), r3, fma(vec4<f32>(w1a.y), u3, fma(vec4<f32>(w0a.y), v3, acc1_3)));
                 acc2_0 = fma(vec4<f32>(w2a.z), r0, fma(vec4<f32>(w1a.z), u0, fma(vec4<f32>(w0a.z), v0, acc2_0))); acc2_1 = fma(vec4<f32>(w2a.z), r1, fma(vec4<f32>(w1a.z), u1, fma(vec4<f32>(w0a.z), v1, acc2_1))); acc2_2 = fma(vec4<f32>(w2a.z), r2, fma(vec4<f32>(w1a.z), u2, fma(vec4<f32>(w0a.z), v2, acc2_2))); acc2_3 = fma(vec4<f32>(w2a.z), r3, fma(vec4<f32>(w1a.z), u3, fma(vec4<f32>(w0a.z), v3, acc2_3)));
@@ -196,6 +221,9 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     // and q0 of 16, of which the first n lie inside the output. Each accumulator is named where
     // it is stored rather than indexed in an array of them: 13 % off conv1 on lavapipe, where the
     // stores (scattered lane by lane) still take about half of that layer's time.
+    if (!in_range) {
+        return;
+    }
     let plane_out = p.oh * p.ow;
     var oy = q0 / p.w;
     var ox = q0 % p.w;

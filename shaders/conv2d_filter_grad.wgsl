@@ -21,7 +21,10 @@ struct Params {
     batch: u32, cin: u32, h: u32, w: u32,
     cout: u32, oh: u32, ow: u32, kh: u32,
     kw: u32, _pad0: u32, _pad1: u32, flags: u32,
-    rows_per_split: u32, splits: u32, _pad2: u32, _pad3: u32,
+    _pad2: u32, _pad3: u32, _pad4: u32, _pad5: u32,
+    // Threads per block of taps for the pairs of input channels: one a pair, rounded up to
+    // whole subgroups in the wide variant.
+    rows_per_split: u32, splits: u32, pair_threads: u32, _pad6: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -30,30 +33,44 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> dw: array<f32>;
 @group(0) @binding(4) var<storage, read_write> db: array<f32>;
 
-// Output channels a thread takes: 8, or 16 in the "wide" variant for CPU adapters such as
-// lavapipe (src/kernels/conv2d.rs picks), which also compiles the lines that start `//wide: `
-// (accumulators `*_8` for channels co0+8 .. co0+15). There a pixel's 22 loads serve 288
-// multiply-adds instead of 14 serving 144: conv1-4 4-17 % faster. A real GPU's registers would
-// not hold its 72 vec4 accumulators.
+// Output channels a thread takes: 8, or 16 in the "wide" variant for CPU adapters with
+// subgroups of at least 8 lanes, such as lavapipe (src/kernels/conv2d.rs picks), which compiles
+// the lines that start `//wide: ` (accumulators `*_8` for channels co0+8 .. co0+15) and drops
+// those that start `//!wide: `. There a pixel's 22 loads serve 288 multiply-adds instead of 14
+// serving 144: conv1-4 4-17 % faster. A real GPU's registers would not hold its 72 vec4
+// accumulators.
+//
+// The wide variant also shares dy across a subgroup: its lanes take pairs of input channels of
+// the same output channels, rows and taps, so they read the same 16 values of dy a pixel. Lane
+// i loads channel co0 + i's and co0 + 8 + i's, and broadcasts hand every lane all 16: two loads
+// a pixel instead of 16 in every lane.
 override CO_TILE: u32 = 8u;
 const TAP_BLOCK: u32 = 3u;
 
 @compute @workgroup_size(64)
-fn filter_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn filter_grad(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+    //wide: @builtin(subgroup_invocation_id) lane: u32,
+) {
     let t = linear_index(wid, nwg, lid, 64u);
     let kyb = (p.kh + TAP_BLOCK - 1u) / TAP_BLOCK;
     let kxb = (p.kw + TAP_BLOCK - 1u) / TAP_BLOCK;
     let co_blocks = (p.cout + CO_TILE - 1u) / CO_TILE;
     // Neighbouring threads take neighbouring pairs of input channels of one block of output
-    // channels: they read the same dy.
+    // channels: they read the same dy. Threads past the pairs (wide variant) redo the last pair
+    // for their subgroup's sake and store nothing.
     let pairs = (p.cin + 1u) / 2u;
-    let ci = (t % pairs) * 2u;
+    let pair = t % p.pair_threads;
+    let in_range = pair < pairs;
+    let ci = min(pair, pairs - 1u) * 2u;
     // The second channel of an odd count repeats the first; dropped at the store.
     let cj = min(ci + 1u, p.cin - 1u);
-    let kx0 = ((t / pairs) % kxb) * TAP_BLOCK;
-    let ky0 = ((t / (pairs * kxb)) % kyb) * TAP_BLOCK;
-    let co0 = ((t / (pairs * kxb * kyb)) % co_blocks) * CO_TILE;
-    let split = t / (pairs * kxb * kyb * co_blocks);
+    let kx0 = ((t / p.pair_threads) % kxb) * TAP_BLOCK;
+    let ky0 = ((t / (p.pair_threads * kxb)) % kyb) * TAP_BLOCK;
+    let co0 = ((t / (p.pair_threads * kxb * kyb)) % co_blocks) * CO_TILE;
+    let split = t / (p.pair_threads * kxb * kyb * co_blocks);
     if (split >= p.splits) {
         return;
     }
@@ -96,22 +113,17 @@ fn filter_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         let img = r / p.oh;
         let oy = r % p.oh;
         // dy rows of the 8 channels (channels past the end repeat the last; dropped at the store).
-        let d0 = (img * p.cout + co0) * plane_out + oy * p.ow;
-        let d1 = (img * p.cout + min(co0 + 1u, last)) * plane_out + oy * p.ow;
-        let d2 = (img * p.cout + min(co0 + 2u, last)) * plane_out + oy * p.ow;
-        let d3 = (img * p.cout + min(co0 + 3u, last)) * plane_out + oy * p.ow;
-        let d4 = (img * p.cout + min(co0 + 4u, last)) * plane_out + oy * p.ow;
-        let d5 = (img * p.cout + min(co0 + 5u, last)) * plane_out + oy * p.ow;
-        let d6 = (img * p.cout + min(co0 + 6u, last)) * plane_out + oy * p.ow;
-        let d7 = (img * p.cout + min(co0 + 7u, last)) * plane_out + oy * p.ow;
-        //wide: let d8 = (img * p.cout + min(co0 + 8u, last)) * plane_out + oy * p.ow;
-        //wide: let d9 = (img * p.cout + min(co0 + 9u, last)) * plane_out + oy * p.ow;
-        //wide: let d10 = (img * p.cout + min(co0 + 10u, last)) * plane_out + oy * p.ow;
-        //wide: let d11 = (img * p.cout + min(co0 + 11u, last)) * plane_out + oy * p.ow;
-        //wide: let d12 = (img * p.cout + min(co0 + 12u, last)) * plane_out + oy * p.ow;
-        //wide: let d13 = (img * p.cout + min(co0 + 13u, last)) * plane_out + oy * p.ow;
-        //wide: let d14 = (img * p.cout + min(co0 + 14u, last)) * plane_out + oy * p.ow;
-        //wide: let d15 = (img * p.cout + min(co0 + 15u, last)) * plane_out + oy * p.ow;
+        //!wide: let d0 = (img * p.cout + co0) * plane_out + oy * p.ow;
+        //!wide: let d1 = (img * p.cout + min(co0 + 1u, last)) * plane_out + oy * p.ow;
+        //!wide: let d2 = (img * p.cout + min(co0 + 2u, last)) * plane_out + oy * p.ow;
+        //!wide: let d3 = (img * p.cout + min(co0 + 3u, last)) * plane_out + oy * p.ow;
+        //!wide: let d4 = (img * p.cout + min(co0 + 4u, last)) * plane_out + oy * p.ow;
+        //!wide: let d5 = (img * p.cout + min(co0 + 5u, last)) * plane_out + oy * p.ow;
+        //!wide: let d6 = (img * p.cout + min(co0 + 6u, last)) * plane_out + oy * p.ow;
+        //!wide: let d7 = (img * p.cout + min(co0 + 7u, last)) * plane_out + oy * p.ow;
+        // The wide variant's lanes: channel co0 + lane's row and channel co0 + 8 + lane's.
+        //wide: let d_lo = (img * p.cout + min(co0 + lane, last)) * plane_out + oy * p.ow;
+        //wide: let d_hi = (img * p.cout + min(co0 + 8u + lane, last)) * plane_out + oy * p.ow;
         // Input rows oy + ky0 + 0..2 from column kx0; taps past the kernel may point past the
         // plane, so every read is clamped to it.
         let x_plane = (img * p.cin + ci) * plane_in;
@@ -132,10 +144,14 @@ fn filter_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         var f1 = x[min(y1, y_last)]; var g1 = x[min(y1 + 1u, y_last)];
         var f2 = x[min(y2, y_last)]; var g2 = x[min(y2 + 1u, y_last)];
         for (var ox = 0u; ox < p.ow; ox++) {
-            let dl = vec4<f32>(dy[d0 + ox], dy[d1 + ox], dy[d2 + ox], dy[d3 + ox]);
-            let dh = vec4<f32>(dy[d4 + ox], dy[d5 + ox], dy[d6 + ox], dy[d7 + ox]);
-            //wide: let dl_8 = vec4<f32>(dy[d8 + ox], dy[d9 + ox], dy[d10 + ox], dy[d11 + ox]);
-            //wide: let dh_8 = vec4<f32>(dy[d12 + ox], dy[d13 + ox], dy[d14 + ox], dy[d15 + ox]);
+            //!wide: let dl = vec4<f32>(dy[d0 + ox], dy[d1 + ox], dy[d2 + ox], dy[d3 + ox]);
+            //!wide: let dh = vec4<f32>(dy[d4 + ox], dy[d5 + ox], dy[d6 + ox], dy[d7 + ox]);
+            //wide: let lo = dy[d_lo + ox];
+            //wide: let hi = dy[d_hi + ox];
+            //wide: let dl = vec4<f32>(subgroupBroadcast(lo, 0u), subgroupBroadcast(lo, 1u), subgroupBroadcast(lo, 2u), subgroupBroadcast(lo, 3u));
+            //wide: let dh = vec4<f32>(subgroupBroadcast(lo, 4u), subgroupBroadcast(lo, 5u), subgroupBroadcast(lo, 6u), subgroupBroadcast(lo, 7u));
+            //wide: let dl_8 = vec4<f32>(subgroupBroadcast(hi, 0u), subgroupBroadcast(hi, 1u), subgroupBroadcast(hi, 2u), subgroupBroadcast(hi, 3u));
+            //wide: let dh_8 = vec4<f32>(subgroupBroadcast(hi, 4u), subgroupBroadcast(hi, 5u), subgroupBroadcast(hi, 6u), subgroupBroadcast(hi, 7u));
             let c0 = x[min(x0 + ox + 2u, x_last)];
             let c1 = x[min(x1 + ox + 2u, x_last)];
             let c2 = x[min(x2 + ox + 2u, x_last)];
@@ -177,6 +193,9 @@ fn filter_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
             a1 = b1; b1 = c1;
             a2 = b2; b2 = c2;
         }
+    }
+    if (!in_range) {
+        return;
     }
     let taps = p.kh * p.kw;
     let len = p.cout * p.cin * taps;

@@ -43,6 +43,12 @@ fn odd_convs() -> Vec<Conv2dShape> {
         // channels a thread) for these and their data gradients; the small shapes above get 8.
         Conv2dShape::new(8, 5, (46, 45), 19, (3, 3), Padding::Same).unwrap(),
         Conv2dShape::new(8, 3, (41, 38), 21, (5, 5), Padding::Same).unwrap(),
+        // Planes of 3 windows: the wide tile takes images 8 at a time so that its subgroups
+        // fill up (conv2d.rs, wide_groups), and 45 leaves the last group 3 images short.
+        Conv2dShape::new(45, 6, (8, 8), 120, (3, 3), Padding::Valid).unwrap(),
+        // 15 pairs of input channels, the last a channel short: the wide filter gradient rounds
+        // them up to a subgroup of 16 threads (8 lanes on lavapipe), one of them idle.
+        Conv2dShape::new(3, 29, (9, 10), 11, (3, 3), Padding::Same).unwrap(),
     ]
 }
 

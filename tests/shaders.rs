@@ -5,12 +5,20 @@ use mien::gpu::shaders::{Shader, ALL};
 use naga::back::{glsl, hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
+/// Whether the shader's code (not its comments) uses subgroup operations: the variants for CPU
+/// adapters may, and mien runs them only where the device has subgroups. Every other shader
+/// must validate without them.
+fn uses_subgroups(src: &str) -> bool {
+    src.lines().any(|line| line.split("//").next().is_some_and(|code| code.contains("subgroup")))
+}
+
 /// The shader parsed, validated, and with its `override` constants set as its pipelines set them.
 fn validate(shader: &Shader) -> (naga::Module, naga::valid::ModuleInfo) {
     let src = shader.source();
     let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(&src)));
+    let capabilities = if uses_subgroups(&src) { Capabilities::SUBGROUP } else { Capabilities::empty() };
     // parse_str alone accepts some type errors; only the validator rejects them.
-    let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
+    let info = Validator::new(ValidationFlags::all(), capabilities)
         .validate(&module)
         .unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(&src)));
     let constants = shader.constants.iter().map(|&(name, value)| (name.to_string(), value)).collect();
@@ -28,7 +36,9 @@ fn every_shader_validates_and_translates_to_every_backend_language() {
         let msl_pipeline = msl::PipelineOptions::default();
         msl::write_string(&module, &info, &msl::Options::default(), &msl_pipeline).unwrap_or_else(|e| panic!("{} -> MSL: {e}", shader.name));
         let mut hlsl_out = String::new();
-        let hlsl_options = hlsl::Options::default();
+        // Subgroup operations are HLSL's wave intrinsics, from shader model 6.0.
+        let shader_model = if uses_subgroups(&shader.source()) { hlsl::ShaderModel::V6_0 } else { hlsl::Options::default().shader_model };
+        let hlsl_options = hlsl::Options { shader_model, ..Default::default() };
         let hlsl_pipeline = hlsl::PipelineOptions::default();
         hlsl::Writer::new(&mut hlsl_out, &hlsl_options, &hlsl_pipeline)
             .write(&module, &info, None)

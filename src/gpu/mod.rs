@@ -208,6 +208,9 @@ pub struct Gpu {
     /// core). Kernels that split work to fill a GPU split it for these instead, since each split
     /// costs partial sums written and read again.
     pub cpu_cores: usize,
+    /// The subgroup size to align work to when kernels share loads across a subgroup's lanes
+    /// (the largest size the adapter may use), or `None` without subgroups of at least 8 lanes.
+    pub subgroup_lanes: Option<u32>,
     binding_limit: u64,
     pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<Pipeline>>>,
     /// Scratch buffers no recorder holds, oldest first (see [`Recorder::scratch`]).
@@ -254,6 +257,7 @@ impl Gpu {
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             cpu_tiles: info.device_type == wgpu::DeviceType::Cpu && !options.gpu_tiles,
             cpu_cores: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            subgroup_lanes: (features.contains(wgpu::Features::SUBGROUP) && info.subgroup_min_size >= 8).then_some(info.subgroup_max_size),
             info,
             limits,
             binding_limit,

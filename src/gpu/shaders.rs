@@ -11,20 +11,21 @@ pub struct Shader {
     /// Values for the shader's `override` declarations, fixed when its pipelines are compiled.
     pub constants: &'static [(&'static str, f64)],
     /// A variant that differs by whole statements: the files' lines that start `//<variant>: `
-    /// are compiled in, and stay comments in every other shader built from the files. (An
-    /// `override`'s branch would serve, but lavapipe ran such statements 25 % slower.)
+    /// are compiled in, and stay comments in every other shader built from the files; lines
+    /// that start `//!<variant>: ` are the other way round, compiled in every shader but that
+    /// variant. (An `override`'s branch would serve, but lavapipe ran such statements 25 %
+    /// slower.)
     pub variant: Option<&'static str>,
 }
 
 impl Shader {
     pub fn source(&self) -> String {
         let mut src = String::new();
-        let marker = self.variant.map(|v| format!("//{v}: "));
         for (file, text) in self.files {
             src.push_str(&format!("// ---- shaders/{file} ----\n"));
             for line in text.lines() {
                 let code = line.trim_start();
-                match marker.as_deref().and_then(|m| code.strip_prefix(m)) {
+                match self.variant_code(code) {
                     Some(enabled) => src.push_str(&format!("{}{enabled}", &line[..line.len() - code.len()])),
                     None => src.push_str(line),
                 }
@@ -32,6 +33,17 @@ impl Shader {
             }
         }
         src
+    }
+
+    /// The code of a variant line that this shader compiles in, or `None` for any other line.
+    fn variant_code<'l>(&self, line: &'l str) -> Option<&'l str> {
+        if let Some(v) = self.variant {
+            if let Some(code) = line.strip_prefix("//").and_then(|l| l.strip_prefix(v)).and_then(|l| l.strip_prefix(": ")) {
+                return Some(code);
+            }
+        }
+        let (name, code) = line.strip_prefix("//!")?.split_once(": ")?;
+        (Some(name) != self.variant && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')).then_some(code)
     }
 }
 

@@ -327,6 +327,10 @@ struct Params {
     zero_top: u32,
     zero_bottom: u32,
     flags: u32,
+    /// Images whose windows conv2d.wgsl's threads take in a row, and the threads they take.
+    group: u32,
+    group_threads: u32,
+    _pad: [u32; 2],
 }
 
 impl Params {
@@ -344,6 +348,10 @@ impl Params {
             zero_top: 0,
             zero_bottom: 0,
             flags,
+            // One image at a time, a thread per window of 16 outputs (conv2d.wgsl's q_blocks).
+            group: 1,
+            group_threads: (s.oh * s.w).div_ceil(16) as u32,
+            _pad: [0; 2],
         }
     }
 }
@@ -354,7 +362,8 @@ struct FilterParams {
     conv: Params,
     rows_per_split: u32,
     splits: u32,
-    _pad: [u32; 2],
+    pair_threads: u32,
+    _pad: u32,
 }
 
 // conv2d.wgsl's flags.
@@ -431,14 +440,27 @@ pub fn pack_forward_weights_gpu(rec: &mut Recorder, s: Conv2dShape, w: &GpuBuffe
 }
 
 /// Output channels a thread of conv2d.wgsl takes (4 x its CO_TILE4): 16, its "wide" variant, on
-/// a CPU adapter, where a window's input loads then serve twice the multiply-adds (conv2-4
-/// 11-14 % faster on lavapipe); 8 for a single input channel (conv1, 5-10 % slower with 16), on
-/// a GPU, whose registers would not hold 16 channels' 64 vec4 accumulators, and where 16 would
-/// leave the adapter's cores fewer than two 64-thread workgroups each (conv4 at batch 1: one).
+/// a CPU adapter with subgroups it can share weights across, where a window's input loads then
+/// serve twice the multiply-adds (conv2-4 11-14 % faster on lavapipe); 8 for a single input
+/// channel (conv1, 5-10 % slower with 16), on a GPU, whose registers would not hold 16
+/// channels' 64 vec4 accumulators, and where 16 would leave the adapter's cores fewer than two
+/// 64-thread workgroups each (conv4 at batch 1: one).
 fn channel_tile(gpu: &crate::gpu::Gpu, s: &Conv2dShape) -> usize {
     let windows = s.batch * (s.oh * s.padded(4).w).div_ceil(16);
     let wide_workgroups = (windows * s.cout.div_ceil(16)).div_ceil(64);
-    if gpu.cpu_tiles && s.cin > 1 && wide_workgroups >= 2 * gpu.cpu_cores { 16 } else { 8 }
+    let wide = gpu.cpu_tiles && gpu.subgroup_lanes.is_some() && s.cin > 1 && wide_workgroups >= 2 * gpu.cpu_cores;
+    if wide { 16 } else { 8 }
+}
+
+/// Images per group and threads per group for conv2d.wgsl's wide variant, whose subgroups
+/// share weights and so must not straddle two channel blocks: a group's windows are rounded up
+/// to whole subgroups of `lanes`. Images are grouped only while the rounding idles more than an
+/// eighth of the threads: a group's inputs are reread for each channel block, and 4 images of
+/// conv2's data gradient (2.4 MB) made it 10-20 % slower on lavapipe than one image at a time.
+/// conv4, 6 windows an image: 4 images, 24 threads; conv2, 132: 1 image, 136 threads.
+fn wide_groups(windows: usize, lanes: usize) -> (u32, u32) {
+    let group = (1..=lanes).find(|g| (g * windows).next_multiple_of(lanes) * 8 <= g * windows * 9).unwrap_or(lanes);
+    (group as u32, (group * windows).next_multiple_of(lanes) as u32)
 }
 
 /// `y = act(conv(x, W) + b)` for weights `packed` by [`pack_weights_gpu`].
@@ -454,7 +476,12 @@ fn forward_impl(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32>, packed: 
         // One thread per tile of output channels x 16 outputs along the flattened input width
         // (see conv2d.wgsl).
         let tile = channel_tile(rec.gpu(), &s);
-        let threads = r.len() * s.cout.div_ceil(tile) * (s.oh * valid.w).div_ceil(16);
+        if tile == 16 {
+            let lanes = rec.gpu().subgroup_lanes.expect("the wide tile needs subgroups");
+            (params.group, params.group_threads) = wide_groups(params.group_threads as usize, lanes as usize);
+        }
+        let groups = r.len().div_ceil(params.group as usize);
+        let threads = groups * s.cout.div_ceil(tile) * params.group_threads as usize;
         let bindings = [input, packed.all(), b.unwrap_or(packed).all(), y.slice(r.start * out_img..r.end * out_img).rw()];
         let shader = match (s.kw == 3, tile == 16) {
             (true, true) => &shaders::CONV2D_THREE_TAPS_WIDE,
@@ -504,11 +531,18 @@ pub fn backward_filter_gpu(
     // since conv2d_pad.wgsl writes whole vec4s.
     let valid = if s.padded(1) == s { s } else { s.padded(4) };
     let out_img = s.cout * s.plane();
-    // One thread per 8 (on a CPU adapter 16: the shader's "wide" variant) output channels x 2
-    // input channels x 3x3 block of taps (see conv2d_filter_grad.wgsl), times the splits of the
-    // reduction over output rows.
-    let (shader, co_tile) = if rec.gpu().cpu_tiles { (&shaders::CONV2D_FILTER_GRAD_WIDE, 16) } else { (&shaders::CONV2D_FILTER_GRAD, 8) };
-    let tiles = s.cout.div_ceil(co_tile) * s.cin.div_ceil(2) * s.kh.div_ceil(3) * s.kw.div_ceil(3);
+    // One thread per 8 (on a CPU adapter with subgroups 16: the shader's "wide" variant) output
+    // channels x 2 input channels x 3x3 block of taps (see conv2d_filter_grad.wgsl), times the splits of the
+    // reduction over output rows. The wide variant's subgroups share dy, so each block's pairs
+    // are rounded up to whole subgroups; where that would idle more than an eighth of the
+    // threads (conv1's one pair) the narrow tile runs instead.
+    let pairs = s.cin.div_ceil(2);
+    let wide_pairs = rec.gpu().subgroup_lanes.map(|lanes| pairs.next_multiple_of(lanes as usize)).filter(|&t| rec.gpu().cpu_tiles && t * 8 <= pairs * 9);
+    let (shader, co_tile, pair_threads) = match wide_pairs {
+        Some(threads) => (&shaders::CONV2D_FILTER_GRAD_WIDE, 16, threads),
+        None => (&shaders::CONV2D_FILTER_GRAD, 8, pairs),
+    };
+    let tiles = s.cout.div_ceil(co_tile) * pair_threads * s.kh.div_ceil(3) * s.kw.div_ceil(3);
     // Threads to aim for: enough to fill a GPU, or on a CPU adapter a few workgroups per core.
     // There every split's partial sums are scattered lane by lane and summed again: with the
     // GPU's count, lavapipe spent 12-15 % longer on conv2-4's filter gradients (2,048 threads
@@ -529,7 +563,7 @@ pub fn backward_filter_gpu(
         let rows_per_split = rows.div_ceil(wanted).max(MIN_PIXELS.div_ceil(valid.ow)).max(1);
         let splits = rows.div_ceil(rows_per_split).max(1); // one split writes zeros for an empty batch
         let accumulate = if first { 0 } else { ACCUMULATE };
-        let mut params = FilterParams { conv: Params::new(&valid, r.len(), accumulate), rows_per_split: rows_per_split as u32, splits: splits as u32, _pad: [0; 2] };
+        let mut params = FilterParams { conv: Params::new(&valid, r.len(), accumulate), rows_per_split: rows_per_split as u32, splits: splits as u32, pair_threads: pair_threads as u32, _pad: 0 };
         if splits == 1 {
             return rec.dispatch_linear("conv2d_filter_grad", shader, "filter_grad", &params, &[input, dys, dw.all().rw(), db.all().rw()], tiles, 64);
         }
@@ -540,4 +574,24 @@ pub fn backward_filter_gpu(
         reduce::sum_splits_gpu(rec, &partial_dw, splits, dw.all(), dw.len(), !first)?;
         reduce::sum_splits_gpu(rec, &partial_db, splits, db.all(), db.len(), !first)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wide_groups;
+
+    #[test]
+    fn wide_groups_fill_subgroups_idling_at_most_an_eighth() {
+        // The seed model's planes on 8 lanes: conv2 forward, conv3's data gradient, conv4 forward.
+        assert_eq!(wide_groups(132, 8), (1, 136));
+        assert_eq!(wide_groups(33, 8), (2, 72));
+        assert_eq!(wide_groups(6, 8), (4, 24));
+        for lanes in [8, 16, 32, 64] {
+            for windows in 1..200 {
+                let (group, threads) = wide_groups(windows, lanes);
+                let busy = group as usize * windows;
+                assert!(threads as usize % lanes == 0 && threads as usize >= busy && threads as usize * 8 <= busy * 9, "{windows} windows, {lanes} lanes");
+            }
+        }
+    }
 }
