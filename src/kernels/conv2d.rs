@@ -452,15 +452,19 @@ fn channel_tile(gpu: &crate::gpu::Gpu, s: &Conv2dShape) -> usize {
     if wide { 16 } else { 8 }
 }
 
-/// Images per group and threads per group for conv2d.wgsl's wide variant, whose subgroups
-/// share weights and so must not straddle two channel blocks: a group's windows are rounded up
-/// to whole subgroups of `lanes`. Images are grouped only while the rounding idles more than an
-/// eighth of the threads: a group's inputs are reread for each channel block, and 4 images of
-/// conv2's data gradient (2.4 MB) made it 10-20 % slower on lavapipe than one image at a time.
-/// conv4, 6 windows an image: 4 images, 24 threads; conv2, 132: 1 image, 136 threads.
-fn wide_groups(windows: usize, lanes: usize) -> (u32, u32) {
-    let group = (1..=lanes).find(|g| (g * windows).next_multiple_of(lanes) * 8 <= g * windows * 9).unwrap_or(lanes);
-    (group as u32, (group * windows).next_multiple_of(lanes) as u32)
+/// Images per group and threads per group for conv2d.wgsl's wide variant over `images` images
+/// of `windows` windows, whose subgroups share weights and so must not straddle two channel
+/// blocks: a group's windows are rounded up to whole subgroups of `lanes`. Images are grouped
+/// only while the rounding idles more than an eighth of the threads (else as few threads as
+/// can be): a group's inputs are reread for each channel block, and 4 images of conv2's data
+/// gradient (2.4 MB) made it 10-20 % slower on lavapipe than one image at a time. At batch 64,
+/// conv4 (6 windows an image): 4 images, 24 threads; conv2 (132): 1 image, 136 threads.
+fn wide_groups(windows: usize, images: usize, lanes: usize) -> (u32, u32) {
+    let group_threads = |g: usize| (g * windows).next_multiple_of(lanes);
+    let threads = |g: usize| images.div_ceil(g) * group_threads(g);
+    let busy = images * windows;
+    let group = (1..=lanes).find(|&g| threads(g) * 8 <= busy * 9).unwrap_or_else(|| (1..=lanes).min_by_key(|&g| threads(g)).expect("lanes > 0"));
+    (group as u32, group_threads(group) as u32)
 }
 
 /// `y = act(conv(x, W) + b)` for weights `packed` by [`pack_weights_gpu`].
@@ -478,7 +482,7 @@ fn forward_impl(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32>, packed: 
         let tile = channel_tile(rec.gpu(), &s);
         if tile == 16 {
             let lanes = rec.gpu().subgroup_lanes.expect("the wide tile needs subgroups");
-            (params.group, params.group_threads) = wide_groups(params.group_threads as usize, lanes as usize);
+            (params.group, params.group_threads) = wide_groups(params.group_threads as usize, r.len(), lanes as usize);
         }
         let groups = r.len().div_ceil(params.group as usize);
         let threads = groups * s.cout.div_ceil(tile) * params.group_threads as usize;
@@ -582,13 +586,16 @@ mod tests {
 
     #[test]
     fn wide_groups_fill_subgroups_idling_at_most_an_eighth() {
-        // The seed model's planes on 8 lanes: conv2 forward, conv3's data gradient, conv4 forward.
-        assert_eq!(wide_groups(132, 8), (1, 136));
-        assert_eq!(wide_groups(33, 8), (2, 72));
-        assert_eq!(wide_groups(6, 8), (4, 24));
+        // The seed model's planes on 8 lanes at batch 64: conv2 forward, conv3's data gradient,
+        // conv4 forward; and conv3's data gradient for one image, which a group of 2 would half
+        // idle.
+        assert_eq!(wide_groups(132, 64, 8), (1, 136));
+        assert_eq!(wide_groups(33, 64, 8), (2, 72));
+        assert_eq!(wide_groups(6, 64, 8), (4, 24));
+        assert_eq!(wide_groups(33, 1, 8), (1, 40));
         for lanes in [8, 16, 32, 64] {
             for windows in 1..200 {
-                let (group, threads) = wide_groups(windows, lanes);
+                let (group, threads) = wide_groups(windows, 64, lanes);
                 let busy = group as usize * windows;
                 assert!(threads as usize % lanes == 0 && threads as usize >= busy && threads as usize * 8 <= busy * 9, "{windows} windows, {lanes} lanes");
             }
