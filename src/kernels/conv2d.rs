@@ -441,14 +441,14 @@ pub fn pack_forward_weights_gpu(rec: &mut Recorder, s: Conv2dShape, w: &GpuBuffe
 
 /// Output channels a thread of conv2d.wgsl takes (4 x its CO_TILE4): 16, its "wide" variant, on
 /// a CPU adapter with subgroups it can share weights across, where a window's input loads then
-/// serve twice the multiply-adds (conv2-4 11-14 % faster on lavapipe); 8 for a single input
-/// channel (conv1, 5-10 % slower with 16), on a GPU, whose registers would not hold 16
-/// channels' 64 vec4 accumulators, and where 16 would leave the adapter's cores fewer than two
-/// 64-thread workgroups each (conv4 at batch 1: one).
+/// serve twice the multiply-adds (conv2-4 11-14 % faster on lavapipe, conv1 5-10 % once the
+/// weights were shared); 8 on a GPU, whose registers would not hold 16 channels' 64 vec4
+/// accumulators, and where 16 would leave the adapter's cores fewer than two 64-thread
+/// workgroups each (conv4 at batch 1: one).
 fn channel_tile(gpu: &crate::gpu::Gpu, s: &Conv2dShape) -> usize {
     let windows = s.batch * (s.oh * s.padded(4).w).div_ceil(16);
     let wide_workgroups = (windows * s.cout.div_ceil(16)).div_ceil(64);
-    let wide = gpu.cpu_tiles && gpu.subgroup_lanes.is_some() && s.cin > 1 && wide_workgroups >= 2 * gpu.cpu_cores;
+    let wide = gpu.cpu_tiles && gpu.subgroup_lanes.is_some() && wide_workgroups >= 2 * gpu.cpu_cores;
     if wide { 16 } else { 8 }
 }
 
