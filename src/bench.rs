@@ -87,6 +87,8 @@ pub struct PassMedian {
 #[derive(Clone, Debug, Serialize)]
 pub struct KernelReport {
     pub adapter: String,
+    /// The kernel tiles the adapter gets ([`Gpu::tiles`]).
+    pub tiles: String,
     /// GFLOP/s of the calibration FMA (shaders/fma_calibration.wgsl, multiply-adds on
     /// registers alone) at the start of this run: the adapter's peak, timed again before each
     /// compute-bound kernel (its `fma_yardstick`).
@@ -608,6 +610,7 @@ pub fn bench_kernels(
     }
     Ok(KernelReport {
         adapter: gpu.describe(),
+        tiles: gpu.tiles(),
         fma_gflops,
         sgemm_gflops,
         copy_gbps,

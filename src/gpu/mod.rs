@@ -272,6 +272,17 @@ impl Gpu {
         format!("{} ({:?}, {} {})", self.info.name, self.info.backend, self.info.driver, self.info.driver_info)
     }
 
+    /// Which tiles the kernels take here, for benchmark reports: those sized for a GPU's
+    /// registers, or the wide ones for CPU adapters, whose convolutions also share loads across
+    /// a subgroup's lanes (and without subgroups keep the narrow tiles).
+    pub fn tiles(&self) -> String {
+        match (self.cpu_tiles, self.subgroup_lanes) {
+            (false, _) => "GPU tiles".into(),
+            (true, Some(lanes)) => format!("CPU-adapter tiles, convolution loads shared across subgroups of {lanes}"),
+            (true, None) => "CPU-adapter tiles, narrow convolutions (no subgroups of 8 or more)".into(),
+        }
+    }
+
     /// The largest storage binding a kernel may use, in bytes.
     pub fn binding_limit(&self) -> u64 {
         self.binding_limit
