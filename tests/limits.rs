@@ -24,7 +24,7 @@ fn chunked_conv_and_dense_match_the_cpu() {
     assert_eq!(g.binding_limit(), 4096);
     // 1 KiB of output per image: five images need two dispatches of at most four. 29 input
     // channels make 15 pairs, which the wide filter gradient (CPU adapters) rounds up to 16
-    // threads: the idle one must not add into dw a second time as the chunks accumulate.
+    // threads, one idle, while the chunks add into dw.
     for s in [Conv2dShape::new(5, 2, (8, 8), 4, (3, 3), Padding::Same).unwrap(), Conv2dShape::new(5, 29, (3, 4), 3, (1, 1), Padding::Valid).unwrap()] {
         let (x, w, b, dy) = (randn_like(s.input_len(), 1), randn_like(s.weight_len(), 2), randn_like(s.cout, 3), randn_like(s.output_len(), 4));
         let mut y = vec![0.0; s.output_len()];

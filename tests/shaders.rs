@@ -12,11 +12,12 @@ fn uses_subgroups(src: &str) -> bool {
     src.lines().any(|line| line.split("//").next().is_some_and(|code| code.contains("subgroup")))
 }
 
-/// The shader parsed, validated, and with its `override` constants set as its pipelines set them.
-fn validate(shader: &Shader) -> (naga::Module, naga::valid::ModuleInfo) {
+/// The shader parsed, validated (with the subgroup capability if `subgroups`), and with its
+/// `override` constants set as its pipelines set them.
+fn validate(shader: &Shader, subgroups: bool) -> (naga::Module, naga::valid::ModuleInfo) {
     let src = shader.source();
     let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(&src)));
-    let capabilities = if uses_subgroups(&src) { Capabilities::SUBGROUP } else { Capabilities::empty() };
+    let capabilities = if subgroups { Capabilities::SUBGROUP } else { Capabilities::empty() };
     // parse_str alone accepts some type errors; only the validator rejects them.
     let info = Validator::new(ValidationFlags::all(), capabilities)
         .validate(&module)
@@ -30,14 +31,15 @@ fn validate(shader: &Shader) -> (naga::Module, naga::valid::ModuleInfo) {
 #[test]
 fn every_shader_validates_and_translates_to_every_backend_language() {
     for shader in ALL {
-        let (module, info) = validate(shader);
+        let subgroups = uses_subgroups(&shader.source());
+        let (module, info) = validate(shader, subgroups);
         assert!(!module.entry_points.is_empty(), "{} has no entry point", shader.name);
         spv::write_vec(&module, &info, &spv::Options::default(), None).unwrap_or_else(|e| panic!("{} -> SPIR-V: {e}", shader.name));
         let msl_pipeline = msl::PipelineOptions::default();
         msl::write_string(&module, &info, &msl::Options::default(), &msl_pipeline).unwrap_or_else(|e| panic!("{} -> MSL: {e}", shader.name));
         let mut hlsl_out = String::new();
         // Subgroup operations are HLSL's wave intrinsics, from shader model 6.0.
-        let shader_model = if uses_subgroups(&shader.source()) { hlsl::ShaderModel::V6_0 } else { hlsl::Options::default().shader_model };
+        let shader_model = if subgroups { hlsl::ShaderModel::V6_0 } else { hlsl::Options::default().shader_model };
         let hlsl_options = hlsl::Options { shader_model, ..Default::default() };
         let hlsl_pipeline = hlsl::PipelineOptions::default();
         hlsl::Writer::new(&mut hlsl_out, &hlsl_options, &hlsl_pipeline)

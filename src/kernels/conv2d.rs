@@ -463,8 +463,15 @@ fn wide_groups(windows: usize, images: usize, lanes: usize) -> (u32, u32) {
     let group_threads = |g: usize| (g * windows).next_multiple_of(lanes);
     let threads = |g: usize| images.div_ceil(g) * group_threads(g);
     let busy = images * windows;
-    let group = (1..=lanes).find(|&g| threads(g) * 8 <= busy * 9).unwrap_or_else(|| (1..=lanes).min_by_key(|&g| threads(g)).expect("lanes > 0"));
+    let group = (1..=lanes).find(|&g| few_idle(threads(g), busy)).unwrap_or_else(|| (1..=lanes).min_by_key(|&g| threads(g)).expect("lanes > 0"));
     (group as u32, group_threads(group) as u32)
+}
+
+/// Whether `threads` rounded up from `busy` ones for whole subgroups idle at most an eighth of
+/// them: the wide kernels' limit on the rounding, past which they group work differently or
+/// give way to the narrow tile.
+fn few_idle(threads: usize, busy: usize) -> bool {
+    threads * 8 <= busy * 9
 }
 
 /// `y = act(conv(x, W) + b)` for weights `packed` by [`pack_weights_gpu`].
@@ -535,13 +542,16 @@ pub fn backward_filter_gpu(
     // since conv2d_pad.wgsl writes whole vec4s.
     let valid = if s.padded(1) == s { s } else { s.padded(4) };
     let out_img = s.cout * s.plane();
-    // One thread per 8 (on a CPU adapter with subgroups 16: the shader's "wide" variant) output
-    // channels x 2 input channels x 3x3 block of taps (see conv2d_filter_grad.wgsl), times the splits of the
-    // reduction over output rows. The wide variant's subgroups share dy, so each block's pairs
-    // are rounded up to whole subgroups; where that would idle more than an eighth of the
-    // threads (conv1's one pair) the narrow tile runs instead.
+    // One thread per 8 (on a CPU adapter with subgroups 16: the shader's "wide" variant)
+    // output channels x 2 input channels x 3x3 block of taps (see conv2d_filter_grad.wgsl),
+    // times the splits of the reduction over output rows. The wide variant's subgroups share
+    // dy, so each block's pairs are rounded up to whole subgroups; where that would idle more
+    // than an eighth of the threads (conv1's one pair) the narrow tile runs instead.
     let pairs = s.cin.div_ceil(2);
-    let wide_pairs = rec.gpu().subgroup_lanes.map(|lanes| pairs.next_multiple_of(lanes as usize)).filter(|&t| rec.gpu().cpu_tiles && t * 8 <= pairs * 9);
+    let wide_pairs = match rec.gpu().subgroup_lanes {
+        Some(lanes) if rec.gpu().cpu_tiles => Some(pairs.next_multiple_of(lanes as usize)).filter(|&threads| few_idle(threads, pairs)),
+        _ => None,
+    };
     let (shader, co_tile, pair_threads) = match wide_pairs {
         Some(threads) => (&shaders::CONV2D_FILTER_GRAD_WIDE, 16, threads),
         None => (&shaders::CONV2D_FILTER_GRAD, 8, pairs),
@@ -582,7 +592,7 @@ pub fn backward_filter_gpu(
 
 #[cfg(test)]
 mod tests {
-    use super::wide_groups;
+    use super::{few_idle, wide_groups};
 
     #[test]
     fn wide_groups_fill_subgroups_idling_at_most_an_eighth() {
@@ -596,8 +606,8 @@ mod tests {
         for lanes in [8, 16, 32, 64] {
             for windows in 1..200 {
                 let (group, threads) = wide_groups(windows, 64, lanes);
-                let busy = group as usize * windows;
-                assert!(threads as usize % lanes == 0 && threads as usize >= busy && threads as usize * 8 <= busy * 9, "{windows} windows, {lanes} lanes");
+                let (threads, busy) = (threads as usize, group as usize * windows);
+                assert!(threads.is_multiple_of(lanes) && threads >= busy && few_idle(threads, busy), "{windows} windows, {lanes} lanes");
             }
         }
     }
