@@ -474,8 +474,9 @@ fn few_idle(threads: usize, busy: usize) -> bool {
     threads * 8 <= busy * 9
 }
 
-/// `y = act(conv(x, W) + b)` for weights `packed` by [`pack_weights_gpu`].
-fn forward_impl(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32>, packed: &GpuBuffer<f32>, b: Option<&GpuBuffer<f32>>, act: Activation, y: &GpuBuffer<f32>) -> Result<()> {
+/// `y = act(conv(x, W) + b)` for weights `packed` by [`pack_weights_gpu`], as passes named
+/// `label` (the data gradient runs this kernel too, and profiles tell the two apart).
+fn forward_impl(rec: &mut Recorder, label: &'static str, s: Conv2dShape, x: &GpuBuffer<f32>, packed: &GpuBuffer<f32>, b: Option<&GpuBuffer<f32>>, act: Activation, y: &GpuBuffer<f32>) -> Result<()> {
     // conv2d.wgsl reads input rows as vec4s.
     let valid = s.padded(4);
     let out_img = s.cout * s.plane();
@@ -500,7 +501,7 @@ fn forward_impl(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32>, packed: 
             (false, true) => &shaders::CONV2D_WIDE,
             (false, false) => &shaders::CONV2D,
         };
-        rec.dispatch_linear("conv2d_forward", shader, "forward", &params, &bindings, threads, 64)
+        rec.dispatch_linear(label, shader, "forward", &params, &bindings, threads, 64)
     })
 }
 
@@ -508,7 +509,7 @@ pub fn forward_gpu(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32>, w: &G
     s.check(x.len(), w.len(), y.len())?;
     check_buf("conv2d", "bias", b, s.cout)?;
     let packed = pack_weights_gpu(rec, &s, w, false)?;
-    forward_impl(rec, s, x, &packed, Some(b), act, y)
+    forward_impl(rec, "conv2d_forward", s, x, &packed, Some(b), act, y)
 }
 
 /// [`forward_gpu`] with weights packed beforehand by [`pack_forward_weights_gpu`].
@@ -517,14 +518,14 @@ pub fn forward_packed_gpu(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32>
     check_len("conv2d", "output", y.len(), s.output_len())?;
     check_buf("conv2d", "packed weights", packed, packed_len(rec.gpu(), &s))?;
     check_buf("conv2d", "bias", b, s.cout)?;
-    forward_impl(rec, s, x, packed, Some(b), act, y)
+    forward_impl(rec, "conv2d_forward", s, x, packed, Some(b), act, y)
 }
 
 pub fn backward_data_gpu(rec: &mut Recorder, s: Conv2dShape, dy: &GpuBuffer<f32>, w: &GpuBuffer<f32>, dx: &GpuBuffer<f32>) -> Result<()> {
     s.check(dx.len(), w.len(), dy.len())?;
     let grad = s.data_grad();
     let flipped = pack_weights_gpu(rec, &grad, w, true)?;
-    forward_impl(rec, grad, dy, &flipped, None, Activation::Identity, dx)
+    forward_impl(rec, "conv2d_data_grad", grad, dy, &flipped, None, Activation::Identity, dx)
 }
 
 /// Overwrites `dw` and `db`.
