@@ -28,11 +28,17 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
 
 const WG: u32 = 8u;
-// Columns a thread takes: 8, or 16 in the "wide" variant for CPU adapters such as lavapipe
-// (src/kernels/dense.rs picks), which also compiles the lines that start `//wide: `
-// (accumulators m and n for columns n0+8 .. n0+15). There a step of k's 8 loads then serve 256
-// multiply-adds instead of 6 serving 128: dense1 at batch 64 10-20 % faster. A real GPU's
-// registers would not hold its 64 vec4 accumulators.
+// Columns a thread takes: 8, or 16 in the "wide" variant for CPU adapters with subgroups of at
+// least 8 lanes, such as lavapipe (src/kernels/dense.rs picks), which compiles the lines that
+// start `//wide: ` (accumulators m and n for columns n0+8 .. n0+15) and drops those that start
+// `//!wide: `. There a step of k's 8 loads then serve 256 multiply-adds instead of 6 serving
+// 128: dense1 at batch 64 10-20 % faster. A real GPU's registers would not hold its 64 vec4
+// accumulators.
+//
+// The wide variant also shares A across a subgroup: a row of the thread grid (8 consecutive
+// invocations, which subgroups of 8 or more hold whole, being runs of consecutive invocations
+// on CPU adapters) takes the same rows of A, so one load gives its four vec4s to the row's
+// lanes by shuffles: 5 loads a step of k instead of 8 (dense1 9-17 % faster on lavapipe).
 override TILE_N: u32 = 8u;
 const TILE_M: u32 = 16u;
 
@@ -42,17 +48,31 @@ const TILE_M: u32 = 16u;
 // on lavapipe, a third of the speed at which it could read W.
 override SMALL_M: bool = false;
 
-@compute @workgroup_size(8, 8, 1)
-fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+@compute @workgroup_size(64)
+fn gemm(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) index: u32,
+    //wide: @builtin(subgroup_invocation_id) lane: u32,
+) {
+    // An 8 x 8 grid of threads, rows of it consecutive invocations (naga allows subgroup
+    // builtins only in one-dimensional workgroups).
+    let lid = vec2<u32>(index % WG, index / WG);
     var m0 = (wid.y * WG + lid.y) * TILE_M;
     var n0 = (wid.x * WG + lid.x) * TILE_N;
     if (SMALL_M) {
         m0 = 0u;
         n0 = ((wid.x * WG + lid.y) * WG + lid.x) * TILE_N;
     }
-    if (m0 >= p.m || n0 >= p.n) {
-        return;
-    }
+    //!wide: if (m0 >= p.m || n0 >= p.n) {
+    //!wide:     return;
+    //!wide: }
+    // A subgroup with work runs whole, its idle lanes on the last block, storing nothing.
+    //wide: let in_range = m0 < p.m && n0 < p.n;
+    //wide: if (subgroupAll(!in_range)) { return; }
+    //wide: m0 = min(m0, (p.m - 1u) / TILE_M * TILE_M);
+    //wide: n0 = min(n0, (p.n - 1u) / TILE_N * TILE_N);
+    // The first lane of this thread's row of the grid within the subgroup.
+    //wide: let group_base = lane & ~7u;
     // acc<i>l / acc<i>h: columns n0 .. n0+3 / n0+4 .. n0+7 of row m0 + i.
     var acc0l = vec4<f32>(0.0); var acc0h = vec4<f32>(0.0);
     //wide: var acc0m = vec4<f32>(0.0); var acc0n = vec4<f32>(0.0);
@@ -91,7 +111,10 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     var ka = k_begin * p.a_row4 + m0 / 4u;
     var kb = k_begin * p.b_row4 + n0 / 4u;
     for (var k = k_begin; k < k_end; k++) {
-        let a0 = a[ka];
+        //!wide: let a0 = a[ka];
+        // (wide) Lane i of the row loads vec4 i % 4 of the step's A.
+        //wide: let shared_a = a[ka + lane % 4u];
+        //wide: let a0 = subgroupShuffle(shared_a, group_base);
         let bl = b[kb];
         let bh = b[kb + 1u];
         //wide: let bm = b[kb + 2u]; let bn = b[kb + 3u];
@@ -105,9 +128,12 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         //wide: acc3m = fma(vec4<f32>(a0.w), bm, acc3m); acc3n = fma(vec4<f32>(a0.w), bn, acc3n);
         // Rows 4-15, which the pipeline for at most 4 rows does not have.
         if (!SMALL_M) {
-            let a1 = a[ka + 1u];
-            let a2 = a[ka + 2u];
-            let a3 = a[ka + 3u];
+            //!wide: let a1 = a[ka + 1u];
+            //!wide: let a2 = a[ka + 2u];
+            //!wide: let a3 = a[ka + 3u];
+            //wide: let a1 = subgroupShuffle(shared_a, group_base + 1u);
+            //wide: let a2 = subgroupShuffle(shared_a, group_base + 2u);
+            //wide: let a3 = subgroupShuffle(shared_a, group_base + 3u);
             acc4l = fma(vec4<f32>(a1.x), bl, acc4l); acc4h = fma(vec4<f32>(a1.x), bh, acc4h);
             //wide: acc4m = fma(vec4<f32>(a1.x), bm, acc4m); acc4n = fma(vec4<f32>(a1.x), bn, acc4n);
             acc5l = fma(vec4<f32>(a1.y), bl, acc5l); acc5h = fma(vec4<f32>(a1.y), bh, acc5h);
@@ -138,6 +164,7 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     }
     // An indexed array, unlike the accumulators: stores written out one call per row made the
     // matrix-vector pipeline (SMALL_M) 4-50 times slower on lavapipe.
+    //wide: if (!in_range) { return; }
     var rows = array<vec4<f32>, 32>(acc0l, acc0h, acc1l, acc1h, acc2l, acc2h, acc3l, acc3h, acc4l, acc4h, acc5l, acc5h, acc6l, acc6h, acc7l, acc7h, acc8l, acc8h, acc9l, acc9h, acc10l, acc10h, acc11l, acc11h, acc12l, acc12h, acc13l, acc13h, acc14l, acc14h, acc15l, acc15h);
     store_block(m0, n0, wid.z, &rows);
     //wide: rows = array<vec4<f32>, 32>(acc0m, acc0n, acc1m, acc1n, acc2m, acc2n, acc3m, acc3n, acc4m, acc4n, acc5m, acc5n, acc6m, acc6n, acc7m, acc7n, acc8m, acc8n, acc9m, acc9n, acc10m, acc10n, acc11m, acc11n, acc12m, acc12n, acc13m, acc13n, acc14m, acc14n, acc15m, acc15n);

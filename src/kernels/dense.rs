@@ -142,11 +142,12 @@ fn product(rec: &mut Recorder, (m, n, k): (usize, usize, usize), a: Operand, b: 
     const A_PAD: usize = 16; // a thread's rows (TILE_M / 8 threads)
     // At most 4 rows: every thread of a workgroup takes 8 columns (dense.wgsl's SMALL_M), 512 a
     // workgroup. Else 8 rows of threads, each 16 rows x 8 columns, or 16 columns on a CPU
-    // adapter when there are that many (its "wide" variant: 64 accumulators, too many for a
-    // GPU's registers), 8 threads' columns a workgroup. B's rows are padded to a thread's columns.
+    // adapter with subgroups when there are that many (its "wide" variant: 64 accumulators, too
+    // many for a GPU's registers, and A shared across a subgroup), 8 threads' columns a
+    // workgroup. B's rows are padded to a thread's columns.
     let (shader, thread_cols, tile_n, row_tiles) = if m <= 4 {
         (&shaders::DENSE_SMALL_M, 8, 8 * 64, 1)
-    } else if rec.gpu().cpu_tiles && n >= 16 {
+    } else if rec.gpu().cpu_tiles && rec.gpu().subgroup_lanes.is_some() && n >= 16 {
         (&shaders::DENSE_WIDE, 16, 16 * 8, m.div_ceil(TILE_M))
     } else {
         (&shaders::DENSE, 8, 8 * 8, m.div_ceil(TILE_M))
