@@ -35,15 +35,17 @@ impl Shader {
         src
     }
 
-    /// The code of a variant line that this shader compiles in, or `None` for any other line.
+    /// The code of a variant line (`//name: code` or `//!name: code`) that this shader compiles
+    /// in, or `None` for any other line.
     fn variant_code<'l>(&self, line: &'l str) -> Option<&'l str> {
-        if let Some(v) = self.variant {
-            if let Some(code) = line.strip_prefix("//").and_then(|l| l.strip_prefix(v)).and_then(|l| l.strip_prefix(": ")) {
-                return Some(code);
-            }
-        }
-        let (name, code) = line.strip_prefix("//!")?.split_once(": ")?;
-        (Some(name) != self.variant && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')).then_some(code)
+        let marker = line.strip_prefix("//")?;
+        let (for_variant, marker) = match marker.strip_prefix('!') {
+            Some(rest) => (false, rest),
+            None => (true, marker),
+        };
+        let (name, code) = marker.split_once(": ")?;
+        let is_name = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        (is_name && (Some(name) == self.variant) == for_variant).then_some(code)
     }
 }
 
