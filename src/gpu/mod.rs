@@ -208,9 +208,11 @@ pub struct Gpu {
     /// core). Kernels that split work to fill a GPU split it for these instead, since each split
     /// costs partial sums written and read again.
     pub cpu_cores: usize,
-    /// The subgroup size to align work to when kernels share loads across a subgroup's lanes
-    /// (the largest size the adapter may use), or `None` without subgroups of at least 8 lanes.
-    pub subgroup_lanes: Option<u32>,
+    /// With `cpu_tiles` and subgroups of at least 8 lanes: the subgroup size (the largest the
+    /// adapter may use) that the wide kernels, which share loads across a subgroup's lanes,
+    /// align their work to. `None` where they do not run: on a GPU, or a CPU adapter without
+    /// such subgroups.
+    pub wide_lanes: Option<u32>,
     binding_limit: u64,
     pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<Pipeline>>>,
     /// Scratch buffers no recorder holds, oldest first (see [`Recorder::scratch`]).
@@ -246,6 +248,7 @@ impl Gpu {
             ..Default::default()
         }))
         .map_err(|e| Error::Device { adapter: info.name.clone(), reason: e.to_string() })?;
+        let cpu_tiles = info.device_type == wgpu::DeviceType::Cpu && !options.gpu_tiles;
         let binding_limit = options
             .binding_limit_override
             .unwrap_or(limits.max_storage_buffer_binding_size)
@@ -255,9 +258,9 @@ impl Gpu {
             device,
             queue,
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
-            cpu_tiles: info.device_type == wgpu::DeviceType::Cpu && !options.gpu_tiles,
+            cpu_tiles,
             cpu_cores: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            subgroup_lanes: (features.contains(wgpu::Features::SUBGROUP) && info.subgroup_min_size >= 8).then_some(info.subgroup_max_size),
+            wide_lanes: (cpu_tiles && features.contains(wgpu::Features::SUBGROUP) && info.subgroup_min_size >= 8).then_some(info.subgroup_max_size),
             info,
             limits,
             binding_limit,
@@ -276,7 +279,7 @@ impl Gpu {
     /// registers, or the wide ones for CPU adapters, whose convolutions also share loads across
     /// a subgroup's lanes (and without subgroups keep the narrow tiles).
     pub fn tiles(&self) -> String {
-        match (self.cpu_tiles, self.subgroup_lanes) {
+        match (self.cpu_tiles, self.wide_lanes) {
             (false, _) => "GPU tiles".into(),
             (true, Some(lanes)) => format!("CPU-adapter tiles, convolution loads shared across subgroups of {lanes}"),
             (true, None) => "CPU-adapter tiles, narrow convolutions (no subgroups of 8 or more)".into(),

@@ -448,7 +448,7 @@ pub fn pack_forward_weights_gpu(rec: &mut Recorder, s: Conv2dShape, w: &GpuBuffe
 fn channel_tile(gpu: &crate::gpu::Gpu, s: &Conv2dShape) -> usize {
     let windows = s.batch * (s.oh * s.padded(4).w).div_ceil(16);
     let wide_workgroups = (windows * s.cout.div_ceil(16)).div_ceil(64);
-    let wide = gpu.cpu_tiles && gpu.subgroup_lanes.is_some() && wide_workgroups >= 2 * gpu.cpu_cores;
+    let wide = gpu.wide_lanes.is_some() && wide_workgroups >= 2 * gpu.cpu_cores;
     if wide { 16 } else { 8 }
 }
 
@@ -489,7 +489,7 @@ fn forward_impl(rec: &mut Recorder, label: &'static str, s: Conv2dShape, x: &Gpu
         // (see conv2d.wgsl).
         let tile = channel_tile(rec.gpu(), &s);
         if tile == 16 {
-            let lanes = rec.gpu().subgroup_lanes.expect("the wide tile needs subgroups");
+            let lanes = rec.gpu().wide_lanes.expect("the wide tile needs subgroups");
             (params.group, params.group_threads) = wide_groups(params.group_threads as usize, r.len(), lanes as usize);
         }
         let groups = r.len().div_ceil(params.group as usize);
@@ -549,10 +549,7 @@ pub fn backward_filter_gpu(
     // dy, so each block's pairs are rounded up to whole subgroups; where that would idle more
     // than an eighth of the threads (conv1's one pair) the narrow tile runs instead.
     let pairs = s.cin.div_ceil(2);
-    let wide_pairs = match rec.gpu().subgroup_lanes {
-        Some(lanes) if rec.gpu().cpu_tiles => Some(pairs.next_multiple_of(lanes as usize)).filter(|&threads| few_idle(threads, pairs)),
-        _ => None,
-    };
+    let wide_pairs = rec.gpu().wide_lanes.map(|lanes| pairs.next_multiple_of(lanes as usize)).filter(|&threads| few_idle(threads, pairs));
     let (shader, co_tile, pair_threads) = match wide_pairs {
         Some(threads) => (&shaders::CONV2D_FILTER_GRAD_WIDE, 16, threads),
         None => (&shaders::CONV2D_FILTER_GRAD, 8, pairs),

@@ -147,7 +147,7 @@ fn product(rec: &mut Recorder, (m, n, k): (usize, usize, usize), a: Operand, b: 
     // workgroup. B's rows are padded to a thread's columns.
     let (shader, thread_cols, tile_n, row_tiles) = if m <= 4 {
         (&shaders::DENSE_SMALL_M, 8, 8 * 64, 1)
-    } else if rec.gpu().cpu_tiles && rec.gpu().subgroup_lanes.is_some() && n >= 16 {
+    } else if rec.gpu().wide_lanes.is_some() && n >= 16 {
         (&shaders::DENSE_WIDE, 16, 16 * 8, m.div_ceil(TILE_M))
     } else {
         (&shaders::DENSE, 8, 8 * 8, m.div_ceil(TILE_M))
