@@ -15,7 +15,7 @@ fn main() {
         _ => BackendChoice::Auto,
     };
     let gpu = Gpu::new(&GpuOptions { backend, ..Default::default() }).expect("the kernel benchmark needs a GPU adapter");
-    println!("GPU: {} ({})", gpu.describe(), if gpu.timestamps { "timestamp queries" } else { "wall clock" });
+    println!("{}", bench::adapter_line(&gpu));
     println!("CPU backend: {} rayon threads; median of {reps} runs after a warm-up", rayon::current_num_threads());
     let calibrated = |p: &bench::Peaks| println!("calibration FMA: {:.2} GFLOP/s; SGEMM 1024^3: {:.2} GFLOP/s; copy: {:.2} GB/s", p.fma_gflops, p.sgemm_gflops, p.copy_gbps);
     let bar = bench::progress_bar();

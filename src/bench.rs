@@ -614,12 +614,17 @@ pub fn bench_kernels(
         fma_gflops,
         sgemm_gflops,
         copy_gbps,
-        gpu_timing: if gpu.timestamps { "timestamp queries" } else { "wall clock" },
+        gpu_timing: gpu.timing(),
         cpu_threads: rayon::current_num_threads(),
         repetitions: reps,
         batches: batches.to_vec(),
         results,
     })
+}
+
+/// The kernel benchmark's first line: the adapter, how it is timed and the tiles it gets.
+pub fn adapter_line(gpu: &Gpu) -> String {
+    format!("GPU: {} ({}; {})", gpu.describe(), gpu.timing(), gpu.tiles())
 }
 
 /// The lowest and highest of the values `pick` finds among the results (a calibration's rate

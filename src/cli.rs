@@ -401,7 +401,7 @@ fn bench_kernels(global: &Global, batches: &[usize], reps: usize, filter: Option
     // The kernel benchmark compares the two backends, so it always opens the GPU.
     let gpu = gpu::Gpu::new(&global.gpu_options()).context("the kernel benchmark needs a GPU adapter")?;
     if !json {
-        eprintln!("GPU: {} ({}; {})", gpu.describe(), if gpu.timestamps { "timestamp queries" } else { "wall clock" }, gpu.tiles());
+        eprintln!("{}", bench::adapter_line(&gpu));
         eprintln!("CPU backend: {} rayon threads", rayon::current_num_threads());
     }
     let bar = bench::progress_bar();

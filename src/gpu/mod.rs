@@ -275,6 +275,11 @@ impl Gpu {
         format!("{} ({:?}, {} {})", self.info.name, self.info.backend, self.info.driver, self.info.driver_info)
     }
 
+    /// How passes are timed here: by the GPU's timestamp queries, or by the host's clock.
+    pub fn timing(&self) -> &'static str {
+        if self.timestamps { "timestamp queries" } else { "wall clock" }
+    }
+
     /// Which tiles the kernels take here, for benchmark reports: those sized for a GPU's
     /// registers, or the wide ones for CPU adapters, whose convolutions also share loads across
     /// a subgroup's lanes (and without subgroups keep the narrow tiles).
