@@ -474,14 +474,26 @@ fn few_idle(threads: usize, busy: usize) -> bool {
     threads * 8 <= busy * 9
 }
 
-/// `y = act(conv(x, W) + b)` for weights `packed` by [`pack_weights_gpu`], as passes named
-/// `label` (the data gradient runs this kernel too, and profiles tell the two apart).
-fn forward_impl(rec: &mut Recorder, label: &'static str, s: Conv2dShape, x: &GpuBuffer<f32>, packed: &GpuBuffer<f32>, b: Option<&GpuBuffer<f32>>, act: Activation, y: &GpuBuffer<f32>) -> Result<()> {
+/// What a pass of conv2d.wgsl computes: a layer's forward output, or (with the weights flipped
+/// and transposed) a data gradient, which adds no bias and applies no activation.
+#[derive(Clone, Copy)]
+enum Output<'a> {
+    Forward { bias: &'a GpuBuffer<f32>, act: Activation },
+    DataGrad,
+}
+
+/// `out` of `s` for weights `packed` by [`pack_weights_gpu`], as passes named after what they
+/// compute, so that profiles tell the data gradients from the forward passes.
+fn forward_impl(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32>, packed: &GpuBuffer<f32>, out: Output, y: &GpuBuffer<f32>) -> Result<()> {
     // conv2d.wgsl reads input rows as vec4s.
     let valid = s.padded(4);
     let out_img = s.cout * s.plane();
+    let (label, bias, flags) = match out {
+        Output::Forward { bias, act } => ("conv2d_forward", bias, ADD_BIAS | if act == Activation::Relu { APPLY_RELU } else { 0 }),
+        // The bias binding is unused then; any buffer fills it.
+        Output::DataGrad => ("conv2d_data_grad", packed, 0),
+    };
     for_each_valid_chunk(rec, &s, valid, x, |rec, r, input| {
-        let flags = if b.is_some() { ADD_BIAS } else { 0 } | if act == Activation::Relu { APPLY_RELU } else { 0 };
         let mut params = Params::new(&valid, r.len(), flags);
         params.zero_top = s.pad_top as u32;
         params.zero_bottom = (valid.h - s.h - s.pad_top) as u32;
@@ -494,7 +506,7 @@ fn forward_impl(rec: &mut Recorder, label: &'static str, s: Conv2dShape, x: &Gpu
         }
         let groups = r.len().div_ceil(params.group as usize);
         let threads = groups * s.cout.div_ceil(tile) * params.group_threads as usize;
-        let bindings = [input, packed.all(), b.unwrap_or(packed).all(), y.slice(r.start * out_img..r.end * out_img).rw()];
+        let bindings = [input, packed.all(), bias.all(), y.slice(r.start * out_img..r.end * out_img).rw()];
         let shader = match (s.kw == 3, tile == 16) {
             (true, true) => &shaders::CONV2D_THREE_TAPS_WIDE,
             (true, false) => &shaders::CONV2D_THREE_TAPS,
@@ -506,26 +518,31 @@ fn forward_impl(rec: &mut Recorder, label: &'static str, s: Conv2dShape, x: &Gpu
 }
 
 pub fn forward_gpu(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32>, w: &GpuBuffer<f32>, b: &GpuBuffer<f32>, act: Activation, y: &GpuBuffer<f32>) -> Result<()> {
-    s.check(x.len(), w.len(), y.len())?;
-    check_buf("conv2d", "bias", b, s.cout)?;
+    check_buf("conv2d", "weights", w, s.weight_len())?;
+    check_forward(&s, x, b, y)?;
     let packed = pack_weights_gpu(rec, &s, w, false)?;
-    forward_impl(rec, "conv2d_forward", s, x, &packed, Some(b), act, y)
+    forward_impl(rec, s, x, &packed, Output::Forward { bias: b, act }, y)
 }
 
 /// [`forward_gpu`] with weights packed beforehand by [`pack_forward_weights_gpu`].
 pub fn forward_packed_gpu(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32>, packed: &GpuBuffer<f32>, b: &GpuBuffer<f32>, act: Activation, y: &GpuBuffer<f32>) -> Result<()> {
-    check_len("conv2d", "input", x.len(), s.input_len())?;
-    check_len("conv2d", "output", y.len(), s.output_len())?;
     check_buf("conv2d", "packed weights", packed, packed_len(rec.gpu(), &s))?;
-    check_buf("conv2d", "bias", b, s.cout)?;
-    forward_impl(rec, "conv2d_forward", s, x, packed, Some(b), act, y)
+    check_forward(&s, x, b, y)?;
+    forward_impl(rec, s, x, packed, Output::Forward { bias: b, act }, y)
+}
+
+/// The lengths of a forward pass's input, bias and output, however its weights come.
+fn check_forward(s: &Conv2dShape, x: &GpuBuffer<f32>, b: &GpuBuffer<f32>, y: &GpuBuffer<f32>) -> Result<()> {
+    check_buf("conv2d", "input", x, s.input_len())?;
+    check_buf("conv2d", "output", y, s.output_len())?;
+    check_buf("conv2d", "bias", b, s.cout)
 }
 
 pub fn backward_data_gpu(rec: &mut Recorder, s: Conv2dShape, dy: &GpuBuffer<f32>, w: &GpuBuffer<f32>, dx: &GpuBuffer<f32>) -> Result<()> {
     s.check(dx.len(), w.len(), dy.len())?;
     let grad = s.data_grad();
     let flipped = pack_weights_gpu(rec, &grad, w, true)?;
-    forward_impl(rec, "conv2d_data_grad", grad, dy, &flipped, None, Activation::Identity, dx)
+    forward_impl(rec, grad, dy, &flipped, Output::DataGrad, dx)
 }
 
 /// Overwrites `dw` and `db`.
