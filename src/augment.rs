@@ -40,4 +40,3 @@ impl AugmentConfig {
         [a, b, centre + tx - a * centre - b * centre, d, e, centre + ty - d * centre - e * centre]
     }
 }
-

@@ -1,14 +1,14 @@
 //! The `mien` command line.
 
-use crate::augment::AugmentConfig;
-use crate::bench;
-use crate::data::{self, Dataset, Usage};
-use crate::gpu::{self, BackendChoice, DeviceChoice, GpuOptions};
-use crate::nn::weights::Part;
-use crate::nn::{Backend, Cpu, GpuBackend, Model, ModelConfig};
-use crate::train::{self, Recipe, RunFiles, RunState};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use mien::augment::AugmentConfig;
+use mien::bench;
+use mien::data::{self, Dataset, Usage};
+use mien::gpu::{self, BackendChoice, DeviceChoice, GpuOptions};
+use mien::nn::weights::Part;
+use mien::nn::{Backend, Cpu, GpuBackend, Model, ModelConfig};
+use mien::train::{self, Recipe, RunFiles, RunState};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -96,7 +96,7 @@ struct TrainArgs {
     recipe: RecipeChoice,
     #[arg(long)]
     epochs: Option<usize>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     lr: Option<f32>,
     #[arg(long)]
     batch: Option<usize>,
@@ -107,7 +107,7 @@ struct TrainArgs {
     patience: Option<usize>,
     /// Learning-rate schedule (default: the recipe's).
     #[arg(long, value_enum)]
-    schedule: Option<crate::train::Schedule>,
+    schedule: Option<mien::train::Schedule>,
     /// Label smoothing of the training loss, in [0, 1) (default: the recipe's).
     #[arg(long)]
     label_smoothing: Option<f32>,
@@ -145,8 +145,11 @@ struct TrainArgs {
     #[arg(long, default_value = "runs/latest")]
     out: PathBuf,
     /// Continue the run saved in --out.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "overwrite")]
     resume: bool,
+    /// Start a new run in --out even if it holds one, removing that run's checkpoints.
+    #[arg(long)]
+    overwrite: bool,
     /// Skip unreadable images and bad CSV rows with a warning instead of stopping.
     #[arg(long)]
     skip_bad: bool,
@@ -172,8 +175,9 @@ struct EvalArgs {
     /// accurate on the FER2013 test split).
     #[arg(long)]
     no_mirror: bool,
-    #[arg(long)]
-    json: bool,
+    /// Write the results as JSON to this file, or to standard output with `-` or no value.
+    #[arg(long, num_args = 0..=1, default_missing_value = "-", value_name = "FILE")]
+    json: Option<PathBuf>,
     /// Write the confusion matrix as DIR/confusion.png.
     #[arg(long)]
     plots: Option<PathBuf>,
@@ -244,11 +248,12 @@ struct DetectArgs {
     /// Images, or folders of images (files that are not images are skipped with a warning).
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
-    /// Folder for the annotated PNGs.
+    /// Folder for the annotated PNGs (`<name>.annotated.png`; never an input's name).
     #[arg(long, default_value = "out")]
     out: PathBuf,
-    /// Also write every image's faces as one JSON array to this file.
-    #[arg(long)]
+    /// Also write every image's faces as one JSON array to this file (`-`: standard output,
+    /// with the other messages on standard error).
+    #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
     /// OpenCV Haar cascade XML.
     #[arg(long, default_value = "data/cascades/haarcascade_frontalface_default.xml")]
@@ -315,6 +320,26 @@ enum BenchSuite {
     },
 }
 
+/// Runs `$body` with `$backend` bound to the backend `--device` picks: the GPU backend on the
+/// chosen adapter (with `$gpu` bound to it), or the CPU backend (with `$gpu` None). The
+/// commands are generic over the backend; this picks the instance in one place.
+macro_rules! on_backend {
+    ($global:expr, |$backend:ident, $gpu:ident| $body:expr) => {
+        match gpu::select($global.device, &$global.gpu_options())? {
+            Some(device) => {
+                let $gpu = Some(&device);
+                let $backend = GpuBackend::new(&device);
+                $body
+            }
+            None => {
+                let $gpu: Option<&gpu::Gpu> = None;
+                let $backend = Cpu;
+                $body
+            }
+        }
+    };
+}
+
 pub fn main() -> Result<()> {
     let cli = Cli::parse();
     let level = match cli.global.verbose {
@@ -327,26 +352,20 @@ pub fn main() -> Result<()> {
         Command::Devices { json } => devices(&cli.global, json),
         Command::Bench { suite: BenchSuite::Kernels { batch, reps, filter, json } } => bench_kernels(&cli.global, &batch, reps, filter.as_deref(), json),
         Command::Bench { suite: BenchSuite::Detect { reps, cascade, json } } => bench_detect(&cli.global, &cascade, reps, json),
-        Command::Bench { suite: BenchSuite::Train { batch, reps, model, json } } => match gpu::select(cli.global.device, &cli.global.gpu_options())? {
-            Some(gpu) => bench_train(&GpuBackend::new(&gpu), batch, reps, &model, json),
-            None => bench_train(&Cpu, batch, reps, &model, json),
-        },
-        // Each command is generic over the backend; this picks the instance.
-        Command::Train(args) => match gpu::select(cli.global.device, &cli.global.gpu_options())? {
-            Some(gpu) => run_train(&GpuBackend::new(&gpu), &args),
-            None => run_train(&Cpu, &args),
-        },
-        Command::Eval(args) => match gpu::select(cli.global.device, &cli.global.gpu_options())? {
-            Some(gpu) => run_eval(&GpuBackend::new(&gpu), &args),
-            None => run_eval(&Cpu, &args),
-        },
+        Command::Bench { suite: BenchSuite::Train { batch, reps, model, json } } => on_backend!(cli.global, |backend, _gpu| bench_train(&backend, batch, reps, &model, json)),
+        Command::Train(args) => {
+            // Bad settings are refused before a device is opened or data read.
+            let recipe = recipe_of(&args)?;
+            on_backend!(cli.global, |backend, _gpu| run_train(&backend, &args, &recipe))
+        }
+        Command::Eval(args) => on_backend!(cli.global, |backend, _gpu| run_eval(&backend, &args)),
         Command::Profile { what: ProfileWhat::Train { steps, batch, trace, model } } => profile_train(&cli.global, steps, batch, &trace, model.as_deref()),
         Command::Profile { what: ProfileWhat::Infer { calls, batch, trace, model } } => profile_infer(&cli.global, calls, batch, &trace, model.as_deref()),
         Command::Profile { what: ProfileWhat::Detect { frames, size, trace, cascade } } => profile_detect(&cli.global, frames, size, &trace, &cascade),
-        Command::Detect(args) => match gpu::select(cli.global.device, &cli.global.gpu_options())? {
-            Some(gpu) => run_detect(&GpuBackend::new(&gpu), Some(&gpu), &args),
-            None => run_detect(&Cpu, None, &args),
-        },
+        Command::Detect(args) => {
+            let out = output_folder(&args.out)?;
+            on_backend!(cli.global, |backend, gpu| run_detect(backend, gpu, &args, &out))
+        }
     }
 }
 
@@ -369,14 +388,7 @@ fn devices(global: &Global, json: bool) -> Result<()> {
     for r in &reports {
         println!("[{}] {} ({}, {}{})", r.index, r.name, r.backend, r.device_type, if r.software { ", software" } else { "" });
         println!("    driver: {} {}", r.driver, r.driver_info);
-        println!(
-            "    f16: {}  subgroups: {} (size {}-{})  timestamps: {}",
-            yes(r.shader_f16),
-            yes(r.subgroups),
-            r.subgroup_size[0],
-            r.subgroup_size[1],
-            yes(r.timestamps)
-        );
+        println!("    f16: {}  subgroups: {} (size {}-{})  timestamps: {}", yes(r.shader_f16), yes(r.subgroups), r.subgroup_size[0], r.subgroup_size[1], yes(r.timestamps));
         println!(
             "    max storage binding: {} MiB  max buffer: {} MiB  workgroups/dim: {}  invocations/workgroup: {}  workgroup memory: {} KiB  storage buffers/stage: {}",
             r.max_storage_buffer_binding_size >> 20,
@@ -391,7 +403,11 @@ fn devices(global: &Global, json: bool) -> Result<()> {
 }
 
 fn yes(b: bool) -> &'static str {
-    if b { "yes" } else { "no" }
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
 }
 
 fn bench_kernels(global: &Global, batches: &[usize], reps: usize, filter: Option<&str>, json: bool) -> Result<()> {
@@ -406,28 +422,35 @@ fn bench_kernels(global: &Global, batches: &[usize], reps: usize, filter: Option
     }
     let bar = bench::progress_bar();
     let mut print_row = bench::row_printer(&bar);
-    let report = bench::bench_kernels(&gpu, batches, reps.max(1), filter, &bar, |peaks| {
-        if !json {
-            println!("calibration FMA (multiply-adds on registers, the peak): {:.2} GFLOP/s", peaks.fma_gflops);
-            println!("calibration SGEMM 1024^3 (8x8 outputs per thread, vec4 loads): {:.2} GFLOP/s", peaks.sgemm_gflops);
-            println!("calibration copy 64 MiB (vec4 per thread): {:.2} GB/s read + written", peaks.copy_gbps);
-            println!("%peak: GFLOP/s as a share of the FMA's, or GB/s as a share of the copy's; %sgemm: GFLOP/s as a share of the SGEMM's; each calibration timed again just before the kernel");
-            println!("ms: median of {reps} runs after a warm-up; spread: their highest minus their lowest", reps = reps.max(1));
-        }
-    }, |r| {
-        if !json {
-            print_row(r);
-        }
-    })?;
+    let report = bench::bench_kernels(
+        &gpu,
+        batches,
+        reps.max(1),
+        filter,
+        &bar,
+        |peaks| {
+            if !json {
+                println!("calibration FMA (multiply-adds on registers, the peak): {:.2} GFLOP/s", peaks.fma_gflops);
+                println!("calibration SGEMM 1024^3 (8x8 outputs per thread, vec4 loads): {:.2} GFLOP/s", peaks.sgemm_gflops);
+                println!("calibration copy 64 MiB (vec4 per thread): {:.2} GB/s read + written", peaks.copy_gbps);
+                println!("%peak: GFLOP/s as a share of the FMA's, or GB/s as a share of the copy's; %sgemm: GFLOP/s as a share of the SGEMM's; each calibration timed again just before the kernel");
+                println!("ms: median of {reps} runs after a warm-up; spread: their highest minus their lowest", reps = reps.max(1));
+            }
+        },
+        |r| {
+            if !json {
+                print_row(r);
+            }
+        },
+    )?;
     bar.finish_and_clear();
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else if let (Some(fma), Some(sgemm)) = (bench::range(&report, |r| r.fma_yardstick), bench::range(&report, |r| matches!(r.work, bench::Work::Flops(_)).then_some(r.yardstick))) {
-        println!("before each compute-bound kernel, calibration FMA {:.2}-{:.2} GFLOP/s, SGEMM {:.2}-{:.2} GFLOP/s", fma.0, fma.1, sgemm.0, sgemm.1);
+        println!("before each compute-bound kernel, calibration FMA {:.2}-{:.2} GFLOP/s, SGEMM {:.2}-{:.2} GFLOP/s", fma.lo, fma.hi, sgemm.lo, sgemm.hi);
     }
     Ok(())
 }
-
 
 /// The shipped weights of the default model.
 pub const SHIPPED_WEIGHTS: &str = "data/models/original.safetensors";
@@ -435,27 +458,30 @@ pub const SHIPPED_WEIGHTS: &str = "data/models/original.safetensors";
 fn load_data(path: &Path, usage: Usage, skip_bad: bool) -> Result<Dataset> {
     let start = std::time::Instant::now();
     let data = data::load(path, usage, skip_bad)?;
-    for skipped in &data.skipped {
-        log::warn!("skipped {skipped}");
-    }
-    if !data.skipped.is_empty() {
-        eprintln!("warning: skipped {} bad inputs (see the log with -v)", data.skipped.len());
-    }
-    eprintln!("{}: {} images in {:.1} s, per class {:?}", path.display(), data.len(), start.elapsed().as_secs_f64(), data.class_counts());
+    report_loaded(path, &data, start);
+    eprintln!("{}: {} images, per class {:?}", path.display(), data.len(), data.class_counts());
     Ok(data)
+}
+
+/// The warnings and skipped inputs of a load, each once.
+fn report_loaded(path: &Path, data: &Dataset, start: std::time::Instant) {
+    for warning in &data.warnings {
+        eprintln!("warning: {warning}");
+    }
+    for skipped in &data.skipped {
+        eprintln!("warning: skipped {skipped}");
+    }
+    eprintln!("{}: read in {:.1} s{}", path.display(), start.elapsed().as_secs_f64(), if data.skipped.is_empty() { String::new() } else { format!(", {} bad inputs skipped", data.skipped.len()) });
 }
 
 /// Train and validation sets: from a folder (train/ and test/) or a CSV (Training and
 /// PublicTest rows), or with --val-split a part of the training images.
 fn train_val(args: &TrainArgs) -> Result<(Dataset, Dataset)> {
-    let (mut train, val) = if args.data.is_dir() {
-        (load_data(&args.data.join("train"), Usage::Training, args.skip_bad)?, load_data(&args.data.join("test"), Usage::PublicTest, args.skip_bad)?)
-    } else {
-        (load_data(&args.data, Usage::Training, args.skip_bad)?, load_data(&args.data, Usage::PublicTest, args.skip_bad)?)
-    };
+    let start = std::time::Instant::now();
+    let (mut train, val) = data::load_train_val(&args.data, args.skip_bad)?;
+    report_loaded(&args.data, &train, start);
     let mut val = match args.val_split {
-        Some(f) if (0.0..1.0).contains(&f) => train.split_off(f, 7),
-        Some(f) => bail!("--val-split {f} must be in [0, 1)"),
+        Some(f) => train.split_off(f, 7),
         None => val,
     };
     if let Some(n) = args.subset {
@@ -463,11 +489,12 @@ fn train_val(args: &TrainArgs) -> Result<(Dataset, Dataset)> {
         let pick = |d: &Dataset, n: usize| {
             let step = (d.len() / n.max(1)).max(1);
             let idx: Vec<usize> = (0..d.len()).step_by(step).take(n).collect();
-            Dataset { images: idx.iter().flat_map(|&i| d.image(i).to_vec()).collect(), labels: idx.iter().map(|&i| d.labels[i]).collect(), skipped: vec![] }
+            Dataset { images: idx.iter().flat_map(|&i| d.image(i).to_vec()).collect(), labels: idx.iter().map(|&i| d.labels[i]).collect(), ..Default::default() }
         };
         train = pick(&train, n);
         val = pick(&val, (n / 4).max(1));
     }
+    eprintln!("training on {} images, validating on {}: per class {:?} and {:?}", train.len(), val.len(), train.class_counts(), val.class_counts());
     Ok((train, val))
 }
 
@@ -506,11 +533,8 @@ impl train::Observer for Progress {
     }
 }
 
-fn run_train<B: Backend>(backend: &B, args: &TrainArgs) -> Result<()> {
-    let config = match &args.model {
-        Some(path) => ModelConfig::load(path)?,
-        None => ModelConfig::original(),
-    };
+/// The recipe the flags ask for, refused when it would make a meaningless run.
+fn recipe_of(args: &TrainArgs) -> Result<Recipe> {
     let mut recipe = match args.recipe {
         RecipeChoice::Default => Recipe::default_recipe(),
         RecipeChoice::Plateau => Recipe::plateau_recipe(),
@@ -518,51 +542,59 @@ fn run_train<B: Backend>(backend: &B, args: &TrainArgs) -> Result<()> {
     };
     recipe.epochs = args.epochs.unwrap_or(recipe.epochs);
     recipe.lr = args.lr.unwrap_or(recipe.lr);
-    recipe.batch = args.batch.unwrap_or(recipe.batch).max(1);
+    recipe.batch = args.batch.unwrap_or(recipe.batch);
     recipe.seed = args.seed.unwrap_or(recipe.seed);
     recipe.patience = args.patience.unwrap_or(recipe.patience);
     recipe.class_weights |= args.class_weights;
     recipe.mirror_eval &= !args.no_mirror;
     recipe.schedule = args.schedule.unwrap_or(recipe.schedule);
     recipe.label_smoothing = args.label_smoothing.unwrap_or(recipe.label_smoothing);
-    if !(0.0..1.0).contains(&recipe.label_smoothing) {
-        bail!("--label-smoothing must be in [0, 1), got {}", recipe.label_smoothing);
-    }
     let augment = &mut recipe.augment;
     augment.rotation_deg = args.rotation.unwrap_or(augment.rotation_deg);
     augment.shear_deg = args.shear.unwrap_or(augment.shear_deg);
     augment.zoom = args.zoom.unwrap_or(augment.zoom);
     augment.shift = args.shift.unwrap_or(augment.shift);
     augment.horizontal_flip &= !args.no_flip;
-    for (flag, value, max) in [("--rotation", augment.rotation_deg, 180.0), ("--shear", augment.shear_deg, 89.0), ("--zoom", augment.zoom, 0.99), ("--shift", augment.shift, 1.0)] {
-        if !(0.0..=max).contains(&value) {
-            bail!("{flag} must be in [0, {max}], got {value}");
-        }
-    }
+    recipe.validate()?;
     if args.no_augment {
         recipe.augment = AugmentConfig::NONE;
     }
+    if args.subset == Some(0) {
+        bail!("--subset 0 leaves no images to train on");
+    }
+    if let Some(f) = args.val_split.filter(|f| !(*f > 0.0 && *f < 1.0)) {
+        bail!("--val-split {f} must be above 0 and below 1");
+    }
+    Ok(recipe)
+}
+
+fn run_train<B: Backend>(backend: &B, args: &TrainArgs, recipe: &Recipe) -> Result<()> {
+    let config = match &args.model {
+        Some(path) => ModelConfig::load(path)?,
+        None => ModelConfig::original(),
+    };
+    let recipe = recipe.clone();
     let (train_set, val_set) = train_val(args)?;
+    data::check_trainable(&train_set, &val_set)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create the run folder", args.out.display()))?;
     let splits = [("train", train_set.class_counts().to_vec()), ("validation", val_set.class_counts().to_vec())];
-    crate::plot::class_distribution(&args.out.join("class_distribution.png"), &data::CLASSES, &splits)?;
+    mien::plot::class_distribution(&args.out.join("class_distribution.png"), &data::CLASSES, &splits)?;
     let mut model = Model::new(backend, config, recipe.seed)?;
     println!("model {}: {} parameters; training on {}", model.config.name, model.parameter_count(), backend.describe());
     let files = RunFiles { dir: args.out.clone() };
-    let state = train::train(&mut model, backend, &train_set, &val_set, &recipe, &files, args.resume, &mut Progress { bar: None })?;
+    let start = match (args.resume, args.overwrite) {
+        (true, _) => train::Start::Resume,
+        (false, true) => train::Start::Overwrite,
+        (false, false) => train::Start::New,
+    };
+    let state = train::train(&mut model, backend, &train_set, &val_set, &recipe, &files, start, &mut Progress { bar: None })?;
     if let Some(why) = &state.stopped {
         println!("{why}");
     }
     // The model now holds the best weights: their confusion matrix on the validation set.
     let eval = train::evaluate(&mut model, backend, &val_set, recipe.batch, recipe.mirror_eval)?;
-    crate::plot::confusion_matrix(&args.out.join("confusion.png"), &data::CLASSES, &eval.confusion)?;
-    println!(
-        "best validation accuracy {:.2}% at epoch {}; weights in {}; plots and metrics in {}",
-        100.0 * state.best_accuracy,
-        state.best_epoch,
-        files.best().display(),
-        args.out.display()
-    );
+    mien::plot::confusion_matrix(&args.out.join("confusion.png"), &data::CLASSES, &eval.confusion)?;
+    println!("best validation accuracy {:.2}% at epoch {}; weights in {}; plots and metrics in {}", 100.0 * state.best_accuracy, state.best_epoch, files.best().display(), args.out.display());
     Ok(())
 }
 
@@ -570,7 +602,7 @@ fn run_eval<B: Backend>(backend: &B, args: &EvalArgs) -> Result<()> {
     let weights = args.weights.clone().unwrap_or_else(|| PathBuf::from(SHIPPED_WEIGHTS));
     let config = match &args.model {
         Some(path) => ModelConfig::load(path)?,
-        None => model_config_of(&weights)?,
+        None => mien::nn::weights::config_of(&weights)?,
     };
     let path = args.data.clone().unwrap_or_else(|| data::default_fer_dir().join("test"));
     let data = load_data(&path, args.usage, args.skip_bad)?;
@@ -582,11 +614,13 @@ fn run_eval<B: Backend>(backend: &B, args: &EvalArgs) -> Result<()> {
     }
     if let Some(dir) = &args.plots {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-        crate::plot::confusion_matrix(&dir.join("confusion.png"), &data::CLASSES, &eval.confusion)?;
+        mien::plot::confusion_matrix(&dir.join("confusion.png"), &data::CLASSES, &eval.confusion)?;
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&eval)?);
-        return Ok(());
+    if let Some(path) = &args.json {
+        write_json(path, &eval)?;
+        if is_stdout(path) {
+            return Ok(());
+        }
     }
     let views = if eval.mirror { format!(" with mirror images ({:.2}% on the images alone)", 100.0 * eval.single_accuracy) } else { String::new() };
     println!("{} images: accuracy {:.2}%{views}, loss {:.4} ({})", eval.images, 100.0 * eval.accuracy, eval.loss, backend.describe());
@@ -601,12 +635,21 @@ fn run_eval<B: Backend>(backend: &B, args: &EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// The model config recorded in a weights file's metadata.
-pub fn model_config_of(weights: &Path) -> Result<ModelConfig> {
-    let bytes = std::fs::read(weights).with_context(|| format!("{}: cannot read the weights", weights.display()))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| anyhow::anyhow!("{}: not a safetensors file ({e})", weights.display()))?;
-    let text = header.metadata().as_ref().and_then(|m| m.get("model")).with_context(|| format!("{}: no model config in its metadata; pass --model", weights.display()))?;
-    Ok(ModelConfig::from_json(text, &weights.display().to_string())?)
+/// Whether `path` names standard output (`-`).
+fn is_stdout(path: &Path) -> bool {
+    path.as_os_str() == "-"
+}
+
+/// Writes `value` as pretty JSON to `path`, or to standard output for `-`; a failed write
+/// (a full disk, a closed pipe) is an error, not a panic.
+fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    use std::io::Write;
+    let text = serde_json::to_string_pretty(value)?;
+    if is_stdout(path) {
+        let mut out = std::io::stdout().lock();
+        return writeln!(out, "{text}").and_then(|()| out.flush()).context("cannot write the JSON to standard output");
+    }
+    std::fs::write(path, text).with_context(|| format!("{}: cannot write", path.display()))
 }
 
 /// A path as given, or else relative to the source tree (so the shipped data is found when
@@ -616,23 +659,32 @@ fn shipped(path: &Path) -> PathBuf {
         return path.to_path_buf();
     }
     let fallback = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
-    if fallback.exists() { fallback } else { path.to_path_buf() }
+    if fallback.exists() {
+        fallback
+    } else {
+        path.to_path_buf()
+    }
 }
 
-/// The image files named by the inputs: files as given, folders' files sorted by name.
-fn image_files(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, bool)>> {
+/// The image files named by the inputs: files as given, folders' images sorted by name. A
+/// folder's other files are skipped with a warning; a missing input is an error before any work.
+fn image_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for input in inputs {
         if input.is_dir() {
-            let mut entries: Vec<PathBuf> = std::fs::read_dir(input)
-                .with_context(|| format!("{}: cannot list", input.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file())
-                .collect();
+            let mut entries: Vec<PathBuf> =
+                std::fs::read_dir(input).with_context(|| format!("{}: cannot list", input.display()))?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
             entries.sort();
-            files.extend(entries.into_iter().map(|p| (p, false)));
+            for path in entries {
+                let mut start = [0u8; 16];
+                let read = std::fs::File::open(&path).and_then(|mut f| std::io::Read::read(&mut f, &mut start));
+                match read {
+                    Ok(n) if mien::imageio::looks_like_image(&start[..n]) => files.push(path),
+                    _ => eprintln!("warning: skipping {}: not an image", path.display()),
+                }
+            }
         } else if input.is_file() {
-            files.push((input.clone(), true));
+            files.push(input.clone());
         } else {
             bail!("{}: no such file or folder", input.display());
         }
@@ -640,137 +692,94 @@ fn image_files(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, bool)>> {
     Ok(files)
 }
 
-#[derive(serde::Serialize)]
-struct FaceReport {
-    x: i32,
-    y: i32,
-    w: i32,
-    h: i32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    emotion: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    probabilities: Option<std::collections::BTreeMap<String, f32>>,
-}
-
-#[derive(serde::Serialize)]
-struct ImageReport {
-    image: String,
-    width: u32,
-    height: u32,
-    faces: Vec<FaceReport>,
-}
-
-fn run_detect<B: Backend>(backend: &B, gpu: Option<&gpu::Gpu>, args: &DetectArgs) -> Result<()> {
-    use crate::detect::{annotate, cpu, gpu::GpuDetector, grey, Cascade, DetectParams};
-    if !(args.scale_factor > 1.0) {
-        bail!("--scale-factor must be above 1, got {}", args.scale_factor);
+/// `--out`, created if missing; refused when it names something that is not a folder.
+fn output_folder(out: &Path) -> Result<PathBuf> {
+    if out.exists() && !out.is_dir() {
+        bail!("--out {}: exists and is not a folder", out.display());
     }
-    let cascade_path = shipped(&args.cascade);
-    let cascade = Cascade::load(&cascade_path)?;
-    // The GPU detector when the model runs on a GPU; a cascade it cannot encode exactly runs
-    // on the CPU reference instead.
-    let detector = match gpu.map(|g| GpuDetector::new(g, &cascade)).transpose() {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("warning: {}: {e}; detecting on the CPU", cascade_path.display());
-            None
-        }
-    };
-    let mut model = if args.no_emotion {
-        None
-    } else {
-        let weights = shipped(&args.weights.clone().unwrap_or_else(|| PathBuf::from(SHIPPED_WEIGHTS)));
-        let mut model = Model::new(backend, model_config_of(&weights)?, 0)?;
-        model.load(backend, &weights, Part::Value).with_context(|| "loading the expression model (or pass --no-emotion)")?;
-        Some(model)
-    };
-    let params = DetectParams {
-        scale_factor: args.scale_factor,
-        min_neighbors: args.min_neighbors,
-        min_size: (args.min_size, args.min_size),
-        max_size: args.max_size.map(|m| (m, m)),
-    };
-    let files = image_files(&args.inputs)?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create", args.out.display()))?;
-    let bar = (files.len() > 3).then(|| indicatif::ProgressBar::new(files.len() as u64));
-    let mut reports = Vec::new();
-    for (path, named) in files {
-        let decoded = image::open(&path);
-        let img = match decoded {
-            Ok(img) => img,
-            // A file inside a folder that is not an image is skipped; one named directly is an error.
-            Err(e) if !named => {
-                eprintln!("warning: skipping {}: not a readable image ({e})", path.display());
-                continue;
-            }
-            Err(e) => bail!("{}: cannot read the image: {e}", path.display()),
-        };
-        if img.width() == 0 || img.height() == 0 {
-            bail!("{}: the image is empty ({}x{})", path.display(), img.width(), img.height());
-        }
-        let grey_img = grey::to_grey(&img);
-        let faces = match detector.as_ref().map(|d| d.detect_multi_scale(&grey_img, &params)) {
-            None => cpu::detect_multi_scale(&cascade, &grey_img, &params),
-            Some(Ok(faces)) => faces,
-            // Larger than the device's buffers: the CPU gives the same rectangles.
-            Some(Err(e @ crate::error::Error::TooLarge { .. })) => {
-                eprintln!("warning: {}: {e}; detecting on the CPU", path.display());
-                cpu::detect_multi_scale(&cascade, &grey_img, &params)
-            }
-            Some(Err(e)) => return Err(anyhow::Error::new(e).context(format!("{}: GPU detection failed", path.display()))),
-        };
-        let mut labels = vec![None; faces.len()];
-        if let (Some(model), false) = (model.as_mut(), faces.is_empty()) {
-            let mut crops = Vec::with_capacity(faces.len() * data::PIXELS);
-            for r in &faces {
-                let crop = image::imageops::crop_imm(&grey_img, r.x as u32, r.y as u32, r.w as u32, r.h as u32).to_image();
-                crops.extend_from_slice(cpu::resize_exact(&crop, data::SIDE as u32, data::SIDE as u32).as_raw());
-            }
-            let probs = model.predict(backend, &crops, !args.no_mirror)?;
-            for (label, p) in labels.iter_mut().zip(probs.chunks(data::CLASSES.len())) {
-                let best = (0..p.len()).fold(0, |b, i| if p[i] > p[b] { i } else { b });
-                *label = Some((best, p.to_vec()));
-            }
-        }
-        let mut rgb = img.to_rgb8();
-        let drawn: Vec<_> = faces
-            .iter()
-            .zip(&labels)
-            .map(|(r, l)| (*r, l.as_ref().map_or("face".to_string(), |(c, p)| format!("{} {:.2}", data::CLASSES[*c], p[*c]))))
-            .collect();
-        annotate::draw(&mut rgb, &drawn)?;
-        let stem = path.file_stem().map_or("image".into(), |s| s.to_string_lossy().into_owned());
-        let out = args.out.join(format!("{stem}.png"));
-        rgb.save(&out).with_context(|| format!("{}: cannot write", out.display()))?;
-        let summary: Vec<String> = drawn.iter().map(|(r, l)| format!("{l} at {},{} {}x{}", r.x, r.y, r.w, r.h)).collect();
-        match &bar {
-            Some(b) => b.inc(1),
-            None => println!("{}: {} face(s){}{} -> {}", path.display(), faces.len(), if faces.is_empty() { "" } else { ": " }, summary.join("; "), out.display()),
-        }
-        reports.push(ImageReport {
-            image: path.display().to_string(),
-            width: img.width(),
-            height: img.height(),
-            faces: faces
-                .iter()
-                .zip(labels)
-                .map(|(r, l)| FaceReport {
-                    x: r.x,
-                    y: r.y,
-                    w: r.w,
-                    h: r.h,
-                    emotion: l.as_ref().map(|(c, _)| data::CLASSES[*c].to_string()),
-                    probabilities: l.map(|(_, p)| data::CLASSES.iter().map(|c| c.to_string()).zip(p).collect()),
+    std::fs::create_dir_all(out).with_context(|| format!("--out {}: cannot create the folder", out.display()))?;
+    Ok(out.to_path_buf())
+}
+
+/// A name in `out` for each input's annotated copy, `<stem>.annotated.png`, with a counter
+/// where two inputs share a stem or the name is one of the inputs: an input is never written
+/// over, nor one output by another.
+fn output_names(files: &[PathBuf], out: &Path) -> Vec<PathBuf> {
+    let inputs: std::collections::HashSet<PathBuf> = files.iter().filter_map(|p| p.canonicalize().ok()).collect();
+    let mut taken = std::collections::HashSet::new();
+    files
+        .iter()
+        .map(|path| {
+            let stem = path.file_stem().map_or("image".into(), |s| s.to_string_lossy().into_owned());
+            (1..)
+                .map(|n| out.join(if n == 1 { format!("{stem}.annotated.png") } else { format!("{stem}.annotated-{n}.png") }))
+                .find(|candidate| {
+                    let is_input = candidate.canonicalize().is_ok_and(|c| inputs.contains(&c));
+                    !is_input && taken.insert(candidate.clone())
                 })
-                .collect(),
-        });
+                .expect("some counter gives a free name")
+        })
+        .collect()
+}
+
+fn run_detect<B: Backend>(backend: B, gpu: Option<&gpu::Gpu>, args: &DetectArgs, out: &Path) -> Result<()> {
+    use mien::detect::{Cascade, DetectParams};
+    use mien::imageio::{self, Decoded, OnDamage};
+    use mien::pipeline::{self, ImageReport, Labeller};
+    let params = DetectParams { scale_factor: args.scale_factor, min_neighbors: args.min_neighbors, min_size: (args.min_size, args.min_size), max_size: args.max_size.map(|m| (m, m)) };
+    params.validate()?;
+    let files = image_files(&args.inputs)?;
+    let cascade = Cascade::load(&shipped(&args.cascade))?;
+    let weights = (!args.no_emotion).then(|| shipped(&args.weights.clone().unwrap_or_else(|| PathBuf::from(SHIPPED_WEIGHTS))));
+    let mut labeller = Labeller::new(backend, gpu, cascade, weights.as_deref(), params, !args.no_mirror).context("loading the detector and the expression model (or pass --no-emotion)")?;
+    let outputs = output_names(&files, out);
+    // With the JSON on standard output, everything else goes to standard error.
+    let json_to_stdout = args.json.as_deref().is_some_and(is_stdout);
+    let say = |line: String| if json_to_stdout { eprintln!("{line}") } else { println!("{line}") };
+    let bar = (files.len() > 3).then(|| indicatif::ProgressBar::new(files.len() as u64));
+    let (mut reports, mut failures) = (Vec::new(), Vec::new());
+    for (path, annotated) in files.iter().zip(&outputs) {
+        let mut label_one = || -> Result<ImageReport> {
+            let Decoded { mut rgb, grey, .. } = imageio::read(path, OnDamage::Fail)?;
+            let faces = labeller.faces(&grey);
+            for warning in labeller.take_warnings() {
+                eprintln!("warning: {}: {warning}", path.display());
+            }
+            let faces = faces?;
+            pipeline::annotate(&mut rgb, &faces)?;
+            rgb.save(annotated).with_context(|| format!("{}: cannot write", annotated.display()))?;
+            let mut report = ImageReport::new(path.display().to_string(), rgb.dimensions(), &faces);
+            report.annotated = Some(annotated.display().to_string());
+            Ok(report)
+        };
+        match label_one() {
+            Ok(report) => {
+                let faces: Vec<String> = report.faces.iter().map(|f| format!("{} at {},{} {}x{}", f.emotion.as_deref().unwrap_or("face"), f.x, f.y, f.w, f.h)).collect();
+                let line = format!("{}: {} face(s){}{} -> {}", path.display(), faces.len(), if faces.is_empty() { "" } else { ": " }, faces.join("; "), annotated.display());
+                match &bar {
+                    Some(b) => b.suspend(|| say(line)),
+                    None => say(line),
+                }
+                reports.push(report);
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                failures.push(format!("{e:#}"));
+            }
+        }
+        if let Some(b) = &bar {
+            b.inc(1);
+        }
     }
     if let Some(b) = bar {
         b.finish_and_clear();
-        println!("{} images, {} faces; annotated images in {}", reports.len(), reports.iter().map(|r| r.faces.len()).sum::<usize>(), args.out.display());
     }
+    say(format!("{} images, {} faces; annotated images in {}", reports.len(), reports.iter().map(|r| r.faces.len()).sum::<usize>(), out.display()));
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&reports)?).with_context(|| format!("{}: cannot write", path.display()))?;
+        write_json(path, &reports)?;
+    }
+    if !failures.is_empty() {
+        bail!("{} of {} inputs failed:\n  {}", failures.len(), files.len(), failures.join("\n  "));
     }
     Ok(())
 }
@@ -782,7 +791,7 @@ fn benchmark_scene() -> Result<image::GrayImage> {
 }
 
 fn bench_detect(global: &Global, cascade: &Path, reps: usize, json: bool) -> Result<()> {
-    let cascade = crate::detect::Cascade::load(&shipped(cascade))?;
+    let cascade = mien::detect::Cascade::load(&shipped(cascade))?;
     let scene = benchmark_scene()?;
     // GPU vs CPU side by side: the GPU path on any adapter (lavapipe included) unless --device
     // cpu; a missing adapter is an error only when --device gpu asked for one.
@@ -831,10 +840,12 @@ fn bench_train<B: Backend>(backend: &B, batch: usize, reps: usize, models: &[Pat
     for config in configs {
         let r = bench::bench_train(backend, config, batch, reps, &bar)?;
         if !json {
-            bar.suspend(|| println!(
-                "{} on {}: training {:.1} images/s, inference {:.1} images/s (batch {}), batch-1 latency {:.2} ms",
-                r.model, r.device, r.train_images_per_second, r.inference_images_per_second, r.batch, r.inference_batch1_ms
-            ));
+            bar.suspend(|| {
+                println!(
+                    "{} on {}: training {:.1} images/s, inference {:.1} images/s (batch {}), batch-1 latency {:.2} ms",
+                    r.model, r.device, r.train_images_per_second, r.inference_images_per_second, r.batch, r.inference_batch1_ms
+                )
+            });
         }
         results.push(r);
     }
@@ -867,11 +878,8 @@ struct Profile<'a> {
 /// Writes the trace (JSON trace-event format, `other` added to its otherData) and prints the
 /// per-kernel summary after `title`.
 fn report_profile(gpu: &gpu::Gpu, title: &str, p: &Profile, trace: &Path, other: serde_json::Value) -> Result<()> {
-    let events: Vec<serde_json::Value> = p
-        .passes
-        .iter()
-        .map(|t| serde_json::json!({"name": t.label, "cat": "gpu", "ph": "X", "ts": t.start_ns / 1e3, "dur": t.nanos / 1e3, "pid": 1, "tid": 1}))
-        .collect();
+    let events: Vec<serde_json::Value> =
+        p.passes.iter().map(|t| serde_json::json!({"name": t.label, "cat": "gpu", "ph": "X", "ts": t.start_ns / 1e3, "dur": t.nanos / 1e3, "pid": 1, "tid": 1})).collect();
     let per_unit = |ns: f64| ns / 1e6 / p.units.max(1) as f64;
     let mut other_data = serde_json::json!({
         "adapter": gpu.describe(),
@@ -893,22 +901,10 @@ fn report_profile(gpu: &gpu::Gpu, title: &str, p: &Profile, trace: &Path, other:
     let total: f64 = by_kernel.values().map(|v| v.1).sum();
     let mut rows: Vec<_> = by_kernel.into_iter().collect();
     rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
-    println!(
-        "{title} on {}: {:.1} ms GPU time per {unit}, {:.1} ms wall per {unit}",
-        gpu.describe(),
-        per_unit(total),
-        p.wall_s * 1e3 / p.units.max(1) as f64,
-        unit = p.unit
-    );
+    println!("{title} on {}: {:.1} ms GPU time per {unit}, {:.1} ms wall per {unit}", gpu.describe(), per_unit(total), p.wall_s * 1e3 / p.units.max(1) as f64, unit = p.unit);
     // What a GPU faster than the host waits on: with the trace's timestamps this reads as
     // launch overhead against kernel time.
-    println!(
-        "host per {}: {:.2} ms recording {} passes, {:.2} ms encoding and submitting them",
-        p.unit,
-        per_unit(p.host.record_ns),
-        p.host.passes / p.units.max(1),
-        per_unit(p.host.submit_ns)
-    );
+    println!("host per {}: {:.2} ms recording {} passes, {:.2} ms encoding and submitting them", p.unit, per_unit(p.host.record_ns), p.host.passes / p.units.max(1), per_unit(p.host.submit_ns));
     println!("{:<28} {:>7} {:>6} {:>12} {:>12}", "kernel", "share", "calls", "total ms", "mean us");
     for (name, (calls, nanos)) in rows {
         println!("{:<28} {:>6.1}% {:>6} {:>12.2} {:>12.1}", name, 100.0 * nanos / total, calls, nanos / 1e6, nanos / 1e3 / calls as f64);
@@ -930,11 +926,11 @@ fn profiled_model<'g>(backend: &GpuBackend<'g>, batch: usize, model: Option<&Pat
 }
 
 fn profile_train(global: &Global, steps: usize, batch: usize, trace: &Path, model: Option<&Path>) -> Result<()> {
-    use crate::kernels::adam::AdamConfig;
+    use mien::kernels::adam::AdamConfig;
     let gpu = profiling_gpu(global)?;
     let backend = GpuBackend::profiling(&gpu);
     let (mut net, images, labels) = profiled_model(&backend, batch, model)?;
-    let maps = vec![crate::kernels::warp::IDENTITY; batch];
+    let maps = vec![mien::kernels::warp::IDENTITY; batch];
     // One step first, so pipeline compilation and first allocations stay out of the profile.
     net.train_step(&backend, &images, &maps, &labels, 0, AdamConfig::default(), 1)?;
     backend.take_timings();
@@ -971,10 +967,10 @@ fn profile_infer(global: &Global, calls: usize, batch: usize, trace: &Path, mode
 
 fn profile_detect(global: &Global, frames: usize, (w, h): (u32, u32), trace: &Path, cascade: &Path) -> Result<()> {
     let gpu = profiling_gpu(global)?;
-    let cascade = crate::detect::Cascade::load(&shipped(cascade))?;
+    let cascade = mien::detect::Cascade::load(&shipped(cascade))?;
     let frame = bench::detect_frame(&benchmark_scene()?, w, h);
-    let detector = crate::detect::gpu::GpuDetector::new(&gpu, &cascade)?;
-    let params = crate::detect::DetectParams::default();
+    let detector = mien::detect::gpu::GpuDetector::new(&gpu, &cascade)?;
+    let params = mien::detect::DetectParams::default();
     // One frame first, so pipeline compilation and first allocations stay out of the profile.
     let faces = detector.detect_multi_scale(&frame, &params)?.len();
     detector.set_profiling(true);

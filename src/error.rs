@@ -1,5 +1,6 @@
 //! One error type for the library, so every failure names the op or file it came from.
 
+use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -21,6 +22,29 @@ pub enum Error {
 
     #[error("GPU error in {op}: {detail}")]
     Gpu { op: String, detail: String },
+
+    /// A file that cannot be read or written, or whose contents are wrong, with the reason.
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
+
+    /// A bad line of a text file (CSV, JSON), counted from 1.
+    #[error("{path}:{line}: {reason}")]
+    Line { path: PathBuf, line: usize, reason: String },
+
+    /// A setting or argument that would make the work meaningless or unbounded, refused before
+    /// any work starts.
+    #[error("{0}")]
+    Invalid(String),
+
+    /// Training that cannot go on (a diverged loss), with where its last good state is.
+    #[error("{0}")]
+    Training(String),
+
+    #[error("drawing on the image: {0}")]
+    Draw(String),
+
+    #[error(transparent)]
+    Cascade(#[from] crate::detect::cascade::CascadeError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -37,4 +61,18 @@ pub fn check_len(op: &'static str, name: &str, slice_len: usize, expected: usize
         return Err(shape_err(op, format!("{name} has {slice_len} elements, expected {expected}")));
     }
     Ok(())
+}
+
+/// Shorthand for a file error naming `path`.
+pub fn file_err(path: &Path, reason: impl Into<String>) -> Error {
+    Error::File { path: path.to_path_buf(), reason: reason.into() }
+}
+
+/// At most `max` characters of `text`, marked when cut: error messages quote bad fields, and a
+/// hostile field can be megabytes long.
+pub fn quote_prefix(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => format!("{text:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &text[..cut], text.len()),
+    }
 }

@@ -6,12 +6,13 @@ pub mod data;
 pub mod detect;
 pub mod error;
 pub mod gpu;
+pub mod imageio;
 pub mod kernels;
 pub mod nn;
+pub mod pipeline;
 pub mod plot;
 pub mod rng;
 pub mod train;
 
 pub use error::{Error, Result};
 pub mod bench;
-pub mod cli;

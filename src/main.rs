@@ -1,3 +1,5 @@
+mod cli;
+
 fn main() -> std::process::ExitCode {
     // Mesa's software drivers print "XDG_RUNTIME_DIR is invalid or not set" for every adapter
     // they probe when it is missing (CI, containers, sudo); give them a private one. Done
@@ -15,7 +17,7 @@ fn main() -> std::process::ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    match mien::cli::main() {
+    match cli::main() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

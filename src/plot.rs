@@ -1,7 +1,8 @@
 //! PNG plots: class distribution, training curves, confusion matrix. Text is drawn with the
 //! DejaVu Sans font shipped in data/fonts, so plots look the same on every machine.
 
-use anyhow::{anyhow, Result};
+use crate::error::{file_err, Error, Result};
+use crate::train::EpochMetrics;
 use plotters::prelude::*;
 use std::path::Path;
 use std::sync::Once;
@@ -16,8 +17,8 @@ pub(crate) fn register_font() {
     });
 }
 
-fn err(path: &Path, e: impl std::fmt::Display) -> anyhow::Error {
-    anyhow!("{}: cannot draw the plot: {e}", path.display())
+fn err(path: &Path, e: impl std::fmt::Display) -> Error {
+    file_err(path, format!("cannot draw the plot: {e}"))
 }
 
 /// Grouped bars: images per class in each split.
@@ -39,7 +40,11 @@ pub fn class_distribution(path: &Path, classes: &[&str], splits: &[(&str, Vec<us
         .x_labels(classes.len() * 2 + 1)
         .x_label_formatter(&|x| {
             let i = x.floor() as usize;
-            if (x - i as f64 - 0.5).abs() < 1e-6 { classes.get(i).map_or(String::new(), |c| c.to_string()) } else { String::new() }
+            if (x - i as f64 - 0.5).abs() < 1e-6 {
+                classes.get(i).map_or(String::new(), |c| c.to_string())
+            } else {
+                String::new()
+            }
         })
         .y_desc("images")
         .label_style((FONT, 14))
@@ -62,15 +67,15 @@ pub fn class_distribution(path: &Path, classes: &[&str], splits: &[(&str, Vec<us
 }
 
 /// Train and validation curves per epoch: accuracy on the left, loss on the right.
-pub fn training_curves(path: &Path, epochs: &[(usize, f64, f64, f64, f64)]) -> Result<()> {
+pub fn training_curves(path: &Path, epochs: &[EpochMetrics]) -> Result<()> {
     register_font();
     let root = BitMapBackend::new(path, (1200, 450)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(path, e))?;
     let (left, right) = root.split_horizontally(600);
-    let last = epochs.last().map_or(1, |e| e.0).max(2) as f64;
-    // (epoch, train accuracy, validation accuracy, train loss, validation loss)
-    let panels: [(_, &str, fn(&(usize, f64, f64, f64, f64)) -> (f64, f64)); 2] =
-        [(left, "accuracy", |e| (100.0 * e.1, 100.0 * e.2)), (right, "loss", |e| (e.3, e.4))];
+    let last = epochs.last().map_or(1, |e| e.epoch).max(2) as f64;
+    // Each panel's name and its (training, validation) values.
+    type Pick = fn(&EpochMetrics) -> (f64, f64);
+    let panels: [(_, &str, Pick); 2] = [(left, "accuracy", |e| (100.0 * e.train_accuracy, 100.0 * e.val_accuracy)), (right, "loss", |e| (e.train_loss, e.val_loss))];
     for (area, name, pick) in panels {
         let values: Vec<(f64, f64)> = epochs.iter().map(pick).collect();
         let hi = values.iter().flat_map(|v| [v.0, v.1]).fold(f64::MIN, f64::max).max(1e-3) * 1.05;
@@ -84,7 +89,7 @@ pub fn training_curves(path: &Path, epochs: &[(usize, f64, f64, f64, f64)]) -> R
             .map_err(|e| err(path, e))?;
         chart.configure_mesh().x_desc("epoch").y_desc(if name == "accuracy" { "accuracy (%)" } else { "loss" }).label_style((FONT, 13)).draw().map_err(|e| err(path, e))?;
         for (label, color, which) in [("train", BLUE, 0), ("validation", RED, 1)] {
-            let points = epochs.iter().zip(&values).map(|(e, v)| (e.0 as f64, if which == 0 { v.0 } else { v.1 }));
+            let points = epochs.iter().zip(&values).map(|(e, v)| (e.epoch as f64, if which == 0 { v.0 } else { v.1 }));
             chart
                 .draw_series(LineSeries::new(points, color.stroke_width(2)))
                 .map_err(|e| err(path, e))?
@@ -111,18 +116,13 @@ pub fn confusion_matrix(path: &Path, classes: &[&str], confusion: &[Vec<usize>])
         .map_err(|e| err(path, e))?;
     let name = |x: &f64| {
         let i = x.floor() as usize;
-        if (x - i as f64 - 0.5).abs() < 1e-6 { classes.get(i).map_or(String::new(), |c| c.to_string()) } else { String::new() }
+        if (x - i as f64 - 0.5).abs() < 1e-6 {
+            classes.get(i).map_or(String::new(), |c| c.to_string())
+        } else {
+            String::new()
+        }
     };
-    chart
-        .configure_mesh()
-        .disable_mesh()
-        .x_labels(2 * n + 1)
-        .y_labels(2 * n + 1)
-        .x_label_formatter(&name)
-        .y_label_formatter(&name)
-        .label_style((FONT, 14))
-        .draw()
-        .map_err(|e| err(path, e))?;
+    chart.configure_mesh().disable_mesh().x_labels(2 * n + 1).y_labels(2 * n + 1).x_label_formatter(&name).y_label_formatter(&name).label_style((FONT, 14)).draw().map_err(|e| err(path, e))?;
     for (t, row) in confusion.iter().enumerate() {
         let total = row.iter().sum::<usize>().max(1) as f64;
         for (p, &count) in row.iter().enumerate() {
@@ -131,10 +131,9 @@ pub fn confusion_matrix(path: &Path, classes: &[&str], confusion: &[Vec<usize>])
             let (x, y) = (p as f64, t as f64);
             chart.draw_series([Rectangle::new([(x, y), (x + 1.0, y + 1.0)], RGBColor(shade, shade, 255).filled())]).map_err(|e| err(path, e))?;
             let color = if share > 0.5 { WHITE } else { BLACK };
-            let style = TextStyle::from((FONT, 16).into_font()).color(&color).pos(plotters::style::text_anchor::Pos::new(
-                plotters::style::text_anchor::HPos::Center,
-                plotters::style::text_anchor::VPos::Center,
-            ));
+            let style = TextStyle::from((FONT, 16).into_font())
+                .color(&color)
+                .pos(plotters::style::text_anchor::Pos::new(plotters::style::text_anchor::HPos::Center, plotters::style::text_anchor::VPos::Center));
             chart.draw_series([Text::new(count.to_string(), (x + 0.5, y + 0.5), style)]).map_err(|e| err(path, e))?;
         }
     }

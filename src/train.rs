@@ -1,16 +1,23 @@
 //! Training and evaluation: epochs of shuffled, augmented batches; validation after each
-//! epoch; early stopping that restores the best weights; reduce-on-plateau; checkpoints
-//! written atomically every epoch so a killed run resumes where it stopped.
+//! epoch; early stopping that restores the best weights; reduce-on-plateau; a checkpoint
+//! after every epoch, written as one unit so a run killed at any point resumes where it
+//! stopped.
+//!
+//! A checkpoint is a folder `checkpoint-NNNN` (N the epochs finished) holding the weights,
+//! Adam's moments, the best weights so far and `state.json`. It is written under the name
+//! `checkpoint-NNNN.partial` and renamed when complete, so a folder without the suffix is
+//! always whole; the previous checkpoint is removed only after that rename. The run folder is
+//! locked while a run trains in it.
 
 use crate::augment::AugmentConfig;
 use crate::data::{Dataset, CLASSES};
+use crate::error::{file_err, Error, Result};
 use crate::kernels::adam::AdamConfig;
 use crate::kernels::warp;
 use crate::nn::model::{average_into, Model};
 use crate::nn::weights::{write_atomic, Part};
-use crate::nn::{Backend, ModelConfig, BatchInFlight};
+use crate::nn::{Backend, BatchInFlight, ModelConfig};
 use crate::rng::Rng;
-use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -61,6 +68,36 @@ pub enum Schedule {
 }
 
 impl Recipe {
+    /// Refuses settings that would train nothing or nonsense, naming the flag that sets each.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |what: String| Err(Error::Invalid(what));
+        if self.epochs == 0 {
+            return invalid("--epochs 0: nothing to train".into());
+        }
+        if self.batch == 0 {
+            return invalid("--batch must be at least 1".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return invalid(format!("--lr must be a positive number, got {}", self.lr));
+        }
+        if !(self.min_lr.is_finite() && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
+            return invalid(format!("the minimum learning rate {} must be in [0, --lr {}]", self.min_lr, self.lr));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return invalid(format!("--label-smoothing must be in [0, 1), got {}", self.label_smoothing));
+        }
+        if !(self.plateau_factor > 0.0 && self.plateau_factor <= 1.0) {
+            return invalid(format!("the plateau factor {} must be in (0, 1]", self.plateau_factor));
+        }
+        let a = &self.augment;
+        for (flag, value, max) in [("--rotation", a.rotation_deg, 180.0), ("--shear", a.shear_deg, 89.0), ("--zoom", a.zoom, 0.99), ("--shift", a.shift, 1.0)] {
+            if !(0.0..=max).contains(&value) {
+                return invalid(format!("{flag} must be in [0, {max}], got {value}"));
+            }
+        }
+        Ok(())
+    }
+
     /// The learning rate of `epoch` (counted from 1) under the cosine schedule.
     fn cosine_lr(&self, epoch: usize) -> f32 {
         let progress = (epoch - 1) as f64 / self.epochs.max(1) as f64;
@@ -152,6 +189,32 @@ pub struct RunState {
     pub epochs_since_best_loss: usize,
     pub history: Vec<EpochMetrics>,
     pub stopped: Option<String>,
+    /// What the run trains and validates on, so `--resume` with other data is refused.
+    /// Runs saved before the field existed have none and are not checked.
+    #[serde(default)]
+    pub data: Option<DataFingerprint>,
+}
+
+/// Image counts and a hash of the images and labels of a run's training and validation sets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataFingerprint {
+    pub train_images: usize,
+    pub val_images: usize,
+    /// FNV-1a over both sets' pixels and labels, in hexadecimal.
+    pub hash: String,
+}
+
+impl DataFingerprint {
+    pub fn of(train: &Dataset, val: &Dataset) -> Self {
+        const PRIME: u64 = 0x100_0000_01b3;
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for bytes in [&train.images, &train.labels, &val.images, &val.labels] {
+            for &b in bytes.iter() {
+                hash = (hash ^ b as u64).wrapping_mul(PRIME);
+            }
+        }
+        DataFingerprint { train_images: train.len(), val_images: val.len(), hash: format!("{hash:016x}") }
+    }
 }
 
 /// Accuracy, loss and the confusion matrix over a dataset.
@@ -254,12 +317,19 @@ pub fn balanced_class_weights(data: &Dataset) -> Vec<f32> {
     counts.iter().map(|&c| data.len() as f32 / (counts.len() as f32 * c.max(1) as f32)).collect()
 }
 
-/// The files of a run folder.
+/// The files of a run folder: its checkpoints, and what it publishes for people (the best
+/// weights, metrics and plots), which are refreshed from each checkpoint once it is whole.
 pub struct RunFiles {
     pub dir: PathBuf,
 }
 
-impl RunFiles {
+/// The files of one checkpoint folder.
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    pub epoch: usize,
+}
+
+impl Checkpoint {
     pub fn state(&self) -> PathBuf {
         self.dir.join("state.json")
     }
@@ -272,6 +342,113 @@ impl RunFiles {
     pub fn best(&self) -> PathBuf {
         self.dir.join("best.safetensors")
     }
+
+    pub fn read_state(&self) -> Result<RunState> {
+        let text = std::fs::read_to_string(self.state()).map_err(|e| file_err(&self.state(), format!("cannot read: {e}")))?;
+        serde_json::from_str(&text).map_err(|e| file_err(&self.state(), format!("not a run state: {e}")))
+    }
+}
+
+const CHECKPOINT_PREFIX: &str = "checkpoint-";
+const PARTIAL_SUFFIX: &str = ".partial";
+
+impl RunFiles {
+    /// The best weights, published after each checkpoint.
+    pub fn best(&self) -> PathBuf {
+        self.dir.join("best.safetensors")
+    }
+
+    fn checkpoint(&self, epoch: usize) -> Checkpoint {
+        Checkpoint { dir: self.dir.join(format!("{CHECKPOINT_PREFIX}{epoch:04}")), epoch }
+    }
+
+    /// Every whole checkpoint in the folder, oldest first, and the partial ones a killed run
+    /// left.
+    fn scan(&self) -> Result<(Vec<Checkpoint>, Vec<PathBuf>)> {
+        let (mut whole, mut partial) = (Vec::new(), Vec::new());
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((whole, partial)),
+            Err(e) => return Err(file_err(&self.dir, format!("cannot list the run folder: {e}"))),
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(CHECKPOINT_PREFIX) else { continue };
+            if rest.ends_with(PARTIAL_SUFFIX) {
+                partial.push(entry.path());
+            } else if let Ok(epoch) = rest.parse::<usize>() {
+                whole.push(Checkpoint { dir: entry.path(), epoch });
+            }
+        }
+        whole.sort_by_key(|c| c.epoch);
+        Ok((whole, partial))
+    }
+
+    /// The newest whole checkpoint, if the folder holds one.
+    pub fn latest(&self) -> Result<Option<Checkpoint>> {
+        Ok(self.scan()?.0.pop())
+    }
+
+    /// Removes every checkpoint and published file of an earlier run, for `--overwrite`.
+    fn clear(&self) -> Result<()> {
+        let (whole, partial) = self.scan()?;
+        for dir in whole.into_iter().map(|c| c.dir).chain(partial) {
+            std::fs::remove_dir_all(&dir).map_err(|e| file_err(&dir, format!("cannot remove: {e}")))?;
+        }
+        for name in ["best.safetensors", "metrics.csv", "metrics.json", "training_curves.png"] {
+            let path = self.dir.join(name);
+            if path.exists() {
+                std::fs::remove_file(&path).map_err(|e| file_err(&path, format!("cannot remove: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An exclusive OS lock on a run folder, held while a run trains in it and released when
+/// dropped (or when the process dies), so two runs never write one folder's checkpoints.
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+impl RunLock {
+    pub fn acquire(dir: &Path) -> Result<RunLock> {
+        std::fs::create_dir_all(dir).map_err(|e| file_err(dir, format!("cannot create the run folder: {e}")))?;
+        let path = dir.join("run.lock");
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| file_err(&path, format!("cannot open: {e}")))?;
+        match file.try_lock() {
+            Ok(()) => Ok(RunLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(file_err(dir, "another mien train is running in this run folder; wait for it or choose another --out")),
+            Err(std::fs::TryLockError::Error(e)) => Err(file_err(&path, format!("cannot lock: {e}"))),
+        }
+    }
+}
+
+/// Ends the process at the named write point of the checkpoint after `epoch`, when
+/// `MIEN_FAIL_POINT=<name>@<epoch>` asks for it: how the tests kill a run at every point.
+fn fail_point(name: &str, epoch: usize) {
+    if std::env::var("MIEN_FAIL_POINT").is_ok_and(|v| v == format!("{name}@{epoch}")) {
+        eprintln!("MIEN_FAIL_POINT: stopping at {name} of epoch {epoch}");
+        std::process::exit(86);
+    }
+}
+
+/// The names of [`fail_point`]s, in the order a checkpoint passes them.
+pub const FAIL_POINTS: [&str; 7] = ["weights", "optimizer", "best", "state", "commit", "prune", "publish"];
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(|e| file_err(dir, format!("cannot sync: {e}")))
+}
+
+/// `link` becomes another name of `target` (a copy where hard links are not possible),
+/// replacing what `link` named in one step.
+fn link_atomic(target: &Path, link: &Path) -> Result<()> {
+    let tmp = link.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    if std::fs::hard_link(target, &tmp).is_err() {
+        std::fs::copy(target, &tmp).map_err(|e| file_err(&tmp, format!("cannot copy {}: {e}", target.display())))?;
+    }
+    std::fs::rename(&tmp, link).map_err(|e| file_err(link, format!("cannot replace: {e}")))
 }
 
 fn metadata(state: &RunState, accuracy: f64) -> HashMap<String, String> {
@@ -291,47 +468,82 @@ pub trait Observer {
     fn epoch(&mut self, _state: &RunState) {}
 }
 
+/// Whether `train` starts a new run or continues the one saved in the folder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// A new run; refused if the folder already holds one.
+    New,
+    /// A new run replacing whatever run the folder holds.
+    Overwrite,
+    /// Continue the run saved in the folder.
+    Resume,
+}
+
 /// Trains `model` on `train`, validating on `val`, writing checkpoints into `files.dir`.
-/// With `resume`, continues the run saved there. Returns the final state; the model holds the
-/// best weights.
-#[allow(clippy::too_many_arguments)]
-pub fn train<B: Backend>(
-    model: &mut Model<B>,
-    backend: &B,
-    train: &Dataset,
-    val: &Dataset,
-    recipe: &Recipe,
-    files: &RunFiles,
-    resume: bool,
-    observer: &mut dyn Observer,
-) -> Result<RunState> {
-    std::fs::create_dir_all(&files.dir).with_context(|| format!("{}: cannot create the run folder", files.dir.display()))?;
-    let mut state = if resume {
-        let text = std::fs::read_to_string(files.state()).with_context(|| format!("{}: nothing to resume", files.state().display()))?;
-        let mut state: RunState = serde_json::from_str(&text).with_context(|| format!("{}: not a run state", files.state().display()))?;
-        // Only the number of epochs may change on resuming: anything else would make the
-        // resumed run differ from an uninterrupted one.
-        if state.model != model.config || (Recipe { epochs: recipe.epochs, ..state.recipe.clone() }) != *recipe {
-            bail!("{}: the saved run used a different model or recipe; resume with the same options (only --epochs may change)", files.state().display());
+/// Returns the final state; the model holds the best weights.
+pub fn train<B: Backend>(model: &mut Model<B>, backend: &B, train: &Dataset, val: &Dataset, recipe: &Recipe, files: &RunFiles, start: Start, observer: &mut dyn Observer) -> Result<RunState> {
+    recipe.validate()?;
+    if train.is_empty() || val.is_empty() {
+        return Err(Error::Invalid(format!("nothing to train on: {} training and {} validation images", train.len(), val.len())));
+    }
+    let _lock = RunLock::acquire(&files.dir)?;
+    // What a run killed mid-checkpoint left: the partial folder it was writing, or the
+    // checkpoint before the one it had just completed.
+    let (mut whole, partial) = files.scan()?;
+    whole.pop();
+    for dir in partial.into_iter().chain(whole.into_iter().map(|c| c.dir)) {
+        std::fs::remove_dir_all(&dir).map_err(|e| file_err(&dir, format!("cannot remove an outdated checkpoint: {e}")))?;
+    }
+    let data = DataFingerprint::of(train, val);
+    let latest = files.latest()?;
+    let mut state = match (start, latest) {
+        (Start::Resume, None) => return Err(file_err(&files.dir, "nothing to resume: the folder holds no checkpoint")),
+        (Start::Resume, Some(checkpoint)) => {
+            let mut state = checkpoint.read_state()?;
+            // Only the number of epochs may change on resuming: anything else would make the
+            // resumed run differ from an uninterrupted one.
+            if state.model != model.config || (Recipe { epochs: recipe.epochs, ..state.recipe.clone() }) != *recipe {
+                return Err(file_err(&checkpoint.state(), "the saved run used a different model or recipe; resume with the same options (only --epochs may change)"));
+            }
+            if let Some(saved) = state.data.as_ref().filter(|saved| **saved != data) {
+                return Err(file_err(
+                    &checkpoint.state(),
+                    format!(
+                        "the saved run trained on other data ({} training and {} validation images, hash {}) than --data gives now ({}, {}, hash {}); resume with the same --data and options",
+                        saved.train_images, saved.val_images, saved.hash, data.train_images, data.val_images, data.hash
+                    ),
+                ));
+            }
+            state.recipe.epochs = recipe.epochs;
+            model.load(backend, &checkpoint.weights(), Part::Value)?;
+            model.load(backend, &checkpoint.optimizer(), Part::Moments)?;
+            state
         }
-        state.recipe.epochs = recipe.epochs;
-        model.load(backend, &files.weights(), Part::Value)?;
-        model.load(backend, &files.optimizer(), Part::Moments)?;
-        state
-    } else {
-        RunState {
-            model: model.config.clone(),
-            recipe: recipe.clone(),
-            device: backend.describe(),
-            epoch: 0,
-            step: 0,
-            lr: recipe.lr,
-            best_accuracy: -1.0,
-            best_epoch: 0,
-            best_val_loss: f64::INFINITY,
-            epochs_since_best_loss: 0,
-            history: Vec::new(),
-            stopped: None,
+        (Start::New, Some(checkpoint)) => {
+            let saved = checkpoint.read_state()?;
+            let how = if saved.epoch >= saved.recipe.epochs || saved.stopped.is_some() { "a finished run" } else { "an unfinished run" };
+            return Err(file_err(
+                &files.dir,
+                format!("holds {how} ({} of {} epochs); pass --resume to continue it, --overwrite to replace it, or choose another --out", saved.epoch, saved.recipe.epochs),
+            ));
+        }
+        (Start::New | Start::Overwrite, _) => {
+            files.clear()?;
+            RunState {
+                model: model.config.clone(),
+                recipe: recipe.clone(),
+                device: backend.describe(),
+                epoch: 0,
+                step: 0,
+                lr: recipe.lr,
+                best_accuracy: -1.0,
+                best_epoch: 0,
+                best_val_loss: f64::INFINITY,
+                epochs_since_best_loss: 0,
+                history: Vec::new(),
+                stopped: None,
+                data: Some(data),
+            }
         }
     };
     if recipe.class_weights {
@@ -354,17 +566,17 @@ pub fn train<B: Backend>(
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         let batches = order.len().div_ceil(recipe.batch);
         // Adds a finished step to the epoch's figures; a non-finite loss ends the run.
+        let last_good = files.latest()?.map_or_else(|| "none (no epoch finished)".to_string(), |c| c.dir.display().to_string());
         let mut tally = |(b, images, step): (usize, usize, BatchInFlight<B>)| -> Result<()> {
             let r = step.wait(backend)?;
             if !r.loss.is_finite() {
-                bail!(
-                    "epoch {epoch}, batch {}: the loss became {} (learning rate {}); stopping. The last good checkpoint is {} (epoch {}).",
+                return Err(Error::Training(format!(
+                    "epoch {epoch}, batch {}: the loss became {} (learning rate {}); stopping. The last good checkpoint is {last_good} (epoch {}).",
                     b + 1,
                     r.loss,
                     state.lr,
-                    files.weights().display(),
                     state.epoch
-                );
+                )));
             }
             loss_sum += r.loss as f64 * images as f64;
             correct += r.correct as usize;
@@ -403,10 +615,10 @@ pub fn train<B: Backend>(
         };
         state.epoch = epoch;
         state.history.push(metrics);
-        if eval.accuracy > state.best_accuracy {
+        let improved = eval.accuracy > state.best_accuracy;
+        if improved {
             state.best_accuracy = eval.accuracy;
             state.best_epoch = epoch;
-            model.save(backend, &files.best(), Part::Value, metadata(&state, eval.accuracy))?;
         }
         // Tracked under every schedule (and so never left infinite, which JSON cannot hold).
         if eval.loss < state.best_val_loss {
@@ -423,34 +635,62 @@ pub fn train<B: Backend>(
         if recipe.patience > 0 && epoch - state.best_epoch >= recipe.patience {
             state.stopped = Some(format!("early stop: validation accuracy has not improved for {} epochs since epoch {}", recipe.patience, state.best_epoch));
         }
-        model.save(backend, &files.weights(), Part::Value, metadata(&state, eval.accuracy))?;
-        model.save(backend, &files.optimizer(), Part::Moments, HashMap::new())?;
-        write_atomic(&files.state(), serde_json::to_string_pretty(&state)?.as_bytes())?;
-        write_metrics(&files.dir, &state.history)?;
+        write_checkpoint(model, backend, files, &state, improved, eval.accuracy)?;
         observer.epoch(&state);
     }
     // Again here, so that a run resumed after its last epoch still gets its files and plots.
     write_metrics(&files.dir, &state.history)?;
-    // Early stopping restores the best weights (Keras' restore_best_weights).
-    if files.best().exists() {
-        model.load(backend, &files.best(), Part::Value)?;
+    if let Some(checkpoint) = files.latest()? {
+        link_atomic(&checkpoint.best(), &files.best())?;
+        // Early stopping restores the best weights (Keras' restore_best_weights).
+        model.load(backend, &checkpoint.best(), Part::Value)?;
     }
     Ok(state)
 }
 
+/// Writes the checkpoint of the epoch `state` has just finished as one unit, then removes the
+/// one before it and publishes the best weights and metrics.
+fn write_checkpoint<B: Backend>(model: &Model<B>, backend: &B, files: &RunFiles, state: &RunState, improved: bool, accuracy: f64) -> Result<()> {
+    let epoch = state.epoch;
+    let previous = files.latest()?;
+    let done = files.checkpoint(epoch);
+    let partial = Checkpoint { dir: done.dir.with_extension(PARTIAL_SUFFIX.trim_start_matches('.')), epoch };
+    std::fs::create_dir_all(&partial.dir).map_err(|e| file_err(&partial.dir, format!("cannot create: {e}")))?;
+    model.save(backend, &partial.weights(), Part::Value, metadata(state, accuracy))?;
+    fail_point("weights", epoch);
+    model.save(backend, &partial.optimizer(), Part::Moments, HashMap::new())?;
+    fail_point("optimizer", epoch);
+    match previous.as_ref().filter(|_| !improved) {
+        Some(previous) => link_atomic(&previous.best(), &partial.best())?,
+        None => model.save(backend, &partial.best(), Part::Value, metadata(state, accuracy))?,
+    }
+    fail_point("best", epoch);
+    write_atomic(&partial.state(), serde_json::to_string_pretty(state).map_err(|e| file_err(&partial.state(), e.to_string()))?.as_bytes())?;
+    sync_dir(&partial.dir)?;
+    fail_point("state", epoch);
+    std::fs::rename(&partial.dir, &done.dir).map_err(|e| file_err(&done.dir, format!("cannot rename {} to it: {e}", partial.dir.display())))?;
+    sync_dir(&files.dir)?;
+    fail_point("commit", epoch);
+    if let Some(previous) = previous {
+        std::fs::remove_dir_all(&previous.dir).map_err(|e| file_err(&previous.dir, format!("cannot remove the previous checkpoint: {e}")))?;
+    }
+    fail_point("prune", epoch);
+    link_atomic(&done.best(), &files.best())?;
+    write_metrics(&files.dir, &state.history)?;
+    fail_point("publish", epoch);
+    Ok(())
+}
+
 fn write_metrics(dir: &Path, history: &[EpochMetrics]) -> Result<()> {
-    let curves: Vec<_> = history.iter().map(|m| (m.epoch, m.train_accuracy, m.val_accuracy, m.train_loss, m.val_loss)).collect();
-    crate::plot::training_curves(&dir.join("training_curves.png"), &curves)?;
+    crate::plot::training_curves(&dir.join("training_curves.png"), history)?;
     let mut csv = String::from("epoch,lr,train_loss,train_accuracy,val_loss,val_accuracy,val_accuracy_single,images_per_second,seconds\n");
     for m in history {
         let single = m.val_accuracy_single.map_or(String::new(), |a| format!("{a:.5}"));
-        csv.push_str(&format!(
-            "{},{},{:.5},{:.5},{:.5},{:.5},{},{:.1},{:.1}\n",
-            m.epoch, m.lr, m.train_loss, m.train_accuracy, m.val_loss, m.val_accuracy, single, m.images_per_second, m.seconds
-        ));
+        csv.push_str(&format!("{},{},{:.5},{:.5},{:.5},{:.5},{},{:.1},{:.1}\n", m.epoch, m.lr, m.train_loss, m.train_accuracy, m.val_loss, m.val_accuracy, single, m.images_per_second, m.seconds));
     }
     write_atomic(&dir.join("metrics.csv"), csv.as_bytes())?;
-    write_atomic(&dir.join("metrics.json"), serde_json::to_string_pretty(history)?.as_bytes())
+    let json = serde_json::to_string_pretty(history).map_err(|e| Error::Invalid(format!("metrics: {e}")))?;
+    write_atomic(&dir.join("metrics.json"), json.as_bytes())
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ fn detect_finds_the_face_in_a_shipped_photo_and_writes_png_and_json() {
     let (ok, stdout, stderr) = mien(&["detect", "--device", "cpu", "--no-emotion", "data/photos/grace_hopper.jpg", "--out", s(&out), "--json", s(&json)]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("1 face(s)"), "{stdout}");
-    assert!(out.join("grace_hopper.png").exists());
+    assert!(out.join("grace_hopper.annotated.png").exists());
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!((report[0]["width"].as_u64(), report[0]["height"].as_u64()), (Some(512), Some(600)));
     assert_eq!(report[0]["faces"].as_array().unwrap().len(), 1);
@@ -40,15 +40,17 @@ fn detect_handles_bad_and_odd_inputs() {
     std::fs::write(dir.join("broken.png"), &std::fs::read("data/photos/astronaut.png").unwrap()[..2000]).unwrap();
     let out = temp_dir("inputs-out");
 
-    // In a folder, what is not a readable image is skipped with a warning; a tiny image has no faces.
+    // In a folder, what is not an image is skipped with a warning; a broken image fails the
+    // run, named, after the others are done; a tiny image has no faces.
     let (ok, stdout, stderr) = mien(&["detect", "--device", "cpu", "--no-emotion", s(&dir), "--out", s(&out)]);
-    assert!(ok, "{stderr}");
-    assert!(stderr.contains("skipping") && stderr.contains("notes.txt") && stderr.contains("broken.png"), "{stderr}");
+    assert!(!ok, "{stderr}");
+    assert!(stderr.contains("skipping") && stderr.contains("notes.txt: not an image"), "{stderr}");
+    assert!(stderr.contains("1 of 2 inputs failed") && stderr.contains("broken.png: cannot read the Png header"), "{stderr}");
     assert!(stdout.contains("tiny.png: 0 face(s)"), "{stdout}");
 
     // Named directly, a broken image is an error naming it; so is a missing file.
     let (ok, _, stderr) = mien(&["detect", "--device", "cpu", "--no-emotion", s(&dir.join("broken.png")), "--out", s(&out)]);
-    assert!(!ok && stderr.contains("broken.png: cannot read the image"), "{stderr}");
+    assert!(!ok && stderr.contains("broken.png: cannot read the Png header") && stderr.contains("1 of 1 inputs failed"), "{stderr}");
     let (ok, _, stderr) = mien(&["detect", "--no-emotion", "no/such.jpg"]);
     assert!(!ok && stderr.contains("no/such.jpg: no such file or folder"), "{stderr}");
 
@@ -171,4 +173,184 @@ fn profile_detect_times_each_gpu_pass_of_a_frame() {
     assert_eq!(doc["otherData"]["frames"], 2);
     let (ok, _, stderr) = mien(&["profile", "detect", "--size", "320by240"]);
     assert!(!ok && stderr.contains("WIDTHxHEIGHT"), "{stderr}");
+}
+
+#[test]
+fn detect_never_writes_over_an_input_or_another_output() {
+    let out = temp_dir("names");
+    let other = temp_dir("names-other");
+    // An input inside --out whose name an output could take, and two inputs with one stem.
+    std::fs::copy("data/photos/astronaut.png", out.join("astronaut.png")).unwrap();
+    std::fs::copy("data/photos/astronaut.png", out.join("face.annotated.png")).unwrap();
+    std::fs::copy("data/photos/astronaut.png", out.join("face.png")).unwrap();
+    std::fs::copy("data/photos/grace_hopper.jpg", other.join("face.jpg")).unwrap();
+    let before: Vec<Vec<u8>> = ["astronaut.png", "face.annotated.png", "face.png"].iter().map(|n| std::fs::read(out.join(n)).unwrap()).collect();
+    let json = out.join("faces.json");
+    let (ok, stdout, stderr) = mien(&[
+        "detect",
+        "--device",
+        "cpu",
+        "--no-emotion",
+        s(&out.join("astronaut.png")),
+        s(&out.join("face.annotated.png")),
+        s(&out.join("face.png")),
+        s(&other.join("face.jpg")),
+        "--out",
+        s(&out),
+        "--json",
+        s(&json),
+    ]);
+    assert!(ok, "{stderr}");
+    let after: Vec<Vec<u8>> = ["astronaut.png", "face.annotated.png", "face.png"].iter().map(|n| std::fs::read(out.join(n)).unwrap()).collect();
+    assert!(before == after, "an input was written over");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let written: Vec<&str> = report.as_array().unwrap().iter().map(|r| r["annotated"].as_str().unwrap()).collect();
+    let expected = ["astronaut.annotated.png", "face.annotated.annotated.png", "face.annotated-2.png", "face.annotated-3.png"];
+    assert!(written.iter().zip(expected).all(|(w, e)| w.ends_with(e)), "{written:?}");
+    for w in &written {
+        assert!(Path::new(w).exists() && stdout.contains(&format!("-> {w}")), "{w}: {stdout}");
+    }
+    // --out naming a file is refused before any work.
+    let (ok, _, stderr) = mien(&["detect", "--device", "cpu", "--no-emotion", "data/photos/astronaut.png", "--out", s(&json)]);
+    assert!(!ok && stderr.contains("exists and is not a folder"), "{stderr}");
+}
+
+#[test]
+fn a_bad_input_among_good_ones_is_reported_and_the_others_still_done() {
+    let dir = temp_dir("mixed");
+    std::fs::write(dir.join("broken.jpg"), &std::fs::read("data/photos/grace_hopper.jpg").unwrap()[..300]).unwrap();
+    let out = temp_dir("mixed-out");
+    let (ok, stdout, stderr) =
+        mien(&["detect", "--device", "cpu", "--no-emotion", "data/photos/grace_hopper.jpg", s(&dir.join("broken.jpg")), "data/photos/astronaut.png", "--out", s(&out), "--json", "-"]);
+    assert!(!ok, "a failed input must fail the run");
+    assert!(stderr.contains("1 of 3 inputs failed") && stderr.contains("broken.jpg"), "{stderr}");
+    // The JSON on standard output holds the two good images, and nothing else is there.
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let images: Vec<&str> = report.as_array().unwrap().iter().map(|r| r["image"].as_str().unwrap()).collect();
+    assert_eq!(images, ["data/photos/grace_hopper.jpg", "data/photos/astronaut.png"]);
+}
+
+#[test]
+fn a_failed_write_to_standard_output_is_an_error_not_a_panic() {
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let out = temp_dir("full");
+    let run = Command::new(env!("CARGO_BIN_EXE_mien"))
+        .args(["detect", "--device", "cpu", "--no-emotion", "data/photos/astronaut.png", "--out", s(&out), "--json", "-"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .stdout(full)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success() && stderr.contains("cannot write the JSON to standard output") && !stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_scale_factor_too_close_to_one_is_refused_at_once() {
+    let started = std::time::Instant::now();
+    let (ok, _, stderr) = mien(&["detect", "--device", "cpu", "--no-emotion", "--scale-factor", "1.0000001", "data/photos/astronaut.png", "--out", s(&temp_dir("scale"))]);
+    assert!(!ok && stderr.contains("scale"), "{stderr}");
+    assert!(started.elapsed().as_secs() < 60, "refusing took {:?}", started.elapsed());
+}
+
+/// A FER2013-shaped folder (train/ and test/ with a folder per class) of small synthetic
+/// images, `per_class` in each training class.
+fn tiny_fer(name: &str, per_class: usize) -> PathBuf {
+    let dir = temp_dir(name);
+    for (split, n) in [("train", per_class), ("test", 2)] {
+        for (c, class) in ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"].iter().enumerate() {
+            let folder = dir.join(split).join(class);
+            std::fs::create_dir_all(&folder).unwrap();
+            for i in 0..n {
+                image::GrayImage::from_fn(48, 48, |x, y| image::Luma([((x * (c as u32 + 1) + y * 3 + i as u32 * 17) % 256) as u8])).save(folder.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+    dir
+}
+
+const TINY_MODEL: &str = r#"{"name": "tiny", "input": [1, 48, 48], "classes": 7, "layers": [
+    {"type": "conv2d", "filters": 2, "kernel": 3}, {"type": "relu"}, {"type": "max_pool", "size": 4},
+    {"type": "flatten"}, {"type": "dense", "units": 7}]}"#;
+
+#[test]
+fn degenerate_training_runs_are_refused_before_any_work() {
+    let data = tiny_fer("degenerate", 2);
+    let model = data.join("tiny.json");
+    std::fs::write(&model, TINY_MODEL).unwrap();
+    let out = data.join("run");
+    for (flags, expected) in [
+        (&["--epochs", "0"][..], "--epochs 0"),
+        (&["--lr", "-1"], "--lr must be a positive number, got -1"),
+        (&["--lr", "NaN"], "--lr must be a positive number, got NaN"),
+        (&["--lr", "0"], "--lr must be a positive number, got 0"),
+        (&["--subset", "0"], "--subset 0"),
+        (&["--val-split", "0"], "--val-split 0 must be above 0"),
+        (&["--val-split", "0.999"], "no images"),
+    ] {
+        let mut args = vec!["train", "--device", "cpu", "--data", s(&data), "--model", s(&model), "--out", s(&out)];
+        args.extend_from_slice(flags);
+        let (ok, _, stderr) = mien(&args);
+        assert!(!ok && stderr.contains(expected), "{flags:?}: {stderr}");
+        assert!(!out.join("checkpoint-0001").exists(), "{flags:?} trained");
+    }
+}
+
+#[test]
+fn a_run_killed_at_any_checkpoint_write_resumes_to_the_uninterrupted_result() {
+    let data = tiny_fer("killed", 3);
+    let model = data.join("tiny.json");
+    std::fs::write(&model, TINY_MODEL).unwrap();
+    let train = |out: &Path, extra: &[&str], fail_point: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mien"));
+        command.args(["train", "--device", "cpu", "--data", s(&data), "--model", s(&model), "--out", s(out), "--epochs", "2", "--batch", "7"]).args(extra);
+        command.current_dir(env!("CARGO_MANIFEST_DIR")).env("XDG_RUNTIME_DIR", std::env::temp_dir()).env_remove("MIEN_FAIL_POINT");
+        if let Some(point) = fail_point {
+            command.env("MIEN_FAIL_POINT", point);
+        }
+        let run = command.output().unwrap();
+        (run.status.success(), String::from_utf8_lossy(&run.stderr).into_owned())
+    };
+    let history = |out: &Path| -> Vec<(u64, String)> {
+        let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("checkpoint-0002/state.json")).unwrap()).unwrap();
+        state["history"].as_array().unwrap().iter().map(|m| (m["epoch"].as_u64().unwrap(), format!("{:.6} {:.6}", m["train_loss"], m["val_loss"]))).collect()
+    };
+    let straight = data.join("straight");
+    let (ok, stderr) = train(&straight, &[], None);
+    assert!(ok, "{stderr}");
+    let expected = history(&straight);
+    for point in ["weights", "optimizer", "best", "state", "commit", "prune", "publish"] {
+        for epoch in [1, 2] {
+            let out = data.join(format!("killed-{point}-{epoch}"));
+            let (ok, stderr) = train(&out, &[], Some(&format!("{point}@{epoch}")));
+            assert!(!ok && stderr.contains("MIEN_FAIL_POINT"), "{point}@{epoch}: {stderr}");
+            // Without --resume the folder's run is not silently replaced; with it, the run
+            // ends as the uninterrupted one did.
+            let resumed = if out.join("checkpoint-0001").exists() || out.join("checkpoint-0002").exists() { &["--resume"][..] } else { &[] };
+            let (ok, stderr) = train(&out, resumed, None);
+            assert!(ok, "{point}@{epoch}: {stderr}");
+            assert_eq!(history(&out), expected, "{point}@{epoch}");
+            let leftovers: Vec<String> =
+                std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("checkpoint-") && n != "checkpoint-0002").collect();
+            assert!(leftovers.is_empty(), "{point}@{epoch}: {leftovers:?}");
+        }
+    }
+    // A finished run is not replaced without --overwrite, and a resume with other data is refused.
+    let (ok, stderr) = train(&straight, &[], None);
+    assert!(!ok && stderr.contains("holds a finished run") && stderr.contains("--overwrite"), "{stderr}");
+    let other = tiny_fer("killed-other", 4);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mien"));
+    command.args(["train", "--device", "cpu", "--data", s(&other), "--model", s(&model), "--out", s(&straight), "--epochs", "3", "--batch", "7", "--resume"]);
+    let run = command.current_dir(env!("CARGO_MANIFEST_DIR")).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success() && stderr.contains("trained on other data"), "{stderr}");
+}
+
+#[test]
+fn eval_writes_its_json_to_standard_output() {
+    let data = tiny_fer("eval-json", 1);
+    let (ok, stdout, stderr) = mien(&["eval", "--device", "cpu", "--data", s(&data.join("test")), "--json", "-"]);
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(report["images"].as_u64(), Some(14));
 }

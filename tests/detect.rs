@@ -5,8 +5,8 @@ mod common;
 
 use mien::detect::gpu::{integrals_gpu, norm_factors_gpu, resize_gpu, GpuDetector};
 use mien::detect::{cpu, group_rectangles, Cascade, DetectParams, Rect};
-use std::collections::HashMap;
 use serde_json::Value;
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 fn fixtures() -> Vec<(String, Value)> {
@@ -117,7 +117,7 @@ fn check_against_opencv(runs: Vec<(String, image::GrayImage, PathBuf, DetectPara
 fn cpu_detector_matches_opencv_on_every_fixture() {
     let runs = fixture_runs();
     assert!(runs.len() >= 100, "only {} fixture runs", runs.len());
-    check_against_opencv(runs, cpu::detect_multi_scale);
+    check_against_opencv(runs, |cascade, img, p| cpu::detect_multi_scale(cascade, img, p).unwrap());
 }
 
 fn check_gpu(runs: Vec<(String, image::GrayImage, PathBuf, DetectParams, Vec<Rect>)>) {
@@ -171,6 +171,23 @@ fn a_stream_with_a_frame_in_flight_gets_each_frames_faces() {
     detector.detect_stream(frames, &DetectParams::default(), |i, faces| got.push((i, faces))).unwrap();
     let want: Vec<_> = runs.iter().chain(&runs).map(|r| r.4.clone()).enumerate().collect();
     assert_eq!(got, want);
+}
+
+/// Settings that would never finish (a factor of 1 never grows the window; 1.0000001 needs
+/// millions of levels) are refused by the GPU detector before any work, as by the CPU one.
+#[test]
+fn the_gpu_detector_refuses_an_endless_pyramid() {
+    let cascade = Cascade::load(&PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/data/cascades/haarcascade_frontalface_default.xml"))).unwrap();
+    let detector = GpuDetector::new(common::gpu(), &cascade).unwrap();
+    let img = textured(320, 240, 1);
+    for scale_factor in [1.0000001, 1.0, 0.5, f64::NAN] {
+        let p = DetectParams { scale_factor, ..Default::default() };
+        let err = detector.detect_multi_scale(&img, &p).unwrap_err();
+        assert!(matches!(err, mien::Error::Invalid(_)), "{err}");
+        assert_eq!(err.to_string(), p.validate_for(cascade.window, (320, 240)).unwrap_err().to_string());
+        assert!(detector.detect_stream([&img], &p, |_, _| panic!("no frame should finish")).is_err());
+        assert!(cpu::detect_multi_scale(&cascade, &img, &p).is_err());
+    }
 }
 
 #[test]

@@ -23,10 +23,7 @@ fn up(g: &Gpu, v: &[f32]) -> mien::gpu::GpuBuffer<f32> {
 
 /// The seed model's convolutions at batch 64: 48x48x1 -> 32 -> 64 -> pool -> 128 -> pool -> 128.
 fn seed_model_convs() -> Vec<Conv2dShape> {
-    [(1, 48, 32), (32, 46, 64), (64, 22, 128), (128, 10, 128)]
-        .iter()
-        .map(|&(cin, hw, cout)| Conv2dShape::new(64, cin, (hw, hw), cout, (3, 3), Padding::Valid).unwrap())
-        .collect()
+    [(1, 48, 32), (32, 46, 64), (64, 22, 128), (128, 10, 128)].iter().map(|&(cin, hw, cout)| Conv2dShape::new(64, cin, (hw, hw), cout, (3, 3), Padding::Valid).unwrap()).collect()
 }
 
 fn odd_convs() -> Vec<Conv2dShape> {

@@ -152,3 +152,20 @@ fn mismatched_shapes_are_errors_naming_the_op_and_shapes() {
     let err = dense::forward_cpu(DenseShape::new(2, 3, 5).unwrap(), &[0.0; 6], &[0.0; 15], &[0.0; 4], &mut y).unwrap_err();
     assert_eq!(err.to_string(), "dense: bad shapes: b has 4 elements, expected 5");
 }
+
+#[test]
+fn wgpu_errors_become_errors_naming_the_op_not_panics() {
+    // A context of its own: the error it provokes must not reach other tests' waits.
+    let gpu = &common::open(None, false);
+    let too_big = wgpu::BufferDescriptor { label: Some("too big"), size: gpu.limits.max_buffer_size + 4, usage: wgpu::BufferUsages::STORAGE, mapped_at_creation: false };
+    // Inside a scope: the error is the scope's, naming the op.
+    match gpu.scoped("a test allocation", || gpu.device.create_buffer(&too_big)) {
+        Err(Error::Gpu { op, .. }) => assert_eq!(op, "a test allocation"),
+        other => panic!("expected a GPU error, got {:?}", other.map(|_| ())),
+    }
+    // Outside one: the error comes back from the next wait instead of wgpu's panicking handler.
+    let _ = gpu.device.create_buffer(&too_big);
+    let err = gpu.run(|_| Ok(())).unwrap_err().to_string();
+    assert!(err.contains("GPU error in submitted work"), "{err}");
+    gpu.run(|_| Ok(())).expect("the error is reported once");
+}

@@ -19,12 +19,9 @@ fn validate(shader: &Shader, subgroups: bool) -> (naga::Module, naga::valid::Mod
     let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(&src)));
     let capabilities = if subgroups { Capabilities::SUBGROUP } else { Capabilities::empty() };
     // parse_str alone accepts some type errors; only the validator rejects them.
-    let info = Validator::new(ValidationFlags::all(), capabilities)
-        .validate(&module)
-        .unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(&src)));
+    let info = Validator::new(ValidationFlags::all(), capabilities).validate(&module).unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(&src)));
     let constants = shader.constants.iter().map(|&(name, value)| (name.to_string(), value)).collect();
-    let (module, info) = naga::back::pipeline_constants::process_overrides(&module, &info, None, &constants)
-        .unwrap_or_else(|e| panic!("{}: overrides {:?}: {e}", shader.name, shader.constants));
+    let (module, info) = naga::back::pipeline_constants::process_overrides(&module, &info, None, &constants).unwrap_or_else(|e| panic!("{}: overrides {:?}: {e}", shader.name, shader.constants));
     (module.into_owned(), info.into_owned())
 }
 
@@ -42,9 +39,7 @@ fn every_shader_validates_and_translates_to_every_backend_language() {
         let shader_model = if subgroups { hlsl::ShaderModel::V6_0 } else { hlsl::Options::default().shader_model };
         let hlsl_options = hlsl::Options { shader_model, ..Default::default() };
         let hlsl_pipeline = hlsl::PipelineOptions::default();
-        hlsl::Writer::new(&mut hlsl_out, &hlsl_options, &hlsl_pipeline)
-            .write(&module, &info, None)
-            .unwrap_or_else(|e| panic!("{} -> HLSL: {e}", shader.name));
+        hlsl::Writer::new(&mut hlsl_out, &hlsl_options, &hlsl_pipeline).write(&module, &info, None).unwrap_or_else(|e| panic!("{} -> HLSL: {e}", shader.name));
         // GLSL is written one entry point at a time; compute needs GLSL ES 3.10 or desktop 4.30.
         for ep in &module.entry_points {
             for version in [glsl::Version::Embedded { version: 310, is_webgl: false }, glsl::Version::Desktop(430)] {

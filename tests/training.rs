@@ -11,7 +11,7 @@ use mien::kernels::warp;
 use mien::nn::weights::Part;
 use mien::nn::{Backend, Cpu, GpuBackend, Model, ModelConfig};
 use mien::rng::Rng;
-use mien::train::{self, Recipe, RunFiles};
+use mien::train::{self, Recipe, RunFiles, Start};
 use std::path::{Path, PathBuf};
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -97,7 +97,7 @@ fn class_folders_load_and_bad_images_are_named() {
 
     std::fs::write(dir.join("fear/broken.jpg"), b"not a jpeg").unwrap();
     let err = data::load(&dir, Usage::Training, false).unwrap_err().to_string();
-    assert!(err.contains("fear/broken.jpg: cannot decode image"), "{err}");
+    assert!(err.contains("fear/broken.jpg: not an image mien reads"), "{err}");
     std::fs::remove_file(dir.join("fear/broken.jpg")).unwrap();
 
     write_png(&dir.join("sad/small.png"), 40);
@@ -209,22 +209,22 @@ fn same_predictions<'g>(backend: &GpuBackend<'g>, on_gpu: &mut Model<GpuBackend<
     assert_close(what, &on_gpu.predict(backend, images, false).unwrap(), &expected, 1e-4);
 }
 
-fn run<B: Backend>(backend: &B, dir: &Path, epochs: usize, resume: bool) -> (Model<B>, train::RunState) {
+fn run<B: Backend>(backend: &B, dir: &Path, epochs: usize, start: Start) -> (Model<B>, train::RunState) {
     let mut model = Model::new(backend, tiny_model(), 5).unwrap();
     let files = RunFiles { dir: dir.to_path_buf() };
-    let state = train::train(&mut model, backend, &synthetic(320, 1), &synthetic(64, 2), &quick_recipe(epochs), &files, resume, &mut Quiet).unwrap();
+    let state = train::train(&mut model, backend, &synthetic(320, 1), &synthetic(64, 2), &quick_recipe(epochs), &files, start, &mut Quiet).unwrap();
     (model, state)
 }
 
 #[test]
 fn training_lowers_the_loss_and_gpu_follows_the_cpu_curve() {
-    let (_, cpu) = run(&Cpu, &temp_dir("cpu-run"), 3, false);
+    let (_, cpu) = run(&Cpu, &temp_dir("cpu-run"), 3, Start::New);
     let losses: Vec<f64> = cpu.history.iter().map(|m| m.train_loss).collect();
     assert!(losses[2] < 0.7 * losses[0], "training loss did not fall: {losses:?}");
     assert!(cpu.best_accuracy > 0.5, "validation accuracy {}", cpu.best_accuracy);
 
     let backend = GpuBackend::new(gpu());
-    let (_, gpu_state) = run(&backend, &temp_dir("gpu-run"), 3, false);
+    let (_, gpu_state) = run(&backend, &temp_dir("gpu-run"), 3, Start::New);
     for (c, g) in cpu.history.iter().zip(&gpu_state.history) {
         // Same initial weights, batches, augmentation and dropout masks: only summation order
         // differs, and it compounds over 30 steps.
@@ -235,7 +235,7 @@ fn training_lowers_the_loss_and_gpu_follows_the_cpu_curve() {
 
 #[test]
 fn a_resumed_run_matches_an_uninterrupted_one() {
-    let (straight, _) = run(&Cpu, &temp_dir("straight"), 3, false);
+    let (straight, _) = run(&Cpu, &temp_dir("straight"), 3, Start::New);
     let dir = temp_dir("resumed");
     // A 3-epoch run killed once its second epoch's checkpoints are written: the same recipe,
     // since the cosine schedule depends on the epoch count.
@@ -248,12 +248,12 @@ fn a_resumed_run_matches_an_uninterrupted_one() {
     let killed = std::panic::catch_unwind(|| {
         let mut model = Model::new(&Cpu, tiny_model(), 5).unwrap();
         let files = RunFiles { dir: dir.clone() };
-        let _ = train::train(&mut model, &Cpu, &synthetic(320, 1), &synthetic(64, 2), &quick_recipe(3), &files, false, &mut KilledAfter(2));
+        let _ = train::train(&mut model, &Cpu, &synthetic(320, 1), &synthetic(64, 2), &quick_recipe(3), &files, Start::New, &mut KilledAfter(2));
     });
     assert!(killed.is_err());
     let mut model = Model::new(&Cpu, tiny_model(), 5).unwrap();
     let files = RunFiles { dir: dir.clone() };
-    let state = train::train(&mut model, &Cpu, &synthetic(320, 1), &synthetic(64, 2), &quick_recipe(3), &files, true, &mut Quiet).unwrap_err_or_state();
+    let state = train::train(&mut model, &Cpu, &synthetic(320, 1), &synthetic(64, 2), &quick_recipe(3), &files, Start::Resume, &mut Quiet).unwrap_err_or_state();
     assert_eq!(state.epoch, 3);
     let (a, b) = (straight.params.iter().map(|p| Cpu.read(&p.value).unwrap()), model.params.iter().map(|p| Cpu.read(&p.value).unwrap()));
     for (x, y) in a.zip(b) {
@@ -264,36 +264,92 @@ fn a_resumed_run_matches_an_uninterrupted_one() {
 trait StateOrPanic {
     fn unwrap_err_or_state(self) -> train::RunState;
 }
-impl StateOrPanic for anyhow::Result<train::RunState> {
+impl StateOrPanic for mien::Result<train::RunState> {
     fn unwrap_err_or_state(self) -> train::RunState {
         self.unwrap_or_else(|e| panic!("{e:#}"))
     }
 }
 
+/// The weights file of the newest checkpoint in a run folder.
+fn checkpoint_weights(dir: &Path) -> PathBuf {
+    RunFiles { dir: dir.to_path_buf() }.latest().unwrap().expect("a checkpoint").weights()
+}
+
 #[test]
-fn a_nan_stops_the_run_and_keeps_the_last_good_checkpoint() {
-    let dir = temp_dir("nan");
-    run(&Cpu, &dir, 1, false);
-    let good = std::fs::read(dir.join("weights.safetensors")).unwrap();
-    // Inject a NaN into the output layer's weights in the checkpoint, and resume from that.
+fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
+    let dir = temp_dir("diverge");
+    run(&Cpu, &dir, 1, Start::New);
+    let weights = checkpoint_weights(&dir);
+    // Output weights near f32's largest: finite, so the checkpoint loads, but the logits
+    // overflow and the loss becomes NaN in the first step of epoch 2.
     let mut model = Model::new(&Cpu, tiny_model(), 5).unwrap();
-    model.load(&Cpu, &dir.join("weights.safetensors"), Part::Value).unwrap();
+    model.load(&Cpu, &weights, Part::Value).unwrap();
     let output_weights = model.params.iter().rposition(|p| p.name.ends_with(".weight")).unwrap();
-    model.params[output_weights].value.borrow_mut()[0] = f32::NAN;
-    model.save(&Cpu, &dir.join("weights.safetensors"), Part::Value, Default::default()).unwrap();
-    let poisoned = std::fs::read(dir.join("weights.safetensors")).unwrap();
-    let err = train::train(&mut model, &Cpu, &synthetic(320, 1), &synthetic(64, 2), &quick_recipe(2), &RunFiles { dir: dir.clone() }, true, &mut Quiet).unwrap_err();
+    model.params[output_weights].value.borrow_mut().iter_mut().for_each(|w| *w = 3e38 * w.signum());
+    model.save(&Cpu, &weights, Part::Value, Default::default()).unwrap();
+    let poisoned = std::fs::read(&weights).unwrap();
+    let err = train::train(&mut model, &Cpu, &synthetic(320, 1), &synthetic(64, 2), &quick_recipe(2), &RunFiles { dir: dir.clone() }, Start::Resume, &mut Quiet).unwrap_err();
     let msg = format!("{err:#}");
-    assert!(msg.contains("epoch 2, batch 1: the loss became NaN") && msg.contains("last good checkpoint"), "{msg}");
-    assert_eq!(std::fs::read(dir.join("weights.safetensors")).unwrap(), poisoned, "a failed epoch must not overwrite the checkpoint");
-    assert_ne!(good, poisoned);
+    assert!(msg.contains("epoch 2, batch 1: the loss became NaN") && msg.contains("last good checkpoint is") && msg.contains("checkpoint-0001"), "{msg}");
+    assert_eq!(std::fs::read(checkpoint_weights(&dir)).unwrap(), poisoned, "a failed epoch must not replace the checkpoint");
     // The GPU reads each loss one step late (batch 2 is queued first), and names batch 1 all the same.
     let backend = GpuBackend::new(gpu());
     let mut model = Model::new(&backend, tiny_model(), 5).unwrap();
-    let err = train::train(&mut model, &backend, &synthetic(320, 1), &synthetic(64, 2), &quick_recipe(2), &RunFiles { dir: dir.clone() }, true, &mut Quiet).unwrap_err();
+    let err = train::train(&mut model, &backend, &synthetic(320, 1), &synthetic(64, 2), &quick_recipe(2), &RunFiles { dir: dir.clone() }, Start::Resume, &mut Quiet).unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("epoch 2, batch 1: the loss became NaN"), "{msg}");
-    assert_eq!(std::fs::read(dir.join("weights.safetensors")).unwrap(), poisoned);
+    assert_eq!(std::fs::read(checkpoint_weights(&dir)).unwrap(), poisoned);
+}
+
+#[test]
+fn weights_that_are_not_finite_are_refused_naming_the_file() {
+    let dir = temp_dir("nan-weights");
+    let path = dir.join("nan.safetensors");
+    let mut model = Model::new(&Cpu, tiny_model(), 5).unwrap();
+    model.params[0].value.borrow_mut()[3] = f32::NAN;
+    model.save(&Cpu, &path, Part::Value, Default::default()).unwrap();
+    let err = model.load(&Cpu, &path, Part::Value).unwrap_err().to_string();
+    assert!(err.contains("nan.safetensors") && err.contains("0.weight holds NaN at element 3"), "{err}");
+}
+
+#[test]
+fn degenerate_recipes_and_data_are_refused_before_any_work() {
+    let dir = temp_dir("degenerate");
+    let files = RunFiles { dir: dir.clone() };
+    let mut model = Model::new(&Cpu, tiny_model(), 5).unwrap();
+    let (train_set, val_set) = (synthetic(14, 1), synthetic(7, 2));
+    let cases = [
+        (Recipe { epochs: 0, ..quick_recipe(1) }, "--epochs 0"),
+        (Recipe { lr: f32::NAN, ..quick_recipe(1) }, "--lr must be a positive number, got NaN"),
+        (Recipe { lr: 0.0, ..quick_recipe(1) }, "--lr must be a positive number, got 0"),
+        (Recipe { lr: -1.0, ..quick_recipe(1) }, "--lr must be a positive number, got -1"),
+        (Recipe { batch: 0, ..quick_recipe(1) }, "--batch must be at least 1"),
+    ];
+    for (recipe, expected) in cases {
+        let err = train::train(&mut model, &Cpu, &train_set, &val_set, &recipe, &files, Start::New, &mut Quiet).unwrap_err().to_string();
+        assert!(err.contains(expected), "{err}");
+    }
+    let err = train::train(&mut model, &Cpu, &train_set, &Dataset::default(), &quick_recipe(1), &files, Start::New, &mut Quiet).unwrap_err().to_string();
+    assert!(err.contains("0 validation images"), "{err}");
+    assert!(std::fs::read_dir(&dir).unwrap().next().is_none(), "nothing may be written for a refused run");
+}
+
+#[test]
+fn a_run_folder_is_locked_and_a_finished_run_is_not_replaced_without_overwrite() {
+    let dir = temp_dir("lock");
+    let lock = train::RunLock::acquire(&dir).unwrap();
+    let mut model = Model::new(&Cpu, tiny_model(), 5).unwrap();
+    let files = RunFiles { dir: dir.clone() };
+    let err = train::train(&mut model, &Cpu, &synthetic(70, 1), &synthetic(14, 2), &quick_recipe(1), &files, Start::New, &mut Quiet).unwrap_err().to_string();
+    assert!(err.contains("another mien train is running in this run folder"), "{err}");
+    drop(lock);
+    run(&Cpu, &dir, 1, Start::New);
+    let mut model = Model::new(&Cpu, tiny_model(), 5).unwrap();
+    let err = train::train(&mut model, &Cpu, &synthetic(320, 1), &synthetic(64, 2), &quick_recipe(1), &files, Start::New, &mut Quiet).unwrap_err().to_string();
+    assert!(err.contains("holds a finished run (1 of 1 epochs)") && err.contains("--overwrite"), "{err}");
+    let err = train::train(&mut model, &Cpu, &synthetic(320, 3), &synthetic(64, 2), &quick_recipe(2), &files, Start::Resume, &mut Quiet).unwrap_err().to_string();
+    assert!(err.contains("trained on other data"), "{err}");
+    run(&Cpu, &dir, 1, Start::Overwrite);
 }
 
 #[test]
@@ -337,8 +393,8 @@ fn steps_in_flight_match_steps_run_one_at_a_time() {
 #[test]
 fn a_truncated_checkpoint_is_a_clear_error() {
     let dir = temp_dir("truncated");
-    run(&Cpu, &dir, 1, false);
-    let path = dir.join("weights.safetensors");
+    run(&Cpu, &dir, 1, Start::New);
+    let path = checkpoint_weights(&dir);
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let mut model = Model::new(&Cpu, tiny_model(), 5).unwrap();
@@ -369,4 +425,18 @@ fn profiling_times_every_pass_of_a_step() {
         assert!(passes.iter().any(|p| p.label == kernel), "no {kernel} pass in {:?}", passes.iter().map(|p| p.label).collect::<Vec<_>>());
     }
     assert!(passes.windows(2).all(|w| w[1].start_ns >= w[0].start_ns), "passes are on one ordered time line");
+}
+
+#[test]
+fn a_hostile_model_config_in_a_weights_file_is_refused_before_allocating() {
+    let dir = temp_dir("hostile-config");
+    let path = dir.join("hostile.safetensors");
+    let model = Model::new(&Cpu, tiny_model(), 5).unwrap();
+    // A billion-unit dense layer: 10^12 weights, which would abort the process if allocated.
+    let hostile = r#"{"name": "x", "input": [1, 48, 48], "classes": 7, "layers": [{"type": "flatten"}, {"type": "dense", "units": 1000000000}, {"type": "dense", "units": 7}]}"#;
+    model.save(&Cpu, &path, Part::Value, [("model".to_string(), hostile.to_string())].into()).unwrap();
+    let err = mien::nn::weights::config_of(&path).unwrap_err().to_string();
+    assert!(err.contains("hostile.safetensors") && err.contains("units"), "{err}");
+    let overflow = r#"{"name": "x", "input": [4096, 4096, 4096], "classes": 7, "layers": [{"type": "dense", "units": 7}]}"#;
+    assert!(ModelConfig::from_json(overflow, "overflow").is_err());
 }

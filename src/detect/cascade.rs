@@ -5,9 +5,22 @@
 //!   nodes that carry their own feature, threshold and `left_val`/`left_node` children.
 //!
 //! Both become one [`Cascade`]. Every error names the element path where the file went wrong.
+//! What the detectors rely on is checked here, as the file is read: every number finite and
+//! bounded, every index integral and in range, every rectangle inside the window. A hostile
+//! file is an error, not a hang, a panic or a detection of nothing in particular.
 
+use crate::error::quote_prefix;
 use roxmltree::{Document, Node as XmlNode};
 use std::path::Path;
+
+/// The largest detection window accepted, either side. OpenCV's own cascades use 14 to 60
+/// pixels; the bound keeps every rectangle and offset small however hostile the file.
+pub const MAX_WINDOW: u32 = 512;
+
+/// The largest magnitude accepted for thresholds, leaf values and rectangle weights. OpenCV's
+/// own cascades stay within 3,238 (a leaf of the Russian licence-plate cascade); a NaN or
+/// infinity would make every window pass or fail, and the GPU's fixed point needs finite values.
+pub const MAX_MAGNITUDE: f64 = 1e6;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {path}: {problem}")]
@@ -26,6 +39,17 @@ pub struct WeightedRect {
     pub w: u32,
     pub h: u32,
     pub weight: f32,
+}
+
+impl WeightedRect {
+    /// Whether the rectangle lies inside a window of `(width, height)`: tilted rectangles extend
+    /// w + h down and h to the left of x, upright ones w and h. In u64, so that no sum wraps
+    /// whatever the coordinates.
+    pub fn fits(&self, tilted: bool, (width, height): (u32, u32)) -> bool {
+        let (x, y, w, h) = (self.x as u64, self.y as u64, self.w as u64, self.h as u64);
+        let bottom = if tilted { y + w + h } else { y + h };
+        x + w <= width as u64 && bottom <= height as u64 && (!tilted || x >= h)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -77,10 +101,7 @@ impl Reader<'_> {
     }
 
     fn child<'d, 'i>(&self, node: XmlNode<'d, 'i>, path: &str, name: &str) -> Result<(XmlNode<'d, 'i>, String), CascadeError> {
-        node.children()
-            .find(|c| c.has_tag_name(name))
-            .map(|c| (c, format!("{path}/{name}")))
-            .ok_or_else(|| self.err(path, format!("missing <{name}>")))
+        node.children().find(|c| c.has_tag_name(name)).map(|c| (c, format!("{path}/{name}"))).ok_or_else(|| self.err(path, format!("missing <{name}>")))
     }
 
     /// The `<_>` items of a list element, with their paths.
@@ -88,12 +109,41 @@ impl Reader<'_> {
         node.children().filter(|c| c.has_tag_name("_")).enumerate().map(|(i, c)| (c, format!("{path}/_[{i}]"))).collect()
     }
 
+    fn parse<T: std::str::FromStr>(&self, token: &str, path: &str) -> Result<T, CascadeError> {
+        token.parse::<T>().map_err(|_| self.err(path, format!("{} is not a number of the expected kind", quote_prefix(token, 40))))
+    }
+
     fn numbers<T: std::str::FromStr>(&self, node: XmlNode, path: &str) -> Result<Vec<T>, CascadeError> {
-        node.text()
-            .unwrap_or("")
-            .split_ascii_whitespace()
-            .map(|t| t.parse::<T>().map_err(|_| self.err(path, format!("{t:?} is not a number of the expected kind"))))
-            .collect()
+        node.text().unwrap_or("").split_ascii_whitespace().map(|t| self.parse(t, path)).collect()
+    }
+
+    /// `v` when it is finite and within [`MAX_MAGNITUDE`].
+    fn finite<T: Into<f64> + Copy + std::fmt::Display + std::fmt::LowerExp>(&self, v: T, path: &str, what: &str) -> Result<T, CascadeError> {
+        let x: f64 = v.into();
+        if !x.is_finite() {
+            return Err(self.err(path, format!("{what} is {v}; every number must be finite")));
+        }
+        if x.abs() > MAX_MAGNITUDE {
+            return Err(self.err(path, format!("{what} {v:e} is beyond +-{MAX_MAGNITUDE:e}, far outside any trained cascade")));
+        }
+        Ok(v)
+    }
+
+    /// A tree index stored as a float, as the current format stores them beside the thresholds:
+    /// a cast alone would turn 1.5 into 1, NaN into 0 and 1e20 into i32::MAX.
+    fn index(&self, v: f64, path: &str, what: &str) -> Result<i32, CascadeError> {
+        if v.fract() != 0.0 || !(i32::MIN as f64..=i32::MAX as f64).contains(&v) {
+            return Err(self.err(path, format!("{what} {v} is not an integral index")));
+        }
+        Ok(v as i32)
+    }
+
+    /// A window side, from 3 (a pixel inside the variance border) to [`MAX_WINDOW`].
+    fn side(&self, v: u32, path: &str) -> Result<u32, CascadeError> {
+        if !(3..=MAX_WINDOW).contains(&v) {
+            return Err(self.err(path, format!("window side {v} is outside 3..={MAX_WINDOW}")));
+        }
+        Ok(v)
     }
 
     fn number<T: std::str::FromStr>(&self, node: XmlNode, path: &str) -> Result<T, CascadeError> {
@@ -113,15 +163,20 @@ impl Reader<'_> {
         let (rects_node, rects_path) = self.child(node, path, "rects")?;
         let mut rects = Vec::new();
         for (r, rp) in self.items(rects_node, &rects_path) {
-            let v: Vec<f32> = self.numbers(r, &rp)?;
-            let [x, y, w, h, weight] = v[..] else {
-                return Err(self.err(&rp, format!("a rectangle is 5 numbers (x y w h weight), found {}", v.len())));
+            let tokens: Vec<&str> = r.text().unwrap_or("").split_ascii_whitespace().collect();
+            let [x, y, w, h, weight] = tokens[..] else {
+                return Err(self.err(&rp, format!("a rectangle is 5 numbers (x y w h weight), found {}", tokens.len())));
             };
-            if [x, y, w, h].iter().any(|c| c.fract() != 0.0 || *c < 0.0) {
-                return Err(self.err(&rp, "rectangle coordinates must be non-negative integers"));
-            }
-            let rect = WeightedRect { x: x as u32, y: y as u32, w: w as u32, h: h as u32, weight };
-            rects.push(rect);
+            // In f64, so that 4294967295 is not rounded to a float that saturates on the cast.
+            let coordinate = |t: &str| -> Result<u32, CascadeError> {
+                let v: f64 = self.parse(t, &rp)?;
+                if v.fract() != 0.0 || !(0.0..=MAX_WINDOW as f64).contains(&v) {
+                    return Err(self.err(&rp, format!("rectangle coordinate {} is not an integer in 0..={MAX_WINDOW}", quote_prefix(t, 40))));
+                }
+                Ok(v as u32)
+            };
+            let weight = self.finite(self.parse::<f32>(weight, &rp)?, &rp, "the rectangle weight")?;
+            rects.push(WeightedRect { x: coordinate(x)?, y: coordinate(y)?, w: coordinate(w)?, h: coordinate(h)?, weight });
         }
         if rects.is_empty() || rects.len() > 3 {
             return Err(self.err(&rects_path, format!("a feature has 1 to 3 rectangles, found {}", rects.len())));
@@ -130,12 +185,8 @@ impl Reader<'_> {
             Some(t) => self.number::<u32>(t, &format!("{path}/tilted"))? != 0,
             None => false,
         };
-        // Tilted rectangles extend w + h in both directions; upright ones w and h.
-        for r in &rects {
-            let (right, bottom) = if tilted { (r.x + r.w, r.y + r.w + r.h) } else { (r.x + r.w, r.y + r.h) };
-            if right > window.0 || bottom > window.1 || (tilted && r.x < r.h) {
-                return Err(self.err(&rects_path, format!("rectangle {r:?} leaves the {}x{} window", window.0, window.1)));
-            }
+        if let Some(r) = rects.iter().find(|r| !r.fits(tilted, window)) {
+            return Err(self.err(&rects_path, format!("rectangle {r:?} leaves the {}x{} window", window.0, window.1)));
         }
         Ok(Feature { rects, tilted })
     }
@@ -148,13 +199,14 @@ impl Reader<'_> {
         if text("stageType")? != "BOOST" || text("featureType")? != "HAAR" {
             return Err(self.err(path, "only BOOST stages of HAAR features are supported (not LBP or HOG cascades)"));
         }
-        let window = (self.child_number::<u32>(root, path, "width")?, self.child_number::<u32>(root, path, "height")?);
+        let side = |name: &str| self.side(self.child_number::<u32>(root, path, name)?, &format!("{path}/{name}"));
+        let window = (side("width")?, side("height")?);
         let (features_node, features_path) = self.child(root, path, "features")?;
         let features = self.items(features_node, &features_path).into_iter().map(|(f, p)| self.feature(f, &p, window)).collect::<Result<Vec<_>, _>>()?;
         let (stages_node, stages_path) = self.child(root, path, "stages")?;
         let mut stages = Vec::new();
         for (s, sp) in self.items(stages_node, &stages_path) {
-            let threshold = self.child_number::<f32>(s, &sp, "stageThreshold")?;
+            let threshold = self.finite(self.child_number::<f32>(s, &sp, "stageThreshold")?, &format!("{sp}/stageThreshold"), "the stage threshold")?;
             let (weak, weak_path) = self.child(s, &sp, "weakClassifiers")?;
             let mut trees = Vec::new();
             for (w, wp) in self.items(weak, &weak_path) {
@@ -164,11 +216,16 @@ impl Reader<'_> {
                     return Err(self.err(&np, format!("expected 4 numbers per split (left right feature threshold), found {}", values.len())));
                 }
                 let (leaf_node, lp) = self.child(w, &wp, "leafValues")?;
-                let leaves: Vec<f32> = self.numbers(leaf_node, &lp)?;
-                let splits = values
-                    .chunks(4)
-                    .map(|v| Split { left: v[0] as i32, right: v[1] as i32, feature: v[2] as u32, threshold: v[3] as f32 })
-                    .collect::<Vec<_>>();
+                let leaves = self.numbers::<f32>(leaf_node, &lp)?.into_iter().map(|l| self.finite(l, &lp, "a leaf value")).collect::<Result<Vec<_>, _>>()?;
+                let split = |(k, v): (usize, &[f64])| -> Result<Split, CascadeError> {
+                    let index = |j: usize, what: &str| self.index(v[j], &np, &format!("split {k}'s {what}"));
+                    let feature = index(2, "feature")?;
+                    let feature = u32::try_from(feature).map_err(|_| self.err(&np, format!("split {k} uses feature {feature}")))?;
+                    // OpenCV reads the threshold as a double and keeps it as a float.
+                    let threshold = self.finite(v[3], &np, &format!("split {k}'s threshold"))? as f32;
+                    Ok(Split { left: index(0, "left")?, right: index(1, "right")?, feature, threshold })
+                };
+                let splits = values.chunks(4).enumerate().map(split).collect::<Result<Vec<_>, _>>()?;
                 trees.push(self.checked_tree(Tree { splits, leaves }, features.len(), &wp)?);
             }
             if trees.is_empty() {
@@ -182,14 +239,14 @@ impl Reader<'_> {
     fn old(&self, root: XmlNode, path: &str) -> Result<Cascade, CascadeError> {
         let (size, size_path) = self.child(root, path, "size")?;
         let window = match self.numbers::<u32>(size, &size_path)?[..] {
-            [w, h] => (w, h),
+            [w, h] => (self.side(w, &size_path)?, self.side(h, &size_path)?),
             _ => return Err(self.err(&size_path, "expected the window size as 2 numbers")),
         };
         let mut features = Vec::new();
         let mut stages = Vec::new();
         let (stages_node, stages_path) = self.child(root, path, "stages")?;
         for (s, sp) in self.items(stages_node, &stages_path) {
-            let threshold = self.child_number::<f32>(s, &sp, "stage_threshold")?;
+            let threshold = self.finite(self.child_number::<f32>(s, &sp, "stage_threshold")?, &format!("{sp}/stage_threshold"), "the stage threshold")?;
             let (trees_node, tp) = self.child(s, &sp, "trees")?;
             let mut trees = Vec::new();
             for (t, tpath) in self.items(trees_node, &tp) {
@@ -200,7 +257,8 @@ impl Reader<'_> {
                     features.push(self.feature(f, &fp, window)?);
                     let mut side = |val: &str, node: &str| -> Result<i32, CascadeError> {
                         if let Some(v) = n.children().find(|c| c.has_tag_name(val)) {
-                            tree.leaves.push(self.number(v, &format!("{np}/{val}"))?);
+                            let vp = format!("{np}/{val}");
+                            tree.leaves.push(self.finite(self.number(v, &vp)?, &vp, "a leaf value")?);
                             Ok(-(tree.leaves.len() as i32 - 1))
                         } else {
                             self.child_number::<i32>(*n, np, node)
@@ -208,7 +266,7 @@ impl Reader<'_> {
                     };
                     let left = side("left_val", "left_node")?;
                     let right = side("right_val", "right_node")?;
-                    let threshold = self.child_number::<f32>(*n, np, "threshold")?;
+                    let threshold = self.finite(self.child_number::<f32>(*n, np, "threshold")?, &format!("{np}/threshold"), "the split threshold")?;
                     tree.splits.push(Split { feature: features.len() as u32 - 1, threshold, left, right });
                 }
                 trees.push(self.checked_tree(tree, features.len(), &tpath)?);
@@ -221,21 +279,35 @@ impl Reader<'_> {
         Ok(Cascade { window, stages, features })
     }
 
-    /// Every reference in a tree points at an existing split, leaf and feature, and the splits
-    /// only point forward, so evaluation always ends at a leaf.
     fn checked_tree(&self, tree: Tree, features: usize, path: &str) -> Result<Tree, CascadeError> {
-        for (i, s) in tree.splits.iter().enumerate() {
+        match tree.fault(features) {
+            Some(problem) => Err(self.err(path, problem)),
+            None => Ok(tree),
+        }
+    }
+}
+
+impl Tree {
+    /// Why the tree cannot be evaluated, if it cannot: evaluation starts at split 0, so there
+    /// must be one; every reference must point at an existing split, leaf and feature (of
+    /// `features`), and the splits only forward, so that evaluation always ends at a leaf.
+    pub fn fault(&self, features: usize) -> Option<String> {
+        if self.splits.is_empty() {
+            return Some("a tree without splits".into());
+        }
+        for (i, s) in self.splits.iter().enumerate() {
             if s.feature as usize >= features {
-                return Err(self.err(path, format!("split {i} uses feature {} of {features}", s.feature)));
+                return Some(format!("split {i} uses feature {} of {features}", s.feature));
             }
             for child in [s.left, s.right] {
-                let ok = if child > 0 { (child as usize) < tree.splits.len() && child as usize > i } else { ((-child) as usize) < tree.leaves.len() };
+                // unsigned_abs: -i32::MIN overflows.
+                let ok = if child > 0 { (child as usize) < self.splits.len() && child as usize > i } else { (child.unsigned_abs() as usize) < self.leaves.len() };
                 if !ok {
-                    return Err(self.err(path, format!("split {i} points at {child}, outside the tree's {} splits and {} leaves", tree.splits.len(), tree.leaves.len())));
+                    return Some(format!("split {i} points at {child}, outside the tree's {} splits and {} leaves", self.splits.len(), self.leaves.len()));
                 }
             }
         }
-        Ok(tree)
+        None
     }
 }
 
@@ -267,15 +339,11 @@ impl Cascade {
         if cascade.stages.is_empty() {
             return Err(reader.err(&path, "no stages"));
         }
-        if cascade.window.0 < 3 || cascade.window.1 < 3 {
-            return Err(reader.err(&path, format!("window {}x{} is too small", cascade.window.0, cascade.window.1)));
-        }
         Ok(cascade)
     }
 
     pub fn load(path: &Path) -> Result<Cascade, CascadeError> {
-        let xml = std::fs::read_to_string(path)
-            .map_err(|e| CascadeError { file: path.display().to_string(), path: String::new(), problem: format!("cannot read: {e}") })?;
+        let xml = std::fs::read_to_string(path).map_err(|e| CascadeError { file: path.display().to_string(), path: String::new(), problem: format!("cannot read: {e}") })?;
         Self::parse(&xml, &path.display().to_string())
     }
 }

@@ -5,8 +5,14 @@
 
 use super::cascade::{Cascade, Feature};
 use super::group::{group_rectangles, Rect};
+use crate::error::{Error, Result};
 use image::GrayImage;
 use rayon::prelude::*;
+
+/// The most pyramid levels one detection may scan. OpenCV sets no limit, but a scale factor just
+/// above 1 makes the pyramid endless in practice (1.0000001 means millions of levels, each a
+/// resize and a scan of the image); at 1.01 a 24-pixel window reaches 10,000 pixels in 607.
+pub const MAX_LEVELS: usize = 1000;
 
 /// OpenCV's `detectMultiScale` parameters, with its defaults.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
@@ -30,25 +36,73 @@ pub(crate) fn round_f32(v: f32) -> i32 {
     v.round_ties_even() as i32
 }
 
-/// The pyramid's scale factors, as OpenCV lists them: the factor grows by repeated f64
-/// multiplication until the window no longer fits the image or the maximum size; windows below
-/// the minimum size are skipped. Kept as f32, as OpenCV stores them.
-pub fn scales(cascade: &Cascade, (width, height): (u32, u32), p: &DetectParams) -> Vec<f32> {
-    let (ww, wh) = cascade.window;
-    let (max_w, max_h) = p.max_size.filter(|m| m.0 > 0 && m.1 > 0).unwrap_or((width, height));
-    let mut out = Vec::new();
-    let mut factor = 1.0f64;
-    loop {
-        let win = ((ww as f64 * factor).round_ties_even() as u32, (wh as f64 * factor).round_ties_even() as u32);
-        if win.0 > max_w || win.1 > max_h || win.0 > width || win.1 > height {
-            break;
+impl DetectParams {
+    /// Refuses settings that make detection meaningless or endless whatever the image: a scale
+    /// factor that is not a finite number above 1 never grows the window (or grows it without
+    /// end), and a minimum size above the maximum size can report nothing.
+    pub fn validate(&self) -> Result<()> {
+        let f = self.scale_factor;
+        if !(f.is_finite() && f > 1.0) {
+            return Err(Error::Invalid(format!("scale factor {f}: it must be a finite number above 1, the growth of the window from one pyramid level to the next")));
         }
-        if win.0 >= p.min_size.0 && win.1 >= p.min_size.1 {
-            out.push(factor as f32);
+        if let Some((w, h)) = self.max_size.filter(|m| m.0 > 0 && m.1 > 0) {
+            let (min_w, min_h) = self.min_size;
+            if min_w > w || min_h > h {
+                return Err(Error::Invalid(format!("minimum size {min_w}x{min_h} is larger than the maximum size {w}x{h}: no window could be reported")));
+            }
         }
-        factor *= p.scale_factor;
+        Ok(())
     }
-    out
+
+    /// [`DetectParams::validate`], and a pyramid of at most [`MAX_LEVELS`] levels for a cascade
+    /// `window` on an image of `size`; the error gives the smallest scale factor (to 6 decimals)
+    /// that would do.
+    pub fn validate_for(&self, window: (u32, u32), size: (u32, u32)) -> Result<()> {
+        self.validate()?;
+        let limit = self.limit(size);
+        if pyramid(window, limit, self.scale_factor).nth(MAX_LEVELS).is_none() {
+            return Ok(());
+        }
+        // Level MAX_LEVELS must outgrow the limit: f^MAX_LEVELS above the growth from the window
+        // to the limit, then up in steps of 1e-6 to absorb the rounding of repeated products.
+        let growth = ((limit.0 as f64 + 0.5) / window.0 as f64).min((limit.1 as f64 + 0.5) / window.1 as f64);
+        let mut micros = (growth.powf(1.0 / MAX_LEVELS as f64) * 1e6).ceil();
+        while pyramid(window, limit, micros / 1e6).nth(MAX_LEVELS).is_some() {
+            micros += 1.0;
+        }
+        let levels = (growth.ln() / (self.scale_factor - 1.0).ln_1p()).floor() + 1.0;
+        Err(Error::Invalid(format!(
+            "scale factor {}: about {levels:.0} pyramid levels from the {}x{} window to {}x{}, over the limit of {MAX_LEVELS} (OpenCV sets none, but each level is a resize and a scan of the image); use a scale factor of at least {:.6}",
+            self.scale_factor,
+            window.0,
+            window.1,
+            limit.0,
+            limit.1,
+            micros / 1e6
+        )))
+    }
+
+    /// The largest window scanned on an image of `size`: the image, or the maximum size within
+    /// it (OpenCV takes a size with a zero side for none).
+    fn limit(&self, (width, height): (u32, u32)) -> (u32, u32) {
+        let (max_w, max_h) = self.max_size.filter(|m| m.0 > 0 && m.1 > 0).unwrap_or((width, height));
+        (max_w.min(width), max_h.min(height))
+    }
+}
+
+/// The pyramid's factors with their windows, as OpenCV grows them: by repeated f64
+/// multiplication from 1 until the window no longer fits within `limit`. Endless unless
+/// `scale_factor` is finite and above 1.
+fn pyramid(window: (u32, u32), limit: (u32, u32), scale_factor: f64) -> impl Iterator<Item = (f64, (u32, u32))> {
+    std::iter::successors(Some(1.0f64), move |f| Some(f * scale_factor))
+        .map(move |f| (f, ((window.0 as f64 * f).round_ties_even() as u32, (window.1 as f64 * f).round_ties_even() as u32)))
+        .take_while(move |(_, win)| win.0 <= limit.0 && win.1 <= limit.1)
+}
+
+/// The pyramid's scale factors, as OpenCV lists them: windows below the minimum size are
+/// skipped, the factor growing on. Kept as f32, as OpenCV stores them. `p` must be validated.
+fn scales(cascade: &Cascade, size: (u32, u32), p: &DetectParams) -> Vec<f32> {
+    pyramid(cascade.window, p.limit(size), p.scale_factor).filter(|(_, win)| win.0 >= p.min_size.0 && win.1 >= p.min_size.1).map(|(f, _)| f as f32).collect()
 }
 
 /// The size of the image at scale `s`: an f32 division, as OpenCV does it (f64 differs for
@@ -85,9 +139,7 @@ pub fn resize_exact(src: &GrayImage, width: u32, height: u32) -> GrayImage {
     let (sw, s) = (src.width() as usize, src.as_raw());
     let at = |x: usize, y: usize| s[y * sw + x] as u32;
     // A weight of 0 on the next pixel never reads it, so the last column and row are safe.
-    let hrow = |y: usize| -> Vec<u32> {
-        xs.iter().map(|&(x, w)| at(x, y) * (256 - w) + if w > 0 { at(x + 1, y) * w } else { 0 }).collect()
-    };
+    let hrow = |y: usize| -> Vec<u32> { xs.iter().map(|&(x, w)| at(x, y) * (256 - w) + if w > 0 { at(x + 1, y) * w } else { 0 }).collect() };
     let mut out = vec![0u8; (width * height) as usize];
     out.par_chunks_mut(width.max(1) as usize).zip(ys.par_iter()).for_each(|(row, &(y, w))| {
         let top = hrow(y);
@@ -248,8 +300,13 @@ struct Plan {
 
 enum PlanKind {
     /// Stumps of every stage back to back, and each stage's end and lowered threshold.
-    Stumps { stumps: Vec<FlatStump>, stages: Vec<(usize, f32)> },
-    Trees { features: Vec<Prepared> },
+    Stumps {
+        stumps: Vec<FlatStump>,
+        stages: Vec<(usize, f32)>,
+    },
+    Trees {
+        features: Vec<Prepared>,
+    },
 }
 
 fn plan(cascade: &Cascade, width: usize) -> Plan {
@@ -355,8 +412,10 @@ impl ScaleScan {
 }
 
 /// The levels OpenCV scans for an image, in its order; levels without a single window are left
-/// out.
-pub fn scan_plan(cascade: &Cascade, size: (u32, u32), p: &DetectParams) -> Vec<ScaleScan> {
+/// out. Parameters that fail [`DetectParams::validate_for`] are refused here, so that every
+/// detector, CPU or GPU, refuses them before any work.
+pub fn scan_plan(cascade: &Cascade, size: (u32, u32), p: &DetectParams) -> Result<Vec<ScaleScan>> {
+    p.validate_for(cascade.window, size)?;
     let (ww, wh) = cascade.window;
     let factors = scales(cascade, size, p);
     // Windows that fit: the working size, one per position of the window's corner.
@@ -368,9 +427,9 @@ pub fn scan_plan(cascade: &Cascade, size: (u32, u32), p: &DetectParams) -> Vec<S
     // working width; its rounding can leave the last row of windows out, and so must we.
     let stripes = factors.first().map_or(0, |&s| (working(s).0 as f64 / 32.0).ceil() as u32);
     if stripes == 0 {
-        return Vec::new();
+        return Ok(Vec::new());
     }
-    factors
+    Ok(factors
         .into_iter()
         .filter_map(|factor| {
             let (work_width, work_h) = working(factor);
@@ -382,7 +441,7 @@ pub fn scan_plan(cascade: &Cascade, size: (u32, u32), p: &DetectParams) -> Vec<S
             let window = (round_f32(ww as f32 * factor), round_f32(wh as f32 * factor));
             Some(ScaleScan { factor, size: scaled_size(size, factor), work_width, rows_end: (stripes * stripe).min(work_h), step, window })
         })
-        .collect()
+        .collect())
 }
 
 /// The windows the cascade accepts on one level, rows top to bottom.
@@ -414,9 +473,9 @@ pub fn scan_scale(cascade: &Cascade, img: &GrayImage, level: &ScaleScan) -> Vec<
 /// Every window the cascade accepts, before grouping, in OpenCV's order (scale by scale, rows
 /// top to bottom). Levels run concurrently as well as their rows: the small levels have too
 /// few rows to keep every thread busy, and each level's resize and integrals are serial work.
-pub fn raw_windows(cascade: &Cascade, img: &GrayImage, p: &DetectParams) -> Vec<Rect> {
-    let levels: Vec<Vec<Rect>> = scan_plan(cascade, (img.width(), img.height()), p).par_iter().map(|level| scan_scale(cascade, img, level)).collect();
-    levels.into_iter().flatten().collect()
+pub fn raw_windows(cascade: &Cascade, img: &GrayImage, p: &DetectParams) -> Result<Vec<Rect>> {
+    let levels: Vec<Vec<Rect>> = scan_plan(cascade, (img.width(), img.height()), p)?.par_iter().map(|level| scan_scale(cascade, img, level)).collect();
+    Ok(levels.into_iter().flatten().collect())
 }
 
 /// Intersects each rectangle with the image and drops the empty ones (OpenCV's last step).
@@ -424,9 +483,10 @@ fn clip(rects: Vec<Rect>, (width, height): (u32, u32)) -> Vec<Rect> {
     rects
         .into_iter()
         .filter_map(|r| {
-            let (x0, y0) = (r.x.max(0), r.y.max(0));
-            let (x1, y1) = ((r.x + r.w).min(width as i32), (r.y + r.h).min(height as i32));
-            (x1 > x0 && y1 > y0).then_some(Rect { x: x0, y: y0, w: x1 - x0, h: y1 - y0 })
+            // In i64: the corners of any i32 rectangle, clipped to any u32 image, fit.
+            let (x0, y0) = (r.x.max(0) as i64, r.y.max(0) as i64);
+            let (x1, y1) = ((r.x as i64 + r.w as i64).min(width as i64), (r.y as i64 + r.h as i64).min(height as i64));
+            (x1 > x0 && y1 > y0).then(|| Rect { x: x0 as i32, y: y0 as i32, w: (x1 - x0) as i32, h: (y1 - y0) as i32 })
         })
         .collect()
 }
@@ -436,9 +496,10 @@ pub fn group_and_clip(raw: &[Rect], p: &DetectParams, size: (u32, u32)) -> Vec<R
     clip(group_rectangles(raw, p.min_neighbors, 0.2), size)
 }
 
-/// OpenCV's `detectMultiScale` on a grey image.
-pub fn detect_multi_scale(cascade: &Cascade, img: &GrayImage, p: &DetectParams) -> Vec<Rect> {
-    group_and_clip(&raw_windows(cascade, img, p), p, (img.width(), img.height()))
+/// OpenCV's `detectMultiScale` on a grey image; refuses parameters that fail
+/// [`DetectParams::validate_for`].
+pub fn detect_multi_scale(cascade: &Cascade, img: &GrayImage, p: &DetectParams) -> Result<Vec<Rect>> {
+    Ok(group_and_clip(&raw_windows(cascade, img, p)?, p, (img.width(), img.height())))
 }
 
 #[cfg(test)]
@@ -456,6 +517,66 @@ mod tests {
         }
     }
 
+    /// The smallest scale factor an error suggests.
+    fn suggested(err: &Error) -> f64 {
+        err.to_string().rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn scale_factors_that_do_not_grow_the_window_are_refused() {
+        for f in [1.0, 0.9, 0.0, -1.1, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let p = DetectParams { scale_factor: f, ..Default::default() };
+            let err = p.validate().unwrap_err();
+            assert!(matches!(err, Error::Invalid(_)) && err.to_string().starts_with(&format!("scale factor {f}: ")), "{err}");
+            // Before any work, whatever the image.
+            assert!(detect_multi_scale(&accept_all(), &GrayImage::new(64, 64), &p).is_err());
+        }
+        assert!(DetectParams::default().validate().is_ok());
+    }
+
+    #[test]
+    fn a_scale_factor_just_above_one_is_refused_with_the_smallest_that_works() {
+        let start = std::time::Instant::now();
+        let img = GrayImage::new(640, 480);
+        let p = DetectParams { scale_factor: 1.0000001, ..Default::default() };
+        let err = detect_multi_scale(&accept_all(), &img, &p).unwrap_err();
+        assert!(start.elapsed().as_secs() < 5, "took {:?}", start.elapsed());
+        let text = err.to_string();
+        assert!(text.contains("about 31790952 pyramid levels from the 20x20 window to 640x480, over the limit of 1000"), "{text}");
+        // (480.5 / 20)^(1 / 1000), rounded up to 6 decimals.
+        let least = suggested(&err);
+        assert_eq!(least, 1.003185);
+        let at = |f: f64| DetectParams { scale_factor: f, ..p }.validate_for((20, 20), (640, 480));
+        assert!(at(least).is_ok() && at(least - 1e-6).is_err());
+        assert_eq!(scan_plan(&accept_all(), (640, 480), &DetectParams { scale_factor: least, ..p }).unwrap().len(), MAX_LEVELS);
+        // The very next double after 1: no endless count, a suggestion all the same.
+        let next = DetectParams { scale_factor: f64::from_bits(1f64.to_bits() + 1), ..p };
+        assert_eq!(suggested(&next.validate_for((20, 20), (640, 480)).unwrap_err()), least);
+        // A maximum size shortens the pyramid, and so allows a smaller factor.
+        let capped = DetectParams { max_size: Some((40, 40)), ..p };
+        assert!(suggested(&capped.validate_for((20, 20), (640, 480)).unwrap_err()) < least);
+    }
+
+    #[test]
+    fn the_level_limit_leaves_room_for_every_real_use() {
+        // The comment on MAX_LEVELS: 1.01 takes a 24-pixel window to 10,000 pixels in 607 levels.
+        let p = DetectParams { scale_factor: 1.01, ..Default::default() };
+        assert!(p.validate_for((24, 24), (10_000, 10_000)).is_ok());
+        assert_eq!(pyramid((24, 24), (10_000, 10_000), 1.01).count(), 607);
+        // A window that does not fit has no levels at all, whatever the factor.
+        let slow = DetectParams { scale_factor: 1.0000001, ..Default::default() };
+        assert!(slow.validate_for((24, 24), (23, 480)).is_ok());
+    }
+
+    #[test]
+    fn a_minimum_size_above_the_maximum_is_refused() {
+        let p = DetectParams { min_size: (100, 30), max_size: Some((50, 50)), ..Default::default() };
+        assert!(p.validate().unwrap_err().to_string().contains("minimum size 100x30 is larger than the maximum size 50x50"));
+        // A maximum with a zero side is no maximum, as in OpenCV.
+        assert!(DetectParams { max_size: Some((0, 50)), ..p }.validate().is_ok());
+        assert!(DetectParams { min_size: (50, 50), ..p }.validate().is_ok());
+    }
+
     #[test]
     fn scaled_sizes_divide_in_f32_like_opencv() {
         // f64 division would give 2265 here.
@@ -468,7 +589,7 @@ mod tests {
         // 9 stripes of 26 rows: rows stop at 234, so y = 234 is never scanned.
         let img = GrayImage::from_fn(307, 307, |x, y| image::Luma([((x * 7 + y * 13) % 251) as u8]));
         let p = DetectParams { min_neighbors: 0, ..Default::default() };
-        let windows = raw_windows(&accept_all(), &img, &p);
+        let windows = raw_windows(&accept_all(), &img, &p).unwrap();
         let at_121: Vec<&Rect> = windows.iter().filter(|r| r.w == 24).collect();
         assert!(!at_121.is_empty());
         let last_y = at_121.iter().map(|r| r.y).max().unwrap();

@@ -108,14 +108,7 @@ fn plan_batches(levels: &[ScaleScan], tilted: bool, nodes: u32, limit_elems: usi
         let scratch = if tilted { integral_scratch_len(sw, sh) } else { 0 };
         let fits = |b: &Batch| {
             let levels = b.levels.len() + 1;
-            let lens = [
-                b.tables_len + tables_per_level * table,
-                b.scaled_len + sw * sh,
-                b.scratch_len + scratch,
-                2 * (b.windows + windows),
-                6 * (b.windows + windows),
-                16 * nodes as usize * levels,
-            ];
+            let lens = [b.tables_len + tables_per_level * table, b.scaled_len + sw * sh, b.scratch_len + scratch, 2 * (b.windows + windows), 6 * (b.windows + windows), 16 * nodes as usize * levels];
             lens.iter().all(|&n| n <= limit_elems)
         };
         if batches.last().is_none_or(|b| !fits(b)) {
@@ -163,17 +156,19 @@ fn unsupported(reason: impl Into<String>) -> Error {
     Error::Unsupported { what: "GPU detector".into(), reason: reason.into() }
 }
 
-/// The smallest power-of-two exponent F such that v * 2^F is an integer.
-fn fraction_bits(v: f32) -> i32 {
-    if v == 0.0 {
-        return 0;
+/// The smallest power-of-two exponent F such that v * 2^F is an integer; None for NaN and the
+/// infinities, which no doubling makes integral. A finite f32 needs at most 149 doublings, all
+/// exact in f64.
+fn fraction_bits(v: f32) -> Option<i32> {
+    if !v.is_finite() {
+        return None;
     }
     let (mut f, mut x) = (0, v as f64);
     while x.fract() != 0.0 {
         x *= 2.0;
         f += 1;
     }
-    f
+    Some(f)
 }
 
 fn encode(cascade: &Cascade) -> Result<Encoded> {
@@ -181,14 +176,32 @@ fn encode(cascade: &Cascade) -> Result<Encoded> {
     if ww > 255 || wh > 255 || ww < 3 || wh < 3 {
         return Err(unsupported(format!("a {ww}x{wh} window (the GPU encoding takes 3 to 255 pixels)")));
     }
+    // The parser keeps rectangles inside the window, but a cascade built in code need not be:
+    // packed into bytes, one outside would read another window's pixels.
+    for (i, f) in cascade.features.iter().enumerate() {
+        if !f.rects.iter().all(|r| r.fits(f.tilted, cascade.window)) {
+            return Err(unsupported(format!("feature {i} has a rectangle outside the {ww}x{wh} window")));
+        }
+    }
+    for (si, stage) in cascade.stages.iter().enumerate() {
+        for tree in &stage.trees {
+            if let Some(fault) = tree.fault(cascade.features.len()) {
+                return Err(unsupported(format!("stage {si}: {fault}")));
+            }
+            // WGSL leaves comparisons with NaN to the implementation.
+            if let Some(split) = tree.splits.iter().find(|s| !s.threshold.is_finite()) {
+                return Err(unsupported(format!("stage {si} has a split threshold of {}", split.threshold)));
+            }
+        }
+    }
     // Feature sums must be exact integers in f32, as OpenCV's are for the shipped cascades.
     for (i, f) in cascade.features.iter().enumerate() {
         let mut bound = 0f64;
         for r in &f.rects {
             if r.weight.fract() != 0.0 {
-                return Err(unsupported(format!("feature {i} has a fractional weight {}", r.weight)));
+                return Err(unsupported(format!("feature {i} has a weight {}, not an integer", r.weight)));
             }
-            bound += r.weight.abs() as f64 * 255.0 * (r.w * r.h) as f64;
+            bound += r.weight.abs() as f64 * 255.0 * r.w as f64 * r.h as f64;
         }
         if f.rects.iter().any(|r| r.weight.abs() > 127.0) {
             return Err(unsupported(format!("feature {i} has a weight beyond +-127 (packed as a byte)")));
@@ -201,7 +214,12 @@ fn encode(cascade: &Cascade) -> Result<Encoded> {
     // sum below 2^53 so that OpenCV's f64 sums are exact too and the order does not matter.
     let thresholds: Vec<f32> = cascade.stages.iter().map(|s| s.threshold - STAGE_THRESHOLD_EPS).collect();
     let leaves = cascade.stages.iter().flat_map(|s| &s.trees).flat_map(|t| &t.leaves);
-    let frac = leaves.clone().chain(&thresholds).map(|&v| fraction_bits(v)).max().unwrap_or(0);
+    let mut frac = 0;
+    for (si, stage) in cascade.stages.iter().enumerate() {
+        for &v in stage.trees.iter().flat_map(|t| &t.leaves).chain([&thresholds[si]]) {
+            frac = frac.max(fraction_bits(v).ok_or_else(|| unsupported(format!("stage {si} holds {v}, which has no fixed-point value")))?);
+        }
+    }
     let scale = 2f64.powi(frac);
     for (si, stage) in cascade.stages.iter().enumerate() {
         let reach: f64 = stage.trees.iter().map(|t| t.leaves.iter().fold(0f64, |m, &l| m.max(l.abs() as f64))).sum();
@@ -338,7 +356,7 @@ impl<'g> GpuDetector<'g> {
     /// [`FrameInFlight::faces`]. Submitting frame N + 1 before taking frame N's faces keeps the
     /// GPU busy while the host records (a video stream; see [`GpuDetector::detect_stream`]).
     pub fn submit<'d, 'i>(&'d self, img: &'i GrayImage, p: &DetectParams) -> Result<FrameInFlight<'d, 'g, 'i>> {
-        let levels = scan_plan(&self.cascade, (img.width(), img.height()), p);
+        let levels = scan_plan(&self.cascade, (img.width(), img.height()), p)?;
         self.host.take();
         // Enough for the found windows of any frame we have seen; a frame with more is
         // scanned again with room for all of them.
@@ -380,7 +398,8 @@ impl<'g> GpuDetector<'g> {
         self.timings.borrow_mut().as_mut().map(std::mem::take).unwrap_or_default()
     }
 
-    /// OpenCV's `detectMultiScale` on a grey image.
+    /// OpenCV's `detectMultiScale` on a grey image; refuses parameters that fail
+    /// [`DetectParams::validate_for`], as every entry point here does through `submit`.
     pub fn detect_multi_scale(&self, img: &GrayImage, p: &DetectParams) -> Result<Vec<Rect>> {
         self.submit(img, p)?.faces()
     }
@@ -714,9 +733,7 @@ pub fn norm_factors_gpu(gpu: &Gpu, nfs: &[u64]) -> Result<Vec<(f32, bool)>> {
     let out = gpu.zeros::<u32>(words.len())?;
     let (tables, cascade) = (gpu.zeros::<u32>(1)?, gpu.zeros::<u32>(1)?);
     let params = ScanParams::default();
-    gpu.run(|rec| {
-        rec.dispatch_linear("norm factors", &shaders::HAAR_CASCADE, "norm_probe", &params, &[tables.all(), cascade.all(), out.all().rw(), input.all().rw()], nfs.len(), WORKGROUP)
-    })?;
+    gpu.run(|rec| rec.dispatch_linear("norm factors", &shaders::HAAR_CASCADE, "norm_probe", &params, &[tables.all(), cascade.all(), out.all().rw(), input.all().rw()], nfs.len(), WORKGROUP))?;
     Ok(gpu.read(&out)?.chunks_exact(2).map(|c| (f32::from_bits(c[0]), c[1] != 0)).collect())
 }
 
@@ -743,7 +760,7 @@ mod tests {
     #[test]
     fn batches_hold_consecutive_levels_within_the_limit() {
         let cascade = crate::detect::Cascade::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/data/cascades/haarcascade_frontalface_default.xml"))).unwrap();
-        let levels = scan_plan(&cascade, (320, 240), &DetectParams::default());
+        let levels = scan_plan(&cascade, (320, 240), &DetectParams::default()).unwrap();
         let all = plan_batches(&levels, false, 100, usize::MAX);
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].levels.len(), levels.len());
@@ -767,10 +784,68 @@ mod tests {
         assert_eq!(next, levels.len());
     }
 
+    /// The encoder's verdict on `cascade`, from another thread, so that a loop fails the test
+    /// instead of stalling it.
+    fn encode_in_time(cascade: Cascade) -> Result<(), String> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(encode(&cascade).map(|_| ()).map_err(|e| e.to_string())));
+        rx.recv_timeout(std::time::Duration::from_secs(10)).expect("the encoder hung or panicked")
+    }
+
+    /// Cascades built in code skip the parser's checks: the encoder must refuse what it cannot
+    /// encode exactly, not loop on it (as it did on infinities and NaN) or pack a rectangle
+    /// that wrapped into another window's pixels.
+    #[test]
+    fn the_encoder_refuses_hostile_cascades() {
+        use crate::detect::cascade::{Feature, Split, Stage, Tree, WeightedRect};
+        let rect = |x, w, weight| WeightedRect { x, y: 0, w, h: 20, weight };
+        let good = Cascade {
+            window: (20, 20),
+            features: vec![Feature { rects: vec![rect(0, 10, -1.0), rect(10, 10, 2.0)], tilted: false }],
+            stages: vec![Stage { threshold: 0.5, trees: vec![Tree { splits: vec![Split { feature: 0, threshold: 0.25, left: 0, right: -1 }], leaves: vec![0.75, 1.0] }] }],
+        };
+        assert_eq!(encode_in_time(good.clone()), Ok(()));
+        let mut cases: Vec<(Cascade, &str)> = Vec::new();
+        for v in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut c = good.clone();
+            c.stages[0].threshold = v;
+            cases.push((c, "stage 0 holds"));
+            let mut c = good.clone();
+            c.stages[0].trees[0].leaves[1] = v;
+            cases.push((c, "stage 0 holds"));
+            let mut c = good.clone();
+            c.stages[0].trees[0].splits[0].threshold = v;
+            cases.push((c, "stage 0 has a split threshold of"));
+            let mut c = good.clone();
+            c.features[0].rects[0].weight = v;
+            cases.push((c, "not an integer"));
+        }
+        let mut c = good.clone();
+        c.features[0].rects[1] = rect(u32::MAX, 2, 2.0);
+        cases.push((c, "feature 0 has a rectangle outside the 20x20 window"));
+        let mut c = good.clone();
+        c.stages[0].trees[0].splits[0].feature = 1;
+        cases.push((c, "stage 0: split 0 uses feature 1 of 1"));
+        let mut c = good.clone();
+        c.stages[0].trees[0].splits[0].left = i32::MIN;
+        cases.push((c, "stage 0: split 0 points at -2147483648"));
+        let mut c = good.clone();
+        c.stages[0].trees[0].splits.clear();
+        cases.push((c, "stage 0: a tree without splits"));
+        for (c, want) in cases {
+            let err = encode_in_time(c).unwrap_err();
+            assert!(err.contains(want), "{err}\n  should contain: {want}");
+        }
+    }
+
     #[test]
     fn fraction_bits_make_values_integers() {
-        assert_eq!(fraction_bits(0.5), 1);
-        assert_eq!(fraction_bits(3.0), 0);
-        assert_eq!(fraction_bits(-f32::from_bits(0x3f00_0001)), 24);
+        assert_eq!(fraction_bits(0.5), Some(1));
+        assert_eq!(fraction_bits(3.0), Some(0));
+        assert_eq!(fraction_bits(-f32::from_bits(0x3f00_0001)), Some(24));
+        assert_eq!(fraction_bits(f32::from_bits(1)), Some(149));
+        for v in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            assert_eq!(fraction_bits(v), None, "{v}");
+        }
     }
 }

@@ -36,10 +36,7 @@ impl GpuSlice<'_> {
 const SCRATCH_POOL_BYTES: u64 = 1 << 30;
 
 // INDIRECT so that a kernel can write the workgroup counts of a later dispatch.
-const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
-    .union(wgpu::BufferUsages::INDIRECT)
-    .union(wgpu::BufferUsages::COPY_SRC)
-    .union(wgpu::BufferUsages::COPY_DST);
+const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::INDIRECT).union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
 
 /// Bytes packed four to a little-endian u32, the way kernels read 8-bit images.
 pub fn pack_bytes(bytes: &[u8]) -> Vec<u32> {
@@ -69,13 +66,7 @@ impl<T: Pod> GpuBuffer<T> {
 impl Gpu {
     fn check_size(&self, op: &'static str, bytes: u64) -> Result<()> {
         if bytes > self.limits.max_buffer_size {
-            return Err(Error::TooLarge {
-                op,
-                what: "a buffer".into(),
-                bytes,
-                limit: self.limits.max_buffer_size,
-                limit_name: "max_buffer_size",
-            });
+            return Err(Error::TooLarge { op, what: "a buffer".into(), bytes, limit: self.limits.max_buffer_size, limit_name: "max_buffer_size" });
         }
         Ok(())
     }
@@ -85,16 +76,13 @@ impl Gpu {
     pub fn upload<T: Pod>(&self, data: &[T]) -> Result<GpuBuffer<T>> {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         self.check_size("upload", bytes.len() as u64)?;
-        let buffer = if data.is_empty() {
-            self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: None,
-                size: std::mem::size_of::<T>().max(4) as u64,
-                usage: STORAGE,
-                mapped_at_creation: false,
-            })
-        } else {
-            self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: bytes, usage: STORAGE })
-        };
+        let buffer = self.scoped("upload", || {
+            if data.is_empty() {
+                self.device.create_buffer(&wgpu::BufferDescriptor { label: None, size: std::mem::size_of::<T>().max(4) as u64, usage: STORAGE, mapped_at_creation: false })
+            } else {
+                self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: bytes, usage: STORAGE })
+            }
+        })?;
         Ok(GpuBuffer { buffer, len: data.len(), _t: PhantomData })
     }
 
@@ -102,12 +90,7 @@ impl Gpu {
     pub fn zeros<T: Pod>(&self, len: usize) -> Result<GpuBuffer<T>> {
         let bytes = (len.max(1) * std::mem::size_of::<T>()) as u64;
         self.check_size("zeros", bytes)?;
-        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size: bytes.next_multiple_of(4),
-            usage: STORAGE,
-            mapped_at_creation: false,
-        });
+        let buffer = self.scoped("zeros", || self.device.create_buffer(&wgpu::BufferDescriptor { label: None, size: bytes.next_multiple_of(4), usage: STORAGE, mapped_at_creation: false }))?;
         Ok(GpuBuffer { buffer, len, _t: PhantomData })
     }
 
@@ -186,7 +169,11 @@ impl Gpu {
 }
 
 fn gcd(a: u64, b: u64) -> u64 {
-    if b == 0 { a } else { gcd(b, a % b) }
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 fn lcm(a: u64, b: u64) -> u64 {

@@ -116,7 +116,11 @@ pub fn enumerate(backend: BackendChoice) -> Vec<wgpu::Adapter> {
     match backend {
         BackendChoice::Auto => {
             let primary = list(wgpu::Backends::PRIMARY);
-            if primary.is_empty() { list(wgpu::Backends::GL) } else { primary }
+            if primary.is_empty() {
+                list(wgpu::Backends::GL)
+            } else {
+                primary
+            }
         }
         other => list(other.backends()),
     }
@@ -161,23 +165,15 @@ pub fn report(index: usize, adapter: &wgpu::Adapter) -> AdapterReport {
 /// (a software adapter such as lavapipe).
 fn choose(adapters: Vec<wgpu::Adapter>, wanted: Option<&str>) -> Result<wgpu::Adapter> {
     if adapters.is_empty() {
-        return Err(Error::NoAdapter(
-            " (on Linux without a GPU install Mesa's lavapipe: apt-get install mesa-vulkan-drivers)".into(),
-        ));
+        return Err(Error::NoAdapter(" (on Linux without a GPU install Mesa's lavapipe: apt-get install mesa-vulkan-drivers)".into()));
     }
     if let Some(wanted) = wanted {
         if let Ok(i) = wanted.parse::<usize>() {
             let n = adapters.len();
-            return adapters
-                .into_iter()
-                .nth(i)
-                .ok_or_else(|| Error::NoAdapter(format!(": index {i} asked for, {n} adapters present")));
+            return adapters.into_iter().nth(i).ok_or_else(|| Error::NoAdapter(format!(": index {i} asked for, {n} adapters present")));
         }
         let needle = wanted.to_lowercase();
-        return adapters
-            .into_iter()
-            .find(|a| a.get_info().name.to_lowercase().contains(&needle))
-            .ok_or_else(|| Error::NoAdapter(format!(" whose name contains {wanted:?}")));
+        return adapters.into_iter().find(|a| a.get_info().name.to_lowercase().contains(&needle)).ok_or_else(|| Error::NoAdapter(format!(" whose name contains {wanted:?}")));
     }
     let rank = |a: &wgpu::Adapter| {
         let info = a.get_info();
@@ -214,6 +210,10 @@ pub struct Gpu {
     /// such subgroups.
     pub wide_lanes: Option<u32>,
     binding_limit: u64,
+    /// The first error wgpu reported outside an error scope (a validation error in recorded
+    /// work, a lost device), handed to the caller at the next wait instead of wgpu's default
+    /// handler, which panics.
+    uncaptured: Arc<Mutex<Option<String>>>,
     pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<Pipeline>>>,
     /// Scratch buffers no recorder holds, oldest first (see [`Recorder::scratch`]).
     scratch_pool: Mutex<VecDeque<wgpu::Buffer>>,
@@ -241,18 +241,20 @@ impl Gpu {
         // The adapter's real limits, not wgpu's conservative defaults: buffers of a batch-64
         // model exceed the default 128 MiB on some drivers, and the splitting code uses these.
         let limits = adapter.limits();
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("mien"),
-            required_features: features,
-            required_limits: limits.clone(),
-            ..Default::default()
-        }))
-        .map_err(|e| Error::Device { adapter: info.name.clone(), reason: e.to_string() })?;
+        let (device, queue) =
+            pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor { label: Some("mien"), required_features: features, required_limits: limits.clone(), ..Default::default() }))
+                .map_err(|e| Error::Device { adapter: info.name.clone(), reason: e.to_string() })?;
+        let uncaptured = Arc::new(Mutex::new(None));
+        let first_error = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            first_error.lock().expect("GPU error slot poisoned").get_or_insert_with(|| e.to_string());
+        }));
+        let lost = uncaptured.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            lost.lock().expect("GPU error slot poisoned").get_or_insert_with(|| format!("the device was lost ({reason:?}): {message}"));
+        });
         let cpu_tiles = info.device_type == wgpu::DeviceType::Cpu && !options.gpu_tiles;
-        let binding_limit = options
-            .binding_limit_override
-            .unwrap_or(limits.max_storage_buffer_binding_size)
-            .min(limits.max_storage_buffer_binding_size);
+        let binding_limit = options.binding_limit_override.unwrap_or(limits.max_storage_buffer_binding_size).min(limits.max_storage_buffer_binding_size);
         log::info!("GPU: {} ({:?}, {} {})", info.name, info.backend, info.driver, info.driver_info);
         Ok(Gpu {
             device,
@@ -264,6 +266,7 @@ impl Gpu {
             info,
             limits,
             binding_limit,
+            uncaptured,
             pipelines: Mutex::new(HashMap::new()),
             scratch_pool: Mutex::new(VecDeque::new()),
             params_pool: Mutex::new(Vec::new()),
@@ -277,7 +280,11 @@ impl Gpu {
 
     /// How passes are timed here: by the GPU's timestamp queries, or by the host's clock.
     pub fn timing(&self) -> &'static str {
-        if self.timestamps { "timestamp queries" } else { "wall clock" }
+        if self.timestamps {
+            "timestamp queries"
+        } else {
+            "wall clock"
+        }
     }
 
     /// Which tiles the kernels take here, for benchmark reports: those sized for a GPU's
@@ -299,45 +306,56 @@ impl Gpu {
     /// The compiled pipeline for one entry point of a shader, compiled on first use. Its
     /// layout is explicit (binding 0 the uniform params, then one storage buffer per entry of
     /// `writable`), so an entry point may leave some of its module's bindings unused.
-    pub fn pipeline(&self, shader: &shaders::Shader, entry: &'static str, writable: &[bool]) -> Arc<Pipeline> {
+    pub fn pipeline(&self, shader: &shaders::Shader, entry: &'static str, writable: &[bool]) -> Result<Arc<Pipeline>> {
         let mut cache = self.pipelines.lock().expect("pipeline cache poisoned");
-        cache
-            .entry((shader.name, entry))
-            .or_insert_with(|| {
-                let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(shader.name),
-                    source: wgpu::ShaderSource::Wgsl(shader.source().into()),
-                });
-                let buffer = |ty| wgpu::BindingType::Buffer { ty, has_dynamic_offset: false, min_binding_size: None };
-                let mut entries = vec![wgpu::BindGroupLayoutEntry {
-                    binding: 0,
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: buffer(wgpu::BufferBindingType::Uniform),
-                    count: None,
-                }];
-                entries.extend(writable.iter().enumerate().map(|(i, &w)| wgpu::BindGroupLayoutEntry {
-                    binding: i as u32 + 1,
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: buffer(wgpu::BufferBindingType::Storage { read_only: !w }),
-                    count: None,
-                }));
-                let layout = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(entry), entries: &entries });
-                let pipeline_layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                    label: Some(entry),
-                    bind_group_layouts: &[Some(&layout)],
-                    immediate_size: 0,
-                });
-                let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(entry),
-                    layout: Some(&pipeline_layout),
-                    module: &module,
-                    entry_point: Some(entry),
-                    compilation_options: wgpu::PipelineCompilationOptions { constants: shader.constants, ..Default::default() },
-                    cache: None,
-                });
-                Arc::new(Pipeline { pipeline, layout })
-            })
-            .clone()
+        if let Some(pipeline) = cache.get(&(shader.name, entry)) {
+            return Ok(pipeline.clone());
+        }
+        let pipeline = self.scoped(entry, || {
+            let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(shader.name), source: wgpu::ShaderSource::Wgsl(shader.source().into()) });
+            let buffer = |ty| wgpu::BindingType::Buffer { ty, has_dynamic_offset: false, min_binding_size: None };
+            let mut entries = vec![wgpu::BindGroupLayoutEntry { binding: 0, visibility: wgpu::ShaderStages::COMPUTE, ty: buffer(wgpu::BufferBindingType::Uniform), count: None }];
+            entries.extend(writable.iter().enumerate().map(|(i, &w)| wgpu::BindGroupLayoutEntry {
+                binding: i as u32 + 1,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: buffer(wgpu::BufferBindingType::Storage { read_only: !w }),
+                count: None,
+            }));
+            let layout = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(entry), entries: &entries });
+            let pipeline_layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor { label: Some(entry), bind_group_layouts: &[Some(&layout)], immediate_size: 0 });
+            let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: Some(&pipeline_layout),
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: wgpu::PipelineCompilationOptions { constants: shader.constants, ..Default::default() },
+                cache: None,
+            });
+            Arc::new(Pipeline { pipeline, layout })
+        })?;
+        cache.insert((shader.name, entry), pipeline.clone());
+        Ok(pipeline)
+    }
+
+    /// Runs `create` (which creates pipelines or buffers) inside error scopes, so that a
+    /// validation or out-of-memory error becomes an error naming `op` rather than a panic.
+    pub fn scoped<T>(&self, op: &str, create: impl FnOnce() -> T) -> Result<T> {
+        let memory = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out = create();
+        let errors = [pollster::block_on(validation.pop()), pollster::block_on(memory.pop())];
+        match errors.into_iter().flatten().next() {
+            Some(e) => Err(Error::Gpu { op: op.into(), detail: e.to_string() }),
+            None => Ok(out),
+        }
+    }
+
+    /// The error wgpu reported outside any scope since the last call, if any.
+    fn take_uncaptured(&self, op: &str) -> Result<()> {
+        match self.uncaptured.lock().expect("GPU error slot poisoned").take() {
+            Some(detail) => Err(Error::Gpu { op: op.into(), detail }),
+            None => Ok(()),
+        }
     }
 
     /// A uniform buffer for a recorder's params, from the pool or new.
@@ -372,11 +390,10 @@ impl Gpu {
         Ok(out)
     }
 
-    /// Blocks until `submission` (by default the latest) and every one before it have run.
+    /// Blocks until `submission` (by default the latest) and every one before it have run;
+    /// an error wgpu reported for that work meanwhile is returned here.
     pub(crate) fn wait_for(&self, submission: Option<wgpu::SubmissionIndex>) -> Result<()> {
-        self.device
-            .poll(wgpu::PollType::Wait { submission_index: submission, timeout: None })
-            .map(|_| ())
-            .map_err(|e| Error::Gpu { op: "poll".into(), detail: e.to_string() })
+        self.device.poll(wgpu::PollType::Wait { submission_index: submission, timeout: None }).map_err(|e| Error::Gpu { op: "waiting for submitted work".into(), detail: e.to_string() })?;
+        self.take_uncaptured("submitted work")
     }
 }

@@ -173,15 +173,7 @@ impl<'g> Recorder<'g> {
     /// Records one dispatch of `entry` in `shader`. Binding 0 is `params` as a uniform; the
     /// slices are bindings 1, 2, ... Sizes are checked here so that an oversized binding is an
     /// error naming the op rather than a panic inside wgpu.
-    pub fn dispatch<P: bytemuck::Pod>(
-        &mut self,
-        label: &'static str,
-        shader: &Shader,
-        entry: &'static str,
-        params: &P,
-        bindings: &[GpuSlice<'_>],
-        groups: [u32; 3],
-    ) -> Result<()> {
+    pub fn dispatch<P: bytemuck::Pod>(&mut self, label: &'static str, shader: &Shader, entry: &'static str, params: &P, bindings: &[GpuSlice<'_>], groups: [u32; 3]) -> Result<()> {
         let max = self.gpu.limits.max_compute_workgroups_per_dimension;
         if groups.iter().any(|&g| g > max) {
             return Err(Error::TooLarge {
@@ -233,42 +225,25 @@ impl<'g> Recorder<'g> {
         let align = gpu.limits.min_storage_buffer_offset_alignment as u64;
         for (i, b) in bindings.iter().enumerate() {
             if b.size > gpu.binding_limit() {
-                return Err(Error::TooLarge {
-                    op: label,
-                    what: format!("binding {}", i + 1),
-                    bytes: b.size,
-                    limit: gpu.binding_limit(),
-                    limit_name: "max_storage_buffer_binding_size",
-                });
+                return Err(Error::TooLarge { op: label, what: format!("binding {}", i + 1), bytes: b.size, limit: gpu.binding_limit(), limit_name: "max_storage_buffer_binding_size" });
             }
             if b.offset % align != 0 {
                 return Err(Error::Gpu { op: label.into(), detail: format!("binding {} starts at unaligned offset {}", i + 1, b.offset) });
             }
         }
         let writable: Vec<bool> = bindings.iter().map(|b| b.writable).collect();
-        let pipeline = gpu.pipeline(shader, entry, &writable);
+        let pipeline = gpu.pipeline(shader, entry, &writable)?;
         let (chunk, offset) = self.params_slot(bytemuck::bytes_of(params));
         let params_binding = wgpu::BufferBinding { buffer: &self.params[chunk].0, offset, size: wgpu::BufferSize::new(std::mem::size_of::<P>() as u64) };
         let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::Buffer(params_binding) }];
         entries.extend(bindings.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry {
             binding: i as u32 + 1,
-            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: b.buffer,
-                offset: b.offset,
-                size: wgpu::BufferSize::new(b.size),
-            }),
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: b.buffer, offset: b.offset, size: wgpu::BufferSize::new(b.size) }),
         }));
-        let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(label),
-            layout: &pipeline.layout,
-            entries: &entries,
-        });
+        let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(label), layout: &pipeline.layout, entries: &entries });
         let slot = self.next_timestamp_slot(label);
-        let timestamp_writes = slot.map(|(set, local)| wgpu::ComputePassTimestampWrites {
-            query_set: &self.query_sets[set],
-            beginning_of_pass_write_index: Some(local),
-            end_of_pass_write_index: Some(local + 1),
-        });
+        let timestamp_writes =
+            slot.map(|(set, local)| wgpu::ComputePassTimestampWrites { query_set: &self.query_sets[set], beginning_of_pass_write_index: Some(local), end_of_pass_write_index: Some(local + 1) });
         let mut pass = self.encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes });
         pass.set_pipeline(&pipeline.pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
@@ -333,11 +308,7 @@ impl<'g> Recorder<'g> {
         let index = self.labels.len() as u32 * 2;
         self.labels.push(label);
         if index.is_multiple_of(QUERIES_PER_SET) {
-            self.query_sets.push(self.gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
-                label: Some("pass timestamps"),
-                ty: wgpu::QueryType::Timestamp,
-                count: QUERIES_PER_SET,
-            }));
+            self.query_sets.push(self.gpu.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("pass timestamps"), ty: wgpu::QueryType::Timestamp, count: QUERIES_PER_SET }));
         }
         Some((self.query_sets.len() - 1, index % QUERIES_PER_SET))
     }
@@ -408,11 +379,7 @@ impl Submitted<'_> {
         let passes = labels
             .iter()
             .enumerate()
-            .map(|(i, &label)| PassTiming {
-                label,
-                start_ns: ticks[2 * i].saturating_sub(ticks[0]) as f64 * period,
-                nanos: ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period,
-            })
+            .map(|(i, &label)| PassTiming { label, start_ns: ticks[2 * i].saturating_sub(ticks[0]) as f64 * period, nanos: ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period })
             .collect();
         Ok(Finished { passes, host })
     }

@@ -150,7 +150,6 @@ fn normalize_cpu(s: &BnShape, x: &[f32], gamma: &[f32], beta: &[f32], mean: &[f3
 }
 
 /// Training-mode gradients: writes dx, dgamma and dbeta.
-#[allow(clippy::too_many_arguments)]
 pub fn backward_cpu(s: BnShape, x: &[f32], dy: &[f32], gamma: &[f32], saved: BnSaved<'_, [f32]>, dx: &mut [f32], dgamma: &mut [f32], dbeta: &mut [f32]) -> Result<()> {
     let lens = [("gamma", gamma.len()), ("mean", saved.mean.len()), ("invstd", saved.invstd.len()), ("dgamma", dgamma.len()), ("dbeta", dbeta.len())];
     check(&s, x.len(), dx.len(), &lens)?;
@@ -206,24 +205,21 @@ pub fn forward_gpu(
     saved: BnSaved<'_, GpuBuffer<f32>>,
     y: &GpuBuffer<f32>,
 ) -> Result<()> {
-    let lens = [("gamma", p.gamma.len()), ("beta", p.beta.len()), ("running mean", p.running_mean.len()), ("running variance", p.running_var.len()), ("mean", saved.mean.len()), ("invstd", saved.invstd.len())];
+    let lens = [
+        ("gamma", p.gamma.len()),
+        ("beta", p.beta.len()),
+        ("running mean", p.running_mean.len()),
+        ("running variance", p.running_var.len()),
+        ("mean", saved.mean.len()),
+        ("invstd", saved.invstd.len()),
+    ];
     check(&s, x.len(), y.len(), &lens)?;
     let params = Params { batch: s.batch as u32, channels: s.channels as u32, plane: s.plane as u32, training: training as u32, epsilon: cfg.epsilon, momentum: cfg.momentum, _pad: [0; 2] };
-    let bindings = [
-        x.all(),
-        saved.mean.all().rw(),
-        saved.invstd.all().rw(),
-        p.running_mean.all().rw(),
-        p.running_var.all().rw(),
-        p.gamma.all(),
-        p.beta.all(),
-        y.all().rw(),
-    ];
+    let bindings = [x.all(), saved.mean.all().rw(), saved.invstd.all().rw(), p.running_mean.all().rw(), p.running_var.all().rw(), p.gamma.all(), p.beta.all(), y.all().rw()];
     rec.dispatch_linear("batchnorm_stats", &shaders::BATCHNORM_FORWARD, "stats", &params, &bindings, s.channels, 1)?;
     rec.dispatch_linear("batchnorm_normalize", &shaders::BATCHNORM_FORWARD, "normalize", &params, &bindings, s.len().div_ceil(ELEMENTS_PER_THREAD), 256)
 }
 
-#[allow(clippy::too_many_arguments)]
 pub fn backward_gpu(
     rec: &mut Recorder,
     s: BnShape,

@@ -449,7 +449,11 @@ fn channel_tile(gpu: &crate::gpu::Gpu, s: &Conv2dShape) -> usize {
     let windows = s.batch * (s.oh * s.padded(4).w).div_ceil(16);
     let wide_workgroups = (windows * s.cout.div_ceil(16)).div_ceil(64);
     let wide = gpu.wide_lanes.is_some() && wide_workgroups >= 2 * gpu.cpu_cores;
-    if wide { 16 } else { 8 }
+    if wide {
+        16
+    } else {
+        8
+    }
 }
 
 /// Images per group and threads per group for conv2d.wgsl's wide variant over `images` images
@@ -546,14 +550,7 @@ pub fn backward_data_gpu(rec: &mut Recorder, s: Conv2dShape, dy: &GpuBuffer<f32>
 }
 
 /// Overwrites `dw` and `db`.
-pub fn backward_filter_gpu(
-    rec: &mut Recorder,
-    s: Conv2dShape,
-    x: &GpuBuffer<f32>,
-    dy: &GpuBuffer<f32>,
-    dw: &GpuBuffer<f32>,
-    db: &GpuBuffer<f32>,
-) -> Result<()> {
+pub fn backward_filter_gpu(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32>, dy: &GpuBuffer<f32>, dw: &GpuBuffer<f32>, db: &GpuBuffer<f32>) -> Result<()> {
     s.check(x.len(), dw.len(), dy.len())?;
     check_buf("conv2d", "bias gradient", db, s.cout)?;
     // Read as it is when no padding is needed; a padded copy has rows a multiple of 4 long,

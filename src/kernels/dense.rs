@@ -140,11 +140,11 @@ fn k_major(rec: &mut Recorder, op: &Operand, k: usize, width: usize, pad: usize)
 /// too small to fill the GPU.
 fn product(rec: &mut Recorder, (m, n, k): (usize, usize, usize), a: Operand, b: Operand, bias: GpuSlice, c: GpuSlice, flags: u32) -> Result<()> {
     const A_PAD: usize = 16; // a thread's rows (TILE_M / 8 threads)
-    // At most 4 rows: every thread of a workgroup takes 8 columns (dense.wgsl's SMALL_M), 512 a
-    // workgroup. Else 8 rows of threads, each 16 rows x 8 columns, or 16 columns on a CPU
-    // adapter with subgroups when there are that many (its "wide" variant: 64 accumulators, too
-    // many for a GPU's registers, and A shared across a subgroup), 8 threads' columns a
-    // workgroup. B's rows are padded to a thread's columns.
+                             // At most 4 rows: every thread of a workgroup takes 8 columns (dense.wgsl's SMALL_M), 512 a
+                             // workgroup. Else 8 rows of threads, each 16 rows x 8 columns, or 16 columns on a CPU
+                             // adapter with subgroups when there are that many (its "wide" variant: 64 accumulators, too
+                             // many for a GPU's registers, and A shared across a subgroup), 8 threads' columns a
+                             // workgroup. B's rows are padded to a thread's columns.
     let (shader, thread_cols, tile_n, row_tiles) = if m <= 4 {
         (&shaders::DENSE_SMALL_M, 8, 8 * 64, 1)
     } else if rec.gpu().wide_lanes.is_some() && n >= 16 {
@@ -159,16 +159,8 @@ fn product(rec: &mut Recorder, (m, n, k): (usize, usize, usize), a: Operand, b: 
     let tiles = row_tiles * n.div_ceil(tile_n);
     let target_workgroups = if rec.gpu().cpu_tiles { 4 * rec.gpu().cpu_cores } else { 256 };
     let (splits, k_chunk) = split_k(tiles, k, target_workgroups);
-    let mut params = Params {
-        m: m as u32,
-        n: n as u32,
-        k: k as u32,
-        k_chunk: k_chunk as u32,
-        a_row4: (m.next_multiple_of(A_PAD) / 4) as u32,
-        b_row4: (n.next_multiple_of(thread_cols) / 4) as u32,
-        flags,
-        _pad: 0,
-    };
+    let mut params =
+        Params { m: m as u32, n: n as u32, k: k as u32, k_chunk: k_chunk as u32, a_row4: (m.next_multiple_of(A_PAD) / 4) as u32, b_row4: (n.next_multiple_of(thread_cols) / 4) as u32, flags, _pad: 0 };
     let groups = [n.div_ceil(tile_n) as u32, row_tiles as u32, splits as u32];
     if splits == 1 {
         return rec.dispatch("dense", shader, "gemm", &params, &[a_bind, b_bind, bias, c.rw()], groups);
@@ -215,14 +207,7 @@ pub fn backward_data_gpu(rec: &mut Recorder, s: DenseShape, dy: &GpuBuffer<f32>,
 }
 
 /// Overwrites `dw` and `db`.
-pub fn backward_weights_gpu(
-    rec: &mut Recorder,
-    s: DenseShape,
-    x: &GpuBuffer<f32>,
-    dy: &GpuBuffer<f32>,
-    dw: &GpuBuffer<f32>,
-    db: &GpuBuffer<f32>,
-) -> Result<()> {
+pub fn backward_weights_gpu(rec: &mut Recorder, s: DenseShape, x: &GpuBuffer<f32>, dy: &GpuBuffer<f32>, dw: &GpuBuffer<f32>, db: &GpuBuffer<f32>) -> Result<()> {
     s.check(x.len(), dw.len(), dy.len())?;
     check_buf("dense", "db", db, s.outputs)?;
     // The batch is the reduction axis here, so chunks of it add into dW.
@@ -241,4 +226,3 @@ pub fn backward_weights_gpu(
     }
     Ok(())
 }
-

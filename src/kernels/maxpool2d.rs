@@ -42,11 +42,13 @@ pub fn forward_cpu(s: PoolShape, x: &[f32], y: &mut [f32], argmax: &mut [u32]) -
     check_len("maxpool2d", "output", y.len(), s.output_len())?;
     check_len("maxpool2d", "argmax", argmax.len(), s.output_len())?;
     let (plane_in, plane_out) = (s.h * s.w, s.oh() * s.ow());
-    y.par_chunks_mut(plane_out.max(1))
-        .zip(argmax.par_chunks_mut(plane_out.max(1)))
-        .zip(x.par_chunks(plane_in))
-        .with_min_len(items_per_task(plane_in))
-        .for_each(|((yp, ap), xp)| if s.size == 2 { forward_plane_2x2(s, xp, yp, ap) } else { forward_plane(s, xp, yp, ap) });
+    y.par_chunks_mut(plane_out.max(1)).zip(argmax.par_chunks_mut(plane_out.max(1))).zip(x.par_chunks(plane_in)).with_min_len(items_per_task(plane_in)).for_each(|((yp, ap), xp)| {
+        if s.size == 2 {
+            forward_plane_2x2(s, xp, yp, ap)
+        } else {
+            forward_plane(s, xp, yp, ap)
+        }
+    });
     Ok(())
 }
 

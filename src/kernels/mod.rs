@@ -91,13 +91,7 @@ pub fn sgemm(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &mut [f32], 
 
 /// Runs an element-wise kernel over `n` elements, chunked so each binding fits the device.
 /// `f` records one chunk given its element range.
-pub(crate) fn for_each_chunk(
-    rec: &mut Recorder,
-    op: &'static str,
-    n: usize,
-    bindings: usize,
-    mut f: impl FnMut(&mut Recorder, std::ops::Range<usize>) -> Result<()>,
-) -> Result<()> {
+pub(crate) fn for_each_chunk(rec: &mut Recorder, op: &'static str, n: usize, bindings: usize, mut f: impl FnMut(&mut Recorder, std::ops::Range<usize>) -> Result<()>) -> Result<()> {
     let chunks = rec.gpu().plan_chunks(op, n, &vec![4; bindings], u32::MAX as usize)?;
     for range in chunks {
         f(rec, range)?;

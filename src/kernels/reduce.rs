@@ -34,13 +34,7 @@ pub fn sum_splits_gpu(rec: &mut Recorder, partial: &GpuBuffer<f32>, splits: usiz
 }
 
 /// `out[c] (+)= sum over (o, i) of x[o, c, i]` for `x` seen as [outer, channels, inner].
-pub fn sum_channels_gpu(
-    rec: &mut Recorder,
-    x: GpuSlice,
-    (outer, channels, inner): (usize, usize, usize),
-    out: &GpuBuffer<f32>,
-    accumulate: bool,
-) -> Result<()> {
+pub fn sum_channels_gpu(rec: &mut Recorder, x: GpuSlice, (outer, channels, inner): (usize, usize, usize), out: &GpuBuffer<f32>, accumulate: bool) -> Result<()> {
     let params = Params { outer: outer as u32, channels: channels as u32, inner: inner as u32, flags: if accumulate { ACCUMULATE } else { 0 } };
     rec.dispatch_linear("sum_channels", &shaders::REDUCE, "sum_channels", &params, &[x, out.all().rw()], channels, 64)
 }

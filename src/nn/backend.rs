@@ -82,7 +82,6 @@ pub trait Backend {
     fn relu_backward(&self, x: &Self::Tensor, dy: &Self::Tensor, dx: &Self::Tensor) -> Result<()>;
     fn dropout(&self, mask: Mask, src: &Self::Tensor, dst: &Self::Tensor) -> Result<()>;
     fn batchnorm_forward(&self, s: BnShape, cfg: BnConfig, training: bool, x: &Self::Tensor, bn: BnTensors<'_, Self::Tensor>, y: &Self::Tensor) -> Result<()>;
-    #[allow(clippy::too_many_arguments)]
     fn batchnorm_backward(&self, s: BnShape, x: &Self::Tensor, dy: &Self::Tensor, bn: BnTensors<'_, Self::Tensor>, dx: &Self::Tensor, dgamma: &Self::Tensor, dbeta: &Self::Tensor) -> Result<()>;
     fn xent_forward(&self, s: XentShape, logits: &Self::Tensor, labels: &Self::Ints, class_weight: &Self::Tensor, out: LossTensors<'_, Self::Tensor, Self::Ints>) -> Result<()>;
     fn xent_backward(&self, s: XentShape, probs: &Self::Tensor, labels: &Self::Ints, class_weight: &Self::Tensor, dlogits: &Self::Tensor) -> Result<()>;

@@ -119,9 +119,14 @@ impl<B: Backend> Model<B> {
             let op = match *spec {
                 LayerSpec::Conv2d { filters, kernel, padding } => {
                     let pad = if padding == PaddingSpec::Same { Padding::Same } else { Padding::Valid };
-                    let shape = Conv2dShape::new(1, c, (h, w), filters, (kernel, kernel), pad)
-                        .map_err(|e| shape_err("model", format!("layer {index}: {e}")))?;
-                    let wi = add(format!("{index}.weight"), vec![filters, c, kernel, kernel], TensorKind::Trainable, false, glorot(&mut rng, shape.weight_len(), c * kernel * kernel, filters * kernel * kernel))?;
+                    let shape = Conv2dShape::new(1, c, (h, w), filters, (kernel, kernel), pad).map_err(|e| shape_err("model", format!("layer {index}: {e}")))?;
+                    let wi = add(
+                        format!("{index}.weight"),
+                        vec![filters, c, kernel, kernel],
+                        TensorKind::Trainable,
+                        false,
+                        glorot(&mut rng, shape.weight_len(), c * kernel * kernel, filters * kernel * kernel),
+                    )?;
                     let bi = add(format!("{index}.bias"), vec![filters], TensorKind::Trainable, false, vec![0.0; filters])?;
                     (c, h, w) = (filters, shape.oh, shape.ow);
                     Op::Conv { shape, w: wi, b: bi, act: Activation::Identity }
@@ -193,16 +198,29 @@ impl<B: Backend> Model<B> {
             batch,
             acts: sizes.iter().map(|n| backend.tensor(n * batch)).collect::<Result<_>>()?,
             grads: sizes.iter().map(|n| backend.tensor(n * batch)).collect::<Result<_>>()?,
-            argmax: self.layers.iter().map(|l| match l.op { Op::Pool { .. } => backend.ints(l.out_len * batch).map(Some), _ => Ok(None) }).collect::<Result<_>>()?,
+            argmax: self
+                .layers
+                .iter()
+                .map(|l| match l.op {
+                    Op::Pool { .. } => backend.ints(l.out_len * batch).map(Some),
+                    _ => Ok(None),
+                })
+                .collect::<Result<_>>()?,
             pre_relu_grads: self
                 .layers
                 .iter()
-                .map(|l| match l.op { Op::Conv { act: Activation::Relu, .. } => backend.tensor(l.out_len * batch).map(Some), _ => Ok(None) })
+                .map(|l| match l.op {
+                    Op::Conv { act: Activation::Relu, .. } => backend.tensor(l.out_len * batch).map(Some),
+                    _ => Ok(None),
+                })
                 .collect::<Result<_>>()?,
             bn_saved: self
                 .layers
                 .iter()
-                .map(|l| match l.op { Op::BatchNorm { channels, .. } => Ok(Some((backend.tensor(channels)?, backend.tensor(channels)?))), _ => Ok(None) })
+                .map(|l| match l.op {
+                    Op::BatchNorm { channels, .. } => Ok(Some((backend.tensor(channels)?, backend.tensor(channels)?))),
+                    _ => Ok(None),
+                })
                 .collect::<Result<_>>()?,
             labels: backend.ints(batch)?,
             probs: backend.tensor(batch * self.config.classes)?,
@@ -332,7 +350,6 @@ impl<B: Backend> Model<B> {
 
     /// One training step on a batch: forward with dropout drawn from `seed`, loss, backward,
     /// and an Adam update at step `t` (counted from 1).
-    #[allow(clippy::too_many_arguments)]
     pub fn train_step(&mut self, backend: &B, images: &[u8], maps: &[[f32; 6]], labels: &[u32], seed: u32, adam: AdamConfig, t: u64) -> Result<BatchResult> {
         self.submit_train_step(backend, images, maps, labels, seed, adam, t)?.wait(backend)
     }
@@ -340,7 +357,6 @@ impl<B: Backend> Model<B> {
     /// [`Model::train_step`] without waiting for it: the step is queued, and its loss and
     /// accuracy arrive with [`BatchInFlight::wait`]. Submitting step N + 1 before waiting for
     /// step N keeps a GPU busy while the host records (an in-order queue runs N first).
-    #[allow(clippy::too_many_arguments)]
     pub fn submit_train_step(&mut self, backend: &B, images: &[u8], maps: &[[f32; 6]], labels: &[u32], seed: u32, adam: AdamConfig, t: u64) -> Result<BatchInFlight<B>> {
         let wi = self.load_batch(backend, images, maps, labels)?;
         let ws = &self.workspaces[wi];
@@ -375,11 +391,7 @@ impl<B: Backend> Model<B> {
         let ws = &self.workspaces[wi];
         let logits = self.forward(backend, ws, false, 0)?;
         self.loss(backend, ws, logits, 0.0)?;
-        let batch = BatchInFlight {
-            loss: backend.read_later(&ws.loss)?,
-            correct: backend.read_ints_later(&ws.correct)?,
-            outputs: Some((backend.read_later(logits)?, backend.read_later(&ws.probs)?)),
-        };
+        let batch = BatchInFlight { loss: backend.read_later(&ws.loss)?, correct: backend.read_ints_later(&ws.correct)?, outputs: Some((backend.read_later(logits)?, backend.read_later(&ws.probs)?)) };
         backend.flush()?;
         Ok(batch)
     }

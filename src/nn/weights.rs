@@ -4,8 +4,9 @@
 //! leaves a truncated file behind.
 
 use super::backend::Backend;
+use super::config::ModelConfig;
 use super::model::{Model, TensorKind};
-use anyhow::{anyhow, bail, Context, Result};
+use crate::error::{file_err, Result};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::HashMap;
 use std::path::Path;
@@ -33,24 +34,31 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     {
         use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-        f.write_all(bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
-        f.sync_all().with_context(|| format!("{}: cannot sync", tmp.display()))?;
+        let mut f = std::fs::File::create(&tmp).map_err(|e| file_err(&tmp, format!("cannot create: {e}")))?;
+        f.write_all(bytes).map_err(|e| file_err(&tmp, format!("cannot write: {e}")))?;
+        f.sync_all().map_err(|e| file_err(&tmp, format!("cannot sync: {e}")))?;
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
+    std::fs::rename(&tmp, path).map_err(|e| file_err(path, format!("cannot move {} here: {e}", tmp.display())))
+}
+
+/// One tensor as a file stores it: its name, PyTorch's shape and the values in that layout.
+struct Exported {
+    name: String,
+    shape: Vec<usize>,
+    data: Vec<f32>,
 }
 
 impl<B: Backend> Model<B> {
-    /// The model's tensors in PyTorch layout: (name, shape, data).
-    fn export(&self, backend: &B, part: Part) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    /// The model's tensors in PyTorch layout.
+    fn export(&self, backend: &B, part: Part) -> Result<Vec<Exported>> {
         let mut out = Vec::new();
         for p in &self.params {
             let torch = |data: Vec<f32>| if p.transposed { transpose(&data, p.shape[1], p.shape[0]) } else { data };
             match part {
-                Part::Value => out.push((p.name.clone(), p.shape.clone(), torch(backend.read(&p.value)?))),
+                Part::Value => out.push(Exported { name: p.name.clone(), shape: p.shape.clone(), data: torch(backend.read(&p.value)?) }),
                 Part::Moments if p.kind == TensorKind::Trainable => {
-                    out.push((format!("{}.adam_m", p.name), p.shape.clone(), torch(backend.read(&p.m)?)));
-                    out.push((format!("{}.adam_v", p.name), p.shape.clone(), torch(backend.read(&p.v)?)));
+                    out.push(Exported { name: format!("{}.adam_m", p.name), shape: p.shape.clone(), data: torch(backend.read(&p.m)?) });
+                    out.push(Exported { name: format!("{}.adam_v", p.name), shape: p.shape.clone(), data: torch(backend.read(&p.v)?) });
                 }
                 Part::Moments => {}
             }
@@ -62,18 +70,20 @@ impl<B: Backend> Model<B> {
         let tensors = self.export(backend, part)?;
         let views: Vec<(String, TensorView)> = tensors
             .iter()
-            .map(|(name, shape, data)| Ok((name.clone(), TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(data))?)))
-            .collect::<Result<_>>()?;
-        let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+            .map(|t| TensorView::new(Dtype::F32, t.shape.clone(), bytemuck::cast_slice(&t.data)).map(|view| (t.name.clone(), view)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| file_err(path, e.to_string()))?;
+        let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| file_err(path, e.to_string()))?;
         write_atomic(path, &bytes)
     }
 
     /// Loads tensors saved by [`Model::save`]; every tensor of `part` must be present with the
-    /// model's shape.
+    /// model's shape and hold finite numbers only (a NaN would spread through every later
+    /// result).
     pub fn load(&mut self, backend: &B, path: &Path, part: Part) -> Result<HashMap<String, String>> {
-        let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-        let file = SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{}: not a valid safetensors file ({e}); was it cut off mid-write?", path.display()))?;
-        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let bytes = std::fs::read(path).map_err(|e| file_err(path, format!("cannot read: {e}")))?;
+        let file = SafeTensors::deserialize(&bytes).map_err(|e| file_err(path, format!("not a valid safetensors file ({e}); was it cut off mid-write?")))?;
+        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| file_err(path, e.to_string()))?;
         for p in &self.params {
             let targets: Vec<(String, &B::Tensor)> = match part {
                 Part::Value => vec![(p.name.clone(), &p.value)],
@@ -81,15 +91,27 @@ impl<B: Backend> Model<B> {
                 Part::Moments => vec![],
             };
             for (name, tensor) in targets {
-                let view = file.tensor(&name).map_err(|_| anyhow!("{}: no tensor {name} (is it a checkpoint of a different model?)", path.display()))?;
+                let view = file.tensor(&name).map_err(|_| file_err(path, format!("no tensor {name} (is it a checkpoint of a different model?)")))?;
                 if view.dtype() != Dtype::F32 || view.shape() != p.shape.as_slice() {
-                    bail!("{}: tensor {name} is {:?} {:?}, the model needs F32 {:?}", path.display(), view.dtype(), view.shape(), p.shape);
+                    return Err(file_err(path, format!("tensor {name} is {:?} {:?}, the model needs F32 {:?}", view.dtype(), view.shape(), p.shape)));
                 }
                 let data: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+                if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+                    return Err(file_err(path, format!("tensor {name} holds {} at element {i}; refusing weights that are not finite", data[i])));
+                }
                 let data = if p.transposed { transpose(&data, p.shape[0], p.shape[1]) } else { data };
                 backend.write(tensor, &data)?;
             }
         }
         Ok(header.metadata().clone().unwrap_or_default())
     }
+}
+
+/// The model config recorded in a weights file's metadata (bounded by
+/// [`ModelConfig::from_json`] before any model is built from it).
+pub fn config_of(path: &Path) -> Result<ModelConfig> {
+    let bytes = std::fs::read(path).map_err(|e| file_err(path, format!("cannot read the weights: {e}")))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| file_err(path, format!("not a safetensors file ({e})")))?;
+    let text = header.metadata().as_ref().and_then(|m| m.get("model")).ok_or_else(|| file_err(path, "no model config in its metadata; pass --model"))?;
+    ModelConfig::from_json(text, &path.display().to_string())
 }

@@ -16,7 +16,7 @@ fn backend() -> BackendChoice {
     }
 }
 
-fn open(binding_limit_override: Option<u64>, gpu_tiles: bool) -> Gpu {
+pub fn open(binding_limit_override: Option<u64>, gpu_tiles: bool) -> Gpu {
     let options = GpuOptions { backend: backend(), adapter: std::env::var("MIEN_TEST_ADAPTER").ok(), binding_limit_override, gpu_tiles };
     // A missing adapter fails the test, never skips it: on a machine without a GPU the test
     // command installs lavapipe, so no adapter means the set-up is broken.
@@ -132,4 +132,17 @@ pub fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         }
     }
     t
+}
+
+/// A fresh, empty folder under the system's temp dir, named for the test and this process.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("mien-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A uniform grey `side` x `side` image, in the format `path`'s extension names.
+pub fn write_grey_image(path: &std::path::Path, side: u32) {
+    image::GrayImage::from_pixel(side, side, image::Luma([90])).save(path).unwrap();
 }

@@ -1,0 +1,88 @@
+//! Training benchmark: training-step and inference throughput of a model config, and its batch-1
+//! latency, on one backend with synthetic images.
+
+use super::{summarize, TrainBench};
+use crate::error::Result;
+use crate::kernels::adam::AdamConfig;
+use crate::kernels::warp::IDENTITY;
+use crate::nn::{Backend, Model, ModelConfig};
+use indicatif::ProgressBar;
+use std::time::Instant;
+
+/// Batch-1 latency is the median of this many calls per repetition: a call takes about a
+/// millisecond, and on a shared host the median of ten moved by half from run to run.
+/// tools/torch_bench.py does the same.
+pub const BATCH1_REPS_PER_REP: usize = 20;
+
+/// Stages [`bench_train`] adds to a progress bar: training, inference, batch-1 latency.
+pub const TRAIN_STAGES: usize = 3;
+
+/// Times training steps and inference of `config` on `backend` with synthetic images,
+/// median of `reps` after a warm-up (batch-1 latency: of [`BATCH1_REPS_PER_REP`] times as many).
+pub fn bench_train<B: Backend>(backend: &B, config: ModelConfig, batch: usize, reps: usize, bar: &ProgressBar) -> Result<TrainBench> {
+    let mut model = Model::new(backend, config, 1)?;
+    let px = crate::data::PIXELS;
+    let images: Vec<u8> = (0..batch * px).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let labels: Vec<u32> = (0..batch as u32).map(|i| i % 7).collect();
+    let maps = vec![IDENTITY; batch];
+    let median_of = |reps: usize, f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+        f()?;
+        let mut samples = Vec::new();
+        for _ in 0..reps {
+            let t = Instant::now();
+            f()?;
+            samples.push(t.elapsed().as_secs_f64());
+        }
+        Ok(summarize(samples).median)
+    };
+    let median = |f: &mut dyn FnMut() -> Result<()>| median_of(reps.max(1), f);
+    let name = model.config.name.clone();
+    let stage = |what: &str| bar.set_message(format!("{name}: {what}"));
+    let mut step = 0u64;
+    stage("training steps");
+    // Pipelined as `mien train` runs them: step N + 1 is queued before step N's loss is read.
+    let mut in_flight = None;
+    let train = median(&mut || {
+        step += 1;
+        let next = model.submit_train_step(backend, &images, &maps, &labels, step as u32, AdamConfig::default(), step)?;
+        if let Some(previous) = in_flight.replace(next) {
+            previous.wait(backend)?;
+        }
+        Ok(())
+    })?;
+    if let Some(last) = in_flight.take() {
+        last.wait(backend)?;
+    }
+    bar.inc(1);
+    stage("inference");
+    // Throughput, so pipelined too: batch N + 1 is queued before batch N's outputs are read.
+    let mut in_flight = None;
+    let infer = median(&mut || {
+        let next = model.submit_evaluation(backend, &images, IDENTITY, &labels)?;
+        if let Some(previous) = in_flight.replace(next) {
+            previous.wait(backend)?;
+        }
+        Ok(())
+    })?;
+    if let Some(last) = in_flight.take() {
+        last.wait(backend)?;
+    }
+    bar.inc(1);
+    stage("batch-1 latency");
+    let single = median_of(reps.max(1) * BATCH1_REPS_PER_REP, &mut || {
+        model.predict(backend, &images[..px], false)?;
+        Ok(())
+    })?;
+    bar.inc(1);
+    Ok(TrainBench {
+        model: model.config.name.clone(),
+        parameters: model.parameter_count(),
+        device: backend.describe(),
+        threads: rayon::current_num_threads(),
+        batch,
+        reps: reps.max(1),
+        train_images_per_second: batch as f64 / train,
+        inference_images_per_second: batch as f64 / infer,
+        inference_batch1_ms: single * 1e3,
+    })
+}

@@ -1,0 +1,179 @@
+//! Faces and their expressions in one image: detection with a Haar cascade (on the GPU when
+//! the model runs there), 48x48 crops, the expression model (optionally averaged with each
+//! crop's mirror image), and the per-image report that `mien detect --json` writes. The
+//! command line, the benchmarks and later front ends all go through [`Labeller`].
+
+use crate::data::{self, CLASSES};
+use crate::detect::gpu::GpuDetector;
+use crate::detect::{annotate, cpu, Cascade, DetectParams, Rect};
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::nn::weights::{config_of, Part};
+use crate::nn::{Backend, Model};
+use image::{GrayImage, RgbImage};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// An expression label: the most probable class and every class's probability.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Label {
+    pub class: usize,
+    pub probabilities: Vec<f32>,
+}
+
+/// A face found in an image, labelled when the labeller has a model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Face {
+    pub rect: Rect,
+    pub label: Option<Label>,
+}
+
+impl Face {
+    /// The text drawn beside the face: its class and probability, or just "face".
+    pub fn caption(&self) -> String {
+        self.label.as_ref().map_or("face".to_string(), |l| format!("{} {:.2}", CLASSES[l.class], l.probabilities[l.class]))
+    }
+}
+
+/// Where faces are found: the CPU reference, or the GPU detector (which gives the same
+/// rectangles) with the cascade kept for images too large for the device.
+enum Detector<'g> {
+    Cpu(Cascade),
+    Gpu(Box<GpuDetector<'g>>, Cascade),
+}
+
+/// Finds faces and labels their expressions, on one backend.
+pub struct Labeller<'g, B: Backend> {
+    backend: B,
+    detector: Detector<'g>,
+    model: Option<Model<B>>,
+    params: DetectParams,
+    mirror: bool,
+    /// What the last calls did differently from what was asked (a fallback to the CPU), for
+    /// the caller to report with the image's name.
+    warnings: Vec<String>,
+}
+
+impl<'g, B: Backend> Labeller<'g, B> {
+    /// A labeller detecting with `cascade` (on `gpu` when given) and labelling with the
+    /// weights at `weights`, whose model config is read from the file; without weights it
+    /// only finds faces. With `mirror`, each face is labelled by the mean probabilities of its
+    /// crop and the crop's mirror image.
+    pub fn new(backend: B, gpu: Option<&'g Gpu>, cascade: Cascade, weights: Option<&Path>, params: DetectParams, mirror: bool) -> Result<Self> {
+        params.validate()?;
+        let detector = match gpu.map(|g| GpuDetector::new(g, &cascade)) {
+            None => Detector::Cpu(cascade),
+            Some(Ok(gpu_detector)) => Detector::Gpu(Box::new(gpu_detector), cascade),
+            // A cascade the GPU cannot encode exactly still runs on the CPU reference.
+            Some(Err(e)) => {
+                log::warn!("the GPU detector cannot run this cascade ({e}); detecting on the CPU");
+                Detector::Cpu(cascade)
+            }
+        };
+        let model = match weights {
+            None => None,
+            Some(path) => {
+                let mut model = Model::new(&backend, config_of(path)?, 0)?;
+                model.load(&backend, path, Part::Value)?;
+                Some(model)
+            }
+        };
+        Ok(Labeller { backend, detector, model, params, mirror, warnings: Vec::new() })
+    }
+
+    /// The faces in `grey`, labelled when there is a model.
+    pub fn faces(&mut self, grey: &GrayImage) -> Result<Vec<Face>> {
+        let rects = self.detect(grey)?;
+        let labels = self.classify(grey, &rects)?;
+        Ok(rects.into_iter().zip(labels).map(|(rect, label)| Face { rect, label }).collect())
+    }
+
+    /// The warnings of the calls since the last time they were taken.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
+    }
+
+    fn detect(&mut self, grey: &GrayImage) -> Result<Vec<Rect>> {
+        match &self.detector {
+            Detector::Cpu(cascade) => cpu::detect_multi_scale(cascade, grey, &self.params),
+            Detector::Gpu(gpu, cascade) => match gpu.detect_multi_scale(grey, &self.params) {
+                // Larger than the device's buffers: the CPU gives the same rectangles.
+                Err(e @ Error::TooLarge { .. }) => {
+                    self.warnings.push(format!("{e}; detecting on the CPU"));
+                    cpu::detect_multi_scale(cascade, grey, &self.params)
+                }
+                found => found,
+            },
+        }
+    }
+
+    /// A label for each rectangle of `grey` (none without a model): the crops are resized to
+    /// the model's 48x48 and classified as one batch.
+    fn classify(&mut self, grey: &GrayImage, rects: &[Rect]) -> Result<Vec<Option<Label>>> {
+        let Some(model) = self.model.as_mut().filter(|_| !rects.is_empty()) else {
+            return Ok(vec![None; rects.len()]);
+        };
+        let mut crops = Vec::with_capacity(rects.len() * data::PIXELS);
+        for r in rects {
+            let crop = image::imageops::crop_imm(grey, r.x as u32, r.y as u32, r.w as u32, r.h as u32).to_image();
+            crops.extend_from_slice(cpu::resize_exact(&crop, data::SIDE as u32, data::SIDE as u32).as_raw());
+        }
+        let probs = model.predict(&self.backend, &crops, self.mirror)?;
+        Ok(probs
+            .chunks(CLASSES.len())
+            .map(|p| {
+                let class = (0..p.len()).fold(0, |best, i| if p[i] > p[best] { i } else { best });
+                Some(Label { class, probabilities: p.to_vec() })
+            })
+            .collect())
+    }
+}
+
+/// Draws each face's box and caption on `rgb`.
+pub fn annotate(rgb: &mut RgbImage, faces: &[Face]) -> Result<()> {
+    let drawn: Vec<(Rect, String)> = faces.iter().map(|f| (f.rect, f.caption())).collect();
+    annotate::draw(rgb, &drawn)
+}
+
+/// One face as `mien detect --json` reports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct FaceReport {
+    pub x: i32,
+    pub y: i32,
+    pub w: i32,
+    pub h: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub emotion: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probabilities: Option<BTreeMap<String, f32>>,
+}
+
+/// One image as `mien detect --json` reports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ImageReport {
+    pub image: String,
+    pub width: u32,
+    pub height: u32,
+    /// The annotated copy written for this image, when one was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub annotated: Option<String>,
+    pub faces: Vec<FaceReport>,
+}
+
+impl ImageReport {
+    pub fn new(image: String, (width, height): (u32, u32), faces: &[Face]) -> Self {
+        let faces = faces
+            .iter()
+            .map(|f| FaceReport {
+                x: f.rect.x,
+                y: f.rect.y,
+                w: f.rect.w,
+                h: f.rect.h,
+                emotion: f.label.as_ref().map(|l| CLASSES[l.class].to_string()),
+                probabilities: f.label.as_ref().map(|l| CLASSES.iter().map(|c| c.to_string()).zip(l.probabilities.iter().copied()).collect()),
+            })
+            .collect();
+        ImageReport { image, width, height, annotated: None, faces }
+    }
+}
