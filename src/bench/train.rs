@@ -5,7 +5,7 @@ use super::{summarize, TrainBench};
 use crate::error::Result;
 use crate::kernels::adam::AdamConfig;
 use crate::kernels::warp::IDENTITY;
-use crate::nn::{Backend, Model, ModelConfig};
+use crate::nn::{Backend, BatchInFlight, Model, ModelConfig};
 use indicatif::ProgressBar;
 use std::time::Instant;
 
@@ -25,48 +25,17 @@ pub fn bench_train<B: Backend>(backend: &B, config: ModelConfig, batch: usize, r
     let images: Vec<u8> = (0..batch * px).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     let labels: Vec<u32> = (0..batch as u32).map(|i| i % 7).collect();
     let maps = vec![IDENTITY; batch];
-    let median_of = |reps: usize, f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
-        f()?;
-        let mut samples = Vec::new();
-        for _ in 0..reps {
-            let t = Instant::now();
-            f()?;
-            samples.push(t.elapsed().as_secs_f64());
-        }
-        Ok(summarize(samples).median)
-    };
-    let median = |f: &mut dyn FnMut() -> Result<()>| median_of(reps.max(1), f);
     let name = model.config.name.clone();
     let stage = |what: &str| bar.set_message(format!("{name}: {what}"));
     let mut step = 0u64;
     stage("training steps");
-    // Pipelined as `mien train` runs them: step N + 1 is queued before step N's loss is read.
-    let mut in_flight = None;
-    let train = median(&mut || {
+    let train = median_pipelined(backend, reps, || {
         step += 1;
-        let next = model.submit_train_step(backend, &images, &maps, &labels, step as u32, AdamConfig::default(), step)?;
-        if let Some(previous) = in_flight.replace(next) {
-            previous.wait(backend)?;
-        }
-        Ok(())
+        model.submit_train_step(backend, &images, &maps, &labels, step as u32, AdamConfig::default(), step)
     })?;
-    if let Some(last) = in_flight.take() {
-        last.wait(backend)?;
-    }
     bar.inc(1);
     stage("inference");
-    // Throughput, so pipelined too: batch N + 1 is queued before batch N's outputs are read.
-    let mut in_flight = None;
-    let infer = median(&mut || {
-        let next = model.submit_evaluation(backend, &images, IDENTITY, &labels)?;
-        if let Some(previous) = in_flight.replace(next) {
-            previous.wait(backend)?;
-        }
-        Ok(())
-    })?;
-    if let Some(last) = in_flight.take() {
-        last.wait(backend)?;
-    }
+    let infer = median_pipelined(backend, reps, || model.submit_evaluation(backend, &images, IDENTITY, &labels))?;
     bar.inc(1);
     stage("batch-1 latency");
     let single = median_of(reps.max(1) * BATCH1_REPS_PER_REP, &mut || {
@@ -85,4 +54,32 @@ pub fn bench_train<B: Backend>(backend: &B, config: ModelConfig, batch: usize, r
         inference_images_per_second: batch as f64 / infer,
         inference_batch1_ms: single * 1e3,
     })
+}
+
+/// The median seconds of `reps` calls of `f`, after one call that warms caches and pipelines.
+fn median_of(reps: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let mut samples = Vec::new();
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        f()?;
+        samples.push(t.elapsed().as_secs_f64());
+    }
+    Ok(summarize(samples).median)
+}
+
+/// The median seconds of a batch `submit` queues, run as `mien train` and `mien eval` run them:
+/// batch N + 1 is queued before batch N's results are read, so the device never waits on the host.
+fn median_pipelined<B: Backend>(backend: &B, reps: usize, mut submit: impl FnMut() -> Result<BatchInFlight<B>>) -> Result<f64> {
+    let mut in_flight = None;
+    let seconds = median_of(reps, &mut || {
+        if let Some(previous) = in_flight.replace(submit()?) {
+            previous.wait(backend)?;
+        }
+        Ok(())
+    })?;
+    if let Some(last) = in_flight.take() {
+        last.wait(backend)?;
+    }
+    Ok(seconds)
 }

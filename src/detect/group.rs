@@ -66,11 +66,17 @@ fn partition(rects: &[Rect], eps: f64) -> (Vec<usize>, usize) {
             }
         }
     }
+    number_classes(n, |i| find(&mut parent, i))
+}
+
+/// Class labels for `n` items given each one's root in a union-find forest, numbered in order
+/// of first appearance, and the number of classes.
+fn number_classes(n: usize, mut root_of: impl FnMut(usize) -> usize) -> (Vec<usize>, usize) {
     let mut class_of_root = vec![usize::MAX; n];
     let mut classes = 0;
     let labels = (0..n)
         .map(|i| {
-            let root = find(&mut parent, i);
+            let root = root_of(i);
             if class_of_root[root] == usize::MAX {
                 class_of_root[root] = classes;
                 classes += 1;
@@ -156,19 +162,7 @@ mod tests {
                 }
             }
         }
-        let mut class_of_root = vec![usize::MAX; n];
-        let mut classes = 0;
-        let labels = (0..n)
-            .map(|i| {
-                let root = find(&parent, i);
-                if class_of_root[root] == usize::MAX {
-                    class_of_root[root] = classes;
-                    classes += 1;
-                }
-                class_of_root[root]
-            })
-            .collect();
-        (labels, classes)
+        number_classes(n, |i| find(&parent, i))
     }
 
     #[test]
