@@ -2,13 +2,13 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use mien::augment::AugmentConfig;
+use mien::augment::{AugmentConfig, EraseFill};
 use mien::bench;
 use mien::data::{self, Dataset, Usage};
 use mien::gpu::{self, BackendChoice, DeviceChoice, GpuOptions};
 use mien::nn::weights::Part;
 use mien::nn::{Backend, Cpu, GpuBackend, Model, ModelConfig};
-use mien::train::{self, Recipe, RunFiles, RunState};
+use mien::train::{self, OptimizerChoice, Recipe, RunFiles, RunState, SgdSettings};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -84,6 +84,14 @@ enum RecipeChoice {
     Original,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum OptimizerKind {
+    /// Adam with Keras' defaults.
+    Adam,
+    /// SGD with Nesterov momentum and weight decay, as PyTorch's.
+    Sgd,
+}
+
 #[derive(Args)]
 struct TrainArgs {
     /// FER2013: a folder with train/ and test/ class folders, or fer2013.csv.
@@ -98,6 +106,18 @@ struct TrainArgs {
     epochs: Option<usize>,
     #[arg(long, allow_negative_numbers = true)]
     lr: Option<f32>,
+    /// The update rule (default: the recipe's).
+    #[arg(long, value_enum)]
+    optimizer: Option<OptimizerKind>,
+    /// SGD's momentum, in [0, 1) (default: the recipe's, or 0.9).
+    #[arg(long, allow_negative_numbers = true)]
+    momentum: Option<f32>,
+    /// SGD with plain momentum instead of Nesterov's.
+    #[arg(long)]
+    no_nesterov: bool,
+    /// SGD's L2 weight decay, on every trainable tensor (default: the recipe's, or 5e-4).
+    #[arg(long, allow_negative_numbers = true)]
+    weight_decay: Option<f32>,
     #[arg(long)]
     batch: Option<usize>,
     #[arg(long)]
@@ -108,13 +128,18 @@ struct TrainArgs {
     /// Learning-rate schedule (default: the recipe's).
     #[arg(long, value_enum)]
     schedule: Option<mien::train::Schedule>,
+    /// Epochs of linear learning-rate warm-up before the cosine schedule (default: the
+    /// recipe's).
+    #[arg(long, value_name = "EPOCHS")]
+    warmup: Option<usize>,
     /// Label smoothing of the training loss, in [0, 1) (default: the recipe's).
     #[arg(long)]
     label_smoothing: Option<f32>,
     /// Weight classes by inverse frequency.
     #[arg(long)]
     class_weights: bool,
-    /// Train on the images as they are (the flags below are still checked).
+    /// Train on the images (their centre crops, for a smaller model input) as they are (the
+    /// flags below are still checked).
     #[arg(long)]
     no_augment: bool,
     /// Random rotation range in degrees (default: the recipe's).
@@ -126,12 +151,20 @@ struct TrainArgs {
     /// Random zoom range as a fraction: factors in [1 - z, 1 + z] (default: the recipe's).
     #[arg(long)]
     zoom: Option<f32>,
-    /// Random width and height shift as a fraction of the image size (default: the recipe's).
+    /// Random width and height shift as a fraction of the model's input side (default: the
+    /// recipe's).
     #[arg(long)]
     shift: Option<f32>,
     /// No random horizontal flips.
     #[arg(long)]
     no_flip: bool,
+    /// Random erasing: the probability in [0, 1] that a rectangle of 2-33 % of each training
+    /// image is filled with --erase-fill (0: off, the recipes' choice).
+    #[arg(long, value_name = "P")]
+    erase: Option<f32>,
+    /// What random erasing fills with: one random grey per image, or black.
+    #[arg(long, value_enum)]
+    erase_fill: Option<EraseFill>,
     /// Validate on the images alone, not the mean of each and its mirror image.
     #[arg(long)]
     no_mirror: bool,
@@ -547,7 +580,9 @@ fn recipe_of(args: &TrainArgs) -> Result<Recipe> {
     recipe.patience = args.patience.unwrap_or(recipe.patience);
     recipe.class_weights |= args.class_weights;
     recipe.mirror_eval &= !args.no_mirror;
+    recipe.optimizer = optimizer_of(args, recipe.optimizer)?;
     recipe.schedule = args.schedule.unwrap_or(recipe.schedule);
+    recipe.warmup_epochs = args.warmup.unwrap_or(recipe.warmup_epochs);
     recipe.label_smoothing = args.label_smoothing.unwrap_or(recipe.label_smoothing);
     let augment = &mut recipe.augment;
     augment.rotation_deg = args.rotation.unwrap_or(augment.rotation_deg);
@@ -555,6 +590,8 @@ fn recipe_of(args: &TrainArgs) -> Result<Recipe> {
     augment.zoom = args.zoom.unwrap_or(augment.zoom);
     augment.shift = args.shift.unwrap_or(augment.shift);
     augment.horizontal_flip &= !args.no_flip;
+    augment.erase_probability = args.erase.unwrap_or(augment.erase_probability);
+    augment.erase_fill = args.erase_fill.unwrap_or(augment.erase_fill);
     recipe.validate()?;
     if args.no_augment {
         recipe.augment = AugmentConfig::NONE;
@@ -566,6 +603,22 @@ fn recipe_of(args: &TrainArgs) -> Result<Recipe> {
         bail!("--val-split {f} must be above 0 and below 1");
     }
     Ok(recipe)
+}
+
+/// The recipe's optimizer as the flags change it. SGD's flags on Adam are refused rather
+/// than ignored.
+fn optimizer_of(args: &TrainArgs, recipe: OptimizerChoice) -> Result<OptimizerChoice> {
+    let sgd = match (args.optimizer, recipe) {
+        (Some(OptimizerKind::Adam), _) | (None, OptimizerChoice::Adam) => {
+            if args.momentum.is_some() || args.weight_decay.is_some() || args.no_nesterov {
+                bail!("--momentum, --weight-decay and --no-nesterov set SGD; add --optimizer sgd");
+            }
+            return Ok(OptimizerChoice::Adam);
+        }
+        (_, OptimizerChoice::Sgd(sgd)) => sgd,
+        (Some(OptimizerKind::Sgd), OptimizerChoice::Adam) => SgdSettings::default(),
+    };
+    Ok(OptimizerChoice::Sgd(SgdSettings { momentum: args.momentum.unwrap_or(sgd.momentum), nesterov: sgd.nesterov && !args.no_nesterov, weight_decay: args.weight_decay.unwrap_or(sgd.weight_decay) }))
 }
 
 fn run_train<B: Backend>(backend: &B, args: &TrainArgs, recipe: &Recipe) -> Result<()> {
@@ -930,14 +983,14 @@ fn profile_train(global: &Global, steps: usize, batch: usize, trace: &Path, mode
     let gpu = profiling_gpu(global)?;
     let backend = GpuBackend::profiling(&gpu);
     let (mut net, images, labels) = profiled_model(&backend, batch, model)?;
-    let maps = vec![mien::kernels::warp::IDENTITY; batch];
+    let augments = vec![mien::kernels::warp::centre(net.input_side()); batch];
     // One step first, so pipeline compilation and first allocations stay out of the profile.
-    net.train_step(&backend, &images, &maps, &labels, 0, AdamConfig::default(), 1)?;
+    net.train_step(&backend, &images, &augments, &labels, 0, AdamConfig::default(), 1)?;
     backend.take_timings();
     backend.take_host_timing();
     let start = std::time::Instant::now();
     for step in 0..steps as u64 {
-        net.train_step(&backend, &images, &maps, &labels, step as u32 + 1, AdamConfig::default(), step + 2)?;
+        net.train_step(&backend, &images, &augments, &labels, step as u32 + 1, AdamConfig::default(), step + 2)?;
     }
     let wall_s = start.elapsed().as_secs_f64();
     let profile = Profile { unit: "step", units: steps, passes: backend.take_timings(), wall_s, host: backend.take_host_timing() };

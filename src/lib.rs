@@ -2,6 +2,7 @@
 //! a hand-written WGSL compute shader, with a fast CPU implementation of each beside it.
 
 pub mod augment;
+pub mod calibration;
 pub mod data;
 pub mod detect;
 pub mod error;

@@ -1,6 +1,7 @@
 //! PNG plots: class distribution, training curves, confusion matrix. Text is drawn with the
 //! DejaVu Sans font shipped in data/fonts, so plots look the same on every machine.
 
+use crate::calibration::{Reliability, BINS};
 use crate::error::{file_err, Error, Result};
 use crate::train::EpochMetrics;
 use plotters::prelude::*;
@@ -136,6 +137,39 @@ pub fn confusion_matrix(path: &Path, classes: &[&str], confusion: &[Vec<usize>])
                 .pos(plotters::style::text_anchor::Pos::new(plotters::style::text_anchor::HPos::Center, plotters::style::text_anchor::VPos::Center));
             chart.draw_series([Text::new(count.to_string(), (x + 0.5, y + 0.5), style)]).map_err(|e| err(path, e))?;
         }
+    }
+    root.present().map_err(|e| err(path, e))
+}
+
+/// The reliability diagram: each confidence bin's accuracy as a bar against the diagonal a
+/// perfectly calibrated model would follow, with the bins' share of the images beneath.
+pub fn reliability_diagram(path: &Path, reliability: &Reliability) -> Result<()> {
+    register_font();
+    let root = BitMapBackend::new(path, (700, 760)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(path, e))?;
+    let (upper, lower) = root.split_vertically(560);
+    let width = 1.0 / BINS as f64;
+    let mut chart = ChartBuilder::on(&upper)
+        .caption(format!("Reliability (ECE {:.2} %)", 100.0 * reliability.ece()), (FONT, 22))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0.0..1.0, 0.0..1.0)
+        .map_err(|e| err(path, e))?;
+    chart.configure_mesh().x_desc("confidence of the top class").y_desc("accuracy").label_style((FONT, 14)).draw().map_err(|e| err(path, e))?;
+    for (i, bin) in reliability.bins.iter().enumerate().filter(|(_, b)| b.images > 0) {
+        let left = i as f64 * width;
+        chart.draw_series([Rectangle::new([(left, 0.0), (left + width, bin.accuracy())], RGBColor(70, 110, 200).filled())]).map_err(|e| err(path, e))?;
+        chart.draw_series([Rectangle::new([(left, bin.accuracy()), (left + width, bin.mean_confidence())], RGBColor(230, 90, 70).mix(0.35).filled())]).map_err(|e| err(path, e))?;
+    }
+    chart.draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.stroke_width(2))).map_err(|e| err(path, e))?;
+    let total = reliability.bins.iter().map(|b| b.images).sum::<usize>().max(1) as f64;
+    let top = reliability.bins.iter().map(|b| b.images as f64 / total).fold(0.01, f64::max);
+    let mut shares = ChartBuilder::on(&lower).margin(15).x_label_area_size(30).y_label_area_size(55).build_cartesian_2d(0.0..1.0, 0.0..top * 1.1).map_err(|e| err(path, e))?;
+    shares.configure_mesh().y_desc("share of images").label_style((FONT, 14)).draw().map_err(|e| err(path, e))?;
+    for (i, bin) in reliability.bins.iter().enumerate() {
+        let left = i as f64 * width;
+        shares.draw_series([Rectangle::new([(left, 0.0), (left + width, bin.images as f64 / total)], RGBColor(120, 120, 120).filled())]).map_err(|e| err(path, e))?;
     }
     root.present().map_err(|e| err(path, e))
 }

@@ -4,8 +4,8 @@
 //! stopped.
 //!
 //! A checkpoint is a folder `checkpoint-NNNN` (N the epochs finished) holding the weights,
-//! Adam's moments, the best weights so far and `state.json`. It is written under the name
-//! `checkpoint-NNNN.partial` and renamed when complete, so a folder without the suffix is
+//! the optimizer's state, the best weights so far and `state.json`. It is written under the
+//! name `checkpoint-NNNN.partial` and renamed when complete, so a folder without the suffix is
 //! always whole; the previous checkpoint is removed only after that rename. The run folder is
 //! locked while a run trains in it.
 
@@ -13,8 +13,9 @@ use crate::augment::AugmentConfig;
 use crate::data::{Dataset, CLASSES};
 use crate::error::{file_err, Error, Result};
 use crate::kernels::adam::AdamConfig;
-use crate::kernels::warp;
-use crate::nn::model::{average_into, Model};
+use crate::kernels::sgd::SgdConfig;
+use crate::kernels::warp::{self, Augment};
+use crate::nn::model::{average_into, Model, Optimizer};
 use crate::nn::weights::{write_atomic, Part};
 use crate::nn::{Backend, BatchInFlight, ModelConfig};
 use crate::rng::Rng;
@@ -30,12 +31,19 @@ pub struct Recipe {
     pub epochs: usize,
     pub batch: usize,
     pub lr: f32,
+    /// The update rule. Runs saved before the field existed used Adam.
+    #[serde(default)]
+    pub optimizer: OptimizerChoice,
     /// Stop when validation accuracy has not improved for this many epochs (0: never).
     pub patience: usize,
     /// How the learning rate moves from `lr`. Runs saved before the field existed used the
     /// plateau rule.
     #[serde(default)]
     pub schedule: Schedule,
+    /// With the cosine schedule: epochs over which the learning rate climbs linearly to `lr`
+    /// before the cosine starts (0: none), since a large SGD step on fresh weights can diverge.
+    #[serde(default)]
+    pub warmup_epochs: usize,
     /// With the plateau schedule: multiply the learning rate by `plateau_factor` when
     /// validation loss has not improved for this many epochs (0: never).
     pub plateau_patience: usize,
@@ -63,8 +71,46 @@ pub enum Schedule {
     /// Keras' ReduceLROnPlateau on validation loss.
     #[default]
     Plateau,
-    /// Half a cosine from `lr` down to `min_lr` over the run's epochs.
+    /// Half a cosine from `lr` down to `min_lr` over the run's epochs (those after the
+    /// warm-up, if the recipe has one).
     Cosine,
+}
+
+/// The update rule a recipe trains with; its learning rate is the recipe's `lr` under its
+/// schedule.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerChoice {
+    /// Adam with Keras' defaults (beta1 0.9, beta2 0.999, epsilon 1e-7).
+    #[default]
+    Adam,
+    /// SGD with momentum and L2 weight decay on every trainable tensor, as PyTorch's `SGD`.
+    Sgd(SgdSettings),
+}
+
+/// SGD's settings but the learning rate (see [`SgdConfig`]).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SgdSettings {
+    pub momentum: f32,
+    pub nesterov: bool,
+    pub weight_decay: f32,
+}
+
+impl Default for SgdSettings {
+    /// SGD as deep image classifiers commonly train: Nesterov momentum 0.9, weight decay 5e-4.
+    fn default() -> Self {
+        SgdSettings { momentum: 0.9, nesterov: true, weight_decay: 5e-4 }
+    }
+}
+
+impl OptimizerChoice {
+    /// The optimizer at learning rate `lr`.
+    pub fn at(self, lr: f32) -> Optimizer {
+        match self {
+            OptimizerChoice::Adam => Optimizer::Adam(AdamConfig { lr, ..AdamConfig::default() }),
+            OptimizerChoice::Sgd(SgdSettings { momentum, nesterov, weight_decay }) => Optimizer::Sgd(SgdConfig { lr, momentum, nesterov, weight_decay }),
+        }
+    }
 }
 
 impl Recipe {
@@ -89,8 +135,23 @@ impl Recipe {
         if !(self.plateau_factor > 0.0 && self.plateau_factor <= 1.0) {
             return invalid(format!("the plateau factor {} must be in (0, 1]", self.plateau_factor));
         }
+        if let OptimizerChoice::Sgd(SgdSettings { momentum, weight_decay, .. }) = self.optimizer {
+            if !(0.0..1.0).contains(&momentum) {
+                return invalid(format!("--momentum must be in [0, 1), got {momentum}"));
+            }
+            if !(weight_decay.is_finite() && weight_decay >= 0.0) {
+                return invalid(format!("--weight-decay must be a number of at least 0, got {weight_decay}"));
+            }
+        }
+        if self.warmup_epochs > 0 && self.schedule != Schedule::Cosine {
+            return invalid("--warmup needs --schedule cosine".into());
+        }
+        if self.warmup_epochs >= self.epochs {
+            return invalid(format!("--warmup {} must be below --epochs {}", self.warmup_epochs, self.epochs));
+        }
         let a = &self.augment;
-        for (flag, value, max) in [("--rotation", a.rotation_deg, 180.0), ("--shear", a.shear_deg, 89.0), ("--zoom", a.zoom, 0.99), ("--shift", a.shift, 1.0)] {
+        let ranges = [("--rotation", a.rotation_deg, 180.0), ("--shear", a.shear_deg, 89.0), ("--zoom", a.zoom, 0.99), ("--shift", a.shift, 1.0), ("--erase", a.erase_probability, 1.0)];
+        for (flag, value, max) in ranges {
             if !(0.0..=max).contains(&value) {
                 return invalid(format!("{flag} must be in [0, {max}], got {value}"));
             }
@@ -98,9 +159,15 @@ impl Recipe {
         Ok(())
     }
 
-    /// The learning rate of `epoch` (counted from 1) under the cosine schedule.
+    /// The learning rate of `epoch` (counted from 1) under the cosine schedule: through the
+    /// warm-up `lr * epoch / warmup_epochs`, so that its last epoch trains at `lr`, then the
+    /// cosine over the epochs left.
     fn cosine_lr(&self, epoch: usize) -> f32 {
-        let progress = (epoch - 1) as f64 / self.epochs.max(1) as f64;
+        let warmup = self.warmup_epochs;
+        if epoch <= warmup {
+            return (self.lr as f64 * epoch as f64 / warmup as f64) as f32;
+        }
+        let progress = (epoch - 1 - warmup) as f64 / self.epochs.saturating_sub(warmup).max(1) as f64;
         (self.min_lr as f64 + (self.lr - self.min_lr) as f64 * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())) as f32
     }
 
@@ -111,14 +178,16 @@ impl Recipe {
             epochs: 30,
             batch: 64,
             lr: 1e-4,
+            optimizer: OptimizerChoice::Adam,
             patience: 5,
             schedule: Schedule::Plateau,
+            warmup_epochs: 0,
             plateau_patience: 0,
             plateau_factor: 0.5,
             min_lr: 1e-6,
             class_weights: false,
             label_smoothing: 0.0,
-            augment: AugmentConfig { rotation_deg: 30.0, shear_deg: 0.3, zoom: 0.3, shift: 0.0, horizontal_flip: true },
+            augment: AugmentConfig { rotation_deg: 30.0, shear_deg: 0.3, zoom: 0.3, horizontal_flip: true, ..AugmentConfig::CROP },
             seed: 1,
             mirror_eval: false,
         }
@@ -138,7 +207,7 @@ impl Recipe {
             schedule: Schedule::Cosine,
             min_lr: 0.0,
             label_smoothing: 0.1,
-            augment: AugmentConfig { rotation_deg: 5.0, shear_deg: 0.0, zoom: 0.05, shift: 0.05, horizontal_flip: true },
+            augment: AugmentConfig { rotation_deg: 5.0, zoom: 0.05, shift: 0.05, horizontal_flip: true, ..AugmentConfig::CROP },
             mirror_eval: true,
             ..Self::original()
         }
@@ -154,7 +223,7 @@ impl Recipe {
 
     /// Twice the default's augmentation: the plateau recipe's, and that of the first cosine
     /// run (63.28 %).
-    pub const PLATEAU_AUGMENT: AugmentConfig = AugmentConfig { rotation_deg: 10.0, shear_deg: 0.0, zoom: 0.1, shift: 0.1, horizontal_flip: true };
+    pub const PLATEAU_AUGMENT: AugmentConfig = AugmentConfig { rotation_deg: 10.0, zoom: 0.1, shift: 0.1, horizontal_flip: true, ..AugmentConfig::CROP };
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -180,7 +249,7 @@ pub struct RunState {
     pub device: String,
     /// Epochs finished.
     pub epoch: usize,
-    /// Adam steps taken.
+    /// Optimizer steps taken.
     pub step: u64,
     pub lr: f32,
     pub best_accuracy: f64,
@@ -283,10 +352,11 @@ pub fn evaluate<B: Backend>(model: &mut Model<B>, backend: &B, data: &Dataset, b
     // before batch N's results are read.
     let mut in_flight = None;
     let order: Vec<usize> = (0..data.len()).collect();
+    let side = model.input_side();
     for chunk in order.chunks(batch.max(1)) {
         let (images, labels) = gather(data, chunk);
-        let plain = model.submit_evaluation(backend, &images, warp::IDENTITY, &labels)?;
-        let mirrored = if mirror { Some(model.submit_evaluation(backend, &images, warp::MIRROR, &labels)?) } else { None };
+        let plain = model.submit_evaluation(backend, &images, warp::centre(side), &labels)?;
+        let mirrored = if mirror { Some(model.submit_evaluation(backend, &images, warp::mirror(side), &labels)?) } else { None };
         if let Some((labels, plain, mirrored)) = in_flight.replace((labels, plain, mirrored)) {
             tally(labels, plain, mirrored)?;
         }
@@ -562,7 +632,7 @@ pub fn train<B: Backend>(model: &mut Model<B>, backend: &B, train: &Dataset, val
         let mut order: Vec<usize> = (0..train.len()).collect();
         rng.shuffle(&mut order);
         let start = Instant::now();
-        let adam = AdamConfig { lr: state.lr, ..AdamConfig::default() };
+        let optimizer = recipe.optimizer.at(state.lr);
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         let batches = order.len().div_ceil(recipe.batch);
         // Adds a finished step to the epoch's figures; a non-finite loss ends the run.
@@ -590,9 +660,9 @@ pub fn train<B: Backend>(model: &mut Model<B>, backend: &B, train: &Dataset, val
         let mut in_flight = None;
         for (b, chunk) in order.chunks(recipe.batch).enumerate() {
             let (images, labels) = gather(train, chunk);
-            let maps: Vec<[f32; 6]> = chunk.iter().map(|_| recipe.augment.draw(&mut rng)).collect();
+            let augments: Vec<Augment> = chunk.iter().map(|_| recipe.augment.draw(model.input_side(), &mut rng)).collect();
             state.step += 1;
-            let step = model.submit_train_step(backend, &images, &maps, &labels, rng.next_u32(), adam, state.step)?;
+            let step = model.submit_train_step(backend, &images, &augments, &labels, rng.next_u32(), optimizer, state.step)?;
             if let Some(previous) = in_flight.replace((b, chunk.len(), step)) {
                 tally(previous)?;
             }
@@ -706,11 +776,32 @@ mod schedule_tests {
     }
 
     #[test]
-    fn runs_saved_before_schedules_existed_resume_on_the_plateau_rule() {
+    fn the_warm_up_climbs_to_lr_and_the_cosine_then_ends_near_min_lr() {
+        let r = Recipe { epochs: 30, lr: 0.1, min_lr: 1e-4, warmup_epochs: 5, ..Recipe::default_recipe() };
+        let lrs: Vec<f32> = (1..=30).map(|e| r.cosine_lr(e)).collect();
+        assert!((lrs[0] - 0.02).abs() < 1e-9, "the first epoch trains at lr / warmup: {lrs:?}");
+        assert!(lrs[..5].windows(2).all(|w| w[0] < w[1]), "the warm-up climbs: {lrs:?}");
+        assert_eq!((lrs[4], lrs[5]), (0.1, 0.1), "the warm-up ends at lr, where the cosine starts");
+        assert!(lrs[5..].windows(2).all(|w| w[1] < w[0]), "the cosine falls: {lrs:?}");
+        assert!(lrs[29] > 1e-4 && lrs[29] < 1e-3, "the last epoch is near min_lr: {}", lrs[29]);
+    }
+
+    #[test]
+    fn runs_saved_before_a_field_existed_resume_as_they_trained() {
+        // The plateau rule, no label smoothing, Adam, no warm-up.
         let mut saved = serde_json::to_value(Recipe::plateau_recipe()).unwrap();
         let fields = saved.as_object_mut().unwrap();
-        fields.remove("schedule");
-        fields.remove("label_smoothing");
+        for field in ["schedule", "label_smoothing", "optimizer", "warmup_epochs"] {
+            fields.remove(field);
+        }
         assert_eq!(serde_json::from_value::<Recipe>(saved).unwrap(), Recipe::plateau_recipe());
+    }
+
+    #[test]
+    fn an_sgd_recipe_survives_its_state_file() {
+        let sgd = Recipe { optimizer: OptimizerChoice::Sgd(SgdSettings::default()), warmup_epochs: 3, ..Recipe::default_recipe() };
+        let text = serde_json::to_string(&sgd).unwrap();
+        assert!(text.contains(r#""optimizer":{"sgd":{"momentum":0.9,"nesterov":true,"weight_decay":0.0005}}"#), "{text}");
+        assert_eq!(serde_json::from_str::<Recipe>(&text).unwrap(), sgd);
     }
 }

@@ -99,6 +99,8 @@ fn gpu_detection_gives_the_cpu_faces_and_labels() {
 fn train_rejects_an_augmentation_range_out_of_bounds_before_reading_data() {
     let (ok, _, stderr) = mien(&["train", "--device", "cpu", "--zoom", "1.5", "--data", "no/such/folder"]);
     assert!(!ok && stderr.contains("--zoom must be in [0, 0.99], got 1.5"), "{stderr}");
+    let (ok, _, stderr) = mien(&["train", "--device", "cpu", "--erase", "1.5", "--data", "no/such/folder"]);
+    assert!(!ok && stderr.contains("--erase must be in [0, 1], got 1.5"), "{stderr}");
 }
 
 #[test]
@@ -284,6 +286,11 @@ fn degenerate_training_runs_are_refused_before_any_work() {
         (&["--lr", "-1"], "--lr must be a positive number, got -1"),
         (&["--lr", "NaN"], "--lr must be a positive number, got NaN"),
         (&["--lr", "0"], "--lr must be a positive number, got 0"),
+        (&["--momentum", "0.5"], "--momentum, --weight-decay and --no-nesterov set SGD; add --optimizer sgd"),
+        (&["--optimizer", "sgd", "--momentum", "1"], "--momentum must be in [0, 1), got 1"),
+        (&["--optimizer", "sgd", "--weight-decay", "-1"], "--weight-decay must be a number of at least 0, got -1"),
+        (&["--warmup", "40"], "--warmup 40 must be below --epochs 40"),
+        (&["--warmup", "2", "--schedule", "plateau"], "--warmup needs --schedule cosine"),
         (&["--subset", "0"], "--subset 0"),
         (&["--val-split", "0"], "--val-split 0 must be above 0"),
         (&["--val-split", "0.999"], "no images"),

@@ -1,4 +1,5 @@
-//! The fast CPU kernels (im2col + packed gemm, rayon) against naive loops with f64 sums.
+//! The fast CPU kernels (im2col + packed gemm, rayon) against naive loops with f64 sums, and
+//! SGD against PyTorch's update written out.
 
 mod common;
 
@@ -6,6 +7,7 @@ use common::{assert_close, naive_conv, naive_matmul, randn_like, transpose};
 use mien::kernels::batchnorm::{self, BnConfig, BnParams, BnSaved, BnShape};
 use mien::kernels::conv2d::{self, Activation, Conv2dShape, Padding};
 use mien::kernels::dense::{self, DenseShape};
+use mien::kernels::sgd::{self, SgdConfig};
 
 #[test]
 fn conv_forward_matches_direct_loops() {
@@ -122,5 +124,34 @@ fn batchnorm_matches_per_element_loops() {
         assert_close(&name("dgamma"), &dgamma, &want_dgamma, 1e-4);
         assert_close(&name("dbeta"), &dbeta, &want_dbeta, 1e-4);
         assert_close(&name("dx"), &dx, &want_dx, 1e-4);
+    }
+}
+
+/// SGD as PyTorch's `_single_tensor_sgd` writes it (no dampening), one element at a time in f64:
+/// the momentum buffer starts as the first step's decayed gradient.
+#[test]
+fn sgd_matches_pytorchs_update_written_out() {
+    let n = 1001;
+    for (i, (momentum, nesterov, weight_decay)) in [(0.9, true, 5e-4), (0.9, false, 1e-2), (0.5, true, 0.0), (0.0, false, 1e-3)].into_iter().enumerate() {
+        let cfg = SgdConfig { lr: 0.05, momentum, nesterov, weight_decay };
+        let (i, momentum, weight_decay, lr) = (i as u64, momentum as f64, weight_decay as f64, cfg.lr as f64);
+        let mut p = randn_like(n, i);
+        // What the buffer holds before the first step must not be carried into it.
+        let mut buf = randn_like(n, 100 + i);
+        let mut want: Vec<f64> = p.iter().map(|&v| v as f64).collect();
+        let mut want_buf = vec![0.0f64; n];
+        for t in 1..=4u64 {
+            let grad = randn_like(n, 10 * i + t);
+            sgd::step_cpu(cfg, t, &mut p, &grad, &mut buf).unwrap();
+            for j in 0..n {
+                let d_p = grad[j] as f64 + weight_decay * want[j];
+                want_buf[j] = if t == 1 { d_p } else { momentum * want_buf[j] + d_p };
+                let update = if nesterov { d_p + momentum * want_buf[j] } else { want_buf[j] };
+                want[j] -= lr * update;
+            }
+        }
+        let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
+        assert_close(&format!("sgd parameters {cfg:?}"), &p, &f32s(&want), 1e-5);
+        assert_close(&format!("sgd momentum {cfg:?}"), &buf, &f32s(&want_buf), 1e-5);
     }
 }

@@ -12,6 +12,7 @@ use mien::kernels::dense::{self, DenseShape};
 use mien::kernels::dropout::{self, Mask};
 use mien::kernels::maxpool2d::{self, PoolShape};
 use mien::kernels::relu;
+use mien::kernels::sgd::{self, SgdConfig};
 use mien::kernels::softmax_xent::{self, XentOutputs, XentShape};
 
 /// f32 sums in a different order: GPU tree/tile order vs the CPU's blocked gemm.
@@ -291,6 +292,26 @@ fn adam_matches_over_several_steps() {
     assert_close("adam parameters", &read(&pg), &p, 1e-6);
     assert_close("adam m", &read(&mg), &m, 1e-6);
     assert_close("adam v", &read(&vg), &v, 1e-6);
+}
+
+#[test]
+fn sgd_matches_over_several_steps() {
+    let g = gpu();
+    for (n, nesterov) in [(2_345_607, true), (1001, false), (1, true)] {
+        let cfg = SgdConfig { lr: 0.01, momentum: 0.9, nesterov, weight_decay: 5e-4 };
+        let mut p = randn_like(n, 1);
+        // Not carried into the first step, on either side.
+        let mut buf = randn_like(n, 2);
+        let (pg, bufg) = (up(g, &p), up(g, &buf));
+        for t in 1..=3u64 {
+            let grad = randn_like(n, 10 + t);
+            sgd::step_cpu(cfg, t, &mut p, &grad, &mut buf).unwrap();
+            let gg = up(g, &grad);
+            g.run(|rec| sgd::step_gpu(rec, cfg, t, &pg, &gg, &bufg)).unwrap();
+        }
+        assert_close(&format!("sgd parameters, {n}"), &read(&pg), &p, 1e-6);
+        assert_close(&format!("sgd momentum, {n}"), &read(&bufg), &buf, 1e-6);
+    }
 }
 
 #[test]

@@ -12,6 +12,7 @@ use mien::kernels::dense::{self, DenseShape};
 use mien::kernels::dropout::{self, Mask};
 use mien::kernels::maxpool2d::{self, PoolShape};
 use mien::kernels::relu;
+use mien::kernels::sgd::{self, SgdConfig};
 use mien::Error;
 
 fn up(g: &Gpu, v: &[f32]) -> mien::gpu::GpuBuffer<f32> {
@@ -78,18 +79,25 @@ fn chunked_elementwise_and_pooling_match_the_cpu() {
     let cfg = AdamConfig::default();
     let (mut p, mut m, mut v) = (x.clone(), vec![0.0; n], vec![0.0; n]);
     adam::step_cpu(cfg, 1, &mut p, &grad, &mut m, &mut v).unwrap();
+    let sgd_cfg = SgdConfig { lr: 0.1, momentum: 0.9, nesterov: true, weight_decay: 1e-2 };
+    let (mut sgd_p, mut buf) = (x.clone(), randn_like(n, 4));
+    sgd::step_cpu(sgd_cfg, 2, &mut sgd_p, &grad, &mut buf).unwrap();
 
     let (xg, gg) = (up(g, &x), up(g, &grad));
     let (yg, dg, pg, mg, vg) = (g.zeros(n).unwrap(), g.zeros(n).unwrap(), up(g, &x), g.zeros(n).unwrap(), g.zeros(n).unwrap());
+    let (sgd_pg, bufg) = (up(g, &x), up(g, &randn_like(n, 4)));
     g.run(|rec| {
         relu::forward_gpu(rec, &xg, &yg)?;
         dropout::apply_gpu(rec, mask, &xg, &dg)?;
-        adam::step_gpu(rec, cfg, 1, &pg, &gg, &mg, &vg)
+        adam::step_gpu(rec, cfg, 1, &pg, &gg, &mg, &vg)?;
+        sgd::step_gpu(rec, sgd_cfg, 2, &sgd_pg, &gg, &bufg)
     })
     .unwrap();
     assert_eq!(g.read(&yg).unwrap(), y);
     assert_eq!(g.read(&dg).unwrap(), dropped, "chunks must continue the mask where the last one stopped");
     assert_close("chunked adam", &g.read(&pg).unwrap(), &p, 1e-6);
+    assert_close("chunked sgd", &g.read(&sgd_pg).unwrap(), &sgd_p, 1e-6);
+    assert_close("chunked sgd momentum", &g.read(&bufg).unwrap(), &buf, 1e-6);
 
     let s = PoolShape::new(10, 4, (8, 8), 2).unwrap(); // 40 planes of 256 bytes: three dispatches
     let x = randn_like(s.input_len(), 3);

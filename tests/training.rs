@@ -1,17 +1,19 @@
-//! Data loading and its errors, the augmentation warp on both backends, and short training
-//! runs: the loss falls, the GPU follows the CPU's loss curve, a resumed run matches an
-//! uninterrupted one, and a diverging run stops with its last good checkpoint kept.
+//! Data loading and its errors, and short training runs (of 48x48 inputs, of 40x40 random
+//! crops with random erasing, and with SGD): the loss falls, the GPU follows the CPU's loss
+//! curve, a resumed run matches an uninterrupted one, and a diverging run stops with its last
+//! good checkpoint kept.
 
 mod common;
 
 use common::{assert_close, gpu};
 use mien::augment::AugmentConfig;
 use mien::data::{self, Dataset, Usage, PIXELS};
+use mien::kernels::adam::AdamConfig;
 use mien::kernels::warp;
 use mien::nn::weights::Part;
 use mien::nn::{Backend, Cpu, GpuBackend, Model, ModelConfig};
 use mien::rng::Rng;
-use mien::train::{self, Recipe, RunFiles, Start};
+use mien::train::{self, OptimizerChoice, Recipe, RunFiles, SgdSettings, Start};
 use std::path::{Path, PathBuf};
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -41,18 +43,22 @@ fn synthetic(n: usize, seed: u64) -> Dataset {
 }
 
 fn tiny_model() -> ModelConfig {
-    ModelConfig::from_json(
-        r#"{"name": "tiny", "input": [1, 48, 48], "classes": 7, "layers": [
-            {"type": "conv2d", "filters": 4, "kernel": 3}, {"type": "relu"}, {"type": "max_pool", "size": 4},
-            {"type": "dropout", "rate": 0.1}, {"type": "batch_norm"}, {"type": "flatten"},
-            {"type": "dense", "units": 16}, {"type": "relu"}, {"type": "dense", "units": 7}]}"#,
-        "tiny",
-    )
-    .unwrap()
+    tiny_model_of_side(48)
+}
+
+/// The tiny model on `side` x `side` crops of the images.
+fn tiny_model_of_side(side: usize) -> ModelConfig {
+    let json = format!(
+        r#"{{"name": "tiny", "input": [1, {side}, {side}], "classes": 7, "layers": [
+            {{"type": "conv2d", "filters": 4, "kernel": 3}}, {{"type": "relu"}}, {{"type": "max_pool", "size": 4}},
+            {{"type": "dropout", "rate": 0.1}}, {{"type": "batch_norm"}}, {{"type": "flatten"}},
+            {{"type": "dense", "units": 16}}, {{"type": "relu"}}, {{"type": "dense", "units": 7}}]}}"#
+    );
+    ModelConfig::from_json(&json, "tiny").unwrap()
 }
 
 fn quick_recipe(epochs: usize) -> Recipe {
-    Recipe { epochs, batch: 32, lr: 3e-3, patience: 0, augment: AugmentConfig { rotation_deg: 5.0, shear_deg: 0.0, zoom: 0.05, shift: 0.05, horizontal_flip: true }, ..Recipe::default_recipe() }
+    Recipe { epochs, batch: 32, lr: 3e-3, patience: 0, augment: AugmentConfig { rotation_deg: 5.0, zoom: 0.05, shift: 0.05, horizontal_flip: true, ..AugmentConfig::CROP }, ..Recipe::default_recipe() }
 }
 
 struct Quiet;
@@ -122,29 +128,6 @@ fn real_fer2013_test_images_load() {
     assert_eq!(d.class_counts(), [467, 56, 496, 895, 607, 653, 415]);
 }
 
-#[test]
-fn warp_kernel_matches_cpu_and_identity_is_exact() {
-    let data = synthetic(13, 3);
-    let cfg = AugmentConfig { rotation_deg: 30.0, shear_deg: 10.0, zoom: 0.3, shift: 0.2, horizontal_flip: true };
-    let mut rng = Rng::new(9);
-    let mut maps: Vec<[f32; 6]> = (0..13).map(|_| cfg.draw(&mut rng)).collect();
-    maps[0] = warp::IDENTITY;
-    let mut cpu = vec![0.0; 13 * PIXELS];
-    warp::warp_cpu(&data.images, &maps, &mut cpu).unwrap();
-    let want0: Vec<f32> = data.images[..PIXELS].iter().map(|&b| b as f32 / 255.0).collect();
-    assert_eq!(&cpu[..PIXELS], &want0[..]);
-    // A flip alone mirrors each row exactly.
-    let flip = [-1.0, 0.0, 47.0, 0.0, 1.0, 0.0];
-    let mut mirrored = vec![0.0; PIXELS];
-    warp::warp_cpu(&data.images[..PIXELS], &[flip], &mut mirrored).unwrap();
-    assert_eq!(mirrored[5], data.images[42] as f32 / 255.0);
-
-    let g = gpu();
-    let (pixels, maps_g, out) = (g.upload(&mien::gpu::pack_bytes(&data.images)).unwrap(), g.upload(maps.as_flattened()).unwrap(), g.zeros::<f32>(13 * PIXELS).unwrap());
-    g.run(|rec| warp::warp_gpu(rec, 13, &pixels, &maps_g, &out)).unwrap();
-    assert_close("warp", &g.read(&out).unwrap(), &cpu, 1e-5);
-}
-
 /// Each 48x48 image of `data` with its rows reversed.
 fn mirrored(data: &Dataset) -> Dataset {
     let mut out = data.clone();
@@ -181,7 +164,6 @@ fn mirror_evaluation_averages_each_image_with_its_mirror_image() {
 /// step (Adam) or a write of new weights (a checkpoint loading) it must pack them again.
 #[test]
 fn gpu_inference_packs_weights_again_after_they_change() {
-    use mien::kernels::adam::AdamConfig;
     let data = synthetic(5, 9);
     let labels: Vec<u32> = data.labels.iter().map(|&l| l as u32).collect();
     let backend = GpuBackend::new(gpu());
@@ -192,9 +174,9 @@ fn gpu_inference_packs_weights_again_after_they_change() {
     same_predictions(&backend, &mut on_gpu, &mut on_cpu, images, "inference with the packed weights kept");
     // A large step, so that predictions with the stale packed weights would differ clearly.
     let adam = AdamConfig { lr: 0.05, ..AdamConfig::default() };
-    let maps = vec![warp::IDENTITY; labels.len()];
-    on_gpu.train_step(&backend, &data.images, &maps, &labels, 1, adam, 1).unwrap();
-    on_cpu.train_step(&Cpu, &data.images, &maps, &labels, 1, adam, 1).unwrap();
+    let augments = vec![warp::centre(48); labels.len()];
+    on_gpu.train_step(&backend, &data.images, &augments, &labels, 1, adam, 1).unwrap();
+    on_cpu.train_step(&Cpu, &data.images, &augments, &labels, 1, adam, 1).unwrap();
     same_predictions(&backend, &mut on_gpu, &mut on_cpu, images, "inference after a training step");
     for (g, c) in on_gpu.params.iter().zip(&on_cpu.params) {
         let halved: Vec<f32> = Cpu.read(&c.value).unwrap().iter().map(|v| 0.5 * v).collect();
@@ -210,35 +192,76 @@ fn same_predictions<'g>(backend: &GpuBackend<'g>, on_gpu: &mut Model<GpuBackend<
 }
 
 fn run<B: Backend>(backend: &B, dir: &Path, epochs: usize, start: Start) -> (Model<B>, train::RunState) {
-    let mut model = Model::new(backend, tiny_model(), 5).unwrap();
+    run_with(backend, dir, tiny_model(), &quick_recipe(epochs), start)
+}
+
+fn run_with<B: Backend>(backend: &B, dir: &Path, config: ModelConfig, recipe: &Recipe, start: Start) -> (Model<B>, train::RunState) {
+    let mut model = Model::new(backend, config, 5).unwrap();
     let files = RunFiles { dir: dir.to_path_buf() };
-    let state = train::train(&mut model, backend, &synthetic(320, 1), &synthetic(64, 2), &quick_recipe(epochs), &files, start, &mut Quiet).unwrap();
+    let state = train::train(&mut model, backend, &synthetic(320, 1), &synthetic(64, 2), recipe, &files, start, &mut Quiet).unwrap();
     (model, state)
 }
 
 #[test]
 fn training_lowers_the_loss_and_gpu_follows_the_cpu_curve() {
-    let (_, cpu) = run(&Cpu, &temp_dir("cpu-run"), 3, Start::New);
+    check_training_on_both_backends("48", tiny_model(), &quick_recipe(3));
+}
+
+#[test]
+fn training_on_random_crops_with_erasing_lowers_the_loss_and_gpu_follows_the_cpu_curve() {
+    // A random 40x40 crop moves a class's band by up to 8 pixels, more than the 6 between
+    // classes, so the loss falls more slowly than on whole images: five epochs.
+    let recipe = quick_recipe(5);
+    let recipe = Recipe { augment: AugmentConfig { erase_probability: 0.5, ..recipe.augment }, ..recipe };
+    check_training_on_both_backends("40", tiny_model_of_side(40), &recipe);
+}
+
+/// A short run of `recipe` on `config` on each backend: the loss falls and the GPU follows the
+/// CPU's curve.
+fn check_training_on_both_backends(name: &str, config: ModelConfig, recipe: &Recipe) {
+    let (_, cpu) = run_with(&Cpu, &temp_dir(&format!("cpu-run-{name}")), config.clone(), recipe, Start::New);
     let losses: Vec<f64> = cpu.history.iter().map(|m| m.train_loss).collect();
-    assert!(losses[2] < 0.7 * losses[0], "training loss did not fall: {losses:?}");
+    assert!(losses[losses.len() - 1] < 0.7 * losses[0], "training loss did not fall: {losses:?}");
     assert!(cpu.best_accuracy > 0.5, "validation accuracy {}", cpu.best_accuracy);
 
     let backend = GpuBackend::new(gpu());
-    let (_, gpu_state) = run(&backend, &temp_dir("gpu-run"), 3, Start::New);
+    let (_, gpu_state) = run_with(&backend, &temp_dir(&format!("gpu-run-{name}")), config, recipe, Start::New);
     for (c, g) in cpu.history.iter().zip(&gpu_state.history) {
         // Same initial weights, batches, augmentation and dropout masks: only summation order
-        // differs, and it compounds over 30 steps.
+        // differs, and it compounds over the run's 30 to 50 steps.
         assert!((c.train_loss - g.train_loss).abs() < 2e-3 * c.train_loss, "epoch {}: CPU loss {} vs GPU {}", c.epoch, c.train_loss, g.train_loss);
         assert!((c.val_loss - g.val_loss).abs() < 5e-3 * c.val_loss, "epoch {}: CPU val loss {} vs GPU {}", c.epoch, c.val_loss, g.val_loss);
     }
 }
 
+/// The quick recipe on SGD with Nesterov momentum and weight decay, its learning rate warmed
+/// up over the first two epochs.
+fn sgd_recipe(epochs: usize) -> Recipe {
+    Recipe { lr: 0.02, optimizer: OptimizerChoice::Sgd(SgdSettings::default()), warmup_epochs: 2, ..quick_recipe(epochs) }
+}
+
+#[test]
+fn sgd_lowers_the_loss_and_gpu_follows_the_cpu_curve() {
+    check_training_on_both_backends("sgd", tiny_model(), &sgd_recipe(3));
+}
+
 #[test]
 fn a_resumed_run_matches_an_uninterrupted_one() {
-    let (straight, _) = run(&Cpu, &temp_dir("straight"), 3, Start::New);
-    let dir = temp_dir("resumed");
-    // A 3-epoch run killed once its second epoch's checkpoints are written: the same recipe,
-    // since the cosine schedule depends on the epoch count.
+    check_resumed_run("adam", &quick_recipe(3));
+}
+
+/// SGD's momentum is carried through the checkpoint in Adam's first-moment tensors.
+#[test]
+fn a_resumed_sgd_run_matches_an_uninterrupted_one() {
+    check_resumed_run("sgd", &sgd_recipe(3));
+}
+
+/// A 3-epoch run of `recipe` killed once its second epoch's checkpoints are written, then
+/// resumed with the same recipe (the cosine schedule depends on the epoch count), ends with the
+/// weights of an uninterrupted one.
+fn check_resumed_run(name: &str, recipe: &Recipe) {
+    let (straight, _) = run_with(&Cpu, &temp_dir(&format!("straight-{name}")), tiny_model(), recipe, Start::New);
+    let dir = temp_dir(&format!("resumed-{name}"));
     struct KilledAfter(usize);
     impl train::Observer for KilledAfter {
         fn epoch(&mut self, state: &train::RunState) {
@@ -248,12 +271,12 @@ fn a_resumed_run_matches_an_uninterrupted_one() {
     let killed = std::panic::catch_unwind(|| {
         let mut model = Model::new(&Cpu, tiny_model(), 5).unwrap();
         let files = RunFiles { dir: dir.clone() };
-        let _ = train::train(&mut model, &Cpu, &synthetic(320, 1), &synthetic(64, 2), &quick_recipe(3), &files, Start::New, &mut KilledAfter(2));
+        let _ = train::train(&mut model, &Cpu, &synthetic(320, 1), &synthetic(64, 2), recipe, &files, Start::New, &mut KilledAfter(2));
     });
     assert!(killed.is_err());
     let mut model = Model::new(&Cpu, tiny_model(), 5).unwrap();
     let files = RunFiles { dir: dir.clone() };
-    let state = train::train(&mut model, &Cpu, &synthetic(320, 1), &synthetic(64, 2), &quick_recipe(3), &files, Start::Resume, &mut Quiet).unwrap_err_or_state();
+    let state = train::train(&mut model, &Cpu, &synthetic(320, 1), &synthetic(64, 2), recipe, &files, Start::Resume, &mut Quiet).unwrap_err_or_state();
     assert_eq!(state.epoch, 3);
     let (a, b) = (straight.params.iter().map(|p| Cpu.read(&p.value).unwrap()), model.params.iter().map(|p| Cpu.read(&p.value).unwrap()));
     for (x, y) in a.zip(b) {
@@ -318,12 +341,19 @@ fn degenerate_recipes_and_data_are_refused_before_any_work() {
     let files = RunFiles { dir: dir.clone() };
     let mut model = Model::new(&Cpu, tiny_model(), 5).unwrap();
     let (train_set, val_set) = (synthetic(14, 1), synthetic(7, 2));
+    let sgd = |momentum, weight_decay| OptimizerChoice::Sgd(SgdSettings { momentum, weight_decay, nesterov: true });
     let cases = [
         (Recipe { epochs: 0, ..quick_recipe(1) }, "--epochs 0"),
         (Recipe { lr: f32::NAN, ..quick_recipe(1) }, "--lr must be a positive number, got NaN"),
         (Recipe { lr: 0.0, ..quick_recipe(1) }, "--lr must be a positive number, got 0"),
         (Recipe { lr: -1.0, ..quick_recipe(1) }, "--lr must be a positive number, got -1"),
         (Recipe { batch: 0, ..quick_recipe(1) }, "--batch must be at least 1"),
+        (Recipe { optimizer: sgd(1.0, 0.0), ..quick_recipe(1) }, "--momentum must be in [0, 1), got 1"),
+        (Recipe { optimizer: sgd(-0.1, 0.0), ..quick_recipe(1) }, "--momentum must be in [0, 1), got -0.1"),
+        (Recipe { optimizer: sgd(0.9, f32::NAN), ..quick_recipe(1) }, "--weight-decay must be a number of at least 0, got NaN"),
+        (Recipe { optimizer: sgd(0.9, -1e-4), ..quick_recipe(1) }, "--weight-decay must be a number of at least 0, got -0.0001"),
+        (Recipe { warmup_epochs: 2, ..quick_recipe(2) }, "--warmup 2 must be below --epochs 2"),
+        (Recipe { warmup_epochs: 1, schedule: train::Schedule::Plateau, ..quick_recipe(2) }, "--warmup needs --schedule cosine"),
     ];
     for (recipe, expected) in cases {
         let err = train::train(&mut model, &Cpu, &train_set, &val_set, &recipe, &files, Start::New, &mut Quiet).unwrap_err().to_string();
@@ -360,13 +390,13 @@ fn steps_in_flight_match_steps_run_one_at_a_time() {
     let backend = GpuBackend::new(gpu());
     let data = synthetic(32, 6);
     let labels: Vec<u32> = data.labels.iter().map(|&l| l as u32).collect();
-    let maps = [warp::IDENTITY; 8];
+    let augments = [warp::centre(48); 8];
     let batch = |i: usize| (&data.images[i % 4 * 8 * PIXELS..][..8 * PIXELS], &labels[i % 4 * 8..][..8]);
     let mut one_at_a_time = Model::new(&backend, tiny_model(), 5).unwrap();
     let expected: Vec<(f32, u32)> = (0..6)
         .map(|i| {
             let (images, labels) = batch(i);
-            let r = one_at_a_time.train_step(&backend, images, &maps, labels, i as u32, Default::default(), i as u64 + 1).unwrap();
+            let r = one_at_a_time.train_step(&backend, images, &augments, labels, i as u32, AdamConfig::default(), i as u64 + 1).unwrap();
             (r.loss, r.correct)
         })
         .collect();
@@ -375,7 +405,7 @@ fn steps_in_flight_match_steps_run_one_at_a_time() {
     let mut got = Vec::new();
     for i in 0..6 {
         let (images, labels) = batch(i);
-        let step = pipelined.submit_train_step(&backend, images, &maps, labels, i as u32, Default::default(), i as u64 + 1).unwrap();
+        let step = pipelined.submit_train_step(&backend, images, &augments, labels, i as u32, AdamConfig::default(), i as u64 + 1).unwrap();
         if let Some(previous) = in_flight.replace(step) {
             let r = previous.wait(&backend).unwrap();
             got.push((r.loss, r.correct));
@@ -418,7 +448,7 @@ fn profiling_times_every_pass_of_a_step() {
     let data = synthetic(8, 4);
     let labels: Vec<u32> = data.labels.iter().map(|&l| l as u32).collect();
     backend.take_timings();
-    model.train_step(&backend, &data.images, &[warp::IDENTITY; 8], &labels, 1, Default::default(), 1).unwrap();
+    model.train_step(&backend, &data.images, &[warp::centre(48); 8], &labels, 1, AdamConfig::default(), 1).unwrap();
     let passes = backend.take_timings();
     assert!(g.timestamps, "lavapipe and real GPUs have timestamp queries");
     for kernel in ["warp", "conv2d_forward", "conv2d_filter_grad", "batchnorm_stats", "softmax_xent_backward", "adam"] {

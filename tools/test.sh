@@ -39,15 +39,16 @@ cargo clippy --all-targets -- -D warnings
 # Build the tests first: that also builds target/debug/mien with the same dependency features,
 # where a separate `cargo run` would build the whole wgpu stack a second time.
 cargo test --no-run
-./target/debug/mien devices
+mien="${CARGO_TARGET_DIR:-target}/debug/mien"
+"$mien" devices
 
 cargo test
 # Read the whole listing before matching: `grep -q` would close the pipe early and make
 # `mien devices` fail on a write to it, which pipefail reports as no adapter.
-gl_adapters=$(./target/debug/mien devices --backend gl || true)
+gl_adapters=$("$mien" devices --backend gl || true)
 if grep -q '^\[0\]' <<<"$gl_adapters"; then
   echo "== GPU kernel tests again on wgpu's GL backend =="
-  MIEN_TEST_BACKEND=gl cargo test --test kernels --test limits --test training -- --test-threads=1
+  MIEN_TEST_BACKEND=gl cargo test --test kernels --test limits --test training --test augment -- --test-threads=1
 elif [ "${CI:-}" = true ]; then
   echo "no GL adapter: the GL backend's kernel tests cannot run" >&2
   exit 1

@@ -4,7 +4,7 @@
 use super::{summarize, TrainBench};
 use crate::error::Result;
 use crate::kernels::adam::AdamConfig;
-use crate::kernels::warp::IDENTITY;
+use crate::kernels::warp;
 use crate::nn::{Backend, BatchInFlight, Model, ModelConfig};
 use indicatif::ProgressBar;
 use std::time::Instant;
@@ -24,18 +24,19 @@ pub fn bench_train<B: Backend>(backend: &B, config: ModelConfig, batch: usize, r
     let px = crate::data::PIXELS;
     let images: Vec<u8> = (0..batch * px).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     let labels: Vec<u32> = (0..batch as u32).map(|i| i % 7).collect();
-    let maps = vec![IDENTITY; batch];
+    let centre = warp::centre(model.input_side());
+    let augments = vec![centre; batch];
     let name = model.config.name.clone();
     let stage = |what: &str| bar.set_message(format!("{name}: {what}"));
     let mut step = 0u64;
     stage("training steps");
     let train = median_pipelined(backend, reps, || {
         step += 1;
-        model.submit_train_step(backend, &images, &maps, &labels, step as u32, AdamConfig::default(), step)
+        model.submit_train_step(backend, &images, &augments, &labels, step as u32, AdamConfig::default(), step)
     })?;
     bar.inc(1);
     stage("inference");
-    let infer = median_pipelined(backend, reps, || model.submit_evaluation(backend, &images, IDENTITY, &labels))?;
+    let infer = median_pipelined(backend, reps, || model.submit_evaluation(backend, &images, centre, &labels))?;
     bar.inc(1);
     stage("batch-1 latency");
     let single = median_of(reps.max(1) * BATCH1_REPS_PER_REP, &mut || {

@@ -95,6 +95,7 @@ shaders! {
     DROPOUT = "dropout" ["dropout.wgsl"];
     SOFTMAX_XENT = "softmax_xent" ["softmax_xent.wgsl"];
     ADAM = "adam" ["adam.wgsl"];
+    SGD = "sgd" ["sgd.wgsl"];
     BATCHNORM_FORWARD = "batchnorm_forward" ["batchnorm_forward.wgsl"];
     BATCHNORM_BACKWARD = "batchnorm_backward" ["batchnorm_backward.wgsl"];
     FMA_CALIBRATION = "fma_calibration" ["fma_calibration.wgsl"];

@@ -17,6 +17,7 @@ pub mod dropout;
 pub mod maxpool2d;
 pub mod reduce;
 pub mod relu;
+pub mod sgd;
 pub mod softmax_xent;
 pub mod warp;
 

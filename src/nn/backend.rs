@@ -11,8 +11,9 @@ use crate::kernels::dense::{self, DenseShape};
 use crate::kernels::dropout::{self, Mask};
 use crate::kernels::maxpool2d::{self, PoolShape};
 use crate::kernels::relu;
+use crate::kernels::sgd::{self, SgdConfig};
 use crate::kernels::softmax_xent::{self, XentOutputs, XentShape};
-use crate::kernels::warp;
+use crate::kernels::warp::{self, Augment};
 use std::cell::RefCell;
 use std::collections::HashMap;
 
@@ -67,8 +68,9 @@ pub trait Backend {
     /// (a no-op on the CPU, where ops run as they are called).
     fn flush(&self) -> Result<()>;
 
-    /// Warps 48x48 byte images by their affine maps into `out` as floats in [0, 1].
-    fn warp(&self, images: &[u8], maps: &[[f32; 6]], out: &Self::Tensor) -> Result<()>;
+    /// Warps 48x48 byte images by their augmentations into `out` as `side` x `side` floats in
+    /// [0, 1].
+    fn warp(&self, images: &[u8], augments: &[Augment], side: usize, out: &Self::Tensor) -> Result<()>;
     fn conv2d_forward(&self, s: Conv2dShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, act: Activation, y: &Self::Tensor) -> Result<()>;
     fn conv2d_backward_data(&self, s: Conv2dShape, dy: &Self::Tensor, w: &Self::Tensor, dx: &Self::Tensor) -> Result<()>;
     fn conv2d_backward_filter(&self, s: Conv2dShape, x: &Self::Tensor, dy: &Self::Tensor, dw: &Self::Tensor, db: &Self::Tensor) -> Result<()>;
@@ -86,6 +88,7 @@ pub trait Backend {
     fn xent_forward(&self, s: XentShape, logits: &Self::Tensor, labels: &Self::Ints, class_weight: &Self::Tensor, out: LossTensors<'_, Self::Tensor, Self::Ints>) -> Result<()>;
     fn xent_backward(&self, s: XentShape, probs: &Self::Tensor, labels: &Self::Ints, class_weight: &Self::Tensor, dlogits: &Self::Tensor) -> Result<()>;
     fn adam(&self, cfg: AdamConfig, t: u64, param: &Self::Tensor, grad: &Self::Tensor, m: &Self::Tensor, v: &Self::Tensor) -> Result<()>;
+    fn sgd(&self, cfg: SgdConfig, t: u64, param: &Self::Tensor, grad: &Self::Tensor, momentum: &Self::Tensor) -> Result<()>;
 }
 
 /// The CPU backend: tensors are vectors behind RefCells, so an op can borrow its inputs and
@@ -127,8 +130,8 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn warp(&self, images: &[u8], maps: &[[f32; 6]], out: &Self::Tensor) -> Result<()> {
-        warp::warp_cpu(images, maps, &mut out.borrow_mut())
+    fn warp(&self, images: &[u8], augments: &[Augment], side: usize, out: &Self::Tensor) -> Result<()> {
+        warp::warp_cpu(images, augments, side, &mut out.borrow_mut())
     }
     fn conv2d_forward(&self, s: Conv2dShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, act: Activation, y: &Self::Tensor) -> Result<()> {
         conv2d::forward_cpu(s, &x.borrow(), &w.borrow(), Some(&b.borrow()), act, &mut y.borrow_mut())
@@ -199,6 +202,9 @@ impl Backend for Cpu {
     fn adam(&self, cfg: AdamConfig, t: u64, param: &Self::Tensor, grad: &Self::Tensor, m: &Self::Tensor, v: &Self::Tensor) -> Result<()> {
         adam::step_cpu(cfg, t, &mut param.borrow_mut(), &grad.borrow(), &mut m.borrow_mut(), &mut v.borrow_mut())
     }
+    fn sgd(&self, cfg: SgdConfig, t: u64, param: &Self::Tensor, grad: &Self::Tensor, momentum: &Self::Tensor) -> Result<()> {
+        sgd::step_cpu(cfg, t, &mut param.borrow_mut(), &grad.borrow(), &mut momentum.borrow_mut())
+    }
 }
 
 /// The GPU backend: ops are recorded into one command buffer, submitted when something is
@@ -208,7 +214,7 @@ pub struct GpuBackend<'g> {
     recorder: RefCell<Option<Recorder<'g>>>,
     /// Convolution weights packed for conv2d.wgsl, by weight buffer and packed length, kept
     /// while no weight can have changed: inference then skips a packing pass per convolution
-    /// (4 of the seed model's 23 passes at batch 1). Every `write` and `adam` marks them stale,
+    /// (4 of the seed model's 23 passes at batch 1). Every `write` and optimizer step marks them stale,
     /// and a stale one is packed again in place before its next use.
     packed: RefCell<HashMap<(wgpu::Buffer, usize), PackedWeights>>,
     /// With profiling on: every pass so far, submissions laid end to end on one time line.
@@ -306,12 +312,12 @@ impl Backend for GpuBackend<'_> {
         Ok(())
     }
 
-    fn warp(&self, images: &[u8], maps: &[[f32; 6]], out: &Self::Tensor) -> Result<()> {
+    fn warp(&self, images: &[u8], augments: &[Augment], side: usize, out: &Self::Tensor) -> Result<()> {
         // Fresh buffers initialised at creation, so the warp recorded after them sees their data
         // without waiting for earlier queued work.
         let pixels = self.gpu.upload(&crate::gpu::pack_bytes(images))?;
-        let maps = self.gpu.upload(maps.as_flattened())?;
-        self.record(|r| warp::warp_gpu(r, maps.len() / 6, &pixels, &maps, out))
+        let augments = self.gpu.upload(augments)?;
+        self.record(|r| warp::warp_gpu(r, side, &pixels, &augments, out))
     }
     fn conv2d_forward(&self, s: Conv2dShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, act: Activation, y: &Self::Tensor) -> Result<()> {
         let key = (w.buffer.clone(), conv2d::packed_len(self.gpu, &s));
@@ -380,5 +386,9 @@ impl Backend for GpuBackend<'_> {
     fn adam(&self, cfg: AdamConfig, t: u64, param: &Self::Tensor, grad: &Self::Tensor, m: &Self::Tensor, v: &Self::Tensor) -> Result<()> {
         self.weights_may_change();
         self.record(|r| adam::step_gpu(r, cfg, t, param, grad, m, v))
+    }
+    fn sgd(&self, cfg: SgdConfig, t: u64, param: &Self::Tensor, grad: &Self::Tensor, momentum: &Self::Tensor) -> Result<()> {
+        self.weights_may_change();
+        self.record(|r| sgd::step_gpu(r, cfg, t, param, grad, momentum))
     }
 }

@@ -1,8 +1,9 @@
 //! A sequential model built from a [`ModelConfig`], running on any [`Backend`]: forward,
-//! backward, the fused softmax cross-entropy loss and Adam.
+//! backward, the fused softmax cross-entropy loss and the optimizers (Adam, SGD).
 
 use super::backend::{Backend, BnTensors, LossTensors};
 use super::config::{LayerSpec, ModelConfig, PaddingSpec};
+use crate::data::PIXELS;
 use crate::error::{shape_err, Result};
 use crate::kernels::adam::AdamConfig;
 use crate::kernels::batchnorm::{BnConfig, BnShape};
@@ -10,13 +11,15 @@ use crate::kernels::conv2d::{Activation, Conv2dShape, Padding};
 use crate::kernels::dense::DenseShape;
 use crate::kernels::dropout::Mask;
 use crate::kernels::maxpool2d::PoolShape;
+use crate::kernels::sgd::SgdConfig;
 use crate::kernels::softmax_xent::XentShape;
+use crate::kernels::warp::{self, Augment};
 use crate::rng::Rng;
 
 /// What kind of tensor a named model tensor is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TensorKind {
-    /// Learned by Adam.
+    /// Learned by the optimizer.
     Trainable,
     /// Statistics kept by the model (batch-norm running mean and variance).
     Buffer,
@@ -35,8 +38,31 @@ pub struct Param<T> {
     pub transposed: bool,
     pub value: T,
     pub grad: T,
+    /// Adam's first moment, or SGD's momentum buffer.
     pub m: T,
+    /// Adam's second moment (SGD leaves it alone).
     pub v: T,
+}
+
+/// The update rule of a training step, with its learning rate.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Optimizer {
+    Adam(AdamConfig),
+    /// Keeps its momentum in each parameter's `m`, so a checkpoint stores it under Adam's
+    /// first-moment name (`.adam_m`) and resumes without a second layout.
+    Sgd(SgdConfig),
+}
+
+impl From<AdamConfig> for Optimizer {
+    fn from(cfg: AdamConfig) -> Self {
+        Optimizer::Adam(cfg)
+    }
+}
+
+impl From<SgdConfig> for Optimizer {
+    fn from(cfg: SgdConfig) -> Self {
+        Optimizer::Sgd(cfg)
+    }
 }
 
 enum Op {
@@ -78,6 +104,8 @@ pub struct Model<B: Backend> {
     pub params: Vec<Param<B::Tensor>>,
     layers: Vec<Layer>,
     input_len: usize,
+    /// The side of the square crop of the 48x48 images the model takes.
+    side: usize,
     class_weight: B::Tensor,
     workspaces: Vec<Workspace<B>>,
     pub bn: BnConfig,
@@ -99,6 +127,7 @@ impl<B: Backend> Model<B> {
     /// Builds the model with Keras' default initialisation (Glorot-uniform weights, zero biases)
     /// drawn from `seed`.
     pub fn new(backend: &B, config: ModelConfig, seed: u64) -> Result<Self> {
+        let side = warp::output_side(config.input)?;
         let [mut c, mut h, mut w] = config.input;
         let input_len = c * h * w;
         let mut layers = Vec::new();
@@ -173,7 +202,12 @@ impl<B: Backend> Model<B> {
         }
         let class_weight = backend.tensor(config.classes)?;
         backend.write(&class_weight, &vec![1.0; config.classes])?;
-        Ok(Model { config, params, layers, input_len, class_weight, workspaces: Vec::new(), bn: BnConfig::default(), label_smoothing: 0.0 })
+        Ok(Model { config, params, layers, input_len, side, class_weight, workspaces: Vec::new(), bn: BnConfig::default(), label_smoothing: 0.0 })
+    }
+
+    /// The side of the square input the model takes: a crop of the 48x48 images.
+    pub fn input_side(&self) -> usize {
+        self.side
     }
 
     pub fn parameter_count(&self) -> usize {
@@ -327,18 +361,18 @@ impl<B: Backend> Model<B> {
         matches!(self.layers.get(i), Some(Layer { op: Op::Pool { .. }, .. })) && i > 0 && matches!(self.layers[i - 1].op, Op::Conv { act: Activation::Relu, .. })
     }
 
-    /// Puts a batch in the input: byte images warped by their augmentation maps (identity
-    /// maps for none), and their labels.
-    fn load_batch(&mut self, backend: &B, images: &[u8], maps: &[[f32; 6]], labels: &[u32]) -> Result<usize> {
+    /// Puts a batch in the input: 48x48 byte images warped (and cropped to the input's side)
+    /// by their augmentations ([`warp::centre`] for none), and their labels.
+    fn load_batch(&mut self, backend: &B, images: &[u8], augments: &[Augment], labels: &[u32]) -> Result<usize> {
         let batch = labels.len();
-        if images.len() != batch * self.input_len || maps.len() != batch || batch == 0 {
-            return Err(shape_err("model", format!("{} input bytes and {} maps for {batch} images of {} values", images.len(), maps.len(), self.input_len)));
+        if images.len() != batch * PIXELS || augments.len() != batch || batch == 0 {
+            return Err(shape_err("model", format!("{} input bytes and {} augmentations for {batch} images of {PIXELS} bytes", images.len(), augments.len())));
         }
         XentShape { batch, classes: self.config.classes, smoothing: 0.0 }.check_labels(labels)?;
         let wi = self.workspace(backend, batch)?;
         let ws = &self.workspaces[wi];
         backend.write_ints(&ws.labels, labels)?;
-        backend.warp(images, maps, &ws.acts[0])?;
+        backend.warp(images, augments, self.side, &ws.acts[0])?;
         Ok(wi)
     }
 
@@ -349,45 +383,50 @@ impl<B: Backend> Model<B> {
     }
 
     /// One training step on a batch: forward with dropout drawn from `seed`, loss, backward,
-    /// and an Adam update at step `t` (counted from 1).
-    pub fn train_step(&mut self, backend: &B, images: &[u8], maps: &[[f32; 6]], labels: &[u32], seed: u32, adam: AdamConfig, t: u64) -> Result<BatchResult> {
-        self.submit_train_step(backend, images, maps, labels, seed, adam, t)?.wait(backend)
+    /// and an update by `optimizer` at step `t` (counted from 1).
+    pub fn train_step(&mut self, backend: &B, images: &[u8], augments: &[Augment], labels: &[u32], seed: u32, optimizer: impl Into<Optimizer>, t: u64) -> Result<BatchResult> {
+        self.submit_train_step(backend, images, augments, labels, seed, optimizer, t)?.wait(backend)
     }
 
     /// [`Model::train_step`] without waiting for it: the step is queued, and its loss and
     /// accuracy arrive with [`BatchInFlight::wait`]. Submitting step N + 1 before waiting for
     /// step N keeps a GPU busy while the host records (an in-order queue runs N first).
-    pub fn submit_train_step(&mut self, backend: &B, images: &[u8], maps: &[[f32; 6]], labels: &[u32], seed: u32, adam: AdamConfig, t: u64) -> Result<BatchInFlight<B>> {
-        let wi = self.load_batch(backend, images, maps, labels)?;
+    pub fn submit_train_step(&mut self, backend: &B, images: &[u8], augments: &[Augment], labels: &[u32], seed: u32, optimizer: impl Into<Optimizer>, t: u64) -> Result<BatchInFlight<B>> {
+        let wi = self.load_batch(backend, images, augments, labels)?;
         let ws = &self.workspaces[wi];
         let logits = self.forward(backend, ws, true, seed)?;
         self.loss(backend, ws, logits, self.label_smoothing)?;
         let s = XentShape { batch: ws.batch, classes: self.config.classes, smoothing: self.label_smoothing };
         backend.xent_backward(s, &ws.probs, &ws.labels, &self.class_weight, ws.grads.last().expect("logit gradient"))?;
         self.backward(backend, ws, seed)?;
+        let optimizer = optimizer.into();
         for p in self.params.iter().filter(|p| p.kind == TensorKind::Trainable) {
-            backend.adam(adam, t, &p.value, &p.grad, &p.m, &p.v)?;
+            match optimizer {
+                Optimizer::Adam(cfg) => backend.adam(cfg, t, &p.value, &p.grad, &p.m, &p.v)?,
+                Optimizer::Sgd(cfg) => backend.sgd(cfg, t, &p.value, &p.grad, &p.m)?,
+            }
         }
         let step = BatchInFlight { loss: backend.read_later(&ws.loss)?, correct: backend.read_ints_later(&ws.correct)?, outputs: None };
         backend.flush()?;
         Ok(step)
     }
 
-    /// Inference on a batch: loss, correct count and the probabilities.
+    /// Inference on a batch (the centre crops of the images): loss, correct count and the
+    /// probabilities.
     pub fn evaluate_batch(&mut self, backend: &B, images: &[u8], labels: &[u32]) -> Result<BatchResult> {
-        self.evaluate_batch_warped(backend, images, crate::kernels::warp::IDENTITY, labels)
+        self.evaluate_batch_warped(backend, images, warp::centre(self.side), labels)
     }
 
-    /// [`Model::evaluate_batch`] on every image warped by `map` (the mirror images, say).
-    fn evaluate_batch_warped(&mut self, backend: &B, images: &[u8], map: [f32; 6], labels: &[u32]) -> Result<BatchResult> {
-        self.submit_evaluation(backend, images, map, labels)?.wait(backend)
+    /// [`Model::evaluate_batch`] on every image warped by `augment` (the mirror images, say).
+    fn evaluate_batch_warped(&mut self, backend: &B, images: &[u8], augment: Augment, labels: &[u32]) -> Result<BatchResult> {
+        self.submit_evaluation(backend, images, augment, labels)?.wait(backend)
     }
 
-    /// Inference on a batch of images warped by `map` (`warp::IDENTITY` for none), queued
+    /// Inference on a batch of images warped by `augment` (`warp::centre(side)` for none), queued
     /// without waiting: its loss, correct count, logits and probabilities arrive with
     /// [`BatchInFlight::wait`], so the next batch can be queued first, as in training.
-    pub fn submit_evaluation(&mut self, backend: &B, images: &[u8], map: [f32; 6], labels: &[u32]) -> Result<BatchInFlight<B>> {
-        let wi = self.load_batch(backend, images, &vec![map; labels.len()], labels)?;
+    pub fn submit_evaluation(&mut self, backend: &B, images: &[u8], augment: Augment, labels: &[u32]) -> Result<BatchInFlight<B>> {
+        let wi = self.load_batch(backend, images, &vec![augment; labels.len()], labels)?;
         let ws = &self.workspaces[wi];
         let logits = self.forward(backend, ws, false, 0)?;
         self.loss(backend, ws, logits, 0.0)?;
@@ -420,10 +459,10 @@ impl<B: Backend> BatchInFlight<B> {
 }
 
 impl<B: Backend> Model<B> {
-    /// Class probabilities ([n, classes]) for 48x48 byte images ([n, 48, 48]); with `mirror`,
-    /// the mean of each image's and its mirror image's.
+    /// Class probabilities ([n, classes]) for 48x48 byte images ([n, 48, 48]) by their centre
+    /// crops; with `mirror`, the mean of each crop's and its mirror image's.
     pub fn predict(&mut self, backend: &B, images: &[u8], mirror: bool) -> Result<Vec<f32>> {
-        let n = images.len() / self.input_len.max(1);
+        let n = images.len() / PIXELS;
         // The loss needs labels; any valid ones do, since only the probabilities are used.
         let labels = vec![0; n];
         let mut probs = self.evaluate_batch(backend, images, &labels)?.probs.expect("evaluation returns probabilities");
@@ -436,7 +475,7 @@ impl<B: Backend> Model<B> {
     /// Replaces `probs`, the class probabilities of `images`, with their mean with those of the
     /// images' mirror images.
     pub fn average_with_mirror(&mut self, backend: &B, images: &[u8], labels: &[u32], probs: &mut [f32]) -> Result<()> {
-        let mirrored = self.evaluate_batch_warped(backend, images, crate::kernels::warp::MIRROR, labels)?;
+        let mirrored = self.evaluate_batch_warped(backend, images, warp::mirror(self.side), labels)?;
         average_into(probs, &mirrored.probs.expect("evaluation returns probabilities"));
         Ok(())
     }

@@ -15,7 +15,8 @@ use std::path::Path;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Part {
     Value,
-    /// Adam's first and second moments, for resuming training exactly.
+    /// The optimizer's state, for resuming training exactly: Adam's first and second moments
+    /// (`.adam_m`, `.adam_v`), or SGD's momentum in `.adam_m` beside an unused `.adam_v`.
     Moments,
 }
 
