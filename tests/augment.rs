@@ -248,7 +248,7 @@ fn a_model_input_that_is_no_crop_of_the_images_is_refused() {
 
 #[test]
 fn recipes_saved_before_crops_and_erasing_load_as_todays() {
-    for recipe in [Recipe::default_recipe(), Recipe::plateau_recipe(), Recipe::original()] {
+    for recipe in [Recipe::adam_recipe(), Recipe::plateau_recipe(), Recipe::original()] {
         let mut saved = serde_json::to_value(&recipe).unwrap();
         let augment = saved["augment"].as_object_mut().unwrap();
         for field in ["random_crop", "erase_probability", "erase_fill"] {

@@ -295,7 +295,7 @@ fn degenerate_training_runs_are_refused_before_any_work() {
         (&["--val-split", "0"], "--val-split 0 must be above 0"),
         (&["--val-split", "0.999"], "no images"),
     ] {
-        let mut args = vec!["train", "--device", "cpu", "--data", s(&data), "--model", s(&model), "--out", s(&out)];
+        let mut args = vec!["train", "--device", "cpu", "--data", s(&data), "--model", s(&model), "--recipe", "adam", "--out", s(&out)];
         args.extend_from_slice(flags);
         let (ok, _, stderr) = mien(&args);
         assert!(!ok && stderr.contains(expected), "{flags:?}: {stderr}");
@@ -310,7 +310,7 @@ fn a_run_killed_at_any_checkpoint_write_resumes_to_the_uninterrupted_result() {
     std::fs::write(&model, TINY_MODEL).unwrap();
     let train = |out: &Path, extra: &[&str], fail_point: Option<&str>| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_mien"));
-        command.args(["train", "--device", "cpu", "--data", s(&data), "--model", s(&model), "--out", s(out), "--epochs", "2", "--batch", "7"]).args(extra);
+        command.args(["train", "--device", "cpu", "--data", s(&data), "--model", s(&model), "--recipe", "adam", "--out", s(out), "--epochs", "2", "--batch", "7"]).args(extra);
         command.current_dir(env!("CARGO_MANIFEST_DIR")).env("XDG_RUNTIME_DIR", std::env::temp_dir()).env_remove("MIEN_FAIL_POINT");
         if let Some(point) = fail_point {
             command.env("MIEN_FAIL_POINT", point);
@@ -347,7 +347,7 @@ fn a_run_killed_at_any_checkpoint_write_resumes_to_the_uninterrupted_result() {
     assert!(!ok && stderr.contains("holds a finished run") && stderr.contains("--overwrite"), "{stderr}");
     let other = tiny_fer("killed-other", 4);
     let mut command = Command::new(env!("CARGO_BIN_EXE_mien"));
-    command.args(["train", "--device", "cpu", "--data", s(&other), "--model", s(&model), "--out", s(&straight), "--epochs", "3", "--batch", "7", "--resume"]);
+    command.args(["train", "--device", "cpu", "--data", s(&other), "--model", s(&model), "--recipe", "adam", "--out", s(&straight), "--epochs", "3", "--batch", "7", "--resume"]);
     let run = command.current_dir(env!("CARGO_MANIFEST_DIR")).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success() && stderr.contains("trained on other data"), "{stderr}");

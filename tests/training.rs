@@ -58,7 +58,7 @@ fn tiny_model_of_side(side: usize) -> ModelConfig {
 }
 
 fn quick_recipe(epochs: usize) -> Recipe {
-    Recipe { epochs, batch: 32, lr: 3e-3, patience: 0, augment: AugmentConfig { rotation_deg: 5.0, zoom: 0.05, shift: 0.05, horizontal_flip: true, ..AugmentConfig::CROP }, ..Recipe::default_recipe() }
+    Recipe { epochs, batch: 32, lr: 3e-3, patience: 0, augment: AugmentConfig { rotation_deg: 5.0, zoom: 0.05, shift: 0.05, horizontal_flip: true, ..AugmentConfig::CROP }, ..Recipe::adam_recipe() }
 }
 
 struct Quiet;
