@@ -7,6 +7,39 @@ use crate::data::SIDE;
 use crate::kernels::warp::{self, Augment};
 use crate::rng::Rng;
 
+/// Test-time augmentation: the views of a face whose class probabilities are averaged to label
+/// it. Each view costs a forward pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tta {
+    /// The centre crop alone.
+    None,
+    /// The centre crop and its mirror image.
+    #[default]
+    Mirror,
+    /// The four corner crops and the centre crop, each also mirrored (for models whose input is
+    /// a crop of the 48x48 face; on a 48x48 model it is the same as `mirror`).
+    TenCrop,
+}
+
+impl Tta {
+    /// The distinct views for a model whose input side is `side`, the centre crop first.
+    pub fn views(self, side: usize) -> Vec<Augment> {
+        let all = match self {
+            Tta::None => vec![warp::centre(side)],
+            Tta::Mirror => vec![warp::centre(side), warp::mirror(side)],
+            Tta::TenCrop => {
+                let mut crops = warp::ten_crops(side).to_vec();
+                // The centre crop first, so the first view is always the single-image one.
+                let centre = crops.iter().position(|v| *v == warp::centre(side)).expect("ten crops include the centre");
+                crops.swap(0, centre);
+                crops
+            }
+        };
+        all.iter().enumerate().filter(|(i, v)| !all[..*i].contains(v)).map(|(_, v)| *v).collect()
+    }
+}
+
 /// The erased area as a fraction of the image's (torchvision's RandomErasing `scale`).
 pub const ERASE_SCALE: (f32, f32) = (0.02, 0.33);
 /// The erased rectangle's height / width, drawn log-uniformly (RandomErasing's `ratio`).

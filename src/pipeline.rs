@@ -1,8 +1,9 @@
 //! Faces and their expressions in one image: detection with a Haar cascade (on the GPU when
-//! the model runs there), 48x48 crops, the expression model (optionally averaged with each
-//! crop's mirror image), and the per-image report that `mien detect --json` writes. The
+//! the model runs there), 48x48 crops, the expression model (its probabilities averaged over
+//! the test-time views chosen), and the per-image report that `mien detect --json` writes. The
 //! command line, the benchmarks and later front ends all go through [`Labeller`].
 
+use crate::augment::Tta;
 use crate::data::{self, CLASSES};
 use crate::detect::gpu::GpuDetector;
 use crate::detect::{annotate, cpu, Cascade, DetectParams, Rect};
@@ -49,7 +50,7 @@ pub struct Labeller<'g, B: Backend> {
     detector: Detector<'g>,
     model: Option<Model<B>>,
     params: DetectParams,
-    mirror: bool,
+    tta: Tta,
     /// What the last calls did differently from what was asked (a fallback to the CPU), for
     /// the caller to report with the image's name.
     warnings: Vec<String>,
@@ -58,9 +59,9 @@ pub struct Labeller<'g, B: Backend> {
 impl<'g, B: Backend> Labeller<'g, B> {
     /// A labeller detecting with `cascade` (on `gpu` when given) and labelling with the
     /// weights at `weights`, whose model config is read from the file; without weights it
-    /// only finds faces. With `mirror`, each face is labelled by the mean probabilities of its
-    /// crop and the crop's mirror image.
-    pub fn new(backend: B, gpu: Option<&'g Gpu>, cascade: Cascade, weights: Option<&Path>, params: DetectParams, mirror: bool) -> Result<Self> {
+    /// only finds faces. Each face is labelled by the mean probabilities of the views `tta`
+    /// takes of its crop.
+    pub fn new(backend: B, gpu: Option<&'g Gpu>, cascade: Cascade, weights: Option<&Path>, params: DetectParams, tta: Tta) -> Result<Self> {
         params.validate()?;
         let detector = match gpu.map(|g| GpuDetector::new(g, &cascade)) {
             None => Detector::Cpu(cascade),
@@ -79,7 +80,7 @@ impl<'g, B: Backend> Labeller<'g, B> {
                 Some(model)
             }
         };
-        Ok(Labeller { backend, detector, model, params, mirror, warnings: Vec::new() })
+        Ok(Labeller { backend, detector, model, params, tta, warnings: Vec::new() })
     }
 
     /// The faces in `grey`, labelled when there is a model.
@@ -119,7 +120,7 @@ impl<'g, B: Backend> Labeller<'g, B> {
             let crop = image::imageops::crop_imm(grey, r.x as u32, r.y as u32, r.w as u32, r.h as u32).to_image();
             crops.extend_from_slice(cpu::resize_exact(&crop, data::SIDE as u32, data::SIDE as u32).as_raw());
         }
-        let probs = model.predict(&self.backend, &crops, self.mirror)?;
+        let probs = model.predict(&self.backend, &crops, self.tta)?;
         Ok(probs
             .chunks(CLASSES.len())
             .map(|p| {

@@ -9,13 +9,14 @@
 //! always whole; the previous checkpoint is removed only after that rename. The run folder is
 //! locked while a run trains in it.
 
-use crate::augment::AugmentConfig;
+use crate::augment::{AugmentConfig, Tta};
+use crate::calibration::Reliability;
 use crate::data::{Dataset, CLASSES};
 use crate::error::{file_err, Error, Result};
 use crate::kernels::adam::AdamConfig;
 use crate::kernels::sgd::SgdConfig;
-use crate::kernels::warp::{self, Augment};
-use crate::nn::model::{average_into, Model, Optimizer};
+use crate::kernels::warp::Augment;
+use crate::nn::model::{add_into, scale, Model, Optimizer};
 use crate::nn::weights::{write_atomic, Part};
 use crate::nn::{Backend, BatchInFlight, ModelConfig};
 use crate::rng::Rng;
@@ -157,6 +158,15 @@ impl Recipe {
             }
         }
         Ok(())
+    }
+
+    /// The views validation averages.
+    pub fn validation_tta(&self) -> Tta {
+        if self.mirror_eval {
+            Tta::Mirror
+        } else {
+            Tta::None
+        }
     }
 
     /// The learning rate of `epoch` (counted from 1) under the cosine schedule: through the
@@ -315,15 +325,18 @@ impl DataFingerprint {
 #[derive(Clone, Debug, Serialize)]
 pub struct Evaluation {
     pub images: usize,
-    /// Whether each image was classified by the mean of it and its mirror image.
-    pub mirror: bool,
+    /// The views whose mean probabilities classified each image.
+    pub tta: Tta,
     /// Every image's logits, in dataset order (not serialised: it is for comparisons).
     #[serde(skip)]
     pub logits: Vec<Vec<f32>>,
     pub accuracy: f64,
-    /// Accuracy on the images alone (the same as `accuracy` without `mirror`).
+    /// Accuracy on the centre crops alone (the same as `accuracy` with [`Tta::None`]).
     pub single_accuracy: f64,
     pub loss: f64,
+    /// Expected calibration error of the top class over 15 confidence bins, in [0, 1].
+    pub ece: f64,
+    pub reliability: Reliability,
     /// `confusion[true][predicted]`
     pub confusion: Vec<Vec<usize>>,
     pub per_class: Vec<ClassScores>,
@@ -344,50 +357,57 @@ fn gather(data: &Dataset, indices: &[usize]) -> (Vec<u8>, Vec<u32>) {
     (bytes, indices.iter().map(|&i| data.labels[i] as u32).collect())
 }
 
-/// Accuracy, loss, confusion matrix and per-class scores of `model` on `data`; with `mirror`,
-/// each image is classified by the mean probabilities of it and its mirror image. `logits` are
-/// always those of the images as they are.
-pub fn evaluate<B: Backend>(model: &mut Model<B>, backend: &B, data: &Dataset, batch: usize, mirror: bool) -> Result<Evaluation> {
+/// Accuracy, loss, confusion matrix, per-class scores and calibration of `model` on `data`,
+/// each image classified by the mean probabilities of the views `tta` takes of it. `logits`
+/// and `single_accuracy` are always those of the centre crop alone.
+pub fn evaluate<B: Backend>(model: &mut Model<B>, backend: &B, data: &Dataset, batch: usize, tta: Tta) -> Result<Evaluation> {
     let classes = model.config.classes;
+    let views = tta.views(model.input_side());
     let mut confusion = vec![vec![0usize; classes]; classes];
+    let mut reliability = Reliability::default();
     let mut loss_sum = 0.0f64;
     let mut single_correct = 0usize;
     let mut logits = Vec::with_capacity(data.len());
-    // Adds a finished batch (and its mirror images' results) to the figures.
-    let mut tally = |labels: Vec<u32>, plain: BatchInFlight<B>, mirrored: Option<BatchInFlight<B>>| -> Result<()> {
-        let r = plain.wait(backend)?;
-        let mut probs = r.probs.expect("evaluation returns probabilities");
-        single_correct += r.correct as usize;
-        logits.extend(r.logits.expect("evaluation returns logits").chunks(classes).map(<[f32]>::to_vec));
-        if let Some(mirrored) = mirrored {
-            // Test-time augmentation: the mean of the probabilities of each face and its mirror
-            // image, and the cross-entropy of that mean.
-            average_into(&mut probs, &mirrored.wait(backend)?.probs.expect("evaluation returns probabilities"));
+    // Adds a finished batch (every view of it) to the figures.
+    let mut tally = |labels: Vec<u32>, views_in_flight: Vec<BatchInFlight<B>>| -> Result<()> {
+        let mut probs = vec![0.0; labels.len() * classes];
+        let count = views_in_flight.len();
+        for (v, view) in views_in_flight.into_iter().enumerate() {
+            let r = view.wait(backend)?;
+            if v == 0 {
+                single_correct += r.correct as usize;
+                logits.extend(r.logits.as_deref().expect("evaluation returns logits").chunks(classes).map(<[f32]>::to_vec));
+                if count == 1 {
+                    loss_sum += r.loss as f64 * labels.len() as f64;
+                }
+            }
+            add_into(&mut probs, &r.probs.expect("evaluation returns probabilities"));
+        }
+        scale(&mut probs, count);
+        if count > 1 {
+            // The cross-entropy of the views' mean, the probabilities the label comes from.
             loss_sum -= probs.chunks(classes).zip(&labels).map(|(row, &l)| (row[l as usize].max(f32::MIN_POSITIVE) as f64).ln()).sum::<f64>();
-        } else {
-            loss_sum += r.loss as f64 * labels.len() as f64;
         }
         for (row, &label) in probs.chunks(classes).zip(&labels) {
             let predicted = row.iter().enumerate().fold(0, |best, (i, &p)| if p > row[best] { i } else { best });
             confusion[label as usize][predicted] += 1;
+            reliability.add(row, label as usize);
         }
         Ok(())
     };
-    // As in training, one batch stays in flight: batch N + 1 (and its mirror images) is queued
+    // As in training, one batch stays in flight: batch N + 1 (every view of it) is queued
     // before batch N's results are read.
     let mut in_flight = None;
     let order: Vec<usize> = (0..data.len()).collect();
-    let side = model.input_side();
     for chunk in order.chunks(batch.max(1)) {
         let (images, labels) = gather(data, chunk);
-        let plain = model.submit_evaluation(backend, &images, warp::centre(side), &labels)?;
-        let mirrored = if mirror { Some(model.submit_evaluation(backend, &images, warp::mirror(side), &labels)?) } else { None };
-        if let Some((labels, plain, mirrored)) = in_flight.replace((labels, plain, mirrored)) {
-            tally(labels, plain, mirrored)?;
+        let queued = views.iter().map(|view| model.submit_evaluation(backend, &images, *view, &labels)).collect::<Result<Vec<_>>>()?;
+        if let Some((labels, queued)) = in_flight.replace((labels, queued)) {
+            tally(labels, queued)?;
         }
     }
-    if let Some((labels, plain, mirrored)) = in_flight.take() {
-        tally(labels, plain, mirrored)?;
+    if let Some((labels, queued)) = in_flight.take() {
+        tally(labels, queued)?;
     }
     let n = data.len().max(1);
     let correct: usize = (0..classes).map(|c| confusion[c][c]).sum();
@@ -403,7 +423,8 @@ pub fn evaluate<B: Backend>(model: &mut Model<B>, backend: &B, data: &Dataset, b
         })
         .collect();
     let (accuracy, single_accuracy) = (correct as f64 / n as f64, single_correct as f64 / n as f64);
-    Ok(Evaluation { images: data.len(), mirror, logits, accuracy, single_accuracy, loss: loss_sum / n as f64, confusion, per_class })
+    let ece = reliability.ece();
+    Ok(Evaluation { images: data.len(), tta, logits, accuracy, single_accuracy, loss: loss_sum / n as f64, ece, reliability, confusion, per_class })
 }
 
 /// Keras' 'balanced' class weights: total / (classes * count of the class).
@@ -696,7 +717,7 @@ pub fn train<B: Backend>(model: &mut Model<B>, backend: &B, train: &Dataset, val
             tally(last)?;
         }
         let train_seconds = start.elapsed().as_secs_f64();
-        let eval = evaluate(model, backend, val, recipe.batch, recipe.mirror_eval)?;
+        let eval = evaluate(model, backend, val, recipe.batch, recipe.validation_tta())?;
         let metrics = EpochMetrics {
             epoch,
             lr: state.lr,
@@ -704,7 +725,7 @@ pub fn train<B: Backend>(model: &mut Model<B>, backend: &B, train: &Dataset, val
             train_accuracy: correct as f64 / seen.max(1) as f64,
             val_loss: eval.loss,
             val_accuracy: eval.accuracy,
-            val_accuracy_single: eval.mirror.then_some(eval.single_accuracy),
+            val_accuracy_single: (eval.tta != Tta::None).then_some(eval.single_accuracy),
             images_per_second: seen as f64 / train_seconds,
             seconds: start.elapsed().as_secs_f64(),
         };

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{assert_close, gpu, uniform};
-use mien::augment::{AugmentConfig, EraseFill, ERASE_SCALE};
+use mien::augment::{AugmentConfig, EraseFill, Tta, ERASE_SCALE};
 use mien::data::{PIXELS, SIDE};
 use mien::kernels::warp::{self, Augment, NO_ERASE};
 use mien::nn::{Cpu, Model, ModelConfig};
@@ -243,7 +243,7 @@ fn a_model_input_that_is_no_crop_of_the_images_is_refused() {
     // Images stay 48x48 whatever the input side.
     let err = model.evaluate_batch(&Cpu, &vec![0; 2 * 40 * 40], &[0, 1]).unwrap_err().to_string();
     assert!(err.contains("3200 input bytes and 2 augmentations for 2 images of 2304 bytes"), "{err}");
-    assert_eq!(model.predict(&Cpu, &images(2, 1), true).unwrap().len(), 14);
+    assert_eq!(model.predict(&Cpu, &images(2, 1), Tta::Mirror).unwrap().len(), 14);
 }
 
 #[test]

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{assert_close, gpu};
-use mien::augment::AugmentConfig;
+use mien::augment::{AugmentConfig, Tta};
 use mien::data::{self, Dataset, Usage, PIXELS};
 use mien::kernels::adam::AdamConfig;
 use mien::kernels::warp;
@@ -138,20 +138,59 @@ fn mirrored(data: &Dataset) -> Dataset {
 fn check_mirror_evaluation<B: Backend>(backend: &B) {
     let data = synthetic(37, 4);
     let mut model = Model::new(backend, tiny_model(), 6).unwrap();
-    let alone = model.predict(backend, &data.images, false).unwrap();
-    let flipped = model.predict(backend, &mirrored(&data).images, false).unwrap();
-    let both = model.predict(backend, &data.images, true).unwrap();
+    let alone = model.predict(backend, &data.images, Tta::None).unwrap();
+    let flipped = model.predict(backend, &mirrored(&data).images, Tta::None).unwrap();
+    let both = model.predict(backend, &data.images, Tta::Mirror).unwrap();
     let mean: Vec<f32> = alone.iter().zip(&flipped).map(|(a, b)| 0.5 * (a + b)).collect();
     assert_close("mirror-averaged probabilities", &both, &mean, 1e-5);
 
-    let single = train::evaluate(&mut model, backend, &data, 16, false).unwrap();
-    let tta = train::evaluate(&mut model, backend, &data, 16, true).unwrap();
-    assert!(!single.mirror && tta.mirror);
+    let single = train::evaluate(&mut model, backend, &data, 16, Tta::None).unwrap();
+    let tta = train::evaluate(&mut model, backend, &data, 16, Tta::Mirror).unwrap();
+    assert!(single.tta == Tta::None && tta.tta == Tta::Mirror);
     assert_eq!(tta.single_accuracy, single.accuracy);
     let correct = |probs: &[f32]| probs.chunks(7).zip(&data.labels).filter(|(p, &l)| (0..7).all(|c| p[c] <= p[l as usize])).count();
     assert_eq!((tta.accuracy * 37.0).round() as usize, correct(&mean));
     let loss = -mean.chunks(7).zip(&data.labels).map(|(p, &l)| (p[l as usize] as f64).ln()).sum::<f64>() / 37.0;
     assert!((tta.loss - loss).abs() < 1e-4, "mirror loss {} vs {loss}", tta.loss);
+}
+
+/// Each image of `data` moved so that its centre 40x40 crop is the crop at (`ox`, `oy`) of
+/// the original (edge pixels repeated where the move uncovers them).
+fn shifted(data: &Dataset, ox: usize, oy: usize) -> Dataset {
+    let mut out = data.clone();
+    for (dst, src) in out.images.chunks_mut(PIXELS).zip(data.images.chunks(PIXELS)) {
+        for y in 0..48 {
+            for x in 0..48 {
+                let (sx, sy) = ((x + ox).saturating_sub(4).min(47), (y + oy).saturating_sub(4).min(47));
+                dst[y * 48 + x] = src[sy * 48 + sx];
+            }
+        }
+    }
+    out
+}
+
+fn check_ten_crop_evaluation<B: Backend>(backend: &B) {
+    let data = synthetic(19, 5);
+    let mut model = Model::new(backend, tiny_model_of_side(40), 6).unwrap();
+    let mut mean = vec![0.0f32; 19 * 7];
+    for (ox, oy) in [(0, 0), (8, 0), (0, 8), (8, 8), (4, 4)] {
+        let crop = shifted(&data, ox, oy);
+        for view in [crop.clone(), mirrored(&crop)] {
+            let probs = model.predict(backend, &view.images, Tta::None).unwrap();
+            mean.iter_mut().zip(probs).for_each(|(m, p)| *m += p / 10.0);
+        }
+    }
+    assert_close("ten-crop probabilities", &model.predict(backend, &data.images, Tta::TenCrop).unwrap(), &mean, 1e-5);
+    let ten = train::evaluate(&mut model, backend, &data, 8, Tta::TenCrop).unwrap();
+    let correct = mean.chunks(7).zip(&data.labels).filter(|(p, &l)| (0..7).all(|c| p[c] <= p[l as usize])).count();
+    assert_eq!((ten.accuracy * 19.0).round() as usize, correct);
+    assert!(ten.ece >= 0.0 && ten.ece <= 1.0 && ten.reliability.bins.iter().map(|b| b.images).sum::<usize>() == 19);
+}
+
+#[test]
+fn ten_crop_evaluation_averages_the_corner_and_centre_crops_and_their_mirror_images() {
+    check_ten_crop_evaluation(&Cpu);
+    check_ten_crop_evaluation(&GpuBackend::new(gpu()));
 }
 
 #[test]
@@ -187,8 +226,8 @@ fn gpu_inference_packs_weights_again_after_they_change() {
 }
 
 fn same_predictions<'g>(backend: &GpuBackend<'g>, on_gpu: &mut Model<GpuBackend<'g>>, on_cpu: &mut Model<Cpu>, images: &[u8], what: &str) {
-    let expected = on_cpu.predict(&Cpu, images, false).unwrap();
-    assert_close(what, &on_gpu.predict(backend, images, false).unwrap(), &expected, 1e-4);
+    let expected = on_cpu.predict(&Cpu, images, Tta::None).unwrap();
+    assert_close(what, &on_gpu.predict(backend, images, Tta::None).unwrap(), &expected, 1e-4);
 }
 
 fn run<B: Backend>(backend: &B, dir: &Path, epochs: usize, start: Start) -> (Model<B>, train::RunState) {

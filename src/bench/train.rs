@@ -2,6 +2,7 @@
 //! latency, on one backend with synthetic images.
 
 use super::{summarize, TrainBench};
+use crate::augment::Tta;
 use crate::error::Result;
 use crate::kernels::adam::AdamConfig;
 use crate::kernels::warp;
@@ -40,7 +41,7 @@ pub fn bench_train<B: Backend>(backend: &B, config: ModelConfig, batch: usize, r
     bar.inc(1);
     stage("batch-1 latency");
     let single = median_of(reps.max(1) * BATCH1_REPS_PER_REP, &mut || {
-        model.predict(backend, &images[..px], false)?;
+        model.predict(backend, &images[..px], Tta::None)?;
         Ok(())
     })?;
     bar.inc(1);

@@ -3,6 +3,7 @@
 
 use super::backend::{Backend, BnTensors, LossTensors};
 use super::config::{LayerSpec, ModelConfig, PaddingSpec};
+use crate::augment::Tta;
 use crate::data::PIXELS;
 use crate::error::{shape_err, Result};
 use crate::kernels::adam::AdamConfig;
@@ -459,32 +460,33 @@ impl<B: Backend> BatchInFlight<B> {
 }
 
 impl<B: Backend> Model<B> {
-    /// Class probabilities ([n, classes]) for 48x48 byte images ([n, 48, 48]) by their centre
-    /// crops; with `mirror`, the mean of each crop's and its mirror image's.
-    pub fn predict(&mut self, backend: &B, images: &[u8], mirror: bool) -> Result<Vec<f32>> {
+    /// Class probabilities ([n, classes]) for 48x48 byte images ([n, 48, 48]): the mean over
+    /// the views `tta` takes of each (its centre crop alone with [`Tta::None`]).
+    pub fn predict(&mut self, backend: &B, images: &[u8], tta: Tta) -> Result<Vec<f32>> {
         let n = images.len() / PIXELS;
         // The loss needs labels; any valid ones do, since only the probabilities are used.
         let labels = vec![0; n];
-        let mut probs = self.evaluate_batch(backend, images, &labels)?.probs.expect("evaluation returns probabilities");
-        if mirror {
-            self.average_with_mirror(backend, images, &labels, &mut probs)?;
+        let views = tta.views(self.side);
+        let mut probs = vec![0.0; n * self.config.classes];
+        for view in &views {
+            let r = self.evaluate_batch_warped(backend, images, *view, &labels)?;
+            add_into(&mut probs, &r.probs.expect("evaluation returns probabilities"));
         }
+        scale(&mut probs, views.len());
         Ok(probs)
-    }
-
-    /// Replaces `probs`, the class probabilities of `images`, with their mean with those of the
-    /// images' mirror images.
-    pub fn average_with_mirror(&mut self, backend: &B, images: &[u8], labels: &[u32], probs: &mut [f32]) -> Result<()> {
-        let mirrored = self.evaluate_batch_warped(backend, images, warp::mirror(self.side), labels)?;
-        average_into(probs, &mirrored.probs.expect("evaluation returns probabilities"));
-        Ok(())
     }
 }
 
-/// Makes `probs` the element-wise mean of itself and `other` (an image's and its mirror
-/// image's class probabilities).
-pub fn average_into(probs: &mut [f32], other: &[f32]) {
-    probs.iter_mut().zip(other).for_each(|(p, q)| *p = 0.5 * (*p + q));
+/// Adds `other` to `sum` element by element (one view's class probabilities to the sum over
+/// the views).
+pub fn add_into(sum: &mut [f32], other: &[f32]) {
+    sum.iter_mut().zip(other).for_each(|(s, o)| *s += o);
+}
+
+/// Divides a sum over `views` views by their number, giving their mean.
+pub fn scale(sum: &mut [f32], views: usize) {
+    let inverse = 1.0 / views as f32;
+    sum.iter_mut().for_each(|s| *s *= inverse);
 }
 
 /// A distinct dropout stream per (step, layer).
