@@ -323,13 +323,13 @@ struct DetectArgs {
 #[derive(Subcommand)]
 enum BenchSuite {
     /// Images per second of a training step and of inference (batch 64, and batch-1 latency)
-    /// for the default and the deeper model, on the chosen device.
+    /// for the original and the default (VGG) model, on the chosen device.
     Train {
         #[arg(long, default_value_t = 64)]
         batch: usize,
         #[arg(long, default_value_t = 5)]
         reps: usize,
-        /// Model configs to time instead of the two shipped ones (repeat the flag for several).
+        /// Model configs (files or shipped names) to time instead of the original and the vgg model (repeat the flag for several).
         #[arg(long)]
         model: Vec<PathBuf>,
         #[arg(long)]
@@ -900,11 +900,7 @@ fn bench_detect(global: &Global, cascade: &Path, reps: usize, json: bool) -> Res
 }
 
 fn bench_train<B: Backend>(backend: &B, batch: usize, reps: usize, models: &[PathBuf], json: bool) -> Result<()> {
-    let configs = if models.is_empty() {
-        vec![ModelConfig::original(), ModelConfig::load(&shipped(Path::new("data/models/vgg_bn.json")))?]
-    } else {
-        models.iter().map(|m| ModelConfig::load(m)).collect::<Result<Vec<_>, _>>()?
-    };
+    let configs = if models.is_empty() { vec![ModelConfig::original(), model_config(Path::new("vgg"))?] } else { models.iter().map(|m| model_config(m)).collect::<Result<Vec<_>>>()? };
     let mut results = Vec::new();
     let bar = bench::progress_bar();
     bar.set_length((configs.len() * bench::TRAIN_STAGES) as u64);

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch as the peer of `mien bench train`: the same models, the same figures.
 
-    tools/.venv/bin/python tools/torch_bench.py [--models original,vgg_bn] [--batch 64] [--reps 5]
+    tools/.venv/bin/python tools/torch_bench.py [--models original,vgg] [--batch 64] [--reps 5]
                                                 [--threads N] [--device cpu|cuda] [--json]
 
 For each model (data/models/NAME.json, built by tools/mien_torch.py exactly as mien builds it)
@@ -149,7 +149,7 @@ def backend_info():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default="original,vgg_bn", help="comma-separated names in data/models/ or JSON paths")
+    ap.add_argument("--models", default="original,vgg", help="comma-separated names in data/models/ or JSON paths")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)

@@ -10,8 +10,9 @@ tools/mien_torch.py from the config in the weights file's metadata.
 
 The test images are decoded once here (Pillow) and written as PNGs into a temporary folder of
 class folders, so that mien and PyTorch see the same pixels in the same order: JPEG decoders
-differ in the last bit (mien's `image` crate and libjpeg disagree on some FER2013 pixels,
-enough to move logits by ~1e-2), and that is not what this check is about. `--jpeg` hands mien
+can differ in the last bit (enough to move logits by ~1e-2), and that is not what this check is
+about. Models whose input is smaller than 48 (data/models/vgg.json, 40) are compared on the
+centre crops, which is what `mien eval --logits` reports. `--jpeg` hands mien
 the original JPEGs instead, to see the decoders' effect; the 1e-4 bound is then not applied.
 """
 import argparse
@@ -51,7 +52,8 @@ def main():
     if not os.access(args.mien, os.X_OK):
         sys.exit(f"{args.mien}: no mien binary (cargo build --release, or pass --mien)")
 
-    model = load_weights(build(load_config(args.weights)), args.weights).eval()
+    config = load_config(args.weights)
+    model = load_weights(build(config), args.weights).eval()
     test_dir = os.path.join(args.fer, "test")
     files = pick_files(test_dir, args.images)
 
@@ -78,7 +80,11 @@ def main():
     finally:
         shutil.rmtree(tmp)
 
-    batch = np.stack(pixels).astype(np.float32)[:, None] / 255.0
+    # mien's logits are those of each face's centre crop at the model's input side (the whole
+    # 48x48 face for a 48x48 model).
+    side = config["input"][1]
+    top = (48 - side) // 2
+    batch = np.stack(pixels).astype(np.float32)[:, None, top:top + side, top:top + side] / 255.0
     with torch.inference_mode():
         theirs = model(torch.from_numpy(batch)).numpy()
     if ours.shape != theirs.shape:
