@@ -509,3 +509,34 @@ fn a_hostile_model_config_in_a_weights_file_is_refused_before_allocating() {
     let overflow = r#"{"name": "x", "input": [4096, 4096, 4096], "classes": 7, "layers": [{"type": "dense", "units": 7}]}"#;
     assert!(ModelConfig::from_json(overflow, "overflow").is_err());
 }
+
+/// The default model and recipe (VGG on random 40x40 crops, SGD, random erasing) on real
+/// FER2013 images: an epoch of a subset on the GPU gives the CPU's losses. Slow on lavapipe,
+/// so run by hand: `cargo test --release --test training -- --ignored vgg`.
+#[test]
+#[ignore]
+fn the_vgg_model_trains_on_the_gpu_as_on_the_cpu() {
+    let fer = data::default_fer_dir();
+    let train_set = data::load(&fer.join("train"), Usage::Training, false).unwrap();
+    let val_set = data::load(&fer.join("test"), Usage::PublicTest, false).unwrap();
+    let pick = |d: &Dataset, n: usize| {
+        let step = d.len() / n;
+        let idx: Vec<usize> = (0..n).map(|i| i * step).collect();
+        Dataset { images: idx.iter().flat_map(|&i| d.image(i).to_vec()).collect(), labels: idx.iter().map(|&i| d.labels[i]).collect(), ..Default::default() }
+    };
+    let (train_set, val_set) = (pick(&train_set, 512), pick(&val_set, 128));
+    let config = ModelConfig::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/data/models/vgg.json"))).unwrap();
+    let recipe = Recipe { epochs: 2, warmup_epochs: 1, ..Recipe::default_recipe() };
+    fn history<B: Backend>(backend: &B, config: &ModelConfig, train_set: &Dataset, val_set: &Dataset, recipe: &Recipe, name: &str) -> Vec<train::EpochMetrics> {
+        let mut model = Model::new(backend, config.clone(), 1).unwrap();
+        let files = RunFiles { dir: temp_dir(name) };
+        train::train(&mut model, backend, train_set, val_set, recipe, &files, Start::New, &mut Quiet).unwrap().history
+    }
+    let cpu = history(&Cpu, &config, &train_set, &val_set, &recipe, "vgg-cpu");
+    let gpu_history = history(&GpuBackend::new(gpu()), &config, &train_set, &val_set, &recipe, "vgg-gpu");
+    for (c, g) in cpu.iter().zip(&gpu_history) {
+        eprintln!("epoch {}: CPU loss {:.5} val {:.5}, GPU loss {:.5} val {:.5}", c.epoch, c.train_loss, c.val_loss, g.train_loss, g.val_loss);
+        assert!((c.train_loss - g.train_loss).abs() < 2e-3 * c.train_loss, "epoch {}: CPU loss {} vs GPU {}", c.epoch, c.train_loss, g.train_loss);
+        assert!((c.val_loss - g.val_loss).abs() < 5e-3 * c.val_loss, "epoch {}: CPU val loss {} vs GPU {}", c.epoch, c.val_loss, g.val_loss);
+    }
+}
