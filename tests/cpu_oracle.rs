@@ -6,8 +6,11 @@ mod common;
 use common::{assert_close, naive_conv, naive_matmul, randn_like, transpose};
 use mien::kernels::batchnorm::{self, BnConfig, BnParams, BnSaved, BnShape};
 use mien::kernels::conv2d::{self, Activation, Conv2dShape, Padding};
+use mien::kernels::conv2d_grouped::{self, GroupedConvShape, Pads};
 use mien::kernels::dense::{self, DenseShape};
 use mien::kernels::sgd::{self, SgdConfig};
+use mien::kernels::upsample::{self, UpsampleShape};
+use mien::kernels::{add, sigmoid};
 
 #[test]
 fn conv_forward_matches_direct_loops() {
@@ -154,4 +157,175 @@ fn sgd_matches_pytorchs_update_written_out() {
         assert_close(&format!("sgd parameters {cfg:?}"), &p, &f32s(&want), 1e-5);
         assert_close(&format!("sgd momentum {cfg:?}"), &buf, &f32s(&want_buf), 1e-5);
     }
+}
+
+/// The grouped convolution from the stride-1 oracle: each group's input channels zero-padded
+/// by hand, convolved 'valid' by `naive_conv`, and every stride-th output kept.
+fn naive_grouped_conv(s: &GroupedConvShape, x: &[f32], w: &[f32], b: &[f32]) -> Vec<f32> {
+    let (cig, cog, p) = (s.cin_per_group(), s.cout_per_group(), s.pads);
+    let (ph, pw) = (s.h + p.top + p.bottom, s.w + p.left + p.right);
+    let valid = Conv2dShape::new(s.batch, cig, (ph, pw), cog, (s.kh, s.kw), Padding::Valid).unwrap();
+    let mut y = vec![0.0; s.output_len()];
+    for g in 0..s.groups {
+        let mut padded = vec![0.0; valid.input_len()];
+        for n in 0..s.batch {
+            for ci in 0..cig {
+                for iy in 0..s.h {
+                    let src = &x[((n * s.cin + g * cig + ci) * s.h + iy) * s.w..][..s.w];
+                    padded[((n * cig + ci) * ph + iy + p.top) * pw + p.left..][..s.w].copy_from_slice(src);
+                }
+            }
+        }
+        let full = naive_conv(&valid, &padded, &w[g * valid.weight_len()..][..valid.weight_len()], &b[g * cog..][..cog]);
+        for n in 0..s.batch {
+            for co in 0..cog {
+                for oy in 0..s.oh {
+                    for ox in 0..s.ow {
+                        y[((n * s.cout + g * cog + co) * s.oh + oy) * s.ow + ox] = full[((n * cog + co) * valid.oh + oy * s.stride.0) * valid.ow + ox * s.stride.1];
+                    }
+                }
+            }
+        }
+    }
+    y
+}
+
+#[test]
+fn grouped_conv_matches_direct_loops() {
+    let conv = |batch, cin, hw, cout, k, groups, stride, pads| GroupedConvShape::new(batch, cin, hw, cout, k, groups, stride, pads).unwrap();
+    let shapes = [
+        // Depthwise (the direct route), with and without stride, and with 3 outputs per channel.
+        conv(1, 16, (41, 27), 16, (3, 3), 16, (1, 1), Pads::all(1)),
+        conv(2, 5, (12, 9), 5, (3, 3), 5, (2, 2), Pads { top: 1, left: 0, bottom: 0, right: 1 }),
+        conv(2, 2, (7, 8), 6, (3, 2), 2, (1, 3), Pads { top: 0, left: 2, bottom: 1, right: 0 }),
+        // Ordinary and grouped (im2col + product): stride 2 with padding, pointwise, a 1x1 at
+        // stride 2, several output-row blocks per image (56 x 56 over 2,048-pixel blocks).
+        conv(1, 3, (41, 27), 16, (3, 3), 1, (2, 2), Pads::all(1)),
+        conv(3, 16, (13, 11), 24, (1, 1), 1, (1, 1), Pads::all(0)),
+        conv(2, 6, (13, 11), 9, (1, 1), 3, (2, 2), Pads::all(0)),
+        conv(1, 12, (56, 56), 8, (3, 3), 4, (1, 1), Pads::all(1)),
+        conv(2, 6, (9, 10), 4, (5, 3), 2, (2, 1), Pads { top: 2, left: 1, bottom: 0, right: 1 }),
+        // Padding wider than the kernel, a kernel larger than the image, and a 1x1 image under
+        // wide top-left padding at stride 3, where only the last kernel row and column reach
+        // the image (the others' spans are empty, and would start left of it).
+        conv(2, 3, (5, 6), 4, (2, 2), 1, (1, 1), Pads::all(3)),
+        conv(5, 2, (2, 3), 2, (5, 5), 1, (1, 1), Pads::all(2)),
+        conv(1, 2, (2, 3), 2, (5, 5), 2, (1, 1), Pads::all(2)),
+        conv(1, 2, (1, 1), 2, (5, 5), 2, (3, 3), Pads { top: 4, left: 4, bottom: 0, right: 0 }),
+        conv(1, 2, (1, 1), 3, (5, 5), 1, (3, 3), Pads { top: 4, left: 4, bottom: 0, right: 0 }),
+    ];
+    // One thread, and more threads than images: single images are then split into blocks of
+    // output rows (unevenly at 7).
+    let pools: Vec<_> = [1, 2, 7].into_iter().map(|threads| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap()).collect();
+    for (i, s) in shapes.into_iter().enumerate() {
+        let (x, w, b) = (randn_like(s.input_len(), i as u64), randn_like(s.weight_len(), 100 + i as u64), randn_like(s.cout, 200 + i as u64));
+        let want = naive_grouped_conv(&s, &x, &w, &b);
+        let want_relu: Vec<f32> = want.iter().map(|v| v.max(0.0)).collect();
+        for pool in &pools {
+            let threads = pool.current_num_threads();
+            let mut y = vec![0.0; s.output_len()];
+            pool.install(|| conv2d_grouped::forward_cpu(s, &x, &w, &b, Activation::Identity, &mut y)).unwrap();
+            assert_close(&format!("grouped conv {s:?} on {threads} threads"), &y, &want, 1e-5);
+            pool.install(|| conv2d_grouped::forward_cpu(s, &x, &w, &b, Activation::Relu, &mut y)).unwrap();
+            assert_close(&format!("grouped conv with ReLU {s:?} on {threads} threads"), &y, &want_relu, 1e-5);
+        }
+    }
+}
+
+/// Stride 2 with padding on the top and right only, worked by hand. Channel 0 of the 4 x 5
+/// input is 1..20 row by row, channel 1 its negative; the 2x2 windows start at input rows -1
+/// and 1 (the padding row above, then rows 1-2; row 3 is never read, as the output size rounds
+/// down) and columns 0, 2 and 4 (the last reaching into the padding column on the right).
+#[test]
+fn grouped_conv_stride_2_padding_by_hand() {
+    let pads = Pads { top: 1, left: 0, bottom: 0, right: 1 };
+    let mut x: Vec<f32> = (1..=20).map(|v| v as f32).collect();
+    x.extend((1..=20).map(|v| -v as f32));
+    let kernels = [1.0, 10.0, 100.0, 1000.0, 0.0, 0.0, 0.0, 1.0];
+    // Depthwise: channel 0 takes sums like 100 * 1 + 1000 * 2 = 2100 (first window) and
+    // 6 + 10 * 7 + 100 * 11 + 1000 * 12 = 13176 (first of the second row), plus its bias 0.5;
+    // channel 1 takes its bottom-right input (-2, -4, then the padding; -12, -14, padding) plus
+    // 3, and the ReLU clips it.
+    let s = GroupedConvShape::new(1, 2, (4, 5), 2, (2, 2), 2, (2, 2), pads).unwrap();
+    assert_eq!((s.oh, s.ow), (2, 3));
+    let mut y = vec![0.0; s.output_len()];
+    conv2d_grouped::forward_cpu(s, &x, &kernels, &[0.5, 3.0], Activation::Relu, &mut y).unwrap();
+    assert_eq!(y, [2100.5, 4300.5, 500.5, 13176.5, 15398.5, 1510.5, 1.0, 0.0, 3.0, 0.0, 0.0, 3.0]);
+    // Both channels into one output: the two sums added (the im2col route).
+    let s = GroupedConvShape::new(1, 2, (4, 5), 1, (2, 2), 1, (2, 2), pads).unwrap();
+    let mut y = vec![0.0; s.output_len()];
+    conv2d_grouped::forward_cpu(s, &x, &kernels, &[0.5], Activation::Identity, &mut y).unwrap();
+    assert_eq!(y, [2098.5, 4296.5, 500.5, 13164.5, 15384.5, 1510.5]);
+}
+
+#[test]
+fn grouped_conv_output_size_rounds_down_and_bad_shapes_are_refused() {
+    // (h + pads - k) / stride + 1: 320 -> 160 at stride 2, pad 1; 41 -> 21 and 27 -> 14.
+    let s = GroupedConvShape::new(1, 3, (320, 320), 16, (3, 3), 1, (2, 2), Pads::all(1)).unwrap();
+    assert_eq!((s.oh, s.ow), (160, 160));
+    let s = GroupedConvShape::new(1, 16, (41, 27), 16, (3, 3), 16, (2, 2), Pads::all(1)).unwrap();
+    assert_eq!((s.oh, s.ow, s.weight_len()), (21, 14, 16 * 9));
+    // Groups that divide only one channel count, no groups, a zero stride, a kernel taller
+    // than the padded input.
+    for (groups, stride, kernel) in [(2, (1, 1), (3, 3)), (0, (1, 1), (3, 3)), (3, (0, 1), (3, 3)), (3, (1, 1), (6, 3))] {
+        let err = GroupedConvShape::new(1, 6, (5, 5), 9, kernel, groups, stride, Pads::all(0)).unwrap_err();
+        assert!(err.to_string().starts_with("conv2d_grouped: bad shapes"), "{err}");
+    }
+    let s = GroupedConvShape::new(1, 2, (5, 5), 2, (3, 3), 2, (1, 1), Pads::all(1)).unwrap();
+    let mut y = vec![0.0; s.output_len()];
+    let err = conv2d_grouped::forward_cpu(s, &[0.0; 50], &[0.0; 18], &[0.0; 1], Activation::Identity, &mut y).unwrap_err();
+    assert!(err.to_string().contains("bias has 1 elements, expected 2"), "{err}");
+}
+
+#[test]
+fn upsample_takes_the_nearest_input_below() {
+    // Doubling: out[y][x] = in[y / 2][x / 2].
+    let s = UpsampleShape::double(2, 3, (5, 7)).unwrap();
+    let x = randn_like(s.input_len(), 1);
+    let mut y = vec![0.0; s.output_len()];
+    upsample::forward_cpu(s, &x, &mut y).unwrap();
+    for p in 0..s.planes {
+        for oy in 0..10 {
+            for ox in 0..14 {
+                assert_eq!(y[(p * 10 + oy) * 14 + ox], x[(p * 5 + oy / 2) * 7 + ox / 2]);
+            }
+        }
+    }
+    // To a given size, rows floor(o * 3 / 7) and columns floor(o * 5 / 3), as PyTorch's
+    // 'nearest' picks them.
+    let s = UpsampleShape::new(1, 1, (3, 5), (7, 3)).unwrap();
+    let x: Vec<f32> = (0..15).map(|v| v as f32).collect();
+    let mut y = vec![0.0; 21];
+    upsample::forward_cpu(s, &x, &mut y).unwrap();
+    let (rows, cols) = ([0, 0, 0, 1, 1, 2, 2], [0, 1, 3]);
+    let want: Vec<f32> = rows.iter().flat_map(|r| cols.iter().map(move |c| (r * 5 + c) as f32)).collect();
+    assert_eq!(y, want);
+    assert!(UpsampleShape::new(1, 1, (3, 0), (6, 6)).is_err());
+}
+
+#[test]
+fn sigmoid_is_exact_to_a_rounding_and_finite_at_the_extremes() {
+    let mut x = randn_like(10_000, 5).iter().map(|v| 30.0 * v).collect::<Vec<f32>>();
+    x.extend([f32::MAX, f32::MIN, f32::INFINITY, f32::NEG_INFINITY, 1e30, -1e30, 88.8, -88.8, 104.0, -104.0, 0.0, -0.0]);
+    let mut y = vec![0.0; x.len()];
+    sigmoid::forward_cpu(&x, &mut y).unwrap();
+    for (&x, &y) in x.iter().zip(&y) {
+        let want = 1.0 / (1.0 + (-(x as f64)).exp());
+        assert!((y as f64 - want).abs() <= 1e-7 && y.is_finite(), "sigmoid({x}) = {y}, want {want}");
+    }
+    assert_eq!(sigmoid::sigmoid(-1e30), 0.0);
+    assert_eq!(sigmoid::sigmoid(1e30), 1.0);
+    assert!(sigmoid::sigmoid(f32::NAN).is_nan(), "NaN must pass through, not turn into a score");
+}
+
+#[test]
+fn add_sums_and_clips() {
+    let (a, b) = ([1.0, -2.0, 0.5, f32::NAN], [2.0, 1.0, -0.5, 1.0]);
+    let mut out = [0.0; 4];
+    add::forward_cpu(&a, &b, Activation::Identity, &mut out).unwrap();
+    assert_eq!(out[..3], [3.0, -1.0, 0.0]);
+    add::forward_cpu(&a, &b, Activation::Relu, &mut out).unwrap();
+    assert_eq!(out[..3], [3.0, 0.0, 0.0]);
+    assert!(out[3].is_nan(), "NaN must pass through the ReLU");
+    assert!(add::forward_cpu(&a, &b[..3], Activation::Identity, &mut out).is_err());
 }

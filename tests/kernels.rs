@@ -6,14 +6,18 @@ mod common;
 use common::{assert_close, gpu, randn_like, read, uniform};
 use mien::gpu::Gpu;
 use mien::kernels::adam::{self, AdamConfig};
+use mien::kernels::add;
 use mien::kernels::batchnorm::{self, BnConfig, BnParams, BnSaved, BnShape};
 use mien::kernels::conv2d::{self, Activation, Conv2dShape, Padding};
+use mien::kernels::conv2d_grouped::{self, GroupedConvShape, Pads};
 use mien::kernels::dense::{self, DenseShape};
 use mien::kernels::dropout::{self, Mask};
 use mien::kernels::maxpool2d::{self, PoolShape};
 use mien::kernels::relu;
 use mien::kernels::sgd::{self, SgdConfig};
+use mien::kernels::sigmoid;
 use mien::kernels::softmax_xent::{self, XentOutputs, XentShape};
+use mien::kernels::upsample::{self, UpsampleShape};
 
 /// f32 sums in a different order: GPU tree/tile order vs the CPU's blocked gemm.
 const SUM_TOL: f32 = 1e-4;
@@ -387,4 +391,148 @@ fn copy_calibration_kernel_copies() {
     g.run(|rec| mien::kernels::calibration::copy_gpu(rec, src.len(), &sg, &dg)).unwrap();
     assert_eq!(read(&dg), src);
     assert!(g.run(|rec| mien::kernels::calibration::copy_gpu(rec, 10, &sg, &dg)).is_err());
+}
+
+/// The grouped convolution on `g` against the CPU, with and without its fused ReLU.
+fn check_grouped_conv_on(g: &Gpu, s: GroupedConvShape, seed: u64) {
+    let x = randn_like(s.input_len(), seed);
+    let w = uniform(s.weight_len(), seed + 1, -0.3, 0.3);
+    let b = randn_like(s.cout, seed + 2);
+    let (xg, wg, bg) = (up(g, &x), up(g, &w), up(g, &b));
+    for act in [Activation::Identity, Activation::Relu] {
+        let mut y = vec![0.0; s.output_len()];
+        conv2d_grouped::forward_cpu(s, &x, &w, &b, act, &mut y).unwrap();
+        let yg = g.zeros(s.output_len()).unwrap();
+        g.run(|rec| conv2d_grouped::forward_gpu(rec, s, &xg, &wg, &bg, act, &yg)).unwrap();
+        assert_close(&format!("grouped conv {act:?} {s:?}"), &g.read(&yg).unwrap(), &y, SUM_TOL);
+    }
+}
+
+#[test]
+fn conv2d_grouped_odd_shapes_and_yunet_layers() {
+    let conv = |batch, cin, hw, cout, k, groups, stride, pads| GroupedConvShape::new(batch, cin, hw, cout, k, groups, stride, pads).unwrap();
+    let shapes = [
+        // YuNet at 320x320: the stem (3 -> 16, 3x3, stride 2, pad 1), a depthwise 3x3 at 40x40,
+        // a pointwise 64 -> 64 at 80x80, and the stride-32 heads' 10x10 planes.
+        conv(1, 3, (320, 320), 16, (3, 3), 1, (2, 2), Pads::all(1)),
+        conv(1, 64, (40, 40), 64, (3, 3), 64, (1, 1), Pads::all(1)),
+        conv(1, 64, (80, 80), 64, (1, 1), 1, (1, 1), Pads::all(0)),
+        conv(1, 64, (10, 10), 10, (1, 1), 1, (1, 1), Pads::all(0)),
+        conv(1, 10, (10, 10), 10, (3, 3), 10, (1, 1), Pads::all(1)),
+        // Odd planes, not multiples of any tile: depthwise, pointwise, and both at stride 2 with
+        // padding on two sides only (the last input row and column are never read).
+        conv(1, 16, (41, 27), 16, (3, 3), 16, (1, 1), Pads::all(1)),
+        conv(1, 16, (41, 27), 24, (1, 1), 1, (1, 1), Pads::all(0)),
+        conv(1, 16, (41, 27), 16, (3, 3), 16, (2, 2), Pads { top: 1, left: 0, bottom: 0, right: 1 }),
+        conv(2, 5, (41, 27), 19, (3, 3), 1, (2, 2), Pads { top: 0, left: 2, bottom: 1, right: 0 }),
+        // The hand-computed examples of tests/cpu_oracle.rs, depthwise and ordinary.
+        conv(1, 2, (4, 5), 2, (2, 2), 2, (2, 2), Pads { top: 1, left: 0, bottom: 0, right: 1 }),
+        conv(1, 2, (4, 5), 1, (2, 2), 1, (2, 2), Pads { top: 1, left: 0, bottom: 0, right: 1 }),
+        // Depthwise with 2 output channels per input channel; groups of 2 and 3 channels; a 1x1
+        // at stride 2 (not the pointwise route); batches with output channels not a multiple of
+        // the 16 a workgroup takes.
+        conv(2, 4, (9, 70), 8, (3, 3), 4, (1, 1), Pads::all(1)),
+        conv(3, 6, (13, 11), 9, (3, 3), 3, (2, 1), Pads { top: 2, left: 1, bottom: 0, right: 1 }),
+        conv(2, 8, (12, 9), 37, (1, 1), 1, (2, 2), Pads::all(0)),
+        conv(3, 6, (7, 9), 33, (5, 3), 3, (1, 2), Pads::all(2)),
+        // A depthwise window whose patch overflows the workgroup memory (the grouped kernel
+        // takes it), padding wider than the kernel (border outputs are the bias alone), and a
+        // kernel larger than the image.
+        conv(1, 3, (60, 50), 3, (7, 7), 3, (3, 3), Pads::all(3)),
+        conv(2, 3, (5, 6), 4, (2, 2), 1, (1, 1), Pads::all(3)),
+        conv(1, 2, (3, 2), 3, (5, 5), 1, (1, 1), Pads::all(2)),
+        conv(3, 2, (3, 2), 2, (5, 5), 2, (2, 1), Pads::all(2)),
+        conv(1, 2, (1, 1), 3, (5, 5), 1, (3, 3), Pads { top: 4, left: 4, bottom: 0, right: 0 }),
+    ];
+    for (i, s) in shapes.into_iter().enumerate() {
+        check_grouped_conv_on(gpu(), s, 40 * i as u64);
+    }
+}
+
+/// Images whose inputs and outputs are 256 or 512 bytes each, 8 or 16 to a 4 KiB binding:
+/// each batch needs several dispatches (both convolution kernels, the depthwise first).
+#[test]
+fn conv2d_grouped_upsample_add_sigmoid_split_into_chunks() {
+    let g = common::small_binding_gpu();
+    check_grouped_conv_on(g, GroupedConvShape::new(40, 4, (4, 4), 4, (3, 3), 4, (1, 1), Pads::all(1)).unwrap(), 1);
+    check_grouped_conv_on(g, GroupedConvShape::new(40, 2, (8, 8), 4, (3, 3), 1, (2, 2), Pads::all(1)).unwrap(), 2);
+    check_upsample_on(g, UpsampleShape::double(10, 4, (4, 4)).unwrap(), 3);
+    check_add_sigmoid_on(g, 5000, 4);
+}
+
+fn check_upsample_on(g: &Gpu, s: UpsampleShape, seed: u64) {
+    let x = randn_like(s.input_len(), seed);
+    let mut y = vec![0.0; s.output_len()];
+    upsample::forward_cpu(s, &x, &mut y).unwrap();
+    let (xg, yg) = (up(g, &x), g.zeros(s.output_len()).unwrap());
+    g.run(|rec| upsample::forward_gpu(rec, s, &xg, &yg)).unwrap();
+    assert_eq!(g.read(&yg).unwrap(), y, "upsample {s:?}");
+}
+
+#[test]
+fn upsample_odd_and_yunet_shapes() {
+    let shapes = [
+        // YuNet at 320x320 and 640x480: the stride-32 map doubled to the stride-16 one.
+        UpsampleShape::double(1, 64, (10, 10)).unwrap(),
+        UpsampleShape::double(1, 64, (15, 20)).unwrap(),
+        UpsampleShape::double(3, 5, (7, 9)).unwrap(),
+        // Sizes that are not a doubling, up and down.
+        UpsampleShape::new(2, 3, (7, 5), (13, 11)).unwrap(),
+        UpsampleShape::new(1, 2, (9, 9), (4, 5)).unwrap(),
+    ];
+    for (i, s) in shapes.into_iter().enumerate() {
+        check_upsample_on(gpu(), s, i as u64);
+    }
+}
+
+/// Sums must match exactly (one rounding each side); the logistic within 1e-6, since GPU
+/// drivers compute exp to a few ulps.
+fn check_add_sigmoid_on(g: &Gpu, n: usize, seed: u64) {
+    let mut x = uniform(n, seed, -20.0, 20.0);
+    // Inputs whose exponential would overflow or underflow f32, and zeros of both signs.
+    let extremes = [f32::MAX, f32::MIN, 1e30, -1e30, 100.0, -100.0, 88.8, -88.8, 0.0, -0.0, 1e-30, -1e-30];
+    x.iter_mut().zip(extremes).for_each(|(x, e)| *x = e);
+    let other = randn_like(n, seed + 1);
+    let (mut y, mut sum, mut sum_relu) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+    sigmoid::forward_cpu(&x, &mut y).unwrap();
+    add::forward_cpu(&x, &other, Activation::Identity, &mut sum).unwrap();
+    add::forward_cpu(&x, &other, Activation::Relu, &mut sum_relu).unwrap();
+    let (xg, og) = (up(g, &x), up(g, &other));
+    let outs: Vec<_> = (0..3).map(|_| g.zeros::<f32>(n).unwrap()).collect();
+    g.run(|rec| {
+        sigmoid::forward_gpu(rec, &xg, &outs[0])?;
+        add::forward_gpu(rec, &xg, &og, Activation::Identity, &outs[1])?;
+        add::forward_gpu(rec, &xg, &og, Activation::Relu, &outs[2])
+    })
+    .unwrap();
+    let got = g.read(&outs[0]).unwrap();
+    for (i, (&got, &want)) in got.iter().zip(&y).enumerate() {
+        assert!((got - want).abs() <= 1e-6, "sigmoid({}): GPU {got}, CPU {want}", x[i]);
+    }
+    assert_eq!(g.read(&outs[1]).unwrap(), sum, "add n={n}");
+    assert_eq!(g.read(&outs[2]).unwrap(), sum_relu, "add with ReLU n={n}");
+}
+
+#[test]
+fn add_and_sigmoid_odd_and_yunet_sizes() {
+    // Not multiples of the 256-thread workgroup; YuNet's stride-16 map (64 x 40 x 40 at
+    // 640x640), and a few million elements.
+    for (i, n) in [12usize, 255, 257, 64 * 40 * 40, (1 << 22) + 3].into_iter().enumerate() {
+        check_add_sigmoid_on(gpu(), n, i as u64);
+    }
+}
+
+#[test]
+fn new_kernels_refuse_mismatched_buffers_before_touching_the_gpu() {
+    let g = gpu();
+    let s = GroupedConvShape::new(1, 4, (5, 5), 4, (3, 3), 4, (2, 2), Pads::all(1)).unwrap();
+    let z = |n| g.zeros::<f32>(n).unwrap();
+    let (x, w, b, y) = (z(s.input_len()), z(s.weight_len()), z(s.cout), z(s.output_len()));
+    let err = g.run(|rec| conv2d_grouped::forward_gpu(rec, s, &x, &w, &b, Activation::Identity, &x)).unwrap_err();
+    assert!(err.to_string().contains("conv2d_grouped: bad shapes: output"), "{err}");
+    assert!(g.run(|rec| conv2d_grouped::forward_gpu(rec, s, &x, &b, &b, Activation::Identity, &y)).is_err());
+    assert!(g.run(|rec| add::forward_gpu(rec, &x, &w, Activation::Identity, &x)).is_err());
+    assert!(g.run(|rec| sigmoid::forward_gpu(rec, &x, &w)).is_err());
+    let up2 = UpsampleShape::double(1, 4, (5, 5)).unwrap();
+    assert!(g.run(|rec| upsample::forward_gpu(rec, up2, &x, &x)).is_err());
 }

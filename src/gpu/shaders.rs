@@ -87,11 +87,16 @@ shaders! {
     CONV2D_FILTER_GRAD_WIDE = "conv2d_filter_grad_wide" ["conv2d_filter_grad.wgsl"] { CO_TILE = 16.0 } variant "wide";
     CONV2D_PACK = "conv2d_pack" ["conv2d_pack.wgsl"];
     CONV2D_PAD = "conv2d_pad" ["conv2d_pad.wgsl"];
+    // Stride, padding on each side and groups, for inference: depthwise and grouped entry points.
+    CONV2D_GROUPED = "conv2d_grouped" ["conv2d_grouped.wgsl"];
     REDUCE = "reduce" ["reduce.wgsl"];
     MAXPOOL2D = "maxpool2d" ["maxpool2d.wgsl"];
     // 2x2 windows on rows a multiple of 4 long, a pair of outputs a thread.
     MAXPOOL2D_PAIRS = "maxpool2d_pairs" ["maxpool2d_pairs.wgsl"];
     RELU = "relu" ["relu.wgsl"];
+    UPSAMPLE = "upsample" ["upsample.wgsl"];
+    ADD = "add" ["add.wgsl"];
+    SIGMOID = "sigmoid" ["sigmoid.wgsl"];
     DROPOUT = "dropout" ["dropout.wgsl"];
     SOFTMAX_XENT = "softmax_xent" ["softmax_xent.wgsl"];
     ADAM = "adam" ["adam.wgsl"];

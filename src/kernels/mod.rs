@@ -9,16 +9,20 @@
 //! both backends, and because it is PyTorch's layout, so exported weights load there as they are.
 
 pub mod adam;
+pub mod add;
 pub mod batchnorm;
 pub mod calibration;
 pub mod conv2d;
+pub mod conv2d_grouped;
 pub mod dense;
 pub mod dropout;
 pub mod maxpool2d;
 pub mod reduce;
 pub mod relu;
 pub mod sgd;
+pub mod sigmoid;
 pub mod softmax_xent;
+pub mod upsample;
 pub mod warp;
 
 use crate::error::Result;

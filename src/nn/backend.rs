@@ -5,14 +5,18 @@
 use crate::error::Result;
 use crate::gpu::{append_timeline, Finished, Gpu, GpuBuffer, HostTiming, PassTiming, Readback, Recorder};
 use crate::kernels::adam::{self, AdamConfig};
+use crate::kernels::add;
 use crate::kernels::batchnorm::{self, BnConfig, BnParams, BnSaved, BnShape};
 use crate::kernels::conv2d::{self, Activation, Conv2dShape};
+use crate::kernels::conv2d_grouped::{self, GroupedConvShape};
 use crate::kernels::dense::{self, DenseShape};
 use crate::kernels::dropout::{self, Mask};
 use crate::kernels::maxpool2d::{self, PoolShape};
 use crate::kernels::relu;
 use crate::kernels::sgd::{self, SgdConfig};
+use crate::kernels::sigmoid;
 use crate::kernels::softmax_xent::{self, XentOutputs, XentShape};
+use crate::kernels::upsample::{self, UpsampleShape};
 use crate::kernels::warp::{self, Augment};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -82,6 +86,12 @@ pub trait Backend {
     fn maxpool_backward(&self, s: PoolShape, dy: &Self::Tensor, argmax: &Self::Ints, relu_of: Option<&Self::Tensor>, dx: &Self::Tensor) -> Result<()>;
     fn relu_forward(&self, x: &Self::Tensor, y: &Self::Tensor) -> Result<()>;
     fn relu_backward(&self, x: &Self::Tensor, dy: &Self::Tensor, dx: &Self::Tensor) -> Result<()>;
+    /// Inference only (no backward pass): stride, padding on each side, groups.
+    fn conv2d_grouped_forward(&self, s: GroupedConvShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, act: Activation, y: &Self::Tensor) -> Result<()>;
+    fn upsample_forward(&self, s: UpsampleShape, x: &Self::Tensor, y: &Self::Tensor) -> Result<()>;
+    /// `out = act(a + b)`.
+    fn add_forward(&self, a: &Self::Tensor, b: &Self::Tensor, act: Activation, out: &Self::Tensor) -> Result<()>;
+    fn sigmoid_forward(&self, x: &Self::Tensor, y: &Self::Tensor) -> Result<()>;
     fn dropout(&self, mask: Mask, src: &Self::Tensor, dst: &Self::Tensor) -> Result<()>;
     fn batchnorm_forward(&self, s: BnShape, cfg: BnConfig, training: bool, x: &Self::Tensor, bn: BnTensors<'_, Self::Tensor>, y: &Self::Tensor) -> Result<()>;
     fn batchnorm_backward(&self, s: BnShape, x: &Self::Tensor, dy: &Self::Tensor, bn: BnTensors<'_, Self::Tensor>, dx: &Self::Tensor, dgamma: &Self::Tensor, dbeta: &Self::Tensor) -> Result<()>;
@@ -163,6 +173,18 @@ impl Backend for Cpu {
     }
     fn relu_backward(&self, x: &Self::Tensor, dy: &Self::Tensor, dx: &Self::Tensor) -> Result<()> {
         relu::backward_cpu(&x.borrow(), &dy.borrow(), &mut dx.borrow_mut())
+    }
+    fn conv2d_grouped_forward(&self, s: GroupedConvShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, act: Activation, y: &Self::Tensor) -> Result<()> {
+        conv2d_grouped::forward_cpu(s, &x.borrow(), &w.borrow(), &b.borrow(), act, &mut y.borrow_mut())
+    }
+    fn upsample_forward(&self, s: UpsampleShape, x: &Self::Tensor, y: &Self::Tensor) -> Result<()> {
+        upsample::forward_cpu(s, &x.borrow(), &mut y.borrow_mut())
+    }
+    fn add_forward(&self, a: &Self::Tensor, b: &Self::Tensor, act: Activation, out: &Self::Tensor) -> Result<()> {
+        add::forward_cpu(&a.borrow(), &b.borrow(), act, &mut out.borrow_mut())
+    }
+    fn sigmoid_forward(&self, x: &Self::Tensor, y: &Self::Tensor) -> Result<()> {
+        sigmoid::forward_cpu(&x.borrow(), &mut y.borrow_mut())
     }
     fn dropout(&self, mask: Mask, src: &Self::Tensor, dst: &Self::Tensor) -> Result<()> {
         dropout::apply_cpu(mask, &src.borrow(), &mut dst.borrow_mut())
@@ -365,6 +387,18 @@ impl Backend for GpuBackend<'_> {
     }
     fn relu_backward(&self, x: &Self::Tensor, dy: &Self::Tensor, dx: &Self::Tensor) -> Result<()> {
         self.record(|r| relu::backward_gpu(r, x, dy, dx))
+    }
+    fn conv2d_grouped_forward(&self, s: GroupedConvShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, act: Activation, y: &Self::Tensor) -> Result<()> {
+        self.record(|r| conv2d_grouped::forward_gpu(r, s, x, w, b, act, y))
+    }
+    fn upsample_forward(&self, s: UpsampleShape, x: &Self::Tensor, y: &Self::Tensor) -> Result<()> {
+        self.record(|r| upsample::forward_gpu(r, s, x, y))
+    }
+    fn add_forward(&self, a: &Self::Tensor, b: &Self::Tensor, act: Activation, out: &Self::Tensor) -> Result<()> {
+        self.record(|r| add::forward_gpu(r, a, b, act, out))
+    }
+    fn sigmoid_forward(&self, x: &Self::Tensor, y: &Self::Tensor) -> Result<()> {
+        self.record(|r| sigmoid::forward_gpu(r, x, y))
     }
     fn dropout(&self, mask: Mask, src: &Self::Tensor, dst: &Self::Tensor) -> Result<()> {
         self.record(|r| dropout::apply_gpu(r, mask, src, dst))

@@ -1,0 +1,393 @@
+//! 2-D convolution for inference with everything ONNX's Conv has that [`super::conv2d`] lacks:
+//! a stride, zero padding of any width on each side, and groups (1 for an ordinary
+//! convolution, the channel count for a depthwise one, anything that divides both channel
+//! counts). Activations NCHW, weights OIHW as `[cout, cin / groups, kh, kw]`, a bias per
+//! output channel, an optional fused ReLU. No backward pass: the networks that need these
+//! (YuNet) are not trained here.
+//!
+//! The CPU takes two routes. Groups of one input channel (depthwise) go direct: a kernel tap
+//! adds a scaled input row onto an output row, which the compiler vectorizes at stride 1; im2col would copy the input kh * kw times for products only one row deep. Wider
+//! groups are im2col + `sgemm` per group, in blocks of output rows that rayon shares out, and
+//! a 1x1, stride-1, unpadded convolution (YuNet's pointwise layers) multiplies the input
+//! planes as they lie, with no im2col at all. The GPU has a kernel for each route, both in
+//! conv2d_grouped.wgsl.
+
+use super::conv2d::Activation;
+use super::relu::relu;
+use super::{items_per_task, sgemm, MatRef};
+use crate::error::{check_len, shape_err, Result};
+use crate::gpu::{shaders, GpuBuffer, Recorder};
+use rayon::prelude::*;
+use std::ops::Range;
+
+/// Zero rows and columns added around the input, as ONNX's `pads` (whose order is top, left,
+/// bottom, right).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pads {
+    pub top: usize,
+    pub left: usize,
+    pub bottom: usize,
+    pub right: usize,
+}
+
+impl Pads {
+    /// `p` on every side.
+    pub fn all(p: usize) -> Self {
+        Pads { top: p, left: p, bottom: p, right: p }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupedConvShape {
+    pub batch: usize,
+    pub cin: usize,
+    pub h: usize,
+    pub w: usize,
+    pub cout: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub groups: usize,
+    /// Rows and columns between the windows of neighbouring outputs.
+    pub stride: (usize, usize),
+    pub pads: Pads,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl GroupedConvShape {
+    /// The output side is `(side + pads - kernel) / stride + 1`, rounded down, as ONNX and
+    /// PyTorch compute it: input rows or columns past the last whole window are not read.
+    pub fn new(batch: usize, cin: usize, (h, w): (usize, usize), cout: usize, (kh, kw): (usize, usize), groups: usize, stride: (usize, usize), pads: Pads) -> Result<Self> {
+        let err = |detail: String| Err(shape_err("conv2d_grouped", detail));
+        if cin == 0 || cout == 0 || kh == 0 || kw == 0 || h == 0 || w == 0 {
+            return err(format!("channels {cin}->{cout}, kernel {kh}x{kw} and input {h}x{w} must be positive"));
+        }
+        if groups == 0 || !cin.is_multiple_of(groups) || !cout.is_multiple_of(groups) {
+            return err(format!("{groups} groups must divide both channel counts {cin} and {cout}"));
+        }
+        if stride.0 == 0 || stride.1 == 0 {
+            return err(format!("stride {stride:?} must be positive"));
+        }
+        let (ph, pw) = (h + pads.top + pads.bottom, w + pads.left + pads.right);
+        if ph < kh || pw < kw {
+            return err(format!("a {kh}x{kw} kernel needs a padded input of at least that size, got {ph}x{pw}"));
+        }
+        let (oh, ow) = ((ph - kh) / stride.0 + 1, (pw - kw) / stride.1 + 1);
+        Ok(GroupedConvShape { batch, cin, h, w, cout, kh, kw, groups, stride, pads, oh, ow })
+    }
+
+    pub fn input_len(&self) -> usize {
+        self.batch * self.cin * self.h * self.w
+    }
+    pub fn output_len(&self) -> usize {
+        self.batch * self.cout * self.oh * self.ow
+    }
+    pub fn weight_len(&self) -> usize {
+        self.cout * self.taps()
+    }
+    /// Input channels of one group.
+    pub fn cin_per_group(&self) -> usize {
+        self.cin / self.groups
+    }
+    /// Output channels of one group.
+    pub fn cout_per_group(&self) -> usize {
+        self.cout / self.groups
+    }
+    /// Weights of one output channel, the depth of a group's matrix product: one per (input
+    /// channel of its group, kernel tap).
+    fn taps(&self) -> usize {
+        self.cin_per_group() * self.kh * self.kw
+    }
+    fn plane(&self) -> usize {
+        self.oh * self.ow
+    }
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.batch * self.cout * self.plane() * self.taps()) as f64
+    }
+    /// A 1x1, stride-1, unpadded convolution: a matrix product of the weights with the input
+    /// planes as they lie in memory.
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == (1, 1) && self.pads == Pads::all(0)
+    }
+
+    fn check(&self, x: usize, w: usize, b: usize, y: usize) -> Result<()> {
+        check_len("conv2d_grouped", "input", x, self.input_len())?;
+        check_len("conv2d_grouped", "weights", w, self.weight_len())?;
+        check_len("conv2d_grouped", "bias", b, self.cout)?;
+        check_len("conv2d_grouped", "output", y, self.output_len())
+    }
+}
+
+/// Where kernel column `kx` reads the input rather than the padding: the outputs `cols` of a
+/// row, the first of them reading input column `first` (0 when there are none).
+struct ColumnSpan {
+    cols: Range<usize>,
+    first: usize,
+}
+
+/// The [`ColumnSpan`] of each kernel column: outputs `ox` whose `ox * sw + kx - pad_left` lies
+/// in `0..w`.
+fn column_spans(s: &GroupedConvShape) -> Vec<ColumnSpan> {
+    let (sw, pad) = (s.stride.1, s.pads.left);
+    (0..s.kw)
+        .map(|kx| {
+            let lo = pad.saturating_sub(kx).div_ceil(sw).min(s.ow);
+            let hi = (s.w + pad).saturating_sub(kx).div_ceil(sw).min(s.ow).max(lo);
+            ColumnSpan { cols: lo..hi, first: if lo < hi { lo * sw + kx - pad } else { 0 } }
+        })
+        .collect()
+}
+
+/// The input row or column that output `o`'s tap `tap` reads, `None` in the padding.
+fn source(o: usize, stride: usize, tap: usize, pad: usize, len: usize) -> Option<usize> {
+    (o * stride + tap).checked_sub(pad).filter(|&i| i < len)
+}
+
+/// `f(dst[i], src[i * stride])` for every i of `dst`; the stride-1 case on its own so that
+/// it compiles to SIMD. Inlined into the depthwise loop's AVX2 copy.
+#[inline(always)]
+fn strided(dst: &mut [f32], src: &[f32], stride: usize, f: impl Fn(&mut f32, f32)) {
+    if stride == 1 {
+        dst.iter_mut().zip(src).for_each(|(d, &s)| f(d, s));
+    } else {
+        dst.iter_mut().zip(src.iter().step_by(stride)).for_each(|(d, &s)| f(d, s));
+    }
+}
+
+/// `y = act(conv(x, w) + b)`.
+pub fn forward_cpu(s: GroupedConvShape, x: &[f32], w: &[f32], b: &[f32], act: Activation, y: &mut [f32]) -> Result<()> {
+    s.check(x.len(), w.len(), b.len(), y.len())?;
+    if s.cin_per_group() == 1 {
+        depthwise_cpu(&s, x, w, b, act, y);
+    } else {
+        grouped_cpu(&s, x, w, b, act, y);
+    }
+    Ok(())
+}
+
+/// Groups of one input channel: each output plane from its input plane, tap by tap, a task
+/// per plane.
+fn depthwise_cpu(s: &GroupedConvShape, x: &[f32], w: &[f32], b: &[f32], act: Activation, y: &mut [f32]) {
+    let (in_plane, out_plane, window) = (s.h * s.w, s.plane(), s.kh * s.kw);
+    let spans = column_spans(s);
+    y.par_chunks_mut(out_plane).with_min_len(items_per_task(out_plane)).enumerate().for_each(|(at, yp)| {
+        let (n, co) = (at / s.cout, at % s.cout);
+        let xp = &x[(n * s.cin + co / s.cout_per_group()) * in_plane..][..in_plane];
+        yp.fill(b[co]);
+        depthwise_plane(s, &spans, xp, &w[co * window..][..window], yp);
+        if act == Activation::Relu {
+            yp.iter_mut().for_each(|v| *v = relu(*v));
+        }
+    });
+}
+
+/// Adds the taps of window `wp` over input plane `xp` onto output plane `yp`. The crate is
+/// built for baseline x86-64 (SSE2): compiled again for AVX2 where the CPU has it, the
+/// plane's kh * kw passes over each output row run 8 lanes wide instead of 4 (same
+/// multiplications and additions, so the same results); a 3x3 over 16 x 160 x 160 took
+/// 0.29 ms instead of 0.45 on this project's 2-vCPU host.
+fn depthwise_plane(s: &GroupedConvShape, spans: &[ColumnSpan], xp: &[f32], wp: &[f32], yp: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, the only feature the function is compiled for.
+        return unsafe { depthwise_plane_avx2(s, spans, xp, wp, yp) };
+    }
+    depthwise_plane_any(s, spans, xp, wp, yp)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn depthwise_plane_avx2(s: &GroupedConvShape, spans: &[ColumnSpan], xp: &[f32], wp: &[f32], yp: &mut [f32]) {
+    depthwise_plane_any(s, spans, xp, wp, yp)
+}
+
+/// Inlined so that each caller compiles it for its own target features.
+#[inline(always)]
+fn depthwise_plane_any(s: &GroupedConvShape, spans: &[ColumnSpan], xp: &[f32], wp: &[f32], yp: &mut [f32]) {
+    let (sh, sw) = s.stride;
+    for (oy, yrow) in yp.chunks_exact_mut(s.ow).enumerate() {
+        for ky in 0..s.kh {
+            let Some(iy) = source(oy, sh, ky, s.pads.top, s.h) else { continue };
+            let xrow = &xp[iy * s.w..][..s.w];
+            for (span, &wv) in spans.iter().zip(&wp[ky * s.kw..]) {
+                strided(&mut yrow[span.cols.clone()], &xrow[span.first..], sw, |d, v| *d += wv * v);
+            }
+        }
+    }
+}
+
+/// Output pixels a task of the matrix-product route aims at: its im2col block (27 rows for
+/// YuNet's first layer) and its outputs stay in the core's cache between the im2col, the
+/// product and the copy into place.
+const BLOCK_PIXELS: usize = 2048;
+
+/// A task of the matrix-product route: output rows `rows` of image `image`, to be written
+/// into `dests`, those rows of each output channel's plane.
+struct RowBlock<'y> {
+    image: usize,
+    rows: Range<usize>,
+    dests: Vec<&'y mut [f32]>,
+}
+
+/// Groups of several input channels: im2col + `sgemm` per group, in tasks of one image's block
+/// of output rows. A task computes all output channels of its rows into a buffer of its own
+/// and copies them into place (the product writes rows `n` apart, the output planes lie
+/// `oh * ow` apart); blocks are small enough that this copy stays in cache, and there are
+/// enough of them to share a single image among the threads.
+fn grouped_cpu(s: &GroupedConvShape, x: &[f32], w: &[f32], b: &[f32], act: Activation, y: &mut [f32]) {
+    let (in_img, plane) = (s.cin * s.h * s.w, s.plane());
+    let per_image = plane.div_ceil(BLOCK_PIXELS).max(rayon::current_num_threads().div_ceil(s.batch.max(1)));
+    let rows = s.oh.div_ceil(per_image);
+    let mut tasks = Vec::new();
+    for (image, yi) in y.chunks_mut(s.cout * plane).enumerate() {
+        let first = tasks.len();
+        tasks.extend((0..s.oh).step_by(rows).map(|r| RowBlock { image, rows: r..(r + rows).min(s.oh), dests: Vec::with_capacity(s.cout) }));
+        for plane_out in yi.chunks_mut(plane) {
+            for (task, part) in tasks[first..].iter_mut().zip(plane_out.chunks_mut(rows * s.ow)) {
+                task.dests.push(part);
+            }
+        }
+    }
+    let (taps, cig, cog, spans) = (s.taps(), s.cin_per_group(), s.cout_per_group(), column_spans(s));
+    tasks.into_par_iter().for_each(|RowBlock { image, rows, mut dests }| {
+        let pixels = rows.len() * s.ow;
+        let xi = &x[image * in_img..][..in_img];
+        let col_len = if s.pointwise() { 0 } else { taps * pixels };
+        let mut scratch = vec![0.0; s.cout * pixels + col_len];
+        let (out, col) = scratch.split_at_mut(s.cout * pixels);
+        for (row, &bias) in out.chunks_exact_mut(pixels).zip(b) {
+            row.fill(bias);
+        }
+        for g in 0..s.groups {
+            let planes = &xi[g * cig * s.h * s.w..];
+            let input = if s.pointwise() {
+                // Channel planes of the group, from the block's first pixel on.
+                MatRef { data: &planes[rows.start * s.ow..], row: s.h * s.w, col: 1 }
+            } else {
+                im2col(s, &spans, planes, rows.clone(), col);
+                MatRef::rows(col, pixels)
+            };
+            sgemm(cog, pixels, taps, MatRef::rows(&w[g * cog * taps..], taps), input, &mut out[g * cog * pixels..], true, 1);
+        }
+        for (dest, row) in dests.iter_mut().zip(out.chunks_exact(pixels)) {
+            match act {
+                Activation::Identity => dest.copy_from_slice(row),
+                Activation::Relu => dest.iter_mut().zip(row).for_each(|(d, &v)| *d = relu(v)),
+            }
+        }
+    });
+}
+
+/// Fills `col` (`[cin / groups * kh * kw, rows.len() * ow]`) with the receptive fields of
+/// output rows `rows`, reading the group's channel planes at the start of `planes`.
+fn im2col(s: &GroupedConvShape, spans: &[ColumnSpan], planes: &[f32], rows: Range<usize>, col: &mut [f32]) {
+    let (sh, sw) = s.stride;
+    let pixels = rows.len() * s.ow;
+    for ci in 0..s.cin_per_group() {
+        let plane = &planes[ci * s.h * s.w..][..s.h * s.w];
+        for ky in 0..s.kh {
+            for (kx, span) in spans.iter().enumerate() {
+                let dst = &mut col[((ci * s.kh + ky) * s.kw + kx) * pixels..][..pixels];
+                for (oy, out) in rows.clone().zip(dst.chunks_exact_mut(s.ow)) {
+                    let Some(iy) = source(oy, sh, ky, s.pads.top, s.h) else {
+                        out.fill(0.0);
+                        continue;
+                    };
+                    out[..span.cols.start].fill(0.0);
+                    out[span.cols.end..].fill(0.0);
+                    strided(&mut out[span.cols.clone()], &plane[iy * s.w + span.first..], sw, |d, v| *d = v);
+                }
+            }
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    /// Images in this dispatch.
+    batch: u32,
+    cin: u32,
+    h: u32,
+    w: u32,
+    cout: u32,
+    cin_per_group: u32,
+    cout_per_group: u32,
+    kh: u32,
+    kw: u32,
+    sh: u32,
+    sw: u32,
+    pad_top: u32,
+    pad_left: u32,
+    oh: u32,
+    ow: u32,
+    relu: u32,
+    /// Workgroup tiles along the two axes a workgroup's tile spans: output columns and rows
+    /// (depthwise), or output channels of a group and output pixels (grouped).
+    tiles_a: u32,
+    tiles_b: u32,
+    _pad: [u32; 2],
+}
+
+// conv2d_grouped.wgsl's tiles: a depthwise workgroup of 128 threads covers 8 rows x 64
+// columns of one output plane, reading its inputs from a patch in workgroup memory of at most
+// DEPTHWISE_PATCH values; a grouped workgroup of 64 threads covers 16 output channels x 64
+// pixels.
+const DEPTHWISE_ROWS: usize = 8;
+const DEPTHWISE_COLS: usize = 64;
+const DEPTHWISE_PATCH: usize = 2304;
+const DEPTHWISE_THREADS: usize = 128;
+const GROUPED_CHANNELS: usize = 16;
+const GROUPED_PIXELS: usize = 64;
+const GROUPED_THREADS: usize = 64;
+
+/// Whether the depthwise kernel takes `s`: groups of one input channel whose tile's input
+/// patch fits the workgroup memory. Larger kernels or strides go through the grouped kernel,
+/// which covers every shape (it would waste 15 of its 16 channel lanes on them).
+fn fits_depthwise_kernel(s: &GroupedConvShape) -> bool {
+    let (sh, sw) = s.stride;
+    let patch = ((DEPTHWISE_ROWS - 1) * sh + s.kh) * ((DEPTHWISE_COLS - 1) * sw + s.kw);
+    s.cin_per_group() == 1 && patch <= DEPTHWISE_PATCH
+}
+
+pub fn forward_gpu(rec: &mut Recorder, s: GroupedConvShape, x: &GpuBuffer<f32>, w: &GpuBuffer<f32>, b: &GpuBuffer<f32>, act: Activation, y: &GpuBuffer<f32>) -> Result<()> {
+    s.check(x.len(), w.len(), b.len(), y.len())?;
+    let (in_img, out_img) = (s.cin * s.h * s.w, s.cout * s.plane());
+    let mut params = Params {
+        batch: 0,
+        cin: s.cin as u32,
+        h: s.h as u32,
+        w: s.w as u32,
+        cout: s.cout as u32,
+        cin_per_group: s.cin_per_group() as u32,
+        cout_per_group: s.cout_per_group() as u32,
+        kh: s.kh as u32,
+        kw: s.kw as u32,
+        sh: s.stride.0 as u32,
+        sw: s.stride.1 as u32,
+        pad_top: s.pads.top as u32,
+        pad_left: s.pads.left as u32,
+        oh: s.oh as u32,
+        ow: s.ow as u32,
+        relu: (act == Activation::Relu) as u32,
+        tiles_a: 0,
+        tiles_b: 0,
+        _pad: [0; 2],
+    };
+    // The entry point, its name in profiles, its workgroup size, the tiles (a workgroup each)
+    // along the two axes, and how many such grids an image takes: depthwise tiles cover one
+    // output plane, grouped ones the output channels of one group.
+    let (entry, label, threads, tiles, grids) = if fits_depthwise_kernel(&s) {
+        ("depthwise", "conv2d_depthwise", DEPTHWISE_THREADS, (s.ow.div_ceil(DEPTHWISE_COLS), s.oh.div_ceil(DEPTHWISE_ROWS)), s.cout)
+    } else {
+        ("grouped", "conv2d_grouped", GROUPED_THREADS, (s.cout_per_group().div_ceil(GROUPED_CHANNELS), s.plane().div_ceil(GROUPED_PIXELS)), s.groups)
+    };
+    (params.tiles_a, params.tiles_b) = (tiles.0 as u32, tiles.1 as u32);
+    let per_image = tiles.0 * tiles.1 * grids;
+    for r in rec.gpu().plan_chunks("conv2d_grouped", s.batch, &[4 * in_img as u64, 4 * out_img as u64], usize::MAX)? {
+        params.batch = r.len() as u32;
+        let bindings = [x.slice(r.start * in_img..r.end * in_img), w.all(), b.all(), y.slice(r.start * out_img..r.end * out_img).rw()];
+        rec.dispatch_linear(label, &shaders::CONV2D_GROUPED, entry, &params, &bindings, r.len() * per_image * threads, threads as u32)?;
+    }
+    Ok(())
+}
