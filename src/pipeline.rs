@@ -5,8 +5,9 @@
 
 use crate::augment::Tta;
 use crate::data::{self, CLASSES};
+use crate::detect::annotate::{self, Annotation};
 use crate::detect::gpu::GpuDetector;
-use crate::detect::{annotate, cpu, Cascade, DetectParams, Rect};
+use crate::detect::{cpu, Cascade, DetectParams, Rect};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::nn::weights::{config_of, Part};
@@ -133,7 +134,7 @@ impl<'g, B: Backend> Labeller<'g, B> {
 
 /// Draws each face's box and caption on `rgb`.
 pub fn annotate(rgb: &mut RgbImage, faces: &[Face]) -> Result<()> {
-    let drawn: Vec<(Rect, String)> = faces.iter().map(|f| (f.rect, f.caption())).collect();
+    let drawn: Vec<Annotation> = faces.iter().map(|f| Annotation { rect: f.rect, label: f.caption(), landmarks: None }).collect();
     annotate::draw(rgb, &drawn)
 }
 
