@@ -28,7 +28,17 @@ pub struct Label {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Face {
     pub rect: Rect,
+    /// What a CNN detector adds: its confidence and the five landmarks (eyes, nose tip, mouth
+    /// corners). A Haar cascade gives neither.
+    pub detection: Option<Detection>,
     pub label: Option<Label>,
+}
+
+/// A CNN detector's confidence in a face and its landmarks, in image pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Detection {
+    pub score: f32,
+    pub landmarks: [[f32; 2]; 5],
 }
 
 impl Face {
@@ -88,7 +98,7 @@ impl<'g, B: Backend> Labeller<'g, B> {
     pub fn faces(&mut self, grey: &GrayImage) -> Result<Vec<Face>> {
         let rects = self.detect(grey)?;
         let labels = self.classify(grey, &rects)?;
-        Ok(rects.into_iter().zip(labels).map(|(rect, label)| Face { rect, label }).collect())
+        Ok(rects.into_iter().zip(labels).map(|(rect, label)| Face { rect, detection: None, label }).collect())
     }
 
     /// The warnings of the calls since the last time they were taken.
@@ -134,7 +144,7 @@ impl<'g, B: Backend> Labeller<'g, B> {
 
 /// Draws each face's box and caption on `rgb`.
 pub fn annotate(rgb: &mut RgbImage, faces: &[Face]) -> Result<()> {
-    let drawn: Vec<Annotation> = faces.iter().map(|f| Annotation { rect: f.rect, label: f.caption(), landmarks: None }).collect();
+    let drawn: Vec<Annotation> = faces.iter().map(|f| Annotation { rect: f.rect, label: f.caption(), landmarks: f.detection.map(|d| d.landmarks) }).collect();
     annotate::draw(rgb, &drawn)
 }
 
@@ -145,6 +155,12 @@ pub struct FaceReport {
     pub y: i32,
     pub w: i32,
     pub h: i32,
+    /// The detector's confidence (CNN detectors only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<f32>,
+    /// Right eye, left eye, nose tip, right and left mouth corner (CNN detectors only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub landmarks: Option<[[f32; 2]; 5]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub emotion: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -172,6 +188,8 @@ impl ImageReport {
                 y: f.rect.y,
                 w: f.rect.w,
                 h: f.rect.h,
+                score: f.detection.map(|d| d.score),
+                landmarks: f.detection.map(|d| d.landmarks),
                 emotion: f.label.as_ref().map(|l| CLASSES[l.class].to_string()),
                 probabilities: f.label.as_ref().map(|l| CLASSES.iter().map(|c| c.to_string()).zip(l.probabilities.iter().copied()).collect()),
             })
