@@ -295,20 +295,36 @@ struct DetectArgs {
     /// with the other messages on standard error).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
-    /// OpenCV Haar cascade XML.
+    /// The face detector: YuNet (a CNN; scores and landmarks too) or OpenCV's Haar cascade (the
+    /// original report's method, identical to OpenCV's detectMultiScale).
+    #[arg(long, value_enum, default_value_t = DetectorKind::Yunet)]
+    detector: DetectorKind,
+    /// YuNet: faces scoring below this are dropped.
+    #[arg(long, default_value_t = 0.5)]
+    score_threshold: f32,
+    /// YuNet: a face overlapping a better one by more than this (intersection over union) is
+    /// dropped.
+    #[arg(long, default_value_t = 0.3)]
+    nms_threshold: f32,
+    /// YuNet: at most this many of the best candidates go into non-maximum suppression.
+    #[arg(long, default_value_t = 5000)]
+    top_k: usize,
+    /// Haar: the cascade XML.
     #[arg(long, default_value = "data/cascades/haarcascade_frontalface_default.xml")]
     cascade: PathBuf,
     /// Expression model weights (safetensors); default: the shipped ones.
     #[arg(long)]
     weights: Option<PathBuf>,
+    /// Haar: the pyramid's scale step.
     #[arg(long, default_value_t = 1.1)]
     scale_factor: f64,
+    /// Haar: how many overlapping windows make a face.
     #[arg(long, default_value_t = 3)]
     min_neighbors: usize,
-    /// Smallest face to report, in pixels (square).
+    /// Smallest face to report, in pixels (both sides).
     #[arg(long, default_value_t = 0)]
     min_size: u32,
-    /// Largest face to report, in pixels (square).
+    /// Haar: largest face to report, in pixels (square).
     #[arg(long)]
     max_size: Option<u32>,
     /// Only find faces.
@@ -318,6 +334,12 @@ struct DetectArgs {
     /// crop.
     #[arg(long, value_enum, default_value_t = Tta::Mirror)]
     tta: Tta,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum DetectorKind {
+    Yunet,
+    Haar,
 }
 
 #[derive(Subcommand)]
@@ -794,15 +816,25 @@ fn output_names(files: &[PathBuf], out: &Path) -> Vec<PathBuf> {
 }
 
 fn run_detect<B: Backend>(backend: B, gpu: Option<&gpu::Gpu>, args: &DetectArgs, out: &Path) -> Result<()> {
+    use mien::detect::yunet::YuNetParams;
     use mien::detect::{Cascade, DetectParams};
     use mien::imageio::{self, Decoded, OnDamage};
-    use mien::pipeline::{self, ImageReport, Labeller};
-    let params = DetectParams { scale_factor: args.scale_factor, min_neighbors: args.min_neighbors, min_size: (args.min_size, args.min_size), max_size: args.max_size.map(|m| (m, m)) };
-    params.validate()?;
+    use mien::pipeline::{self, DetectorChoice, ImageReport, Labeller};
+    let detector = match args.detector {
+        DetectorKind::Yunet => {
+            let params = YuNetParams { score_threshold: args.score_threshold, nms_threshold: args.nms_threshold, top_k: args.top_k };
+            params.validate()?;
+            DetectorChoice::YuNet { params, min_size: args.min_size }
+        }
+        DetectorKind::Haar => {
+            let params = DetectParams { scale_factor: args.scale_factor, min_neighbors: args.min_neighbors, min_size: (args.min_size, args.min_size), max_size: args.max_size.map(|m| (m, m)) };
+            params.validate()?;
+            DetectorChoice::Haar { cascade: Cascade::load(&shipped(&args.cascade))?, params }
+        }
+    };
     let files = image_files(&args.inputs)?;
-    let cascade = Cascade::load(&shipped(&args.cascade))?;
     let weights = (!args.no_emotion).then(|| shipped(&args.weights.clone().unwrap_or_else(|| PathBuf::from(SHIPPED_WEIGHTS))));
-    let mut labeller = Labeller::new(backend, gpu, cascade, weights.as_deref(), params, args.tta).context("loading the detector and the expression model (or pass --no-emotion)")?;
+    let mut labeller = Labeller::new(backend, gpu, detector, weights.as_deref(), args.tta).context("loading the detector and the expression model (or pass --no-emotion)")?;
     let outputs = output_names(&files, out);
     // With the JSON on standard output, everything else goes to standard error.
     let json_to_stdout = args.json.as_deref().is_some_and(is_stdout);
@@ -812,7 +844,7 @@ fn run_detect<B: Backend>(backend: B, gpu: Option<&gpu::Gpu>, args: &DetectArgs,
     for (path, annotated) in files.iter().zip(&outputs) {
         let mut label_one = || -> Result<ImageReport> {
             let Decoded { mut rgb, grey, .. } = imageio::read(path, OnDamage::Fail)?;
-            let faces = labeller.faces(&grey);
+            let faces = labeller.faces(&rgb, &grey);
             for warning in labeller.take_warnings() {
                 eprintln!("warning: {}: {warning}", path.display());
             }

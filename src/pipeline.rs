@@ -7,6 +7,7 @@ use crate::augment::Tta;
 use crate::data::{self, CLASSES};
 use crate::detect::annotate::{self, Annotation};
 use crate::detect::gpu::GpuDetector;
+use crate::detect::yunet::{FaceBox, YuNet, YuNetParams};
 use crate::detect::{cpu, Cascade, DetectParams, Rect};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -48,19 +49,29 @@ impl Face {
     }
 }
 
-/// Where faces are found: the CPU reference, or the GPU detector (which gives the same
-/// rectangles) with the cascade kept for images too large for the device.
-enum Detector<'g> {
-    Cpu(Cascade),
-    Gpu(Box<GpuDetector<'g>>, Cascade),
+/// Which detector finds the faces, with its settings.
+pub enum DetectorChoice {
+    /// YuNet, a CNN that also gives a score and five landmarks a face; faces narrower or
+    /// shorter than `min_size` pixels are dropped.
+    YuNet { params: YuNetParams, min_size: u32 },
+    /// An OpenCV Haar cascade, with the parameters of OpenCV's `detectMultiScale`.
+    Haar { cascade: Cascade, params: DetectParams },
+}
+
+/// Where faces are found: YuNet on the labeller's device, the Haar cascade's CPU reference, or
+/// its GPU detector (which gives the same rectangles) with the cascade kept for images too
+/// large for the device.
+enum Detector<'g, B: Backend> {
+    YuNet { net: Box<YuNet<B>>, params: YuNetParams, min_size: u32 },
+    Cpu(Cascade, DetectParams),
+    Gpu(Box<GpuDetector<'g>>, Cascade, DetectParams),
 }
 
 /// Finds faces and labels their expressions, on one backend.
 pub struct Labeller<'g, B: Backend> {
     backend: B,
-    detector: Detector<'g>,
+    detector: Detector<'g, B>,
     model: Option<Model<B>>,
-    params: DetectParams,
     tta: Tta,
     /// What the last calls did differently from what was asked (a fallback to the CPU), for
     /// the caller to report with the image's name.
@@ -68,19 +79,27 @@ pub struct Labeller<'g, B: Backend> {
 }
 
 impl<'g, B: Backend> Labeller<'g, B> {
-    /// A labeller detecting with `cascade` (on `gpu` when given) and labelling with the
-    /// weights at `weights`, whose model config is read from the file; without weights it
-    /// only finds faces. Each face is labelled by the mean probabilities of the views `tta`
-    /// takes of its crop.
-    pub fn new(backend: B, gpu: Option<&'g Gpu>, cascade: Cascade, weights: Option<&Path>, params: DetectParams, tta: Tta) -> Result<Self> {
-        params.validate()?;
-        let detector = match gpu.map(|g| GpuDetector::new(g, &cascade)) {
-            None => Detector::Cpu(cascade),
-            Some(Ok(gpu_detector)) => Detector::Gpu(Box::new(gpu_detector), cascade),
-            // A cascade the GPU cannot encode exactly still runs on the CPU reference.
-            Some(Err(e)) => {
-                log::warn!("the GPU detector cannot run this cascade ({e}); detecting on the CPU");
-                Detector::Cpu(cascade)
+    /// A labeller finding faces with `detector` (a Haar cascade on `gpu` when given) and
+    /// labelling them with the weights at `weights`, whose model config is read from the file;
+    /// without weights it only finds faces. Each face is labelled by the mean probabilities
+    /// of the views `tta` takes of its crop.
+    pub fn new(backend: B, gpu: Option<&'g Gpu>, detector: DetectorChoice, weights: Option<&Path>, tta: Tta) -> Result<Self> {
+        let detector = match detector {
+            DetectorChoice::YuNet { params, min_size } => {
+                params.validate()?;
+                Detector::YuNet { net: Box::new(YuNet::shipped(backend.another())?), params, min_size }
+            }
+            DetectorChoice::Haar { cascade, params } => {
+                params.validate()?;
+                match gpu.map(|g| GpuDetector::new(g, &cascade)) {
+                    None => Detector::Cpu(cascade, params),
+                    Some(Ok(gpu_detector)) => Detector::Gpu(Box::new(gpu_detector), cascade, params),
+                    // A cascade the GPU cannot encode exactly still runs on the CPU reference.
+                    Some(Err(e)) => {
+                        log::warn!("the GPU detector cannot run this cascade ({e}); detecting on the CPU");
+                        Detector::Cpu(cascade, params)
+                    }
+                }
             }
         };
         let model = match weights {
@@ -91,14 +110,16 @@ impl<'g, B: Backend> Labeller<'g, B> {
                 Some(model)
             }
         };
-        Ok(Labeller { backend, detector, model, params, tta, warnings: Vec::new() })
+        Ok(Labeller { backend, detector, model, tta, warnings: Vec::new() })
     }
 
-    /// The faces in `grey`, labelled when there is a model.
-    pub fn faces(&mut self, grey: &GrayImage) -> Result<Vec<Face>> {
-        let rects = self.detect(grey)?;
+    /// The faces in an image (`rgb`, and `grey` as OpenCV converts it), labelled when there is
+    /// a model.
+    pub fn faces(&mut self, rgb: &RgbImage, grey: &GrayImage) -> Result<Vec<Face>> {
+        let found = self.detect(rgb, grey)?;
+        let rects: Vec<Rect> = found.iter().map(|(rect, _)| *rect).collect();
         let labels = self.classify(grey, &rects)?;
-        Ok(rects.into_iter().zip(labels).map(|(rect, label)| Face { rect, detection: None, label }).collect())
+        Ok(found.into_iter().zip(labels).map(|((rect, detection), label)| Face { rect, detection, label }).collect())
     }
 
     /// The warnings of the calls since the last time they were taken.
@@ -106,16 +127,23 @@ impl<'g, B: Backend> Labeller<'g, B> {
         std::mem::take(&mut self.warnings)
     }
 
-    fn detect(&mut self, grey: &GrayImage) -> Result<Vec<Rect>> {
-        match &self.detector {
-            Detector::Cpu(cascade) => cpu::detect_multi_scale(cascade, grey, &self.params),
-            Detector::Gpu(gpu, cascade) => match gpu.detect_multi_scale(grey, &self.params) {
+    fn detect(&mut self, rgb: &RgbImage, grey: &GrayImage) -> Result<Vec<(Rect, Option<Detection>)>> {
+        let haar = |rects: Vec<Rect>| rects.into_iter().map(|r| (r, None)).collect();
+        match &mut self.detector {
+            Detector::YuNet { net, params, min_size } => {
+                let faces = net.detect(rgb, params);
+                self.warnings.extend(net.take_warnings());
+                let min = *min_size as f32;
+                Ok(faces?.into_iter().filter(|f| f.w >= min && f.h >= min).map(|f| (box_rect(&f), Some(Detection { score: f.score, landmarks: f.landmarks }))).collect())
+            }
+            Detector::Cpu(cascade, params) => cpu::detect_multi_scale(cascade, grey, params).map(haar),
+            Detector::Gpu(gpu, cascade, params) => match gpu.detect_multi_scale(grey, params) {
                 // Larger than the device's buffers: the CPU gives the same rectangles.
                 Err(e @ Error::TooLarge { .. }) => {
                     self.warnings.push(format!("{e}; detecting on the CPU"));
-                    cpu::detect_multi_scale(cascade, grey, &self.params)
+                    cpu::detect_multi_scale(cascade, grey, params).map(haar)
                 }
-                found => found,
+                found => found.map(haar),
             },
         }
     }
@@ -128,6 +156,7 @@ impl<'g, B: Backend> Labeller<'g, B> {
         };
         let mut crops = Vec::with_capacity(rects.len() * data::PIXELS);
         for r in rects {
+            let r = square_inside(r, grey.dimensions());
             let crop = image::imageops::crop_imm(grey, r.x as u32, r.y as u32, r.w as u32, r.h as u32).to_image();
             crops.extend_from_slice(cpu::resize_exact(&crop, data::SIDE as u32, data::SIDE as u32).as_raw());
         }
@@ -140,6 +169,24 @@ impl<'g, B: Backend> Labeller<'g, B> {
             })
             .collect())
     }
+}
+
+/// A YuNet box as whole pixels: its corners rounded.
+fn box_rect(f: &FaceBox) -> Rect {
+    let (x0, y0) = (f.x.round() as i32, f.y.round() as i32);
+    Rect { x: x0, y: y0, w: (f.x + f.w).round() as i32 - x0, h: (f.y + f.h).round() as i32 - y0 }
+}
+
+/// The square around `r`'s centre with `r`'s longer side, moved and if need be shrunk to lie
+/// inside an image of `(width, height)`: the expression model reads square faces, and a CNN
+/// detector's boxes are neither square nor always inside the image. Haar boxes, square and
+/// inside, come back unchanged.
+fn square_inside(r: &Rect, (width, height): (u32, u32)) -> Rect {
+    let side = r.w.max(r.h).min(width as i32).min(height as i32).max(1);
+    let (cx, cy) = (r.x + r.w / 2, r.y + r.h / 2);
+    let x = (cx - side / 2).clamp(0, width as i32 - side);
+    let y = (cy - side / 2).clamp(0, height as i32 - side);
+    Rect { x, y, w: side, h: side }
 }
 
 /// Draws each face's box and caption on `rgb`.

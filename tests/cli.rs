@@ -30,6 +30,21 @@ fn detect_finds_the_face_in_a_shipped_photo_and_writes_png_and_json() {
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!((report[0]["width"].as_u64(), report[0]["height"].as_u64()), (Some(512), Some(600)));
     assert_eq!(report[0]["faces"].as_array().unwrap().len(), 1);
+    // YuNet, the default detector, scores the face and gives its five landmarks, inside the box.
+    let face = &report[0]["faces"][0];
+    assert!(face["score"].as_f64().unwrap() > 0.5, "{face}");
+    let (x, y, w, h) = (face["x"].as_f64().unwrap(), face["y"].as_f64().unwrap(), face["w"].as_f64().unwrap(), face["h"].as_f64().unwrap());
+    let landmarks = face["landmarks"].as_array().unwrap();
+    assert_eq!(landmarks.len(), 5);
+    for p in landmarks {
+        let (px, py) = (p[0].as_f64().unwrap(), p[1].as_f64().unwrap());
+        assert!(px > x && px < x + w && py > y && py < y + h, "landmark {p} outside the box {face}");
+    }
+    // The Haar cascade gives neither.
+    let (ok, _, stderr) = mien(&["detect", "--device", "cpu", "--no-emotion", "--detector", "haar", "data/photos/grace_hopper.jpg", "--out", s(&out), "--json", s(&json)]);
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(report[0]["faces"][0].get("score").is_none() && report[0]["faces"][0].get("landmarks").is_none());
 }
 
 #[test]
@@ -56,7 +71,7 @@ fn detect_handles_bad_and_odd_inputs() {
 
     // A malformed cascade names the file and the problem.
     std::fs::write(dir.join("bad.xml"), "<opencv_storage><cascade><stageType>BOOST").unwrap();
-    let (ok, _, stderr) = mien(&["detect", "--no-emotion", "--cascade", s(&dir.join("bad.xml")), "data/photos/astronaut.png"]);
+    let (ok, _, stderr) = mien(&["detect", "--detector", "haar", "--no-emotion", "--cascade", s(&dir.join("bad.xml")), "data/photos/astronaut.png"]);
     assert!(!ok && stderr.contains("bad.xml") && stderr.contains("not well-formed XML"), "{stderr}");
 }
 
@@ -88,10 +103,11 @@ fn gpu_detection_gives_the_cpu_faces_and_labels() {
     }
     // An image whose pyramid does not fit the device's buffers falls back to the CPU, with a
     // warning naming the file, and still finds the same faces.
-    let (small, stderr) = run("gpu", &["--max-binding", "300000", "--no-emotion"]);
+    let (haar, _) = run("gpu", &["--no-emotion", "--detector", "haar"]);
+    let (small, stderr) = run("gpu", &["--max-binding", "300000", "--no-emotion", "--detector", "haar"]);
     assert!(stderr.contains("grace_hopper.jpg") && stderr.contains("detecting on the CPU"), "{stderr}");
     for key in ["x", "y", "w", "h"] {
-        assert_eq!(small[0]["faces"][0][key], gpu[0]["faces"][0][key]);
+        assert_eq!(small[0]["faces"][0][key], haar[0]["faces"][0][key]);
     }
 }
 
@@ -250,7 +266,7 @@ fn a_failed_write_to_standard_output_is_an_error_not_a_panic() {
 #[test]
 fn a_scale_factor_too_close_to_one_is_refused_at_once() {
     let started = std::time::Instant::now();
-    let (ok, _, stderr) = mien(&["detect", "--device", "cpu", "--no-emotion", "--scale-factor", "1.0000001", "data/photos/astronaut.png", "--out", s(&temp_dir("scale"))]);
+    let (ok, _, stderr) = mien(&["detect", "--device", "cpu", "--no-emotion", "--detector", "haar", "--scale-factor", "1.0000001", "data/photos/astronaut.png", "--out", s(&temp_dir("scale"))]);
     assert!(!ok && stderr.contains("scale"), "{stderr}");
     assert!(started.elapsed().as_secs() < 60, "refusing took {:?}", started.elapsed());
 }

@@ -1,4 +1,4 @@
-//! Face detection with OpenCV's Haar cascades.
+//! Face detection: OpenCV's Haar cascades, and the YuNet CNN (`yunet`).
 
 pub mod annotate;
 pub mod cascade;
@@ -6,6 +6,7 @@ pub mod cpu;
 pub mod gpu;
 pub mod grey;
 pub mod group;
+pub mod yunet;
 
 pub use cascade::Cascade;
 pub use cpu::{detect_multi_scale, DetectParams};

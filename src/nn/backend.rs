@@ -47,6 +47,11 @@ pub trait Backend {
     type Ints;
 
     fn describe(&self) -> String;
+    /// A second backend on the same device with its own queue of work and caches: for a second
+    /// network (a face detector beside the expression model) that records its passes apart.
+    fn another(&self) -> Self
+    where
+        Self: Sized;
     fn tensor(&self, len: usize) -> Result<Self::Tensor>;
     fn ints(&self, len: usize) -> Result<Self::Ints>;
     fn write(&self, t: &Self::Tensor, data: &[f32]) -> Result<()>;
@@ -108,6 +113,10 @@ pub struct Cpu;
 impl Backend for Cpu {
     type Tensor = RefCell<Vec<f32>>;
     type Ints = RefCell<Vec<u32>>;
+
+    fn another(&self) -> Self {
+        Cpu
+    }
 
     fn describe(&self) -> String {
         format!("CPU backend ({} threads)", rayon::current_num_threads())
@@ -286,6 +295,10 @@ struct PackedWeights {
 impl Backend for GpuBackend<'_> {
     type Tensor = GpuBuffer<f32>;
     type Ints = GpuBuffer<u32>;
+
+    fn another(&self) -> Self {
+        GpuBackend { profile: self.profile.as_ref().map(|_| RefCell::new(Vec::new())), ..GpuBackend::new(self.gpu) }
+    }
 
     fn describe(&self) -> String {
         self.gpu.describe()
