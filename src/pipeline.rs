@@ -1,7 +1,8 @@
-//! Faces and their expressions in one image: detection with a Haar cascade (on the GPU when
-//! the model runs there), 48x48 crops, the expression model (its probabilities averaged over
-//! the test-time views chosen), and the per-image report that `mien detect --json` writes. The
-//! command line, the benchmarks and later front ends all go through [`Labeller`].
+//! Faces and their expressions in one image: detection (YuNet on the labeller's device, or a
+//! Haar cascade, on the GPU when the model runs there), square crops resized to 48x48, the
+//! expression model (its probabilities averaged over the test-time views chosen), and the
+//! per-image report that `mien detect --json` writes. The command line, the benchmarks and
+//! later front ends all go through [`Labeller`].
 
 use crate::augment::Tta;
 use crate::data::{self, CLASSES};
