@@ -903,9 +903,11 @@ fn bench_detect(global: &Global, cascade: &Path, reps: usize, json: bool) -> Res
         DeviceChoice::Gpu => Some(gpu::Gpu::new(&global.gpu_options())?),
         DeviceChoice::Auto => gpu::Gpu::new(&global.gpu_options()).map_err(|e| eprintln!("no GPU column: {e}")).ok(),
     };
+    let all_threads = rayon::current_num_threads();
     let mut results = Vec::new();
     let bar = bench::progress_bar();
-    bar.set_length((2 * bench::DETECT_CPU_STAGES + if gpu.is_some() { bench::DETECT_GPU_STAGES } else { 0 }) as u64);
+    let gpu_stages = if gpu.is_some() { bench::DETECT_GPU_STAGES + bench::YUNET_STAGES } else { 0 };
+    bar.set_length((2 * bench::DETECT_CPU_STAGES + 2 * bench::YUNET_STAGES + gpu_stages) as u64);
     if let Some(gpu) = &gpu {
         if !json {
             eprintln!("GPU: {}", gpu.describe());
@@ -913,20 +915,32 @@ fn bench_detect(global: &Global, cascade: &Path, reps: usize, json: bool) -> Res
         results.extend(bench::bench_detect_gpu(gpu, &cascade, &scene, reps, &bar)?);
     }
     results.extend(bench::bench_detect_cpu(&cascade, &scene, 1, reps, &bar)?);
-    results.extend(bench::bench_detect_cpu(&cascade, &scene, rayon::current_num_threads(), reps, &bar)?);
+    results.extend(bench::bench_detect_cpu(&cascade, &scene, all_threads, reps, &bar)?);
+    if let Some(gpu) = &gpu {
+        results.extend(bench::bench_yunet_gpu(gpu, &scene, reps, &bar)?);
+    }
+    results.extend(bench::bench_yunet_cpu(&scene, 1, reps, &bar)?);
+    results.extend(bench::bench_yunet_cpu(&scene, all_threads, reps, &bar)?);
     bar.finish_and_clear();
     if json {
         println!("{}", serde_json::to_string_pretty(&results)?);
         return Ok(());
     }
-    println!("Face detection, OpenCV defaults (scale 1.1, 3 neighbours), frontal-face cascade, median of {reps}");
-    for r in &results {
-        let on = if r.device == "cpu" { format!("CPU {} thread(s)", r.threads) } else { format!("GPU {}", r.device) };
-        let host = match (r.gpu_passes_per_frame, r.host_ms, r.stream_fps) {
-            (Some(passes), Some(ms), Some(stream)) => format!("; host {ms:.2} ms recording and submitting {passes} passes; as a stream with one frame in flight {stream:.2} fps"),
-            _ => String::new(),
-        };
-        println!("{}x{} {on}: {:.1} ms, {:.2} fps, {} faces{host}", r.width, r.height, r.median_ms, r.fps, r.faces);
+    let yunet = bench::YUNET_BENCH_PARAMS;
+    let headings = [
+        ("haar", format!("Face detection, OpenCV defaults (scale 1.1, 3 neighbours), frontal-face cascade, median of {reps}")),
+        ("yunet", format!("YuNet-n (score {}, NMS {}, top {}) on the same frames as RGB (the grey repeated), median of {reps}", yunet.score_threshold, yunet.nms_threshold, yunet.top_k)),
+    ];
+    for (detector, heading) in headings {
+        println!("{heading}");
+        for r in results.iter().filter(|r| r.detector == detector) {
+            let on = if r.device == "cpu" { format!("CPU {} thread(s)", r.threads) } else { format!("GPU {}", r.device) };
+            let host = match (r.gpu_passes_per_frame, r.host_ms, r.stream_fps) {
+                (Some(passes), Some(ms), Some(stream)) => format!("; host {ms:.2} ms recording and submitting {passes} passes; as a stream with one frame in flight {stream:.2} fps"),
+                _ => String::new(),
+            };
+            println!("{}x{} {on}: {:.1} ms, {:.2} fps, {} faces{host}", r.width, r.height, r.median_ms, r.fps, r.faces);
+        }
     }
     Ok(())
 }

@@ -8,9 +8,11 @@
 Runs, back to back on the same machine:
   1. `mien bench train --device cpu --json`       (CPU backend, rayon's default threads)
   2. `tools/torch_bench.py --json`                 (PyTorch CPU, its default threads)
-  3. `mien bench detect --json`                    (CPU detector, 1 thread and all threads)
-  4. `tools/opencv_bench.py`                       (detectMultiScale on the same frames, 1 thread
-                                                    and OpenCV's default threads)
+  3. `mien bench detect --json`                    (CPU detectors, Haar and YuNet, 1 thread and
+                                                    all threads)
+  4. `tools/opencv_bench.py`                       (detectMultiScale and FaceDetectorYN on the
+                                                    same frames, 1 thread and OpenCV's default
+                                                    threads)
   with --one-thread also 1 and 2 on one thread (RAYON_NUM_THREADS=1, torch --threads 1);
 and writes OUT/peers.json (every tool's raw output plus the machine: CPU model, cores, date,
 load average before and after, mien's adapters and version, git commit) and OUT/peers.md (the
@@ -154,10 +156,15 @@ def train_table(pairs):
     return lines
 
 
-def detect_table(mien_rows, opencv):
+def detect_table(mien_rows, opencv, detector):
+    """The rows of one detector ("haar" or "yunet"); runs from before YuNet have Haar rows only,
+    with no "detector" field."""
+    mien_rows = [r for r in mien_rows if r.get("detector", "haar") == detector]
     gpu = {(r["width"], r["height"]): r for r in mien_rows if r.get("device", "cpu") != "cpu"}
     mien = [r for r in mien_rows if r.get("device", "cpu") == "cpu"]
-    cv = {(r["width"], r["height"], r["threads"]): r for r in opencv["results"]}
+    if not mien:
+        return [f"No {detector} rows in this run.", ""]
+    cv = {(r["width"], r["height"], r["threads"]): r for r in opencv["results"] if r.get("detector", "haar") == detector}
     ours = {(r["width"], r["height"], r["threads"]): r for r in mien}
     sizes = sorted({(r["width"], r["height"]) for r in mien}, key=lambda s: s[0] * s[1])
     mien_all = max(r["threads"] for r in mien)
@@ -187,7 +194,7 @@ def detect_table(mien_rows, opencv):
     if mismatches:
         lines.append(f"**Face counts differ at {', '.join(mismatches)}**: the two are not doing the same work there.")
     else:
-        lines.append("Same faces found by both at every size (same frames, same cascade, same parameters).")
+        lines.append("Same number of faces found by both at every size (same frames, same model, same parameters).")
     lines.append("")
     return lines
 
@@ -236,11 +243,25 @@ def markdown(report):
     lines += [
         "## Face detection (`mien bench detect` vs `tools/opencv_bench.py`)",
         "",
-        f"Frontal-face cascade, scale 1.1, 3 neighbours, frames from data/fixtures/haar/montage.png; "
+        f"Frames from data/fixtures/haar/montage.png; "
         f"OpenCV {cv['opencv_version']} (opencv-python), OpenCL off; frames per second from the median.",
         "",
+        "### Haar cascade (`detectMultiScale`)",
+        "",
+        "Frontal-face cascade, scale 1.1, 3 neighbours.",
+        "",
     ]
-    lines += detect_table(report["results"]["mien_detect"], cv)
+    lines += detect_table(report["results"]["mien_detect"], cv, "haar")
+    yunet = cv.get("yunet")
+    if yunet:
+        lines += [
+            "### YuNet-n (`FaceDetectorYN`)",
+            "",
+            f"{yunet['onnx']} in OpenCV, mien's conversion of it (data/yunet/) in mien; score {yunet['score_threshold']}, "
+            f"NMS {yunet['nms_threshold']}, top {yunet['top_k']}; the same frames as colour, the grey repeated in each channel.",
+            "",
+        ]
+        lines += detect_table(report["results"]["mien_detect"], cv, "yunet")
     return "\n".join(lines)
 
 

@@ -1,8 +1,8 @@
 //! Benchmarks behind `mien bench` and `cargo bench`: every kernel against the CPU backend
-//! ([`bench_kernels`], scaled by the calibrations of `calibration`), face detection
-//! ([`bench_detect_gpu`], [`bench_detect_cpu`]) and training ([`bench_train`]), with the results
-//! and the rows they print in `report`. Here: what several suites share, the progress bar,
-//! medians and GPU timing.
+//! ([`bench_kernels`], scaled by the calibrations of `calibration`), face detection (Haar:
+//! [`bench_detect_gpu`], [`bench_detect_cpu`]; YuNet: [`bench_yunet_gpu`], [`bench_yunet_cpu`])
+//! and training ([`bench_train`]), with the results and the rows they print in `report`. Here:
+//! what several suites share, the progress bar, medians and GPU timing.
 
 mod calibration;
 mod detect;
@@ -11,7 +11,10 @@ mod report;
 mod train;
 
 pub use calibration::Peaks;
-pub use detect::{bench_detect_cpu, bench_detect_gpu, detect_frame, FrameSize, DETECT_CPU_STAGES, DETECT_GPU_STAGES, DETECT_SIZES};
+pub use detect::{
+    bench_detect_cpu, bench_detect_gpu, bench_yunet_cpu, bench_yunet_gpu, detect_frame, detect_frame_rgb, FrameSize, DETECT_CPU_STAGES, DETECT_GPU_STAGES, DETECT_SIZES, YUNET_BENCH_PARAMS,
+    YUNET_STAGES,
+};
 pub use kernels::{bench_kernels, DEFAULT_BATCHES};
 pub use report::{adapter_line, range, row_printer, DetectResult, KernelReport, KernelResult, PassMedian, Span, TrainBench, Work};
 pub use train::{bench_train, BATCH1_REPS_PER_REP, TRAIN_STAGES};

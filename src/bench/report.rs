@@ -86,6 +86,9 @@ pub struct KernelReport {
 /// Face-detection speed on one frame size.
 #[derive(Clone, Debug, Serialize)]
 pub struct DetectResult {
+    /// "haar" (the frontal-face cascade, OpenCV's default parameters) or "yunet" (YuNet-n at
+    /// `mien detect`'s defaults).
+    pub detector: String,
     /// "cpu" or the adapter's description.
     pub device: String,
     pub width: u32,
