@@ -259,8 +259,11 @@ enum ProfileWhat {
         model: Option<PathBuf>,
     },
     /// Face detection on the GPU: frames of the benchmark scene (the montage of
-    /// `mien bench detect`), OpenCV's default parameters.
+    /// `mien bench detect`), YuNet with `mien detect`'s defaults or the Haar cascade with
+    /// OpenCV's.
     Detect {
+        #[arg(long, value_enum, default_value_t = DetectorKind::Yunet)]
+        detector: DetectorKind,
         #[arg(long, default_value_t = 5)]
         frames: usize,
         /// Frame size, WIDTHxHEIGHT.
@@ -300,14 +303,14 @@ struct DetectArgs {
     #[arg(long, value_enum, default_value_t = DetectorKind::Yunet)]
     detector: DetectorKind,
     /// YuNet: faces scoring below this are dropped.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = bench::YUNET_BENCH_PARAMS.score_threshold)]
     score_threshold: f32,
     /// YuNet: a face overlapping a better one by more than this (intersection over union) is
     /// dropped.
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, default_value_t = bench::YUNET_BENCH_PARAMS.nms_threshold)]
     nms_threshold: f32,
     /// YuNet: at most this many of the best candidates go into non-maximum suppression.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = bench::YUNET_BENCH_PARAMS.top_k)]
     top_k: usize,
     /// Haar: the cascade XML.
     #[arg(long, default_value = "data/cascades/haarcascade_frontalface_default.xml")]
@@ -424,7 +427,8 @@ pub fn main() -> Result<()> {
         Command::Eval(args) => on_backend!(cli.global, |backend, _gpu| run_eval(&backend, &args)),
         Command::Profile { what: ProfileWhat::Train { steps, batch, trace, model } } => profile_train(&cli.global, steps, batch, &trace, model.as_deref()),
         Command::Profile { what: ProfileWhat::Infer { calls, batch, trace, model } } => profile_infer(&cli.global, calls, batch, &trace, model.as_deref()),
-        Command::Profile { what: ProfileWhat::Detect { frames, size, trace, cascade } } => profile_detect(&cli.global, frames, size, &trace, &cascade),
+        Command::Profile { what: ProfileWhat::Detect { detector: DetectorKind::Haar, frames, size, trace, cascade } } => profile_detect(&cli.global, frames, size, &trace, &cascade),
+        Command::Profile { what: ProfileWhat::Detect { detector: DetectorKind::Yunet, frames, size, trace, .. } } => profile_yunet(&cli.global, frames, size, &trace),
         Command::Detect(args) => {
             let out = output_folder(&args.out)?;
             on_backend!(cli.global, |backend, gpu| run_detect(backend, gpu, &args, &out))
@@ -1076,6 +1080,28 @@ fn profile_infer(global: &Global, calls: usize, batch: usize, trace: &Path, mode
     let wall_s = start.elapsed().as_secs_f64();
     let profile = Profile { unit: "call", units: calls, passes: backend.take_timings(), wall_s, host: backend.take_host_timing() };
     report_profile(&gpu, &format!("{calls} inference calls at batch {batch}"), &profile, trace, serde_json::json!({"batch": batch}))
+}
+
+/// Frames of YuNet on the GPU, as `mien detect` runs it: every pass of a frame (one command
+/// buffer) timed, and the host's cost of recording and submitting them.
+fn profile_yunet(global: &Global, frames: usize, (w, h): (u32, u32), trace: &Path) -> Result<()> {
+    use mien::detect::yunet::YuNet;
+    let gpu = profiling_gpu(global)?;
+    let frame = bench::detect_frame_rgb(&benchmark_scene()?, w, h);
+    let mut net = YuNet::shipped(GpuBackend::profiling(&gpu))?;
+    let params = bench::YUNET_BENCH_PARAMS;
+    // One frame first, so pipeline compilation and first allocations stay out of the profile.
+    let faces = net.detect(&frame, &params)?.len();
+    net.backend().take_timings();
+    net.backend().take_host_timing();
+    let start = std::time::Instant::now();
+    for _ in 0..frames {
+        net.detect(&frame, &params)?;
+    }
+    let wall_s = start.elapsed().as_secs_f64();
+    let profile = Profile { unit: "frame", units: frames, passes: net.backend().take_timings(), wall_s, host: net.backend().take_host_timing() };
+    let title = format!("{frames} frames of {w}x{h} through YuNet ({faces} faces at score 0.5)");
+    report_profile(&gpu, &title, &profile, trace, serde_json::json!({"width": w, "height": h, "faces": faces, "detector": "yunet"}))
 }
 
 fn profile_detect(global: &Global, frames: usize, (w, h): (u32, u32), trace: &Path, cascade: &Path) -> Result<()> {

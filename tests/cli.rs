@@ -183,12 +183,18 @@ fn bench_kernels_reports_rates_peaks_and_each_pass() {
 fn profile_detect_times_each_gpu_pass_of_a_frame() {
     let dir = temp_dir("profile-detect");
     let trace = dir.join("trace.json");
-    let (ok, stdout, stderr) = mien(&["profile", "detect", "--device", "gpu", "--frames", "2", "--size", "320x240", "--trace", s(&trace)]);
+    let (ok, stdout, stderr) = mien(&["profile", "detect", "--detector", "haar", "--device", "gpu", "--frames", "2", "--size", "320x240", "--trace", s(&trace)]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("ms GPU time per frame") && stdout.contains("host per frame:") && stdout.contains("haar stage 0"), "{stdout}");
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
     assert!(doc["traceEvents"].as_array().unwrap().iter().any(|e| e["name"] == "resize"));
     assert_eq!(doc["otherData"]["frames"], 2);
+    // YuNet, the default: its convolutions and the rest, in one command buffer a frame.
+    let (ok, stdout, stderr) = mien(&["profile", "detect", "--device", "gpu", "--frames", "2", "--size", "320x240", "--trace", s(&trace)]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("through YuNet") && stdout.contains("conv2d_grouped"), "{stdout}");
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    assert_eq!((doc["otherData"]["frames"].as_u64(), doc["otherData"]["detector"].as_str()), (Some(2), Some("yunet")));
     let (ok, _, stderr) = mien(&["profile", "detect", "--size", "320by240"]);
     assert!(!ok && stderr.contains("WIDTHxHEIGHT"), "{stderr}");
 }

@@ -700,6 +700,11 @@ impl<B: Backend> YuNet<B> {
         &self.model
     }
 
+    /// The backend the network runs on (for its pass timings when it profiles).
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
     /// The warnings of the calls since the last time they were taken.
     pub fn take_warnings(&mut self) -> Vec<String> {
         std::mem::take(&mut self.warnings)
