@@ -49,6 +49,7 @@ step detection
 "$bin" bench detect --device gpu 2>&1 | tee -a "$report"
 step "profile: GPU detection, 1280x720"
 "$bin" profile detect --frames 20 --trace "$out/detect_trace.json" 2>&1 | tee -a "$report"
+"$bin" profile detect --detector haar --frames 20 --trace "$out/detect_haar_trace.json" 2>&1 | tee -a "$report"
 step "profile: training steps"
 "$bin" profile train --steps 20 --trace "$out/train_trace.json" 2>&1 | tee -a "$report"
 step "profile: batch-1 inference"
