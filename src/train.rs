@@ -505,13 +505,14 @@ impl RunFiles {
         Ok(self.scan()?.0.pop())
     }
 
-    /// Removes every checkpoint and published file of an earlier run, for `--overwrite`.
+    /// Removes every checkpoint and published file of an earlier run (and the files of a run
+    /// saved before checkpoint folders), for `--overwrite`.
     fn clear(&self) -> Result<()> {
         let (whole, partial) = self.scan()?;
         for dir in whole.into_iter().map(|c| c.dir).chain(partial) {
             std::fs::remove_dir_all(&dir).map_err(|e| file_err(&dir, format!("cannot remove: {e}")))?;
         }
-        for name in ["best.safetensors", "metrics.csv", "metrics.json", "training_curves.png"] {
+        for name in ["best.safetensors", "metrics.csv", "metrics.json", "training_curves.png", "state.json", "weights.safetensors", "optimizer.safetensors"] {
             let path = self.dir.join(name);
             if path.exists() {
                 std::fs::remove_file(&path).map_err(|e| file_err(&path, format!("cannot remove: {e}")))?;
@@ -613,6 +614,10 @@ pub fn train<B: Backend>(model: &mut Model<B>, backend: &B, train: &Dataset, val
     let data = DataFingerprint::of(train, val);
     let latest = files.latest()?;
     let mut state = match (start, latest) {
+        // Before checkpoint folders, a run kept state.json and its weights in the folder itself.
+        (Start::Resume | Start::New, None) if files.dir.join("state.json").exists() => {
+            return Err(file_err(&files.dir, "holds a run saved by an earlier mien (state.json beside its weights), which cannot be resumed; pass --overwrite to replace it, or choose another --out"))
+        }
         (Start::Resume, None) => return Err(file_err(&files.dir, "nothing to resume: the folder holds no checkpoint")),
         (Start::Resume, Some(checkpoint)) => {
             let mut state = checkpoint.read_state()?;

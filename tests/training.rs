@@ -419,6 +419,20 @@ fn a_run_folder_is_locked_and_a_finished_run_is_not_replaced_without_overwrite()
     let err = train::train(&mut model, &Cpu, &synthetic(320, 3), &synthetic(64, 2), &quick_recipe(2), &files, Start::Resume, &mut Quiet).unwrap_err().to_string();
     assert!(err.contains("trained on other data"), "{err}");
     run(&Cpu, &dir, 1, Start::Overwrite);
+
+    // A run saved before checkpoint folders (state.json and weights in the folder itself) is
+    // not replaced or resumed silently either.
+    let old = temp_dir("lock-old-layout");
+    std::fs::write(old.join("state.json"), "{}").unwrap();
+    std::fs::write(old.join("best.safetensors"), "kept").unwrap();
+    let files = RunFiles { dir: old.clone() };
+    for start in [Start::New, Start::Resume] {
+        let err = train::train(&mut model, &Cpu, &synthetic(70, 1), &synthetic(14, 2), &quick_recipe(1), &files, start, &mut Quiet).unwrap_err().to_string();
+        assert!(err.contains("saved by an earlier mien") && err.contains("--overwrite"), "{err}");
+    }
+    assert_eq!(std::fs::read(old.join("best.safetensors")).unwrap(), b"kept");
+    run(&Cpu, &old, 1, Start::Overwrite);
+    assert!(!old.join("state.json").exists());
 }
 
 #[test]
