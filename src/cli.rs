@@ -852,8 +852,9 @@ fn run_detect<B: Backend>(backend: B, gpu: Option<&gpu::Gpu>, args: &DetectArgs,
             for warning in labeller.take_warnings() {
                 eprintln!("warning: {}: {warning}", path.display());
             }
-            let faces = faces?;
-            pipeline::annotate(&mut rgb, &faces)?;
+            // Decoding errors name the file themselves; these do not.
+            let faces = faces.with_context(|| format!("{}: finding and labelling faces", path.display()))?;
+            pipeline::annotate(&mut rgb, &faces).with_context(|| format!("{}: drawing the faces", path.display()))?;
             rgb.save(annotated).with_context(|| format!("{}: cannot write", annotated.display()))?;
             let mut report = ImageReport::new(path.display().to_string(), rgb.dimensions(), &faces);
             report.annotated = Some(annotated.display().to_string());
