@@ -565,7 +565,12 @@ fn link_atomic(target: &Path, link: &Path) -> Result<()> {
     if std::fs::hard_link(target, &tmp).is_err() {
         std::fs::copy(target, &tmp).map_err(|e| file_err(&tmp, format!("cannot copy {}: {e}", target.display())))?;
     }
-    std::fs::rename(&tmp, link).map_err(|e| file_err(link, format!("cannot replace: {e}")))
+    std::fs::rename(&tmp, link).map_err(|e| file_err(link, format!("cannot replace: {e}")))?;
+    // Renaming one hard link of a file over another of the same file does nothing and leaves
+    // both (POSIX), which is what happens when the best weights did not change: the temporary
+    // name goes too.
+    let _ = std::fs::remove_file(&tmp);
+    Ok(())
 }
 
 fn metadata(state: &RunState, accuracy: f64) -> HashMap<String, String> {

@@ -359,8 +359,11 @@ fn a_run_killed_at_any_checkpoint_write_resumes_to_the_uninterrupted_result() {
             let (ok, stderr) = train(&out, resumed, None);
             assert!(ok, "{point}@{epoch}: {stderr}");
             assert_eq!(history(&out), expected, "{point}@{epoch}");
-            let leftovers: Vec<String> =
-                std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("checkpoint-") && n != "checkpoint-0002").collect();
+            let leftovers: Vec<String> = std::fs::read_dir(&out)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| (n.starts_with("checkpoint-") && n != "checkpoint-0002") || n.ends_with(".tmp"))
+                .collect();
             assert!(leftovers.is_empty(), "{point}@{epoch}: {leftovers:?}");
         }
     }
