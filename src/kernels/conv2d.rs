@@ -8,7 +8,7 @@
 //! the forward kernel on dy with flipped, transposed weights and complementary padding.
 
 use super::reduce::{self, ACCUMULATE, WRITE_SPLITS};
-use super::{check_buf, parallel_over_batch, sgemm, MatRef};
+use super::{check_buf, parallel_over_batch, sgemm, with_col_scratch, MatRef};
 use crate::error::{check_len, shape_err, Result};
 use crate::gpu::{shaders, GpuBuffer, GpuSlice, Recorder};
 use rayon::prelude::*;
@@ -146,25 +146,6 @@ fn im2col_rows(s: &Conv2dShape, img: &[f32], col: &mut [f32], rows: std::ops::Ra
             }
         }
     }
-}
-
-thread_local! {
-    static COL_SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
-}
-
-/// Runs `f` on this thread's im2col scratch of `len` values (contents unspecified). The buffer
-/// is kept between calls: allocating megabytes per image costs page faults and zeroing, a
-/// quarter of batch-1 inference. It is taken out while in use, so a call nested through
-/// rayon's work stealing gets a buffer of its own instead of a double borrow. It never
-/// shrinks: each thread keeps its largest layer's columns (2.2 MB for the seed model).
-fn with_col_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    let mut col = COL_SCRATCH.take();
-    if col.len() < len {
-        col.resize(len, 0.0);
-    }
-    let r = f(&mut col[..len]);
-    COL_SCRATCH.set(col);
-    r
 }
 
 /// Runs `f(image, col scratch, threads)` for every image of the batch, in parallel when the

@@ -14,7 +14,7 @@
 
 use super::conv2d::Activation;
 use super::relu::relu;
-use super::{items_per_task, sgemm, MatRef};
+use super::{items_per_task, sgemm, with_col_scratch, MatRef};
 use crate::error::{check_len, shape_err, Result};
 use crate::gpu::{shaders, GpuBuffer, Recorder};
 use rayon::prelude::*;
@@ -253,28 +253,30 @@ fn grouped_cpu(s: &GroupedConvShape, x: &[f32], w: &[f32], b: &[f32], act: Activ
         let pixels = rows.len() * s.ow;
         let xi = &x[image * in_img..][..in_img];
         let col_len = if s.pointwise() { 0 } else { taps * pixels };
-        let mut scratch = vec![0.0; s.cout * pixels + col_len];
-        let (out, col) = scratch.split_at_mut(s.cout * pixels);
-        for (row, &bias) in out.chunks_exact_mut(pixels).zip(b) {
-            row.fill(bias);
-        }
-        for g in 0..s.groups {
-            let planes = &xi[g * cig * s.h * s.w..];
-            let input = if s.pointwise() {
-                // Channel planes of the group, from the block's first pixel on.
-                MatRef { data: &planes[rows.start * s.ow..], row: s.h * s.w, col: 1 }
-            } else {
-                im2col(s, &spans, planes, rows.clone(), col);
-                MatRef::rows(col, pixels)
-            };
-            sgemm(cog, pixels, taps, MatRef::rows(&w[g * cog * taps..], taps), input, &mut out[g * cog * pixels..], true, 1);
-        }
-        for (dest, row) in dests.iter_mut().zip(out.chunks_exact(pixels)) {
-            match act {
-                Activation::Identity => dest.copy_from_slice(row),
-                Activation::Relu => dest.iter_mut().zip(row).for_each(|(d, &v)| *d = relu(v)),
+        // Every value is written below (bias, then im2col), so the thread's reused buffer will do.
+        with_col_scratch(s.cout * pixels + col_len, |scratch| {
+            let (out, col) = scratch.split_at_mut(s.cout * pixels);
+            for (row, &bias) in out.chunks_exact_mut(pixels).zip(b) {
+                row.fill(bias);
             }
-        }
+            for g in 0..s.groups {
+                let planes = &xi[g * cig * s.h * s.w..];
+                let input = if s.pointwise() {
+                    // Channel planes of the group, from the block's first pixel on.
+                    MatRef { data: &planes[rows.start * s.ow..], row: s.h * s.w, col: 1 }
+                } else {
+                    im2col(s, &spans, planes, rows.clone(), col);
+                    MatRef::rows(col, pixels)
+                };
+                sgemm(cog, pixels, taps, MatRef::rows(&w[g * cog * taps..], taps), input, &mut out[g * cog * pixels..], true, 1);
+            }
+            for (dest, row) in dests.iter_mut().zip(out.chunks_exact(pixels)) {
+                match act {
+                    Activation::Identity => dest.copy_from_slice(row),
+                    Activation::Relu => dest.iter_mut().zip(row).for_each(|(d, &v)| *d = relu(v)),
+                }
+            }
+        });
     });
 }
 
