@@ -337,6 +337,10 @@ struct DetectArgs {
     /// crop.
     #[arg(long, value_enum, default_value_t = Tta::Mirror)]
     tta: Tta,
+    /// YuNet: classify the square around each box instead of the face turned upright by its
+    /// landmarks and framed as the training faces are.
+    #[arg(long)]
+    no_align: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -838,7 +842,7 @@ fn run_detect<B: Backend>(backend: B, gpu: Option<&gpu::Gpu>, args: &DetectArgs,
     };
     let files = image_files(&args.inputs)?;
     let weights = (!args.no_emotion).then(|| shipped(&args.weights.clone().unwrap_or_else(|| PathBuf::from(SHIPPED_WEIGHTS))));
-    let mut labeller = Labeller::new(backend, gpu, detector, weights.as_deref(), args.tta).context("loading the detector and the expression model (or pass --no-emotion)")?;
+    let mut labeller = Labeller::new(backend, gpu, detector, weights.as_deref(), args.tta, !args.no_align).context("loading the detector and the expression model (or pass --no-emotion)")?;
     let outputs = output_names(&files, out);
     // With the JSON on standard output, everything else goes to standard error.
     let json_to_stdout = args.json.as_deref().is_some_and(is_stdout);

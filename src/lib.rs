@@ -1,6 +1,7 @@
 //! mien: a facial-expression CNN and a Haar-cascade face detector whose every numeric kernel is
 //! a hand-written WGSL compute shader, with a fast CPU implementation of each beside it.
 
+pub mod align;
 pub mod augment;
 pub mod calibration;
 pub mod data;
@@ -13,6 +14,7 @@ pub mod nn;
 pub mod pipeline;
 pub mod plot;
 pub mod rng;
+pub mod track;
 pub mod train;
 
 pub use error::{Error, Result};

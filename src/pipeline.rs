@@ -1,9 +1,11 @@
 //! Faces and their expressions in one image: detection (YuNet on the labeller's device, or a
-//! Haar cascade, on the GPU when the model runs there), square crops resized to 48x48, the
-//! expression model (its probabilities averaged over the test-time views chosen), and the
-//! per-image report that `mien detect --json` writes. The command line, the benchmarks and
-//! later front ends all go through [`Labeller`].
+//! Haar cascade, on the GPU when the model runs there), 48x48 crops (aligned by YuNet's
+//! landmarks, or the square around the box), the expression model (its probabilities
+//! averaged over the test-time views chosen), and the per-image report that `mien detect
+//! --json` writes. The command line, the benchmarks and later front ends all go through
+//! [`Labeller`].
 
+use crate::align;
 use crate::augment::Tta;
 use crate::data::{self, CLASSES};
 use crate::detect::annotate::{self, Annotation};
@@ -12,6 +14,7 @@ use crate::detect::yunet::{FaceBox, YuNet, YuNetParams};
 use crate::detect::{cpu, Cascade, DetectParams, Rect};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::kernels::face_crop::{self, CropMap};
 use crate::nn::weights::{config_of, Part};
 use crate::nn::{Backend, Model};
 use image::{GrayImage, RgbImage};
@@ -74,6 +77,8 @@ pub struct Labeller<'g, B: Backend> {
     detector: Detector<'g, B>,
     model: Option<Model<B>>,
     tta: Tta,
+    /// Whether faces with landmarks are aligned before they are classified (see [`crate::align`]).
+    align: bool,
     /// What the last calls did differently from what was asked (a fallback to the CPU), for
     /// the caller to report with the image's name.
     warnings: Vec<String>,
@@ -83,8 +88,9 @@ impl<'g, B: Backend> Labeller<'g, B> {
     /// A labeller finding faces with `detector` (a Haar cascade on `gpu` when given) and
     /// labelling them with the weights at `weights`, whose model config is read from the file;
     /// without weights it only finds faces. Each face is labelled by the mean probabilities
-    /// of the views `tta` takes of its crop.
-    pub fn new(backend: B, gpu: Option<&'g Gpu>, detector: DetectorChoice, weights: Option<&Path>, tta: Tta) -> Result<Self> {
+    /// of the views `tta` takes of its crop, aligned by its landmarks when `align` is set and
+    /// the detector gives landmarks.
+    pub fn new(backend: B, gpu: Option<&'g Gpu>, detector: DetectorChoice, weights: Option<&Path>, tta: Tta, align: bool) -> Result<Self> {
         let detector = match detector {
             DetectorChoice::YuNet { params, min_size } => {
                 params.validate()?;
@@ -111,16 +117,16 @@ impl<'g, B: Backend> Labeller<'g, B> {
                 Some(model)
             }
         };
-        Ok(Labeller { backend, detector, model, tta, warnings: Vec::new() })
+        Ok(Labeller { backend, detector, model, tta, align, warnings: Vec::new() })
     }
 
     /// The faces in an image (`rgb`, and `grey` as OpenCV converts it), labelled when there is
     /// a model.
     pub fn faces(&mut self, rgb: &RgbImage, grey: &GrayImage) -> Result<Vec<Face>> {
-        let found = self.detect(rgb, grey)?;
-        let rects: Vec<Rect> = found.iter().map(|(rect, _)| *rect).collect();
-        let labels = self.classify(grey, &rects)?;
-        Ok(found.into_iter().zip(labels).map(|((rect, detection), label)| Face { rect, detection, label }).collect())
+        let mut faces: Vec<Face> = self.detect(rgb, grey)?.into_iter().map(|(rect, detection)| Face { rect, detection, label: None }).collect();
+        let labels = self.classify(grey, &faces)?;
+        faces.iter_mut().zip(labels).for_each(|(face, label)| face.label = label);
+        Ok(faces)
     }
 
     /// The warnings of the calls since the last time they were taken.
@@ -149,18 +155,28 @@ impl<'g, B: Backend> Labeller<'g, B> {
         }
     }
 
-    /// A label for each rectangle of `grey` (none without a model): the crops are resized to
-    /// the model's 48x48 and classified as one batch.
-    fn classify(&mut self, grey: &GrayImage, rects: &[Rect]) -> Result<Vec<Option<Label>>> {
-        let Some(model) = self.model.as_mut().filter(|_| !rects.is_empty()) else {
-            return Ok(vec![None; rects.len()]);
+    /// A label for each face of `grey` (none without a model): the faces are cut to the
+    /// model's 48x48 and classified as one batch.
+    fn classify(&mut self, grey: &GrayImage, faces: &[Face]) -> Result<Vec<Option<Label>>> {
+        let Some(model) = self.model.as_mut().filter(|_| !faces.is_empty()) else {
+            return Ok(vec![None; faces.len()]);
         };
-        let mut crops = Vec::with_capacity(rects.len() * data::PIXELS);
-        for r in rects {
-            let r = square_inside(r, grey.dimensions());
-            let crop = image::imageops::crop_imm(grey, r.x as u32, r.y as u32, r.w as u32, r.h as u32).to_image();
-            crops.extend_from_slice(cpu::resize_exact(&crop, data::SIDE as u32, data::SIDE as u32).as_raw());
-        }
+        let crops = match faces.iter().map(|f| f.detection.filter(|_| self.align).map(|d| align::aligned(&d.landmarks))).collect::<Option<Vec<CropMap>>>() {
+            Some(maps) => {
+                let size = (grey.width() as usize, grey.height() as usize);
+                match self.backend.face_crops(grey.as_raw(), size, &maps) {
+                    // Larger than the device's buffers: the CPU cuts the same crops.
+                    Err(e @ Error::TooLarge { .. }) => {
+                        self.warnings.push(format!("{e}; cutting the face crops on the CPU"));
+                        let mut crops = vec![0; maps.len() * data::PIXELS];
+                        face_crop::face_crops_cpu(grey.as_raw(), size, &maps, &mut crops)?;
+                        crops
+                    }
+                    crops => crops?,
+                }
+            }
+            None => square_crops(grey, faces),
+        };
         let probs = model.predict(&self.backend, &crops, self.tta)?;
         Ok(probs
             .chunks(CLASSES.len())
@@ -170,6 +186,18 @@ impl<'g, B: Backend> Labeller<'g, B> {
             })
             .collect())
     }
+}
+
+/// The square around each face's box, resized to 48x48 as OpenCV's `resize` does: the crops of
+/// the original report's Haar pipeline.
+fn square_crops(grey: &GrayImage, faces: &[Face]) -> Vec<u8> {
+    let mut crops = Vec::with_capacity(faces.len() * data::PIXELS);
+    for face in faces {
+        let r = square_inside(&face.rect, grey.dimensions());
+        let crop = image::imageops::crop_imm(grey, r.x as u32, r.y as u32, r.w as u32, r.h as u32).to_image();
+        crops.extend_from_slice(cpu::resize_exact(&crop, data::SIDE as u32, data::SIDE as u32).as_raw());
+    }
+    crops
 }
 
 /// A YuNet box as whole pixels: its corners rounded.

@@ -101,6 +101,14 @@ fn gpu_detection_gives_the_cpu_faces_and_labels() {
             }
         }
     }
+    // Square crops instead of aligned ones: the same faces, still labelled.
+    let (square, _) = run("gpu", &["--no-align"]);
+    for (a, b) in cpu.as_array().unwrap().iter().zip(square.as_array().unwrap()) {
+        for (fa, fb) in a["faces"].as_array().unwrap().iter().zip(b["faces"].as_array().unwrap()) {
+            assert_eq!((&fa["x"], &fa["w"]), (&fb["x"], &fb["w"]));
+            assert!(fb["emotion"].is_string());
+        }
+    }
     // An image whose pyramid does not fit the device's buffers falls back to the CPU, with a
     // warning naming the file, and still finds the same faces.
     let (haar, _) = run("gpu", &["--no-emotion", "--detector", "haar"]);

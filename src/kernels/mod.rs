@@ -16,6 +16,7 @@ pub mod conv2d;
 pub mod conv2d_grouped;
 pub mod dense;
 pub mod dropout;
+pub mod face_crop;
 pub mod maxpool2d;
 pub mod reduce;
 pub mod relu;

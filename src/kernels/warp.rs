@@ -79,15 +79,14 @@ pub fn ten_crops(side: usize) -> [Augment; 10] {
     std::array::from_fn(|i| crop(side, corners[i / 2], i % 2 == 1))
 }
 
-/// Bilinear sample of a byte image with clamped (repeated-edge) coordinates; the same
-/// arithmetic as warp.wgsl.
-fn sample(img: &[u8], sx: f32, sy: f32) -> f32 {
-    let top = (SIDE - 1) as f32;
-    let (sx, sy) = (sx.clamp(0.0, top), sy.clamp(0.0, top));
+/// Bilinear sample at (sx, sy) of a `width` x `height` byte image with clamped (repeated-edge)
+/// coordinates; the same arithmetic as warp.wgsl and face_crop.wgsl.
+pub(crate) fn sample(img: &[u8], (width, height): (usize, usize), sx: f32, sy: f32) -> f32 {
+    let (sx, sy) = (sx.clamp(0.0, (width - 1) as f32), sy.clamp(0.0, (height - 1) as f32));
     let (x0, y0) = (sx.floor() as usize, sy.floor() as usize);
-    let (x1, y1) = ((x0 + 1).min(SIDE - 1), (y0 + 1).min(SIDE - 1));
+    let (x1, y1) = ((x0 + 1).min(width - 1), (y0 + 1).min(height - 1));
     let (ax, ay) = (sx - x0 as f32, sy - y0 as f32);
-    let at = |x: usize, y: usize| img[y * SIDE + x] as f32;
+    let at = |x: usize, y: usize| img[y * width + x] as f32;
     let upper = at(x0, y0) + ax * (at(x1, y0) - at(x0, y0));
     let lower = at(x0, y1) + ax * (at(x1, y1) - at(x0, y1));
     upper + ay * (lower - upper)
@@ -117,7 +116,7 @@ pub fn warp_cpu(images: &[u8], augments: &[Augment], side: usize, out: &mut [f32
             for (y, row) in dst.chunks_mut(side).enumerate() {
                 for (x, d) in row.iter_mut().enumerate() {
                     let (fx, fy) = (x as f32, y as f32);
-                    *d = sample(src, m[0] * fx + m[1] * fy + m[2], m[3] * fx + m[4] * fy + m[5]) / 255.0;
+                    *d = sample(src, (SIDE, SIDE), m[0] * fx + m[1] * fy + m[2], m[3] * fx + m[4] * fy + m[5]) / 255.0;
                 }
             }
         }

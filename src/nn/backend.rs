@@ -2,6 +2,7 @@
 //! kernels' CPU side) and the GPU backend (the WGSL kernels, recorded into one command buffer
 //! until something is read back). The model and training loop are written once, against this.
 
+use crate::data::PIXELS;
 use crate::error::Result;
 use crate::gpu::{append_timeline, Finished, Gpu, GpuBuffer, HostTiming, PassTiming, Readback, Recorder};
 use crate::kernels::adam::{self, AdamConfig};
@@ -11,6 +12,7 @@ use crate::kernels::conv2d::{self, Activation, Conv2dShape};
 use crate::kernels::conv2d_grouped::{self, GroupedConvShape};
 use crate::kernels::dense::{self, DenseShape};
 use crate::kernels::dropout::{self, Mask};
+use crate::kernels::face_crop::{self, CropMap};
 use crate::kernels::maxpool2d::{self, PoolShape};
 use crate::kernels::relu;
 use crate::kernels::sgd::{self, SgdConfig};
@@ -80,6 +82,9 @@ pub trait Backend {
     /// Warps 48x48 byte images by their augmentations into `out` as `side` x `side` floats in
     /// [0, 1].
     fn warp(&self, images: &[u8], augments: &[Augment], side: usize, out: &Self::Tensor) -> Result<()>;
+    /// Cuts a 48x48 byte crop per map from a `width` x `height` grey image (see
+    /// [`face_crop`]): the faces the expression model reads.
+    fn face_crops(&self, image: &[u8], size: (usize, usize), maps: &[CropMap]) -> Result<Vec<u8>>;
     fn conv2d_forward(&self, s: Conv2dShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, act: Activation, y: &Self::Tensor) -> Result<()>;
     fn conv2d_backward_data(&self, s: Conv2dShape, dy: &Self::Tensor, w: &Self::Tensor, dx: &Self::Tensor) -> Result<()>;
     fn conv2d_backward_filter(&self, s: Conv2dShape, x: &Self::Tensor, dy: &Self::Tensor, dw: &Self::Tensor, db: &Self::Tensor) -> Result<()>;
@@ -151,6 +156,11 @@ impl Backend for Cpu {
 
     fn warp(&self, images: &[u8], augments: &[Augment], side: usize, out: &Self::Tensor) -> Result<()> {
         warp::warp_cpu(images, augments, side, &mut out.borrow_mut())
+    }
+    fn face_crops(&self, image: &[u8], size: (usize, usize), maps: &[CropMap]) -> Result<Vec<u8>> {
+        let mut crops = vec![0; maps.len() * PIXELS];
+        face_crop::face_crops_cpu(image, size, maps, &mut crops)?;
+        Ok(crops)
     }
     fn conv2d_forward(&self, s: Conv2dShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, act: Activation, y: &Self::Tensor) -> Result<()> {
         conv2d::forward_cpu(s, &x.borrow(), &w.borrow(), Some(&b.borrow()), act, &mut y.borrow_mut())
@@ -353,6 +363,16 @@ impl Backend for GpuBackend<'_> {
         let pixels = self.gpu.upload(&crate::gpu::pack_bytes(images))?;
         let augments = self.gpu.upload(augments)?;
         self.record(|r| warp::warp_gpu(r, side, &pixels, &augments, out))
+    }
+    fn face_crops(&self, image: &[u8], size: (usize, usize), maps: &[CropMap]) -> Result<Vec<u8>> {
+        if maps.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pixels = self.gpu.upload(&crate::gpu::pack_bytes(image))?;
+        let maps_buffer = self.gpu.upload(maps)?;
+        let crops = self.gpu.zeros(maps.len() * PIXELS / 4)?;
+        self.record(|r| face_crop::face_crops_gpu(r, size, &pixels, &maps_buffer, &crops))?;
+        Ok(bytemuck::cast_slice(&self.read_ints(&crops)?).to_vec())
     }
     fn conv2d_forward(&self, s: Conv2dShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, act: Activation, y: &Self::Tensor) -> Result<()> {
         let key = (w.buffer.clone(), conv2d::packed_len(self.gpu, &s));

@@ -1,0 +1,169 @@
+"""Do aligned face crops help the expression model on tilted faces? Makes scenes of FER2013 test
+faces pasted, enlarged and turned, into larger images with their labels recorded, runs
+`mien detect --json` on them with and without `--no-align`, and scores both against the labels.
+
+  make:  every test face (or every Nth) gets a border of its own pixels mirrored (a quarter
+         of its side each way: the context a photo has around a face, so that turning the face
+         back does not bring the scene's background into the crop's corners), is enlarged 2-4x
+         (bicubic), turned by an angle drawn from [-max, max] degrees, and pasted at a random
+         free place of a 640x480 scene (four faces a scene) over smooth random background.
+         labels.json records each face's class, centre, size (of the face without its border)
+         and angle.
+  score: runs mien detect twice (aligned, then --no-align) on the scenes, matches each pasted
+         face to the detected box whose centre lies nearest, inside half the face's size, and
+         prints recall and accuracy per run, overall and by angle, beside `mien eval` on the same
+         faces upright at 48x48.
+
+Run: tools/.venv/bin/python tools/aligned_scenes.py make --out /tmp/scenes [--every 1 --max-angle 30]
+     tools/.venv/bin/python tools/aligned_scenes.py score --scenes /tmp/scenes [--mien target/release/mien]
+"""
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+
+CLASSES = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+SCENE = (640, 480)
+FACES_PER_SCENE = 4
+# The mirrored border around each face, as a fraction of its side.
+CONTEXT = 0.25
+
+
+def background(rng):
+    """Smooth random grey-brown shading: something for the detector to ignore."""
+    small = rng.uniform(40, 200, size=(6, 8, 3)).astype(np.float32)
+    return cv2.resize(small, SCENE, interpolation=cv2.INTER_CUBIC).clip(0, 255).astype(np.uint8)
+
+
+def paste(scene, face, centre, angle):
+    """Pastes a square grey face turned by `angle` degrees with its centre at `centre`."""
+    side = face.shape[0]
+    m = cv2.getRotationMatrix2D(((side - 1) / 2, (side - 1) / 2), angle, 1.0)
+    m[:, 2] += np.array(centre) - (side - 1) / 2
+    turned = cv2.warpAffine(cv2.cvtColor(face, cv2.COLOR_GRAY2BGR), m, SCENE, flags=cv2.INTER_LINEAR)
+    mask = cv2.warpAffine(np.full((side, side), 255, np.uint8), m, SCENE, flags=cv2.INTER_NEAREST)
+    scene[mask > 0] = turned[mask > 0]
+
+
+def make(args):
+    rng = np.random.default_rng(args.seed)
+    faces = []
+    for label, name in enumerate(CLASSES):
+        for path in sorted(glob.glob(os.path.join(args.data, "test", name, "*.jpg")))[:: args.every]:
+            faces.append((path, label))
+    order = rng.permutation(len(faces))
+    os.makedirs(args.out, exist_ok=True)
+    records = []
+    for start in range(0, len(order), FACES_PER_SCENE):
+        scene, placed = background(rng), []
+        for index in order[start : start + FACES_PER_SCENE]:
+            path, label = faces[index]
+            side = int(rng.integers(96, 193))
+            angle = float(rng.uniform(-args.max_angle, args.max_angle))
+            # The turned square's reach from its centre, so that faces neither overlap nor leave.
+            reach = side * (1 + 2 * CONTEXT) * 0.5 * (abs(np.cos(np.radians(angle))) + abs(np.sin(np.radians(angle))))
+            for _ in range(200):
+                centre = (float(rng.uniform(reach, SCENE[0] - reach)), float(rng.uniform(reach, SCENE[1] - reach)))
+                if all(np.hypot(centre[0] - p["cx"], centre[1] - p["cy"]) > reach + p["reach"] for p in placed):
+                    break
+            else:
+                continue
+            grey = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+            border = round(48 * CONTEXT)
+            grey = cv2.copyMakeBorder(grey, border, border, border, border, cv2.BORDER_REFLECT_101)
+            padded = round(side * grey.shape[0] / 48)
+            face = cv2.resize(grey, (padded, padded), interpolation=cv2.INTER_CUBIC)
+            paste(scene, face, centre, angle)
+            placed.append({"source": os.path.relpath(path, args.data), "label": CLASSES[label], "cx": centre[0], "cy": centre[1], "size": side, "angle": angle, "reach": reach})
+        name = f"scene-{start // FACES_PER_SCENE:04d}.png"
+        cv2.imwrite(os.path.join(args.out, name), scene)
+        records.append({"image": name, "faces": placed})
+    with open(os.path.join(args.out, "labels.json"), "w") as f:
+        json.dump(records, f, indent=1)
+    print(f"{sum(len(r['faces']) for r in records)} faces in {len(records)} scenes under {args.out}")
+
+
+def run(cmd):
+    """The command's standard output; its error output and a non-zero exit stop the script."""
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"{' '.join(cmd[:3])} ... failed:\n{result.stderr[-2000:]}")
+    return result.stdout
+
+
+def detect(mien, scenes, extra):
+    out = os.path.join(scenes, "detected" + "".join(extra).replace("-", "_"))
+    images = sorted(glob.glob(os.path.join(scenes, "scene-*.png")))
+    cmd = [mien, "detect", *images, "--out", out, "--json", "-", *extra]
+    return {os.path.basename(r["image"]): r["faces"] for r in json.loads(run(cmd))}
+
+
+def score_run(records, detected):
+    rows = []  # (angle, found, correct)
+    for record in records:
+        boxes = detected.get(record["image"], [])
+        for face in record["faces"]:
+            best, best_distance = None, face["size"] / 2
+            for box in boxes:
+                d = np.hypot(box["x"] + box["w"] / 2 - face["cx"], box["y"] + box["h"] / 2 - face["cy"])
+                if d < best_distance:
+                    best, best_distance = box, d
+            rows.append((abs(face["angle"]), best is not None, best is not None and best.get("emotion") == face["label"]))
+    return np.array(rows, dtype=float)
+
+
+def upright_accuracy(args, records):
+    """mien eval on the same faces as FER2013 gives them (48x48, upright)."""
+    folder = os.path.join(args.scenes, "upright")
+    for record in records:
+        for face in record["faces"]:
+            target = os.path.join(folder, "test", face["source"].split(os.sep, 1)[1])
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            if not os.path.exists(target):
+                os.symlink(os.path.join(os.path.abspath(args.data), face["source"]), target)
+    output = run([args.mien, "eval", "--data", os.path.join(folder, "test"), *args.eval_args])
+    return next(line for line in output.splitlines() if "accuracy" in line)
+
+
+def score(args):
+    with open(os.path.join(args.scenes, "labels.json")) as f:
+        records = json.load(f)
+    print("upright 48x48 faces, mien eval:", upright_accuracy(args, records))
+    bins = [0, 10, 20, 30, 45]
+    for title, extra in [("aligned", []), ("not aligned (--no-align)", ["--no-align"])]:
+        rows = score_run(records, detect(args.mien, args.scenes, extra + args.detect_args))
+        found = rows[:, 1] == 1
+        print(f"{title}: {len(rows)} faces, found {found.mean():.1%}, accuracy {rows[found, 2].mean():.2%} of those found ({rows[:, 2].mean():.2%} of all)")
+        for lo, hi in zip(bins, bins[1:]):
+            sel = found & (rows[:, 0] >= lo) & (rows[:, 0] < hi)
+            if sel.any():
+                print(f"  |angle| {lo:2d}-{hi:2d} deg: {sel.sum():5d} found, accuracy {rows[sel, 2].mean():.2%}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("make")
+    m.add_argument("--data", default=os.environ.get("MIEN_FER_DIR", "../shared/data/fer2013"))
+    m.add_argument("--out", required=True)
+    m.add_argument("--every", type=int, default=1)
+    m.add_argument("--max-angle", type=float, default=30.0)
+    m.add_argument("--seed", type=int, default=1)
+    s = sub.add_parser("score")
+    s.add_argument("--data", default=os.environ.get("MIEN_FER_DIR", "../shared/data/fer2013"))
+    s.add_argument("--scenes", required=True)
+    s.add_argument("--mien", default="target/release/mien")
+    s.add_argument("--detect-args", nargs="*", default=[], help="more arguments for mien detect (e.g. --weights FILE)")
+    s.add_argument("--eval-args", nargs="*", default=[], help="more arguments for mien eval (e.g. --weights FILE)")
+    args = ap.parse_args()
+    make(args) if args.command == "make" else score(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
