@@ -1,5 +1,6 @@
 //! `cargo bench --bench detect`: face detection frames per second at 640x480, 1280x720 and
-//! 1920x1080, the GPU detector and the CPU reference (1 thread and all threads) in one run.
+//! 1920x1080, the Haar cascade and YuNet, each on the GPU and the CPU (1 thread and all
+//! threads), in one run.
 //! Options after `--`: `--quick` (1 repetition instead of 5).
 
 use indicatif::ProgressBar;
@@ -20,11 +21,18 @@ fn main() {
             println!("{}x{} {on}: {:.1} ms, {:.2} fps, {} faces{stream}", r.width, r.height, r.median_ms, r.fps, r.faces);
         }
     };
-    println!("OpenCV defaults (scale 1.1, 3 neighbours), frontal-face cascade, median of {reps}");
-    match Gpu::new(&GpuOptions::default()) {
-        Ok(gpu) => show(bench::bench_detect_gpu(&gpu, &cascade, &scene, reps, &ProgressBar::hidden()).expect("GPU detection")),
-        Err(e) => println!("no GPU column: {e}"),
+    let (hidden, all) = (ProgressBar::hidden(), rayon::current_num_threads());
+    let gpu = Gpu::new(&GpuOptions::default()).map_err(|e| println!("no GPU rows: {e}")).ok();
+    println!("Haar: OpenCV defaults (scale 1.1, 3 neighbours), frontal-face cascade, median of {reps}");
+    if let Some(gpu) = &gpu {
+        show(bench::bench_detect_gpu(gpu, &cascade, &scene, reps, &hidden).expect("GPU detection"));
     }
-    show(bench::bench_detect_cpu(&cascade, &scene, 1, reps, &ProgressBar::hidden()).expect("CPU detection"));
-    show(bench::bench_detect_cpu(&cascade, &scene, rayon::current_num_threads(), reps, &ProgressBar::hidden()).expect("CPU detection"));
+    show(bench::bench_detect_cpu(&cascade, &scene, 1, reps, &hidden).expect("CPU detection"));
+    show(bench::bench_detect_cpu(&cascade, &scene, all, reps, &hidden).expect("CPU detection"));
+    println!("YuNet-n with mien detect's defaults on the same frames, median of {reps}");
+    if let Some(gpu) = &gpu {
+        show(bench::bench_yunet_gpu(gpu, &scene, reps, &hidden).expect("GPU YuNet"));
+    }
+    show(bench::bench_yunet_cpu(&scene, 1, reps, &hidden).expect("CPU YuNet"));
+    show(bench::bench_yunet_cpu(&scene, all, reps, &hidden).expect("CPU YuNet"));
 }
