@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 
@@ -33,7 +34,8 @@ THRESHOLDS = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 
 
 def detect(mien, images, extra):
-    result = subprocess.run([mien, "detect", *images, "--out", os.path.join(os.path.dirname(images[0]), "thresholds"), "--json", "-", "--no-emotion", *extra], capture_output=True, text=True)
+    with tempfile.TemporaryDirectory() as annotated:
+        result = subprocess.run([mien, "detect", *images, "--out", annotated, "--json", "-", "--no-emotion", *extra], capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(f"mien detect failed:\n{result.stderr[-2000:]}")
     return {os.path.basename(r["image"]): r["faces"] for r in json.loads(result.stdout)}
