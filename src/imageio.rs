@@ -98,7 +98,8 @@ fn check_size(name: &Path, width: u32, height: u32) -> Result<()> {
     Ok(())
 }
 
-fn grey_of(rgb: &RgbImage) -> GrayImage {
+/// `rgb` in grey, as OpenCV's `cvtColor` converts it.
+pub fn grey_of(rgb: &RgbImage) -> GrayImage {
     let grey = rgb.as_raw().chunks_exact(3).map(|p| grey_pixel(p[0], p[1], p[2])).collect();
     GrayImage::from_raw(rgb.width(), rgb.height(), grey).expect("one grey byte per RGB pixel")
 }

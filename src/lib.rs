@@ -16,6 +16,7 @@ pub mod plot;
 pub mod rng;
 pub mod track;
 pub mod train;
+pub mod video;
 
 pub use error::{Error, Result};
 pub mod bench;

@@ -173,3 +173,52 @@ pub fn reliability_diagram(path: &Path, reliability: &Reliability) -> Result<()>
     }
     root.present().map_err(|e| err(path, e))
 }
+
+/// Colours of the seven classes in the timeline, in CLASSES order.
+const CLASS_COLOURS: [RGBColor; 7] =
+    [RGBColor(214, 39, 40), RGBColor(140, 86, 75), RGBColor(148, 103, 189), RGBColor(255, 160, 0), RGBColor(127, 127, 127), RGBColor(31, 119, 180), RGBColor(44, 160, 44)];
+
+/// Tracks the timeline draws at most, the longest ones; the caption says how many were left out.
+pub const TIMELINE_TRACKS: usize = 8;
+
+/// One panel per track (the [`TIMELINE_TRACKS`] seen longest), each class's probability over
+/// the video's time.
+pub fn expression_timeline(path: &Path, classes: &[&str], tracks: &[(u64, Vec<crate::pipeline::video::TimelinePoint>)], duration_s: f64) -> Result<()> {
+    register_font();
+    let mut shown: Vec<&(u64, Vec<_>)> = tracks.iter().filter(|(_, points)| !points.is_empty()).collect();
+    shown.sort_by_key(|(id, points)| (std::cmp::Reverse(points.len()), *id));
+    let left_out = shown.len().saturating_sub(TIMELINE_TRACKS);
+    shown.truncate(TIMELINE_TRACKS);
+    shown.sort_by_key(|(id, _)| *id);
+    let panel = 190;
+    let root = BitMapBackend::new(path, (1100, 60 + panel * shown.len().max(1) as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(path, e))?;
+    let title = match (shown.len(), left_out) {
+        (0, _) => "Expressions over time: no labelled faces".to_string(),
+        (_, 0) => "Expressions over time, one panel per track".to_string(),
+        (_, n) => format!("Expressions over time, the {} longest tracks ({n} shorter ones left out)", shown.len()),
+    };
+    let root = root.titled(&title, (FONT, 20)).map_err(|e| err(path, e))?;
+    let end = duration_s.max(1e-3);
+    for (i, (area, (id, points))) in root.split_evenly((shown.len().max(1), 1)).into_iter().zip(&shown).enumerate() {
+        let mut chart = ChartBuilder::on(&area)
+            .caption(format!("track {id}"), (FONT, 15))
+            .margin(8)
+            .x_label_area_size(30)
+            .y_label_area_size(45)
+            .build_cartesian_2d(0.0..end, 0.0..1.0)
+            .map_err(|e| err(path, e))?;
+        chart.configure_mesh().x_desc("time (s)").y_desc("probability").y_labels(3).label_style((FONT, 12)).draw().map_err(|e| err(path, e))?;
+        for (class, (name, colour)) in classes.iter().zip(CLASS_COLOURS).enumerate() {
+            let line = points.iter().map(|p| (p.time_s, p.probabilities[class] as f64));
+            let series = chart.draw_series(LineSeries::new(line, colour.stroke_width(2))).map_err(|e| err(path, e))?;
+            if i == 0 {
+                series.label(*name).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+            }
+        }
+        if i == 0 {
+            chart.configure_series_labels().position(SeriesLabelPosition::UpperRight).border_style(BLACK).background_style(WHITE.mix(0.85)).label_font((FONT, 12)).draw().map_err(|e| err(path, e))?;
+        }
+    }
+    root.present().map_err(|e| err(path, e))
+}

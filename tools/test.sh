@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command: sets up what the build and the GPU tests need, then runs the whole suite.
 # - On Debian/Ubuntu it installs what is missing when run as root, otherwise says what to
-#   install: libjpeg-turbo (the JPEG decoder OpenCV uses) and, without a Vulkan driver, Mesa's
-#   CPU drivers (lavapipe for Vulkan, llvmpipe for GL through EGL).
+#   install: libjpeg-turbo (the JPEG decoder OpenCV uses), FFmpeg (video in and out) and,
+#   without a Vulkan driver, Mesa's CPU drivers (lavapipe for Vulkan, llvmpipe for GL through
+#   EGL).
 # - Checks formatting (rustfmt.toml) and clippy's lints, warnings as errors.
 # - Runs `cargo test` on the default adapter, then the GPU kernel tests again on wgpu's GL
 #   backend (one test thread: a GL context serialises work, and wgpu's GL context lock times
@@ -14,7 +15,7 @@ cd "$(dirname "$0")/.."
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/mien-xdg-$(id -u)}"
 mkdir -p -m 700 "$XDG_RUNTIME_DIR"
 
-packages=(mesa-vulkan-drivers libvulkan1 libegl1 libegl-mesa0 libgl1-mesa-dri libturbojpeg0-dev pkg-config)
+packages=(mesa-vulkan-drivers libvulkan1 libegl1 libegl-mesa0 libgl1-mesa-dri libturbojpeg0-dev pkg-config ffmpeg)
 if command -v dpkg >/dev/null 2>&1; then
   missing=()
   for p in "${packages[@]}"; do
@@ -22,7 +23,7 @@ if command -v dpkg >/dev/null 2>&1; then
   done
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-      echo "installing ${missing[*]} (libjpeg-turbo; Mesa's CPU Vulkan and GL drivers for the GPU tests)"
+      echo "installing ${missing[*]} (libjpeg-turbo; FFmpeg; Mesa's CPU Vulkan and GL drivers for the GPU tests)"
       apt-get update -qq
       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else

@@ -8,8 +8,11 @@ use mien::data::{self, Dataset, Usage};
 use mien::gpu::{self, BackendChoice, DeviceChoice, GpuOptions};
 use mien::nn::weights::Part;
 use mien::nn::{Backend, Cpu, GpuBackend, Model, ModelConfig};
+use mien::pipeline::video::VideoOptions;
 use mien::train::{self, OptimizerChoice, Recipe, RunFiles, RunState, SgdSettings};
 use std::path::{Path, PathBuf};
+
+mod video;
 
 #[derive(Parser)]
 #[command(name = "mien", version, about = "Facial-expression recognition on hand-written WGSL kernels")]
@@ -288,10 +291,14 @@ fn parse_size(s: &str) -> std::result::Result<(u32, u32), String> {
 
 #[derive(Args)]
 struct DetectArgs {
-    /// Images, or folders of images (files that are not images are skipped with a warning).
+    /// Images, videos (mp4, mkv, webm, mov, avi...), live streams (rtsp://, http(s)://, tcp://,
+    /// udp://...), cameras (/dev/videoN), or folders of images and videos (other files are
+    /// skipped with a warning).
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
-    /// Folder for the annotated PNGs (`<name>.annotated.png`; never an input's name).
+    /// Folder for the outputs: `<name>.annotated.png` per image; per video
+    /// `<name>.annotated.mp4`, `<name>.faces.csv`, `<name>.summary.json` and
+    /// `<name>.timeline.png`. Never an input's name.
     #[arg(long, default_value = "out")]
     out: PathBuf,
     /// Also write every image's faces as one JSON array to this file (`-`: standard output,
@@ -341,6 +348,16 @@ struct DetectArgs {
     /// landmarks and framed as the training faces are.
     #[arg(long)]
     no_align: bool,
+    /// Videos: analyse every Nth frame; the frames between carry the faces last found.
+    #[arg(long, default_value_t = 1)]
+    stride: u64,
+    /// Videos: label each face by its probabilities averaged over this many seconds of its
+    /// track (0: each frame alone).
+    #[arg(long, default_value_t = 0.0)]
+    smooth: f64,
+    /// Videos: also write the rows as `<name>.faces.jsonl`.
+    #[arg(long)]
+    jsonl: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -769,10 +786,16 @@ fn shipped(path: &Path) -> PathBuf {
 
 /// The image files named by the inputs: files as given, folders' images sorted by name. A
 /// folder's other files are skipped with a warning; a missing input is an error before any work.
-fn image_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
+/// The images and the videos among `inputs`, folders listed (sorted): a stream or camera
+/// address, or a file with a video extension, is a video; other files are images if they look
+/// like one.
+fn detect_inputs(inputs: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<String>)> {
+    let (mut images, mut videos) = (Vec::new(), Vec::new());
     for input in inputs {
-        if input.is_dir() {
+        let name = input.to_string_lossy();
+        if video::is_live_source(&name) || (input.is_file() && video::is_video_file(input)) {
+            videos.push(name.into_owned());
+        } else if input.is_dir() {
             let mut entries: Vec<PathBuf> =
                 std::fs::read_dir(input).with_context(|| format!("{}: cannot list", input.display()))?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
             entries.sort();
@@ -780,17 +803,18 @@ fn image_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
                 let mut start = [0u8; 16];
                 let read = std::fs::File::open(&path).and_then(|mut f| std::io::Read::read(&mut f, &mut start));
                 match read {
-                    Ok(n) if mien::imageio::looks_like_image(&start[..n]) => files.push(path),
-                    _ => eprintln!("warning: skipping {}: not an image", path.display()),
+                    _ if video::is_video_file(&path) => videos.push(path.to_string_lossy().into_owned()),
+                    Ok(n) if mien::imageio::looks_like_image(&start[..n]) => images.push(path),
+                    _ => eprintln!("warning: skipping {}: not an image or a video", path.display()),
                 }
             }
         } else if input.is_file() {
-            files.push(input.clone());
+            images.push(input.clone());
         } else {
             bail!("{}: no such file or folder", input.display());
         }
     }
-    Ok(files)
+    Ok((images, videos))
 }
 
 /// `--out`, created if missing; refused when it names something that is not a folder.
@@ -840,7 +864,15 @@ fn run_detect<B: Backend>(backend: B, gpu: Option<&gpu::Gpu>, args: &DetectArgs,
             DetectorChoice::Haar { cascade: Cascade::load(&shipped(&args.cascade))?, params }
         }
     };
-    let files = image_files(&args.inputs)?;
+    let (files, videos) = detect_inputs(&args.inputs)?;
+    let video_options = VideoOptions { stride: args.stride, smooth_s: args.smooth, ..VideoOptions::default() };
+    if !videos.is_empty() {
+        // Bad settings are refused before the models load.
+        mien::track::Smoother::new(video_options.smooth_s)?;
+        if args.stride == 0 {
+            bail!("--stride 0: it must be 1 (every frame) or more");
+        }
+    }
     let weights = (!args.no_emotion).then(|| shipped(&args.weights.clone().unwrap_or_else(|| PathBuf::from(SHIPPED_WEIGHTS))));
     let mut labeller = Labeller::new(backend, gpu, detector, weights.as_deref(), args.tta, !args.no_align).context("loading the detector and the expression model (or pass --no-emotion)")?;
     let outputs = output_names(&files, out);
@@ -886,12 +918,16 @@ fn run_detect<B: Backend>(backend: B, gpu: Option<&gpu::Gpu>, args: &DetectArgs,
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    say(format!("{} images, {} faces; annotated images in {}", reports.len(), reports.iter().map(|r| r.faces.len()).sum::<usize>(), out.display()));
+    if !files.is_empty() {
+        say(format!("{} images, {} faces; annotated images in {}", reports.len(), reports.iter().map(|r| r.faces.len()).sum::<usize>(), out.display()));
+    }
     if let Some(path) = &args.json {
         write_json(path, &reports)?;
     }
+    let request = video::VideoRequest { videos: &videos, inputs: &args.inputs, out, jsonl: args.jsonl, options: video_options };
+    failures.extend(video::run_videos(&mut labeller, &request, &say));
     if !failures.is_empty() {
-        bail!("{} of {} inputs failed:\n  {}", failures.len(), files.len(), failures.join("\n  "));
+        bail!("{} of {} inputs failed:\n  {}", failures.len(), files.len() + videos.len(), failures.join("\n  "));
     }
     Ok(())
 }

@@ -5,6 +5,8 @@
 //! --json` writes. The command line, the benchmarks and later front ends all go through
 //! [`Labeller`].
 
+pub mod video;
+
 use crate::align;
 use crate::augment::Tta;
 use crate::data::{self, CLASSES};
@@ -220,7 +222,12 @@ fn square_inside(r: &Rect, (width, height): (u32, u32)) -> Rect {
 
 /// Draws each face's box and caption on `rgb`.
 pub fn annotate(rgb: &mut RgbImage, faces: &[Face]) -> Result<()> {
-    let drawn: Vec<Annotation> = faces.iter().map(|f| Annotation { rect: f.rect, label: f.caption(), landmarks: f.detection.map(|d| d.landmarks) }).collect();
+    annotate_captioned(rgb, faces.iter().map(|f| (f, f.caption())))
+}
+
+/// Draws each face's box with the caption given for it.
+pub fn annotate_captioned<'a>(rgb: &mut RgbImage, faces: impl IntoIterator<Item = (&'a Face, String)>) -> Result<()> {
+    let drawn: Vec<Annotation> = faces.into_iter().map(|(f, label)| Annotation { rect: f.rect, label, landmarks: f.detection.map(|d| d.landmarks) }).collect();
     annotate::draw(rgb, &drawn)
 }
 

@@ -1,0 +1,247 @@
+//! `mien detect` on videos and live streams, as a user runs it: clips made at test time with
+//! ffmpeg from the shipped photos (a pan, a cut between photos, an odd size, a variable frame
+//! rate, audio), a clip served live over TCP, and broken inputs.
+
+mod common;
+
+use common::temp_dir;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn mien(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mien")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn ffmpeg(args: &[&str]) {
+    let out = Command::new("ffmpeg").args(["-hide_banner", "-loglevel", "error", "-y"]).args(args).output().expect("the video tests need ffmpeg (tools/test.sh installs it)");
+    assert!(out.status.success(), "ffmpeg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn photo(name: &str) -> String {
+    format!("{}/data/photos/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `frames` frames at 10 fps of a 320x240 window panning across Grace Hopper's photo, scaled
+/// so that her face stays in view and moves by about 6 px a frame.
+fn pan_clip(dir: &Path, frames: u32) -> PathBuf {
+    let clip = dir.join("pan.mp4");
+    let seconds = (frames as f32 / 10.0).to_string();
+    ffmpeg(&["-loop", "1", "-i", &photo("grace_hopper.jpg"), "-vf", "scale=448:525,crop=320:240:'40+60*t':'60+20*t',format=yuv420p", "-r", "10", "-t", &seconds, "-c:v", "libx264", s(&clip)]);
+    clip
+}
+
+/// The CSV's rows as maps from column to value.
+fn rows(csv: &Path) -> Vec<std::collections::HashMap<String, String>> {
+    let text = std::fs::read_to_string(csv).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<String> = lines.next().unwrap().split(',').map(String::from).collect();
+    lines.map(|l| header.iter().cloned().zip(l.split(',').map(String::from)).collect()).collect()
+}
+
+/// Frames in a video file, counted by decoding it.
+fn frame_count(video: &Path) -> u64 {
+    let out = Command::new("ffprobe").args(["-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0", s(video)]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+fn summary(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn a_panning_clip_gives_the_four_outputs_with_one_stable_track() {
+    let dir = temp_dir("video-pan");
+    let clip = pan_clip(&dir, 12);
+    let out = dir.join("out");
+    let (ok, stdout, stderr) = mien(&["--device", "cpu", "detect", s(&clip), "--out", s(&out), "--jsonl"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("12 frames"), "{stdout}");
+    let rows = rows(&out.join("pan.faces.csv"));
+    assert_eq!(rows.len(), 12, "one face in each of 12 frames");
+    assert!(rows.iter().all(|r| r["track"] == "1"), "the face keeps track 1 through the pan");
+    for (i, r) in rows.iter().enumerate() {
+        assert_eq!(r["frame"], i.to_string());
+        assert!((r["time_s"].parse::<f64>().unwrap() - i as f64 / 10.0).abs() < 1e-3, "time of frame {i}: {}", r["time_s"]);
+        let total: f64 = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"].iter().map(|c| r[*c].parse::<f64>().unwrap()).sum();
+        assert!((total - 1.0).abs() < 1e-3, "probabilities sum to {total}");
+    }
+    // The face moves right and down with the window moving left and up... by the pan's speed.
+    let x: Vec<i32> = rows.iter().map(|r| r["x"].parse().unwrap()).collect();
+    assert!(x[0] - x[11] > 40, "the face moves against the pan: {x:?}");
+    assert_eq!(frame_count(&out.join("pan.annotated.mp4")), 12, "every frame in the annotated video");
+    assert_eq!(std::fs::read_to_string(out.join("pan.faces.jsonl")).unwrap().lines().count(), 12);
+    let summary = summary(&out.join("pan.summary.json"));
+    assert_eq!(summary["frames"], 12);
+    assert_eq!(summary["tracks"].as_array().unwrap().len(), 1);
+    assert_eq!(summary["tracks"][0]["frames"], 12);
+    assert!((summary["tracks"][0]["last_s"].as_f64().unwrap() - 1.1).abs() < 1e-3);
+    assert!(image::open(out.join("pan.timeline.png")).is_ok());
+}
+
+#[test]
+fn a_cut_between_photos_starts_a_new_track_and_the_summary_matches_the_csv() {
+    let dir = temp_dir("video-cut");
+    let clip = dir.join("cut.mkv");
+    // Five frames of each photo at 5 fps, cut hard from one to the other.
+    ffmpeg(&[
+        "-loop",
+        "1",
+        "-t",
+        "1",
+        "-i",
+        &photo("grace_hopper.jpg"),
+        "-loop",
+        "1",
+        "-t",
+        "1",
+        "-i",
+        &photo("astronaut.png"),
+        "-filter_complex",
+        "[0:v]scale=320:375,crop=320:240:0:40,setsar=1,fps=5,trim=end_frame=5[a];[1:v]scale=320:320,crop=320:240:0:0,setsar=1,fps=5,trim=end_frame=5[b];[a][b]concat=n=2:v=1,format=yuv420p[v]",
+        "-map",
+        "[v]",
+        "-c:v",
+        "libx264",
+        s(&clip),
+    ]);
+    let out = dir.join("out");
+    let (ok, _, stderr) = mien(&["--device", "cpu", "detect", s(&clip), "--out", s(&out), "--stride", "2"]);
+    assert!(ok, "{stderr}");
+    let rows = rows(&out.join("cut.faces.csv"));
+    let tracks: Vec<&str> = rows.iter().map(|r| r["track"].as_str()).collect();
+    assert_eq!(rows.len(), 10, "one face a frame: {tracks:?}");
+    // Frame 5, the first after the cut, is not analysed and carries frame 4's face.
+    assert!(tracks[..6].iter().all(|t| *t == "1") && tracks[6..].iter().all(|t| *t == "2"), "a new track after the cut: {tracks:?}");
+    // Every second frame is analysed, the others carry its faces.
+    assert!(rows.iter().enumerate().all(|(i, r)| r["analysed"] == if i % 2 == 0 { "1" } else { "0" }));
+    let summary = summary(&out.join("cut.summary.json"));
+    assert_eq!(summary["analysed_frames"], 5);
+    for track in summary["tracks"].as_array().unwrap() {
+        let id = track["track"].to_string();
+        let mine: Vec<_> = rows.iter().filter(|r| r["track"] == id).collect();
+        assert_eq!(track["frames"], mine.len() as u64, "track {id}");
+        assert_eq!(track["first_s"].as_f64().unwrap(), mine[0]["time_s"].parse::<f64>().unwrap());
+        let share: f64 = track["dominant_share"].as_object().unwrap().values().map(|v| v.as_f64().unwrap()).sum();
+        assert!((share - 1.0).abs() < 1e-9);
+    }
+}
+
+#[test]
+fn odd_sizes_variable_frame_rates_and_audio_come_through() {
+    let dir = temp_dir("video-vfr");
+    let clip = dir.join("odd.mkv");
+    // 641x479 (Motion JPEG: H.264 needs even sizes), frames at uneven times, with a sine tone.
+    ffmpeg(&[
+        "-loop",
+        "1",
+        "-i",
+        &photo("astronaut.png"),
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=300:duration=2",
+        "-vf",
+        "scale=641:479,setpts='(N*0.1+0.1*floor(N/2))/TB',format=yuv420p",
+        "-frames:v",
+        "8",
+        "-fps_mode",
+        "vfr",
+        "-c:v",
+        "mjpeg",
+        "-c:a",
+        "aac",
+        "-shortest",
+        s(&clip),
+    ]);
+    let out = dir.join("out");
+    let (ok, _, stderr) = mien(&["--device", "cpu", "detect", s(&clip), "--out", s(&out), "--no-emotion"]);
+    assert!(ok, "{stderr}");
+    let times: Vec<f64> = rows(&out.join("odd.faces.csv")).iter().map(|r| r["time_s"].parse().unwrap()).collect();
+    // The times ffprobe gives the clip's frames (its format starts at 0).
+    let probe = Command::new("ffprobe").args(["-v", "error", "-select_streams", "v", "-show_entries", "frame=pts_time", "-of", "csv=p=0", s(&clip)]).output().unwrap();
+    let want: Vec<f64> = String::from_utf8_lossy(&probe.stdout).split(|c: char| c == ',' || c.is_whitespace()).filter(|t| !t.is_empty()).map(|t| t.parse().unwrap()).collect();
+    assert_eq!(times.len(), 8, "{times:?}");
+    assert!(times.iter().zip(&want).all(|(t, w)| (t - w).abs() < 1e-3), "frame times {times:?}, ffprobe {want:?}");
+    let steps: Vec<f64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(steps.iter().any(|d| *d > 0.15) && steps.iter().any(|d| *d < 0.11), "uneven steps expected: {steps:?}");
+    let annotated = out.join("odd.annotated.mp4");
+    let probe = Command::new("ffprobe").args(["-v", "error", "-show_entries", "stream=codec_type,width,height", "-of", "csv=p=0", s(&annotated)]).output().unwrap();
+    let streams = String::from_utf8_lossy(&probe.stdout);
+    assert!(streams.contains("video,642,480") && streams.contains("audio"), "{streams}");
+    assert_eq!(frame_count(&annotated), 8);
+}
+
+#[test]
+fn a_live_tcp_stream_is_read_to_its_end() {
+    let dir = temp_dir("video-live");
+    let clip = pan_clip(&dir, 10);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let mut server = Command::new("ffmpeg").args(["-hide_banner", "-loglevel", "error", "-re", "-i", s(&clip), "-c", "copy", "-f", "mpegts", &format!("{url}?listen=1")]).spawn().unwrap();
+    // The server takes one connection, so a probe connection would use it up: wait until the
+    // kernel lists the port as listening (state 0A in /proc/net/tcp).
+    let listening = format!(":{port:04X} 00000000:0000 0A");
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string("/proc/net/tcp").unwrap().contains(&listening) {
+        assert!(started.elapsed().as_secs() < 20, "the ffmpeg server never listened on {port}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = dir.join("out");
+    let (ok, stdout, stderr) = mien(&["--device", "cpu", "detect", &url, "--out", s(&out), "--no-emotion"]);
+    let _ = server.wait();
+    assert!(ok, "{stderr}");
+    let stem = format!("tcp___127.0.0.1_{port}");
+    let rows = rows(&out.join(format!("{stem}.faces.csv")));
+    let summary = summary(&out.join(format!("{stem}.summary.json")));
+    let (frames, dropped) = (summary["frames"].as_u64().unwrap(), summary["dropped_frames"].as_u64().unwrap());
+    assert_eq!(frames + dropped, 10, "every frame read or counted as dropped: {stdout}");
+    assert_eq!(rows.len() as u64, frames);
+}
+
+#[test]
+fn broken_and_missing_videos_are_clear_errors_and_leave_valid_outputs() {
+    let dir = temp_dir("video-bad");
+    let clip = pan_clip(&dir, 20);
+    // Truncated: the first half of a file whose frames are all key frames (Motion JPEG), so
+    // that the damage falls mid-way. The frames before it are done.
+    let bytes = std::fs::read(&clip).unwrap();
+    let truncated = dir.join("truncated.mkv");
+    ffmpeg(&["-i", s(&clip), "-c:v", "mjpeg", s(&truncated)]);
+    let mkv = std::fs::read(&truncated).unwrap();
+    std::fs::write(&truncated, &mkv[..mkv.len() / 2]).unwrap();
+    let out = dir.join("out");
+    let (ok, _, stderr) = mien(&["--device", "cpu", "detect", s(&truncated), "--out", s(&out), "--no-emotion"]);
+    assert!(!ok && stderr.contains("truncated.mkv"), "{stderr}");
+    let done = rows(&out.join("truncated.faces.csv")).len() as u64;
+    assert!(done > 0 && done < 20, "{done} frames done");
+    assert_eq!(frame_count(&out.join("truncated.annotated.mp4")), done, "the annotated video holds the frames done");
+    assert_eq!(summary(&out.join("truncated.summary.json"))["frames"], done);
+
+    // No video stream, no frames at all, not a video, a refused connection.
+    let audio = dir.join("tone.mp4");
+    ffmpeg(&["-f", "lavfi", "-i", "sine=duration=1", "-c:a", "aac", s(&audio)]);
+    let empty = dir.join("empty.mp4");
+    std::fs::write(&empty, b"").unwrap();
+    let garbage = dir.join("garbage.avi");
+    std::fs::write(&garbage, &bytes[bytes.len() / 2..]).unwrap();
+    let refused = "tcp://127.0.0.1:1";
+    for (input, expected) in [(s(&audio), "no video"), (s(&empty), "empty.mp4"), (s(&garbage), "garbage.avi"), (refused, "127.0.0.1:1")] {
+        let started = std::time::Instant::now();
+        let (ok, _, stderr) = mien(&["--device", "cpu", "detect", input, "--out", s(&out), "--no-emotion"]);
+        assert!(!ok && stderr.contains(expected), "{input}: {stderr}");
+        assert!(started.elapsed().as_secs() < 30, "{input}: took {:?}", started.elapsed());
+    }
+    // A bad input among good ones: the others are still done.
+    let (ok, stdout, stderr) = mien(&["--device", "cpu", "detect", s(&empty), s(&clip), "--out", s(&out), "--no-emotion", "--stride", "5"]);
+    assert!(!ok && stderr.contains("1 of 2 inputs failed") && stdout.contains("pan.mp4"), "{stdout}\n{stderr}");
+    // Settings that make no sense are refused before any work.
+    for (flag, value) in [("--stride", "0"), ("--smooth", "-1")] {
+        let (ok, _, stderr) = mien(&["--device", "cpu", "detect", s(&clip), "--out", s(&out), &format!("{flag}={value}")]);
+        assert!(!ok && stderr.contains(flag), "{flag} {value}: {stderr}");
+    }
+}
