@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""mien beside its peers in one session: PyTorch for training and inference, OpenCV for detection.
+"""mien beside its peers in one session: PyTorch for training and inference, OpenCV for detection,
+fer for video.
 
     tools/.venv/bin/python tools/peers.py [--mien target/release/mien] [--reps N] [--quick]
                                           [--one-thread] [--out out]
@@ -13,6 +14,11 @@ Runs, back to back on the same machine:
   4. `tools/opencv_bench.py`                       (detectMultiScale and FaceDetectorYN on the
                                                     same frames, 1 thread and OpenCV's default
                                                     threads)
+  5. `mien bench video --device cpu --json`       (detect on video clips end to end: decoding,
+                                                    YuNet, expressions, tracking, drawing, H.264)
+  6. `tools/fer_video.py`                          (fer's Video.analyze on the same clips; needs
+                                                    fer and TensorFlow in the venv, see README;
+                                                    skipped with a note when they are missing)
   with --one-thread also 1 and 2 on one thread (RAYON_NUM_THREADS=1, torch --threads 1);
 and writes OUT/peers.json (every tool's raw output plus the machine: CPU model, cores, date,
 load average before and after, mien's adapters and version, git commit) and OUT/peers.md (the
@@ -252,6 +258,24 @@ def markdown(report):
         "",
     ]
     lines += detect_table(report["results"]["mien_detect"], cv, "haar")
+    video = report["results"].get("mien_video")
+    if video:
+        fer = report["results"].get("fer_video") or {}
+        lines += [
+            "## Video end to end (`mien bench video` vs `tools/fer_video.py`)",
+            "",
+            "Clips panned across a portrait (one face) and the montage (nine faces), 30 fps H.264, every frame analysed; "
+            "mien: YuNet on frames shrunk to 640 px, the shipped expression model with mirror averaging, tracking, annotated H.264 out; "
+            "fer 25.10.3: `Video.analyze(FER())` (Haar cascade, mini-Xception in TensorFlow Lite), annotated video out.",
+            "",
+            "| clip | size | mien CPU fps | faces | fer fps | faces | mien / fer |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in video:
+            theirs = fer.get(r["clip"]) or fer.get(os.path.relpath(r["clip"], ROOT)) or {}
+            lines.append(f"| {r['scene']} | {r['width']}x{r['height']} | {fmt(r['fps'])} | {r['face_frames']} | "
+                         f"{fmt(theirs.get('fps'))} | {theirs.get('faces', '-')} | {fmt_ratio(ratio(r['fps'], theirs.get('fps')))} |")
+        lines.append("")
     yunet = cv.get("yunet")
     if yunet:
         lines += [
@@ -321,6 +345,12 @@ def main():
         run("OpenCV", [py, os.path.join(TOOLS, "opencv_bench.py"), "--seconds", str(args.opencv_seconds), "--out", cv_out], parse_json=False)
         with open(cv_out) as f:
             res["opencv"] = json.load(f)
+    res["mien_video"] = run("mien bench video", [mien, "bench", "video", "--device", "cpu", "--json", "--frames", "30" if args.quick else "150"])
+    try:
+        import fer  # noqa: F401  (only to learn whether the peer is installed)
+        res["fer_video"] = run("fer video", [py, os.path.join(TOOLS, "fer_video.py")] + [r["clip"] for r in res["mien_video"]])
+    except ImportError:
+        print("[peers] fer is not installed in this venv: no fer column (see the README)", file=sys.stderr)
     report["load_average"]["after"] = loadavg()
 
     os.makedirs(args.out, exist_ok=True)

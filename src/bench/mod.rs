@@ -1,14 +1,16 @@
 //! Benchmarks behind `mien bench` and `cargo bench`: every kernel against the CPU backend
 //! ([`bench_kernels`], scaled by the calibrations of `calibration`), face detection (Haar:
-//! [`bench_detect_gpu`], [`bench_detect_cpu`]; YuNet: [`bench_yunet_gpu`], [`bench_yunet_cpu`])
-//! and training ([`bench_train`]), with the results and the rows they print in `report`. Here:
-//! what several suites share, the progress bar, medians and GPU timing.
+//! [`bench_detect_gpu`], [`bench_detect_cpu`]; YuNet: [`bench_yunet_gpu`], [`bench_yunet_cpu`]),
+//! training ([`bench_train`]) and video end to end ([`bench_video`]), with the results and the
+//! rows they print in `report`. Here: what several suites share, the progress bar, medians and
+//! GPU timing.
 
 mod calibration;
 mod detect;
 mod kernels;
 mod report;
 mod train;
+mod video;
 
 pub use calibration::Peaks;
 pub use detect::{
@@ -18,6 +20,7 @@ pub use detect::{
 pub use kernels::{bench_kernels, DEFAULT_BATCHES};
 pub use report::{adapter_line, range, row_printer, DetectResult, KernelReport, KernelResult, PassMedian, Span, TrainBench, Work};
 pub use train::{bench_train, BATCH1_REPS_PER_REP, TRAIN_STAGES};
+pub use video::{bench_video, make_clip, VideoBenchResult, CLIP_FPS, VIDEO_SIZES};
 
 use crate::error::Result;
 use crate::gpu::{Gpu, Recorder};

@@ -358,6 +358,10 @@ struct DetectArgs {
     /// Videos: also write the rows as `<name>.faces.jsonl`.
     #[arg(long)]
     jsonl: bool,
+    /// YuNet: find faces in the image shrunk so that its longer side is at most this many
+    /// pixels (0: full size). Default: full size for images, 640 for videos.
+    #[arg(long, value_name = "PX")]
+    detect_size: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -388,6 +392,19 @@ enum BenchSuite {
         reps: usize,
         #[arg(long, default_value = "data/cascades/haarcascade_frontalface_default.xml")]
         cascade: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// `mien detect` on videos end to end (YuNet, the default model and averaging, tracking,
+    /// drawing, H.264): frames per second and each stage's milliseconds a frame at 640x480,
+    /// 1280x720 and 1920x1080, GPU and CPU, on clips panned across the benchmark montage.
+    Video {
+        /// Frames a clip.
+        #[arg(long, default_value_t = 150)]
+        frames: u32,
+        /// Folder for the clips (made with ffmpeg unless there already) and the outputs.
+        #[arg(long, default_value = "out/bench-video")]
+        clips: PathBuf,
         #[arg(long)]
         json: bool,
     },
@@ -439,6 +456,7 @@ pub fn main() -> Result<()> {
         Command::Devices { json } => devices(&cli.global, json),
         Command::Bench { suite: BenchSuite::Kernels { batch, reps, filter, json } } => bench_kernels(&cli.global, &batch, reps, filter.as_deref(), json),
         Command::Bench { suite: BenchSuite::Detect { reps, cascade, json } } => bench_detect(&cli.global, &cascade, reps, json),
+        Command::Bench { suite: BenchSuite::Video { frames, clips, json } } => video::bench(&cli.global, frames, &clips, json),
         Command::Bench { suite: BenchSuite::Train { batch, reps, model, json } } => on_backend!(cli.global, |backend, _gpu| bench_train(&backend, batch, reps, &model, json)),
         Command::Train(args) => {
             // Bad settings are refused before a device is opened or data read.
@@ -856,7 +874,7 @@ fn run_detect<B: Backend>(backend: B, gpu: Option<&gpu::Gpu>, args: &DetectArgs,
         DetectorKind::Yunet => {
             let params = YuNetParams { score_threshold: args.score_threshold, nms_threshold: args.nms_threshold, top_k: args.top_k };
             params.validate()?;
-            DetectorChoice::YuNet { params, min_size: args.min_size }
+            DetectorChoice::YuNet { params, min_size: args.min_size, max_side: args.detect_size.unwrap_or(0) }
         }
         DetectorKind::Haar => {
             let params = DetectParams { scale_factor: args.scale_factor, min_neighbors: args.min_neighbors, min_size: (args.min_size, args.min_size), max_size: args.max_size.map(|m| (m, m)) };
@@ -924,6 +942,9 @@ fn run_detect<B: Backend>(backend: B, gpu: Option<&gpu::Gpu>, args: &DetectArgs,
     if let Some(path) = &args.json {
         write_json(path, &reports)?;
     }
+    if args.detect_size.is_none() {
+        labeller.set_max_detect_side(video::VIDEO_DETECT_SIDE);
+    }
     let request = video::VideoRequest { videos: &videos, inputs: &args.inputs, out, jsonl: args.jsonl, options: video_options };
     failures.extend(video::run_videos(&mut labeller, &request, &say));
     if !failures.is_empty() {
@@ -938,16 +959,20 @@ fn benchmark_scene() -> Result<image::GrayImage> {
     Ok(image::open(&path).with_context(|| format!("{}: cannot read the benchmark scene", path.display()))?.to_luma8())
 }
 
-fn bench_detect(global: &Global, cascade: &Path, reps: usize, json: bool) -> Result<()> {
-    let cascade = mien::detect::Cascade::load(&shipped(cascade))?;
-    let scene = benchmark_scene()?;
-    // GPU vs CPU side by side: the GPU path on any adapter (lavapipe included) unless --device
-    // cpu; a missing adapter is an error only when --device gpu asked for one.
-    let gpu = match global.device {
+/// The GPU a benchmark runs beside the CPU: any adapter (lavapipe included) unless --device
+/// cpu; a missing adapter is an error only when --device gpu asked for one.
+fn gpu_for_bench(global: &Global) -> Result<Option<gpu::Gpu>> {
+    Ok(match global.device {
         DeviceChoice::Cpu => None,
         DeviceChoice::Gpu => Some(gpu::Gpu::new(&global.gpu_options())?),
         DeviceChoice::Auto => gpu::Gpu::new(&global.gpu_options()).map_err(|e| eprintln!("no GPU column: {e}")).ok(),
-    };
+    })
+}
+
+fn bench_detect(global: &Global, cascade: &Path, reps: usize, json: bool) -> Result<()> {
+    let cascade = mien::detect::Cascade::load(&shipped(cascade))?;
+    let scene = benchmark_scene()?;
+    let gpu = gpu_for_bench(global)?;
     let all_threads = rayon::current_num_threads();
     let mut results = Vec::new();
     let bar = bench::progress_bar();

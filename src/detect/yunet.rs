@@ -487,6 +487,13 @@ pub struct FaceBox {
     pub score: f32,
 }
 
+impl FaceBox {
+    /// The box and landmarks of the same face in an image `scale` times as large.
+    pub fn scaled(&self, scale: f32) -> FaceBox {
+        FaceBox { x: self.x * scale, y: self.y * scale, w: self.w * scale, h: self.h * scale, landmarks: self.landmarks.map(|[x, y]| [x * scale, y * scale]), score: self.score }
+    }
+}
+
 /// One kernel call of a plan; tensors by index into [`Plan::tensors`].
 #[derive(Clone, Copy, Debug)]
 enum Step {

@@ -23,6 +23,7 @@ use image::{GrayImage, RgbImage};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Instant;
 
 /// An expression label: the most probable class and every class's probability.
 #[derive(Clone, Debug, PartialEq)]
@@ -58,8 +59,10 @@ impl Face {
 /// Which detector finds the faces, with its settings.
 pub enum DetectorChoice {
     /// YuNet, a CNN that also gives a score and five landmarks a face; faces narrower or
-    /// shorter than `min_size` pixels are dropped.
-    YuNet { params: YuNetParams, min_size: u32 },
+    /// shorter than `min_size` pixels are dropped. With `max_side` above 0, an image whose
+    /// longer side exceeds it is shrunk to that side for detection (the boxes scaled back): a
+    /// video's frames cost a fraction as much, and its faces are rarely small.
+    YuNet { params: YuNetParams, min_size: u32, max_side: u32 },
     /// An OpenCV Haar cascade, with the parameters of OpenCV's `detectMultiScale`.
     Haar { cascade: Cascade, params: DetectParams },
 }
@@ -68,7 +71,7 @@ pub enum DetectorChoice {
 /// its GPU detector (which gives the same rectangles) with the cascade kept for images too
 /// large for the device.
 enum Detector<'g, B: Backend> {
-    YuNet { net: Box<YuNet<B>>, params: YuNetParams, min_size: u32 },
+    YuNet { net: Box<YuNet<B>>, params: YuNetParams, min_size: u32, max_side: u32 },
     Cpu(Cascade, DetectParams),
     Gpu(Box<GpuDetector<'g>>, Cascade, DetectParams),
 }
@@ -84,6 +87,15 @@ pub struct Labeller<'g, B: Backend> {
     /// What the last calls did differently from what was asked (a fallback to the CPU), for
     /// the caller to report with the image's name.
     warnings: Vec<String>,
+    seconds: LabellerSeconds,
+}
+
+/// Where a labeller's time went.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct LabellerSeconds {
+    pub detect: f64,
+    /// Cutting the faces and the expression model.
+    pub classify: f64,
 }
 
 impl<'g, B: Backend> Labeller<'g, B> {
@@ -94,9 +106,9 @@ impl<'g, B: Backend> Labeller<'g, B> {
     /// the detector gives landmarks.
     pub fn new(backend: B, gpu: Option<&'g Gpu>, detector: DetectorChoice, weights: Option<&Path>, tta: Tta, align: bool) -> Result<Self> {
         let detector = match detector {
-            DetectorChoice::YuNet { params, min_size } => {
+            DetectorChoice::YuNet { params, min_size, max_side } => {
                 params.validate()?;
-                Detector::YuNet { net: Box::new(YuNet::shipped(backend.another())?), params, min_size }
+                Detector::YuNet { net: Box::new(YuNet::shipped(backend.another())?), params, min_size, max_side }
             }
             DetectorChoice::Haar { cascade, params } => {
                 params.validate()?;
@@ -119,16 +131,32 @@ impl<'g, B: Backend> Labeller<'g, B> {
                 Some(model)
             }
         };
-        Ok(Labeller { backend, detector, model, tta, align, warnings: Vec::new() })
+        Ok(Labeller { backend, detector, model, tta, align, warnings: Vec::new(), seconds: LabellerSeconds::default() })
     }
 
     /// The faces in an image (`rgb`, and `grey` as OpenCV converts it), labelled when there is
     /// a model.
     pub fn faces(&mut self, rgb: &RgbImage, grey: &GrayImage) -> Result<Vec<Face>> {
+        let started = Instant::now();
         let mut faces: Vec<Face> = self.detect(rgb, grey)?.into_iter().map(|(rect, detection)| Face { rect, detection, label: None }).collect();
+        let detected = Instant::now();
         let labels = self.classify(grey, &faces)?;
         faces.iter_mut().zip(labels).for_each(|(face, label)| face.label = label);
+        self.seconds.detect += (detected - started).as_secs_f64();
+        self.seconds.classify += detected.elapsed().as_secs_f64();
         Ok(faces)
+    }
+
+    /// Seconds spent finding faces and labelling them since the last time they were taken.
+    pub fn take_seconds(&mut self) -> LabellerSeconds {
+        std::mem::take(&mut self.seconds)
+    }
+
+    /// Sets YuNet's detection size limit (see [`DetectorChoice::YuNet`]); Haar has none.
+    pub fn set_max_detect_side(&mut self, side: u32) {
+        if let Detector::YuNet { max_side, .. } = &mut self.detector {
+            *max_side = side;
+        }
     }
 
     /// The warnings of the calls since the last time they were taken.
@@ -139,11 +167,18 @@ impl<'g, B: Backend> Labeller<'g, B> {
     fn detect(&mut self, rgb: &RgbImage, grey: &GrayImage) -> Result<Vec<(Rect, Option<Detection>)>> {
         let haar = |rects: Vec<Rect>| rects.into_iter().map(|r| (r, None)).collect();
         match &mut self.detector {
-            Detector::YuNet { net, params, min_size } => {
-                let faces = net.detect(rgb, params);
+            Detector::YuNet { net, params, min_size, max_side } => {
+                let longer = rgb.width().max(rgb.height());
+                let (faces, scale) = if *max_side > 0 && longer > *max_side {
+                    let scale = longer as f32 / *max_side as f32;
+                    let (w, h) = ((rgb.width() as f32 / scale).round().max(1.0) as u32, (rgb.height() as f32 / scale).round().max(1.0) as u32);
+                    (net.detect(&shrink(rgb, w, h), params), rgb.width() as f32 / w as f32)
+                } else {
+                    (net.detect(rgb, params), 1.0)
+                };
                 self.warnings.extend(net.take_warnings());
                 let min = *min_size as f32;
-                Ok(faces?.into_iter().filter(|f| f.w >= min && f.h >= min).map(|f| (box_rect(&f), Some(Detection { score: f.score, landmarks: f.landmarks }))).collect())
+                Ok(faces?.into_iter().map(|f| f.scaled(scale)).filter(|f| f.w >= min && f.h >= min).map(|f| (box_rect(&f), Some(Detection { score: f.score, landmarks: f.landmarks }))).collect())
             }
             Detector::Cpu(cascade, params) => cpu::detect_multi_scale(cascade, grey, params).map(haar),
             Detector::Gpu(gpu, cascade, params) => match gpu.detect_multi_scale(grey, params) {
@@ -200,6 +235,32 @@ fn square_crops(grey: &GrayImage, faces: &[Face]) -> Vec<u8> {
         crops.extend_from_slice(cpu::resize_exact(&crop, data::SIDE as u32, data::SIDE as u32).as_raw());
     }
     crops
+}
+
+/// `rgb` shrunk to `width` x `height` (both no larger), each pixel the mean of the block of
+/// source pixels it covers, rows in parallel.
+fn shrink(rgb: &RgbImage, width: u32, height: u32) -> RgbImage {
+    use rayon::prelude::*;
+    let (sw, sh) = (rgb.width() as usize, rgb.height() as usize);
+    let (w, h) = (width as usize, height as usize);
+    let span = |i: usize, n: usize, of: usize| (i * of / n, ((i + 1) * of / n).max(i * of / n + 1).min(of));
+    let src = rgb.as_raw();
+    let mut out = vec![0u8; w * h * 3];
+    out.par_chunks_mut(w * 3).enumerate().for_each(|(y, row)| {
+        let (y0, y1) = span(y, h, sh);
+        for (x, pixel) in row.chunks_mut(3).enumerate() {
+            let (x0, x1) = span(x, w, sw);
+            let mut sum = [0u32; 3];
+            for sy in y0..y1 {
+                for p in src[(sy * sw + x0) * 3..(sy * sw + x1) * 3].chunks(3) {
+                    sum.iter_mut().zip(p).for_each(|(s, v)| *s += *v as u32);
+                }
+            }
+            let n = ((y1 - y0) * (x1 - x0)) as u32;
+            pixel.iter_mut().zip(sum).for_each(|(p, s)| *p = ((s + n / 2) / n) as u8);
+        }
+    });
+    RgbImage::from_raw(width, height, out).expect("width x height x 3 bytes")
 }
 
 /// A YuNet box as whole pixels: its corners rounded.

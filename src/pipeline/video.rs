@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 /// Where one video's outputs go.
 #[derive(Clone, Debug)]
@@ -43,6 +44,22 @@ impl VideoOutputs {
     pub fn all(&self) -> Vec<&Path> {
         [&self.annotated, &self.csv, &self.summary, &self.timeline].into_iter().chain(&self.jsonl).map(PathBuf::as_path).collect()
     }
+}
+
+/// Where a video's time went, in seconds of the thread that labels: waiting for decoded frames,
+/// labelling (detection and classification, also given apart, plus tracking and the tables),
+/// drawing, and handing frames to the encoder (which waits when it is behind), from the first
+/// frame asked for to the end of the file. The stages overlap with ffmpeg's own work, so they
+/// sum to the wall time, not to the work done.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct StageSeconds {
+    pub wall: f64,
+    pub decode: f64,
+    pub label: f64,
+    pub detect: f64,
+    pub classify: f64,
+    pub annotate: f64,
+    pub encode: f64,
 }
 
 /// How far a video has got, for a progress display.
@@ -77,8 +94,14 @@ pub fn label_video<B: Backend>(
     let mut warned = BTreeSet::new();
     let mut failure = None;
     let mut frames = 0;
+    let mut seconds = StageSeconds::default();
+    let started = Instant::now();
+    video.labeller.take_seconds();
     while !stop.load(Ordering::Relaxed) {
+        let mut clock = Instant::now();
+        let mut lap = || std::mem::replace(&mut clock, Instant::now()).elapsed().as_secs_f64();
         let Some(frame) = decoder.next() else { break };
+        seconds.decode += lap();
         let step = frame.and_then(|mut frame| {
             let faces = video.frame(frame.time_s, &frame.rgb)?;
             for warning in video.labeller.take_warnings() {
@@ -87,7 +110,9 @@ pub fn label_video<B: Backend>(
                 }
             }
             tables.frame(frame.index, frame.time_s, &faces)?;
+            seconds.label += lap();
             annotate_captioned(&mut frame.rgb, faces.iter().map(|t| (&t.face, t.caption())))?;
+            seconds.annotate += lap();
             let at = VideoProgress { frames: frames + 1, time_s: frame.time_s, dropped: decoder.dropped() };
             let encoder = match &mut encoder {
                 Some(encoder) => encoder,
@@ -97,6 +122,7 @@ pub fn label_video<B: Backend>(
                 }
             };
             encoder.write_frame(frame)?;
+            seconds.encode += lap();
             Ok(at)
         });
         match step {
@@ -111,8 +137,14 @@ pub fn label_video<B: Backend>(
         }
     }
     decoder.stop();
+    let finish_started = Instant::now();
     let finished = encoder.map_or(Ok(()), Encoder::finish);
-    let summary = video.summary(&info.input, 1.0 / info.frame_rate.filter(|r| *r > 0.0).unwrap_or(30.0), decoder.dropped());
+    seconds.encode += finish_started.elapsed().as_secs_f64();
+    seconds.wall = started.elapsed().as_secs_f64();
+    let labeller = video.labeller.take_seconds();
+    (seconds.detect, seconds.classify) = (labeller.detect, labeller.classify);
+    let mut summary = video.summary(&info.input, 1.0 / info.frame_rate.filter(|r| *r > 0.0).unwrap_or(30.0), decoder.dropped());
+    summary.seconds = seconds;
     let json = serde_json::to_string_pretty(&summary).map_err(|e| file_err(&outputs.summary, e.to_string()))?;
     std::fs::write(&outputs.summary, json + "\n").map_err(|e| write_err(&outputs.summary, e))?;
     crate::plot::expression_timeline(&outputs.timeline, &CLASSES, &video.timelines(), summary.duration_s)?;
@@ -405,6 +437,7 @@ impl SummaryBuilder {
             dropped_frames,
             duration_s: self.first_s.map_or(0.0, |first| end_s - first),
             tracks,
+            seconds: StageSeconds::default(),
             video: OverallSummary {
                 face_frames: overall.frames,
                 mean_probabilities: by_class(&overall.probability_sum.map(|s| s / overall.frames.max(1) as f64)),
@@ -451,6 +484,8 @@ pub struct VideoSummary {
     pub duration_s: f64,
     pub tracks: Vec<TrackSummary>,
     pub video: OverallSummary,
+    /// Where the run's time went.
+    pub seconds: StageSeconds,
 }
 
 #[derive(Clone, Debug, Serialize)]
