@@ -245,3 +245,42 @@ fn broken_and_missing_videos_are_clear_errors_and_leave_valid_outputs() {
         assert!(!ok && stderr.contains(flag), "{flag} {value}: {stderr}");
     }
 }
+
+#[test]
+fn ctrl_c_on_a_live_stream_finishes_every_output() {
+    let dir = temp_dir("video-interrupt");
+    let clip = pan_clip(&dir, 10);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    // The clip looped at its own pace: a stream with no end.
+    let mut server =
+        Command::new("ffmpeg").args(["-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", s(&clip), "-c", "copy", "-f", "mpegts", &format!("{url}?listen=1")]).spawn().unwrap();
+    let listening = format!(":{port:04X} 00000000:0000 0A");
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string("/proc/net/tcp").unwrap().contains(&listening) {
+        assert!(started.elapsed().as_secs() < 20, "the ffmpeg server never listened on {port}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = dir.join("out");
+    let mien = Command::new(env!("CARGO_BIN_EXE_mien"))
+        .args(["--device", "cpu", "detect", &url, "--out", s(&out), "--no-emotion"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let it run a few seconds of the stream, then press Ctrl-C (SIGINT to mien alone: the
+    // ffmpeg processes it runs are in groups of their own, as a terminal's Ctrl-C would reach them).
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    Command::new("kill").args(["-INT", &mien.id().to_string()]).status().unwrap();
+    let result = mien.wait_with_output().unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success() && stderr.contains("interrupted"), "{stderr}");
+    let stem = format!("tcp___127.0.0.1_{port}");
+    let frames = summary(&out.join(format!("{stem}.summary.json")))["frames"].as_u64().unwrap();
+    assert!(frames >= 10, "{frames} frames in 3 s of a 10 fps stream");
+    assert_eq!(rows(&out.join(format!("{stem}.faces.csv"))).len() as u64, frames);
+    assert_eq!(frame_count(&out.join(format!("{stem}.annotated.mp4"))), frames, "the annotated video ends cleanly with every frame");
+}

@@ -134,8 +134,10 @@ impl SourceKind {
             // `file:` so that a file name with a colon is not taken for a protocol.
             SourceKind::File => return vec!["-i".into(), format!("file:{input}")],
             // -timeout bounds connecting and each read of the protocols used here, -rw_timeout
-            // every read of any protocol underneath.
-            SourceKind::Network => ["-timeout", NETWORK_TIMEOUT_US, "-rw_timeout", NETWORK_TIMEOUT_US].map(String::from).to_vec(),
+            // every read of any protocol underneath. -analyzeduration: the stream's format is
+            // learnt from its first second (ffmpeg's default is five), so frames start coming
+            // that much sooner.
+            SourceKind::Network => ["-timeout", NETWORK_TIMEOUT_US, "-rw_timeout", NETWORK_TIMEOUT_US, "-analyzeduration", "1000000"].map(String::from).to_vec(),
             SourceKind::Camera => ["-f", "v4l2"].map(String::from).to_vec(),
         };
         args.extend(["-i".into(), input.into()]);
