@@ -4,7 +4,8 @@
 // samples a pixel make a large face shrink by averaging, as an area filter does, instead of
 // aliasing. Source coordinates are clamped to the image, so its edge pixels repeat outside it.
 // The source and the crops are bytes packed four to a u32; a thread writes one u32 of a crop
-// (four neighbouring pixels of a row), so no two threads write the same word.
+// (four neighbouring pixels of a row), so no two threads write the same word. bilinear.wgsl
+// samples the source.
 
 struct Params { width: u32, height: u32, crops: u32, _pad: u32 }
 
@@ -18,26 +19,6 @@ const WORDS_PER_ROW: u32 = 12u;
 @group(0) @binding(1) var<storage, read> pixels: array<u32>;
 @group(0) @binding(2) var<storage, read> maps: array<CropMap>;
 @group(0) @binding(3) var<storage, read_write> out: array<u32>;
-
-fn byte_at(x: u32, y: u32) -> f32 {
-    let index = y * p.width + x;
-    return f32((pixels[index / 4u] >> ((index % 4u) * 8u)) & 0xffu);
-}
-
-// The same arithmetic as src/kernels/warp.rs's sample.
-fn bilinear(px: f32, py: f32) -> f32 {
-    let sx = clamp(px, 0.0, f32(p.width - 1u));
-    let sy = clamp(py, 0.0, f32(p.height - 1u));
-    let x0 = u32(floor(sx));
-    let y0 = u32(floor(sy));
-    let x1 = min(x0 + 1u, p.width - 1u);
-    let y1 = min(y0 + 1u, p.height - 1u);
-    let ax = sx - f32(x0);
-    let ay = sy - f32(y0);
-    let upper = byte_at(x0, y0) + ax * (byte_at(x1, y0) - byte_at(x0, y0));
-    let lower = byte_at(x0, y1) + ax * (byte_at(x1, y1) - byte_at(x0, y1));
-    return upper + ay * (lower - upper);
-}
 
 @compute @workgroup_size(256)
 fn face_crop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -60,7 +41,7 @@ fn face_crop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
             let fy = f32(y) + (f32(j) + 0.5) * step - 0.5;
             for (var q = 0u; q < n; q++) {
                 let fx = f32(x_first + k) + (f32(q) + 0.5) * step - 0.5;
-                sum += bilinear(m[0] * fx + m[1] * fy + m[2], m[3] * fx + m[4] * fy + m[5]);
+                sum += bilinear(0u, p.width, p.height, m[0] * fx + m[1] * fy + m[2], m[3] * fx + m[4] * fy + m[5]);
             }
         }
         let value = clamp(floor(sum / f32(n * n) + 0.5), 0.0, 255.0);

@@ -4,7 +4,7 @@
 // translation in it), sampled bilinearly with coordinates clamped to the image, which repeats
 // the edge pixels outside it (Keras' fill_mode='nearest'). Output pixels inside the image's
 // erase rectangle take its fill value instead (random erasing). Pixels arrive packed four to a
-// u32, as the host's byte array is.
+// u32, as the host's byte array is; bilinear.wgsl samples them.
 
 struct Params { images: u32, side: u32, out_side: u32, _pad: u32 }
 
@@ -15,10 +15,6 @@ struct Augment { map: array<f32, 6>, erase: array<u32, 4>, fill: f32 }
 @group(0) @binding(1) var<storage, read> pixels: array<u32>;
 @group(0) @binding(2) var<storage, read> augments: array<Augment>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
-
-fn byte_at(index: u32) -> f32 {
-    return f32((pixels[index / 4u] >> ((index % 4u) * 8u)) & 0xffu);
-}
 
 @compute @workgroup_size(256)
 fn warp(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -38,21 +34,6 @@ fn warp(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let m = augments[img].map;
     let fx = f32(x);
     let fy = f32(y);
-    let top = f32(p.side - 1u);
-    let sx = clamp(m[0] * fx + m[1] * fy + m[2], 0.0, top);
-    let sy = clamp(m[3] * fx + m[4] * fy + m[5], 0.0, top);
-    let x0 = u32(floor(sx));
-    let y0 = u32(floor(sy));
-    let x1 = min(x0 + 1u, p.side - 1u);
-    let y1 = min(y0 + 1u, p.side - 1u);
-    let ax = sx - f32(x0);
-    let ay = sy - f32(y0);
-    let base = img * p.side * p.side;
-    let t0 = byte_at(base + y0 * p.side + x0);
-    let t1 = byte_at(base + y0 * p.side + x1);
-    let b0 = byte_at(base + y1 * p.side + x0);
-    let b1 = byte_at(base + y1 * p.side + x1);
-    let upper = t0 + ax * (t1 - t0);
-    let lower = b0 + ax * (b1 - b0);
-    out[i] = (upper + ay * (lower - upper)) / 255.0;
+    let value = bilinear(img * p.side * p.side, p.side, p.side, m[0] * fx + m[1] * fy + m[2], m[3] * fx + m[4] * fy + m[5]);
+    out[i] = value / 255.0;
 }

@@ -106,8 +106,8 @@ shaders! {
     FMA_CALIBRATION = "fma_calibration" ["fma_calibration.wgsl"];
     SGEMM_CALIBRATION = "sgemm_calibration" ["sgemm_calibration.wgsl"];
     COPY_CALIBRATION = "copy_calibration" ["copy_calibration.wgsl"];
-    WARP = "warp" ["warp.wgsl"];
-    FACE_CROP = "face_crop" ["face_crop.wgsl"];
+    WARP = "warp" ["warp.wgsl", "bilinear.wgsl"];
+    FACE_CROP = "face_crop" ["face_crop.wgsl", "bilinear.wgsl"];
     RESIZE = "resize" ["resize.wgsl"];
     INTEGRAL = "integral" ["integral.wgsl"];
     HAAR_CASCADE = "haar_cascade" ["haar_cascade.wgsl"];
