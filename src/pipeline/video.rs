@@ -419,7 +419,7 @@ impl SummaryBuilder {
             .tracks
             .iter()
             .map(|(&id, t)| {
-                overall.add(t.labelled_frames, &t.probability_sum, &dominant[&id]);
+                overall.add(t.frames, t.labelled_frames, &t.probability_sum, &dominant[&id]);
                 TrackSummary {
                     track: id,
                     first_s: t.first_s,
@@ -440,7 +440,7 @@ impl SummaryBuilder {
             seconds: StageSeconds::default(),
             video: OverallSummary {
                 face_frames: overall.frames,
-                mean_probabilities: by_class(&overall.probability_sum.map(|s| s / overall.frames.max(1) as f64)),
+                mean_probabilities: by_class(&overall.probability_sum.map(|s| s / overall.labelled_frames.max(1) as f64)),
                 dominant_share: shares(&overall.dominant_s),
             },
         }
@@ -450,13 +450,15 @@ impl SummaryBuilder {
 #[derive(Default)]
 struct Totals {
     frames: u64,
+    labelled_frames: u64,
     probability_sum: [f64; CLASSES.len()],
     dominant_s: [f64; CLASSES.len()],
 }
 
 impl Totals {
-    fn add(&mut self, frames: u64, probability_sum: &[f64], dominant_s: &[f64]) {
+    fn add(&mut self, frames: u64, labelled_frames: u64, probability_sum: &[f64], dominant_s: &[f64]) {
         self.frames += frames;
+        self.labelled_frames += labelled_frames;
         self.probability_sum.iter_mut().zip(probability_sum).for_each(|(t, s)| *t += s);
         self.dominant_s.iter_mut().zip(dominant_s).for_each(|(t, s)| *t += s);
     }
@@ -503,6 +505,7 @@ pub struct TrackSummary {
 /// The same over every face of every frame.
 #[derive(Clone, Debug, Serialize)]
 pub struct OverallSummary {
+    /// Faces summed over the frames (a face in 10 frames counts 10).
     pub face_frames: u64,
     pub mean_probabilities: BTreeMap<String, f64>,
     pub dominant_share: BTreeMap<String, f64>,
