@@ -180,12 +180,12 @@ pub fn bench(global: &Global, frames: u32, clips: &Path, json: bool) -> Result<(
         println!("{}", serde_json::to_string_pretty(&results)?);
         return Ok(());
     }
-    println!("mien detect on {frames}-frame clips at {} fps (YuNet on frames shrunk to {VIDEO_DETECT_SIDE} px, {SHIPPED_WEIGHTS} with mirror averaging, aligned crops, tracking, H.264 out); ms a frame of the labelling thread", bench::CLIP_FPS);
+    println!("mien detect on {frames}-frame clips at {} fps (YuNet on frames shrunk to {VIDEO_DETECT_SIDE} px, {SHIPPED_WEIGHTS} with mirror averaging, aligned crops, tracking, H.264 out); ms a frame of each thread", bench::CLIP_FPS);
     for r in &results {
         let per_frame = |s: f64| 1e3 * s / r.frames.max(1) as f64;
         let t = &r.seconds;
         println!(
-            "{} {}x{} {}: {:.1} fps end to end ({} frames, {} faces); decode wait {:.1}, detect {:.1}, classify {:.1}, draw {:.1}, encode wait {:.1}",
+            "{} {}x{} {}: {:.1} fps end to end ({} frames, {} faces); detection thread: decode wait {:.1}, detect {:.1}; labelling thread: detection wait {:.1}, classify {:.1}, track and draw {:.1}, encode wait {:.1}",
             r.scene,
             r.width,
             r.height,
@@ -195,6 +195,7 @@ pub fn bench(global: &Global, frames: u32, clips: &Path, json: bool) -> Result<(
             r.face_frames,
             per_frame(t.decode),
             per_frame(t.detect),
+            per_frame(t.wait),
             per_frame(t.classify),
             per_frame(t.annotate),
             per_frame(t.encode)

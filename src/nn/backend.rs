@@ -42,11 +42,13 @@ pub struct LossTensors<'a, T, I> {
     pub correct: &'a I,
 }
 
-pub trait Backend {
+/// `Send`, with its storage, so that a model or detector can work on a thread of its own (the
+/// video pipeline detects on one thread while it labels on another).
+pub trait Backend: Send {
     /// f32 storage.
-    type Tensor;
+    type Tensor: Send;
     /// u32 storage (labels, pooling argmax, counts).
-    type Ints;
+    type Ints: Send;
 
     fn describe(&self) -> String;
     /// A second backend on the same device with its own queue of work and caches: for a second

@@ -78,16 +78,21 @@ enum Detector<'g, B: Backend> {
 
 /// Finds faces and labels their expressions, on one backend.
 pub struct Labeller<'g, B: Backend> {
-    backend: B,
     detector: Detector<'g, B>,
-    model: Option<Model<B>>,
-    tta: Tta,
-    /// Whether faces with landmarks are aligned before they are classified (see [`crate::align`]).
-    align: bool,
+    classifier: Classifier<B>,
     /// What the last calls did differently from what was asked (a fallback to the CPU), for
     /// the caller to report with the image's name.
     warnings: Vec<String>,
     seconds: LabellerSeconds,
+}
+
+/// Cuts faces out and labels them: the expression model and how it sees a face.
+struct Classifier<B: Backend> {
+    backend: B,
+    model: Option<Model<B>>,
+    tta: Tta,
+    /// Whether faces with landmarks are aligned before they are classified (see [`crate::align`]).
+    align: bool,
 }
 
 /// Where a labeller's time went.
@@ -131,17 +136,16 @@ impl<'g, B: Backend> Labeller<'g, B> {
                 Some(model)
             }
         };
-        Ok(Labeller { backend, detector, model, tta, align, warnings: Vec::new(), seconds: LabellerSeconds::default() })
+        Ok(Labeller { detector, classifier: Classifier { backend, model, tta, align }, warnings: Vec::new(), seconds: LabellerSeconds::default() })
     }
 
     /// The faces in an image (`rgb`, and `grey` as OpenCV converts it), labelled when there is
     /// a model.
     pub fn faces(&mut self, rgb: &RgbImage, grey: &GrayImage) -> Result<Vec<Face>> {
         let started = Instant::now();
-        let mut faces: Vec<Face> = self.detect(rgb, grey)?.into_iter().map(|(rect, detection)| Face { rect, detection, label: None }).collect();
+        let mut faces = self.detector.find(rgb, grey, &mut self.warnings)?;
         let detected = Instant::now();
-        let labels = self.classify(grey, &faces)?;
-        faces.iter_mut().zip(labels).for_each(|(face, label)| face.label = label);
+        self.classifier.label(grey, &mut faces, &mut self.warnings)?;
         self.seconds.detect += (detected - started).as_secs_f64();
         self.seconds.classify += detected.elapsed().as_secs_f64();
         Ok(faces)
@@ -163,10 +167,15 @@ impl<'g, B: Backend> Labeller<'g, B> {
     pub fn take_warnings(&mut self) -> Vec<String> {
         std::mem::take(&mut self.warnings)
     }
+}
 
-    fn detect(&mut self, rgb: &RgbImage, grey: &GrayImage) -> Result<Vec<(Rect, Option<Detection>)>> {
-        let haar = |rects: Vec<Rect>| rects.into_iter().map(|r| (r, None)).collect();
-        match &mut self.detector {
+impl<B: Backend> Detector<'_, B> {
+    /// The faces in an image (`rgb`, and `grey` as OpenCV converts it), not yet labelled; what
+    /// was done differently from what was asked goes to `warnings`.
+    fn find(&mut self, rgb: &RgbImage, grey: &GrayImage, warnings: &mut Vec<String>) -> Result<Vec<Face>> {
+        let face = |rect: Rect, detection: Option<Detection>| Face { rect, detection, label: None };
+        let haar = |rects: Vec<Rect>| rects.into_iter().map(|r| face(r, None)).collect();
+        match self {
             Detector::YuNet { net, params, min_size, max_side } => {
                 let longer = rgb.width().max(rgb.height());
                 let (faces, scale) = if *max_side > 0 && longer > *max_side {
@@ -176,27 +185,29 @@ impl<'g, B: Backend> Labeller<'g, B> {
                 } else {
                     (net.detect(rgb, params), 1.0)
                 };
-                self.warnings.extend(net.take_warnings());
+                warnings.extend(net.take_warnings());
                 let min = *min_size as f32;
-                Ok(faces?.into_iter().map(|f| f.scaled(scale)).filter(|f| f.w >= min && f.h >= min).map(|f| (box_rect(&f), Some(Detection { score: f.score, landmarks: f.landmarks }))).collect())
+                Ok(faces?.into_iter().map(|f| f.scaled(scale)).filter(|f| f.w >= min && f.h >= min).map(|f| face(box_rect(&f), Some(Detection { score: f.score, landmarks: f.landmarks }))).collect())
             }
             Detector::Cpu(cascade, params) => cpu::detect_multi_scale(cascade, grey, params).map(haar),
             Detector::Gpu(gpu, cascade, params) => match gpu.detect_multi_scale(grey, params) {
                 // Larger than the device's buffers: the CPU gives the same rectangles.
                 Err(e @ Error::TooLarge { .. }) => {
-                    self.warnings.push(format!("{e}; detecting on the CPU"));
+                    warnings.push(format!("{e}; detecting on the CPU"));
                     cpu::detect_multi_scale(cascade, grey, params).map(haar)
                 }
                 found => found.map(haar),
             },
         }
     }
+}
 
-    /// A label for each face of `grey` (none without a model): the faces are cut to the
-    /// model's 48x48 and classified as one batch.
-    fn classify(&mut self, grey: &GrayImage, faces: &[Face]) -> Result<Vec<Option<Label>>> {
+impl<B: Backend> Classifier<B> {
+    /// Labels each face of `grey` (none without a model): the faces are cut to the model's
+    /// 48x48 and classified as one batch.
+    fn label(&mut self, grey: &GrayImage, faces: &mut [Face], warnings: &mut Vec<String>) -> Result<()> {
         let Some(model) = self.model.as_mut().filter(|_| !faces.is_empty()) else {
-            return Ok(vec![None; faces.len()]);
+            return Ok(());
         };
         let crops = match faces.iter().map(|f| f.detection.filter(|_| self.align).map(|d| align::aligned(&d.landmarks))).collect::<Option<Vec<CropMap>>>() {
             Some(maps) => {
@@ -204,7 +215,7 @@ impl<'g, B: Backend> Labeller<'g, B> {
                 match self.backend.face_crops(grey.as_raw(), size, &maps) {
                     // Larger than the device's buffers: the CPU cuts the same crops.
                     Err(e @ Error::TooLarge { .. }) => {
-                        self.warnings.push(format!("{e}; cutting the face crops on the CPU"));
+                        warnings.push(format!("{e}; cutting the face crops on the CPU"));
                         let mut crops = vec![0; maps.len() * data::PIXELS];
                         face_crop::face_crops_cpu(grey.as_raw(), size, &maps, &mut crops)?;
                         crops
@@ -215,13 +226,11 @@ impl<'g, B: Backend> Labeller<'g, B> {
             None => square_crops(grey, faces),
         };
         let probs = model.predict(&self.backend, &crops, self.tta)?;
-        Ok(probs
-            .chunks(CLASSES.len())
-            .map(|p| {
-                let class = (0..p.len()).fold(0, |best, i| if p[i] > p[best] { i } else { best });
-                Some(Label { class, probabilities: p.to_vec() })
-            })
-            .collect())
+        for (face, p) in faces.iter_mut().zip(probs.chunks(CLASSES.len())) {
+            let class = (0..p.len()).fold(0, |best, i| if p[i] > p[best] { i } else { best });
+            face.label = Some(Label { class, probabilities: p.to_vec() });
+        }
+        Ok(())
     }
 }
 

@@ -5,19 +5,20 @@
 //! and each track's expressions over time for the timeline plot. Everything held grows with the
 //! number of tracks, not with the video's length, so an hour costs the memory of a minute.
 
-use super::{annotate_captioned, Face, Labeller};
+use super::{annotate_captioned, Detector, Face, Labeller};
 use crate::data::CLASSES;
 use crate::error::{file_err, Error, Result};
 use crate::imageio::grey_of;
 use crate::nn::Backend;
 use crate::track::{Smoother, TrackBox, Tracker, TrackerSettings};
-use crate::video::{Decoder, Encoder, VideoInfo};
-use image::RgbImage;
+use crate::video::{Decoder, Encoder, Frame, VideoInfo};
+use image::GrayImage;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
 use std::time::Instant;
 
 /// Where one video's outputs go.
@@ -46,17 +47,17 @@ impl VideoOutputs {
     }
 }
 
-/// Where a video's time went, in seconds of the thread that labels: waiting for decoded frames,
-/// labelling (detection and classification, also given apart, plus tracking and the tables),
-/// drawing, and handing frames to the encoder (which waits when it is behind), from the first
-/// frame asked for to the end of the file. The stages overlap with ffmpeg's own work, so they
-/// sum to the wall time, not to the work done.
+/// Where a video's time went, in seconds. The detection thread waits for decoded frames
+/// (`decode`) and finds faces (`detect`); the labelling thread waits for it (`wait`), labels the
+/// faces (`classify`), tracks and draws them (`annotate`) and hands frames to the encoder,
+/// which waits when ffmpeg is behind (`encode`, with the end of the file). The two threads and
+/// ffmpeg overlap, so the stages add up to more than the wall time.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct StageSeconds {
     pub wall: f64,
     pub decode: f64,
-    pub label: f64,
     pub detect: f64,
+    pub wait: f64,
     pub classify: f64,
     pub annotate: f64,
     pub encode: f64,
@@ -73,8 +74,9 @@ pub struct VideoProgress {
 }
 
 /// Labels the faces of the video `info` describes (see [`crate::video::probe`]) into
-/// `outputs`: decoding, labelling, drawing and encoding run as a pipeline (ffmpeg decodes and
-/// encodes in processes of their own, the encoder fed by a thread), and the tables are
+/// `outputs`. The work runs as a pipeline: ffmpeg decodes and encodes in processes of their
+/// own (the encoder fed by a thread), a detection thread takes decoded frames and finds their
+/// faces while this thread labels, tracks and draws the frame before, and the tables are
 /// flushed frame by frame. `stop` ends the run early (Ctrl-C; a live stream has no end of its
 /// own). Whatever ends the run, its outputs are finished and valid for the frames done; an
 /// input that breaks off is then reported as the error.
@@ -86,8 +88,8 @@ pub fn label_video<B: Backend>(
     stop: &AtomicBool,
     mut progress: impl FnMut(VideoProgress),
 ) -> Result<VideoSummary> {
-    let mut video = VideoLabeller::new(labeller, options)?;
-    let mut decoder = Decoder::open(info)?;
+    let mut video = VideoLabeller::new(options)?;
+    let decoder = Decoder::open(info)?;
     // Started with the first frame, which gives a live source's size.
     let mut encoder: Option<Encoder> = None;
     let mut tables = FaceTables::create(&outputs.csv, outputs.jsonl.as_deref())?;
@@ -96,53 +98,66 @@ pub fn label_video<B: Backend>(
     let mut frames = 0;
     let mut seconds = StageSeconds::default();
     let started = Instant::now();
-    video.labeller.take_seconds();
-    while !stop.load(Ordering::Relaxed) {
-        let mut clock = Instant::now();
-        let mut lap = || std::mem::replace(&mut clock, Instant::now()).elapsed().as_secs_f64();
-        let Some(frame) = decoder.next() else { break };
-        seconds.decode += lap();
-        let step = frame.and_then(|mut frame| {
-            let faces = video.frame(frame.time_s, &frame.rgb)?;
-            for warning in video.labeller.take_warnings() {
-                if warned.insert(warning.clone()) {
-                    log::warn!("{}: {warning}", info.input);
+    let Labeller { detector, classifier, .. } = labeller;
+    let (found_frames, found) = std::sync::mpsc::sync_channel::<Result<FoundFrame>>(FRAMES_IN_FLIGHT);
+    let (decoder, detection) = std::thread::scope(|scope| {
+        let finder = scope.spawn(move || find_faces(decoder, detector, options.stride, stop, found_frames));
+        loop {
+            let mut clock = Instant::now();
+            let mut lap = || std::mem::replace(&mut clock, Instant::now()).elapsed().as_secs_f64();
+            let Ok(item) = found.recv() else { break };
+            seconds.wait += lap();
+            let step = item.and_then(|FoundFrame { mut frame, faces, warnings, dropped }| {
+                let faces = match faces {
+                    Some((grey, mut faces)) => {
+                        let mut classify_warnings = warnings;
+                        classifier.label(&grey, &mut faces, &mut classify_warnings)?;
+                        for warning in classify_warnings {
+                            if warned.insert(warning.clone()) {
+                                log::warn!("{}: {warning}", info.input);
+                            }
+                        }
+                        seconds.classify += lap();
+                        Some(faces)
+                    }
+                    None => None,
+                };
+                let faces = video.frame(frame.time_s, faces)?;
+                tables.frame(frame.index, frame.time_s, &faces)?;
+                annotate_captioned(&mut frame.rgb, faces.iter().map(|t| (&t.face, t.caption())))?;
+                seconds.annotate += lap();
+                let at = VideoProgress { frames: frames + 1, time_s: frame.time_s, dropped };
+                let encoder = match &mut encoder {
+                    Some(encoder) => encoder,
+                    None => {
+                        let (width, height) = frame.rgb.dimensions();
+                        encoder.insert(Encoder::create(&outputs.annotated, &VideoInfo { width, height, ..info.clone() })?)
+                    }
+                };
+                encoder.write_frame(frame)?;
+                seconds.encode += lap();
+                Ok(at)
+            });
+            match step {
+                Ok(at) => {
+                    frames = at.frames;
+                    progress(at);
                 }
-            }
-            tables.frame(frame.index, frame.time_s, &faces)?;
-            seconds.label += lap();
-            annotate_captioned(&mut frame.rgb, faces.iter().map(|t| (&t.face, t.caption())))?;
-            seconds.annotate += lap();
-            let at = VideoProgress { frames: frames + 1, time_s: frame.time_s, dropped: decoder.dropped() };
-            let encoder = match &mut encoder {
-                Some(encoder) => encoder,
-                None => {
-                    let (width, height) = frame.rgb.dimensions();
-                    encoder.insert(Encoder::create(&outputs.annotated, &VideoInfo { width, height, ..info.clone() })?)
+                Err(e) => {
+                    failure = Some(e);
+                    break;
                 }
-            };
-            encoder.write_frame(frame)?;
-            seconds.encode += lap();
-            Ok(at)
-        });
-        match step {
-            Ok(at) => {
-                frames = at.frames;
-                progress(at);
-            }
-            Err(e) => {
-                failure = Some(e);
-                break;
             }
         }
-    }
-    decoder.stop();
+        // Hanging up tells the detection thread to stop.
+        drop(found);
+        finder.join().expect("the detection thread does not panic")
+    });
     let finish_started = Instant::now();
     let finished = encoder.map_or(Ok(()), Encoder::finish);
     seconds.encode += finish_started.elapsed().as_secs_f64();
     seconds.wall = started.elapsed().as_secs_f64();
-    let labeller = video.labeller.take_seconds();
-    (seconds.detect, seconds.classify) = (labeller.detect, labeller.classify);
+    (seconds.decode, seconds.detect) = (detection.decode, detection.detect);
     let mut summary = video.summary(&info.input, 1.0 / info.frame_rate.filter(|r| *r > 0.0).unwrap_or(30.0), decoder.dropped());
     summary.seconds = seconds;
     let json = serde_json::to_string_pretty(&summary).map_err(|e| file_err(&outputs.summary, e.to_string()))?;
@@ -152,6 +167,60 @@ pub fn label_video<B: Backend>(
         Some(e) => Err(e),
         None => finished.map(|()| summary),
     }
+}
+
+/// Frames between the detection thread and the labelling one: enough that neither waits on
+/// the other's every hiccup, few enough that memory stays a few frames.
+const FRAMES_IN_FLIGHT: usize = 2;
+
+/// A decoded frame and, when it is one to analyse, its grey image and the faces found in it
+/// (not yet labelled), with what the detector had to do differently.
+struct FoundFrame {
+    frame: Frame,
+    faces: Option<(GrayImage, Vec<Face>)>,
+    warnings: Vec<String>,
+    /// Frames the live source had dropped by then.
+    dropped: u64,
+}
+
+/// Seconds the detection thread spent waiting for the decoder and finding faces.
+#[derive(Default)]
+struct DetectionSeconds {
+    decode: f64,
+    detect: f64,
+}
+
+/// The detection thread: decodes, and finds the faces of every `stride`-th frame (the first
+/// included), until the input ends, `stop` is set or the labelling thread hangs up. Returns
+/// the stopped decoder (for its count of dropped frames) and its time.
+fn find_faces<B: Backend>(mut decoder: Decoder, detector: &mut Detector<'_, B>, stride: u64, stop: &AtomicBool, found: SyncSender<Result<FoundFrame>>) -> (Decoder, DetectionSeconds) {
+    let mut seconds = DetectionSeconds::default();
+    let mut index = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let mut clock = Instant::now();
+        let Some(frame) = decoder.next() else { break };
+        seconds.decode += std::mem::replace(&mut clock, Instant::now()).elapsed().as_secs_f64();
+        let analyse = index.is_multiple_of(stride);
+        index += 1;
+        let item = frame.and_then(|frame| {
+            let mut warnings = Vec::new();
+            let faces = if analyse {
+                let grey = grey_of(&frame.rgb);
+                let faces = detector.find(&frame.rgb, &grey, &mut warnings)?;
+                Some((grey, faces))
+            } else {
+                None
+            };
+            Ok(FoundFrame { frame, faces, warnings, dropped: decoder.dropped() })
+        });
+        seconds.detect += clock.elapsed().as_secs_f64();
+        let failed = item.is_err();
+        if found.send(item).is_err() || failed {
+            break;
+        }
+    }
+    decoder.stop();
+    (decoder, seconds)
 }
 
 /// How a video is analysed.
@@ -186,60 +255,48 @@ impl TrackedFace {
     }
 }
 
-/// Labels the faces of a video frame by frame.
-pub struct VideoLabeller<'l, 'g, B: Backend> {
-    labeller: &'l mut Labeller<'g, B>,
-    stride: u64,
+/// Follows the faces of a video frame by frame: tracks, smoothing, and what the summary and the
+/// timeline are made of.
+pub struct VideoLabeller {
     tracker: Tracker,
     smoother: Smoother,
     /// The faces of the last analysed frame, carried to the frames between.
     last: Vec<TrackedFace>,
     last_time_s: f64,
-    frames: u64,
     summary: SummaryBuilder,
 }
 
-impl<'l, 'g, B: Backend> VideoLabeller<'l, 'g, B> {
-    pub fn new(labeller: &'l mut Labeller<'g, B>, options: VideoOptions) -> Result<Self> {
+impl VideoLabeller {
+    pub fn new(options: VideoOptions) -> Result<Self> {
         if options.stride == 0 {
             return Err(Error::Invalid("--stride 0: it must be 1 (every frame) or more".into()));
         }
-        Ok(VideoLabeller {
-            labeller,
-            stride: options.stride,
-            tracker: Tracker::new(options.tracker)?,
-            smoother: Smoother::new(options.smooth_s)?,
-            last: Vec::new(),
-            last_time_s: f64::NEG_INFINITY,
-            frames: 0,
-            summary: SummaryBuilder::default(),
-        })
+        Ok(VideoLabeller { tracker: Tracker::new(options.tracker)?, smoother: Smoother::new(options.smooth_s)?, last: Vec::new(), last_time_s: f64::NEG_INFINITY, summary: SummaryBuilder::default() })
     }
 
-    /// The faces of the next frame, shown at `time_s` seconds. Every `stride`-th frame (the
-    /// first included) is analysed; the others carry the last analysed faces.
-    pub fn frame(&mut self, time_s: f64, rgb: &RgbImage) -> Result<Vec<TrackedFace>> {
+    /// The faces of the next frame, shown at `time_s` seconds, with their tracks: `analysed`
+    /// holds the faces found (and labelled) in it, or None for a frame between analysed ones,
+    /// which carries the last analysed faces.
+    pub fn frame(&mut self, time_s: f64, analysed: Option<Vec<Face>>) -> Result<Vec<TrackedFace>> {
         // A broken file's timestamps can go backwards; time never does.
         let time_s = if time_s.is_finite() { time_s.max(self.last_time_s) } else { self.last_time_s.max(0.0) };
         self.last_time_s = time_s;
-        let analyse = self.frames.is_multiple_of(self.stride);
-        self.frames += 1;
-        if analyse {
-            let faces = self.labeller.faces(rgb, &grey_of(rgb))?;
-            let boxes: Vec<TrackBox> = faces.iter().map(|f| TrackBox::from(f.rect)).collect();
-            let ids = self.tracker.update(time_s, &boxes)?;
-            // A face without a track is one the tracker does not trust yet (only with
-            // `min_hits` above 1): it is left out, as a false detection would be.
-            self.last = faces.into_iter().zip(ids).filter_map(|(face, id)| id.map(|track| TrackedFace { track, face, analysed: true })).collect();
-            for tracked in &mut self.last {
-                if let Some(label) = &mut tracked.face.label {
-                    label.probabilities = self.smoother.smooth(time_s, tracked.track, &label.probabilities);
-                    label.class = argmax(&label.probabilities);
+        match analysed {
+            Some(faces) => {
+                let boxes: Vec<TrackBox> = faces.iter().map(|f| TrackBox::from(f.rect)).collect();
+                let ids = self.tracker.update(time_s, &boxes)?;
+                // A face without a track is one the tracker does not trust yet (only with
+                // `min_hits` above 1): it is left out, as a false detection would be.
+                self.last = faces.into_iter().zip(ids).filter_map(|(face, id)| id.map(|track| TrackedFace { track, face, analysed: true })).collect();
+                for tracked in &mut self.last {
+                    if let Some(label) = &mut tracked.face.label {
+                        label.probabilities = self.smoother.smooth(time_s, tracked.track, &label.probabilities);
+                        label.class = argmax(&label.probabilities);
+                    }
                 }
+                self.summary.timelines(time_s, &self.last);
             }
-            self.summary.timelines(time_s, &self.last);
-        } else {
-            self.last.iter_mut().for_each(|t| t.analysed = false);
+            None => self.last.iter_mut().for_each(|t| t.analysed = false),
         }
         self.summary.frame(time_s, &self.last);
         Ok(self.last.clone())
