@@ -284,3 +284,27 @@ fn ctrl_c_on_a_live_stream_finishes_every_output() {
     assert_eq!(rows(&out.join(format!("{stem}.faces.csv"))).len() as u64, frames);
     assert_eq!(frame_count(&out.join(format!("{stem}.annotated.mp4"))), frames, "the annotated video ends cleanly with every frame");
 }
+
+#[test]
+fn the_gpu_labels_a_video_as_the_cpu_does() {
+    let dir = temp_dir("video-gpu");
+    let clip = pan_clip(&dir, 8);
+    let run = |device: &str| {
+        let out = dir.join(device);
+        let (ok, _, stderr) = mien(&["--device", device, "detect", s(&clip), "--out", s(&out), "--stride", "3"]);
+        assert!(ok, "{device}: {stderr}");
+        rows(&out.join("pan.faces.csv"))
+    };
+    let (cpu, gpu) = (run("cpu"), run("gpu"));
+    assert_eq!(cpu.len(), 8);
+    assert_eq!(cpu.len(), gpu.len());
+    for (c, g) in cpu.iter().zip(&gpu) {
+        for key in ["frame", "track", "x", "y", "w", "h", "label", "analysed"] {
+            assert_eq!(c[key], g[key], "{key}");
+        }
+        for class in ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"] {
+            let (a, b): (f64, f64) = (c[class].parse().unwrap(), g[class].parse().unwrap());
+            assert!((a - b).abs() < 2e-3, "{class}: {a} vs {b}");
+        }
+    }
+}
