@@ -176,13 +176,19 @@ fn odd_sizes_variable_frame_rates_and_audio_come_through() {
     assert_eq!(frame_count(&annotated), 8);
 }
 
-#[test]
-fn a_live_tcp_stream_is_read_to_its_end() {
-    let dir = temp_dir("video-live");
-    let clip = pan_clip(&dir, 10);
+/// An ffmpeg serving `clip` at its own pace as MPEG-TS on a local TCP port, once (looped for
+/// ever when `endless`), listening by the time this returns; with the stem of mien's outputs
+/// for its URL.
+fn serve_live(clip: &Path, endless: bool) -> (std::process::Child, String, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let url = format!("tcp://127.0.0.1:{port}");
-    let mut server = Command::new("ffmpeg").args(["-hide_banner", "-loglevel", "error", "-re", "-i", s(&clip), "-c", "copy", "-f", "mpegts", &format!("{url}?listen=1")]).spawn().unwrap();
+    let mut args = vec!["-hide_banner", "-loglevel", "error", "-re"];
+    if endless {
+        args.extend(["-stream_loop", "-1"]);
+    }
+    let listen = format!("{url}?listen=1");
+    args.extend(["-i", s(clip), "-c", "copy", "-f", "mpegts", &listen]);
+    let server = Command::new("ffmpeg").args(&args).spawn().unwrap();
     // The server takes one connection, so a probe connection would use it up: wait until the
     // kernel lists the port as listening (state 0A in /proc/net/tcp).
     let listening = format!(":{port:04X} 00000000:0000 0A");
@@ -191,11 +197,18 @@ fn a_live_tcp_stream_is_read_to_its_end() {
         assert!(started.elapsed().as_secs() < 20, "the ffmpeg server never listened on {port}");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    (server, url, format!("tcp___127.0.0.1_{port}"))
+}
+
+#[test]
+fn a_live_tcp_stream_is_read_to_its_end() {
+    let dir = temp_dir("video-live");
+    let clip = pan_clip(&dir, 10);
+    let (mut server, url, stem) = serve_live(&clip, false);
     let out = dir.join("out");
     let (ok, stdout, stderr) = mien(&["--device", "cpu", "detect", &url, "--out", s(&out), "--no-emotion"]);
     let _ = server.wait();
     assert!(ok, "{stderr}");
-    let stem = format!("tcp___127.0.0.1_{port}");
     let rows = rows(&out.join(format!("{stem}.faces.csv")));
     let summary = summary(&out.join(format!("{stem}.summary.json")));
     let (frames, dropped) = (summary["frames"].as_u64().unwrap(), summary["dropped_frames"].as_u64().unwrap());
@@ -250,17 +263,7 @@ fn broken_and_missing_videos_are_clear_errors_and_leave_valid_outputs() {
 fn ctrl_c_on_a_live_stream_finishes_every_output() {
     let dir = temp_dir("video-interrupt");
     let clip = pan_clip(&dir, 10);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    // The clip looped at its own pace: a stream with no end.
-    let mut server =
-        Command::new("ffmpeg").args(["-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", s(&clip), "-c", "copy", "-f", "mpegts", &format!("{url}?listen=1")]).spawn().unwrap();
-    let listening = format!(":{port:04X} 00000000:0000 0A");
-    let started = std::time::Instant::now();
-    while !std::fs::read_to_string("/proc/net/tcp").unwrap().contains(&listening) {
-        assert!(started.elapsed().as_secs() < 20, "the ffmpeg server never listened on {port}");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let (mut server, url, stem) = serve_live(&clip, true);
     let out = dir.join("out");
     let mien = Command::new(env!("CARGO_BIN_EXE_mien"))
         .args(["--device", "cpu", "detect", &url, "--out", s(&out), "--no-emotion"])
@@ -278,7 +281,6 @@ fn ctrl_c_on_a_live_stream_finishes_every_output() {
     let _ = server.wait();
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(result.status.success() && stderr.contains("interrupted"), "{stderr}");
-    let stem = format!("tcp___127.0.0.1_{port}");
     let frames = summary(&out.join(format!("{stem}.summary.json")))["frames"].as_u64().unwrap();
     assert!(frames >= 10, "{frames} frames in 3 s of a 10 fps stream");
     assert_eq!(rows(&out.join(format!("{stem}.faces.csv"))).len() as u64, frames);
@@ -307,4 +309,34 @@ fn the_gpu_labels_a_video_as_the_cpu_does() {
             assert!((a - b).abs() < 2e-3, "{class}: {a} vs {b}");
         }
     }
+}
+
+#[test]
+fn a_killed_run_leaves_a_complete_table_and_a_playable_video() {
+    let dir = temp_dir("video-killed");
+    let clip = pan_clip(&dir, 10);
+    let (mut server, url, stem) = serve_live(&clip, true);
+    let out = dir.join("out");
+    let mut mien = Command::new(env!("CARGO_BIN_EXE_mien"))
+        .args(["--device", "cpu", "detect", &url, "--out", s(&out), "--no-emotion"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    mien.kill().unwrap();
+    mien.wait().unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    // Every row written is whole: the table is flushed frame by frame.
+    let text = std::fs::read_to_string(out.join(format!("{stem}.faces.csv"))).unwrap();
+    let columns = text.lines().next().unwrap().split(',').count();
+    assert!(text.ends_with('\n') && text.lines().all(|l| l.split(',').count() == columns), "{text}");
+    let written = text.lines().count() - 1;
+    assert!(written >= 5, "{written} rows in 4 s of a 10 fps stream");
+    // The encoder, fed until the kill, ends its fragmented MP4 when its input closes.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let playable = frame_count(&out.join(format!("{stem}.annotated.mp4")));
+    assert!(playable >= 5, "{playable} frames play");
 }
