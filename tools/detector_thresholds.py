@@ -1,11 +1,13 @@
 """Recall and precision of mien's face detectors against faces counted beforehand, to choose
 YuNet's default --score-threshold.
 
-Two sets of known faces:
+Three sets of known faces:
   - the shipped photos, whose faces were counted by hand and listed with their boxes in
     PHOTO_FACES below;
   - the scenes of tools/aligned_scenes.py (FER2013 test faces pasted, enlarged and turned, into
-    640x480 images; labels.json knows where each one is).
+    640x480 images; labels.json knows where each one is);
+  - FER2013's test images themselves, as a user would point mien at a folder of them: one face
+    each, filling the 48x48 image.
 A detection is right when its box's centre lies within half the face's size of a known face's
 centre and no other detection took that face; every other detection is a false one.
 
@@ -38,7 +40,8 @@ def detect(mien, images, extra):
         result = subprocess.run([mien, "detect", *images, "--out", annotated, "--json", "-", "--no-emotion", *extra], capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(f"mien detect failed:\n{result.stderr[-2000:]}")
-    return {os.path.basename(r["image"]): r["faces"] for r in json.loads(result.stdout)}
+    folder = os.path.dirname(os.path.commonprefix(images)) if len(images) > 1 else os.path.dirname(images[0])
+    return {os.path.relpath(r["image"], folder): r["faces"] for r in json.loads(result.stdout)}
 
 
 def count(truth, detected, threshold):
@@ -62,12 +65,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scenes", required=True)
     ap.add_argument("--photos", default="data/photos")
+    ap.add_argument("--fer", default=os.path.join(os.environ.get("MIEN_FER_DIR", "../shared/data/fer2013"), "test"))
     ap.add_argument("--mien", default="target/release/mien")
     args = ap.parse_args()
 
     with open(os.path.join(args.scenes, "labels.json")) as f:
         scenes = {r["image"]: [(p["cx"], p["cy"], p["size"]) for p in r["faces"]] for r in json.load(f)}
-    sets = [("shipped photos", args.photos, PHOTO_FACES), ("turned FER2013 faces in scenes", args.scenes, scenes)]
+    fer = {os.path.relpath(p, args.fer): [(23.5, 23.5, 48)] for p in sorted(glob.glob(os.path.join(args.fer, "*", "*.jpg")))}
+    sets = [("shipped photos", args.photos, PHOTO_FACES), ("turned FER2013 faces in scenes", args.scenes, scenes), ("FER2013 test images, 48x48", args.fer, fer)]
     print(f"{'set':32s} {'detector':14s} {'found':>12s} {'recall':>7s} {'precision':>9s}")
     for title, folder, truth in sets:
         images = [os.path.join(folder, name) for name in truth]
