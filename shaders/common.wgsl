@@ -1,5 +1,10 @@
 // Helpers every kernel shares; the host puts this file in front of each shader.
 
+// The subgroup ("wide") variants share values across a subgroup inside loops whose every lane
+// stays in step (the only early exit is a whole subgroup's, by subgroupAll). Tint cannot prove
+// that and refuses them; this says so. (naga accepts the directive and has no such check.)
+//wide: diagnostic(off, subgroup_uniformity);
+
 // Dispatches wider than the device's per-dimension workgroup limit are folded into a 2-D grid by
 // Recorder::dispatch_linear; this recovers the flat thread index.
 fn linear_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, wg_size: u32) -> u32 {

@@ -57,6 +57,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write every WGSL shader as the GPU compiles it (its files joined, its variant's lines
+    /// in) to a folder, one `<name>.wgsl` each: to read them, or to hand them to another
+    /// compiler (tools/web-shader-check.mjs compiles them in Chromium).
+    Shaders {
+        #[arg(long, default_value = "out/shaders")]
+        out: PathBuf,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -454,6 +461,7 @@ pub fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(format!("mien={level},wgpu=error,naga=error"))).init();
     match cli.command {
         Command::Devices { json } => devices(&cli.global, json),
+        Command::Shaders { out } => write_shaders(&out),
         Command::Bench { suite: BenchSuite::Kernels { batch, reps, filter, json } } => bench_kernels(&cli.global, &batch, reps, filter.as_deref(), json),
         Command::Bench { suite: BenchSuite::Detect { reps, cascade, json } } => bench_detect(&cli.global, &cascade, reps, json),
         Command::Bench { suite: BenchSuite::Video { frames, clips, json } } => video::bench(&cli.global, frames, &clips, json),
@@ -957,6 +965,23 @@ fn run_detect<B: Backend>(backend: B, gpu: Option<&gpu::Gpu>, args: &DetectArgs,
 fn benchmark_scene() -> Result<image::GrayImage> {
     let path = shipped(Path::new("data/fixtures/haar/montage.png"));
     Ok(image::open(&path).with_context(|| format!("{}: cannot read the benchmark scene", path.display()))?.to_luma8())
+}
+
+/// Each shader's source as `<name>.wgsl`, and `shaders.json`: each one's file and the values
+/// of its `override` constants, which a compiler needs to build its pipelines.
+fn write_shaders(out: &Path) -> Result<()> {
+    let out = output_folder(out)?;
+    let mut index = Vec::new();
+    for shader in gpu::shaders::ALL {
+        let file = format!("{}.wgsl", shader.name);
+        let path = out.join(&file);
+        std::fs::write(&path, shader.source()).with_context(|| format!("{}: cannot write", path.display()))?;
+        let constants: serde_json::Map<String, serde_json::Value> = shader.constants.iter().map(|(k, v)| (k.to_string(), (*v).into())).collect();
+        index.push(serde_json::json!({ "name": shader.name, "file": file, "constants": constants }));
+    }
+    write_json(&out.join("shaders.json"), &index)?;
+    println!("{} shaders in {}", gpu::shaders::ALL.len(), out.display());
+    Ok(())
 }
 
 /// The GPU a benchmark runs beside the CPU: any adapter (lavapipe included) unless --device
