@@ -42,13 +42,16 @@ def main():
 
     detector = FER()
     results = {}
+    clips = {clip: os.path.abspath(clip) for clip in args.clips}
     with tempfile.TemporaryDirectory() as out:
-        for clip in args.clips:
-            analyze(clip, out, save_video=False, max_results=1)
+        # fer writes its table (data.csv) into the working folder: keep it out of the caller's.
+        os.chdir(out)
+        for clip, path in clips.items():
+            analyze(path, out, save_video=False, max_results=1)
             start = time.perf_counter()
-            rows = analyze(clip, out, save_video=True)
+            rows = analyze(path, out, save_video=True)
             seconds = time.perf_counter() - start
-            capture = cv2.VideoCapture(clip)
+            capture = cv2.VideoCapture(path)
             frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
             faces = sum(1 for row in rows for key in row if key.startswith("box"))
             results[clip] = {"frames": frames, "seconds": seconds, "fps": frames / seconds, "faces": faces}
