@@ -11,8 +11,8 @@
 # Prints, and keeps in OUT/report.txt: the adapters; every kernel GPU vs CPU at batch 64, 1 and
 # 256; training and inference images/s on the GPU beside PyTorch with cuDNN on the same GPU
 # (also as train_mien.json and train_torch.json); detection frames/s at 640x480, 1280x720 and
-# 1920x1080; per-pass profiles of GPU detection at 1280x720 and of training steps (traces
-# beside them).
+# 1920x1080; video end to end at the same sizes when the machine has ffmpeg; per-pass profiles
+# of GPU detection at 1280x720 and of training steps (traces beside them).
 # Five files in all, within the eight a device call brings back.
 set -euo pipefail
 bin=${1:?usage: tools/gpu_check.sh MIEN_BINARY OUT_DIR}
@@ -47,6 +47,14 @@ else
 fi
 step detection
 "$bin" bench detect --device gpu 2>&1 | tee -a "$report"
+step "video end to end"
+# The device machine may have no ffmpeg; the video rows then say so and the rest goes on.
+if command -v ffmpeg >/dev/null 2>&1; then
+    "$bin" bench video --device gpu --frames 150 --clips "$out/clips" 2>&1 | tee -a "$report"
+    rm -rf "$out/clips"
+else
+    echo "no ffmpeg on this machine: no video rows" | tee -a "$report"
+fi
 step "profile: GPU detection, 1280x720"
 "$bin" profile detect --frames 20 --trace "$out/detect_trace.json" 2>&1 | tee -a "$report"
 "$bin" profile detect --detector haar --frames 20 --trace "$out/detect_haar_trace.json" 2>&1 | tee -a "$report"
