@@ -42,7 +42,7 @@ impl Default for Reliability {
 impl Reliability {
     /// Adds one image: its class probabilities and its true class.
     pub fn add(&mut self, probabilities: &[f32], label: usize) {
-        let top = (0..probabilities.len()).fold(0, |best, i| if probabilities[i] > probabilities[best] { i } else { best });
+        let top = crate::data::most_probable(probabilities);
         let confidence = probabilities[top].clamp(0.0, 1.0) as f64;
         // The last bin is closed, so a confidence of exactly 1 counts in it.
         let bin = &mut self.bins[((confidence * BINS as f64) as usize).min(BINS - 1)];

@@ -16,6 +16,12 @@ pub const PIXELS: usize = SIDE * SIDE;
 /// lists them (and as Keras' flow_from_directory numbers them).
 pub const CLASSES: [&str; 7] = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"];
 
+/// The most probable class of a row of class probabilities (the first of equals): the label a
+/// face or image gets.
+pub fn most_probable(probabilities: &[f32]) -> usize {
+    (0..probabilities.len()).fold(0, |best, i| if probabilities[i] > probabilities[best] { i } else { best })
+}
+
 /// fer2013.csv's label numbers (0 angry, 1 disgust, 2 fear, 3 happy, 4 sad, 5 surprise,
 /// 6 neutral) mapped to positions in [`CLASSES`].
 const CSV_LABEL_TO_CLASS: [u8; 7] = [0, 1, 2, 3, 5, 6, 4];

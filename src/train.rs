@@ -11,7 +11,7 @@
 
 use crate::augment::{AugmentConfig, Tta};
 use crate::calibration::Reliability;
-use crate::data::{Dataset, CLASSES};
+use crate::data::{self, Dataset, CLASSES};
 use crate::error::{file_err, Error, Result};
 use crate::kernels::adam::AdamConfig;
 use crate::kernels::sgd::SgdConfig;
@@ -389,7 +389,7 @@ pub fn evaluate<B: Backend>(model: &mut Model<B>, backend: &B, data: &Dataset, b
             loss_sum -= probs.chunks(classes).zip(&labels).map(|(row, &l)| (row[l as usize].max(f32::MIN_POSITIVE) as f64).ln()).sum::<f64>();
         }
         for (row, &label) in probs.chunks(classes).zip(&labels) {
-            let predicted = row.iter().enumerate().fold(0, |best, (i, &p)| if p > row[best] { i } else { best });
+            let predicted = data::most_probable(row);
             confusion[label as usize][predicted] += 1;
             reliability.add(row, label as usize);
         }

@@ -227,8 +227,7 @@ impl<B: Backend> Classifier<B> {
         };
         let probs = model.predict(&self.backend, &crops, self.tta)?;
         for (face, p) in faces.iter_mut().zip(probs.chunks(CLASSES.len())) {
-            let class = (0..p.len()).fold(0, |best, i| if p[i] > p[best] { i } else { best });
-            face.label = Some(Label { class, probabilities: p.to_vec() });
+            face.label = Some(Label { class: data::most_probable(p), probabilities: p.to_vec() });
         }
         Ok(())
     }

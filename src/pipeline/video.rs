@@ -6,7 +6,7 @@
 //! number of tracks, not with the video's length, so an hour costs the memory of a minute.
 
 use super::{annotate_captioned, Detector, Face, Labeller};
-use crate::data::CLASSES;
+use crate::data::{most_probable, CLASSES};
 use crate::error::{file_err, Error, Result};
 use crate::imageio::grey_of;
 use crate::nn::Backend;
@@ -291,7 +291,7 @@ impl VideoLabeller {
                 for tracked in &mut self.last {
                     if let Some(label) = &mut tracked.face.label {
                         label.probabilities = self.smoother.smooth(time_s, tracked.track, &label.probabilities);
-                        label.class = argmax(&label.probabilities);
+                        label.class = most_probable(&label.probabilities);
                     }
                 }
                 self.summary.timelines(time_s, &self.last);
@@ -313,10 +313,6 @@ impl VideoLabeller {
     pub fn timelines(&self) -> Vec<(u64, Vec<TimelinePoint>)> {
         self.summary.tracks.iter().map(|(&id, t)| (id, t.timeline.points())).collect()
     }
-}
-
-fn argmax(p: &[f32]) -> usize {
-    (0..p.len()).fold(0, |best, i| if p[i] > p[best] { i } else { best })
 }
 
 /// Points a track's timeline keeps at most: when it has this many, neighbouring points are
