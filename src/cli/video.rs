@@ -2,7 +2,7 @@
 //! their outputs, Ctrl-C, and a progress bar around [`mien::pipeline::video::label_video`].
 
 use super::{gpu_for_bench, shipped, Global, SHIPPED_WEIGHTS};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use mien::augment::Tta;
 use mien::bench::{self, VideoBenchResult};
 use mien::nn::{Backend, Cpu, GpuBackend};
@@ -126,7 +126,15 @@ fn run_one<B: Backend>(labeller: &mut Labeller<'_, B>, video: &str, outputs: &Vi
         }
     });
     bar.finish_and_clear();
-    let summary = summary.with_context(|| format!("{video}: outputs written for the frames done: {}", outputs.all().iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")))?;
+    let summary = summary.map_err(|e| {
+        // A video that breaks off still has its outputs for the frames done: say where.
+        let written: Vec<String> = outputs.all().iter().filter(|p| p.exists()).map(|p| p.display().to_string()).collect();
+        if written.is_empty() {
+            anyhow::Error::new(e)
+        } else {
+            anyhow::Error::new(e).context(format!("{video}: outputs written for the frames done: {}", written.join(", ")))
+        }
+    })?;
     if STOP.load(Ordering::SeqCst) {
         eprintln!("{video}: interrupted after {} frames; the outputs are complete up to there", summary.frames);
     }
