@@ -153,6 +153,17 @@ pub fn label_video<B: Backend>(
         drop(found);
         finder.join().expect("the detection thread does not panic")
     });
+    if frames == 0 {
+        if let Some(e) = failure {
+            // Not one frame came (a refused connection, an undecodable stream): the tables
+            // hold only their headers, and there is nothing to summarise.
+            drop(tables);
+            for table in [Some(&outputs.csv), outputs.jsonl.as_ref()].into_iter().flatten() {
+                let _ = std::fs::remove_file(table);
+            }
+            return Err(e);
+        }
+    }
     let finish_started = Instant::now();
     let finished = encoder.map_or(Ok(()), Encoder::finish);
     seconds.encode += finish_started.elapsed().as_secs_f64();
