@@ -3,9 +3,10 @@
 //   which is more accurate than E[x^2] - E[x]^2) and updates the running statistics Keras-style,
 //   running = momentum * running + (1 - momentum) * batch; inference mode just turns the
 //   running statistics into mean and 1/std. One workgroup per channel.
-// normalize: y = gamma * (x - mean) * invstd + beta.
+// normalize: y = gamma * (x - mean) * invstd + beta, then max(y, 0) with the relu flag.
 
-struct Params { batch: u32, channels: u32, plane: u32, training: u32, epsilon: f32, momentum: f32, _pad0: u32, _pad1: u32 }
+// relu: inference only, the ReLU that follows fused into `normalize`.
+struct Params { batch: u32, channels: u32, plane: u32, training: u32, epsilon: f32, momentum: f32, relu: u32, _pad: u32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -78,7 +79,9 @@ fn normalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     var q = i0 % p.plane;
     var k = scale_shift(c);
     for (var i = i0; i < end; i++) {
-        y[i] = fma(k.x, x[i], k.y);
+        let v = fma(k.x, x[i], k.y);
+        // select, not max(): NaN passes through, as in relu.wgsl.
+        y[i] = select(v, select(v, 0.0, v <= 0.0), p.relu != 0u);
         q++;
         if (q == p.plane) {
             q = 0u;

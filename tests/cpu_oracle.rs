@@ -97,7 +97,7 @@ fn batchnorm_matches_per_element_loops() {
         let (mut dx, mut dgamma, mut dbeta) = (vec![0.0; len], vec![0.0; s.channels], vec![0.0; s.channels]);
         batchnorm::backward_cpu(s, &x, &dy, &gamma, BnSaved { mean: &mean, invstd: &invstd }, &mut dx, &mut dgamma, &mut dbeta).unwrap();
         let mut y_inf = vec![0.0; len];
-        batchnorm::forward_infer_cpu(s, cfg, &x, BnParams { gamma: &gamma, beta: &beta, running_mean: &rm, running_var: &rv }, &mut y_inf).unwrap();
+        batchnorm::forward_infer_cpu(s, cfg, Activation::Identity, &x, BnParams { gamma: &gamma, beta: &beta, running_mean: &rm, running_var: &rv }, &mut y_inf).unwrap();
 
         let (mut want_y, mut want_inf, mut want_dx) = (vec![0.0; len], vec![0.0; len], vec![0.0; len]);
         let (mut want_dgamma, mut want_dbeta, mut want_rm, mut want_rv) = (vec![0.0; s.channels], vec![0.0; s.channels], vec![0.0; s.channels], vec![0.0; s.channels]);

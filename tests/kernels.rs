@@ -333,20 +333,31 @@ fn batchnorm_training_inference_and_backward() {
         batchnorm::forward_train_cpu(s, cfg, &x, &gamma, &beta, &mut rm, &mut rv, &mut mean, &mut invstd, &mut y).unwrap();
         let (mut dx, mut dgamma, mut dbeta) = (vec![0.0; s.len()], vec![0.0; c], vec![0.0; c]);
         batchnorm::backward_cpu(s, &x, &dy, &gamma, BnSaved { mean: &mean, invstd: &invstd }, &mut dx, &mut dgamma, &mut dbeta).unwrap();
-        let mut y_inf = vec![0.0; s.len()];
-        batchnorm::forward_infer_cpu(s, cfg, &x, BnParams { gamma: &gamma, beta: &beta, running_mean: &rm, running_var: &rv }, &mut y_inf).unwrap();
+        let infer = |act| {
+            let mut y_inf = vec![0.0; s.len()];
+            batchnorm::forward_infer_cpu(s, cfg, act, &x, BnParams { gamma: &gamma, beta: &beta, running_mean: &rm, running_var: &rv }, &mut y_inf).unwrap();
+            y_inf
+        };
+        let (y_inf, y_inf_relu) = (infer(Activation::Identity), infer(Activation::Relu));
+        let relu_of: Vec<f32> = y_inf.iter().map(|&v| if v <= 0.0 { 0.0 } else { v }).collect();
+        assert_eq!(y_inf_relu, relu_of, "the fused ReLU is the ReLU of the batch norm {s:?}");
 
         let (xg, dyg, gg, bg, rmg, rvg) = (up(g, &x), up(g, &dy), up(g, &gamma), up(g, &beta), up(g, &rm0), up(g, &rv0));
         let z = |n| g.zeros::<f32>(n).unwrap();
-        let (meang, invg, yg, dxg, dgg, dbg, yinfg, scratch_m, scratch_i) = (z(c), z(c), z(s.len()), z(s.len()), z(c), z(c), z(s.len()), z(c), z(c));
+        let (meang, invg, yg, dxg, dgg, dbg, yinfg, yinf_relug, scratch_m, scratch_i) = (z(c), z(c), z(s.len()), z(s.len()), z(c), z(c), z(s.len()), z(s.len()), z(c), z(c));
         g.run(|rec| {
             let p = BnParams { gamma: &gg, beta: &bg, running_mean: &rmg, running_var: &rvg };
-            batchnorm::forward_gpu(rec, s, cfg, true, &xg, p, BnSaved { mean: &meang, invstd: &invg }, &yg)?;
+            batchnorm::forward_gpu(rec, s, cfg, true, Activation::Identity, &xg, p, BnSaved { mean: &meang, invstd: &invg }, &yg)?;
             batchnorm::backward_gpu(rec, s, &xg, &dyg, &gg, BnSaved { mean: &meang, invstd: &invg }, &dxg, &dgg, &dbg)?;
             let p = BnParams { gamma: &gg, beta: &bg, running_mean: &rmg, running_var: &rvg };
-            batchnorm::forward_gpu(rec, s, cfg, false, &xg, p, BnSaved { mean: &scratch_m, invstd: &scratch_i }, &yinfg)
+            batchnorm::forward_gpu(rec, s, cfg, false, Activation::Identity, &xg, p, BnSaved { mean: &scratch_m, invstd: &scratch_i }, &yinfg)?;
+            let p = BnParams { gamma: &gg, beta: &bg, running_mean: &rmg, running_var: &rvg };
+            batchnorm::forward_gpu(rec, s, cfg, false, Activation::Relu, &xg, p, BnSaved { mean: &scratch_m, invstd: &scratch_i }, &yinf_relug)
         })
         .unwrap();
+        let p = BnParams { gamma: &gg, beta: &bg, running_mean: &rmg, running_var: &rvg };
+        let training_with_relu = g.run(|rec| batchnorm::forward_gpu(rec, s, cfg, true, Activation::Relu, &xg, p, BnSaved { mean: &meang, invstd: &invg }, &yg));
+        assert!(training_with_relu.is_err(), "a ReLU fused into a training pass is refused");
         assert_close("bn mean", &read(&meang), &mean, SUM_TOL);
         assert_close("bn invstd", &read(&invg), &invstd, SUM_TOL);
         assert_close("bn output", &read(&yg), &y, SUM_TOL);
@@ -356,6 +367,7 @@ fn batchnorm_training_inference_and_backward() {
         assert_close("bn dgamma", &read(&dgg), &dgamma, SUM_TOL);
         assert_close("bn dbeta", &read(&dbg), &dbeta, SUM_TOL);
         assert_close("bn inference output", &read(&yinfg), &y_inf, SUM_TOL);
+        assert_close("bn inference output with its ReLU", &read(&yinf_relug), &y_inf_relu, SUM_TOL);
     }
 }
 

@@ -118,7 +118,7 @@ fn a_binding_over_the_limit_is_an_error_naming_the_op() {
     let err = g
         .run(|rec| {
             let p = BnParams { gamma: &c1, beta: &c2, running_mean: &c3, running_var: &c4 };
-            batchnorm::forward_gpu(rec, s, BnConfig::default(), true, &x, p, BnSaved { mean: &c5, invstd: &c6 }, &y)
+            batchnorm::forward_gpu(rec, s, BnConfig::default(), true, Activation::Identity, &x, p, BnSaved { mean: &c5, invstd: &c6 }, &y)
         })
         .unwrap_err();
     assert!(matches!(err, Error::TooLarge { op: "batchnorm_stats", .. }), "{err}");

@@ -368,7 +368,7 @@ fn xent_adam_bn_cases(gpu: &Gpu, batch: usize) -> Result<Vec<Case>> {
         work: Work::Bytes(4.0 * 3.0 * s.len() as f64),
         gpu: Box::new(move |rec| {
             let p = BnParams { gamma: &bufs.gamma, beta: &bufs.beta, running_mean: &bufs.running_mean, running_var: &bufs.running_var };
-            batchnorm::forward_gpu(rec, s, bn, true, &bufs.x, p, BnSaved { mean: &bufs.mean, invstd: &bufs.invstd }, &bufs.out)
+            batchnorm::forward_gpu(rec, s, bn, true, Activation::Identity, &bufs.x, p, BnSaved { mean: &bufs.mean, invstd: &bufs.invstd }, &bufs.out)
         }),
         cpu: Box::new(move || batchnorm::forward_train_cpu(s, bn, &x, &gamma, &beta, &mut rm, &mut rv, &mut mean, &mut invstd, &mut y)),
     });

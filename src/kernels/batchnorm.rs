@@ -6,8 +6,10 @@
 //! GPU: shaders/batchnorm_forward.wgsl (statistics, normalisation) and
 //! shaders/batchnorm_backward.wgsl (per-channel sums, data gradient).
 
+use super::conv2d::Activation;
+use super::relu::relu;
 use super::{check_buf, items_per_task};
-use crate::error::{check_len, Result};
+use crate::error::{check_len, shape_err, Result};
 use crate::gpu::{shaders, GpuBuffer, Recorder};
 use rayon::prelude::*;
 
@@ -129,23 +131,29 @@ pub fn forward_train_cpu(
         running_mean[c] = cfg.momentum * running_mean[c] + (1.0 - cfg.momentum) * mu as f32;
         running_var[c] = cfg.momentum * running_var[c] + (1.0 - cfg.momentum) * var as f32;
     }
-    normalize_cpu(&s, x, gamma, beta, mean, invstd, y);
+    normalize_cpu(&s, Activation::Identity, x, gamma, beta, mean, invstd, y);
     Ok(())
 }
 
-pub fn forward_infer_cpu(s: BnShape, cfg: BnConfig, x: &[f32], p: BnParams<'_, [f32]>, y: &mut [f32]) -> Result<()> {
+/// Inference forward pass from the running statistics, followed by a ReLU when `act` says so:
+/// the ReLU after a batch norm then costs no pass of its own over the activations.
+pub fn forward_infer_cpu(s: BnShape, cfg: BnConfig, act: Activation, x: &[f32], p: BnParams<'_, [f32]>, y: &mut [f32]) -> Result<()> {
     let lens = [("gamma", p.gamma.len()), ("beta", p.beta.len()), ("running mean", p.running_mean.len()), ("running variance", p.running_var.len())];
     check(&s, x.len(), y.len(), &lens)?;
     let invstd: Vec<f32> = p.running_var.iter().map(|&v| 1.0 / (v + cfg.epsilon).sqrt()).collect();
-    normalize_cpu(&s, x, p.gamma, p.beta, p.running_mean, &invstd, y);
+    normalize_cpu(&s, act, x, p.gamma, p.beta, p.running_mean, &invstd, y);
     Ok(())
 }
 
-fn normalize_cpu(s: &BnShape, x: &[f32], gamma: &[f32], beta: &[f32], mean: &[f32], invstd: &[f32], y: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+fn normalize_cpu(s: &BnShape, act: Activation, x: &[f32], gamma: &[f32], beta: &[f32], mean: &[f32], invstd: &[f32], y: &mut [f32]) {
     let plane = s.plane.max(1);
     y.par_chunks_mut(plane).zip(x.par_chunks(plane)).enumerate().with_min_len(items_per_task(plane)).for_each(|(i, (y, x))| {
         let c = i % s.channels;
         y.iter_mut().zip(x).for_each(|(y, &x)| *y = gamma[c] * (x - mean[c]) * invstd[c] + beta[c]);
+        if act == Activation::Relu {
+            y.iter_mut().for_each(|v| *v = relu(*v));
+        }
     });
 }
 
@@ -190,16 +198,29 @@ struct Params {
     training: u32,
     epsilon: f32,
     momentum: f32,
-    _pad: [u32; 2],
+    relu: u32,
+    _pad: u32,
+}
+
+/// Refuses a ReLU fused into a training pass: the backward pass needs the normalised values.
+pub fn check_fused(training: bool, act: Activation) -> Result<()> {
+    if training && act == Activation::Relu {
+        return Err(shape_err("batchnorm", "a fused ReLU is for inference only: training keeps the normalised values for the backward pass"));
+    }
+    Ok(())
 }
 
 /// Forward pass on the GPU. In training mode `saved` receives the batch statistics and the
-/// running statistics are updated; in inference mode `saved` is scratch filled from them.
+/// running statistics are updated; in inference mode `saved` is scratch filled from them, and
+/// `act` may fuse the ReLU that follows (training keeps the normalised values for the backward
+/// pass, so it refuses one).
+#[allow(clippy::too_many_arguments)]
 pub fn forward_gpu(
     rec: &mut Recorder,
     s: BnShape,
     cfg: BnConfig,
     training: bool,
+    act: Activation,
     x: &GpuBuffer<f32>,
     p: BnParams<'_, GpuBuffer<f32>>,
     saved: BnSaved<'_, GpuBuffer<f32>>,
@@ -214,7 +235,9 @@ pub fn forward_gpu(
         ("invstd", saved.invstd.len()),
     ];
     check(&s, x.len(), y.len(), &lens)?;
-    let params = Params { batch: s.batch as u32, channels: s.channels as u32, plane: s.plane as u32, training: training as u32, epsilon: cfg.epsilon, momentum: cfg.momentum, _pad: [0; 2] };
+    check_fused(training, act)?;
+    let relu = (act == Activation::Relu) as u32;
+    let params = Params { batch: s.batch as u32, channels: s.channels as u32, plane: s.plane as u32, training: training as u32, epsilon: cfg.epsilon, momentum: cfg.momentum, relu, _pad: 0 };
     let bindings = [x.all(), saved.mean.all().rw(), saved.invstd.all().rw(), p.running_mean.all().rw(), p.running_var.all().rw(), p.gamma.all(), p.beta.all(), y.all().rw()];
     rec.dispatch_linear("batchnorm_stats", &shaders::BATCHNORM_FORWARD, "stats", &params, &bindings, s.channels, 1)?;
     rec.dispatch_linear("batchnorm_normalize", &shaders::BATCHNORM_FORWARD, "normalize", &params, &bindings, s.len().div_ceil(ELEMENTS_PER_THREAD), 256)

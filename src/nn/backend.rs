@@ -105,7 +105,9 @@ pub trait Backend: Send {
     fn add_forward(&self, a: &Self::Tensor, b: &Self::Tensor, act: Activation, out: &Self::Tensor) -> Result<()>;
     fn sigmoid_forward(&self, x: &Self::Tensor, y: &Self::Tensor) -> Result<()>;
     fn dropout(&self, mask: Mask, src: &Self::Tensor, dst: &Self::Tensor) -> Result<()>;
-    fn batchnorm_forward(&self, s: BnShape, cfg: BnConfig, training: bool, x: &Self::Tensor, bn: BnTensors<'_, Self::Tensor>, y: &Self::Tensor) -> Result<()>;
+    /// In inference, `act` may fuse the ReLU that follows the batch norm.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_forward(&self, s: BnShape, cfg: BnConfig, training: bool, act: Activation, x: &Self::Tensor, bn: BnTensors<'_, Self::Tensor>, y: &Self::Tensor) -> Result<()>;
     fn batchnorm_backward(&self, s: BnShape, x: &Self::Tensor, dy: &Self::Tensor, bn: BnTensors<'_, Self::Tensor>, dx: &Self::Tensor, dgamma: &Self::Tensor, dbeta: &Self::Tensor) -> Result<()>;
     fn xent_forward(&self, s: XentShape, logits: &Self::Tensor, labels: &Self::Ints, class_weight: &Self::Tensor, out: LossTensors<'_, Self::Tensor, Self::Ints>) -> Result<()>;
     fn xent_backward(&self, s: XentShape, probs: &Self::Tensor, labels: &Self::Ints, class_weight: &Self::Tensor, dlogits: &Self::Tensor) -> Result<()>;
@@ -210,7 +212,8 @@ impl Backend for Cpu {
     fn dropout(&self, mask: Mask, src: &Self::Tensor, dst: &Self::Tensor) -> Result<()> {
         dropout::apply_cpu(mask, &src.borrow(), &mut dst.borrow_mut())
     }
-    fn batchnorm_forward(&self, s: BnShape, cfg: BnConfig, training: bool, x: &Self::Tensor, bn: BnTensors<'_, Self::Tensor>, y: &Self::Tensor) -> Result<()> {
+    fn batchnorm_forward(&self, s: BnShape, cfg: BnConfig, training: bool, act: Activation, x: &Self::Tensor, bn: BnTensors<'_, Self::Tensor>, y: &Self::Tensor) -> Result<()> {
+        batchnorm::check_fused(training, act)?;
         if training {
             batchnorm::forward_train_cpu(
                 s,
@@ -226,7 +229,7 @@ impl Backend for Cpu {
             )
         } else {
             let p = BnParams { gamma: &bn.gamma.borrow()[..], beta: &bn.beta.borrow()[..], running_mean: &bn.running_mean.borrow()[..], running_var: &bn.running_var.borrow()[..] };
-            batchnorm::forward_infer_cpu(s, cfg, &x.borrow(), p, &mut y.borrow_mut())
+            batchnorm::forward_infer_cpu(s, cfg, act, &x.borrow(), p, &mut y.borrow_mut())
         }
     }
     fn batchnorm_backward(&self, s: BnShape, x: &Self::Tensor, dy: &Self::Tensor, bn: BnTensors<'_, Self::Tensor>, dx: &Self::Tensor, dgamma: &Self::Tensor, dbeta: &Self::Tensor) -> Result<()> {
@@ -438,9 +441,9 @@ impl Backend for GpuBackend<'_> {
     fn dropout(&self, mask: Mask, src: &Self::Tensor, dst: &Self::Tensor) -> Result<()> {
         self.record(|r| dropout::apply_gpu(r, mask, src, dst))
     }
-    fn batchnorm_forward(&self, s: BnShape, cfg: BnConfig, training: bool, x: &Self::Tensor, bn: BnTensors<'_, Self::Tensor>, y: &Self::Tensor) -> Result<()> {
+    fn batchnorm_forward(&self, s: BnShape, cfg: BnConfig, training: bool, act: Activation, x: &Self::Tensor, bn: BnTensors<'_, Self::Tensor>, y: &Self::Tensor) -> Result<()> {
         let p = BnParams { gamma: bn.gamma, beta: bn.beta, running_mean: bn.running_mean, running_var: bn.running_var };
-        self.record(|r| batchnorm::forward_gpu(r, s, cfg, training, x, p, BnSaved { mean: bn.mean, invstd: bn.invstd }, y))
+        self.record(|r| batchnorm::forward_gpu(r, s, cfg, training, act, x, p, BnSaved { mean: bn.mean, invstd: bn.invstd }, y))
     }
     fn batchnorm_backward(&self, s: BnShape, x: &Self::Tensor, dy: &Self::Tensor, bn: BnTensors<'_, Self::Tensor>, dx: &Self::Tensor, dgamma: &Self::Tensor, dbeta: &Self::Tensor) -> Result<()> {
         self.record(|r| batchnorm::backward_gpu(r, s, x, dy, bn.gamma, BnSaved { mean: bn.mean, invstd: bn.invstd }, dx, dgamma, dbeta))

@@ -284,7 +284,13 @@ impl<B: Backend> Model<B> {
     fn forward<'w>(&self, backend: &B, ws: &'w Workspace<B>, training: bool, seed: u32) -> Result<&'w B::Tensor> {
         let batch = ws.batch;
         let mut x = &ws.acts[0];
+        // The ReLU layer whose work a batch norm did in the same pass (inference only).
+        let mut fused_relu = None;
         for (i, layer) in self.layers.iter().enumerate() {
+            if fused_relu == Some(i) {
+                x = &ws.acts[i + 1];
+                continue;
+            }
             let y = &ws.acts[i + 1];
             match layer.op {
                 Op::Conv { shape, w, b, act } => backend.conv2d_forward(Conv2dShape { batch, ..shape }, x, &self.params[w].value, &self.params[b].value, act, y)?,
@@ -295,7 +301,16 @@ impl<B: Backend> Model<B> {
                 // is (a copy pass less per dropout layer).
                 Op::Dropout { .. } if !training => continue,
                 Op::Dropout { rate } => backend.dropout(Mask::new(rate, dropout_seed(seed, layer.index))?, x, y)?,
-                Op::BatchNorm { channels, plane, .. } => backend.batchnorm_forward(BnShape { batch, channels, plane }, self.bn, training, x, self.bn_tensors(ws, i), y)?,
+                Op::BatchNorm { channels, plane, .. } => {
+                    // In inference a ReLU right after is applied in the batch norm's own pass
+                    // over the activations, into the ReLU's output.
+                    let fuse = !training && matches!(self.layers.get(i + 1).map(|l| &l.op), Some(Op::Relu));
+                    let (act, out) = if fuse { (Activation::Relu, &ws.acts[i + 2]) } else { (Activation::Identity, y) };
+                    if fuse {
+                        fused_relu = Some(i + 1);
+                    }
+                    backend.batchnorm_forward(BnShape { batch, channels, plane }, self.bn, training, act, x, self.bn_tensors(ws, i), out)?
+                }
             }
             x = y;
         }
