@@ -23,7 +23,6 @@ use image::{GrayImage, RgbImage};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Instant;
 
 /// An expression label: the most probable class and every class's probability.
 #[derive(Clone, Debug, PartialEq)]
@@ -83,7 +82,6 @@ pub struct Labeller<'g, B: Backend> {
     /// What the last calls did differently from what was asked (a fallback to the CPU), for
     /// the caller to report with the image's name.
     warnings: Vec<String>,
-    seconds: LabellerSeconds,
 }
 
 /// Cuts faces out and labels them: the expression model and how it sees a face.
@@ -93,14 +91,6 @@ struct Classifier<B: Backend> {
     tta: Tta,
     /// Whether faces with landmarks are aligned before they are classified (see [`crate::align`]).
     align: bool,
-}
-
-/// Where a labeller's time went.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
-pub struct LabellerSeconds {
-    pub detect: f64,
-    /// Cutting the faces and the expression model.
-    pub classify: f64,
 }
 
 impl<'g, B: Backend> Labeller<'g, B> {
@@ -136,24 +126,15 @@ impl<'g, B: Backend> Labeller<'g, B> {
                 Some(model)
             }
         };
-        Ok(Labeller { detector, classifier: Classifier { backend, model, tta, align }, warnings: Vec::new(), seconds: LabellerSeconds::default() })
+        Ok(Labeller { detector, classifier: Classifier { backend, model, tta, align }, warnings: Vec::new() })
     }
 
     /// The faces in an image (`rgb`, and `grey` as OpenCV converts it), labelled when there is
     /// a model.
     pub fn faces(&mut self, rgb: &RgbImage, grey: &GrayImage) -> Result<Vec<Face>> {
-        let started = Instant::now();
         let mut faces = self.detector.find(rgb, grey, &mut self.warnings)?;
-        let detected = Instant::now();
         self.classifier.label(grey, &mut faces, &mut self.warnings)?;
-        self.seconds.detect += (detected - started).as_secs_f64();
-        self.seconds.classify += detected.elapsed().as_secs_f64();
         Ok(faces)
-    }
-
-    /// Seconds spent finding faces and labelling them since the last time they were taken.
-    pub fn take_seconds(&mut self) -> LabellerSeconds {
-        std::mem::take(&mut self.seconds)
     }
 
     /// Sets YuNet's detection size limit (see [`DetectorChoice::YuNet`]); Haar has none.
