@@ -321,7 +321,7 @@ impl Tracker {
         let mut ids = vec![None; boxes.len()];
         let mut box_matched = vec![false; boxes.len()];
         let mut track_matched = vec![false; self.tracks.len()];
-        for (t, assigned) in best_assignment(&affinity, boxes.len()).into_iter().enumerate() {
+        for (t, assigned) in assignment_by_component(&affinity, boxes.len()).into_iter().enumerate() {
             // The assignment pairs every track it can; a pair of affinity 0 is no match.
             let Some(b) = assigned.filter(|&b| affinity[t][b] > 0.0) else { continue };
             let track = &mut self.tracks[t];
@@ -379,6 +379,45 @@ impl Tracker {
 fn take_id(next_id: &mut u64) -> u64 {
     *next_id += 1;
     *next_id - 1
+}
+
+/// The same pairing as [`best_assignment`], solved separately for each group of rows and
+/// columns linked by a positive affinity. Pairs of affinity 0 are no match, so the groups do
+/// not interact, and splitting keeps the cubic Hungarian step to the size of the largest cluster
+/// of nearby faces: a frame of thousands of scattered faces (a crowd, or a hostile input) costs
+/// about as much as its affinity matrix.
+fn assignment_by_component(affinity: &[Vec<f64>], columns: usize) -> Vec<Option<usize>> {
+    let rows = affinity.len();
+    // Union-find over rows (0..rows) and columns (rows..rows + columns).
+    let mut parent: Vec<usize> = (0..rows + columns).collect();
+    fn root(parent: &mut [usize], mut node: usize) -> usize {
+        while parent[node] != node {
+            parent[node] = parent[parent[node]];
+            node = parent[node];
+        }
+        node
+    }
+    for (r, row) in affinity.iter().enumerate() {
+        for (c, _) in row.iter().enumerate().filter(|&(_, &a)| a > 0.0) {
+            let (a, b) = (root(&mut parent, r), root(&mut parent, rows + c));
+            parent[a] = b;
+        }
+    }
+    let mut members: BTreeMap<usize, (Vec<usize>, Vec<usize>)> = BTreeMap::new();
+    for r in 0..rows {
+        members.entry(root(&mut parent, r)).or_default().0.push(r);
+    }
+    for c in 0..columns {
+        members.entry(root(&mut parent, rows + c)).or_default().1.push(c);
+    }
+    let mut column_of_row = vec![None; rows];
+    for (component_rows, component_columns) in members.values().filter(|(r, c)| !r.is_empty() && !c.is_empty()) {
+        let sub: Vec<Vec<f64>> = component_rows.iter().map(|&r| component_columns.iter().map(|&c| affinity[r][c]).collect()).collect();
+        for (&r, assigned) in component_rows.iter().zip(best_assignment(&sub, component_columns.len())) {
+            column_of_row[r] = assigned.map(|c| component_columns[c]);
+        }
+    }
+    column_of_row
 }
 
 /// The pairing of rows with columns, each used at most once, with the largest summed
@@ -758,8 +797,20 @@ mod tests {
                 assert_eq!(columns_used.len(), rows.min(columns), "a column used twice: {assignment:?}");
                 let best = brute_force_best(&affinity, 0, &mut vec![false; columns]);
                 assert!((total(&affinity, &assignment) - best).abs() < 1e-9, "{affinity:?}: {assignment:?} short of {best}");
+                let by_component = assignment_by_component(&affinity, columns);
+                assert!((total(&affinity, &by_component) - best).abs() < 1e-9, "{affinity:?}: by component {by_component:?} short of {best}");
             }
         }
+    }
+
+    #[test]
+    fn a_crowd_of_thousands_tracks_in_components() {
+        // 2,500 faces on a grid, all moving a little: one Hungarian step over them all would take
+        // 2,500³ steps; in components of one face each it is the affinity matrix alone.
+        let grid = |dx: f64| -> Vec<TrackBox> { (0..2500).map(|i| square((i % 50) as f64 * 40.0 + dx, (i / 50) as f64 * 40.0, 20.0)).collect() };
+        let mut tracker = tracker();
+        let first = tracker.update(0.0, &grid(0.0)).unwrap();
+        assert_eq!(tracker.update(FRAME_S, &grid(2.0)).unwrap(), first);
     }
 
     #[test]
