@@ -9,7 +9,8 @@ use crate::rng::Rng;
 
 /// Test-time augmentation: the views of a face whose class probabilities are averaged to label
 /// it. Each view costs a forward pass.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum Tta {
     /// The centre crop alone.
@@ -75,7 +76,8 @@ fn crop_by_default() -> bool {
 }
 
 /// What an erased rectangle is filled with.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum EraseFill {
     /// One grey drawn uniformly in [0, 1] per image (torchvision's 'random' draws one per pixel,

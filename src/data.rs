@@ -4,7 +4,6 @@
 use crate::error::{file_err, quote_prefix};
 use crate::rng::Rng;
 use crate::{Error, Result};
-use clap::ValueEnum;
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -76,7 +75,8 @@ impl Dataset {
 }
 
 /// Which rows of fer2013.csv to take.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Usage {
     Training,
     PublicTest,
@@ -84,6 +84,8 @@ pub enum Usage {
 }
 
 impl Usage {
+    const ALL: [Usage; 3] = [Usage::Training, Usage::PublicTest, Usage::PrivateTest];
+
     fn csv_name(self) -> &'static str {
         match self {
             Usage::Training => "Training",
@@ -92,7 +94,7 @@ impl Usage {
         }
     }
     fn from_csv_name(name: &str) -> Option<Usage> {
-        Usage::value_variants().iter().copied().find(|u| u.csv_name() == name)
+        Usage::ALL.into_iter().find(|u| u.csv_name() == name)
     }
 }
 

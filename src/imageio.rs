@@ -13,6 +13,7 @@
 //! OpenCV's readers does. EXIF orientation is applied as `cv2.imread` applies it.
 //! data/fixtures/imageio (tools/image_fixtures.py) holds OpenCV's output for each layout.
 
+#[cfg(feature = "turbojpeg")]
 use std::ffi::{c_int, c_ulong, CStr};
 use std::io::Cursor;
 use std::path::Path;
@@ -81,9 +82,16 @@ fn read_bytes(path: &Path) -> Result<Vec<u8>> {
 
 fn decode_rgb(bytes: &[u8], name: &Path, on_damage: OnDamage) -> Result<(RgbImage, Vec<String>)> {
     // By content, as OpenCV picks its reader, never by the file's extension.
+    // Without libjpeg-turbo (the browser build, which has the browser's own decoder) JPEG goes
+    // to `image`'s decoder with the other formats: its pixels may differ from OpenCV's by a grey
+    // level here and there.
+    #[cfg(feature = "turbojpeg")]
     if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        decode_jpeg(bytes, name, on_damage)
-    } else if is_pnm(bytes) {
+        return decode_jpeg(bytes, name, on_damage);
+    }
+    #[cfg(not(feature = "turbojpeg"))]
+    let _ = on_damage;
+    if is_pnm(bytes) {
         Ok((decode_pnm(bytes, name)?, Vec::new()))
     } else {
         Ok((decode_other(bytes, name)?, Vec::new()))
@@ -113,6 +121,7 @@ fn orient(rgb: RgbImage, orientation: Orientation) -> RgbImage {
 // ---- JPEG -------------------------------------------------------------------------------------
 
 /// What the markers before the image data say.
+#[cfg(feature = "turbojpeg")]
 struct JpegHeader {
     width: u32,
     height: u32,
@@ -123,6 +132,7 @@ struct JpegHeader {
 /// Walks the markers up to the first scan. The dimensions come from here rather than from
 /// tjDecompressHeader3, which in libjpeg-turbo 2.x refuses sampling factors outside its list
 /// (which libjpeg itself and so OpenCV decode).
+#[cfg(feature = "turbojpeg")]
 fn jpeg_header(bytes: &[u8]) -> std::result::Result<JpegHeader, String> {
     let mut frame = None;
     let mut orientation = None;
@@ -170,8 +180,10 @@ fn jpeg_header(bytes: &[u8]) -> std::result::Result<JpegHeader, String> {
 }
 
 /// A TurboJPEG decompressor, destroyed when dropped.
+#[cfg(feature = "turbojpeg")]
 struct Decompressor(turbojpeg_sys::tjhandle);
 
+#[cfg(feature = "turbojpeg")]
 impl Decompressor {
     fn new() -> Option<Self> {
         // SAFETY: no arguments; a null handle (out of memory) is refused here.
@@ -194,6 +206,7 @@ impl Decompressor {
     }
 }
 
+#[cfg(feature = "turbojpeg")]
 impl Drop for Decompressor {
     fn drop(&mut self) {
         // SAFETY: the handle came from tjInitDecompress and is destroyed once.
@@ -201,6 +214,7 @@ impl Drop for Decompressor {
     }
 }
 
+#[cfg(feature = "turbojpeg")]
 fn decode_jpeg(bytes: &[u8], name: &Path, on_damage: OnDamage) -> Result<(RgbImage, Vec<String>)> {
     let header = jpeg_header(bytes).map_err(|reason| file_err(name, reason))?;
     let (width, height) = (header.width, header.height);
@@ -256,6 +270,7 @@ fn decode_jpeg(bytes: &[u8], name: &Path, on_damage: OnDamage) -> Result<(RgbIma
 
 /// OpenCV's icvCvt_CMYK2BGR_8u_C4C3R for one of C, M, Y (giving R, G, B): it reads the
 /// samples as Adobe's inverted CMYK, so 255 is no ink.
+#[cfg(feature = "turbojpeg")]
 fn cmyk_channel(ink: u8, k: u8) -> u8 {
     let (ink, k) = (u32::from(ink), u32::from(k));
     (k - (((255 - ink) * k) >> 8)) as u8

@@ -12,11 +12,14 @@ pub mod imageio;
 pub mod kernels;
 pub mod nn;
 pub mod pipeline;
+#[cfg(feature = "plot")]
 pub mod plot;
 pub mod rng;
 pub mod track;
 pub mod train;
+#[cfg(feature = "video")]
 pub mod video;
 
 pub use error::{Error, Result};
+#[cfg(feature = "cli")]
 pub mod bench;

@@ -23,7 +23,7 @@ use crate::rng::Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use web_time::Instant;
 
 /// Everything that decides how a run trains; saved in the run folder so `--resume` continues
 /// with the same settings.
@@ -66,7 +66,8 @@ pub struct Recipe {
 }
 
 /// Learning-rate schedules.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Schedule {
     /// Keras' ReduceLROnPlateau on validation loss.
@@ -808,6 +809,7 @@ fn write_checkpoint<B: Backend>(model: &Model<B>, backend: &B, files: &RunFiles,
 }
 
 fn write_metrics(dir: &Path, history: &[EpochMetrics]) -> Result<()> {
+    #[cfg(feature = "plot")]
     crate::plot::training_curves(&dir.join("training_curves.png"), history)?;
     let mut csv = String::from("epoch,lr,train_loss,train_accuracy,val_loss,val_accuracy,val_accuracy_single,images_per_second,seconds\n");
     for m in history {

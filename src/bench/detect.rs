@@ -25,8 +25,6 @@ pub const DETECT_SIZES: [FrameSize; 3] = [FrameSize { width: 640, height: 480 },
 
 /// YuNet's settings in the benchmark: `mien detect`'s defaults, which tools/opencv_bench.py
 /// gives FaceDetectorYN too.
-pub const YUNET_BENCH_PARAMS: YuNetParams = YuNetParams { score_threshold: 0.5, nms_threshold: 0.3, top_k: 5000 };
-
 /// A deterministic test frame: `scene` scaled to fit w x h (bilinear) and centred on grey 128,
 /// as tools/opencv_bench.py builds its frames.
 pub fn detect_frame(scene: &GrayImage, w: u32, h: u32) -> GrayImage {
@@ -158,7 +156,7 @@ pub fn bench_yunet_cpu(scene: &GrayImage, threads: usize, reps: usize, bar: &Pro
     let pool = cpu_pool(threads)?;
     let mut net = YuNet::shipped(Cpu)?;
     let timed = Timed { detector: "yunet", device: "cpu", threads };
-    bench_detect(timed, scene, reps, bar, detect_frame_rgb, |frame| Ok(FrameOutcome { faces: pool.install(|| net.detect(frame, &YUNET_BENCH_PARAMS))?.len(), host: None }))
+    bench_detect(timed, scene, reps, bar, detect_frame_rgb, |frame| Ok(FrameOutcome { faces: pool.install(|| net.detect(frame, &YuNetParams::DETECT))?.len(), host: None }))
 }
 
 /// The shipped YuNet on the GPU backend: each frame is uploaded, run and its heads read back,
@@ -169,7 +167,7 @@ pub fn bench_yunet_gpu(gpu: &Gpu, scene: &GrayImage, reps: usize, bar: &Progress
     let device = gpu.describe();
     let timed = Timed { detector: "yunet", device: &device, threads: rayon::current_num_threads() };
     bench_detect(timed, scene, reps, bar, detect_frame_rgb, |frame| {
-        let faces = net.detect(frame, &YUNET_BENCH_PARAMS)?.len();
+        let faces = net.detect(frame, &YuNetParams::DETECT)?.len();
         if let Some(warning) = net.take_warnings().into_iter().next() {
             return Err(Error::Invalid(format!("YuNet on {device} at {}x{}: {warning}", frame.width(), frame.height())));
         }

@@ -13,10 +13,7 @@ mod train;
 mod video;
 
 pub use calibration::Peaks;
-pub use detect::{
-    bench_detect_cpu, bench_detect_gpu, bench_yunet_cpu, bench_yunet_gpu, detect_frame, detect_frame_rgb, FrameSize, DETECT_CPU_STAGES, DETECT_GPU_STAGES, DETECT_SIZES, YUNET_BENCH_PARAMS,
-    YUNET_STAGES,
-};
+pub use detect::{bench_detect_cpu, bench_detect_gpu, bench_yunet_cpu, bench_yunet_gpu, detect_frame, detect_frame_rgb, FrameSize, DETECT_CPU_STAGES, DETECT_GPU_STAGES, DETECT_SIZES, YUNET_STAGES};
 pub use kernels::{bench_kernels, DEFAULT_BATCHES};
 pub use report::{adapter_line, range, row_printer, DetectResult, KernelReport, KernelResult, PassMedian, Span, TrainBench, Work};
 pub use train::{bench_train, BATCH1_REPS_PER_REP, TRAIN_STAGES};

@@ -5,6 +5,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use mien::augment::{AugmentConfig, EraseFill, Tta};
 use mien::bench;
 use mien::data::{self, Dataset, Usage};
+use mien::detect::yunet::YuNetParams;
 use mien::gpu::{self, BackendChoice, DeviceChoice, GpuOptions};
 use mien::nn::weights::Part;
 use mien::nn::{Backend, Cpu, GpuBackend, Model, ModelConfig};
@@ -317,14 +318,14 @@ struct DetectArgs {
     #[arg(long, value_enum, default_value_t = DetectorKind::Yunet)]
     detector: DetectorKind,
     /// YuNet: faces scoring below this are dropped.
-    #[arg(long, default_value_t = bench::YUNET_BENCH_PARAMS.score_threshold)]
+    #[arg(long, default_value_t = YuNetParams::DETECT.score_threshold)]
     score_threshold: f32,
     /// YuNet: a face overlapping a better one by more than this (intersection over union) is
     /// dropped.
-    #[arg(long, default_value_t = bench::YUNET_BENCH_PARAMS.nms_threshold)]
+    #[arg(long, default_value_t = YuNetParams::DETECT.nms_threshold)]
     nms_threshold: f32,
     /// YuNet: at most this many of the best candidates go into non-maximum suppression.
-    #[arg(long, default_value_t = bench::YUNET_BENCH_PARAMS.top_k)]
+    #[arg(long, default_value_t = YuNetParams::DETECT.top_k)]
     top_k: usize,
     /// Haar: the cascade XML.
     #[arg(long, default_value = "data/cascades/haarcascade_frontalface_default.xml")]
@@ -874,7 +875,6 @@ fn output_names(files: &[PathBuf], out: &Path) -> Vec<PathBuf> {
 }
 
 fn run_detect<B: Backend>(backend: B, gpu: Option<&gpu::Gpu>, args: &DetectArgs, out: &Path) -> Result<()> {
-    use mien::detect::yunet::YuNetParams;
     use mien::detect::{Cascade, DetectParams};
     use mien::imageio::{self, Decoded, OnDamage};
     use mien::pipeline::{self, DetectorChoice, ImageReport, Labeller};
@@ -1021,7 +1021,7 @@ fn bench_detect(global: &Global, cascade: &Path, reps: usize, json: bool) -> Res
         println!("{}", serde_json::to_string_pretty(&results)?);
         return Ok(());
     }
-    let yunet = bench::YUNET_BENCH_PARAMS;
+    let yunet = YuNetParams::DETECT;
     let headings = [
         ("haar", format!("Face detection, OpenCV defaults (scale 1.1, 3 neighbours), frontal-face cascade, median of {reps}")),
         ("yunet", format!("YuNet-n (score {}, NMS {}, top {}) on the same frames as RGB (the grey repeated), median of {reps}", yunet.score_threshold, yunet.nms_threshold, yunet.top_k)),
@@ -1180,7 +1180,7 @@ fn profile_yunet(global: &Global, frames: usize, (w, h): (u32, u32), trace: &Pat
     let gpu = profiling_gpu(global)?;
     let frame = bench::detect_frame_rgb(&benchmark_scene()?, w, h);
     let mut net = YuNet::shipped(GpuBackend::profiling(&gpu))?;
-    let params = bench::YUNET_BENCH_PARAMS;
+    let params = YuNetParams::DETECT;
     // One frame first, so pipeline compilation and first allocations stay out of the profile.
     let faces = net.detect(&frame, &params)?.len();
     net.backend().take_timings();

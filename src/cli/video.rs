@@ -5,6 +5,7 @@ use super::{gpu_for_bench, shipped, Global, SHIPPED_WEIGHTS};
 use anyhow::Result;
 use mien::augment::Tta;
 use mien::bench::{self, VideoBenchResult};
+use mien::detect::yunet::YuNetParams;
 use mien::nn::{Backend, Cpu, GpuBackend};
 use mien::pipeline::video::{label_video, VideoOptions, VideoOutputs, VideoSummary};
 use mien::pipeline::DetectorChoice;
@@ -167,7 +168,7 @@ pub fn bench(global: &Global, frames: u32, clips: &Path, json: bool) -> Result<(
     let gpu = gpu_for_bench(global)?;
     let scenes = ["data/photos/grace_hopper.jpg", "data/fixtures/haar/montage.png"].map(|p| shipped(Path::new(p)));
     let weights = shipped(Path::new(SHIPPED_WEIGHTS));
-    let detector = || DetectorChoice::YuNet { params: bench::YUNET_BENCH_PARAMS, min_size: 0, max_side: VIDEO_DETECT_SIDE };
+    let detector = || DetectorChoice::YuNet { params: YuNetParams::DETECT, min_size: 0, max_side: VIDEO_DETECT_SIDE };
     let bar = bench::progress_bar();
     bar.set_length((scenes.len() * bench::VIDEO_SIZES.len() * (1 + gpu.is_some() as usize)) as u64);
     let mut results: Vec<VideoBenchResult> = Vec::new();

@@ -1,5 +1,6 @@
 //! Face detection: OpenCV's Haar cascades, and the YuNet CNN (`yunet`).
 
+#[cfg(feature = "plot")]
 pub mod annotate;
 pub mod cascade;
 pub mod cpu;

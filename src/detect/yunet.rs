@@ -464,6 +464,10 @@ impl Default for YuNetParams {
 }
 
 impl YuNetParams {
+    /// `mien detect`'s defaults: the score threshold of 0.5 was chosen by measuring recall and
+    /// precision (README, tools/detector_thresholds.py).
+    pub const DETECT: YuNetParams = YuNetParams { score_threshold: 0.5, nms_threshold: 0.3, top_k: 5000 };
+
     pub fn validate(&self) -> Result<()> {
         if !self.score_threshold.is_finite() || !self.nms_threshold.is_finite() {
             return Err(Error::Invalid(format!("YuNet thresholds must be finite numbers, got score {} and NMS {}", self.score_threshold, self.nms_threshold)));

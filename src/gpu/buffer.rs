@@ -137,11 +137,17 @@ impl Gpu {
     }
 
     /// Copies the buffer back to the host, waiting for all work queued before.
-    pub fn read<T: Pod>(&self, buf: &GpuBuffer<T>) -> Result<Vec<T>> {
+    pub async fn read_async<T: Pod>(&self, buf: &GpuBuffer<T>) -> Result<Vec<T>> {
         let mut rec = self.recorder(false);
         let readback = rec.read_back(buf);
         rec.submit()?;
-        readback.wait(self)
+        readback.wait_async(self).await
+    }
+
+    /// [`Gpu::read_async`], waited for.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read<T: Pod>(&self, buf: &GpuBuffer<T>) -> Result<Vec<T>> {
+        pollster::block_on(self.read_async(buf))
     }
 
     /// Splits `items` (images of a batch, elements of a vector...) into chunks whose bindings

@@ -2,6 +2,7 @@
 //! cache, typed buffers, and recording of kernel dispatches with optional timestamp queries.
 
 mod buffer;
+mod oneshot;
 mod record;
 pub mod shaders;
 
@@ -14,7 +15,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 /// Which wgpu backend to look for adapters on.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum BackendChoice {
     #[default]
     Auto,
@@ -37,7 +39,8 @@ impl BackendChoice {
 }
 
 /// Where the numeric work runs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum DeviceChoice {
     /// A real GPU when there is one; the CPU backend when the only adapter is a software one.
     #[default]
@@ -106,28 +109,36 @@ pub struct AdapterReport {
 
 /// Every adapter wgpu can see on the chosen backend(s), in a stable order. `Auto` looks at GL
 /// only when Vulkan, Metal and DX12 have nothing: probing EGL prints warnings on headless
-/// machines, and a GL adapter is a last resort anyway.
-pub fn enumerate(backend: BackendChoice) -> Vec<wgpu::Adapter> {
+/// machines, and a GL adapter is a last resort anyway. In a browser the one adapter is the one
+/// the page's `navigator.gpu` offers.
+pub async fn enumerate_async(backend: BackendChoice) -> Vec<wgpu::Adapter> {
     let list = |backends: wgpu::Backends| {
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
         desc.backends = backends;
-        pollster::block_on(wgpu::Instance::new(desc).enumerate_adapters(backends))
+        wgpu::Instance::new(desc).enumerate_adapters(backends)
     };
     match backend {
         BackendChoice::Auto => {
-            let primary = list(wgpu::Backends::PRIMARY);
+            let primary = list(wgpu::Backends::PRIMARY).await;
             if primary.is_empty() {
-                list(wgpu::Backends::GL)
+                list(wgpu::Backends::GL).await
             } else {
                 primary
             }
         }
-        other => list(other.backends()),
+        other => list(other.backends()).await,
     }
+}
+
+/// [`enumerate_async`], waited for.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn enumerate(backend: BackendChoice) -> Vec<wgpu::Adapter> {
+    pollster::block_on(enumerate_async(backend))
 }
 
 /// Every adapter on every backend: the primary ones first (so their indices match what
 /// `--adapter N` picks with `--backend auto`), then GL.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn enumerate_all() -> Vec<wgpu::Adapter> {
     let mut all = enumerate(BackendChoice::Vulkan);
     for b in [BackendChoice::Metal, BackendChoice::Dx12, BackendChoice::Gl] {
@@ -220,7 +231,14 @@ pub struct Gpu {
     /// Uniform buffers for the passes' params, [`record::PARAMS_CHUNK`] bytes each, that no
     /// recorder holds.
     params_pool: Mutex<Vec<wgpu::Buffer>>,
+    /// In the browser, the error scopes of [`Gpu::scoped`] still to settle: each op's name and
+    /// its scopes' verdict, awaited at the next wait (a page cannot block on them).
+    #[cfg(target_arch = "wasm32")]
+    deferred_scopes: Mutex<Vec<(String, DeferredScope)>>,
 }
+
+#[cfg(target_arch = "wasm32")]
+type DeferredScope = std::pin::Pin<Box<dyn std::future::Future<Output = Option<wgpu::Error>> + Send>>;
 
 /// A compiled entry point and the bind-group layout it was built with.
 pub struct Pipeline {
@@ -229,21 +247,35 @@ pub struct Pipeline {
 }
 
 impl Gpu {
-    pub fn new(options: &GpuOptions) -> Result<Gpu> {
-        let adapter = choose(enumerate(options.backend), options.adapter.as_deref())?;
-        Self::open(adapter, options)
+    /// Opens the adapter `options` name, or the best one (see [`choose`]).
+    pub async fn new_async(options: &GpuOptions) -> Result<Gpu> {
+        let adapter = choose(enumerate_async(options.backend).await, options.adapter.as_deref())?;
+        Self::open_async(adapter, options).await
     }
 
+    /// [`Gpu::new_async`], waited for.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn new(options: &GpuOptions) -> Result<Gpu> {
+        pollster::block_on(Self::new_async(options))
+    }
+
+    /// [`Gpu::open_async`], waited for.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn open(adapter: wgpu::Adapter, options: &GpuOptions) -> Result<Gpu> {
+        pollster::block_on(Self::open_async(adapter, options))
+    }
+
+    pub async fn open_async(adapter: wgpu::Adapter, options: &GpuOptions) -> Result<Gpu> {
         let info = adapter.get_info();
         let wanted = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
         let features = adapter.features() & wanted;
         // The adapter's real limits, not wgpu's conservative defaults: buffers of a batch-64
         // model exceed the default 128 MiB on some drivers, and the splitting code uses these.
         let limits = adapter.limits();
-        let (device, queue) =
-            pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor { label: Some("mien"), required_features: features, required_limits: limits.clone(), ..Default::default() }))
-                .map_err(|e| Error::Device { adapter: info.name.clone(), reason: e.to_string() })?;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor { label: Some("mien"), required_features: features, required_limits: limits.clone(), ..Default::default() })
+            .await
+            .map_err(|e| Error::Device { adapter: info.name.clone(), reason: e.to_string() })?;
         let uncaptured = Arc::new(Mutex::new(None));
         let first_error = uncaptured.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
@@ -270,6 +302,8 @@ impl Gpu {
             pipelines: Mutex::new(HashMap::new()),
             scratch_pool: Mutex::new(VecDeque::new()),
             params_pool: Mutex::new(Vec::new()),
+            #[cfg(target_arch = "wasm32")]
+            deferred_scopes: Mutex::new(Vec::new()),
         })
     }
 
@@ -339,15 +373,38 @@ impl Gpu {
 
     /// Runs `create` (which creates pipelines or buffers) inside error scopes, so that a
     /// validation or out-of-memory error becomes an error naming `op` rather than a panic.
+    /// In the browser the scopes' verdict arrives later, so the error comes from the next wait.
     pub fn scoped<T>(&self, op: &str, create: impl FnOnce() -> T) -> Result<T> {
         let memory = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let out = create();
-        let errors = [pollster::block_on(validation.pop()), pollster::block_on(memory.pop())];
-        match errors.into_iter().flatten().next() {
-            Some(e) => Err(Error::Gpu { op: op.into(), detail: e.to_string() }),
-            None => Ok(out),
+        let (validation, memory) = (validation.pop(), memory.pop());
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(e) = pollster::block_on(validation).or_else(|| pollster::block_on(memory)) {
+            return Err(Error::Gpu { op: op.into(), detail: e.to_string() });
         }
+        #[cfg(target_arch = "wasm32")]
+        self.deferred_scopes.lock().expect("deferred scopes poisoned").push((
+            op.to_string(),
+            Box::pin(async move {
+                let validation = validation.await;
+                validation.or(memory.await)
+            }),
+        ));
+        Ok(out)
+    }
+
+    /// The first error of the scopes [`Gpu::scoped`] left to settle in the browser.
+    #[cfg(target_arch = "wasm32")]
+    async fn settle_scopes(&self) -> Result<()> {
+        let pending = std::mem::take(&mut *self.deferred_scopes.lock().expect("deferred scopes poisoned"));
+        let mut first = None;
+        for (op, verdict) in pending {
+            if let Some(e) = verdict.await {
+                first.get_or_insert(Error::Gpu { op, detail: e.to_string() });
+            }
+        }
+        first.map_or(Ok(()), Err)
     }
 
     /// The error wgpu reported outside any scope since the last call, if any.
@@ -383,17 +440,35 @@ impl Gpu {
     }
 
     /// Records with `f` and runs it to completion: the simple path for one-off calls and tests.
-    pub fn run<T>(&self, f: impl FnOnce(&mut Recorder<'_>) -> Result<T>) -> Result<T> {
+    pub async fn run_async<T>(&self, f: impl FnOnce(&mut Recorder<'_>) -> Result<T>) -> Result<T> {
         let mut rec = self.recorder(false);
         let out = f(&mut rec)?;
-        rec.finish()?;
+        rec.finish_async().await?;
         Ok(out)
     }
 
-    /// Blocks until `submission` (by default the latest) and every one before it have run;
-    /// an error wgpu reported for that work meanwhile is returned here.
-    pub(crate) fn wait_for(&self, submission: Option<wgpu::SubmissionIndex>) -> Result<()> {
+    /// [`Gpu::run_async`], waited for.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn run<T>(&self, f: impl FnOnce(&mut Recorder<'_>) -> Result<T>) -> Result<T> {
+        pollster::block_on(self.run_async(f))
+    }
+
+    /// Waits until `submission` (by default the latest) and every one before it have run;
+    /// an error wgpu reported for that work meanwhile is returned here. Natively this blocks
+    /// in `Device::poll`, which also runs the callbacks of buffers mapped meanwhile; in the
+    /// browser, where `poll` does nothing, it awaits the queue's word that its work is done.
+    pub(crate) async fn wait_for(&self, submission: Option<wgpu::SubmissionIndex>) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
         self.device.poll(wgpu::PollType::Wait { submission_index: submission, timeout: None }).map_err(|e| Error::Gpu { op: "waiting for submitted work".into(), detail: e.to_string() })?;
+        #[cfg(target_arch = "wasm32")]
+        {
+            // The queue runs in order, so its latest work done covers `submission`.
+            let _ = submission;
+            let (done, work_done) = oneshot::channel();
+            self.queue.on_submitted_work_done(move || done.send(()));
+            work_done.await;
+            self.settle_scopes().await?;
+        }
         self.take_uncaptured("submitted work")
     }
 }

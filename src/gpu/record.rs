@@ -6,7 +6,7 @@ use super::Gpu;
 use crate::error::{Error, Result};
 use std::marker::PhantomData;
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use web_time::Instant;
 
 /// Time one pass took on the GPU, from timestamp queries (or wall time of the whole submit
 /// when the adapter has no timestamps).
@@ -90,19 +90,23 @@ impl<T: bytemuck::Pod> Readback<T> {
         self.submission.get().is_some()
     }
 
+    /// [`Readback::wait_async`], waited for.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn wait(self, gpu: &Gpu) -> Result<Vec<T>> {
+        pollster::block_on(self.wait_async(gpu))
+    }
+
+    pub async fn wait_async(self, gpu: &Gpu) -> Result<Vec<T>> {
         let err = |detail: String| Error::Gpu { op: "read".into(), detail };
         let index = self.submission.get().ok_or_else(|| err("waited on a read whose commands were never submitted".into()))?;
         if self.len == 0 {
             return Ok(Vec::new());
         }
         let slice = self.staging.slice(..);
-        let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        gpu.wait_for(Some(index.clone()))?;
-        rx.recv().map_err(|e| err(e.to_string()))?.map_err(|e| err(e.to_string()))?;
+        let (tx, mapped) = super::oneshot::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| tx.send(r));
+        gpu.wait_for(Some(index.clone())).await?;
+        mapped.await.ok_or_else(|| err("wgpu dropped the mapping request".into()))?.map_err(|e| err(e.to_string()))?;
         let view = slice.get_mapped_range().map_err(|e| err(e.to_string()))?;
         let out = bytemuck::cast_slice(&view[..]).to_vec();
         drop(view);
@@ -315,8 +319,14 @@ impl<'g> Recorder<'g> {
 
     /// Submits everything recorded and waits for it. With profiling on, the passes are each
     /// pass's GPU time (or one wall-clock entry when the adapter has no timestamp queries).
+    pub async fn finish_async(self) -> Result<Finished> {
+        self.submit()?.wait_async().await
+    }
+
+    /// [`Recorder::finish_async`], waited for.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn finish(self) -> Result<Finished> {
-        self.submit()?.wait()
+        pollster::block_on(self.finish_async())
     }
 
     /// Submits everything recorded without waiting for it to run. The scratch and params
@@ -360,10 +370,16 @@ impl Submitted<'_> {
         self.host
     }
 
-    /// Waits for this submission (and those before it) to run.
+    /// [`Submitted::wait_async`], waited for.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn wait(self) -> Result<Finished> {
+        pollster::block_on(self.wait_async())
+    }
+
+    /// Waits for this submission (and those before it) to run.
+    pub async fn wait_async(self) -> Result<Finished> {
         let Submitted { gpu, index, host, timestamps, submitted_at } = self;
-        gpu.wait_for(Some(index))?;
+        gpu.wait_for(Some(index)).await?;
         let Some((resolved, labels)) = timestamps else {
             return Ok(Finished { passes: Vec::new(), host });
         };
@@ -374,7 +390,7 @@ impl Submitted<'_> {
         let period = gpu.queue.get_timestamp_period() as f64;
         let mut ticks = Vec::new();
         for readback in &resolved {
-            ticks.extend(gpu.read(readback)?);
+            ticks.extend(gpu.read_async(readback).await?);
         }
         let passes = labels
             .iter()

@@ -5,11 +5,13 @@
 //! --json` writes. The command line, the benchmarks and later front ends all go through
 //! [`Labeller`].
 
+#[cfg(feature = "video")]
 pub mod video;
 
 use crate::align;
 use crate::augment::Tta;
 use crate::data::{self, CLASSES};
+#[cfg(feature = "plot")]
 use crate::detect::annotate::{self, Annotation};
 use crate::detect::gpu::GpuDetector;
 use crate::detect::yunet::{FaceBox, YuNet, YuNetParams};
@@ -271,11 +273,13 @@ fn square_inside(r: &Rect, (width, height): (u32, u32)) -> Rect {
 }
 
 /// Draws each face's box and caption on `rgb`.
+#[cfg(feature = "plot")]
 pub fn annotate(rgb: &mut RgbImage, faces: &[Face]) -> Result<()> {
     annotate_captioned(rgb, faces.iter().map(|f| (f, f.caption())))
 }
 
 /// Draws each face's box with the caption given for it.
+#[cfg(feature = "plot")]
 pub fn annotate_captioned<'a>(rgb: &mut RgbImage, faces: impl IntoIterator<Item = (&'a Face, String)>) -> Result<()> {
     let drawn: Vec<Annotation> = faces.into_iter().map(|(f, label)| Annotation { rect: f.rect, label, landmarks: f.detection.map(|d| d.landmarks) }).collect();
     annotate::draw(rgb, &drawn)
