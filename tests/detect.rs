@@ -210,7 +210,7 @@ fn gpu_resize_matches_the_cpu_bit_for_bit() {
     let gpu = common::gpu();
     for (sw, sh, dw, dh) in [(97, 61, 88, 55), (640, 480, 64, 48), (33, 17, 33, 17), (1, 9, 1, 4), (130, 7, 11, 6), (301, 203, 150, 101)] {
         let src = textured(sw, sh, sw);
-        assert_eq!(resize_gpu(gpu, &src, dw, dh).unwrap(), cpu::resize_exact(&src, dw, dh), "{sw}x{sh} -> {dw}x{dh}");
+        assert_eq!(pollster::block_on(resize_gpu(gpu, &src, dw, dh)).unwrap(), cpu::resize_exact(&src, dw, dh), "{sw}x{sh} -> {dw}x{dh}");
     }
 }
 
@@ -219,14 +219,14 @@ fn gpu_integrals_match_the_cpu_including_tilted() {
     let gpu = common::gpu();
     for (w, h) in [(1, 1), (1, 13), (17, 1), (29, 23), (70, 9), (65, 66)] {
         let img = textured(w, h, 7);
-        let (want, got) = (cpu::Integrals::new(&img, true), integrals_gpu(gpu, &img, true).unwrap());
+        let (want, got) = (cpu::Integrals::new(&img, true), pollster::block_on(integrals_gpu(gpu, &img, true)).unwrap());
         assert_eq!(got.sum, want.sum, "{w}x{h} sum");
         assert_eq!(got.sqsum, want.sqsum, "{w}x{h} sqsum");
         assert_eq!(got.tilted, want.tilted, "{w}x{h} tilted");
     }
     // Squared sums past 2^31 wrap the same way on both (255^2 * 40,000 pixels > 2^31).
     let bright = image::GrayImage::from_pixel(200, 200, image::Luma([255]));
-    assert_eq!(integrals_gpu(gpu, &bright, false).unwrap().sqsum, cpu::Integrals::new(&bright, false).sqsum);
+    assert_eq!(pollster::block_on(integrals_gpu(gpu, &bright, false)).unwrap().sqsum, cpu::Integrals::new(&bright, false).sqsum);
 }
 
 /// haar_cascade.wgsl's norm factor (its `norm_probe` entry point), against OpenCV's f64 formula.
@@ -242,7 +242,7 @@ fn gpu_norm_factors_are_opencvs_double_rounded_value() {
         let nf = (1.0 / (mid * mid)).round() as u64;
         nfs.extend([nf - 1, nf, nf + 1]);
     }
-    let got = norm_factors_gpu(common::gpu(), &nfs).unwrap();
+    let got = pollster::block_on(norm_factors_gpu(common::gpu(), &nfs)).unwrap();
     let mut ambiguous = 0;
     for (&nf, &(vnf, flagged)) in nfs.iter().zip(&got) {
         let want = (1.0 / (nf as f64).sqrt()) as f32;

@@ -1141,14 +1141,14 @@ fn profile_train(global: &Global, steps: usize, batch: usize, trace: &Path, mode
     let augments = vec![mien::kernels::warp::centre(net.input_side()); batch];
     // One step first, so pipeline compilation and first allocations stay out of the profile.
     net.train_step(&backend, &images, &augments, &labels, 0, AdamConfig::default(), 1)?;
-    backend.take_timings();
+    backend.take_timings()?;
     backend.take_host_timing();
     let start = std::time::Instant::now();
     for step in 0..steps as u64 {
         net.train_step(&backend, &images, &augments, &labels, step as u32 + 1, AdamConfig::default(), step + 2)?;
     }
     let wall_s = start.elapsed().as_secs_f64();
-    let profile = Profile { unit: "step", units: steps, passes: backend.take_timings(), wall_s, host: backend.take_host_timing() };
+    let profile = Profile { unit: "step", units: steps, passes: backend.take_timings()?, wall_s, host: backend.take_host_timing() };
     report_profile(&gpu, &format!("{steps} training steps at batch {batch}"), &profile, trace, serde_json::json!({"batch": batch}))
 }
 
@@ -1162,14 +1162,14 @@ fn profile_infer(global: &Global, calls: usize, batch: usize, trace: &Path, mode
     // One call first, so pipeline compilation, first allocations and the weights' packing stay
     // out of the profile, as in a stream of calls.
     net.predict(&backend, &images, Tta::None)?;
-    backend.take_timings();
+    backend.take_timings()?;
     backend.take_host_timing();
     let start = std::time::Instant::now();
     for _ in 0..calls {
         net.predict(&backend, &images, Tta::None)?;
     }
     let wall_s = start.elapsed().as_secs_f64();
-    let profile = Profile { unit: "call", units: calls, passes: backend.take_timings(), wall_s, host: backend.take_host_timing() };
+    let profile = Profile { unit: "call", units: calls, passes: backend.take_timings()?, wall_s, host: backend.take_host_timing() };
     report_profile(&gpu, &format!("{calls} inference calls at batch {batch}"), &profile, trace, serde_json::json!({"batch": batch}))
 }
 
@@ -1183,14 +1183,14 @@ fn profile_yunet(global: &Global, frames: usize, (w, h): (u32, u32), trace: &Pat
     let params = YuNetParams::DETECT;
     // One frame first, so pipeline compilation and first allocations stay out of the profile.
     let faces = net.detect(&frame, &params)?.len();
-    net.backend().take_timings();
+    net.backend().take_timings()?;
     net.backend().take_host_timing();
     let start = std::time::Instant::now();
     for _ in 0..frames {
         net.detect(&frame, &params)?;
     }
     let wall_s = start.elapsed().as_secs_f64();
-    let profile = Profile { unit: "frame", units: frames, passes: net.backend().take_timings(), wall_s, host: net.backend().take_host_timing() };
+    let profile = Profile { unit: "frame", units: frames, passes: net.backend().take_timings()?, wall_s, host: net.backend().take_host_timing() };
     let title = format!("{frames} frames of {w}x{h} through YuNet ({faces} faces at score 0.5)");
     report_profile(&gpu, &title, &profile, trace, serde_json::json!({"width": w, "height": h, "faces": faces, "detector": "yunet"}))
 }

@@ -348,6 +348,7 @@ impl<'g> GpuDetector<'g> {
     }
 
     /// Every window the cascade accepts, before grouping, in OpenCV's order.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn raw_windows(&self, img: &GrayImage, p: &DetectParams) -> Result<Vec<Rect>> {
         self.submit(img, p)?.raw_windows()
     }
@@ -367,6 +368,7 @@ impl<'g> GpuDetector<'g> {
 
     /// OpenCV's `detectMultiScale` on each frame, one frame in flight: frame N + 1 is queued
     /// before frame N's windows are read back. `each` gets each frame's index and faces.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn detect_stream<'i>(&self, frames: impl IntoIterator<Item = &'i GrayImage>, p: &DetectParams, mut each: impl FnMut(usize, Vec<Rect>)) -> Result<()> {
         let mut in_flight: Option<(usize, FrameInFlight)> = None;
         for (i, img) in frames.into_iter().enumerate() {
@@ -400,8 +402,14 @@ impl<'g> GpuDetector<'g> {
 
     /// OpenCV's `detectMultiScale` on a grey image; refuses parameters that fail
     /// [`DetectParams::validate_for`], as every entry point here does through `submit`.
+    pub async fn detect_multi_scale_async(&self, img: &GrayImage, p: &DetectParams) -> Result<Vec<Rect>> {
+        self.submit(img, p)?.faces_async().await
+    }
+
+    /// [`GpuDetector::detect_multi_scale_async`], waited for.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn detect_multi_scale(&self, img: &GrayImage, p: &DetectParams) -> Result<Vec<Rect>> {
-        self.submit(img, p)?.faces()
+        pollster::block_on(self.detect_multi_scale_async(img, p))
     }
 
     /// Orders the found (level, x, y) triples as OpenCV lists them and maps them to
@@ -527,9 +535,9 @@ impl<'g> GpuDetector<'g> {
     }
 
     /// Waits for a scan; returns up to its capacity of found triples and how many there were.
-    fn finish_scan(&self, scan: ScanInFlight) -> Result<(Vec<[u32; 3]>, usize)> {
-        let state = scan.state.wait(self.gpu)?;
-        let Finished { passes, .. } = scan.submitted.wait()?;
+    async fn finish_scan(&self, scan: ScanInFlight<'_>) -> Result<(Vec<[u32; 3]>, usize)> {
+        let state = scan.state.wait_async(self.gpu).await?;
+        let Finished { passes, .. } = scan.submitted.wait_async().await?;
         if let Some(timings) = self.timings.borrow_mut().as_mut() {
             append_timeline(timings, passes);
         }
@@ -559,18 +567,30 @@ pub struct FrameInFlight<'d, 'g, 'i> {
 
 impl FrameInFlight<'_, '_, '_> {
     /// The faces: the windows grouped as `detectMultiScale` groups them.
-    pub fn faces(self) -> Result<Vec<Rect>> {
+    pub async fn faces_async(self) -> Result<Vec<Rect>> {
         let (img, params) = (self.img, self.params);
-        Ok(cpu::group_and_clip(&self.raw_windows()?, &params, (img.width(), img.height())))
+        Ok(cpu::group_and_clip(&self.raw_windows_async().await?, &params, (img.width(), img.height())))
+    }
+
+    /// [`FrameInFlight::faces_async`], waited for.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn faces(self) -> Result<Vec<Rect>> {
+        pollster::block_on(self.faces_async())
+    }
+
+    /// [`FrameInFlight::raw_windows_async`], waited for.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn raw_windows(self) -> Result<Vec<Rect>> {
+        pollster::block_on(self.raw_windows_async())
     }
 
     /// Every window the cascade accepts, before grouping, in OpenCV's order.
-    pub fn raw_windows(self) -> Result<Vec<Rect>> {
+    pub async fn raw_windows_async(self) -> Result<Vec<Rect>> {
         let FrameInFlight { detector, img, levels, scan, .. } = self;
         let Some(mut scan) = scan else { return Ok(Vec::new()) };
         loop {
             let capacity = scan.capacity;
-            let (found, count) = detector.finish_scan(scan)?;
+            let (found, count) = detector.finish_scan(scan).await?;
             if count <= capacity {
                 return Ok(detector.windows(img, &levels, found));
             }
@@ -701,18 +721,18 @@ fn record_integrals(rec: &mut Recorder, totals: [u32; 8], bindings: &[GpuSlice; 
 }
 
 /// The resize kernel on its own: `src` scaled to (width, height), as [`cpu::resize_exact`].
-pub fn resize_gpu(gpu: &Gpu, src: &GrayImage, width: u32, height: u32) -> Result<GrayImage> {
+pub async fn resize_gpu(gpu: &Gpu, src: &GrayImage, width: u32, height: u32) -> Result<GrayImage> {
     let (image, taps) = (gpu.upload(&pack_bytes(src.as_raw()))?, gpu.upload(&packed_taps(src.dimensions(), (width, height)))?);
     let dst = gpu.zeros::<u32>((width * height) as usize)?;
     let levels = resize_levels(&[(width, height)], &[(0, width)], &[0]);
     let table = gpu.upload(bytemuck::cast_slice::<_, u32>(&levels))?;
-    gpu.run(|rec| record_resize(rec, &image, src.dimensions(), &taps, &levels, &table, dst.all().rw()))?;
-    let pixels = gpu.read(&dst)?.into_iter().map(|v| v as u8).collect();
+    gpu.run_async(|rec| record_resize(rec, &image, src.dimensions(), &taps, &levels, &table, dst.all().rw())).await?;
+    let pixels = gpu.read_async(&dst).await?.into_iter().map(|v| v as u8).collect();
     Ok(GrayImage::from_raw(width, height, pixels).expect("sized buffer"))
 }
 
 /// The integral kernels on their own, as [`Integrals::new`].
-pub fn integrals_gpu(gpu: &Gpu, img: &GrayImage, tilted: bool) -> Result<Integrals> {
+pub async fn integrals_gpu(gpu: &Gpu, img: &GrayImage, tilted: bool) -> Result<Integrals> {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let pixels = gpu.upload(&img.as_raw().iter().map(|&v| v as u32).collect::<Vec<_>>())?;
     let table = (w + 1) * (h + 1);
@@ -720,21 +740,22 @@ pub fn integrals_gpu(gpu: &Gpu, img: &GrayImage, tilted: bool) -> Result<Integra
     let scratch = gpu.zeros::<u32>(if tilted { integral_scratch_len(w, h) } else { 1 })?;
     let (levels, totals) = integral_levels(&[img.dimensions()], &[0], &[0], tilted);
     let level_table = gpu.upload(bytemuck::cast_slice::<_, u32>(&levels))?;
-    gpu.run(|rec| record_integrals(rec, totals, &[pixels.all(), tables.all().rw(), scratch.all().rw(), level_table.all()], tilted))?;
-    let all: Vec<i32> = gpu.read(&tables)?.into_iter().map(|v| v as i32).collect();
+    gpu.run_async(|rec| record_integrals(rec, totals, &[pixels.all(), tables.all().rw(), scratch.all().rw(), level_table.all()], tilted)).await?;
+    let all: Vec<i32> = gpu.read_async(&tables).await?.into_iter().map(|v| v as i32).collect();
     Ok(Integrals { width: w + 1, sum: all[..table].to_vec(), sqsum: all[table..2 * table].to_vec(), tilted: if tilted { all[2 * table..].to_vec() } else { Vec::new() } })
 }
 
 /// The norm-factor routine of haar_cascade.wgsl on its own: for each nf (> 0), OpenCV's
 /// f32(1 / sqrt(nf)) and whether the GPU flagged it as too close to call.
-pub fn norm_factors_gpu(gpu: &Gpu, nfs: &[u64]) -> Result<Vec<(f32, bool)>> {
+pub async fn norm_factors_gpu(gpu: &Gpu, nfs: &[u64]) -> Result<Vec<(f32, bool)>> {
     let words: Vec<u32> = nfs.iter().flat_map(|&v| [v as u32, (v >> 32) as u32]).collect();
     let input = gpu.upload(&words)?;
     let out = gpu.zeros::<u32>(words.len())?;
     let (tables, cascade) = (gpu.zeros::<u32>(1)?, gpu.zeros::<u32>(1)?);
     let params = ScanParams::default();
-    gpu.run(|rec| rec.dispatch_linear("norm factors", &shaders::HAAR_CASCADE, "norm_probe", &params, &[tables.all(), cascade.all(), out.all().rw(), input.all().rw()], nfs.len(), WORKGROUP))?;
-    Ok(gpu.read(&out)?.chunks_exact(2).map(|c| (f32::from_bits(c[0]), c[1] != 0)).collect())
+    gpu.run_async(|rec| rec.dispatch_linear("norm factors", &shaders::HAAR_CASCADE, "norm_probe", &params, &[tables.all(), cascade.all(), out.all().rw(), input.all().rw()], nfs.len(), WORKGROUP))
+        .await?;
+    Ok(gpu.read_async(&out).await?.chunks_exact(2).map(|c| (f32::from_bits(c[0]), c[1] != 0)).collect())
 }
 
 #[cfg(test)]

@@ -724,24 +724,30 @@ impl<B: Backend> YuNet<B> {
     /// The faces in `image`, best first, as `cv::FaceDetectorYN::detect` finds them with
     /// `params`. An empty image has none; one the device cannot hold runs on the CPU (see
     /// [`YuNet`]).
-    pub fn detect(&mut self, image: &RgbImage, params: &YuNetParams) -> Result<Vec<FaceBox>> {
+    pub async fn detect_async(&mut self, image: &RgbImage, params: &YuNetParams) -> Result<Vec<FaceBox>> {
         params.validate()?;
         if image.width() == 0 || image.height() == 0 {
             return Ok(Vec::new());
         }
         let padded = self.model.padded_size(image.width() as usize, image.height() as usize);
-        let heads = self.heads(image, padded)?;
+        let heads = self.heads(image, padded).await?;
         let candidates = decode(&self.model.levels, &heads, padded, params.score_threshold);
         Ok(suppress(&candidates, params))
     }
 
+    /// [`YuNet::detect_async`], waited for.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn detect(&mut self, image: &RgbImage, params: &YuNetParams) -> Result<Vec<FaceBox>> {
+        pollster::block_on(self.detect_async(image, params))
+    }
+
     /// The 12 head outputs for `image`, here or, when the device refuses the size, on the CPU.
-    fn heads(&mut self, image: &RgbImage, padded: (usize, usize)) -> Result<Vec<Vec<f32>>> {
+    async fn heads(&mut self, image: &RgbImage, padded: (usize, usize)) -> Result<Vec<Vec<f32>>> {
         let outputs: Vec<usize> = self.model.levels.iter().flat_map(|l| l.heads).collect();
         let fill = |blob: &mut [f32]| fill_blob(image, padded, blob);
         let reason = match &self.refused {
             Some((size, reason)) if *size == padded => reason.clone(),
-            _ => match self.forward(padded, fill, &outputs) {
+            _ => match self.forward(padded, fill, &outputs).await {
                 // YuNet's first convolution binds its largest tensors, so the device refuses a
                 // size before anything of the frame is recorded.
                 Err(e @ Error::TooLarge { .. }) => {
@@ -758,7 +764,7 @@ impl<B: Backend> YuNet<B> {
             Some(cpu) => cpu,
             empty => empty.insert(Box::new(YuNet::new(Cpu, self.model.clone())?)),
         };
-        cpu.forward(padded, fill, &outputs)
+        cpu.forward(padded, fill, &outputs).await
     }
 
     /// The values of the nodes named `names` for the network input `blob` (B, G, R planes of
@@ -766,14 +772,14 @@ impl<B: Backend> YuNet<B> {
     /// ONNX graph's tensor of that name (`[cells, channels]` after a `to_rows`), for comparing
     /// any node with another implementation. A convolution fused with the ReLU after it has no
     /// value of its own.
-    pub fn node_outputs(&mut self, blob: &[f32], padded: (usize, usize), names: &[&str]) -> Result<Vec<Vec<f32>>> {
+    pub async fn node_outputs_async(&mut self, blob: &[f32], padded: (usize, usize), names: &[&str]) -> Result<Vec<Vec<f32>>> {
         let (pw, ph) = padded;
         let divisor = self.model.divisor;
         if pw == 0 || ph == 0 || !pw.is_multiple_of(divisor) || !ph.is_multiple_of(divisor) || blob.len() != 3 * pw * ph {
             return Err(Error::Invalid(format!("a YuNet input of {pw}x{ph} (positive multiples of {divisor}) holds 3 planes of that size, not {} values", blob.len())));
         }
         let nodes = names.iter().map(|name| self.model.node(name)).collect::<Result<Vec<_>>>()?;
-        let values = self.forward(padded, |staging| staging.copy_from_slice(blob), &nodes)?;
+        let values = self.forward(padded, |staging| staging.copy_from_slice(blob), &nodes).await?;
         Ok(nodes
             .iter()
             .zip(values)
@@ -788,9 +794,15 @@ impl<B: Backend> YuNet<B> {
             .collect())
     }
 
+    /// [`YuNet::node_outputs_async`], waited for.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn node_outputs(&mut self, blob: &[f32], padded: (usize, usize), names: &[&str]) -> Result<Vec<Vec<f32>>> {
+        pollster::block_on(self.node_outputs_async(blob, padded, names))
+    }
+
     /// Runs the network on the input `fill` writes into the staging blob and reads the values
     /// of `nodes`, as channel planes.
-    fn forward(&mut self, padded: (usize, usize), fill: impl FnOnce(&mut [f32]), nodes: &[usize]) -> Result<Vec<Vec<f32>>> {
+    async fn forward(&mut self, padded: (usize, usize), fill: impl FnOnce(&mut [f32]), nodes: &[usize]) -> Result<Vec<Vec<f32>>> {
         if self.plan.as_ref().is_none_or(|p| p.layout.padded != padded) {
             // The old buffers go first: a new size must not hold both.
             self.plan = None;
@@ -821,7 +833,11 @@ impl<B: Backend> YuNet<B> {
             plan.run(backend, &self.weights, step)?;
             read_ready(k + 1)?;
         }
-        pending.into_iter().map(|p| backend.collect(p.expect("every value is ready after some step"))).collect()
+        let mut values = Vec::with_capacity(pending.len());
+        for p in pending {
+            values.push(backend.collect_async(p.expect("every value is ready after some step")).await?);
+        }
+        Ok(values)
     }
 }
 

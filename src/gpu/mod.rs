@@ -52,6 +52,7 @@ pub enum DeviceChoice {
 }
 
 /// Opens the GPU that `choice` asks for, or returns None to mean the CPU backend.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn select(choice: DeviceChoice, options: &GpuOptions) -> Result<Option<Gpu>> {
     match choice {
         DeviceChoice::Cpu => Ok(None),

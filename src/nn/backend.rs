@@ -4,7 +4,7 @@
 
 use crate::data::PIXELS;
 use crate::error::Result;
-use crate::gpu::{append_timeline, Finished, Gpu, GpuBuffer, HostTiming, PassTiming, Readback, Recorder};
+use crate::gpu::{append_timeline, Gpu, GpuBuffer, HostTiming, PassTiming, Readback, Recorder, Submitted};
 use crate::kernels::adam::{self, AdamConfig};
 use crate::kernels::add;
 use crate::kernels::batchnorm::{self, BnConfig, BnParams, BnSaved, BnShape};
@@ -22,6 +22,7 @@ use crate::kernels::upsample::{self, UpsampleShape};
 use crate::kernels::warp::{self, Augment};
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::future::Future;
 
 /// Batch-norm state handed to the backend: learned scale/shift, running and saved statistics.
 pub struct BnTensors<'a, T> {
@@ -67,15 +68,26 @@ pub trait Backend: Send {
     fn read_later(&self, t: &Self::Tensor) -> Result<Self::Pending<f32>>;
     fn read_ints_later(&self, t: &Self::Ints) -> Result<Self::Pending<u32>>;
     /// The values, once the work queued before they were asked for has run (and only that).
-    fn collect<T: bytemuck::Pod>(&self, pending: Self::Pending<T>) -> Result<Vec<T>>;
-    /// Reads back, finishing any queued work first.
-    fn read(&self, t: &Self::Tensor) -> Result<Vec<f32>> {
-        let pending = self.read_later(t)?;
-        self.collect(pending)
+    fn collect_async<T: bytemuck::Pod>(&self, pending: Self::Pending<T>) -> impl Future<Output = Result<Vec<T>>>;
+    /// [`Backend::collect_async`], waited for.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn collect<T: bytemuck::Pod>(&self, pending: Self::Pending<T>) -> Result<Vec<T>> {
+        pollster::block_on(self.collect_async(pending))
     }
+    /// Reads back, finishing any queued work first.
+    fn read_async(&self, t: &Self::Tensor) -> impl Future<Output = Result<Vec<f32>>> {
+        async move { self.collect_async(self.read_later(t)?).await }
+    }
+    fn read_ints_async(&self, t: &Self::Ints) -> impl Future<Output = Result<Vec<u32>>> {
+        async move { self.collect_async(self.read_ints_later(t)?).await }
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    fn read(&self, t: &Self::Tensor) -> Result<Vec<f32>> {
+        pollster::block_on(self.read_async(t))
+    }
+    #[cfg(not(target_arch = "wasm32"))]
     fn read_ints(&self, t: &Self::Ints) -> Result<Vec<u32>> {
-        let pending = self.read_ints_later(t)?;
-        self.collect(pending)
+        pollster::block_on(self.read_ints_async(t))
     }
     /// Starts the queued work; the GPU backend does not wait for it unless it is profiling
     /// (a no-op on the CPU, where ops run as they are called).
@@ -86,7 +98,12 @@ pub trait Backend: Send {
     fn warp(&self, images: &[u8], augments: &[Augment], side: usize, out: &Self::Tensor) -> Result<()>;
     /// Cuts a 48x48 byte crop per map from a `width` x `height` grey image (see
     /// [`face_crop`]): the faces the expression model reads.
-    fn face_crops(&self, image: &[u8], size: (usize, usize), maps: &[CropMap]) -> Result<Vec<u8>>;
+    fn face_crops_async(&self, image: &[u8], size: (usize, usize), maps: &[CropMap]) -> impl Future<Output = Result<Vec<u8>>>;
+    /// [`Backend::face_crops_async`], waited for.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn face_crops(&self, image: &[u8], size: (usize, usize), maps: &[CropMap]) -> Result<Vec<u8>> {
+        pollster::block_on(self.face_crops_async(image, size, maps))
+    }
     fn conv2d_forward(&self, s: Conv2dShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, act: Activation, y: &Self::Tensor) -> Result<()>;
     fn conv2d_backward_data(&self, s: Conv2dShape, dy: &Self::Tensor, w: &Self::Tensor, dx: &Self::Tensor) -> Result<()>;
     fn conv2d_backward_filter(&self, s: Conv2dShape, x: &Self::Tensor, dy: &Self::Tensor, dw: &Self::Tensor, db: &Self::Tensor) -> Result<()>;
@@ -151,7 +168,7 @@ impl Backend for Cpu {
     fn read_ints_later(&self, t: &Self::Ints) -> Result<Vec<u32>> {
         Ok(t.borrow().clone())
     }
-    fn collect<T: bytemuck::Pod>(&self, pending: Vec<T>) -> Result<Vec<T>> {
+    async fn collect_async<T: bytemuck::Pod>(&self, pending: Vec<T>) -> Result<Vec<T>> {
         Ok(pending)
     }
     fn flush(&self) -> Result<()> {
@@ -161,7 +178,7 @@ impl Backend for Cpu {
     fn warp(&self, images: &[u8], augments: &[Augment], side: usize, out: &Self::Tensor) -> Result<()> {
         warp::warp_cpu(images, augments, side, &mut out.borrow_mut())
     }
-    fn face_crops(&self, image: &[u8], size: (usize, usize), maps: &[CropMap]) -> Result<Vec<u8>> {
+    async fn face_crops_async(&self, image: &[u8], size: (usize, usize), maps: &[CropMap]) -> Result<Vec<u8>> {
         let mut crops = vec![0; maps.len() * PIXELS];
         face_crop::face_crops_cpu(image, size, maps, &mut crops)?;
         Ok(crops)
@@ -263,8 +280,8 @@ pub struct GpuBackend<'g> {
     /// (4 of the seed model's 23 passes at batch 1). Every `write` and optimizer step marks them stale,
     /// and a stale one is packed again in place before its next use.
     packed: RefCell<HashMap<(wgpu::Buffer, usize), PackedWeights>>,
-    /// With profiling on: every pass so far, submissions laid end to end on one time line.
-    profile: Option<RefCell<Vec<PassTiming>>>,
+    /// With profiling on: the passes timed so far.
+    profile: Option<RefCell<Profile<'g>>>,
     /// The host's cost of every submission so far, summed.
     host: RefCell<HostTiming>,
 }
@@ -276,12 +293,26 @@ impl<'g> GpuBackend<'g> {
 
     /// A backend that times every pass with timestamp queries (see [`GpuBackend::take_timings`]).
     pub fn profiling(gpu: &'g Gpu) -> Self {
-        GpuBackend { profile: Some(RefCell::new(Vec::new())), ..Self::new(gpu) }
+        GpuBackend { profile: Some(RefCell::default()), ..Self::new(gpu) }
     }
 
-    /// The passes timed so far, and forgets them.
-    pub fn take_timings(&self) -> Vec<PassTiming> {
-        self.profile.as_ref().map(|p| std::mem::take(&mut *p.borrow_mut())).unwrap_or_default()
+    /// The passes timed so far, submissions laid end to end on one time line, and forgets
+    /// them. Waits for the work submitted so far.
+    pub async fn take_timings_async(&self) -> Result<Vec<PassTiming>> {
+        let Some(profile) = &self.profile else { return Ok(Vec::new()) };
+        self.flush()?;
+        let unsettled = std::mem::take(&mut profile.borrow_mut().unsettled);
+        for submitted in unsettled {
+            let passes = submitted.wait_async().await?.passes;
+            append_timeline(&mut profile.borrow_mut().timeline, passes);
+        }
+        Ok(std::mem::take(&mut profile.borrow_mut().timeline))
+    }
+
+    /// [`GpuBackend::take_timings_async`], waited for.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn take_timings(&self) -> Result<Vec<PassTiming>> {
+        pollster::block_on(self.take_timings_async())
     }
 
     /// What recording and submitting cost the host so far, and forgets it.
@@ -300,6 +331,15 @@ impl<'g> GpuBackend<'g> {
     }
 }
 
+/// A profiling backend's submissions and what their timestamps said.
+#[derive(Default)]
+struct Profile<'g> {
+    /// Submitted, their timestamps not yet read back.
+    unsettled: Vec<Submitted<'g>>,
+    /// The passes of the submissions read back, laid end to end.
+    timeline: Vec<PassTiming>,
+}
+
 /// A packed copy of a convolution's weights (see [`GpuBackend::packed`]).
 struct PackedWeights {
     buffer: GpuBuffer<f32>,
@@ -312,7 +352,7 @@ impl Backend for GpuBackend<'_> {
     type Ints = GpuBuffer<u32>;
 
     fn another(&self) -> Self {
-        GpuBackend { profile: self.profile.as_ref().map(|_| RefCell::new(Vec::new())), ..GpuBackend::new(self.gpu) }
+        GpuBackend { profile: self.profile.as_ref().map(|_| RefCell::default()), ..GpuBackend::new(self.gpu) }
     }
 
     fn describe(&self) -> String {
@@ -342,23 +382,20 @@ impl Backend for GpuBackend<'_> {
     fn read_ints_later(&self, t: &Self::Ints) -> Result<Readback<u32>> {
         self.record(|r| Ok(r.read_back(t)))
     }
-    fn collect<T: bytemuck::Pod>(&self, pending: Readback<T>) -> Result<Vec<T>> {
+    async fn collect_async<T: bytemuck::Pod>(&self, pending: Readback<T>) -> Result<Vec<T>> {
         if !pending.is_submitted() {
             self.flush()?;
         }
-        pending.wait(self.gpu)
+        pending.wait_async(self.gpu).await
     }
     fn flush(&self) -> Result<()> {
         let Some(rec) = self.recorder.borrow_mut().take() else { return Ok(()) };
         let submitted = rec.submit()?;
-        let Some(profile) = &self.profile else {
-            *self.host.borrow_mut() += submitted.host();
-            return Ok(());
-        };
-        // The pass timings come from timestamps read back after the work.
-        let Finished { passes, host } = submitted.wait()?;
-        *self.host.borrow_mut() += host;
-        append_timeline(&mut profile.borrow_mut(), passes);
+        *self.host.borrow_mut() += submitted.host();
+        if let Some(profile) = &self.profile {
+            // Its pass timings come from timestamps read back once the work has run.
+            profile.borrow_mut().unsettled.push(submitted);
+        }
         Ok(())
     }
 
@@ -369,7 +406,7 @@ impl Backend for GpuBackend<'_> {
         let augments = self.gpu.upload(augments)?;
         self.record(|r| warp::warp_gpu(r, side, &pixels, &augments, out))
     }
-    fn face_crops(&self, image: &[u8], size: (usize, usize), maps: &[CropMap]) -> Result<Vec<u8>> {
+    async fn face_crops_async(&self, image: &[u8], size: (usize, usize), maps: &[CropMap]) -> Result<Vec<u8>> {
         if maps.is_empty() {
             return Ok(Vec::new());
         }
@@ -377,7 +414,7 @@ impl Backend for GpuBackend<'_> {
         let maps_buffer = self.gpu.upload(maps)?;
         let crops = self.gpu.zeros(maps.len() * PIXELS / 4)?;
         self.record(|r| face_crop::face_crops_gpu(r, size, &pixels, &maps_buffer, &crops))?;
-        Ok(bytemuck::cast_slice(&self.read_ints(&crops)?).to_vec())
+        Ok(bytemuck::cast_slice(&self.read_ints_async(&crops).await?).to_vec())
     }
     fn conv2d_forward(&self, s: Conv2dShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, act: Activation, y: &Self::Tensor) -> Result<()> {
         let key = (w.buffer.clone(), conv2d::packed_len(self.gpu, &s));

@@ -400,8 +400,14 @@ impl<B: Backend> Model<B> {
 
     /// One training step on a batch: forward with dropout drawn from `seed`, loss, backward,
     /// and an update by `optimizer` at step `t` (counted from 1).
+    pub async fn train_step_async(&mut self, backend: &B, images: &[u8], augments: &[Augment], labels: &[u32], seed: u32, optimizer: impl Into<Optimizer>, t: u64) -> Result<BatchResult> {
+        self.submit_train_step(backend, images, augments, labels, seed, optimizer, t)?.wait_async(backend).await
+    }
+
+    /// [`Model::train_step_async`], waited for.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn train_step(&mut self, backend: &B, images: &[u8], augments: &[Augment], labels: &[u32], seed: u32, optimizer: impl Into<Optimizer>, t: u64) -> Result<BatchResult> {
-        self.submit_train_step(backend, images, augments, labels, seed, optimizer, t)?.wait(backend)
+        pollster::block_on(self.train_step_async(backend, images, augments, labels, seed, optimizer, t))
     }
 
     /// [`Model::train_step`] without waiting for it: the step is queued, and its loss and
@@ -429,13 +435,9 @@ impl<B: Backend> Model<B> {
 
     /// Inference on a batch (the centre crops of the images): loss, correct count and the
     /// probabilities.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn evaluate_batch(&mut self, backend: &B, images: &[u8], labels: &[u32]) -> Result<BatchResult> {
-        self.evaluate_batch_warped(backend, images, warp::centre(self.side), labels)
-    }
-
-    /// [`Model::evaluate_batch`] on every image warped by `augment` (the mirror images, say).
-    fn evaluate_batch_warped(&mut self, backend: &B, images: &[u8], augment: Augment, labels: &[u32]) -> Result<BatchResult> {
-        self.submit_evaluation(backend, images, augment, labels)?.wait(backend)
+        self.submit_evaluation(backend, images, warp::centre(self.side), labels)?.wait(backend)
     }
 
     /// Inference on a batch of images warped by `augment` (`warp::centre(side)` for none), queued
@@ -463,32 +465,44 @@ pub struct BatchInFlight<B: Backend> {
 
 impl<B: Backend> BatchInFlight<B> {
     /// Waits for the batch (and the work queued before it) and returns its results.
-    pub fn wait(self, backend: &B) -> Result<BatchResult> {
-        let loss = backend.collect(self.loss)?[0];
-        let correct = backend.collect(self.correct)?[0];
+    pub async fn wait_async(self, backend: &B) -> Result<BatchResult> {
+        let loss = backend.collect_async(self.loss).await?[0];
+        let correct = backend.collect_async(self.correct).await?[0];
         let (logits, probs) = match self.outputs {
-            Some((logits, probs)) => (Some(backend.collect(logits)?), Some(backend.collect(probs)?)),
+            Some((logits, probs)) => (Some(backend.collect_async(logits).await?), Some(backend.collect_async(probs).await?)),
             None => (None, None),
         };
         Ok(BatchResult { loss, correct, logits, probs })
+    }
+
+    /// [`BatchInFlight::wait_async`], waited for.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn wait(self, backend: &B) -> Result<BatchResult> {
+        pollster::block_on(self.wait_async(backend))
     }
 }
 
 impl<B: Backend> Model<B> {
     /// Class probabilities ([n, classes]) for 48x48 byte images ([n, 48, 48]): the mean over
     /// the views `tta` takes of each (its centre crop alone with [`Tta::None`]).
-    pub fn predict(&mut self, backend: &B, images: &[u8], tta: Tta) -> Result<Vec<f32>> {
+    pub async fn predict_async(&mut self, backend: &B, images: &[u8], tta: Tta) -> Result<Vec<f32>> {
         let n = images.len() / PIXELS;
         // The loss needs labels; any valid ones do, since only the probabilities are used.
         let labels = vec![0; n];
         let views = tta.views(self.side);
         let mut probs = vec![0.0; n * self.config.classes];
         for view in &views {
-            let r = self.evaluate_batch_warped(backend, images, *view, &labels)?;
+            let r = self.submit_evaluation(backend, images, *view, &labels)?.wait_async(backend).await?;
             add_into(&mut probs, &r.probs.expect("evaluation returns probabilities"));
         }
         scale(&mut probs, views.len());
         Ok(probs)
+    }
+
+    /// [`Model::predict_async`], waited for.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn predict(&mut self, backend: &B, images: &[u8], tta: Tta) -> Result<Vec<f32>> {
+        pollster::block_on(self.predict_async(backend, images, tta))
     }
 }
 

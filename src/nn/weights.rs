@@ -7,7 +7,9 @@ use super::backend::Backend;
 use super::config::ModelConfig;
 use super::model::{Model, TensorKind};
 use crate::error::{file_err, Result};
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+#[cfg(not(target_arch = "wasm32"))]
+use safetensors::tensor::TensorView;
+use safetensors::tensor::{Dtype, SafeTensors};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -43,6 +45,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// One tensor as a file stores it: its name, PyTorch's shape and the values in that layout.
+#[cfg(not(target_arch = "wasm32"))]
 struct Exported {
     name: String,
     shape: Vec<usize>,
@@ -50,7 +53,16 @@ struct Exported {
 }
 
 impl<B: Backend> Model<B> {
+    /// The model a weights file's metadata declares, with the file's weights: `bytes` are the
+    /// file's contents, and errors name it as `path`.
+    pub fn from_weights(backend: &B, bytes: &[u8], path: &Path) -> Result<Self> {
+        let mut model = Model::new(backend, config_of_bytes(bytes, path)?, 0)?;
+        model.load_bytes(backend, bytes, path, Part::Value)?;
+        Ok(model)
+    }
+
     /// The model's tensors in PyTorch layout.
+    #[cfg(not(target_arch = "wasm32"))]
     fn export(&self, backend: &B, part: Part) -> Result<Vec<Exported>> {
         let mut out = Vec::new();
         for p in &self.params {
@@ -67,6 +79,7 @@ impl<B: Backend> Model<B> {
         Ok(out)
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn save(&self, backend: &B, path: &Path, part: Part, metadata: HashMap<String, String>) -> Result<()> {
         let tensors = self.export(backend, part)?;
         let views: Vec<(String, TensorView)> = tensors
@@ -83,8 +96,13 @@ impl<B: Backend> Model<B> {
     /// result).
     pub fn load(&mut self, backend: &B, path: &Path, part: Part) -> Result<HashMap<String, String>> {
         let bytes = std::fs::read(path).map_err(|e| file_err(path, format!("cannot read: {e}")))?;
-        let file = SafeTensors::deserialize(&bytes).map_err(|e| file_err(path, format!("not a valid safetensors file ({e}); was it cut off mid-write?")))?;
-        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| file_err(path, e.to_string()))?;
+        self.load_bytes(backend, &bytes, path, part)
+    }
+
+    /// [`Model::load`] from the file's contents; errors name the file as `path`.
+    pub fn load_bytes(&mut self, backend: &B, bytes: &[u8], path: &Path, part: Part) -> Result<HashMap<String, String>> {
+        let file = SafeTensors::deserialize(bytes).map_err(|e| file_err(path, format!("not a valid safetensors file ({e}); was it cut off mid-write?")))?;
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| file_err(path, e.to_string()))?;
         for p in &self.params {
             let targets: Vec<(String, &B::Tensor)> = match part {
                 Part::Value => vec![(p.name.clone(), &p.value)],
@@ -112,7 +130,12 @@ impl<B: Backend> Model<B> {
 /// [`ModelConfig::from_json`] before any model is built from it).
 pub fn config_of(path: &Path) -> Result<ModelConfig> {
     let bytes = std::fs::read(path).map_err(|e| file_err(path, format!("cannot read the weights: {e}")))?;
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| file_err(path, format!("not a safetensors file ({e})")))?;
+    config_of_bytes(&bytes, path)
+}
+
+/// [`config_of`] from the file's contents; errors name the file as `path`.
+pub fn config_of_bytes(bytes: &[u8], path: &Path) -> Result<ModelConfig> {
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| file_err(path, format!("not a safetensors file ({e})")))?;
     let text = header.metadata().as_ref().and_then(|m| m.get("model")).ok_or_else(|| file_err(path, "no model config in its metadata; pass --model"))?;
     ModelConfig::from_json(text, &path.display().to_string())
 }

@@ -14,17 +14,17 @@ use crate::data::{self, CLASSES};
 #[cfg(feature = "plot")]
 use crate::detect::annotate::{self, Annotation};
 use crate::detect::gpu::GpuDetector;
-use crate::detect::yunet::{FaceBox, YuNet, YuNetParams};
+use crate::detect::yunet::{FaceBox, YuNet, YuNetModel, YuNetParams};
 use crate::detect::{cpu, Cascade, DetectParams, Rect};
-use crate::error::{Error, Result};
+use crate::error::{file_err, Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::face_crop::{self, CropMap};
-use crate::nn::weights::{config_of, Part};
 use crate::nn::{Backend, Model};
 use image::{GrayImage, RgbImage};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 /// An expression label: the most probable class and every class's probability.
 #[derive(Clone, Debug, PartialEq)]
@@ -102,10 +102,25 @@ impl<'g, B: Backend> Labeller<'g, B> {
     /// of the views `tta` takes of its crop, aligned by its landmarks when `align` is set and
     /// the detector gives landmarks.
     pub fn new(backend: B, gpu: Option<&'g Gpu>, detector: DetectorChoice, weights: Option<&Path>, tta: Tta, align: bool) -> Result<Self> {
+        let yunet = match detector {
+            DetectorChoice::YuNet { .. } => Some(Arc::new(YuNetModel::shipped()?)),
+            DetectorChoice::Haar { .. } => None,
+        };
+        let model = match weights {
+            None => None,
+            Some(path) => Some(Model::from_weights(&backend, &std::fs::read(path).map_err(|e| file_err(path, format!("cannot read the weights: {e}")))?, path)?),
+        };
+        Self::from_parts(backend, gpu, detector, yunet, model, tta, align)
+    }
+
+    /// [`Labeller::new`] from loaded parts, for front ends without files (the browser):
+    /// `yunet` is the detector's network, needed when `detector` is YuNet.
+    pub fn from_parts(backend: B, gpu: Option<&'g Gpu>, detector: DetectorChoice, yunet: Option<Arc<YuNetModel>>, model: Option<Model<B>>, tta: Tta, align: bool) -> Result<Self> {
         let detector = match detector {
             DetectorChoice::YuNet { params, min_size, max_side } => {
                 params.validate()?;
-                Detector::YuNet { net: Box::new(YuNet::shipped(backend.another())?), params, min_size, max_side }
+                let yunet = yunet.ok_or_else(|| Error::Invalid("the YuNet detector was chosen without its network".into()))?;
+                Detector::YuNet { net: Box::new(YuNet::new(backend.another(), yunet)?), params, min_size, max_side }
             }
             DetectorChoice::Haar { cascade, params } => {
                 params.validate()?;
@@ -120,23 +135,21 @@ impl<'g, B: Backend> Labeller<'g, B> {
                 }
             }
         };
-        let model = match weights {
-            None => None,
-            Some(path) => {
-                let mut model = Model::new(&backend, config_of(path)?, 0)?;
-                model.load(&backend, path, Part::Value)?;
-                Some(model)
-            }
-        };
         Ok(Labeller { detector, classifier: Classifier { backend, model, tta, align }, warnings: Vec::new() })
     }
 
     /// The faces in an image (`rgb`, and `grey` as OpenCV converts it), labelled when there is
     /// a model.
-    pub fn faces(&mut self, rgb: &RgbImage, grey: &GrayImage) -> Result<Vec<Face>> {
-        let mut faces = self.detector.find(rgb, grey, &mut self.warnings)?;
-        self.classifier.label(grey, &mut faces, &mut self.warnings)?;
+    pub async fn faces_async(&mut self, rgb: &RgbImage, grey: &GrayImage) -> Result<Vec<Face>> {
+        let mut faces = self.detector.find(rgb, grey, &mut self.warnings).await?;
+        self.classifier.label(grey, &mut faces, &mut self.warnings).await?;
         Ok(faces)
+    }
+
+    /// [`Labeller::faces_async`], waited for.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn faces(&mut self, rgb: &RgbImage, grey: &GrayImage) -> Result<Vec<Face>> {
+        pollster::block_on(self.faces_async(rgb, grey))
     }
 
     /// Sets YuNet's detection size limit (see [`DetectorChoice::YuNet`]); Haar has none.
@@ -155,7 +168,7 @@ impl<'g, B: Backend> Labeller<'g, B> {
 impl<B: Backend> Detector<'_, B> {
     /// The faces in an image (`rgb`, and `grey` as OpenCV converts it), not yet labelled; what
     /// was done differently from what was asked goes to `warnings`.
-    fn find(&mut self, rgb: &RgbImage, grey: &GrayImage, warnings: &mut Vec<String>) -> Result<Vec<Face>> {
+    async fn find(&mut self, rgb: &RgbImage, grey: &GrayImage, warnings: &mut Vec<String>) -> Result<Vec<Face>> {
         let face = |rect: Rect, detection: Option<Detection>| Face { rect, detection, label: None };
         let haar = |rects: Vec<Rect>| rects.into_iter().map(|r| face(r, None)).collect();
         match self {
@@ -164,16 +177,16 @@ impl<B: Backend> Detector<'_, B> {
                 let (faces, scale) = if *max_side > 0 && longer > *max_side {
                     let scale = longer as f32 / *max_side as f32;
                     let (w, h) = ((rgb.width() as f32 / scale).round().max(1.0) as u32, (rgb.height() as f32 / scale).round().max(1.0) as u32);
-                    (net.detect(&shrink(rgb, w, h), params), rgb.width() as f32 / w as f32)
+                    (net.detect_async(&shrink(rgb, w, h), params).await, rgb.width() as f32 / w as f32)
                 } else {
-                    (net.detect(rgb, params), 1.0)
+                    (net.detect_async(rgb, params).await, 1.0)
                 };
                 warnings.extend(net.take_warnings());
                 let min = *min_size as f32;
                 Ok(faces?.into_iter().map(|f| f.scaled(scale)).filter(|f| f.w >= min && f.h >= min).map(|f| face(box_rect(&f), Some(Detection { score: f.score, landmarks: f.landmarks }))).collect())
             }
             Detector::Cpu(cascade, params) => cpu::detect_multi_scale(cascade, grey, params).map(haar),
-            Detector::Gpu(gpu, cascade, params) => match gpu.detect_multi_scale(grey, params) {
+            Detector::Gpu(gpu, cascade, params) => match gpu.detect_multi_scale_async(grey, params).await {
                 // Larger than the device's buffers: the CPU gives the same rectangles.
                 Err(e @ Error::TooLarge { .. }) => {
                     warnings.push(format!("{e}; detecting on the CPU"));
@@ -188,14 +201,14 @@ impl<B: Backend> Detector<'_, B> {
 impl<B: Backend> Classifier<B> {
     /// Labels each face of `grey` (none without a model): the faces are cut to the model's
     /// 48x48 and classified as one batch.
-    fn label(&mut self, grey: &GrayImage, faces: &mut [Face], warnings: &mut Vec<String>) -> Result<()> {
+    async fn label(&mut self, grey: &GrayImage, faces: &mut [Face], warnings: &mut Vec<String>) -> Result<()> {
         let Some(model) = self.model.as_mut().filter(|_| !faces.is_empty()) else {
             return Ok(());
         };
         let crops = match faces.iter().map(|f| f.detection.filter(|_| self.align).map(|d| align::aligned(&d.landmarks))).collect::<Option<Vec<CropMap>>>() {
             Some(maps) => {
                 let size = (grey.width() as usize, grey.height() as usize);
-                match self.backend.face_crops(grey.as_raw(), size, &maps) {
+                match self.backend.face_crops_async(grey.as_raw(), size, &maps).await {
                     // Larger than the device's buffers: the CPU cuts the same crops.
                     Err(e @ Error::TooLarge { .. }) => {
                         warnings.push(format!("{e}; cutting the face crops on the CPU"));
@@ -208,7 +221,7 @@ impl<B: Backend> Classifier<B> {
             }
             None => square_crops(grey, faces),
         };
-        let probs = model.predict(&self.backend, &crops, self.tta)?;
+        let probs = model.predict_async(&self.backend, &crops, self.tta).await?;
         for (face, p) in faces.iter_mut().zip(probs.chunks(CLASSES.len())) {
             face.label = Some(Label { class: data::most_probable(p), probabilities: p.to_vec() });
         }

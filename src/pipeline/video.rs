@@ -111,7 +111,7 @@ pub fn label_video<B: Backend>(
                 let faces = match faces {
                     Some((grey, mut faces)) => {
                         let mut classify_warnings = warnings;
-                        classifier.label(&grey, &mut faces, &mut classify_warnings)?;
+                        pollster::block_on(classifier.label(&grey, &mut faces, &mut classify_warnings))?;
                         for warning in classify_warnings {
                             if warned.insert(warning.clone()) {
                                 log::warn!("{}: {warning}", info.input);
@@ -217,7 +217,7 @@ fn find_faces<B: Backend>(mut decoder: Decoder, detector: &mut Detector<'_, B>, 
             let mut warnings = Vec::new();
             let faces = if analyse {
                 let grey = grey_of(&frame.rgb);
-                let faces = detector.find(&frame.rgb, &grey, &mut warnings)?;
+                let faces = pollster::block_on(detector.find(&frame.rgb, &grey, &mut warnings))?;
                 Some((grey, faces))
             } else {
                 None
