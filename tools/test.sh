@@ -8,6 +8,7 @@
 # - Runs `cargo test` on the default adapter, then the GPU kernel tests again on wgpu's GL
 #   backend (one test thread: a GL context serialises work, and wgpu's GL context lock times
 #   out under parallel tests).
+# - Runs the browser tests (tools/web-test.sh): the page built for WebGPU, in Chromium.
 # With CI=true a missing adapter fails the GPU tests; they never skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +35,7 @@ if command -v dpkg >/dev/null 2>&1; then
 fi
 
 # Formatting and lints first: they take seconds and fail on what a reviewer would.
-cargo fmt --check
+cargo fmt --all --check
 cargo clippy --all-targets -- -D warnings
 
 # Build the tests first: that also builds target/debug/mien with the same dependency features,
@@ -54,3 +55,6 @@ elif [ "${CI:-}" = true ]; then
   echo "no GL adapter: the GL backend's kernel tests cannot run" >&2
   exit 1
 fi
+
+echo "== the page in Chromium's WebGPU (tools/web-test.sh) =="
+bash tools/web-test.sh

@@ -10,6 +10,7 @@ use mien::gpu::{self, BackendChoice, DeviceChoice, GpuOptions};
 use mien::nn::weights::Part;
 use mien::nn::{Backend, Cpu, GpuBackend, Model, ModelConfig};
 use mien::pipeline::video::VideoOptions;
+use mien::pipeline::SHIPPED_WEIGHTS;
 use mien::train::{self, OptimizerChoice, Recipe, RunFiles, RunState, SgdSettings};
 use std::path::{Path, PathBuf};
 
@@ -566,9 +567,6 @@ fn bench_kernels(global: &Global, batches: &[usize], reps: usize, filter: Option
     }
     Ok(())
 }
-
-/// The shipped weights of the default model.
-pub const SHIPPED_WEIGHTS: &str = "data/models/original.safetensors";
 
 fn load_data(path: &Path, usage: Usage, skip_bad: bool) -> Result<Dataset> {
     let start = std::time::Instant::now();

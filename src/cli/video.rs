@@ -1,7 +1,7 @@
 //! `mien detect` on videos, live streams and cameras: which inputs are videos, the names of
 //! their outputs, Ctrl-C, and a progress bar around [`mien::pipeline::video::label_video`].
 
-use super::{gpu_for_bench, shipped, Global, SHIPPED_WEIGHTS};
+use super::{gpu_for_bench, shipped, Global};
 use anyhow::Result;
 use mien::augment::Tta;
 use mien::bench::{self, VideoBenchResult};
@@ -9,7 +9,7 @@ use mien::detect::yunet::YuNetParams;
 use mien::nn::{Backend, Cpu, GpuBackend};
 use mien::pipeline::video::{label_video, VideoOptions, VideoOutputs, VideoSummary};
 use mien::pipeline::DetectorChoice;
-use mien::pipeline::Labeller;
+use mien::pipeline::{Labeller, SHIPPED_WEIGHTS};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -26,6 +26,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+/// The weights of the default expression model, relative to the repository (tools/web-build.sh
+/// reads this line to ship the same model to the page).
+pub const SHIPPED_WEIGHTS: &str = "data/models/original.safetensors";
+
 /// An expression label: the most probable class and every class's probability.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Label {

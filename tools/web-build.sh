@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Builds the browser page into web/dist/: mien's library for wasm32-unknown-unknown (WebGPU),
+# its JavaScript bindings (wasm-bindgen-cli, installed at the version of the wasm-bindgen crate
+# in Cargo.lock when missing), the page and the model files it fetches.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+  echo "adding Rust's wasm32-unknown-unknown target"
+  rustup target add wasm32-unknown-unknown
+fi
+
+# The bindings tool must match the crate exactly, or the generated JavaScript and the module
+# disagree on their interface.
+version=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/[^0-9.]/, ""); print; exit }' Cargo.lock)
+if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$version" ]; then
+  echo "installing wasm-bindgen-cli $version (a few minutes, once)"
+  cargo install wasm-bindgen-cli --version "$version"
+fi
+
+cargo build --release -p mien-web --target wasm32-unknown-unknown
+target="${CARGO_TARGET_DIR:-target}"
+rm -rf web/dist
+mkdir -p web/dist/assets
+wasm-bindgen --target web --no-typescript --out-dir web/dist/pkg "$target/wasm32-unknown-unknown/release/mien_web.wasm"
+cp web/page/* web/dist/
+cp data/yunet/yunet_n.json data/yunet/yunet_n.safetensors web/dist/assets/
+# The default expression model, as `mien detect` takes it.
+weights=$(sed -n 's/^pub const SHIPPED_WEIGHTS: &str = "\(.*\)";$/\1/p' src/pipeline/mod.rs)
+cp "$weights" web/dist/assets/expression.safetensors
+cp data/cascades/haarcascade_frontalface_default.xml web/dist/assets/
+echo "built web/dist ($(du -sh web/dist | cut -f1)); serve it with: bash tools/web-serve.sh"

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The browser tests: builds the page (tools/web-build.sh), records what native `mien detect
+# --json` says about the shipped photos, and runs web/tests/ in Debian's Chromium (WebGPU on
+# SwiftShader where there is no GPU) through npm's playwright-core. Installs Chromium and the
+# npm packages when they are missing (as root on Debian; otherwise it says what to install).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v node >/dev/null 2>&1 || need+=(nodejs npm)
+[ -x /usr/lib/chromium/chromium ] || need+=(chromium)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing ${need[*]} for the browser tests"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "the browser tests need ${need[*]}: sudo apt-get install ${need[*]}" >&2
+    exit 1
+  fi
+fi
+[ -d web/node_modules/playwright-core ] || npm ci --prefix web --no-audit --no-fund
+
+bash tools/web-build.sh
+# The web build's lints: the library as the browser builds it, and the page's exports.
+cargo clippy -p mien-web --target wasm32-unknown-unknown -- -D warnings
+
+# The native answers the page must give, from the CPU backend.
+cargo build --bin mien
+mien="${CARGO_TARGET_DIR:-target}/debug/mien"
+fixtures=$(mktemp -d)
+trap 'rm -rf "$fixtures"' EXIT
+for detector in yunet haar; do
+  "$mien" --device cpu detect data/photos/grace_hopper.jpg data/photos/astronaut.png --detector "$detector" --json "$fixtures/$detector.json" --out "$fixtures/out" >/dev/null
+done
+
+MIEN_WEB_FIXTURES="$fixtures" node --test web/tests/

@@ -1,0 +1,137 @@
+//! mien in the browser: what the page calls, as JavaScript sees it through wasm-bindgen. The
+//! page fetches the models' files and decodes images itself (the browser has both a network
+//! and image decoders); everything numeric runs in the library's WGSL kernels on the page's
+//! WebGPU device, as natively.
+//!
+//! Every call that reads the GPU returns a Promise: a page cannot block, so the library's
+//! async API is used throughout (`Labeller::faces_async` and the like).
+
+use mien::detect::cascade::Cascade;
+use mien::detect::yunet::{YuNetModel, YuNetParams};
+use mien::detect::DetectParams;
+use mien::gpu::{Gpu, GpuOptions};
+use mien::nn::{GpuBackend, Model};
+use mien::pipeline::{DetectorChoice, ImageReport, Labeller};
+use std::cell::RefCell;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::Arc;
+use wasm_bindgen::prelude::*;
+
+#[wasm_bindgen(start)]
+fn start() {
+    // A panic in Rust would otherwise reach the console as "unreachable executed" alone.
+    std::panic::set_hook(Box::new(|info| web_sys::console::error_1(&info.to_string().into())));
+}
+
+/// The files a session loads, fetched by the page from `assets/`.
+#[wasm_bindgen]
+pub struct ModelFiles {
+    yunet_json: Vec<u8>,
+    yunet_weights: Vec<u8>,
+    expression_weights: Vec<u8>,
+    haar_cascade: String,
+}
+
+#[wasm_bindgen]
+impl ModelFiles {
+    #[wasm_bindgen(constructor)]
+    pub fn new(yunet_json: Vec<u8>, yunet_weights: Vec<u8>, expression_weights: Vec<u8>, haar_cascade: String) -> ModelFiles {
+        ModelFiles { yunet_json, yunet_weights, expression_weights, haar_cascade }
+    }
+}
+
+type PageLabeller = Labeller<'static, GpuBackend<'static>>;
+
+/// The page's device with a labeller per detector, as `mien detect` sets them up by default.
+/// A labeller is taken out while it works on an image (None meanwhile), so that a second call
+/// before the first has finished is refused rather than interleaved with it.
+struct Session {
+    gpu: &'static Gpu,
+    yunet: Option<PageLabeller>,
+    haar: Option<PageLabeller>,
+}
+
+impl Session {
+    fn slot(&mut self, detector: &str) -> Result<&mut Option<PageLabeller>, JsValue> {
+        match detector {
+            "yunet" => Ok(&mut self.yunet),
+            "haar" => Ok(&mut self.haar),
+            other => Err(js_error(format!("detector {other:?}: expected \"yunet\" or \"haar\""))),
+        }
+    }
+}
+
+/// One open session; JavaScript holds it and calls it one image at a time.
+#[wasm_bindgen]
+pub struct Mien {
+    session: Rc<RefCell<Session>>,
+}
+
+fn js_error(e: impl std::fmt::Display) -> JsValue {
+    JsError::new(&e.to_string()).into()
+}
+
+/// Opens the page's WebGPU device and loads the models onto it.
+#[wasm_bindgen]
+pub async fn open(files: ModelFiles) -> Result<Mien, JsValue> {
+    // The page keeps one device for its whole life: leaking it gives the labellers, which
+    // borrow it, the 'static lifetime that JavaScript-owned objects need.
+    let gpu: &'static Gpu = Box::leak(Box::new(Gpu::new_async(&GpuOptions::default()).await.map_err(js_error)?));
+    let yunet_model = Arc::new(YuNetModel::from_bytes(&files.yunet_json, &files.yunet_weights).map_err(js_error)?);
+    let cascade = Cascade::parse(&files.haar_cascade, "haarcascade_frontalface_default.xml").map_err(js_error)?;
+    let labeller = |detector: DetectorChoice| {
+        let backend = GpuBackend::new(gpu);
+        let model = Model::from_weights(&backend, &files.expression_weights, Path::new("expression weights"))?;
+        Labeller::from_parts(backend, Some(gpu), detector, Some(yunet_model.clone()), Some(model), Default::default(), true)
+    };
+    let yunet = labeller(DetectorChoice::YuNet { params: YuNetParams::DETECT, min_size: 0, max_side: 0 }).map_err(js_error)?;
+    let haar = labeller(DetectorChoice::Haar { cascade, params: DetectParams::default() }).map_err(js_error)?;
+    Ok(Mien { session: Rc::new(RefCell::new(Session { gpu, yunet: Some(yunet), haar: Some(haar) })) })
+}
+
+#[wasm_bindgen]
+impl Mien {
+    /// The adapter as JSON: its name, backend and the limits the kernels plan with.
+    pub fn adapter(&self) -> String {
+        let session = self.session.borrow();
+        let (info, limits) = (&session.gpu.info, &session.gpu.limits);
+        serde_json::json!({
+            "name": info.name,
+            "backend": format!("{:?}", info.backend),
+            "device_type": format!("{:?}", info.device_type),
+            "timestamps": session.gpu.timestamps,
+            "max_storage_buffer_binding_size": limits.max_storage_buffer_binding_size,
+            "max_buffer_size": limits.max_buffer_size,
+            "max_compute_workgroup_storage_size": limits.max_compute_workgroup_storage_size,
+            "max_storage_buffers_per_shader_stage": limits.max_storage_buffers_per_shader_stage,
+        })
+        .to_string()
+    }
+
+    /// The faces in an image of `width` x `height` RGBA pixels (as a canvas gives them) found
+    /// by `detector` ("yunet" or "haar") and labelled: a Promise of the JSON object `mien
+    /// detect --json` writes for the image, named `name`.
+    pub fn detect(&self, rgba: Vec<u8>, width: u32, height: u32, name: String, detector: String) -> js_sys::Promise {
+        let session = self.session.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let pixels = width as usize * height as usize;
+            if rgba.len() != pixels * 4 {
+                return Err(js_error(format!("{name}: {} bytes for {width}x{height} RGBA pixels, which need {}", rgba.len(), pixels * 4)));
+            }
+            let rgb: Vec<u8> = rgba.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+            let rgb = image::RgbImage::from_raw(width, height, rgb).expect("sized above");
+            let grey = mien::imageio::grey_of(&rgb);
+            let busy = || js_error("mien is busy with another image: await each detect() before the next");
+            let mut labeller = session.borrow_mut().slot(&detector)?.take().ok_or_else(busy)?;
+            let faces = labeller.faces_async(&rgb, &grey).await;
+            for warning in labeller.take_warnings() {
+                web_sys::console::warn_1(&format!("{name}: {warning}").into());
+            }
+            *session.borrow_mut().slot(&detector)? = Some(labeller);
+            let faces = faces.map_err(|e| js_error(format!("{name}: {e}")))?;
+            let report = ImageReport::new(name, (width, height), &faces);
+            Ok(serde_json::to_string(&report).map_err(js_error)?.into())
+        })
+    }
+}

@@ -1,0 +1,129 @@
+// The page: loads mien's WebAssembly and models, labels a photo the visitor picks or drops,
+// and exposes window.mien.detect(url) returning what `mien detect --json` gives for an image.
+import init, { open, ModelFiles } from './pkg/mien_web.js';
+
+const status = document.getElementById('status');
+const fail = (message) => {
+  status.textContent = message;
+  status.className = 'error';
+};
+
+const bytes = async (url) => {
+  const response = await fetch(url);
+  if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
+  return new Uint8Array(await response.arrayBuffer());
+};
+
+// The image's RGBA pixels as the browser decodes it (EXIF orientation applied, as mien does).
+async function pixels(blob) {
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(blob, { imageOrientation: 'from-image' });
+  } catch {
+    throw new Error('this file is not an image the browser can decode');
+  }
+  const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+  const context = canvas.getContext('2d');
+  context.drawImage(bitmap, 0, 0);
+  return { bitmap, rgba: context.getImageData(0, 0, bitmap.width, bitmap.height).data };
+}
+
+function draw(bitmap, report) {
+  const canvas = document.getElementById('canvas');
+  canvas.width = bitmap.width;
+  canvas.height = bitmap.height;
+  const context = canvas.getContext('2d');
+  context.drawImage(bitmap, 0, 0);
+  context.lineWidth = Math.max(2, bitmap.width / 400);
+  context.font = `${Math.max(12, bitmap.width / 60)}px sans-serif`;
+  const list = document.getElementById('faces');
+  list.replaceChildren();
+  for (const face of report.faces) {
+    context.strokeStyle = '#0c0';
+    context.strokeRect(face.x, face.y, face.w, face.h);
+    const caption = face.emotion ? `${face.emotion} ${face.probabilities[face.emotion].toFixed(2)}` : 'face';
+    const width = context.measureText(caption).width + 6;
+    const height = parseInt(context.font, 10) + 4;
+    const y = face.y >= height ? face.y - height : face.y + face.h;
+    context.fillStyle = '#0c0';
+    context.fillRect(face.x, y, width, height);
+    context.fillStyle = '#000';
+    context.fillText(caption, face.x + 3, y + height - 4);
+    const item = document.createElement('li');
+    for (const [name, p] of Object.entries(face.probabilities || {})) {
+      const row = document.createElement('div');
+      row.innerHTML = `<span class="class">${name}</span><span class="bar" style="width:${(p * 20).toFixed(2)}em"></span> ${p.toFixed(3)}`;
+      item.append(row);
+    }
+    list.append(item);
+  }
+}
+
+async function main() {
+  if (!navigator.gpu) {
+    fail('This browser has no WebGPU. Use a recent Chrome, Edge or Safari; on Linux start Chromium with --enable-unsafe-webgpu.');
+    return;
+  }
+  if (!(await navigator.gpu.requestAdapter())) {
+    fail('WebGPU is present but offers no adapter. On Linux start Chromium with --enable-unsafe-webgpu; elsewhere check that hardware acceleration is on.');
+    return;
+  }
+  await init();
+  const files = new ModelFiles(
+    await bytes('assets/yunet_n.json'),
+    await bytes('assets/yunet_n.safetensors'),
+    await bytes('assets/expression.safetensors'),
+    new TextDecoder().decode(await bytes('assets/haarcascade_frontalface_default.xml')),
+  );
+  const session = await open(files);
+  document.getElementById('adapter').textContent = JSON.stringify(JSON.parse(session.adapter()), null, 2);
+
+  const detect = async (blob, name, detector = 'yunet') => {
+    const { bitmap, rgba } = await pixels(blob);
+    const report = JSON.parse(await session.detect(new Uint8Array(rgba.buffer), bitmap.width, bitmap.height, name, detector));
+    return { bitmap, report };
+  };
+  const show = async (blob, name) => {
+    status.className = '';
+    status.textContent = `Looking at ${name}…`;
+    try {
+      const started = performance.now();
+      const { bitmap, report } = await detect(blob, name, document.getElementById('detector').value);
+      draw(bitmap, report);
+      status.textContent = `${name}: ${report.faces.length} face(s) in ${(performance.now() - started).toFixed(0)} ms`;
+    } catch (e) {
+      fail(`${name}: ${e.message || e}`);
+    }
+  };
+
+  window.mien = {
+    adapter: () => JSON.parse(session.adapter()),
+    detect: async (url, detector = 'yunet') => {
+      const response = await fetch(url);
+      if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
+      return (await detect(await response.blob(), url.split('/').pop(), detector)).report;
+    },
+  };
+
+  document.getElementById('file').addEventListener('change', (event) => {
+    const file = event.target.files[0];
+    if (file) show(file, file.name);
+  });
+  const drop = document.getElementById('drop');
+  drop.addEventListener('dragover', (event) => {
+    event.preventDefault();
+    drop.classList.add('over');
+  });
+  drop.addEventListener('dragleave', () => drop.classList.remove('over'));
+  drop.addEventListener('drop', (event) => {
+    event.preventDefault();
+    drop.classList.remove('over');
+    const file = event.dataTransfer.files[0];
+    if (file) show(file, file.name);
+  });
+  document.getElementById('controls').hidden = false;
+  status.textContent = 'Ready: pick or drop a photo.';
+  window.mienReady = true;
+}
+
+main().catch((e) => fail(`mien could not start: ${e.message || e}`));

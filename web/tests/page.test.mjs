@@ -1,0 +1,103 @@
+// The page in a real browser: Debian's Chromium driven by playwright-core, WebGPU on whatever
+// adapter Chromium offers (SwiftShader on a machine without a GPU).
+// Run by tools/web-test.sh, which builds the page and writes the native fixtures first:
+//   MIEN_WEB_FIXTURES=<folder of `mien detect --json` outputs> node --test web/tests/
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import { createRequire } from 'node:module';
+import { serve } from '../serve.mjs';
+
+const require = createRequire(import.meta.url);
+const { chromium } = require('playwright-core');
+
+const chromiumPath = process.env.MIEN_CHROMIUM || '/usr/lib/chromium/chromium';
+const fixtures = process.env.MIEN_WEB_FIXTURES;
+const photos = ['grace_hopper.jpg', 'astronaut.png'];
+// SwiftShader runs the kernels on the CPU: minutes, not milliseconds, for the first photo.
+const timeout = 20 * 60 * 1000;
+
+let site;
+let browser;
+
+before(async () => {
+  // The page and, beside it, the shipped photos and a file that is not an image.
+  const root = fs.mkdtempSync(path.join(fs.realpathSync('/tmp'), 'mien-web-'));
+  fs.cpSync('web/dist', root, { recursive: true });
+  fs.mkdirSync(path.join(root, 'photos'));
+  for (const photo of photos) fs.copyFileSync(path.join('data/photos', photo), path.join(root, 'photos', photo));
+  fs.writeFileSync(path.join(root, 'photos', 'notes.jpg'), 'these are notes, not a JPEG');
+  site = await serve(root);
+  browser = await chromium.launch({ executablePath: chromiumPath, args: ['--enable-unsafe-webgpu', '--enable-webgpu-developer-features'] });
+});
+
+after(async () => {
+  await browser?.close();
+  site?.server.close();
+});
+
+async function readyPage() {
+  const page = await browser.newPage();
+  const errors = [];
+  page.on('console', (message) => message.type() === 'error' && errors.push(message.text()));
+  await page.goto(site.url);
+  await page.waitForFunction(() => window.mienReady || document.getElementById('status').className === 'error', null, { timeout });
+  const status = await page.textContent('#status');
+  assert.ok(await page.evaluate(() => window.mienReady), `the page did not start: ${status}; console: ${errors.join(' | ')}`);
+  return page;
+}
+
+const within = (got, want, tolerance, what) => assert.ok(Math.abs(got - want) <= tolerance, `${what}: ${got} vs native ${want} (tolerance ${tolerance})`);
+
+test('the page labels the shipped photos as native mien detect does', { timeout }, async () => {
+  assert.ok(fixtures, 'MIEN_WEB_FIXTURES names the folder of native mien detect --json outputs (tools/web-test.sh writes it)');
+  const page = await readyPage();
+  const adapter = await page.evaluate(() => window.mien.adapter());
+  console.log(`adapter: ${JSON.stringify(adapter)}`);
+  for (const detector of ['yunet', 'haar']) {
+    const native = JSON.parse(fs.readFileSync(path.join(fixtures, `${detector}.json`), 'utf8'));
+    for (const photo of photos) {
+      const want = native.find((image) => path.basename(image.image) === photo);
+      const started = Date.now();
+      const got = await page.evaluate(([url, detector]) => window.mien.detect(url, detector), [`photos/${photo}`, detector]);
+      console.log(`${detector} ${photo}: ${got.faces.length} face(s), ${Date.now() - started} ms in the page`);
+      assert.equal(got.width, want.width, photo);
+      assert.equal(got.height, want.height, photo);
+      assert.equal(got.faces.length, want.faces.length, `${detector} ${photo}: faces`);
+      got.faces.forEach((face, i) => {
+        const expected = want.faces[i];
+        const what = `${detector} ${photo} face ${i}`;
+        // Whole-pixel boxes: the same corners (YuNet's float corners within 0.5 px round alike
+        // here; a corner on a half pixel could round the other way, and would show up here).
+        for (const key of ['x', 'y', 'w', 'h']) assert.equal(face[key], expected[key], `${what} ${key}`);
+        for (const [k, point] of (expected.landmarks || []).entries()) point.forEach((v, axis) => within(face.landmarks[k][axis], v, 0.5, `${what} landmark ${k}`));
+        if (expected.score !== undefined) within(face.score, expected.score, 1e-3, `${what} score`);
+        assert.equal(face.emotion, expected.emotion, `${what}: label`);
+        const worst = Math.max(...Object.entries(expected.probabilities).map(([name, p]) => Math.abs(face.probabilities[name] - p)));
+        console.log(`${what}: probabilities within ${worst.toExponential(2)} of native`);
+        for (const [name, p] of Object.entries(expected.probabilities)) within(face.probabilities[name], p, 1e-4, `${what} p(${name})`);
+      });
+    }
+  }
+  await page.close();
+});
+
+test('a file that is not an image gets a clear message', { timeout }, async () => {
+  const page = await readyPage();
+  const message = await page.evaluate(() => window.mien.detect('photos/notes.jpg').then(() => 'no error', (e) => String(e.message || e)));
+  assert.match(message, /not an image/);
+  await page.close();
+});
+
+test('without WebGPU the page says what to enable', { timeout }, async () => {
+  const plain = await chromium.launch({ executablePath: chromiumPath });
+  try {
+    const page = await plain.newPage();
+    await page.goto(site.url);
+    await page.waitForFunction(() => document.getElementById('status').className === 'error', null, { timeout: 60000 });
+    assert.match(await page.textContent('#status'), /enable-unsafe-webgpu/);
+  } finally {
+    await plain.close();
+  }
+});
