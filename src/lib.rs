@@ -15,6 +15,7 @@ pub mod pipeline;
 #[cfg(feature = "plot")]
 pub mod plot;
 pub mod rng;
+pub mod suite;
 pub mod track;
 pub mod train;
 #[cfg(feature = "video")]

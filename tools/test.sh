@@ -50,7 +50,7 @@ cargo test
 gl_adapters=$("$mien" devices --backend gl || true)
 if grep -q '^\[0\]' <<<"$gl_adapters"; then
   echo "== GPU kernel tests again on wgpu's GL backend =="
-  MIEN_TEST_BACKEND=gl cargo test --test yunet --test face_crop --test kernels --test limits --test training --test augment -- --test-threads=1
+  MIEN_TEST_BACKEND=gl cargo test --test yunet --test face_crop --test kernels --test suite --test limits --test training --test augment -- --test-threads=1
 elif [ "${CI:-}" = true ]; then
   echo "no GL adapter: the GL backend's kernel tests cannot run" >&2
   exit 1

@@ -96,8 +96,32 @@ async function main() {
     }
   };
 
+  // Runs every kernel case; `onCase` hears each case's name as it starts.
+  const suite = async (onCase = () => {}) => JSON.parse(await session.kernel_suite(onCase));
+  const suiteButton = document.getElementById('suite');
+  suiteButton.addEventListener('click', async () => {
+    suiteButton.disabled = true;
+    const table = document.getElementById('suite-results');
+    table.replaceChildren();
+    const outcomes = await suite((name) => {
+      status.textContent = `Kernel suite: ${name}…`;
+    });
+    for (const o of outcomes) {
+      const row = table.insertRow();
+      row.insertCell().textContent = o.passed ? 'ok' : 'FAILED';
+      row.insertCell().textContent = o.name;
+      row.insertCell().textContent = o.passed ? `worst ${Number(o.worst).toExponential(1)} (tolerance ${o.tolerance})` : o.detail;
+      row.insertCell().textContent = `${o.milliseconds.toFixed(0)} ms`;
+    }
+    const failed = outcomes.filter((o) => !o.passed).length;
+    status.textContent = `Kernel suite: ${outcomes.length - failed} of ${outcomes.length} cases passed`;
+    suiteButton.disabled = false;
+  });
+  suiteButton.disabled = false;
+
   window.mien = {
     adapter: () => JSON.parse(session.adapter()),
+    suite,
     detect: async (url, detector = 'yunet') => {
       const response = await fetch(url);
       if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);

@@ -83,6 +83,16 @@ test('the page labels the shipped photos as native mien detect does', { timeout 
   await page.close();
 });
 
+test('every kernel matches its CPU reference on WebGPU', { timeout }, async () => {
+  const page = await readyPage();
+  const outcomes = await page.evaluate(() => window.mien.suite());
+  const slowest = [...outcomes].sort((a, b) => b.milliseconds - a.milliseconds).slice(0, 3);
+  console.log(`${outcomes.length} cases; slowest: ${slowest.map((o) => `${o.name} ${o.milliseconds.toFixed(0)} ms`).join(', ')}`);
+  const failed = outcomes.filter((o) => !o.passed);
+  assert.deepEqual(failed.map((o) => `${o.name}: ${o.detail}`), []);
+  await page.close();
+});
+
 test('a file that is not an image gets a clear message', { timeout }, async () => {
   const page = await readyPage();
   const message = await page.evaluate(() => window.mien.detect('photos/notes.jpg').then(() => 'no error', (e) => String(e.message || e)));

@@ -134,4 +134,19 @@ impl Mien {
             Ok(serde_json::to_string(&report).map_err(js_error)?.into())
         })
     }
+
+    /// The kernel suite (`mien::suite`) on this page's device against the CPU reference
+    /// compiled to wasm: a Promise of a JSON array with each case's outcome, `on_case` called
+    /// with each case's name as it starts.
+    pub fn kernel_suite(&self, on_case: js_sys::Function) -> js_sys::Promise {
+        let gpu = self.session.borrow().gpu;
+        wasm_bindgen_futures::future_to_promise(async move {
+            let mut outcomes = Vec::new();
+            for case in mien::suite::cases() {
+                let _ = on_case.call1(&JsValue::NULL, &case.name.clone().into());
+                outcomes.push(mien::suite::run(gpu, &case).await);
+            }
+            Ok(serde_json::to_string(&outcomes).map_err(js_error)?.into())
+        })
+    }
 }
