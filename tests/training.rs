@@ -23,25 +23,6 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// A 48x48 image per class that a small network separates quickly: class c is a bright
-/// horizontal band at a class-specific height, plus seeded noise.
-fn synthetic(n: usize, seed: u64) -> Dataset {
-    let mut rng = Rng::new(seed);
-    let mut data = Dataset::default();
-    for i in 0..n {
-        let class = (i % 7) as u8;
-        let band = 4 + class as usize * 6;
-        for y in 0..48 {
-            for _ in 0..48 {
-                let base = if (band..band + 5).contains(&y) { 200.0 } else { 40.0 };
-                data.images.push((base + rng.uniform(-30.0, 30.0)) as u8);
-            }
-        }
-        data.labels.push(class);
-    }
-    data
-}
-
 fn tiny_model() -> ModelConfig {
     tiny_model_of_side(48)
 }
@@ -136,7 +117,7 @@ fn mirrored(data: &Dataset) -> Dataset {
 }
 
 fn check_mirror_evaluation<B: Backend>(backend: &B) {
-    let data = synthetic(37, 4);
+    let data = data::synthetic(37, 4);
     let mut model = Model::new(backend, tiny_model(), 6).unwrap();
     let alone = model.predict(backend, &data.images, Tta::None).unwrap();
     let flipped = model.predict(backend, &mirrored(&data).images, Tta::None).unwrap();
@@ -170,7 +151,7 @@ fn shifted(data: &Dataset, ox: usize, oy: usize) -> Dataset {
 }
 
 fn check_ten_crop_evaluation<B: Backend>(backend: &B) {
-    let data = synthetic(19, 5);
+    let data = data::synthetic(19, 5);
     let mut model = Model::new(backend, tiny_model_of_side(40), 6).unwrap();
     let mut mean = vec![0.0f32; 19 * 7];
     for (ox, oy) in [(0, 0), (8, 0), (0, 8), (8, 8), (4, 4)] {
@@ -203,7 +184,7 @@ fn mirror_evaluation_averages_each_image_with_its_mirror_image() {
 /// step (Adam) or a write of new weights (a checkpoint loading) it must pack them again.
 #[test]
 fn gpu_inference_packs_weights_again_after_they_change() {
-    let data = synthetic(5, 9);
+    let data = data::synthetic(5, 9);
     let labels: Vec<u32> = data.labels.iter().map(|&l| l as u32).collect();
     let backend = GpuBackend::new(gpu());
     let mut on_gpu = Model::new(&backend, tiny_model(), 11).unwrap();
@@ -237,7 +218,7 @@ fn run<B: Backend>(backend: &B, dir: &Path, epochs: usize, start: Start) -> (Mod
 fn run_with<B: Backend>(backend: &B, dir: &Path, config: ModelConfig, recipe: &Recipe, start: Start) -> (Model<B>, train::RunState) {
     let mut model = Model::new(backend, config, 5).unwrap();
     let files = RunFiles { dir: dir.to_path_buf() };
-    let state = train::train(&mut model, backend, &synthetic(320, 1), &synthetic(64, 2), recipe, &files, start, &mut Quiet).unwrap();
+    let state = train::train(&mut model, backend, &data::synthetic(320, 1), &data::synthetic(64, 2), recipe, &files, start, &mut Quiet).unwrap();
     (model, state)
 }
 
@@ -257,6 +238,18 @@ fn training_on_random_crops_with_erasing_lowers_the_loss_and_gpu_follows_the_cpu
 
 /// A short run of `recipe` on `config` on each backend: the loss falls and the GPU follows the
 /// CPU's curve.
+/// The browser's smoke test, natively: the loss falls over the steps, and the GPU's losses
+/// follow the CPU's.
+#[test]
+fn the_smoke_test_losses_fall_and_agree() {
+    let cpu = pollster::block_on(train::smoke_losses(&Cpu, 4, 4)).unwrap();
+    assert!(cpu[3] < 0.8 * cpu[0], "the loss did not fall: {cpu:?}");
+    let gpu_losses = pollster::block_on(train::smoke_losses(&GpuBackend::new(gpu()), 4, 4)).unwrap();
+    for (step, (c, g)) in cpu.iter().zip(&gpu_losses).enumerate() {
+        assert!((c - g).abs() < 1e-3 * c, "step {step}: CPU loss {c} vs GPU {g}");
+    }
+}
+
 fn check_training_on_both_backends(name: &str, config: ModelConfig, recipe: &Recipe) {
     let (_, cpu) = run_with(&Cpu, &temp_dir(&format!("cpu-run-{name}")), config.clone(), recipe, Start::New);
     let losses: Vec<f64> = cpu.history.iter().map(|m| m.train_loss).collect();
@@ -310,12 +303,12 @@ fn check_resumed_run(name: &str, recipe: &Recipe) {
     let killed = std::panic::catch_unwind(|| {
         let mut model = Model::new(&Cpu, tiny_model(), 5).unwrap();
         let files = RunFiles { dir: dir.clone() };
-        let _ = train::train(&mut model, &Cpu, &synthetic(320, 1), &synthetic(64, 2), recipe, &files, Start::New, &mut KilledAfter(2));
+        let _ = train::train(&mut model, &Cpu, &data::synthetic(320, 1), &data::synthetic(64, 2), recipe, &files, Start::New, &mut KilledAfter(2));
     });
     assert!(killed.is_err());
     let mut model = Model::new(&Cpu, tiny_model(), 5).unwrap();
     let files = RunFiles { dir: dir.clone() };
-    let state = train::train(&mut model, &Cpu, &synthetic(320, 1), &synthetic(64, 2), recipe, &files, Start::Resume, &mut Quiet).unwrap_err_or_state();
+    let state = train::train(&mut model, &Cpu, &data::synthetic(320, 1), &data::synthetic(64, 2), recipe, &files, Start::Resume, &mut Quiet).unwrap_err_or_state();
     assert_eq!(state.epoch, 3);
     let (a, b) = (straight.params.iter().map(|p| Cpu.read(&p.value).unwrap()), model.params.iter().map(|p| Cpu.read(&p.value).unwrap()));
     for (x, y) in a.zip(b) {
@@ -350,14 +343,14 @@ fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
     model.params[output_weights].value.borrow_mut().iter_mut().for_each(|w| *w = 3e38 * w.signum());
     model.save(&Cpu, &weights, Part::Value, Default::default()).unwrap();
     let poisoned = std::fs::read(&weights).unwrap();
-    let err = train::train(&mut model, &Cpu, &synthetic(320, 1), &synthetic(64, 2), &quick_recipe(2), &RunFiles { dir: dir.clone() }, Start::Resume, &mut Quiet).unwrap_err();
+    let err = train::train(&mut model, &Cpu, &data::synthetic(320, 1), &data::synthetic(64, 2), &quick_recipe(2), &RunFiles { dir: dir.clone() }, Start::Resume, &mut Quiet).unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("epoch 2, batch 1: the loss became NaN") && msg.contains("last good checkpoint is") && msg.contains("checkpoint-0001"), "{msg}");
     assert_eq!(std::fs::read(checkpoint_weights(&dir)).unwrap(), poisoned, "a failed epoch must not replace the checkpoint");
     // The GPU reads each loss one step late (batch 2 is queued first), and names batch 1 all the same.
     let backend = GpuBackend::new(gpu());
     let mut model = Model::new(&backend, tiny_model(), 5).unwrap();
-    let err = train::train(&mut model, &backend, &synthetic(320, 1), &synthetic(64, 2), &quick_recipe(2), &RunFiles { dir: dir.clone() }, Start::Resume, &mut Quiet).unwrap_err();
+    let err = train::train(&mut model, &backend, &data::synthetic(320, 1), &data::synthetic(64, 2), &quick_recipe(2), &RunFiles { dir: dir.clone() }, Start::Resume, &mut Quiet).unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("epoch 2, batch 1: the loss became NaN"), "{msg}");
     assert_eq!(std::fs::read(checkpoint_weights(&dir)).unwrap(), poisoned);
@@ -379,7 +372,7 @@ fn degenerate_recipes_and_data_are_refused_before_any_work() {
     let dir = temp_dir("degenerate");
     let files = RunFiles { dir: dir.clone() };
     let mut model = Model::new(&Cpu, tiny_model(), 5).unwrap();
-    let (train_set, val_set) = (synthetic(14, 1), synthetic(7, 2));
+    let (train_set, val_set) = (data::synthetic(14, 1), data::synthetic(7, 2));
     let sgd = |momentum, weight_decay| OptimizerChoice::Sgd(SgdSettings { momentum, weight_decay, nesterov: true });
     let cases = [
         (Recipe { epochs: 0, ..quick_recipe(1) }, "--epochs 0"),
@@ -409,14 +402,14 @@ fn a_run_folder_is_locked_and_a_finished_run_is_not_replaced_without_overwrite()
     let lock = train::RunLock::acquire(&dir).unwrap();
     let mut model = Model::new(&Cpu, tiny_model(), 5).unwrap();
     let files = RunFiles { dir: dir.clone() };
-    let err = train::train(&mut model, &Cpu, &synthetic(70, 1), &synthetic(14, 2), &quick_recipe(1), &files, Start::New, &mut Quiet).unwrap_err().to_string();
+    let err = train::train(&mut model, &Cpu, &data::synthetic(70, 1), &data::synthetic(14, 2), &quick_recipe(1), &files, Start::New, &mut Quiet).unwrap_err().to_string();
     assert!(err.contains("another mien train is running in this run folder"), "{err}");
     drop(lock);
     run(&Cpu, &dir, 1, Start::New);
     let mut model = Model::new(&Cpu, tiny_model(), 5).unwrap();
-    let err = train::train(&mut model, &Cpu, &synthetic(320, 1), &synthetic(64, 2), &quick_recipe(1), &files, Start::New, &mut Quiet).unwrap_err().to_string();
+    let err = train::train(&mut model, &Cpu, &data::synthetic(320, 1), &data::synthetic(64, 2), &quick_recipe(1), &files, Start::New, &mut Quiet).unwrap_err().to_string();
     assert!(err.contains("holds a finished run (1 of 1 epochs)") && err.contains("--overwrite"), "{err}");
-    let err = train::train(&mut model, &Cpu, &synthetic(320, 3), &synthetic(64, 2), &quick_recipe(2), &files, Start::Resume, &mut Quiet).unwrap_err().to_string();
+    let err = train::train(&mut model, &Cpu, &data::synthetic(320, 3), &data::synthetic(64, 2), &quick_recipe(2), &files, Start::Resume, &mut Quiet).unwrap_err().to_string();
     assert!(err.contains("trained on other data"), "{err}");
     run(&Cpu, &dir, 1, Start::Overwrite);
 
@@ -427,7 +420,7 @@ fn a_run_folder_is_locked_and_a_finished_run_is_not_replaced_without_overwrite()
     std::fs::write(old.join("best.safetensors"), "kept").unwrap();
     let files = RunFiles { dir: old.clone() };
     for start in [Start::New, Start::Resume] {
-        let err = train::train(&mut model, &Cpu, &synthetic(70, 1), &synthetic(14, 2), &quick_recipe(1), &files, start, &mut Quiet).unwrap_err().to_string();
+        let err = train::train(&mut model, &Cpu, &data::synthetic(70, 1), &data::synthetic(14, 2), &quick_recipe(1), &files, start, &mut Quiet).unwrap_err().to_string();
         assert!(err.contains("saved by an earlier mien") && err.contains("--overwrite"), "{err}");
     }
     assert_eq!(std::fs::read(old.join("best.safetensors")).unwrap(), b"kept");
@@ -441,7 +434,7 @@ fn steps_in_flight_match_steps_run_one_at_a_time() {
     // was computed in: each step must still report its own loss, and the weights must come
     // out the same.
     let backend = GpuBackend::new(gpu());
-    let data = synthetic(32, 6);
+    let data = data::synthetic(32, 6);
     let labels: Vec<u32> = data.labels.iter().map(|&l| l as u32).collect();
     let augments = [warp::centre(48); 8];
     let batch = |i: usize| (&data.images[i % 4 * 8 * PIXELS..][..8 * PIXELS], &labels[i % 4 * 8..][..8]);
@@ -498,7 +491,7 @@ fn profiling_times_every_pass_of_a_step() {
     let g = gpu();
     let backend = GpuBackend::profiling(g);
     let mut model = Model::new(&backend, tiny_model(), 5).unwrap();
-    let data = synthetic(8, 4);
+    let data = data::synthetic(8, 4);
     let labels: Vec<u32> = data.labels.iter().map(|&l| l as u32).collect();
     backend.take_timings().unwrap();
     model.train_step(&backend, &data.images, &[warp::centre(48); 8], &labels, 1, AdamConfig::default(), 1).unwrap();

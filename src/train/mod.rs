@@ -5,12 +5,13 @@
 
 use crate::augment::{AugmentConfig, Tta};
 use crate::calibration::Reliability;
-use crate::data::Dataset;
+use crate::data::{self, Dataset};
 use crate::error::{Error, Result};
 use crate::kernels::adam::AdamConfig;
 use crate::kernels::sgd::SgdConfig;
-use crate::nn::model::Optimizer;
-use crate::nn::ModelConfig;
+use crate::kernels::warp;
+use crate::nn::model::{Model, Optimizer};
+use crate::nn::{Backend, ModelConfig};
 use serde::{Deserialize, Serialize};
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -343,6 +344,25 @@ pub struct ClassScores {
     pub recall: f64,
     pub f1: f64,
     pub support: usize,
+}
+
+/// A few training steps of the original report's network on one batch of synthetic images
+/// (`data::synthetic`), Adam at 1e-3, no augmentation: the loss after each step, which falls as
+/// the batch is learnt. Every forward and backward kernel of the network runs, so the browser
+/// compares its WebGPU losses with the CPU backend's as a smoke test of the backward passes.
+pub async fn smoke_losses<B: Backend>(backend: &B, steps: usize, batch: usize) -> Result<Vec<f32>> {
+    const SEED: u64 = 7;
+    let mut model = Model::new(backend, ModelConfig::original(), SEED)?;
+    let data = data::synthetic(batch, SEED);
+    let labels: Vec<u32> = data.labels.iter().map(|&l| u32::from(l)).collect();
+    let augments = vec![warp::centre(model.input_side()); batch];
+    let mut losses = Vec::with_capacity(steps);
+    for step in 0..steps {
+        let adam = AdamConfig { lr: 1e-3, ..AdamConfig::default() };
+        let result = model.train_step_async(backend, &data.images, &augments, &labels, step as u32, adam, step as u64 + 1).await?;
+        losses.push(result.loss);
+    }
+    Ok(losses)
 }
 
 /// Keras' 'balanced' class weights: total / (classes * count of the class).

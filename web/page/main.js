@@ -119,9 +119,24 @@ async function main() {
   });
   suiteButton.disabled = false;
 
+  const trainSmoke = async (steps = 4, batch = 4) => JSON.parse(await session.train_smoke(steps, batch));
+  const trainButton = document.getElementById('train');
+  trainButton.addEventListener('click', async () => {
+    trainButton.disabled = true;
+    status.textContent = 'Training…';
+    const started = performance.now();
+    const { gpu, cpu } = await trainSmoke();
+    const rows = gpu.map((loss, i) => `step ${i + 1}: loss ${loss.toFixed(4)} on the GPU, ${cpu[i].toFixed(4)} on the CPU`);
+    document.getElementById('losses').textContent = rows.join('\n');
+    status.textContent = `Trained ${gpu.length} steps in ${(performance.now() - started).toFixed(0)} ms`;
+    trainButton.disabled = false;
+  });
+  trainButton.disabled = false;
+
   window.mien = {
     adapter: () => JSON.parse(session.adapter()),
     suite,
+    trainSmoke,
     detect: async (url, detector = 'yunet') => {
       const response = await fetch(url);
       if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);

@@ -93,6 +93,16 @@ test('every kernel matches its CPU reference on WebGPU', { timeout }, async () =
   await page.close();
 });
 
+test('training steps on WebGPU lower the loss as the CPU reference does', { timeout }, async () => {
+  const page = await readyPage();
+  const started = Date.now();
+  const { gpu, cpu } = await page.evaluate(() => window.mien.trainSmoke(4, 4));
+  console.log(`losses on WebGPU ${gpu.map((l) => l.toFixed(5)).join(' ')}, on the CPU ${cpu.map((l) => l.toFixed(5)).join(' ')} (${Date.now() - started} ms)`);
+  assert.ok(gpu[gpu.length - 1] < 0.8 * gpu[0], `the loss did not fall: ${gpu}`);
+  gpu.forEach((loss, step) => within(loss, cpu[step], 1e-3 * cpu[step], `step ${step} loss`));
+  await page.close();
+});
+
 test('a file that is not an image gets a clear message', { timeout }, async () => {
   const page = await readyPage();
   const message = await page.evaluate(() => window.mien.detect('photos/notes.jpg').then(() => 'no error', (e) => String(e.message || e)));

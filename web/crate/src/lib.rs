@@ -135,6 +135,18 @@ impl Mien {
         })
     }
 
+    /// The training smoke test (`mien::train::smoke_losses`): `steps` steps at batch `batch` of
+    /// the original network, on this page's device and on the CPU reference compiled to wasm.
+    /// A Promise of JSON `{"gpu": [losses], "cpu": [losses]}`.
+    pub fn train_smoke(&self, steps: usize, batch: usize) -> js_sys::Promise {
+        let gpu = self.session.borrow().gpu;
+        wasm_bindgen_futures::future_to_promise(async move {
+            let on_gpu = mien::train::smoke_losses(&GpuBackend::new(gpu), steps, batch).await.map_err(js_error)?;
+            let on_cpu = mien::train::smoke_losses(&mien::nn::Cpu, steps, batch).await.map_err(js_error)?;
+            Ok(serde_json::json!({ "gpu": on_gpu, "cpu": on_cpu }).to_string().into())
+        })
+    }
+
     /// The kernel suite (`mien::suite`) on this page's device against the CPU reference
     /// compiled to wasm: a Promise of a JSON array with each case's outcome, `on_case` called
     /// with each case's name as it starts.
