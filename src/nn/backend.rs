@@ -89,9 +89,23 @@ pub trait Backend: Send {
     fn read_ints(&self, t: &Self::Ints) -> Result<Vec<u32>> {
         pollster::block_on(self.read_ints_async(t))
     }
-    /// Starts the queued work; the GPU backend does not wait for it unless it is profiling
-    /// (a no-op on the CPU, where ops run as they are called).
+    /// Starts the queued work without waiting for it (a no-op on the CPU, where ops run as
+    /// they are called).
     fn flush(&self) -> Result<()>;
+    /// Whether this backend times its passes (a GPU backend made by `GpuBackend::profiling`).
+    fn profiling(&self) -> bool {
+        false
+    }
+    /// The passes timed so far, submissions laid end to end on one time line, and forgets
+    /// them; waits for the work submitted so far. None where the backend does not profile.
+    fn take_timings_async(&self) -> impl Future<Output = Result<Vec<PassTiming>>> {
+        async { Ok(Vec::new()) }
+    }
+    /// [`Backend::take_timings_async`], waited for.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn take_timings(&self) -> Result<Vec<PassTiming>> {
+        pollster::block_on(self.take_timings_async())
+    }
 
     /// Warps 48x48 byte images by their augmentations into `out` as `side` x `side` floats in
     /// [0, 1].
@@ -291,28 +305,9 @@ impl<'g> GpuBackend<'g> {
         GpuBackend { gpu, recorder: RefCell::new(None), packed: RefCell::default(), profile: None, host: RefCell::default() }
     }
 
-    /// A backend that times every pass with timestamp queries (see [`GpuBackend::take_timings`]).
+    /// A backend that times every pass with timestamp queries (see [`Backend::take_timings_async`]).
     pub fn profiling(gpu: &'g Gpu) -> Self {
         GpuBackend { profile: Some(RefCell::default()), ..Self::new(gpu) }
-    }
-
-    /// The passes timed so far, submissions laid end to end on one time line, and forgets
-    /// them. Waits for the work submitted so far.
-    pub async fn take_timings_async(&self) -> Result<Vec<PassTiming>> {
-        let Some(profile) = &self.profile else { return Ok(Vec::new()) };
-        self.flush()?;
-        let unsettled = std::mem::take(&mut profile.borrow_mut().unsettled);
-        for submitted in unsettled {
-            let passes = submitted.wait_async().await?.passes;
-            append_timeline(&mut profile.borrow_mut().timeline, passes);
-        }
-        Ok(std::mem::take(&mut profile.borrow_mut().timeline))
-    }
-
-    /// [`GpuBackend::take_timings_async`], waited for.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn take_timings(&self) -> Result<Vec<PassTiming>> {
-        pollster::block_on(self.take_timings_async())
     }
 
     /// What recording and submitting cost the host so far, and forgets it.
@@ -387,6 +382,19 @@ impl Backend for GpuBackend<'_> {
             self.flush()?;
         }
         pending.wait_async(self.gpu).await
+    }
+    fn profiling(&self) -> bool {
+        self.profile.is_some()
+    }
+    async fn take_timings_async(&self) -> Result<Vec<PassTiming>> {
+        let Some(profile) = &self.profile else { return Ok(Vec::new()) };
+        self.flush()?;
+        let unsettled = std::mem::take(&mut profile.borrow_mut().unsettled);
+        for submitted in unsettled {
+            let passes = submitted.wait_async().await?.passes;
+            append_timeline(&mut profile.borrow_mut().timeline, passes);
+        }
+        Ok(std::mem::take(&mut profile.borrow_mut().timeline))
     }
     fn flush(&self) -> Result<()> {
         let Some(rec) = self.recorder.borrow_mut().take() else { return Ok(()) };

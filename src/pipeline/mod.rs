@@ -17,7 +17,7 @@ use crate::detect::gpu::GpuDetector;
 use crate::detect::yunet::{FaceBox, YuNet, YuNetModel, YuNetParams};
 use crate::detect::{cpu, Cascade, DetectParams, Rect};
 use crate::error::{file_err, Error, Result};
-use crate::gpu::Gpu;
+use crate::gpu::{append_timeline, Gpu, PassTiming};
 use crate::kernels::face_crop::{self, CropMap};
 use crate::nn::{Backend, Model};
 use image::{GrayImage, RgbImage};
@@ -130,7 +130,10 @@ impl<'g, B: Backend> Labeller<'g, B> {
                 params.validate()?;
                 match gpu.map(|g| GpuDetector::new(g, &cascade)) {
                     None => Detector::Cpu(cascade, params),
-                    Some(Ok(gpu_detector)) => Detector::Gpu(Box::new(gpu_detector), cascade, params),
+                    Some(Ok(gpu_detector)) => {
+                        gpu_detector.set_profiling(backend.profiling());
+                        Detector::Gpu(Box::new(gpu_detector), cascade, params)
+                    }
                     // A cascade the GPU cannot encode exactly still runs on the CPU reference.
                     Some(Err(e)) => {
                         log::warn!("the GPU detector cannot run this cascade ({e}); detecting on the CPU");
@@ -154,6 +157,18 @@ impl<'g, B: Backend> Labeller<'g, B> {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn faces(&mut self, rgb: &RgbImage, grey: &GrayImage) -> Result<Vec<Face>> {
         pollster::block_on(self.faces_async(rgb, grey))
+    }
+
+    /// On a profiling backend, the GPU passes of the calls since the last time they were
+    /// taken: detection's, then classification's, laid end to end.
+    pub async fn take_timings_async(&mut self) -> Result<Vec<PassTiming>> {
+        let mut timeline = match &self.detector {
+            Detector::YuNet { net, .. } => net.backend().take_timings_async().await?,
+            Detector::Gpu(gpu_detector, ..) => gpu_detector.take_timings(),
+            Detector::Cpu(..) => Vec::new(),
+        };
+        append_timeline(&mut timeline, self.classifier.backend.take_timings_async().await?);
+        Ok(timeline)
     }
 
     /// Sets YuNet's detection size limit (see [`DetectorChoice::YuNet`]); Haar has none.

@@ -59,6 +59,27 @@ function draw(bitmap, report) {
   }
 }
 
+// The last photo's GPU passes, summed by kernel, longest first.
+function showPasses(passes) {
+  const byKernel = new Map();
+  for (const p of passes) {
+    const entry = byKernel.get(p.pass) || { count: 0, ns: 0 };
+    entry.count += 1;
+    entry.ns += p.ns;
+    byKernel.set(p.pass, entry);
+  }
+  const table = document.getElementById('passes');
+  table.replaceChildren();
+  const total = passes.reduce((sum, p) => sum + p.ns, 0);
+  for (const [pass, { count, ns }] of [...byKernel].sort((a, b) => b[1].ns - a[1].ns)) {
+    const row = table.insertRow();
+    row.insertCell().textContent = pass;
+    row.insertCell().textContent = `${count} pass${count > 1 ? 'es' : ''}`;
+    row.insertCell().textContent = `${(ns / 1e6).toFixed(2)} ms`;
+  }
+  table.insertRow().insertCell().textContent = `${passes.length} passes, ${(total / 1e6).toFixed(1)} ms of GPU time`;
+}
+
 async function main() {
   if (!navigator.gpu) {
     fail('This browser has no WebGPU. Use a recent Chrome, Edge or Safari; on Linux start Chromium with --enable-unsafe-webgpu.');
@@ -81,6 +102,7 @@ async function main() {
   const detect = async (blob, name, detector = 'yunet') => {
     const { bitmap, rgba } = await pixels(blob);
     const report = JSON.parse(await session.detect(new Uint8Array(rgba.buffer), bitmap.width, bitmap.height, name, detector));
+    showPasses(JSON.parse(session.last_passes()));
     return { bitmap, report };
   };
   const show = async (blob, name) => {
@@ -137,6 +159,7 @@ async function main() {
     adapter: () => JSON.parse(session.adapter()),
     suite,
     trainSmoke,
+    lastPasses: () => JSON.parse(session.last_passes()),
     detect: async (url, detector = 'yunet') => {
       const response = await fetch(url);
       if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);

@@ -61,7 +61,10 @@ test('the page labels the shipped photos as native mien detect does', { timeout 
       const want = native.find((image) => path.basename(image.image) === photo);
       const started = Date.now();
       const got = await page.evaluate(([url, detector]) => window.mien.detect(url, detector), [`photos/${photo}`, detector]);
-      console.log(`${detector} ${photo}: ${got.faces.length} face(s), ${Date.now() - started} ms in the page`);
+      const passes = await page.evaluate(() => window.mien.lastPasses());
+      const gpuMs = passes.reduce((sum, p) => sum + p.ns, 0) / 1e6;
+      console.log(`${detector} ${photo}: ${got.faces.length} face(s), ${Date.now() - started} ms in the page, ${passes.length} GPU passes timed (${gpuMs.toFixed(1)} ms)`);
+      assert.ok(passes.length > 0 && passes.every((p) => p.ns >= 0 && p.pass), `${detector} ${photo}: the passes' GPU times: ${JSON.stringify(passes.slice(0, 3))}`);
       assert.equal(got.width, want.width, photo);
       assert.equal(got.height, want.height, photo);
       assert.equal(got.faces.length, want.faces.length, `${detector} ${photo}: faces`);

@@ -50,6 +50,8 @@ struct Session {
     gpu: &'static Gpu,
     yunet: Option<PageLabeller>,
     haar: Option<PageLabeller>,
+    /// The GPU passes of the last image, as JSON.
+    last_passes: String,
 }
 
 impl Session {
@@ -81,13 +83,14 @@ pub async fn open(files: ModelFiles) -> Result<Mien, JsValue> {
     let yunet_model = Arc::new(YuNetModel::from_bytes(&files.yunet_json, &files.yunet_weights).map_err(js_error)?);
     let cascade = Cascade::parse(&files.haar_cascade, "haarcascade_frontalface_default.xml").map_err(js_error)?;
     let labeller = |detector: DetectorChoice| {
-        let backend = GpuBackend::new(gpu);
+        // Profiling: the page shows each pass's GPU time (timestamp queries, where offered).
+        let backend = GpuBackend::profiling(gpu);
         let model = Model::from_weights(&backend, &files.expression_weights, Path::new("expression weights"))?;
         Labeller::from_parts(backend, Some(gpu), detector, Some(yunet_model.clone()), Some(model), Default::default(), true)
     };
     let yunet = labeller(DetectorChoice::YuNet { params: YuNetParams::DETECT, min_size: 0, max_side: 0 }).map_err(js_error)?;
     let haar = labeller(DetectorChoice::Haar { cascade, params: DetectParams::default() }).map_err(js_error)?;
-    Ok(Mien { session: Rc::new(RefCell::new(Session { gpu, yunet: Some(yunet), haar: Some(haar) })) })
+    Ok(Mien { session: Rc::new(RefCell::new(Session { gpu, yunet: Some(yunet), haar: Some(haar), last_passes: "[]".into() })) })
 }
 
 #[wasm_bindgen]
@@ -125,14 +128,23 @@ impl Mien {
             let busy = || js_error("mien is busy with another image: await each detect() before the next");
             let mut labeller = session.borrow_mut().slot(&detector)?.take().ok_or_else(busy)?;
             let faces = labeller.faces_async(&rgb, &grey).await;
+            let passes = labeller.take_timings_async().await;
             for warning in labeller.take_warnings() {
                 web_sys::console::warn_1(&format!("{name}: {warning}").into());
             }
             *session.borrow_mut().slot(&detector)? = Some(labeller);
             let faces = faces.map_err(|e| js_error(format!("{name}: {e}")))?;
+            let passes: Vec<_> = passes.map_err(js_error)?.iter().map(|p| serde_json::json!({ "pass": p.label, "start_ns": p.start_ns, "ns": p.nanos })).collect();
+            session.borrow_mut().last_passes = serde_json::Value::from(passes).to_string();
             let report = ImageReport::new(name, (width, height), &faces);
             Ok(serde_json::to_string(&report).map_err(js_error)?.into())
         })
+    }
+
+    /// The GPU passes of the last image as JSON: each pass's label, start and duration in
+    /// nanoseconds, from timestamp queries (one wall-clock entry where the adapter has none).
+    pub fn last_passes(&self) -> String {
+        self.session.borrow().last_passes.clone()
     }
 
     /// The training smoke test (`mien::train::smoke_losses`): `steps` steps at batch `batch` of
