@@ -14,6 +14,10 @@ const bytes = async (url) => {
   return new Uint8Array(await response.arrayBuffer());
 };
 
+// Larger images are refused: their pixels, and the detector's tensors for them, would not fit
+// in a page's memory (a 64-megapixel photo is 256 MB of RGBA before mien copies it).
+const MAX_PIXELS = 64e6;
+
 // The image's RGBA pixels as the browser decodes it (EXIF orientation applied, as mien does).
 async function pixels(blob) {
   let bitmap;
@@ -22,20 +26,28 @@ async function pixels(blob) {
   } catch {
     throw new Error('this file is not an image the browser can decode');
   }
-  const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
-  const context = canvas.getContext('2d');
-  context.drawImage(bitmap, 0, 0);
-  return { bitmap, rgba: context.getImageData(0, 0, bitmap.width, bitmap.height).data };
+  return framePixels(bitmap);
 }
 
-function draw(bitmap, report) {
-  const canvas = document.getElementById('canvas');
-  canvas.width = bitmap.width;
-  canvas.height = bitmap.height;
+// The RGBA pixels of an image, a bitmap or a video frame of `width` x `height`.
+function framePixels(bitmap, width = bitmap.width, height = bitmap.height) {
+  if (width * height > MAX_PIXELS) {
+    throw new Error(`${width}x${height} is ${(width * height / 1e6).toFixed(0)} megapixels, more than the ${MAX_PIXELS / 1e6} this page takes: shrink it first (mien detect on the command line takes up to 268)`);
+  }
+  const canvas = new OffscreenCanvas(width, height);
   const context = canvas.getContext('2d');
   context.drawImage(bitmap, 0, 0);
-  context.lineWidth = Math.max(2, bitmap.width / 400);
-  context.font = `${Math.max(12, bitmap.width / 60)}px sans-serif`;
+  return { bitmap, rgba: context.getImageData(0, 0, width, height).data };
+}
+
+function draw(bitmap, report, width = bitmap.width, height = bitmap.height) {
+  const canvas = document.getElementById('canvas');
+  canvas.width = width;
+  canvas.height = height;
+  const context = canvas.getContext('2d');
+  context.drawImage(bitmap, 0, 0);
+  context.lineWidth = Math.max(2, width / 400);
+  context.font = `${Math.max(12, width / 60)}px sans-serif`;
   const list = document.getElementById('faces');
   list.replaceChildren();
   for (const face of report.faces) {
@@ -99,12 +111,60 @@ async function main() {
   const session = await open(files);
   document.getElementById('adapter').textContent = JSON.stringify(JSON.parse(session.adapter()), null, 2);
 
-  const detect = async (blob, name, detector = 'yunet') => {
-    const { bitmap, rgba } = await pixels(blob);
-    const report = JSON.parse(await session.detect(new Uint8Array(rgba.buffer), bitmap.width, bitmap.height, name, detector));
+  const label = async ({ bitmap, rgba }, width, height, name, detector) => {
+    const report = JSON.parse(await session.detect(new Uint8Array(rgba.buffer), width, height, name, detector));
     showPasses(JSON.parse(session.last_passes()));
-    return { bitmap, report };
+    return report;
   };
+  const detect = async (blob, name, detector = 'yunet') => {
+    const frame = await pixels(blob);
+    return { bitmap: frame.bitmap, report: await label(frame, frame.bitmap.width, frame.bitmap.height, name, detector) };
+  };
+
+  // The webcam: each frame labelled as soon as the one before is done (frames in between are
+  // skipped, so the labels stay current however slow the GPU).
+  let webcam = null;
+  const webcamButton = document.getElementById('webcam');
+  const stopWebcam = () => {
+    webcam?.getTracks().forEach((track) => track.stop());
+    webcam = null;
+    webcamButton.textContent = 'Webcam';
+  };
+  const labelWebcam = async (video) => {
+    let frames = 0;
+    while (webcam) {
+      const [width, height] = [video.videoWidth, video.videoHeight];
+      if (width > 0) {
+        const started = performance.now();
+        const report = await label(framePixels(video, width, height), width, height, `webcam frame ${frames}`, document.getElementById('detector').value);
+        draw(video, report, width, height);
+        frames += 1;
+        status.textContent = `Webcam frame ${frames}: ${report.faces.length} face(s) in ${(performance.now() - started).toFixed(0)} ms`;
+      }
+      await new Promise((resolve) => requestAnimationFrame(resolve));
+    }
+  };
+  webcamButton.addEventListener('click', async () => {
+    if (webcam) {
+      stopWebcam();
+      return;
+    }
+    try {
+      webcam = await navigator.mediaDevices.getUserMedia({ video: true, audio: false });
+    } catch (e) {
+      const refused = e.name === 'NotAllowedError';
+      fail(refused ? 'The camera was refused: allow this page to use the camera (the icon in the address bar) and press Webcam again.' : `No camera: ${e.message || e.name}`);
+      return;
+    }
+    webcamButton.textContent = 'Stop the webcam';
+    const video = document.getElementById('video');
+    video.srcObject = webcam;
+    await video.play();
+    labelWebcam(video).catch((e) => {
+      stopWebcam();
+      fail(`Webcam: ${e.message || e}`);
+    });
+  });
   const show = async (blob, name) => {
     status.className = '';
     status.textContent = `Looking at ${name}…`;

@@ -113,6 +113,47 @@ test('a file that is not an image gets a clear message', { timeout }, async () =
   await page.close();
 });
 
+test('a photo over the page\'s size limit is refused with its size', { timeout }, async () => {
+  const page = await readyPage();
+  const message = await page.evaluate(async () => {
+    const canvas = new OffscreenCanvas(9000, 8000);
+    canvas.getContext('2d');
+    const blob = await canvas.convertToBlob({ type: 'image/png' });
+    return window.mien.detect(URL.createObjectURL(blob)).then(() => 'no error', (e) => String(e.message || e));
+  });
+  assert.match(message, /9000x8000 is 72 megapixels, more than the 64/);
+  await page.close();
+});
+
+test('the webcam is labelled, and a refused camera gets a clear message', { timeout }, async () => {
+  const camera = await chromium.launch({
+    executablePath: chromiumPath,
+    args: ['--enable-unsafe-webgpu', '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream'],
+  });
+  try {
+    const page = await camera.newPage();
+    await page.goto(site.url);
+    await page.waitForFunction(() => window.mienReady, null, { timeout });
+    await page.click('#webcam');
+    await page.waitForFunction(() => /^Webcam frame \d+:/.test(document.getElementById('status').textContent), null, { timeout });
+    console.log(`webcam: ${await page.textContent('#status')}`);
+    await page.click('#webcam');
+  } finally {
+    await camera.close();
+  }
+  const refusing = await chromium.launch({ executablePath: chromiumPath, args: ['--enable-unsafe-webgpu', '--use-fake-device-for-media-stream', '--deny-permission-prompts'] });
+  try {
+    const page = await refusing.newPage();
+    await page.goto(site.url);
+    await page.waitForFunction(() => window.mienReady, null, { timeout });
+    await page.click('#webcam');
+    await page.waitForFunction(() => document.getElementById('status').className === 'error', null, { timeout: 60000 });
+    assert.match(await page.textContent('#status'), /camera was refused/);
+  } finally {
+    await refusing.close();
+  }
+});
+
 test('without WebGPU the page says what to enable', { timeout }, async () => {
   const plain = await chromium.launch({ executablePath: chromiumPath });
   try {
