@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the browser page into web/dist/: mien's library for wasm32-unknown-unknown (WebGPU),
 # its JavaScript bindings (wasm-bindgen-cli, installed at the version of the wasm-bindgen crate
-# in Cargo.lock when missing), the page and the model files it fetches.
+# in Cargo.lock when missing), the page (TypeScript, compiled by npm's typescript) and the model
+# files it fetches. Needs Node.js and npm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,8 +23,11 @@ cargo build --release -p mien-web --target wasm32-unknown-unknown
 target="${CARGO_TARGET_DIR:-target}"
 rm -rf web/dist
 mkdir -p web/dist/assets
-wasm-bindgen --target web --no-typescript --out-dir web/dist/pkg "$target/wasm32-unknown-unknown/release/mien_web.wasm"
-cp web/page/* web/dist/
+wasm-bindgen --target web --out-dir web/dist/pkg "$target/wasm32-unknown-unknown/release/mien_web.wasm"
+[ -x web/node_modules/.bin/tsc ] || npm ci --prefix web --no-audit --no-fund
+# The page's types meet the bindings' (web/tsconfig.json puts page/ and dist/ side by side).
+web/node_modules/.bin/tsc -p web
+cp web/page/*.html web/page/*.css web/dist/
 cp data/yunet/yunet_n.json data/yunet/yunet_n.safetensors web/dist/assets/
 # The default expression model, as `mien detect` takes it.
 weights=$(sed -n 's/^pub const SHIPPED_WEIGHTS: &str = "\(.*\)";$/\1/p' src/pipeline/mod.rs)

@@ -19,7 +19,7 @@ if [ ${#need[@]} -gt 0 ]; then
     exit 1
   fi
 fi
-[ -d web/node_modules/playwright-core ] || npm ci --prefix web --no-audit --no-fund
+[ -d web/node_modules/playwright-core ] && [ -x web/node_modules/.bin/tsc ] || npm ci --prefix web --no-audit --no-fund
 
 bash tools/web-build.sh
 # The web build's lints: the library as the browser builds it, and the page's exports.
