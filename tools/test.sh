@@ -18,20 +18,12 @@ mkdir -p -m 700 "$XDG_RUNTIME_DIR"
 
 packages=(mesa-vulkan-drivers libvulkan1 libegl1 libegl-mesa0 libgl1-mesa-dri libturbojpeg0-dev pkg-config ffmpeg)
 if command -v dpkg >/dev/null 2>&1; then
+  source tools/apt-install.sh
   missing=()
   for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
   done
-  if [ ${#missing[@]} -gt 0 ]; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-      echo "installing ${missing[*]} (libjpeg-turbo; FFmpeg; Mesa's CPU Vulkan and GL drivers for the GPU tests)"
-      apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-    else
-      echo "warning: ${missing[*]} not installed; without a GPU driver the GPU tests fail." >&2
-      echo "         install them with: sudo apt-get install ${missing[*]}" >&2
-    fi
-  fi
+  apt_install "libjpeg-turbo; FFmpeg; Mesa's CPU Vulkan and GL drivers for the GPU tests, which fail without a GPU driver" "${missing[@]}" || true
 fi
 
 # Formatting and lints first: they take seconds and fail on what a reviewer would.

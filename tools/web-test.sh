@@ -6,19 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+source tools/apt-install.sh
 need=()
 command -v node >/dev/null 2>&1 || need+=(nodejs npm)
 [ -x /usr/lib/chromium/chromium ] || need+=(chromium)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing ${need[*]} for the browser tests"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-  else
-    echo "the browser tests need ${need[*]}: sudo apt-get install ${need[*]}" >&2
-    exit 1
-  fi
-fi
+apt_install "the browser tests" "${need[@]}"
 [ -d web/node_modules/playwright-core ] && [ -x web/node_modules/.bin/tsc ] || npm ci --prefix web --no-audit --no-fund
 
 bash tools/web-build.sh
