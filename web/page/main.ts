@@ -54,6 +54,7 @@ type WithGpu = Navigator & { gpu?: { requestAdapter(): Promise<unknown | null> }
 const element = <T extends HTMLElement>(id: string): T => document.getElementById(id) as T;
 const status = element<HTMLParagraphElement>('status');
 const detectorChoice = element<HTMLSelectElement>('detector');
+const deviceChoice = element<HTMLSelectElement>('device');
 
 const fail = (message: string): void => {
   status.textContent = message;
@@ -175,24 +176,27 @@ async function main(): Promise<void> {
   const adapter = JSON.parse(session.adapter());
   element('adapter').textContent = JSON.stringify(adapter, null, 2);
 
+  // "auto" labels on the CPU (WebAssembly) when the adapter is a software one such as
+  // SwiftShader, many times slower than the CPU it runs on; as `mien --device auto` does.
+  const resolveDevice = (device: string): string => (device === 'auto' ? (adapter.software ? 'cpu' : 'gpu') : device);
   const lastPasses = (): Pass[] => JSON.parse(session.last_passes());
-  const label = async (frame: Frame, name: string, detector: string): Promise<ImageReport> => {
-    const report: ImageReport = JSON.parse(await session.detect(new Uint8Array(frame.rgba.buffer), frame.width, frame.height, name, detector));
+  const label = async (frame: Frame, name: string, detector: string, device: string): Promise<ImageReport> => {
+    const report: ImageReport = JSON.parse(await session.detect(new Uint8Array(frame.rgba.buffer), frame.width, frame.height, name, detector, resolveDevice(device)));
     showPasses(lastPasses());
     return report;
   };
-  const detect = async (blob: Blob, name: string, detector = 'yunet') => {
+  const detect = async (blob: Blob, name: string, detector = 'yunet', device = 'auto') => {
     const frame = await pixels(blob);
-    return { frame, report: await label(frame, name, detector) };
+    return { frame, report: await label(frame, name, detector, device) };
   };
   const show = async (blob: Blob, name: string) => {
     status.className = '';
     status.textContent = `Looking at ${name}…`;
     try {
       const started = performance.now();
-      const { frame, report } = await detect(blob, name, detectorChoice.value);
+      const { frame, report } = await detect(blob, name, detectorChoice.value, deviceChoice.value);
       draw(frame, report);
-      status.textContent = `${name}: ${report.faces.length} face(s) in ${(performance.now() - started).toFixed(0)} ms`;
+      status.textContent = `${name}: ${report.faces.length} face(s) in ${(performance.now() - started).toFixed(0)} ms on the ${resolveDevice(deviceChoice.value).toUpperCase()}`;
     } catch (e) {
       fail(`${name}: ${errorText(e)}`);
     }
@@ -213,7 +217,7 @@ async function main(): Promise<void> {
       if (video.videoWidth > 0) {
         const started = performance.now();
         const frame = framePixels(video, video.videoWidth, video.videoHeight);
-        const report = await label(frame, `webcam frame ${frames}`, detectorChoice.value);
+        const report = await label(frame, `webcam frame ${frames}`, detectorChoice.value, deviceChoice.value);
         draw(frame, report);
         frames += 1;
         status.textContent = `Webcam frame ${frames}: ${report.faces.length} face(s) in ${(performance.now() - started).toFixed(0)} ms`;
@@ -283,10 +287,10 @@ async function main(): Promise<void> {
   const page = window as unknown as Record<string, unknown>;
   page.mien = {
     adapter: () => JSON.parse(session.adapter()),
-    detect: async (url: string, detector = 'yunet'): Promise<ImageReport> => {
+    detect: async (url: string, detector = 'yunet', device = 'auto'): Promise<ImageReport> => {
       const response = await fetch(url);
       if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
-      return (await detect(await response.blob(), url.split('/').pop() ?? url, detector)).report;
+      return (await detect(await response.blob(), url.split('/').pop() ?? url, detector, device)).report;
     },
     lastPasses,
     suite,

@@ -6,12 +6,14 @@
 //! Every call that reads the GPU returns a Promise: a page cannot block, so the library's
 //! async API is used throughout (`Labeller::faces_async` and the like).
 
+use image::RgbImage;
 use mien::detect::cascade::Cascade;
 use mien::detect::yunet::{YuNetModel, YuNetParams};
 use mien::detect::DetectParams;
+use mien::gpu::PassTiming;
 use mien::gpu::{Gpu, GpuOptions};
-use mien::nn::{GpuBackend, Model};
-use mien::pipeline::{DetectorChoice, ImageReport, Labeller};
+use mien::nn::{Backend, Cpu, GpuBackend, Model};
+use mien::pipeline::{DetectorChoice, Face, ImageReport, Labeller};
 use std::cell::RefCell;
 use std::path::Path;
 use std::rc::Rc;
@@ -41,27 +43,61 @@ impl ModelFiles {
     }
 }
 
-type PageLabeller = Labeller<'static, GpuBackend<'static>>;
-
-/// The page's device with a labeller per detector, as `mien detect` sets them up by default.
-/// A labeller is taken out while it works on an image (None meanwhile), so that a second call
+/// A labeller per detector on one backend, as `mien detect` sets them up by default. A
+/// labeller is taken out while it works on an image (None meanwhile), so that a second call
 /// before the first has finished is refused rather than interleaved with it.
-struct Session {
-    gpu: &'static Gpu,
-    yunet: Option<PageLabeller>,
-    haar: Option<PageLabeller>,
-    /// The GPU passes of the last image, as JSON.
-    last_passes: String,
+struct Labellers<B: Backend> {
+    yunet: Option<Labeller<'static, B>>,
+    haar: Option<Labeller<'static, B>>,
 }
 
-impl Session {
-    fn slot(&mut self, detector: &str) -> Result<&mut Option<PageLabeller>, JsValue> {
+impl<B: Backend> Labellers<B> {
+    /// `backend` makes each labeller's backend; `gpu` runs the Haar cascade when given.
+    fn new(backend: impl Fn() -> B, gpu: Option<&'static Gpu>, files: &ModelFiles, yunet: &Arc<YuNetModel>, cascade: &Cascade) -> mien::Result<Self> {
+        let labeller = |detector: DetectorChoice| {
+            let backend = backend();
+            let model = Model::from_weights(&backend, &files.expression_weights, Path::new("expression weights"))?;
+            Labeller::from_parts(backend, gpu, detector, Some(yunet.clone()), Some(model), Default::default(), true)
+        };
+        Ok(Labellers {
+            yunet: Some(labeller(DetectorChoice::YuNet { params: YuNetParams::DETECT, min_size: 0, max_side: 0 })?),
+            haar: Some(labeller(DetectorChoice::Haar { cascade: cascade.clone(), params: DetectParams::default() })?),
+        })
+    }
+
+    fn slot(&mut self, detector: &str) -> Result<&mut Option<Labeller<'static, B>>, JsValue> {
         match detector {
             "yunet" => Ok(&mut self.yunet),
             "haar" => Ok(&mut self.haar),
             other => Err(js_error(format!("detector {other:?}: expected \"yunet\" or \"haar\""))),
         }
     }
+}
+
+/// The page's device and the labellers on it and on the CPU.
+struct Session {
+    gpu: &'static Gpu,
+    /// Profiling: the page shows each pass's GPU time (timestamp queries, where offered).
+    on_gpu: Labellers<GpuBackend<'static>>,
+    /// The CPU backend compiled to wasm (one thread, SIMD): faster than a software adapter
+    /// such as SwiftShader, as natively `--device auto` prefers the CPU to lavapipe.
+    on_cpu: Labellers<Cpu>,
+    /// The GPU passes of the last image, as JSON.
+    last_passes: String,
+}
+
+/// Finds and labels the faces of one image with the labeller `labellers` picks for `detector`:
+/// the faces and the GPU passes they took.
+async fn label<B: Backend>(session: &RefCell<Session>, labellers: fn(&mut Session) -> &mut Labellers<B>, detector: &str, rgb: &RgbImage, name: &str) -> Result<(Vec<Face>, Vec<PassTiming>), JsValue> {
+    let busy = || js_error("mien is busy with another image: await each detect() before the next");
+    let mut labeller = labellers(&mut session.borrow_mut()).slot(detector)?.take().ok_or_else(busy)?;
+    let faces = labeller.faces_async(rgb, &mien::imageio::grey_of(rgb)).await;
+    let passes = labeller.take_timings_async().await;
+    for warning in labeller.take_warnings() {
+        web_sys::console::warn_1(&format!("{name}: {warning}").into());
+    }
+    *labellers(&mut session.borrow_mut()).slot(detector)? = Some(labeller);
+    Ok((faces.map_err(|e| js_error(format!("{name}: {e}")))?, passes.map_err(js_error)?))
 }
 
 /// One open session; JavaScript holds it and calls it one image at a time.
@@ -82,15 +118,9 @@ pub async fn open(files: ModelFiles) -> Result<Mien, JsValue> {
     let gpu: &'static Gpu = Box::leak(Box::new(Gpu::new_async(&GpuOptions::default()).await.map_err(js_error)?));
     let yunet_model = Arc::new(YuNetModel::from_bytes(&files.yunet_json, &files.yunet_weights).map_err(js_error)?);
     let cascade = Cascade::parse(&files.haar_cascade, "haarcascade_frontalface_default.xml").map_err(js_error)?;
-    let labeller = |detector: DetectorChoice| {
-        // Profiling: the page shows each pass's GPU time (timestamp queries, where offered).
-        let backend = GpuBackend::profiling(gpu);
-        let model = Model::from_weights(&backend, &files.expression_weights, Path::new("expression weights"))?;
-        Labeller::from_parts(backend, Some(gpu), detector, Some(yunet_model.clone()), Some(model), Default::default(), true)
-    };
-    let yunet = labeller(DetectorChoice::YuNet { params: YuNetParams::DETECT, min_size: 0, max_side: 0 }).map_err(js_error)?;
-    let haar = labeller(DetectorChoice::Haar { cascade, params: DetectParams::default() }).map_err(js_error)?;
-    Ok(Mien { session: Rc::new(RefCell::new(Session { gpu, yunet: Some(yunet), haar: Some(haar), last_passes: "[]".into() })) })
+    let on_gpu = Labellers::new(|| GpuBackend::profiling(gpu), Some(gpu), &files, &yunet_model, &cascade).map_err(js_error)?;
+    let on_cpu = Labellers::new(|| Cpu, None, &files, &yunet_model, &cascade).map_err(js_error)?;
+    Ok(Mien { session: Rc::new(RefCell::new(Session { gpu, on_gpu, on_cpu, last_passes: "[]".into() })) })
 }
 
 #[wasm_bindgen]
@@ -101,6 +131,8 @@ impl Mien {
         let (info, limits) = (&session.gpu.info, &session.gpu.limits);
         serde_json::json!({
             "name": info.name,
+            // A software adapter (SwiftShader, say): the page then labels on the CPU by default.
+            "software": info.device_type == wgpu::DeviceType::Cpu,
             "backend": format!("{:?}", info.backend),
             "device_type": format!("{:?}", info.device_type),
             "timestamps": session.gpu.timestamps,
@@ -113,9 +145,9 @@ impl Mien {
     }
 
     /// The faces in an image of `width` x `height` RGBA pixels (as a canvas gives them) found
-    /// by `detector` ("yunet" or "haar") and labelled: a Promise of the JSON object `mien
-    /// detect --json` writes for the image, named `name`.
-    pub fn detect(&self, rgba: Vec<u8>, width: u32, height: u32, name: String, detector: String) -> js_sys::Promise {
+    /// by `detector` ("yunet" or "haar") and labelled on `device` ("gpu" or "cpu"): a Promise
+    /// of the JSON object `mien detect --json` writes for the image, named `name`.
+    pub fn detect(&self, rgba: Vec<u8>, width: u32, height: u32, name: String, detector: String, device: String) -> js_sys::Promise {
         let session = self.session.clone();
         wasm_bindgen_futures::future_to_promise(async move {
             let pixels = width as usize * height as usize;
@@ -123,18 +155,13 @@ impl Mien {
                 return Err(js_error(format!("{name}: {} bytes for {width}x{height} RGBA pixels, which need {}", rgba.len(), pixels * 4)));
             }
             let rgb: Vec<u8> = rgba.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
-            let rgb = image::RgbImage::from_raw(width, height, rgb).expect("sized above");
-            let grey = mien::imageio::grey_of(&rgb);
-            let busy = || js_error("mien is busy with another image: await each detect() before the next");
-            let mut labeller = session.borrow_mut().slot(&detector)?.take().ok_or_else(busy)?;
-            let faces = labeller.faces_async(&rgb, &grey).await;
-            let passes = labeller.take_timings_async().await;
-            for warning in labeller.take_warnings() {
-                web_sys::console::warn_1(&format!("{name}: {warning}").into());
-            }
-            *session.borrow_mut().slot(&detector)? = Some(labeller);
-            let faces = faces.map_err(|e| js_error(format!("{name}: {e}")))?;
-            let passes: Vec<_> = passes.map_err(js_error)?.iter().map(|p| serde_json::json!({ "pass": p.label, "start_ns": p.start_ns, "ns": p.nanos })).collect();
+            let rgb = RgbImage::from_raw(width, height, rgb).expect("sized above");
+            let (faces, passes) = match device.as_str() {
+                "gpu" => label(&session, |s| &mut s.on_gpu, &detector, &rgb, &name).await?,
+                "cpu" => label(&session, |s| &mut s.on_cpu, &detector, &rgb, &name).await?,
+                other => return Err(js_error(format!("device {other:?}: expected \"gpu\" or \"cpu\""))),
+            };
+            let passes: Vec<_> = passes.iter().map(|p| serde_json::json!({ "pass": p.label, "start_ns": p.start_ns, "ns": p.nanos })).collect();
             session.borrow_mut().last_passes = serde_json::Value::from(passes).to_string();
             let report = ImageReport::new(name, (width, height), &faces);
             Ok(serde_json::to_string(&report).map_err(js_error)?.into())
