@@ -107,12 +107,26 @@ pub trait Backend: Send {
         pollster::block_on(self.take_timings_async())
     }
 
-    /// Warps 48x48 byte images by their augmentations into `out` as `side` x `side` floats in
-    /// [0, 1].
-    fn warp(&self, images: &[u8], augments: &[Augment], side: usize, out: &Self::Tensor) -> Result<()>;
+    /// 48x48 byte images (faces, training images) where the backend keeps them: on the GPU a
+    /// face cut from a frame stays on the device until the model has read it.
+    type Faces;
+    /// Images already on the host, `PIXELS` bytes each.
+    fn faces_from_bytes(&self, images: &[u8]) -> Result<Self::Faces>;
     /// Cuts a 48x48 byte crop per map from a `width` x `height` grey image (see
-    /// [`face_crop`]): the faces the expression model reads.
-    fn face_crops_async(&self, image: &[u8], size: (usize, usize), maps: &[CropMap]) -> impl Future<Output = Result<Vec<u8>>>;
+    /// [`face_crop`]): the faces the expression model reads. Queued, not waited for.
+    fn cut_faces(&self, image: &[u8], size: (usize, usize), maps: &[CropMap]) -> Result<Self::Faces>;
+    /// The faces' bytes, once the work queued before has run.
+    fn read_faces_async(&self, faces: &Self::Faces) -> impl Future<Output = Result<Vec<u8>>>;
+    /// Warps the faces by their augmentations into `out` as `side` x `side` floats in [0, 1].
+    fn warp_faces(&self, faces: &Self::Faces, augments: &[Augment], side: usize, out: &Self::Tensor) -> Result<()>;
+    /// [`Backend::warp_faces`] of images on the host.
+    fn warp(&self, images: &[u8], augments: &[Augment], side: usize, out: &Self::Tensor) -> Result<()> {
+        self.warp_faces(&self.faces_from_bytes(images)?, augments, side, out)
+    }
+    /// The faces [`Backend::cut_faces`] cuts, as bytes on the host.
+    fn face_crops_async(&self, image: &[u8], size: (usize, usize), maps: &[CropMap]) -> impl Future<Output = Result<Vec<u8>>> {
+        async move { self.read_faces_async(&self.cut_faces(image, size, maps)?).await }
+    }
     /// [`Backend::face_crops_async`], waited for.
     #[cfg(not(target_arch = "wasm32"))]
     fn face_crops(&self, image: &[u8], size: (usize, usize), maps: &[CropMap]) -> Result<Vec<u8>> {
@@ -189,13 +203,24 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn warp(&self, images: &[u8], augments: &[Augment], side: usize, out: &Self::Tensor) -> Result<()> {
-        warp::warp_cpu(images, augments, side, &mut out.borrow_mut())
+    type Faces = Vec<u8>;
+    fn faces_from_bytes(&self, images: &[u8]) -> Result<Vec<u8>> {
+        Ok(images.to_vec())
     }
-    async fn face_crops_async(&self, image: &[u8], size: (usize, usize), maps: &[CropMap]) -> Result<Vec<u8>> {
+    fn cut_faces(&self, image: &[u8], size: (usize, usize), maps: &[CropMap]) -> Result<Vec<u8>> {
         let mut crops = vec![0; maps.len() * PIXELS];
         face_crop::face_crops_cpu(image, size, maps, &mut crops)?;
         Ok(crops)
+    }
+    async fn read_faces_async(&self, faces: &Vec<u8>) -> Result<Vec<u8>> {
+        Ok(faces.clone())
+    }
+    fn warp_faces(&self, faces: &Vec<u8>, augments: &[Augment], side: usize, out: &Self::Tensor) -> Result<()> {
+        warp::warp_cpu(faces, augments, side, &mut out.borrow_mut())
+    }
+    fn warp(&self, images: &[u8], augments: &[Augment], side: usize, out: &Self::Tensor) -> Result<()> {
+        // The images as they are, without the copy into `Faces`.
+        warp::warp_cpu(images, augments, side, &mut out.borrow_mut())
     }
     fn conv2d_forward(&self, s: Conv2dShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, act: Activation, y: &Self::Tensor) -> Result<()> {
         conv2d::forward_cpu(s, &x.borrow(), &w.borrow(), Some(&b.borrow()), act, &mut y.borrow_mut())
@@ -407,22 +432,28 @@ impl Backend for GpuBackend<'_> {
         Ok(())
     }
 
-    fn warp(&self, images: &[u8], augments: &[Augment], side: usize, out: &Self::Tensor) -> Result<()> {
-        // Fresh buffers initialised at creation, so the warp recorded after them sees their data
-        // without waiting for earlier queued work.
-        let pixels = self.gpu.upload(&crate::gpu::pack_bytes(images))?;
-        let augments = self.gpu.upload(augments)?;
-        self.record(|r| warp::warp_gpu(r, side, &pixels, &augments, out))
+    /// Four bytes a word, as the warp and face_crop kernels read and write them.
+    type Faces = GpuBuffer<u32>;
+    fn faces_from_bytes(&self, images: &[u8]) -> Result<GpuBuffer<u32>> {
+        // A fresh buffer initialised at creation: work recorded after it sees its data without
+        // waiting for earlier queued work.
+        self.gpu.upload(&crate::gpu::pack_bytes(images))
     }
-    async fn face_crops_async(&self, image: &[u8], size: (usize, usize), maps: &[CropMap]) -> Result<Vec<u8>> {
-        if maps.is_empty() {
-            return Ok(Vec::new());
-        }
+    fn cut_faces(&self, image: &[u8], size: (usize, usize), maps: &[CropMap]) -> Result<GpuBuffer<u32>> {
         let pixels = self.gpu.upload(&crate::gpu::pack_bytes(image))?;
         let maps_buffer = self.gpu.upload(maps)?;
         let crops = self.gpu.zeros(maps.len() * PIXELS / 4)?;
-        self.record(|r| face_crop::face_crops_gpu(r, size, &pixels, &maps_buffer, &crops))?;
-        Ok(bytemuck::cast_slice(&self.read_ints_async(&crops).await?).to_vec())
+        if !maps.is_empty() {
+            self.record(|r| face_crop::face_crops_gpu(r, size, &pixels, &maps_buffer, &crops))?;
+        }
+        Ok(crops)
+    }
+    async fn read_faces_async(&self, faces: &GpuBuffer<u32>) -> Result<Vec<u8>> {
+        Ok(bytemuck::cast_slice(&self.read_ints_async(faces).await?).to_vec())
+    }
+    fn warp_faces(&self, faces: &GpuBuffer<u32>, augments: &[Augment], side: usize, out: &Self::Tensor) -> Result<()> {
+        let augments = self.gpu.upload(augments)?;
+        self.record(|r| warp::warp_gpu(r, side, faces, &augments, out))
     }
     fn conv2d_forward(&self, s: Conv2dShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, act: Activation, y: &Self::Tensor) -> Result<()> {
         let key = (w.buffer.clone(), conv2d::packed_len(self.gpu, &s));

@@ -381,14 +381,25 @@ impl<B: Backend> Model<B> {
     /// by their augmentations ([`warp::centre`] for none), and their labels.
     fn load_batch(&mut self, backend: &B, images: &[u8], augments: &[Augment], labels: &[u32]) -> Result<usize> {
         let batch = labels.len();
-        if images.len() != batch * PIXELS || augments.len() != batch || batch == 0 {
-            return Err(shape_err("model", format!("{} input bytes and {} augmentations for {batch} images of {PIXELS} bytes", images.len(), augments.len())));
+        if images.len() != batch * PIXELS {
+            return Err(shape_err("model", format!("{} input bytes for {batch} images of {PIXELS} bytes", images.len())));
+        }
+        let side = self.side;
+        self.load_faces(backend, |out| backend.warp(images, augments, side, out), augments.len(), labels)
+    }
+
+    /// Sets a workspace up for `labels.len()` images: their labels, and `warp` writes the
+    /// input tensor from the images' `augments` (as many).
+    fn load_faces(&mut self, backend: &B, warp: impl FnOnce(&B::Tensor) -> Result<()>, augments: usize, labels: &[u32]) -> Result<usize> {
+        let batch = labels.len();
+        if augments != batch || batch == 0 {
+            return Err(shape_err("model", format!("{augments} augmentations for {batch} images")));
         }
         XentShape { batch, classes: self.config.classes, smoothing: 0.0 }.check_labels(labels)?;
         let wi = self.workspace(backend, batch)?;
         let ws = &self.workspaces[wi];
         backend.write_ints(&ws.labels, labels)?;
-        backend.warp(images, augments, self.side, &ws.acts[0])?;
+        warp(&ws.acts[0])?;
         Ok(wi)
     }
 
@@ -445,6 +456,18 @@ impl<B: Backend> Model<B> {
     /// [`BatchInFlight::wait`], so the next batch can be queued first, as in training.
     pub fn submit_evaluation(&mut self, backend: &B, images: &[u8], augment: Augment, labels: &[u32]) -> Result<BatchInFlight<B>> {
         let wi = self.load_batch(backend, images, &vec![augment; labels.len()], labels)?;
+        self.submit_loaded_evaluation(backend, wi)
+    }
+
+    /// [`Model::submit_evaluation`] of faces where the backend keeps them.
+    fn submit_faces_evaluation(&mut self, backend: &B, faces: &B::Faces, augment: Augment, labels: &[u32]) -> Result<BatchInFlight<B>> {
+        let augments = vec![augment; labels.len()];
+        let side = self.side;
+        let wi = self.load_faces(backend, |out| backend.warp_faces(faces, &augments, side, out), augments.len(), labels)?;
+        self.submit_loaded_evaluation(backend, wi)
+    }
+
+    fn submit_loaded_evaluation(&mut self, backend: &B, wi: usize) -> Result<BatchInFlight<B>> {
         let ws = &self.workspaces[wi];
         let logits = self.forward(backend, ws, false, 0)?;
         self.loss(backend, ws, logits, 0.0)?;
@@ -486,14 +509,25 @@ impl<B: Backend> Model<B> {
     /// Class probabilities ([n, classes]) for 48x48 byte images ([n, 48, 48]): the mean over
     /// the views `tta` takes of each (its centre crop alone with [`Tta::None`]).
     pub async fn predict_async(&mut self, backend: &B, images: &[u8], tta: Tta) -> Result<Vec<f32>> {
-        let n = images.len() / PIXELS;
+        if !images.len().is_multiple_of(PIXELS) {
+            return Err(shape_err("model", format!("{} input bytes: not whole images of {PIXELS} bytes", images.len())));
+        }
+        self.predict_faces_async(backend, &backend.faces_from_bytes(images)?, images.len() / PIXELS, tta).await
+    }
+
+    /// [`Model::predict_async`] of `n` faces where the backend keeps them (cut from a frame on
+    /// the device, say). Every view is queued before the first is read back, so on a GPU the
+    /// views cost one wait, not one each.
+    pub async fn predict_faces_async(&mut self, backend: &B, faces: &B::Faces, n: usize, tta: Tta) -> Result<Vec<f32>> {
         // The loss needs labels; any valid ones do, since only the probabilities are used.
         let labels = vec![0; n];
         let views = tta.views(self.side);
+        // Each view's readbacks copy its results as the queue reaches them, so the next view
+        // may reuse the workspace.
+        let queued = views.iter().map(|view| self.submit_faces_evaluation(backend, faces, *view, &labels)).collect::<Result<Vec<_>>>()?;
         let mut probs = vec![0.0; n * self.config.classes];
-        for view in &views {
-            let r = self.submit_evaluation(backend, images, *view, &labels)?.wait_async(backend).await?;
-            add_into(&mut probs, &r.probs.expect("evaluation returns probabilities"));
+        for view in queued {
+            add_into(&mut probs, &view.wait_async(backend).await?.probs.expect("evaluation returns probabilities"));
         }
         scale(&mut probs, views.len());
         Ok(probs)

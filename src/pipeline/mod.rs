@@ -224,23 +224,25 @@ impl<B: Backend> Classifier<B> {
         let Some(model) = self.model.as_mut().filter(|_| !faces.is_empty()) else {
             return Ok(());
         };
+        let backend = &self.backend;
         let crops = match faces.iter().map(|f| f.detection.filter(|_| self.align).map(|d| align::aligned(&d.landmarks))).collect::<Option<Vec<CropMap>>>() {
+            // Cut on the backend: on a GPU the crops stay on the device for the model.
             Some(maps) => {
                 let size = (grey.width() as usize, grey.height() as usize);
-                match self.backend.face_crops_async(grey.as_raw(), size, &maps).await {
+                match backend.cut_faces(grey.as_raw(), size, &maps) {
                     // Larger than the device's buffers: the CPU cuts the same crops.
                     Err(e @ Error::TooLarge { .. }) => {
                         warnings.push(format!("{e}; cutting the face crops on the CPU"));
                         let mut crops = vec![0; maps.len() * data::PIXELS];
                         face_crop::face_crops_cpu(grey.as_raw(), size, &maps, &mut crops)?;
-                        crops
+                        backend.faces_from_bytes(&crops)?
                     }
                     crops => crops?,
                 }
             }
-            None => square_crops(grey, faces),
+            None => backend.faces_from_bytes(&square_crops(grey, faces))?,
         };
-        let probs = model.predict_async(&self.backend, &crops, self.tta).await?;
+        let probs = model.predict_faces_async(backend, &crops, faces.len(), self.tta).await?;
         for (face, p) in faces.iter_mut().zip(probs.chunks(CLASSES.len())) {
             face.label = Some(Label { class: data::most_probable(p), probabilities: p.to_vec() });
         }
