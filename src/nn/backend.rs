@@ -440,10 +440,10 @@ impl Backend for GpuBackend<'_> {
         self.gpu.upload(&crate::gpu::pack_bytes(images))
     }
     fn cut_faces(&self, image: &[u8], size: (usize, usize), maps: &[CropMap]) -> Result<GpuBuffer<u32>> {
-        let pixels = self.gpu.upload(&crate::gpu::pack_bytes(image))?;
-        let maps_buffer = self.gpu.upload(maps)?;
         let crops = self.gpu.zeros(maps.len() * PIXELS / 4)?;
         if !maps.is_empty() {
+            let pixels = self.gpu.upload(&crate::gpu::pack_bytes(image))?;
+            let maps_buffer = self.gpu.upload(maps)?;
             self.record(|r| face_crop::face_crops_gpu(r, size, &pixels, &maps_buffer, &crops))?;
         }
         Ok(crops)
