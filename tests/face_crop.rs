@@ -9,6 +9,7 @@ use mien::align::{self, FER_LANDMARKS};
 use mien::data::{PIXELS, SIDE};
 use mien::gpu::pack_bytes;
 use mien::kernels::face_crop::{self, CropMap, MAX_SAMPLES};
+use mien::nn::{Backend, Cpu, GpuBackend};
 
 /// The crop written with scalar loops and f64 arithmetic: the oracle for `face_crops_cpu`.
 fn naive_crops(image: &[u8], (width, height): (usize, usize), maps: &[CropMap]) -> Vec<u8> {
@@ -100,6 +101,20 @@ fn face_crops_on_the_cpu_match_naive_loops_and_on_the_gpu_match_the_cpu() {
             assert_within_one(&format!("{what} (GPU vs CPU)"), &crops_on_gpu(&image, size, batch), &cpu);
         }
     }
+}
+
+/// The crops of several frames joined into one set (a video's faces for one batch through the
+/// model) are each frame's crops one after another, on either backend.
+#[test]
+fn joined_crops_of_several_frames_follow_one_another() {
+    let frames = [((641, 479), 3), ((641, 479), 4), ((37, 5), 5)].map(|(size, seed)| (size, random_image(size, seed), maps_for(size)));
+    let want: Vec<u8> = frames.iter().flat_map(|(size, image, maps)| crops_on_cpu(image, *size, maps)).collect();
+    let cpu_parts = frames.iter().map(|(size, image, maps)| Cpu.cut_faces(image, *size, maps)).collect::<Result<Vec<_>, _>>().unwrap();
+    assert_eq!(Cpu.join_faces(&cpu_parts).unwrap(), want);
+    let backend = GpuBackend::new(gpu());
+    let gpu_parts = frames.iter().map(|(size, image, maps)| backend.cut_faces(image, *size, maps)).collect::<Result<Vec<_>, _>>().unwrap();
+    let joined = pollster::block_on(backend.read_faces_async(&backend.join_faces(&gpu_parts).unwrap())).unwrap();
+    assert_within_one("joined GPU crops vs the CPU's", &joined, &want);
 }
 
 #[test]

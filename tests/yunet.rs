@@ -184,6 +184,59 @@ fn frames_of_one_size_give_the_same_faces() {
     assert_eq!(yunet.detect(&rgb, &params).unwrap(), first);
 }
 
+/// Three frames of one odd size (a pan across the shipped photo, so that faces move), as a
+/// video hands them to the detector.
+fn pan_frames() -> Vec<image::RgbImage> {
+    let photo = image("data/photos/grace_hopper.jpg");
+    let (w, h) = (photo.width() * 3 / 4 + 1, photo.height() * 3 / 4 + 1);
+    (0..3).map(|i| image::imageops::crop_imm(&photo, i * (photo.width() - w) / 2, i * (photo.height() - h) / 2, w, h).to_image()).collect()
+}
+
+/// Frames run through the network together find what each finds alone, on either backend
+/// (the same faces, boxes and landmarks within 1e-3 px, scores within 1e-5).
+fn frames_together_find_what_each_finds_alone<B: Backend>(backend: B) {
+    let frames = pan_frames();
+    let params = YuNetParams { score_threshold: 0.5, ..YuNetParams::default() };
+    let mut yunet = YuNet::new(backend, model()).unwrap();
+    let alone: Vec<Vec<FaceBox>> = frames.iter().map(|f| yunet.detect(f, &params).unwrap()).collect();
+    assert!(alone.iter().all(|faces| faces.len() == 1), "{alone:?}");
+    let refs: Vec<&image::RgbImage> = frames.iter().collect();
+    let together = pollster::block_on(yunet.detect_batch_async(&refs, &params)).unwrap();
+    assert_eq!(together.len(), frames.len());
+    for (got, want) in together.iter().zip(&alone) {
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            let corners = |f: &FaceBox| [f.x, f.y, f.w, f.h].into_iter().chain(f.landmarks.iter().flatten().copied()).collect::<Vec<f32>>();
+            assert!(corners(g).iter().zip(corners(w)).all(|(a, b)| (a - b).abs() <= 1e-3), "{g:?} vs {w:?}");
+            assert!((g.score - w.score).abs() <= 1e-5, "{g:?} vs {w:?}");
+        }
+    }
+    let err = pollster::block_on(yunet.detect_batch_async(&[&frames[0], &image("data/photos/grace_hopper.jpg")], &params)).unwrap_err().to_string();
+    assert!(err.contains("images of one size together"), "{err}");
+}
+
+#[test]
+fn frames_together_find_what_each_finds_alone_cpu() {
+    frames_together_find_what_each_finds_alone(Cpu);
+}
+
+#[test]
+fn frames_together_find_what_each_finds_alone_gpu() {
+    frames_together_find_what_each_finds_alone(GpuBackend::new(gpu()));
+}
+
+/// Frames too many for the device at once run one at a time (here each then on the CPU).
+#[test]
+fn frames_too_many_for_the_device_run_one_at_a_time() {
+    let frames = pan_frames();
+    let refs: Vec<&image::RgbImage> = frames.iter().collect();
+    let params = YuNetParams { score_threshold: 0.5, ..YuNetParams::default() };
+    let want = pollster::block_on(YuNet::new(Cpu, model()).unwrap().detect_batch_async(&refs, &params)).unwrap();
+    let mut yunet = YuNet::new(GpuBackend::new(small_binding_gpu()), model()).unwrap();
+    assert_eq!(pollster::block_on(yunet.detect_batch_async(&refs, &params)).unwrap(), want);
+    assert_eq!(yunet.take_warnings().len(), frames.len());
+}
+
 /// A device whose bindings are 4 KiB cannot hold even the input: the image runs on the CPU,
 /// with a warning each time, and gives the CPU's faces.
 #[test]

@@ -10,7 +10,7 @@ use mien::gpu::{self, BackendChoice, DeviceChoice, GpuOptions};
 use mien::nn::weights::Part;
 use mien::nn::{Backend, Cpu, GpuBackend, Model, ModelConfig};
 use mien::pipeline::video::VideoOptions;
-use mien::pipeline::SHIPPED_WEIGHTS;
+use mien::pipeline::{DetectSize, SHIPPED_WEIGHTS};
 use mien::train::{self, OptimizerChoice, Recipe, RunFiles, RunState, SgdSettings};
 use std::path::{Path, PathBuf};
 
@@ -368,7 +368,8 @@ struct DetectArgs {
     #[arg(long)]
     jsonl: bool,
     /// YuNet: find faces in the image shrunk so that its longer side is at most this many
-    /// pixels (0: full size). Default: full size for images, 640 for videos.
+    /// pixels (0: full size). Default: full size for images; for videos, half the frame's
+    /// longer side, kept within 320 to 640.
     #[arg(long, value_name = "PX")]
     detect_size: Option<u32>,
 }
@@ -880,7 +881,7 @@ fn run_detect<B: Backend>(backend: B, gpu: Option<&gpu::Gpu>, args: &DetectArgs,
         DetectorKind::Yunet => {
             let params = YuNetParams { score_threshold: args.score_threshold, nms_threshold: args.nms_threshold, top_k: args.top_k };
             params.validate()?;
-            DetectorChoice::YuNet { params, min_size: args.min_size, max_side: args.detect_size.unwrap_or(0) }
+            DetectorChoice::YuNet { params, min_size: args.min_size, size: args.detect_size.map_or(DetectSize::Full, DetectSize::AtMost) }
         }
         DetectorKind::Haar => {
             let params = DetectParams { scale_factor: args.scale_factor, min_neighbors: args.min_neighbors, min_size: (args.min_size, args.min_size), max_size: args.max_size.map(|m| (m, m)) };
@@ -949,7 +950,7 @@ fn run_detect<B: Backend>(backend: B, gpu: Option<&gpu::Gpu>, args: &DetectArgs,
         write_json(path, &reports)?;
     }
     if args.detect_size.is_none() {
-        labeller.set_max_detect_side(video::VIDEO_DETECT_SIDE);
+        labeller.set_detect_size(DetectSize::Video);
     }
     let request = video::VideoRequest { videos: &videos, inputs: &args.inputs, out, jsonl: args.jsonl, options: video_options };
     failures.extend(video::run_videos(&mut labeller, &request, &say));

@@ -8,7 +8,7 @@ use mien::bench::{self, VideoBenchResult};
 use mien::detect::yunet::YuNetParams;
 use mien::nn::{Backend, Cpu, GpuBackend};
 use mien::pipeline::video::{label_video, VideoOptions, VideoOutputs, VideoSummary};
-use mien::pipeline::DetectorChoice;
+use mien::pipeline::{DetectSize, DetectorChoice, VIDEO_DETECT_SIDES};
 use mien::pipeline::{Labeller, SHIPPED_WEIGHTS};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,11 +57,6 @@ fn outputs_for(videos: &[String], inputs: &[PathBuf], out: &Path, jsonl: bool) -
         })
         .collect()
 }
-
-/// YuNet's detection size for videos unless `--detect-size` says otherwise: frames are shrunk
-/// to this longer side before detection (720p to 640x360: a quarter of the pixels), which
-/// keeps faces down to about 20 px of a 720p frame.
-pub const VIDEO_DETECT_SIDE: u32 = 640;
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -168,7 +163,7 @@ pub fn bench(global: &Global, frames: u32, clips: &Path, json: bool) -> Result<(
     let gpu = gpu_for_bench(global)?;
     let scenes = ["data/photos/grace_hopper.jpg", "data/fixtures/haar/montage.png"].map(|p| shipped(Path::new(p)));
     let weights = shipped(Path::new(SHIPPED_WEIGHTS));
-    let detector = || DetectorChoice::YuNet { params: YuNetParams::DETECT, min_size: 0, max_side: VIDEO_DETECT_SIDE };
+    let detector = || DetectorChoice::YuNet { params: YuNetParams::DETECT, min_size: 0, size: DetectSize::Video };
     let bar = bench::progress_bar();
     bar.set_length((scenes.len() * bench::VIDEO_SIZES.len() * (1 + gpu.is_some() as usize)) as u64);
     let mut results: Vec<VideoBenchResult> = Vec::new();
@@ -189,7 +184,7 @@ pub fn bench(global: &Global, frames: u32, clips: &Path, json: bool) -> Result<(
         println!("{}", serde_json::to_string_pretty(&results)?);
         return Ok(());
     }
-    println!("mien detect on {frames}-frame clips at {} fps (YuNet on frames shrunk to {VIDEO_DETECT_SIDE} px, {SHIPPED_WEIGHTS} with mirror averaging, aligned crops, tracking, H.264 out); ms a frame of each thread", bench::CLIP_FPS);
+    println!("mien detect on {frames}-frame clips at {} fps (YuNet on frames shrunk to half their longer side within {VIDEO_DETECT_SIDES:?} px, {SHIPPED_WEIGHTS} with mirror averaging, aligned crops, tracking, H.264 out); ms a frame of each thread", bench::CLIP_FPS);
     for r in &results {
         let per_frame = |s: f64| 1e3 * s / r.frames.max(1) as f64;
         let t = &r.seconds;

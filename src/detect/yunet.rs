@@ -513,6 +513,8 @@ enum Step {
 /// and where each node's value can be read.
 struct Layout {
     padded: (usize, usize),
+    /// Images run together, each tensor holding one after another.
+    batch: usize,
     /// Of all tensors, at most [`MAX_ACTIVATION_BYTES`].
     bytes: u64,
     steps: Vec<Step>,
@@ -529,7 +531,7 @@ impl Layout {
     /// `to_rows` is a relabelling: both share the tensor of the node before them. A tensor
     /// whose value nothing reads any more takes the next value of its length, so that a frame
     /// touches a few buffers that stay in cache instead of one per node; the outputs keep theirs.
-    fn new(model: &YuNetModel, (pw, ph): (usize, usize)) -> Result<Layout> {
+    fn new(model: &YuNetModel, (pw, ph): (usize, usize), batch: usize) -> Result<Layout> {
         let nodes = &model.nodes;
         let outputs: Vec<usize> = model.levels.iter().flat_map(|l| l.heads).collect();
         let mut readers = vec![0; nodes.len()];
@@ -559,8 +561,8 @@ impl Layout {
         for i in 0..nodes.len() {
             lives_until[store[i]] = lives_until[store[i]].max(last_read[i]);
         }
-        let len = |n: &Node| (n.channels as u64).saturating_mul((ph / n.factor) as u64).saturating_mul((pw / n.factor) as u64);
-        let mut layout = Layout { padded: (pw, ph), bytes: 0, steps: Vec::new(), tensors: Vec::new(), argmax: Vec::new(), values: vec![None; nodes.len()] };
+        let len = |n: &Node| (batch as u64).saturating_mul(n.channels as u64).saturating_mul((ph / n.factor) as u64).saturating_mul((pw / n.factor) as u64);
+        let mut layout = Layout { padded: (pw, ph), batch, bytes: 0, steps: Vec::new(), tensors: Vec::new(), argmax: Vec::new(), values: vec![None; nodes.len()] };
         let mut tensor_of = vec![0; nodes.len()];
         let mut free: Vec<usize> = Vec::new();
         for (i, node) in nodes.iter().enumerate() {
@@ -601,18 +603,18 @@ impl Layout {
         Ok(Some(match node.op {
             Op::Input | Op::ToRows => return Ok(None),
             Op::Conv { conv, cin, kernel, stride, groups } => {
-                let shape = GroupedConvShape::new(1, cin, (h, w), node.channels, (kernel, kernel), groups, (stride, stride), Pads::all(kernel / 2))?;
+                let shape = GroupedConvShape::new(self.batch, cin, (h, w), node.channels, (kernel, kernel), groups, (stride, stride), Pads::all(kernel / 2))?;
                 Step::Conv { shape, conv, act: if relu { Activation::Relu } else { Activation::Identity }, x, y }
             }
             Op::Relu => Step::Relu { x, y },
             Op::Sigmoid => Step::Sigmoid { x, y },
             Op::MaxPool => {
-                let shape = PoolShape::new(1, c, (h, w), 2)?;
+                let shape = PoolShape::new(self.batch, c, (h, w), 2)?;
                 let len = self.reserve(shape.output_len() as u64)?;
                 self.argmax.push(len);
                 Step::MaxPool { shape, x, y, argmax: self.argmax.len() - 1 }
             }
-            Op::Upsample => Step::Upsample { shape: UpsampleShape::double(1, c, (h, w))?, x, y },
+            Op::Upsample => Step::Upsample { shape: UpsampleShape::double(self.batch, c, (h, w))?, x, y },
             Op::Add => Step::Add { a: x, b: tensor_of[node.inputs[1]], y },
         }))
     }
@@ -622,14 +624,15 @@ impl Layout {
     fn reserve(&mut self, elements: u64) -> Result<usize> {
         self.bytes = self.bytes.saturating_add(elements.saturating_mul(4));
         if self.bytes > MAX_ACTIVATION_BYTES {
-            let (pw, ph) = self.padded;
-            return Err(Error::Invalid(format!("YuNet at {pw}x{ph} needs more than {} MiB of activations (mien::detect::yunet::MAX_ACTIVATION_BYTES)", MAX_ACTIVATION_BYTES >> 20)));
+            let ((pw, ph), batch) = (self.padded, self.batch);
+            let images = if batch == 1 { String::new() } else { format!(" ({batch} images at once)") };
+            return Err(Error::Invalid(format!("YuNet at {pw}x{ph}{images} needs more than {} MiB of activations (mien::detect::yunet::MAX_ACTIVATION_BYTES)", MAX_ACTIVATION_BYTES >> 20)));
         }
         Ok(elements as usize)
     }
 }
 
-/// The buffers of one padded size, allocated once for every frame of that size.
+/// The buffers of one padded size and batch, allocated once for every frame of that size.
 struct Plan<B: Backend> {
     layout: Layout,
     tensors: Vec<B::Tensor>,
@@ -639,8 +642,8 @@ struct Plan<B: Backend> {
 }
 
 impl<B: Backend> Plan<B> {
-    fn new(backend: &B, model: &YuNetModel, padded: (usize, usize)) -> Result<Self> {
-        let layout = Layout::new(model, padded)?;
+    fn new(backend: &B, model: &YuNetModel, padded: (usize, usize), batch: usize) -> Result<Self> {
+        let layout = Layout::new(model, padded, batch)?;
         let tensors = layout.tensors.iter().map(|&n| backend.tensor(n)).collect::<Result<_>>()?;
         let argmax = layout.argmax.iter().map(|&n| backend.ints(n)).collect::<Result<_>>()?;
         Ok(Plan { staging: vec![0.0; layout.tensors[0]], layout, tensors, argmax })
@@ -656,6 +659,13 @@ impl<B: Backend> Plan<B> {
             Step::Upsample { shape, x, y } => backend.upsample_forward(shape, &t[x], &t[y]),
             Step::Add { a, b, y } => backend.add_forward(&t[a], &t[b], Activation::Identity, &t[y]),
         }
+    }
+}
+
+/// Writes `images` into `blob`, one after another, each as [`fill_blob`] does.
+fn fill_blobs(images: &[&RgbImage], (pw, ph): (usize, usize), blob: &mut [f32]) {
+    for (image, blob) in images.iter().zip(blob.chunks_exact_mut(3 * pw * ph)) {
+        fill_blob(image, (pw, ph), blob);
     }
 }
 
@@ -685,6 +695,8 @@ pub struct YuNet<B: Backend> {
     plan: Option<Plan<B>>,
     /// The padded size the device refused, and why.
     refused: Option<((usize, usize), String)>,
+    /// A padded size and batch too large to run at once, which runs one image at a time.
+    apart: Option<((usize, usize), usize)>,
     cpu: Option<Box<YuNet<Cpu>>>,
     warnings: Vec<String>,
 }
@@ -699,7 +711,7 @@ impl<B: Backend> YuNet<B> {
             Ok(t)
         };
         let weights = model.convs.iter().map(|c| Ok((upload(&c.weight)?, upload(&c.bias)?))).collect::<Result<_>>()?;
-        Ok(YuNet { backend, model, weights, plan: None, refused: None, cpu: None, warnings: Vec::new() })
+        Ok(YuNet { backend, model, weights, plan: None, refused: None, apart: None, cpu: None, warnings: Vec::new() })
     }
 
     /// The shipped YuNet-n (see [`YuNetModel::shipped`]).
@@ -725,14 +737,50 @@ impl<B: Backend> YuNet<B> {
     /// `params`. An empty image has none; one the device cannot hold runs on the CPU (see
     /// [`YuNet`]).
     pub async fn detect_async(&mut self, image: &RgbImage, params: &YuNetParams) -> Result<Vec<FaceBox>> {
+        let mut found = self.detect_batch_async(&[image], params).await?;
+        Ok(found.pop().expect("one list for one image"))
+    }
+
+    /// The faces in each of `images`, all of one size (a video's frames), as
+    /// [`YuNet::detect_async`] finds them in each alone. The images go through the network
+    /// together: on a GPU, one submission and one wait for them all, and dispatches large enough
+    /// to keep the device busy. Images too many to hold at once (on the device, or within
+    /// [`MAX_ACTIVATION_BYTES`]) run one at a time instead.
+    pub async fn detect_batch_async(&mut self, images: &[&RgbImage], params: &YuNetParams) -> Result<Vec<Vec<FaceBox>>> {
         params.validate()?;
-        if image.width() == 0 || image.height() == 0 {
-            return Ok(Vec::new());
+        let Some(size) = images.first().map(|i| i.dimensions()) else { return Ok(Vec::new()) };
+        if let Some(other) = images.iter().find(|i| i.dimensions() != size) {
+            return Err(Error::Invalid(format!("YuNet runs only images of one size together, not {}x{} with {}x{}", size.0, size.1, other.width(), other.height())));
         }
-        let padded = self.model.padded_size(image.width() as usize, image.height() as usize);
-        let heads = self.heads(image, padded).await?;
-        let candidates = decode(&self.model.levels, &heads, padded, params.score_threshold);
-        Ok(suppress(&candidates, params))
+        if size.0 == 0 || size.1 == 0 {
+            return Ok(vec![Vec::new(); images.len()]);
+        }
+        let padded = self.model.padded_size(size.0 as usize, size.1 as usize);
+        let model = self.model.clone();
+        // The faces of image `image` of the `count` whose heads each hold one after another.
+        let faces_of = |heads: &[Vec<f32>], count: usize, image: usize| {
+            let own: Vec<&[f32]> = heads.iter().map(|h| h.chunks_exact(h.len() / count).nth(image).unwrap_or_default()).collect();
+            suppress(&decode(&model.levels, &own, padded, params.score_threshold), params)
+        };
+        if images.len() > 1 && self.apart != Some((padded, images.len())) {
+            let outputs: Vec<usize> = model.levels.iter().flat_map(|l| l.heads).collect();
+            match self.forward(padded, images.len(), |blob| fill_blobs(images, padded, blob), &outputs).await {
+                Ok(heads) => return Ok((0..images.len()).map(|i| faces_of(&heads, images.len(), i)).collect()),
+                // Refused by the device or the activation limit: each image alone may fit (and
+                // says why if it does not either).
+                Err(Error::TooLarge { .. } | Error::Invalid(_)) => {
+                    self.plan = None;
+                    self.apart = Some((padded, images.len()));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let mut found = Vec::with_capacity(images.len());
+        for image in images {
+            let heads = self.heads(image, padded).await?;
+            found.push(faces_of(&heads, 1, 0));
+        }
+        Ok(found)
     }
 
     /// [`YuNet::detect_async`], waited for.
@@ -747,7 +795,7 @@ impl<B: Backend> YuNet<B> {
         let fill = |blob: &mut [f32]| fill_blob(image, padded, blob);
         let reason = match &self.refused {
             Some((size, reason)) if *size == padded => reason.clone(),
-            _ => match self.forward(padded, fill, &outputs).await {
+            _ => match self.forward(padded, 1, fill, &outputs).await {
                 // YuNet's first convolution binds its largest tensors, so the device refuses a
                 // size before anything of the frame is recorded.
                 Err(e @ Error::TooLarge { .. }) => {
@@ -764,7 +812,7 @@ impl<B: Backend> YuNet<B> {
             Some(cpu) => cpu,
             empty => empty.insert(Box::new(YuNet::new(Cpu, self.model.clone())?)),
         };
-        cpu.forward(padded, fill, &outputs).await
+        cpu.forward(padded, 1, fill, &outputs).await
     }
 
     /// The values of the nodes named `names` for the network input `blob` (B, G, R planes of
@@ -779,7 +827,7 @@ impl<B: Backend> YuNet<B> {
             return Err(Error::Invalid(format!("a YuNet input of {pw}x{ph} (positive multiples of {divisor}) holds 3 planes of that size, not {} values", blob.len())));
         }
         let nodes = names.iter().map(|name| self.model.node(name)).collect::<Result<Vec<_>>>()?;
-        let values = self.forward(padded, |staging| staging.copy_from_slice(blob), &nodes).await?;
+        let values = self.forward(padded, 1, |staging| staging.copy_from_slice(blob), &nodes).await?;
         Ok(nodes
             .iter()
             .zip(values)
@@ -800,13 +848,13 @@ impl<B: Backend> YuNet<B> {
         pollster::block_on(self.node_outputs_async(blob, padded, names))
     }
 
-    /// Runs the network on the input `fill` writes into the staging blob and reads the values
-    /// of `nodes`, as channel planes.
-    async fn forward(&mut self, padded: (usize, usize), fill: impl FnOnce(&mut [f32]), nodes: &[usize]) -> Result<Vec<Vec<f32>>> {
-        if self.plan.as_ref().is_none_or(|p| p.layout.padded != padded) {
+    /// Runs the network on the `batch` images `fill` writes into the staging blob and reads the
+    /// values of `nodes`, as channel planes, image after image.
+    async fn forward(&mut self, padded: (usize, usize), batch: usize, fill: impl FnOnce(&mut [f32]), nodes: &[usize]) -> Result<Vec<Vec<f32>>> {
+        if self.plan.as_ref().is_none_or(|p| (p.layout.padded, p.layout.batch) != (padded, batch)) {
             // The old buffers go first: a new size must not hold both.
             self.plan = None;
-            self.plan = Some(Plan::new(&self.backend, &self.model, padded)?);
+            self.plan = Some(Plan::new(&self.backend, &self.model, padded, batch)?);
         }
         let plan = self.plan.as_mut().expect("planned above");
         let mut wanted = Vec::with_capacity(nodes.len());
@@ -844,10 +892,10 @@ impl<B: Backend> YuNet<B> {
 /// FaceDetectorYN's candidates: every cell of every stride scoring at least `threshold`, in
 /// stride order then row-major, with its arithmetic in f32 and in its order. `heads` holds
 /// the outputs of `levels` in order, each as channel planes.
-fn decode(levels: &[Level], heads: &[Vec<f32>], (pw, ph): (usize, usize), threshold: f32) -> Vec<FaceBox> {
+fn decode(levels: &[Level], heads: &[&[f32]], (pw, ph): (usize, usize), threshold: f32) -> Vec<FaceBox> {
     let mut faces = Vec::new();
     for (level, outputs) in levels.iter().zip(heads.chunks_exact(4)) {
-        let [cls, obj, bbox, kps] = [&outputs[0], &outputs[1], &outputs[2], &outputs[3]];
+        let [cls, obj, bbox, kps] = [outputs[0], outputs[1], outputs[2], outputs[3]];
         let (cols, rows) = (pw / level.stride, ph / level.stride);
         let cells = cols * rows;
         let s = level.stride as f32;
@@ -921,7 +969,7 @@ mod tests {
     #[test]
     fn a_frame_reuses_a_few_tensors_and_huge_frames_are_refused() {
         let model = YuNetModel::shipped().unwrap();
-        let layout = Layout::new(&model, (1920, 1088)).unwrap();
+        let layout = Layout::new(&model, (1920, 1088), 1).unwrap();
         // 59 convolutions (18 with their ReLU inside), 4 poolings, 2 upsamplings, 2 additions
         // and 6 sigmoids.
         assert_eq!(layout.steps.len(), 73);
@@ -929,7 +977,7 @@ mod tests {
         assert_eq!(layout.tensors.len(), 29);
         let per_pixel = layout.bytes as f64 / (1920.0 * 1088.0);
         assert!((70.0..72.0).contains(&per_pixel), "{per_pixel} bytes a pixel; see MAX_ACTIVATION_BYTES");
-        let err = Layout::new(&model, (8192, 8192)).err().unwrap().to_string();
+        let err = Layout::new(&model, (8192, 8192), 1).err().unwrap().to_string();
         assert!(err.contains("MAX_ACTIVATION_BYTES"), "{err}");
     }
 

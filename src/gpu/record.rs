@@ -295,8 +295,17 @@ impl<'g> Recorder<'g> {
 
     /// Copies `src` into `dst` (same element count) inside this command buffer.
     pub fn copy<T: bytemuck::Pod>(&mut self, src: &super::GpuBuffer<T>, dst: &super::GpuBuffer<T>) {
-        let bytes = (src.len().min(dst.len()) * std::mem::size_of::<T>()) as u64;
-        self.encoder.copy_buffer_to_buffer(&src.buffer, 0, &dst.buffer, 0, bytes);
+        self.copy_at(src, dst, 0);
+    }
+
+    /// Copies `src` into `dst` from element `at` on, as much as fits, inside this command
+    /// buffer. Elements of four bytes or more keep the copy's offsets aligned as wgpu requires.
+    pub fn copy_at<T: bytemuck::Pod>(&mut self, src: &super::GpuBuffer<T>, dst: &super::GpuBuffer<T>, at: usize) {
+        let size = std::mem::size_of::<T>();
+        let bytes = (src.len().min(dst.len().saturating_sub(at)) * size) as u64;
+        if bytes > 0 {
+            self.encoder.copy_buffer_to_buffer(&src.buffer, 0, &dst.buffer, (at * size) as u64, bytes);
+        }
     }
 
     /// Zeroes a buffer inside this command buffer.

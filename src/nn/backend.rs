@@ -92,6 +92,13 @@ pub trait Backend: Send {
     /// Starts the queued work without waiting for it (a no-op on the CPU, where ops run as
     /// they are called).
     fn flush(&self) -> Result<()>;
+    /// How many video frames a network is best given at once: one on the CPU, where ops run as
+    /// they are called and a frame's work already fills the cores; several on a GPU, where
+    /// they share one submission and one wait, and their larger dispatches fill more of the
+    /// device.
+    fn frames_at_once(&self) -> usize {
+        1
+    }
     /// Whether this backend times its passes (a GPU backend made by `GpuBackend::profiling`).
     fn profiling(&self) -> bool {
         false
@@ -115,6 +122,9 @@ pub trait Backend: Send {
     /// Cuts a 48x48 byte crop per map from a `width` x `height` grey image (see
     /// [`face_crop`]): the faces the expression model reads. Queued, not waited for.
     fn cut_faces(&self, image: &[u8], size: (usize, usize), maps: &[CropMap]) -> Result<Self::Faces>;
+    /// The faces of `parts` one after another, as one set (the faces of several frames for
+    /// one batch through the model). Queued, not waited for.
+    fn join_faces(&self, parts: &[Self::Faces]) -> Result<Self::Faces>;
     /// The faces' bytes, once the work queued before has run.
     fn read_faces_async(&self, faces: &Self::Faces) -> impl Future<Output = Result<Vec<u8>>>;
     /// Warps the faces by their augmentations into `out` as `side` x `side` floats in [0, 1].
@@ -212,6 +222,9 @@ impl Backend for Cpu {
         face_crop::face_crops_cpu(image, size, maps, &mut crops)?;
         Ok(crops)
     }
+    fn join_faces(&self, parts: &[Vec<u8>]) -> Result<Vec<u8>> {
+        Ok(parts.concat())
+    }
     async fn read_faces_async(&self, faces: &Vec<u8>) -> Result<Vec<u8>> {
         Ok(faces.clone())
     }
@@ -308,6 +321,11 @@ impl Backend for Cpu {
         sgd::step_cpu(cfg, t, &mut param.borrow_mut(), &grad.borrow(), &mut momentum.borrow_mut())
     }
 }
+
+/// Video frames a GPU backend takes at once (see [`Backend::frames_at_once`]): enough to share
+/// a submission's cost, few enough that a live camera's labels lag by about a tenth of a
+/// second at 30 frames a second.
+pub const GPU_FRAMES_AT_ONCE: usize = 4;
 
 /// The GPU backend: ops are recorded into one command buffer, submitted when something is
 /// read back or `flush` is called, so a training step costs one submit.
@@ -411,6 +429,9 @@ impl Backend for GpuBackend<'_> {
     fn profiling(&self) -> bool {
         self.profile.is_some()
     }
+    fn frames_at_once(&self) -> usize {
+        GPU_FRAMES_AT_ONCE
+    }
     async fn take_timings_async(&self) -> Result<Vec<PassTiming>> {
         let Some(profile) = &self.profile else { return Ok(Vec::new()) };
         self.flush()?;
@@ -447,6 +468,18 @@ impl Backend for GpuBackend<'_> {
             self.record(|r| face_crop::face_crops_gpu(r, size, &pixels, &maps_buffer, &crops))?;
         }
         Ok(crops)
+    }
+    fn join_faces(&self, parts: &[GpuBuffer<u32>]) -> Result<GpuBuffer<u32>> {
+        let joined = self.gpu.zeros(parts.iter().map(GpuBuffer::len).sum())?;
+        self.record(|r| {
+            let mut at = 0;
+            for part in parts {
+                r.copy_at(part, &joined, at);
+                at += part.len();
+            }
+            Ok(())
+        })?;
+        Ok(joined)
     }
     async fn read_faces_async(&self, faces: &GpuBuffer<u32>) -> Result<Vec<u8>> {
         Ok(bytemuck::cast_slice(&self.read_ints_async(faces).await?).to_vec())

@@ -63,20 +63,49 @@ impl Face {
 
 /// Which detector finds the faces, with its settings.
 pub enum DetectorChoice {
-    /// YuNet, a CNN that also gives a score and five landmarks a face; faces narrower or
-    /// shorter than `min_size` pixels are dropped. With `max_side` above 0, an image whose
-    /// longer side exceeds it is shrunk to that side for detection (the boxes scaled back): a
-    /// video's frames cost a fraction as much, and its faces are rarely small.
-    YuNet { params: YuNetParams, min_size: u32, max_side: u32 },
+    /// YuNet, a CNN that also gives a score and five landmarks a face, on images shrunk as
+    /// `size` says (the boxes scaled back); faces narrower or shorter than `min_size` pixels
+    /// are dropped.
+    YuNet { params: YuNetParams, min_size: u32, size: DetectSize },
     /// An OpenCV Haar cascade, with the parameters of OpenCV's `detectMultiScale`.
     Haar { cascade: Cascade, params: DetectParams },
+}
+
+/// How large an image YuNet looks at: shrinking a video's frames makes them cost a fraction as
+/// much, and its faces are rarely small.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DetectSize {
+    /// The image as it is.
+    Full,
+    /// Shrunk, when larger, so that its longer side is this many pixels (0: as it is).
+    AtMost(u32),
+    /// A video frame: shrunk to half its longer side, kept within [`VIDEO_DETECT_SIDES`]. That
+    /// finds faces down to about 20 px of frames up to 720p and 30 px of 1080p, at a quarter
+    /// of the cost or less.
+    Video,
+}
+
+/// The longer sides [`DetectSize::Video`] keeps to: no smaller, so that a small frame's faces
+/// are not shrunk below what YuNet finds, and no larger, so that large frames cost no more.
+pub const VIDEO_DETECT_SIDES: std::ops::RangeInclusive<u32> = 320..=640;
+
+impl DetectSize {
+    /// The longer side to detect at for an image whose longer side is `longer`, when smaller.
+    fn shrunk_side(self, longer: u32) -> Option<u32> {
+        let side = match self {
+            DetectSize::Full => return None,
+            DetectSize::AtMost(side) => side,
+            DetectSize::Video => (longer / 2).clamp(*VIDEO_DETECT_SIDES.start(), *VIDEO_DETECT_SIDES.end()),
+        };
+        (side > 0 && longer > side).then_some(side)
+    }
 }
 
 /// Where faces are found: YuNet on the labeller's device, the Haar cascade's CPU reference, or
 /// its GPU detector (which gives the same rectangles) with the cascade kept for images too
 /// large for the device.
 enum Detector<'g, B: Backend> {
-    YuNet { net: Box<YuNet<B>>, params: YuNetParams, min_size: u32, max_side: u32 },
+    YuNet { net: Box<YuNet<B>>, params: YuNetParams, min_size: u32, size: DetectSize },
     Cpu(Cascade, DetectParams),
     Gpu(Box<GpuDetector<'g>>, Cascade, DetectParams),
 }
@@ -121,10 +150,10 @@ impl<'g, B: Backend> Labeller<'g, B> {
     /// `yunet` is the detector's network, needed when `detector` is YuNet.
     pub fn from_parts(backend: B, gpu: Option<&'g Gpu>, detector: DetectorChoice, yunet: Option<Arc<YuNetModel>>, model: Option<Model<B>>, tta: Tta, align: bool) -> Result<Self> {
         let detector = match detector {
-            DetectorChoice::YuNet { params, min_size, max_side } => {
+            DetectorChoice::YuNet { params, min_size, size } => {
                 params.validate()?;
                 let yunet = yunet.ok_or_else(|| Error::Invalid("the YuNet detector was chosen without its network".into()))?;
-                Detector::YuNet { net: Box::new(YuNet::new(backend.another(), yunet)?), params, min_size, max_side }
+                Detector::YuNet { net: Box::new(YuNet::new(backend.another(), yunet)?), params, min_size, size }
             }
             DetectorChoice::Haar { cascade, params } => {
                 params.validate()?;
@@ -171,10 +200,10 @@ impl<'g, B: Backend> Labeller<'g, B> {
         Ok(timeline)
     }
 
-    /// Sets YuNet's detection size limit (see [`DetectorChoice::YuNet`]); Haar has none.
-    pub fn set_max_detect_side(&mut self, side: u32) {
-        if let Detector::YuNet { max_side, .. } = &mut self.detector {
-            *max_side = side;
+    /// Sets the size YuNet looks at images (see [`DetectSize`]); Haar has none.
+    pub fn set_detect_size(&mut self, to: DetectSize) {
+        if let Detector::YuNet { size, .. } = &mut self.detector {
+            *size = to;
         }
     }
 
@@ -188,32 +217,63 @@ impl<B: Backend> Detector<'_, B> {
     /// The faces in an image (`rgb`, and `grey` as OpenCV converts it), not yet labelled; what
     /// was done differently from what was asked goes to `warnings`.
     async fn find(&mut self, rgb: &RgbImage, grey: &GrayImage, warnings: &mut Vec<String>) -> Result<Vec<Face>> {
+        let mut found = self.find_together(&[(rgb, grey)], warnings).await?;
+        Ok(found.pop().expect("one list for one image"))
+    }
+
+    /// [`Detector::find`] for each of `images`, all of one size (a video's frames): YuNet
+    /// runs them through its network together (see [`YuNet::detect_batch_async`]).
+    async fn find_together(&mut self, images: &[(&RgbImage, &GrayImage)], warnings: &mut Vec<String>) -> Result<Vec<Vec<Face>>> {
         let face = |rect: Rect, detection: Option<Detection>| Face { rect, detection, label: None };
         let haar = |rects: Vec<Rect>| rects.into_iter().map(|r| face(r, None)).collect();
+        let mut found = Vec::with_capacity(images.len());
         match self {
-            Detector::YuNet { net, params, min_size, max_side } => {
-                let longer = rgb.width().max(rgb.height());
-                let (faces, scale) = if *max_side > 0 && longer > *max_side {
-                    let scale = longer as f32 / *max_side as f32;
-                    let (w, h) = ((rgb.width() as f32 / scale).round().max(1.0) as u32, (rgb.height() as f32 / scale).round().max(1.0) as u32);
-                    (net.detect_async(&shrink(rgb, w, h), params).await, rgb.width() as f32 / w as f32)
-                } else {
-                    (net.detect_async(rgb, params).await, 1.0)
+            Detector::YuNet { net, params, min_size, size } => {
+                let Some(&(first, _)) = images.first() else { return Ok(found) };
+                let (width, height) = first.dimensions();
+                let shrunk: Vec<RgbImage>;
+                let (seen, scale): (Vec<&RgbImage>, f32) = match size.shrunk_side(width.max(height)) {
+                    Some(side) => {
+                        let scale = width.max(height) as f32 / side as f32;
+                        let (w, h) = ((width as f32 / scale).round().max(1.0) as u32, (height as f32 / scale).round().max(1.0) as u32);
+                        shrunk = images.iter().map(|(rgb, _)| shrink(rgb, w, h)).collect();
+                        (shrunk.iter().collect(), width as f32 / w as f32)
+                    }
+                    None => (images.iter().map(|&(rgb, _)| rgb).collect(), 1.0),
                 };
+                let faces = net.detect_batch_async(&seen, params).await;
                 warnings.extend(net.take_warnings());
                 let min = *min_size as f32;
-                Ok(faces?.into_iter().map(|f| f.scaled(scale)).filter(|f| f.w >= min && f.h >= min).map(|f| face(box_rect(&f), Some(Detection { score: f.score, landmarks: f.landmarks }))).collect())
-            }
-            Detector::Cpu(cascade, params) => cpu::detect_multi_scale(cascade, grey, params).map(haar),
-            Detector::Gpu(gpu, cascade, params) => match gpu.detect_multi_scale_async(grey, params).await {
-                // Larger than the device's buffers: the CPU gives the same rectangles.
-                Err(e @ Error::TooLarge { .. }) => {
-                    warnings.push(format!("{e}; detecting on the CPU"));
-                    cpu::detect_multi_scale(cascade, grey, params).map(haar)
+                for faces in faces? {
+                    found.push(
+                        faces
+                            .into_iter()
+                            .map(|f| f.scaled(scale))
+                            .filter(|f| f.w >= min && f.h >= min)
+                            .map(|f| face(box_rect(&f), Some(Detection { score: f.score, landmarks: f.landmarks })))
+                            .collect(),
+                    );
                 }
-                found => found.map(haar),
-            },
+            }
+            Detector::Cpu(cascade, params) => {
+                for (_, grey) in images {
+                    found.push(cpu::detect_multi_scale(cascade, grey, params).map(haar)?);
+                }
+            }
+            Detector::Gpu(gpu, cascade, params) => {
+                for (_, grey) in images {
+                    found.push(match gpu.detect_multi_scale_async(grey, params).await {
+                        // Larger than the device's buffers: the CPU gives the same rectangles.
+                        Err(e @ Error::TooLarge { .. }) => {
+                            warnings.push(format!("{e}; detecting on the CPU"));
+                            cpu::detect_multi_scale(cascade, grey, params).map(haar)
+                        }
+                        found => found.map(haar),
+                    }?);
+                }
+            }
         }
+        Ok(found)
     }
 }
 
@@ -221,32 +281,49 @@ impl<B: Backend> Classifier<B> {
     /// Labels each face of `grey` (none without a model): the faces are cut to the model's
     /// 48x48 and classified as one batch.
     async fn label(&mut self, grey: &GrayImage, faces: &mut [Face], warnings: &mut Vec<String>) -> Result<()> {
-        let Some(model) = self.model.as_mut().filter(|_| !faces.is_empty()) else {
+        self.label_together(&mut [(grey, faces)], warnings).await
+    }
+
+    /// [`Classifier::label`] for the faces of several frames, all in one batch.
+    async fn label_together(&mut self, frames: &mut [(&GrayImage, &mut [Face])], warnings: &mut Vec<String>) -> Result<()> {
+        let count: usize = frames.iter().map(|(_, faces)| faces.len()).sum();
+        let Some(model) = self.model.as_mut().filter(|_| count > 0) else {
             return Ok(());
         };
         let backend = &self.backend;
-        let crops = match faces.iter().map(|f| f.detection.filter(|_| self.align).map(|d| align::aligned(&d.landmarks))).collect::<Option<Vec<CropMap>>>() {
-            // Cut on the backend: on a GPU the crops stay on the device for the model.
-            Some(maps) => {
-                let size = (grey.width() as usize, grey.height() as usize);
-                match backend.cut_faces(grey.as_raw(), size, &maps) {
-                    // Larger than the device's buffers: the CPU cuts the same crops.
-                    Err(e @ Error::TooLarge { .. }) => {
-                        warnings.push(format!("{e}; cutting the face crops on the CPU"));
-                        let mut crops = vec![0; maps.len() * data::PIXELS];
-                        face_crop::face_crops_cpu(grey.as_raw(), size, &maps, &mut crops)?;
-                        backend.faces_from_bytes(&crops)?
-                    }
-                    crops => crops?,
-                }
-            }
-            None => backend.faces_from_bytes(&square_crops(grey, faces))?,
+        let mut parts = Vec::with_capacity(frames.len());
+        for (grey, faces) in frames.iter().filter(|(_, faces)| !faces.is_empty()) {
+            parts.push(cut_crops(backend, grey, faces, self.align, warnings)?);
+        }
+        let crops = match parts.len() {
+            1 => parts.pop().expect("one part"),
+            _ => backend.join_faces(&parts)?,
         };
-        let probs = model.predict_faces_async(backend, &crops, faces.len(), self.tta).await?;
-        for (face, p) in faces.iter_mut().zip(probs.chunks(CLASSES.len())) {
+        let probs = model.predict_faces_async(backend, &crops, count, self.tta).await?;
+        for (face, p) in frames.iter_mut().flat_map(|(_, faces)| faces.iter_mut()).zip(probs.chunks(CLASSES.len())) {
             face.label = Some(Label { class: data::most_probable(p), probabilities: p.to_vec() });
         }
         Ok(())
+    }
+}
+
+/// The 48x48 crops of `faces` in `grey` for the expression model, on `backend`: aligned by
+/// their landmarks when `align` is set and every face has them, else the square around each box.
+fn cut_crops<B: Backend>(backend: &B, grey: &GrayImage, faces: &[Face], align: bool, warnings: &mut Vec<String>) -> Result<B::Faces> {
+    let Some(maps) = faces.iter().map(|f| f.detection.filter(|_| align).map(|d| align::aligned(&d.landmarks))).collect::<Option<Vec<CropMap>>>() else {
+        return backend.faces_from_bytes(&square_crops(grey, faces));
+    };
+    let size = (grey.width() as usize, grey.height() as usize);
+    // Cut on the backend: on a GPU the crops stay on the device for the model.
+    match backend.cut_faces(grey.as_raw(), size, &maps) {
+        // Larger than the device's buffers: the CPU cuts the same crops.
+        Err(e @ Error::TooLarge { .. }) => {
+            warnings.push(format!("{e}; cutting the face crops on the CPU"));
+            let mut crops = vec![0; maps.len() * data::PIXELS];
+            face_crop::face_crops_cpu(grey.as_raw(), size, &maps, &mut crops)?;
+            backend.faces_from_bytes(&crops)
+        }
+        crops => crops,
     }
 }
 
@@ -366,5 +443,24 @@ impl ImageReport {
             })
             .collect();
         ImageReport { image, width, height, annotated: None, faces }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn video_frames_are_shrunk_to_half_within_the_video_sides() {
+        let side = |size: DetectSize, longer| size.shrunk_side(longer);
+        assert_eq!(side(DetectSize::Video, 1920), Some(640));
+        assert_eq!(side(DetectSize::Video, 1280), Some(640));
+        assert_eq!(side(DetectSize::Video, 640), Some(320));
+        assert_eq!(side(DetectSize::Video, 480), Some(320));
+        assert_eq!(side(DetectSize::Video, 320), None);
+        assert_eq!(side(DetectSize::AtMost(0), 4000), None);
+        assert_eq!(side(DetectSize::AtMost(500), 499), None);
+        assert_eq!(side(DetectSize::AtMost(500), 501), Some(500));
+        assert_eq!(side(DetectSize::Full, 8000), None);
     }
 }

@@ -12,7 +12,7 @@ use crate::imageio::grey_of;
 use crate::nn::Backend;
 use crate::track::{Smoother, TrackBox, Tracker, TrackerSettings};
 use crate::video::{Decoder, Encoder, Frame, VideoInfo};
-use image::GrayImage;
+use image::{GrayImage, RgbImage};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -99,54 +99,67 @@ pub fn label_video<B: Backend>(
     let mut seconds = StageSeconds::default();
     let started = Instant::now();
     let Labeller { detector, classifier, .. } = labeller;
-    let (found_frames, found) = std::sync::mpsc::sync_channel::<Result<FoundFrame>>(FRAMES_IN_FLIGHT);
+    let at_once = classifier.backend.frames_at_once().max(1);
+    let (found_frames, found) = std::sync::mpsc::sync_channel::<Result<FoundFrame>>(FRAMES_IN_FLIGHT.max(at_once));
     let (decoder, detection) = std::thread::scope(|scope| {
-        let finder = scope.spawn(move || find_faces(decoder, detector, options.stride, stop, found_frames));
+        let finder = scope.spawn(move || find_faces(decoder, detector, Batching { stride: options.stride, at_once }, stop, found_frames));
         loop {
             let mut clock = Instant::now();
             let mut lap = || std::mem::replace(&mut clock, Instant::now()).elapsed().as_secs_f64();
-            let Ok(item) = found.recv() else { break };
+            // The frames found together are labelled together: on a GPU, every face of them
+            // in one batch through the model.
+            let Ok(first) = found.recv() else { break };
+            let mut batch = vec![first];
+            while batch.len() < at_once && batch.last().is_some_and(Result::is_ok) {
+                match found.recv() {
+                    Ok(item) => batch.push(item),
+                    Err(_) => break,
+                }
+            }
             seconds.wait += lap();
-            let step = item.and_then(|FoundFrame { mut frame, faces, warnings, dropped }| {
-                let faces = match faces {
-                    Some((grey, mut faces)) => {
-                        let mut classify_warnings = warnings;
-                        pollster::block_on(classifier.label(&grey, &mut faces, &mut classify_warnings))?;
-                        for warning in classify_warnings {
-                            if warned.insert(warning.clone()) {
-                                log::warn!("{}: {warning}", info.input);
-                            }
+            let (mut ready, mut broke) = (Vec::with_capacity(batch.len()), None);
+            for item in batch {
+                match item {
+                    Ok(found_frame) => ready.push(found_frame),
+                    Err(e) => {
+                        broke = Some(e);
+                        break;
+                    }
+                }
+            }
+            let mut classify_warnings: Vec<String> = ready.iter_mut().flat_map(|f| std::mem::take(&mut f.warnings)).collect();
+            let mut analysed: Vec<(&GrayImage, &mut [Face])> = ready.iter_mut().filter_map(|f| f.faces.as_mut().map(|(grey, faces)| (&*grey, faces.as_mut_slice()))).collect();
+            let labelled = pollster::block_on(classifier.label_together(&mut analysed, &mut classify_warnings));
+            for warning in classify_warnings {
+                if warned.insert(warning.clone()) {
+                    log::warn!("{}: {warning}", info.input);
+                }
+            }
+            seconds.classify += lap();
+            let step = labelled.and_then(|()| {
+                for FoundFrame { mut frame, faces, dropped, .. } in ready {
+                    let faces = video.frame(frame.time_s, faces.map(|(_, faces)| faces))?;
+                    tables.frame(frame.index, frame.time_s, &faces)?;
+                    annotate_captioned(&mut frame.rgb, faces.iter().map(|t| (&t.face, t.caption())))?;
+                    seconds.annotate += lap();
+                    let at = VideoProgress { frames: frames + 1, time_s: frame.time_s, dropped };
+                    let encoder = match &mut encoder {
+                        Some(encoder) => encoder,
+                        None => {
+                            let (width, height) = frame.rgb.dimensions();
+                            encoder.insert(Encoder::create(&outputs.annotated, &VideoInfo { width, height, ..info.clone() })?)
                         }
-                        seconds.classify += lap();
-                        Some(faces)
-                    }
-                    None => None,
-                };
-                let faces = video.frame(frame.time_s, faces)?;
-                tables.frame(frame.index, frame.time_s, &faces)?;
-                annotate_captioned(&mut frame.rgb, faces.iter().map(|t| (&t.face, t.caption())))?;
-                seconds.annotate += lap();
-                let at = VideoProgress { frames: frames + 1, time_s: frame.time_s, dropped };
-                let encoder = match &mut encoder {
-                    Some(encoder) => encoder,
-                    None => {
-                        let (width, height) = frame.rgb.dimensions();
-                        encoder.insert(Encoder::create(&outputs.annotated, &VideoInfo { width, height, ..info.clone() })?)
-                    }
-                };
-                encoder.write_frame(frame)?;
-                seconds.encode += lap();
-                Ok(at)
-            });
-            match step {
-                Ok(at) => {
+                    };
+                    encoder.write_frame(frame)?;
+                    seconds.encode += lap();
                     frames = at.frames;
                     progress(at);
                 }
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
+                Ok(())
+            });
+            if let Some(e) = step.err().or(broke) {
+                failure = Some(e);
+                break;
             }
         }
         // Hanging up tells the detection thread to stop.
@@ -201,33 +214,66 @@ struct DetectionSeconds {
     detect: f64,
 }
 
-/// The detection thread: decodes, and finds the faces of every `stride`-th frame (the first
-/// included), until the input ends, `stop` is set or the labelling thread hangs up. Returns
-/// the stopped decoder (for its count of dropped frames) and its time.
-fn find_faces<B: Backend>(mut decoder: Decoder, detector: &mut Detector<'_, B>, stride: u64, stop: &AtomicBool, found: SyncSender<Result<FoundFrame>>) -> (Decoder, DetectionSeconds) {
+/// Which frames the detection thread analyses, and how many it takes at once.
+#[derive(Clone, Copy)]
+struct Batching {
+    /// Every `stride`-th frame, the first included.
+    stride: u64,
+    /// Frames decoded before their faces are found together (see [`Backend::frames_at_once`]).
+    at_once: usize,
+}
+
+/// The detection thread: decodes, and finds the faces of the frames `batching` picks, until the
+/// input ends, `stop` is set or the labelling thread hangs up. Returns the stopped decoder (for
+/// its count of dropped frames) and its time.
+fn find_faces<B: Backend>(mut decoder: Decoder, detector: &mut Detector<'_, B>, batching: Batching, stop: &AtomicBool, found: SyncSender<Result<FoundFrame>>) -> (Decoder, DetectionSeconds) {
     let mut seconds = DetectionSeconds::default();
     let mut index = 0u64;
-    while !stop.load(Ordering::Relaxed) {
+    let mut ended = false;
+    while !ended && !stop.load(Ordering::Relaxed) {
         let mut clock = Instant::now();
-        let Some(frame) = decoder.next() else { break };
-        seconds.decode += std::mem::replace(&mut clock, Instant::now()).elapsed().as_secs_f64();
-        let analyse = index.is_multiple_of(stride);
-        index += 1;
-        let item = frame.and_then(|frame| {
-            let mut warnings = Vec::new();
-            let faces = if analyse {
-                let grey = grey_of(&frame.rgb);
-                let faces = pollster::block_on(detector.find(&frame.rgb, &grey, &mut warnings))?;
-                Some((grey, faces))
-            } else {
-                None
-            };
-            Ok(FoundFrame { frame, faces, warnings, dropped: decoder.dropped() })
-        });
-        seconds.detect += clock.elapsed().as_secs_f64();
-        let failed = item.is_err();
-        if found.send(item).is_err() || failed {
-            break;
+        let mut lap = || std::mem::replace(&mut clock, Instant::now()).elapsed().as_secs_f64();
+        let mut frames = Vec::with_capacity(batching.at_once);
+        let mut failure = None;
+        while frames.len() < batching.at_once {
+            match decoder.next() {
+                Some(Ok(frame)) => {
+                    frames.push((frame, index.is_multiple_of(batching.stride)));
+                    index += 1;
+                }
+                Some(Err(e)) => failure = Some(e),
+                None => ended = true,
+            }
+            if failure.is_some() || ended {
+                break;
+            }
+        }
+        seconds.decode += lap();
+        let greys: Vec<Option<GrayImage>> = frames.iter().map(|(frame, analyse)| analyse.then(|| grey_of(&frame.rgb))).collect();
+        let analysed: Vec<(&RgbImage, &GrayImage)> = frames.iter().zip(&greys).filter_map(|((frame, _), grey)| Some((&frame.rgb, grey.as_ref()?))).collect();
+        let mut warnings = Vec::new();
+        let faces = pollster::block_on(detector.find_together(&analysed, &mut warnings));
+        seconds.detect += lap();
+        let items: Vec<Result<FoundFrame>> = match faces {
+            Ok(faces) => {
+                let mut faces = faces.into_iter();
+                frames
+                    .into_iter()
+                    .zip(greys)
+                    .map(|((frame, _), grey)| {
+                        let faces = grey.map(|grey| (grey, faces.next().expect("a list for each analysed frame")));
+                        Ok(FoundFrame { frame, faces, warnings: std::mem::take(&mut warnings), dropped: decoder.dropped() })
+                    })
+                    .collect()
+            }
+            Err(e) => vec![Err(e)],
+        };
+        for item in items.into_iter().chain(failure.map(Err)) {
+            let failed = item.is_err();
+            if found.send(item).is_err() || failed {
+                ended = true;
+                break;
+            }
         }
     }
     decoder.stop();

@@ -13,7 +13,7 @@ use mien::detect::DetectParams;
 use mien::gpu::PassTiming;
 use mien::gpu::{Gpu, GpuOptions};
 use mien::nn::{Backend, Cpu, GpuBackend, Model};
-use mien::pipeline::{DetectorChoice, Face, ImageReport, Labeller};
+use mien::pipeline::{DetectSize, DetectorChoice, Face, ImageReport, Labeller};
 use std::cell::RefCell;
 use std::path::Path;
 use std::rc::Rc;
@@ -60,7 +60,7 @@ impl<B: Backend> Labellers<B> {
             Labeller::from_parts(backend, gpu, detector, Some(yunet.clone()), Some(model), Default::default(), true)
         };
         Ok(Labellers {
-            yunet: Some(labeller(DetectorChoice::YuNet { params: YuNetParams::DETECT, min_size: 0, max_side: 0 })?),
+            yunet: Some(labeller(DetectorChoice::YuNet { params: YuNetParams::DETECT, min_size: 0, size: DetectSize::Full })?),
             haar: Some(labeller(DetectorChoice::Haar { cascade: cascade.clone(), params: DetectParams::default() })?),
         })
     }
