@@ -340,29 +340,41 @@ fn square_crops(grey: &GrayImage, faces: &[Face]) -> Vec<u8> {
 }
 
 /// `rgb` shrunk to `width` x `height` (both no larger), each pixel the mean of the block of
-/// source pixels it covers, rows in parallel.
+/// source pixels it covers, rows in parallel. Each output row first sums its block's source rows
+/// column by column (one pass over contiguous bytes), then each pixel sums its columns.
 fn shrink(rgb: &RgbImage, width: u32, height: u32) -> RgbImage {
     use rayon::prelude::*;
     let (sw, sh) = (rgb.width() as usize, rgb.height() as usize);
     let (w, h) = (width as usize, height as usize);
-    let span = |i: usize, n: usize, of: usize| (i * of / n, ((i + 1) * of / n).max(i * of / n + 1).min(of));
+    let columns: Vec<(usize, usize)> = (0..w).map(|x| block_span(x, w, sw)).collect();
     let src = rgb.as_raw();
     let mut out = vec![0u8; w * h * 3];
-    out.par_chunks_mut(w * 3).enumerate().for_each(|(y, row)| {
-        let (y0, y1) = span(y, h, sh);
-        for (x, pixel) in row.chunks_mut(3).enumerate() {
-            let (x0, x1) = span(x, w, sw);
-            let mut sum = [0u32; 3];
-            for sy in y0..y1 {
-                for p in src[(sy * sw + x0) * 3..(sy * sw + x1) * 3].chunks(3) {
-                    sum.iter_mut().zip(p).for_each(|(s, v)| *s += *v as u32);
-                }
+    out.par_chunks_mut(w * 3).enumerate().for_each_init(
+        || vec![0u32; sw * 3],
+        |sums, (y, row)| {
+            let (y0, y1) = block_span(y, h, sh);
+            sums.fill(0);
+            for source_row in src[y0 * sw * 3..y1 * sw * 3].chunks_exact(sw * 3) {
+                sums.iter_mut().zip(source_row).for_each(|(s, &v)| *s += v as u32);
             }
-            let n = ((y1 - y0) * (x1 - x0)) as u32;
-            pixel.iter_mut().zip(sum).for_each(|(p, s)| *p = ((s + n / 2) / n) as u8);
-        }
-    });
+            for (pixel, &(x0, x1)) in row.chunks_exact_mut(3).zip(&columns) {
+                let n = ((y1 - y0) * (x1 - x0)) as u32;
+                let mut sum = [0u32; 3];
+                for p in sums[x0 * 3..x1 * 3].chunks_exact(3) {
+                    sum.iter_mut().zip(p).for_each(|(s, v)| *s += v);
+                }
+                pixel.iter_mut().zip(sum).for_each(|(p, s)| *p = ((s + n / 2) / n) as u8);
+            }
+        },
+    );
     RgbImage::from_raw(width, height, out).expect("width x height x 3 bytes")
+}
+
+/// The source pixels `[first, end)` that output pixel `i` of `n` covers along a side of `of`
+/// pixels (at least one).
+fn block_span(i: usize, n: usize, of: usize) -> (usize, usize) {
+    let first = i * of / n;
+    (first, ((i + 1) * of / n).max(first + 1).min(of))
 }
 
 /// A YuNet box as whole pixels: its corners rounded.
@@ -449,6 +461,26 @@ impl ImageReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shrinking_averages_each_block_of_source_pixels() {
+        // The mean of each pixel's block, rounded half up, written plainly.
+        let naive = |rgb: &RgbImage, w: u32, h: u32| {
+            let (sw, sh) = (rgb.width() as usize, rgb.height() as usize);
+            RgbImage::from_fn(w, h, |x, y| {
+                let ((x0, x1), (y0, y1)) = (block_span(x as usize, w as usize, sw), block_span(y as usize, h as usize, sh));
+                let n = ((x1 - x0) * (y1 - y0)) as u32;
+                image::Rgb(std::array::from_fn(|c| {
+                    let sum: u32 = (y0..y1).flat_map(|sy| (x0..x1).map(move |sx| (sx, sy))).map(|(sx, sy)| rgb.get_pixel(sx as u32, sy as u32)[c] as u32).sum();
+                    ((sum + n / 2) / n) as u8
+                }))
+            })
+        };
+        let rgb = RgbImage::from_fn(641, 479, |x, y| image::Rgb([(x * 7 + y) as u8, (x ^ y) as u8, (x * y / 3) as u8]));
+        for (w, h) in [(320, 240), (213, 160), (640, 479), (1, 1), (641, 1)] {
+            assert_eq!(shrink(&rgb, w, h), naive(&rgb, w, h), "{w}x{h}");
+        }
+    }
 
     #[test]
     fn video_frames_are_shrunk_to_half_within_the_video_sides() {
