@@ -92,13 +92,6 @@ pub trait Backend: Send {
     /// Starts the queued work without waiting for it (a no-op on the CPU, where ops run as
     /// they are called).
     fn flush(&self) -> Result<()>;
-    /// How many video frames a network is best given at once: one on the CPU, where ops run as
-    /// they are called and a frame's work already fills the cores; several on a GPU, where
-    /// they share one submission and one wait, and their larger dispatches fill more of the
-    /// device.
-    fn frames_at_once(&self) -> usize {
-        1
-    }
     /// Whether this backend times its passes (a GPU backend made by `GpuBackend::profiling`).
     fn profiling(&self) -> bool {
         false
@@ -322,11 +315,6 @@ impl Backend for Cpu {
     }
 }
 
-/// Video frames a GPU backend takes at once (see [`Backend::frames_at_once`]): enough to share
-/// a submission's cost, few enough that a live camera's labels lag by about a tenth of a
-/// second at 30 frames a second.
-pub const GPU_FRAMES_AT_ONCE: usize = 4;
-
 /// The GPU backend: ops are recorded into one command buffer, submitted when something is
 /// read back or `flush` is called, so a training step costs one submit.
 pub struct GpuBackend<'g> {
@@ -428,9 +416,6 @@ impl Backend for GpuBackend<'_> {
     }
     fn profiling(&self) -> bool {
         self.profile.is_some()
-    }
-    fn frames_at_once(&self) -> usize {
-        GPU_FRAMES_AT_ONCE
     }
     async fn take_timings_async(&self) -> Result<Vec<PassTiming>> {
         let Some(profile) = &self.profile else { return Ok(Vec::new()) };
