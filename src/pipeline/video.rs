@@ -102,7 +102,7 @@ pub fn label_video<B: Backend>(
     // One batch of frames on its way while the detection thread works on the next.
     let (found_frames, found) = std::sync::mpsc::sync_channel::<Result<FoundFrame>>(FRAMES_AT_ONCE);
     let (decoder, detection) = std::thread::scope(|scope| {
-        let finder = scope.spawn(move || find_faces(decoder, detector, Batching { stride: options.stride, at_once: FRAMES_AT_ONCE }, stop, found_frames));
+        let finder = scope.spawn(move || find_faces(decoder, detector, options.stride, stop, found_frames));
         loop {
             let mut clock = Instant::now();
             let mut lap = || std::mem::replace(&mut clock, Instant::now()).elapsed().as_secs_f64();
@@ -216,31 +216,23 @@ struct DetectionSeconds {
     detect: f64,
 }
 
-/// Which frames the detection thread analyses, and how many it takes at once.
-#[derive(Clone, Copy)]
-struct Batching {
-    /// Every `stride`-th frame, the first included.
-    stride: u64,
-    /// Frames decoded before their faces are found together (see [`FRAMES_AT_ONCE`]).
-    at_once: usize,
-}
-
-/// The detection thread: decodes, and finds the faces of the frames `batching` picks, until the
+/// The detection thread: decodes [`FRAMES_AT_ONCE`] frames at a time and finds the faces of
+/// those of them to analyse (every `stride`-th frame, the first included) together, until the
 /// input ends, `stop` is set or the labelling thread hangs up. Returns the stopped decoder (for
 /// its count of dropped frames) and its time.
-fn find_faces<B: Backend>(mut decoder: Decoder, detector: &mut Detector<'_, B>, batching: Batching, stop: &AtomicBool, found: SyncSender<Result<FoundFrame>>) -> (Decoder, DetectionSeconds) {
+fn find_faces<B: Backend>(mut decoder: Decoder, detector: &mut Detector<'_, B>, stride: u64, stop: &AtomicBool, found: SyncSender<Result<FoundFrame>>) -> (Decoder, DetectionSeconds) {
     let mut seconds = DetectionSeconds::default();
     let mut index = 0u64;
     let mut ended = false;
     while !ended && !stop.load(Ordering::Relaxed) {
         let mut clock = Instant::now();
         let mut lap = || std::mem::replace(&mut clock, Instant::now()).elapsed().as_secs_f64();
-        let mut frames = Vec::with_capacity(batching.at_once);
+        let mut frames = Vec::with_capacity(FRAMES_AT_ONCE);
         let mut failure = None;
-        while frames.len() < batching.at_once {
+        while frames.len() < FRAMES_AT_ONCE {
             match decoder.next() {
                 Some(Ok(frame)) => {
-                    frames.push((frame, index.is_multiple_of(batching.stride)));
+                    frames.push((frame, index.is_multiple_of(stride)));
                     index += 1;
                 }
                 Some(Err(e)) => failure = Some(e),
