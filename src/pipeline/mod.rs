@@ -221,38 +221,40 @@ impl<B: Backend> Detector<'_, B> {
         Ok(found.pop().expect("one list for one image"))
     }
 
-    /// [`Detector::find`] for each of `images`, all of one size (a video's frames): YuNet
-    /// runs them through its network together (see [`YuNet::detect_batch_async`]).
+    /// [`Detector::find`] for each of `images` (a video's frames): YuNet runs those of one
+    /// size through its network together (see [`YuNet::detect_batch_async`]).
     async fn find_together(&mut self, images: &[(&RgbImage, &GrayImage)], warnings: &mut Vec<String>) -> Result<Vec<Vec<Face>>> {
         let face = |rect: Rect, detection: Option<Detection>| Face { rect, detection, label: None };
         let haar = |rects: Vec<Rect>| rects.into_iter().map(|r| face(r, None)).collect();
         let mut found = Vec::with_capacity(images.len());
         match self {
             Detector::YuNet { net, params, min_size, size } => {
-                let Some(&(first, _)) = images.first() else { return Ok(found) };
-                let (width, height) = first.dimensions();
-                let shrunk: Vec<RgbImage>;
-                let (seen, scale): (Vec<&RgbImage>, f32) = match size.shrunk_side(width.max(height)) {
-                    Some(side) => {
-                        let scale = width.max(height) as f32 / side as f32;
-                        let (w, h) = ((width as f32 / scale).round().max(1.0) as u32, (height as f32 / scale).round().max(1.0) as u32);
-                        shrunk = images.iter().map(|(rgb, _)| shrink(rgb, w, h)).collect();
-                        (shrunk.iter().collect(), width as f32 / w as f32)
+                // A live stream may change size mid-way: each run of one size goes together.
+                for run in images.chunk_by(|a, b| a.0.dimensions() == b.0.dimensions()) {
+                    let (width, height) = run[0].0.dimensions();
+                    let shrunk: Vec<RgbImage>;
+                    let (seen, scale): (Vec<&RgbImage>, f32) = match size.shrunk_side(width.max(height)) {
+                        Some(side) => {
+                            let scale = width.max(height) as f32 / side as f32;
+                            let (w, h) = ((width as f32 / scale).round().max(1.0) as u32, (height as f32 / scale).round().max(1.0) as u32);
+                            shrunk = run.iter().map(|(rgb, _)| shrink(rgb, w, h)).collect();
+                            (shrunk.iter().collect(), width as f32 / w as f32)
+                        }
+                        None => (run.iter().map(|&(rgb, _)| rgb).collect(), 1.0),
+                    };
+                    let faces = net.detect_batch_async(&seen, params).await;
+                    warnings.extend(net.take_warnings());
+                    let min = *min_size as f32;
+                    for faces in faces? {
+                        found.push(
+                            faces
+                                .into_iter()
+                                .map(|f| f.scaled(scale))
+                                .filter(|f| f.w >= min && f.h >= min)
+                                .map(|f| face(box_rect(&f), Some(Detection { score: f.score, landmarks: f.landmarks })))
+                                .collect(),
+                        );
                     }
-                    None => (images.iter().map(|&(rgb, _)| rgb).collect(), 1.0),
-                };
-                let faces = net.detect_batch_async(&seen, params).await;
-                warnings.extend(net.take_warnings());
-                let min = *min_size as f32;
-                for faces in faces? {
-                    found.push(
-                        faces
-                            .into_iter()
-                            .map(|f| f.scaled(scale))
-                            .filter(|f| f.w >= min && f.h >= min)
-                            .map(|f| face(box_rect(&f), Some(Detection { score: f.score, landmarks: f.landmarks })))
-                            .collect(),
-                    );
                 }
             }
             Detector::Cpu(cascade, params) => {
@@ -480,6 +482,27 @@ mod tests {
         for (w, h) in [(320, 240), (213, 160), (640, 479), (1, 1), (641, 1)] {
             assert_eq!(shrink(&rgb, w, h), naive(&rgb, w, h), "{w}x{h}");
         }
+    }
+
+    /// Frames of two sizes (a live stream that changes size) each get the faces they get alone.
+    #[test]
+    fn frames_of_two_sizes_found_together_each_find_their_own_faces() {
+        let photo = crate::imageio::read_rgb(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/data/photos/grace_hopper.jpg"))).unwrap();
+        let small = image::imageops::resize(&photo, photo.width() * 2 / 3, photo.height() * 2 / 3, image::imageops::FilterType::Triangle);
+        let frames = [&photo, &small, &small, &photo];
+        let greys = frames.map(crate::imageio::grey_of);
+        let pairs: Vec<(&RgbImage, &GrayImage)> = frames.into_iter().zip(&greys).collect();
+        let choice = DetectorChoice::YuNet { params: YuNetParams::DETECT, min_size: 0, size: DetectSize::AtMost(400) };
+        let mut labeller = Labeller::new(crate::nn::Cpu, None, choice, None, Tta::None, true).unwrap();
+        let mut warnings = Vec::new();
+        let together = pollster::block_on(labeller.detector.find_together(&pairs, &mut warnings)).unwrap();
+        let alone: Vec<Vec<Face>> = pairs.iter().map(|&(rgb, grey)| pollster::block_on(labeller.detector.find(rgb, grey, &mut warnings)).unwrap()).collect();
+        assert_eq!(together.len(), 4);
+        for (got, want) in together.iter().zip(&alone) {
+            assert_eq!(got.len(), 1);
+            assert_eq!(got.iter().map(|f| f.rect).collect::<Vec<_>>(), want.iter().map(|f| f.rect).collect::<Vec<_>>());
+        }
+        assert!(warnings.is_empty(), "{warnings:?}");
     }
 
     #[test]
