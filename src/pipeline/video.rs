@@ -106,8 +106,8 @@ pub fn label_video<B: Backend>(
         loop {
             let mut clock = Instant::now();
             let mut lap = || std::mem::replace(&mut clock, Instant::now()).elapsed().as_secs_f64();
-            // The frames found together are labelled together: on a GPU, every face of them
-            // in one batch through the model.
+            // The frames found together are labelled together: every face of them in one
+            // batch through the model.
             let Ok(first) = found.recv() else { break };
             let mut batch = vec![first];
             while batch.len() < FRAMES_AT_ONCE && batch.last().is_some_and(Result::is_ok) {
