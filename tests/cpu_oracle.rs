@@ -10,7 +10,7 @@ use mien::kernels::conv2d_grouped::{self, GroupedConvShape, Pads};
 use mien::kernels::dense::{self, DenseShape};
 use mien::kernels::sgd::{self, SgdConfig};
 use mien::kernels::upsample::{self, UpsampleShape};
-use mien::kernels::{add, sigmoid};
+use mien::kernels::{add, sigmoid, winograd};
 
 #[test]
 fn conv_forward_matches_direct_loops() {
@@ -22,6 +22,12 @@ fn conv_forward_matches_direct_loops() {
         Conv2dShape::new(2, 3, (8, 9), 5, (1, 1), Padding::Valid).unwrap(),
         Conv2dShape::new(1, 4, (6, 17), 3, (3, 5), Padding::Valid).unwrap(),
         Conv2dShape::new(5, 2, (2, 3), 2, (5, 5), Padding::Same).unwrap(), // kernel larger than the image
+        // Winograd's F(2x2, 3x3) (16 input channels or more, whole images per thread, planes
+        // large enough): odd output sides that cut the last tiles, an image in two blocks of
+        // tile rows, and a 10x10 plane.
+        Conv2dShape::new(3, 16, (23, 21), 5, (3, 3), Padding::Valid).unwrap(),
+        Conv2dShape::new(2, 96, (21, 19), 100, (3, 3), Padding::Same).unwrap(),
+        Conv2dShape::new(8, 64, (10, 10), 33, (3, 3), Padding::Same).unwrap(),
     ];
     // One thread, and more threads than images: then each image's output pixels are shared
     // out among the threads (unevenly at 7), with partial output rows at the seams.
@@ -33,8 +39,26 @@ fn conv_forward_matches_direct_loops() {
             let b = randn_like(s.cout, 200 + i as u64);
             let mut y = vec![0.0; s.output_len()];
             pool.install(|| conv2d::forward_cpu(s, &x, &w, Some(&b), Activation::Identity, &mut y)).unwrap();
-            assert_close(&format!("conv {s:?} on {threads} threads"), &y, &naive_conv(&s, &x, &w, &b), 1e-5);
+            let want = naive_conv(&s, &x, &w, &b);
+            assert_close(&format!("conv {s:?} on {threads} threads"), &y, &want, 1e-5);
+            pool.install(|| conv2d::forward_cpu(s, &x, &w, Some(&b), Activation::Relu, &mut y)).unwrap();
+            let want: Vec<f32> = want.iter().map(|v| v.max(0.0)).collect();
+            assert_close(&format!("conv + ReLU {s:?} on {threads} threads"), &y, &want, 1e-5);
         }
+    }
+}
+
+#[test]
+fn winograd_takes_the_model_layers_it_is_faster_on() {
+    let conv = |cin, side, cout, padding| Conv2dShape::new(64, cin, (side, side), cout, (3, 3), padding).unwrap();
+    // The VGG network's convolutions after the first, and the original's conv2 and conv3.
+    for s in [conv(64, 40, 64, Padding::Same), conv(128, 20, 128, Padding::Same), conv(256, 10, 256, Padding::Same), conv(32, 46, 64, Padding::Valid), conv(64, 22, 128, Padding::Valid)] {
+        assert!(winograd::applies(&s), "{s:?}");
+    }
+    // One input channel; the original's conv4 (8x8 out: 20 tiles numbered as 32); a 5x5 kernel.
+    let five = Conv2dShape::new(64, 64, (20, 20), 64, (5, 5), Padding::Same).unwrap();
+    for s in [conv(1, 40, 64, Padding::Same), conv(128, 10, 128, Padding::Valid), five] {
+        assert!(!winograd::applies(&s), "{s:?}");
     }
 }
 

@@ -8,7 +8,7 @@
 //! the forward kernel on dy with flipped, transposed weights and complementary padding.
 
 use super::reduce::{self, ACCUMULATE, WRITE_SPLITS};
-use super::{check_buf, parallel_over_batch, sgemm, with_col_scratch, MatRef};
+use super::{check_buf, parallel_over_batch, sgemm, winograd, with_col_scratch, MatRef};
 use crate::error::{check_len, shape_err, Result};
 use crate::gpu::{shaders, GpuBuffer, GpuSlice, Recorder};
 use rayon::prelude::*;
@@ -168,6 +168,10 @@ pub fn forward_cpu(s: Conv2dShape, x: &[f32], w: &[f32], b: Option<&[f32]>, act:
     s.check(x.len(), w.len(), y.len())?;
     if let Some(b) = b {
         check_len("conv2d", "bias", b.len(), s.cout)?;
+    }
+    if winograd::applies(&s) && parallel_over_batch(s.batch) {
+        winograd::forward(&s, x, w, b, act, y);
+        return Ok(());
     }
     let (in_img, out_img, plane, taps) = (s.cin * s.h * s.w, s.cout * s.plane(), s.plane(), s.taps());
     // Output rows `rows` of image `xi` into `out` ([cout, rows.len() * ow]).

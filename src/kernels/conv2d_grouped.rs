@@ -14,7 +14,7 @@
 
 use super::conv2d::Activation;
 use super::relu::relu;
-use super::{items_per_task, sgemm, with_col_scratch, MatRef};
+use super::{items_per_task, sgemm, widest_vectors, with_col_scratch, MatRef};
 use crate::error::{check_len, shape_err, Result};
 use crate::gpu::{shaders, GpuBuffer, Recorder};
 use rayon::prelude::*;
@@ -181,29 +181,11 @@ fn depthwise_cpu(s: &GroupedConvShape, x: &[f32], w: &[f32], b: &[f32], act: Act
     });
 }
 
-/// Adds the taps of window `wp` over input plane `xp` onto output plane `yp`. The crate is
-/// built for baseline x86-64 (SSE2): compiled again for AVX2 where the CPU has it, the
-/// plane's kh * kw passes over each output row run 8 lanes wide instead of 4 (same
-/// multiplications and additions, so the same results); a 3x3 over 16 x 160 x 160 took
-/// 0.29 ms instead of 0.45 on this project's 2-vCPU host.
+widest_vectors! {
+/// Adds the taps of window `wp` over input plane `xp` onto output plane `yp`: kh * kw passes
+/// over each output row, as wide as the CPU's vectors (the same multiplications and additions
+/// at any width, so the same results).
 fn depthwise_plane(s: &GroupedConvShape, spans: &[ColumnSpan], xp: &[f32], wp: &[f32], yp: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2, the only feature the function is compiled for.
-        return unsafe { depthwise_plane_avx2(s, spans, xp, wp, yp) };
-    }
-    depthwise_plane_any(s, spans, xp, wp, yp)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn depthwise_plane_avx2(s: &GroupedConvShape, spans: &[ColumnSpan], xp: &[f32], wp: &[f32], yp: &mut [f32]) {
-    depthwise_plane_any(s, spans, xp, wp, yp)
-}
-
-/// Inlined so that each caller compiles it for its own target features.
-#[inline(always)]
-fn depthwise_plane_any(s: &GroupedConvShape, spans: &[ColumnSpan], xp: &[f32], wp: &[f32], yp: &mut [f32]) {
     let (sh, sw) = s.stride;
     for (oy, yrow) in yp.chunks_exact_mut(s.ow).enumerate() {
         for ky in 0..s.kh {
@@ -214,7 +196,7 @@ fn depthwise_plane_any(s: &GroupedConvShape, spans: &[ColumnSpan], xp: &[f32], w
             }
         }
     }
-}
+}}
 
 /// Output pixels a task of the matrix-product route aims at: its im2col block (27 rows for
 /// YuNet's first layer) and its outputs stay in the core's cache between the im2col, the
