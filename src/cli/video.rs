@@ -10,6 +10,7 @@ use mien::nn::{Backend, Cpu, GpuBackend};
 use mien::pipeline::video::{label_video, VideoOptions, VideoOutputs, VideoSummary};
 use mien::pipeline::{DetectSize, DetectorChoice, VIDEO_DETECT_SIDES};
 use mien::pipeline::{Labeller, SHIPPED_WEIGHTS};
+use mien::video::Preset;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -184,7 +185,7 @@ pub fn bench(global: &Global, frames: u32, clips: &Path, json: bool) -> Result<(
         println!("{}", serde_json::to_string_pretty(&results)?);
         return Ok(());
     }
-    println!("mien detect on {frames}-frame clips at {} fps (YuNet on frames shrunk to half their longer side within {VIDEO_DETECT_SIDES:?} px, {SHIPPED_WEIGHTS} with mirror averaging, aligned crops, tracking, H.264 out); ms a frame of each thread", bench::CLIP_FPS);
+    println!("mien detect on {frames}-frame clips at {} fps (YuNet on frames shrunk to half their longer side within {VIDEO_DETECT_SIDES:?} px, {SHIPPED_WEIGHTS} with mirror averaging, aligned crops, tracking, H.264 out at x264 {}); ms a frame of each thread", bench::CLIP_FPS, Preset::default().name());
     for r in &results {
         let per_frame = |s: f64| 1e3 * s / r.frames.max(1) as f64;
         let t = &r.seconds;

@@ -11,7 +11,7 @@ use crate::error::{file_err, Error, Result};
 use crate::imageio::grey_of;
 use crate::nn::Backend;
 use crate::track::{Smoother, TrackBox, Tracker, TrackerSettings};
-use crate::video::{Decoder, Encoder, Frame, VideoInfo};
+use crate::video::{Decoder, Encoder, Frame, Preset, VideoInfo};
 use image::{GrayImage, RgbImage};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -147,7 +147,7 @@ pub fn label_video<B: Backend>(
                         Some(encoder) => encoder,
                         None => {
                             let (width, height) = frame.rgb.dimensions();
-                            encoder.insert(Encoder::create(&outputs.annotated, &VideoInfo { width, height, ..info.clone() })?)
+                            encoder.insert(Encoder::create(&outputs.annotated, &VideoInfo { width, height, ..info.clone() }, options.preset)?)
                         }
                     };
                     encoder.write_frame(frame)?;
@@ -282,11 +282,13 @@ pub struct VideoOptions {
     /// Seconds of each track's probabilities averaged into its label (0: none).
     pub smooth_s: f64,
     pub tracker: TrackerSettings,
+    /// How hard x264 works on the annotated video.
+    pub preset: Preset,
 }
 
 impl Default for VideoOptions {
     fn default() -> Self {
-        VideoOptions { stride: 1, smooth_s: 0.0, tracker: TrackerSettings::default() }
+        VideoOptions { stride: 1, smooth_s: 0.0, tracker: TrackerSettings::default(), preset: Preset::default() }
     }
 }
 

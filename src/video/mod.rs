@@ -41,7 +41,7 @@ mod probe;
 mod tests;
 
 pub use decode::Decoder;
-pub use encode::Encoder;
+pub use encode::{Encoder, Preset};
 pub use probe::probe;
 
 use crate::error::{quote_prefix, Error, Result};

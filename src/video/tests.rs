@@ -150,7 +150,7 @@ fn variable_rate_times_survive_decoding_and_encoding() {
     assert_times_match(&frames.iter().map(|frame| frame.time_s).collect::<Vec<_>>(), &expected);
 
     let output = scratch.path("out.mp4");
-    let mut encoder = Encoder::create(&output, &info).unwrap();
+    let mut encoder = Encoder::create(&output, &info, Preset::default()).unwrap();
     for frame in frames.iter().cloned() {
         encoder.write_frame(frame).unwrap();
     }
@@ -179,7 +179,7 @@ fn odd_size_is_padded_by_a_black_column_and_row() {
     assert_eq!(frames[0].rgb.dimensions(), (641, 479));
 
     let output = scratch.path("out.mp4");
-    let mut encoder = Encoder::create(&output, &info).unwrap();
+    let mut encoder = Encoder::create(&output, &info, Preset::default()).unwrap();
     for frame in frames.iter().cloned() {
         encoder.write_frame(frame).unwrap();
     }
@@ -203,7 +203,7 @@ fn audio_is_copied_or_reencoded_into_the_output() {
         assert!(info.audio.is_some(), "{name}: no audio found");
 
         let output = scratch.path(&format!("{name}.out.mp4"));
-        let mut encoder = Encoder::create(&output, &info).unwrap();
+        let mut encoder = Encoder::create(&output, &info, Preset::default()).unwrap();
         for frame in Decoder::open(&info).unwrap() {
             encoder.write_frame(frame.unwrap()).unwrap();
         }
@@ -355,7 +355,7 @@ fn times_count_from_the_file_start_and_the_audio_stays_in_step() {
     assert_times_match(&frames.iter().map(|frame| frame.time_s).collect::<Vec<_>>(), &expected);
 
     let output = scratch.path("out.mp4");
-    let mut encoder = Encoder::create(&output, &info).unwrap();
+    let mut encoder = Encoder::create(&output, &info, Preset::default()).unwrap();
     for frame in frames {
         encoder.write_frame(frame).unwrap();
     }
