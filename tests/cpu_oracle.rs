@@ -65,16 +65,28 @@ fn winograd_takes_the_model_layers_it_is_faster_on() {
 #[test]
 fn conv_backward_data_is_the_adjoint_of_forward() {
     // <conv(x), dy> = <x, conv_backward_data(dy)> for any x, dy: checked with f64 dot products.
-    let s = Conv2dShape::new(2, 3, (9, 8), 4, (3, 3), Padding::Same).unwrap();
-    let x = randn_like(s.input_len(), 1);
-    let w = randn_like(s.weight_len(), 2);
-    let dy = randn_like(s.output_len(), 3);
-    let y = naive_conv(&s, &x, &w, &vec![0.0; s.cout]);
-    let mut dx = vec![0.0; s.input_len()];
-    conv2d::backward_data_cpu(s, &dy, &w, &mut dx).unwrap();
-    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>();
-    let (lhs, rhs) = (dot(&y, &dy), dot(&x, &dx));
-    assert!((lhs - rhs).abs() < 1e-4 * lhs.abs().max(1.0), "{lhs} vs {rhs}");
+    // The last two take Winograd's route (a 'same' and a full convolution of dy) on one or
+    // two threads, im2col's on seven.
+    let shapes = [
+        Conv2dShape::new(2, 3, (9, 8), 4, (3, 3), Padding::Same).unwrap(),
+        Conv2dShape::new(2, 16, (12, 11), 20, (3, 3), Padding::Same).unwrap(),
+        Conv2dShape::new(2, 20, (21, 20), 16, (3, 3), Padding::Valid).unwrap(),
+    ];
+    assert!(!winograd::applies(&shapes[0].data_grad()) && shapes[1..].iter().all(|s| winograd::applies(&s.data_grad())));
+    for threads in [1, 2, 7] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        for s in shapes {
+            let x = randn_like(s.input_len(), 1);
+            let w = randn_like(s.weight_len(), 2);
+            let dy = randn_like(s.output_len(), 3);
+            let y = naive_conv(&s, &x, &w, &vec![0.0; s.cout]);
+            let mut dx = vec![0.0; s.input_len()];
+            pool.install(|| conv2d::backward_data_cpu(s, &dy, &w, &mut dx)).unwrap();
+            let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>();
+            let (lhs, rhs) = (dot(&y, &dy), dot(&x, &dx));
+            assert!((lhs - rhs).abs() < 1e-4 * lhs.abs().max(1.0), "{s:?} on {threads} threads: {lhs} vs {rhs}");
+        }
+    }
 }
 
 #[test]

@@ -229,6 +229,14 @@ pub fn forward_cpu(s: Conv2dShape, x: &[f32], w: &[f32], b: Option<&[f32]>, act:
 /// as the forward one.
 pub fn backward_data_cpu(s: Conv2dShape, dy: &[f32], w: &[f32], dx: &mut [f32]) -> Result<()> {
     s.check(dx.len(), w.len(), dy.len())?;
+    // Where Winograd's forward applies to it, the data gradient is that convolution of dy,
+    // as on the GPU: the weights flipped and transposed, the padding what's left of a full
+    // border.
+    let gradient = s.data_grad();
+    if winograd::applies(&gradient) && parallel_over_batch(s.batch) {
+        winograd::forward(&gradient, dy, &flipped_transposed(&s, w), None, Activation::Identity, dx);
+        return Ok(());
+    }
     let (in_img, out_img, plane, taps) = (s.cin * s.h * s.w, s.cout * s.plane(), s.plane(), s.taps());
     let items: Vec<_> = dx.chunks_mut(in_img.max(1)).zip(dy.chunks(out_img.max(1))).collect();
     per_image(&s, items, |(dxi, dyi), col, threads| {
@@ -236,6 +244,18 @@ pub fn backward_data_cpu(s: Conv2dShape, dy: &[f32], w: &[f32], dx: &mut [f32]) 
         col2im(&s, col, dxi);
     });
     Ok(())
+}
+
+/// The weights [cout, cin, kh, kw] as [cin, cout, kh, kw], each kernel turned half a turn.
+fn flipped_transposed(s: &Conv2dShape, w: &[f32]) -> Vec<f32> {
+    let window = s.kh * s.kw;
+    let mut out = vec![0.0; w.len()];
+    for (pair, kernel) in w.chunks_exact(window).enumerate() {
+        let (co, ci) = (pair / s.cin, pair % s.cin);
+        let dest = &mut out[(ci * s.cout + co) * window..][..window];
+        dest.iter_mut().zip(kernel.iter().rev()).for_each(|(d, &v)| *d = v);
+    }
+    out
 }
 
 /// The adjoint of [`im2col`]: adds each column entry back onto the input pixel it was read from.
