@@ -759,7 +759,7 @@ impl<B: Backend> YuNet<B> {
         let model = self.model.clone();
         // The faces of image `image` of the `count` whose heads each hold one after another.
         let faces_of = |heads: &[Vec<f32>], count: usize, image: usize| {
-            let own: Vec<&[f32]> = heads.iter().map(|h| h.chunks_exact(h.len() / count).nth(image).unwrap_or_default()).collect();
+            let own: Vec<&[f32]> = heads.iter().map(|h| &h[image * (h.len() / count)..][..h.len() / count]).collect();
             suppress(&decode(&model.levels, &own, padded, params.score_threshold), params)
         };
         if images.len() > 1 && self.apart != Some((padded, images.len())) {
