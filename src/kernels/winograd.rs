@@ -6,14 +6,15 @@
 //! matrices, the convolution becomes 16 products, one for each point of the 4x4 transform
 //! domain: `M[p] = U[p] V[p]`, where U holds the weights transformed (`G g G^T`, [cout, cin]
 //! per point) and V the input tiles transformed (`B^T d B`, [cin, tiles] per point). The
-//! products hold 4/9 of im2col's multiply-adds, and the transforms around them cost additions
-//! only. The transforms' constants are 1 and 1/2, so the results differ from im2col's by
-//! rounding alone (tested against naive loops in tests/cpu_oracle.rs).
+//! products hold 4/9 of im2col's multiply-adds, and the transforms of input and output around
+//! them cost additions only. The transforms' constants are 1 and 1/2, so the results differ
+//! from im2col's by rounding alone (tested against naive loops in tests/cpu_oracle.rs).
 //!
 //! It pays off when the products are neither thin nor mostly spare tiles: from
 //! [`MIN_CHANNELS`] input channels, on planes large enough (see [`applies`]), whole images per
-//! thread. conv2d's im2col path keeps everything else (other kernel sizes, a first layer of
-//! one channel, batch 1, small planes, and the backward passes). The GPU convolves directly.
+//! thread. A layer's data gradient is such a convolution too (`conv2d::backward_data_cpu`).
+//! conv2d's im2col path keeps everything else: other kernel sizes, a first layer of one
+//! channel, batch 1, small planes, and the filter gradient. The GPU convolves directly.
 
 use super::conv2d::{Activation, Conv2dShape};
 use super::{relu::relu, sgemm, widest_vectors, with_col_scratch, MatRef};
