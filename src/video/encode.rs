@@ -18,8 +18,8 @@ const MP4_AUDIO_CODECS: [&str; 4] = ["aac", "mp3", "opus", "alac"];
 
 /// x264's speed presets, fastest first. Each is about as good to look at (x264's default
 /// constant quality, CRF 23) and trades encoding time for file size: on the 720p benchmark
-/// montage, ultrafast writes 3.5 times veryfast's bytes and superfast 1.6 times, in 0.4 and 0.7 times
-/// its encoding time.
+/// montage, ultrafast writes 3.5 times veryfast's bytes and superfast 1.6 times, in 0.4 and
+/// 0.7 times its encoding time.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Preset {
