@@ -55,7 +55,7 @@ fn winograd_takes_the_model_layers_it_is_faster_on() {
     for s in [conv(64, 40, 64, Padding::Same), conv(128, 20, 128, Padding::Same), conv(256, 10, 256, Padding::Same), conv(32, 46, 64, Padding::Valid), conv(64, 22, 128, Padding::Valid)] {
         assert!(winograd::applies(&s), "{s:?}");
     }
-    // One input channel; the original's conv4 (8x8 out: 20 tiles numbered as 32); a 5x5 kernel.
+    // One input channel; the original's conv4 (8x8 out: 16 tiles numbered as 32); a 5x5 kernel.
     let five = Conv2dShape::new(64, 64, (20, 20), 64, (5, 5), Padding::Same).unwrap();
     for s in [conv(1, 40, 64, Padding::Same), conv(128, 10, 128, Padding::Valid), five] {
         assert!(!winograd::applies(&s), "{s:?}");

@@ -86,8 +86,9 @@ impl Conv2dShape {
         2.0 * (self.batch * self.plane() * self.cout * self.taps()) as f64
     }
 
-    /// The convolution that maps dy back to dx on the GPU: channels swap, the weights are
-    /// flipped (conv2d_pack.wgsl), and the padding is what's left of a full (kh-1) border.
+    /// The convolution that maps dy back to dx (on the GPU, and on the CPU's Winograd route):
+    /// channels swap, the weights are flipped (conv2d_pack.wgsl on the GPU), and the padding is
+    /// what's left of a full (kh-1) border.
     pub fn data_grad(&self) -> Conv2dShape {
         Conv2dShape {
             batch: self.batch,
@@ -225,9 +226,9 @@ pub fn forward_cpu(s: Conv2dShape, x: &[f32], w: &[f32], b: Option<&[f32]>, act:
     Ok(())
 }
 
-/// dx = W^T dy as columns, folded back onto the image (col2im). The GPU instead runs the
-/// forward kernel on flipped weights; on the CPU this form keeps the matrix product as large
-/// as the forward one.
+/// dx = W^T dy as columns, folded back onto the image (col2im): this form keeps the matrix
+/// product as large as the forward one. Where Winograd's route takes it, the CPU instead
+/// convolves dy with the flipped, transposed weights, as the GPU always does.
 pub fn backward_data_cpu(s: Conv2dShape, dy: &[f32], w: &[f32], dx: &mut [f32]) -> Result<()> {
     s.check(dx.len(), w.len(), dy.len())?;
     // Where Winograd's forward applies to it, the data gradient is that convolution of dy,

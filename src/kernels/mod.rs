@@ -127,9 +127,9 @@ pub(crate) fn parallel_over_batch(batch: usize) -> bool {
     batch >= rayon::current_num_threads()
 }
 
-/// Defines a function whose body is compiled three times, for AVX-512, for AVX2 with FMA and
-/// for the target's baseline (SSE2 on x86-64, which the crate is built for so that it runs
-/// anywhere), and runs the widest the CPU has. For loops the compiler vectorizes: written
+/// Defines a function whose body is compiled, on x86-64, three times: for AVX-512, for AVX2
+/// with FMA and for the baseline (SSE2, which the crate is built for so that it runs
+/// anywhere), and runs the widest the CPU has; on other targets, once for their baseline. For loops the compiler vectorizes: written
 /// plainly, they get 16 lanes on AVX-512 instead of SSE2's 4. The gemm crate chooses its own
 /// kernels the same way.
 macro_rules! widest_vectors {
@@ -148,11 +148,12 @@ macro_rules! widest_vectors {
                 fn avx2($($arg: $ty),*) {
                     body($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f") {
+                let has_avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+                if has_avx2 && std::arch::is_x86_feature_detected!("avx512f") {
                     // SAFETY: the CPU has the features the function is compiled for.
                     return unsafe { avx512($($arg),*) };
                 }
-                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                if has_avx2 {
                     // SAFETY: as above.
                     return unsafe { avx2($($arg),*) };
                 }

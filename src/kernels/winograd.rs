@@ -7,8 +7,9 @@
 //! domain: `M[p] = U[p] V[p]`, where U holds the weights transformed (`G g G^T`, [cout, cin]
 //! per point) and V the input tiles transformed (`B^T d B`, [cin, tiles] per point). The
 //! products hold 4/9 of im2col's multiply-adds, and the transforms of input and output around
-//! them cost additions only. The transforms' constants are 1 and 1/2, so the results differ
-//! from im2col's by rounding alone (tested against naive loops in tests/cpu_oracle.rs).
+//! them cost additions only. The transforms' constants are 1 and 1/2, so on finite inputs the
+//! results differ from im2col's by rounding alone (tested against naive loops in
+//! tests/cpu_oracle.rs).
 //!
 //! It pays off when the products are neither thin nor mostly spare tiles: from
 //! [`MIN_CHANNELS`] input channels, on planes large enough (see [`applies`]), whole images per
@@ -38,8 +39,9 @@ const LANES: usize = 16;
 
 /// Whether [`forward`] computes this convolution: a 3x3 kernel, [`MIN_CHANNELS`] or more, and
 /// products (spare tiles included) of at most 2/3 of im2col's multiply-adds. Above that the
-/// transforms cost more than the products save: an 8x8 output, 20 tiles numbered as 32, is
-/// slower than im2col, a 10x10 one (25 tiles as 32) faster (BENCHMARKS.md).
+/// transforms cost more than the products save: an 8x8 output (16 tiles, numbered as 20 and
+/// rounded up to 32) is slower than im2col, a 10x10 one (25 tiles, numbered as 30, rounded up
+/// to 32) faster (BENCHMARKS.md).
 pub fn applies(s: &Conv2dShape) -> bool {
     s.kh == 3 && s.kw == 3 && s.cin >= MIN_CHANNELS && 3 * POINTS * Plan::of(s).columns() <= 2 * 9 * s.oh * s.ow
 }
@@ -250,8 +252,8 @@ fn transform_output(s: &Conv2dShape, block: &Block, m: &[f32], b: Option<&[f32]>
                 let (left, right) = (&corners[2 * dy * n + r * half..], &corners[(2 * dy + 1) * n + r * half..]);
                 let row = &mut plane[oy * s.ow..][..s.ow];
                 let mut pairs = row.chunks_exact_mut(2);
-                for ((pair, &l), &r) in pairs.by_ref().zip(left).zip(right) {
-                    (pair[0], pair[1]) = (l, r);
+                for ((pair, &l), &rt) in pairs.by_ref().zip(left).zip(right) {
+                    (pair[0], pair[1]) = (l, rt);
                 }
                 // An odd width cuts the last tile's right column.
                 if let [last] = pairs.into_remainder() {
