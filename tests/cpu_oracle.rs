@@ -6,7 +6,7 @@ mod common;
 use common::{assert_close, naive_conv, naive_matmul, randn_like, transpose};
 use mien::kernels::batchnorm::{self, BnConfig, BnParams, BnSaved, BnShape};
 use mien::kernels::conv2d::{self, Activation, Conv2dShape, Padding};
-use mien::kernels::conv2d_grouped::{self, GroupedConvShape, Pads};
+use mien::kernels::conv2d_grouped::{self, GroupedConvShape, Pads, PointDepthShape};
 use mien::kernels::dense::{self, DenseShape};
 use mien::kernels::sgd::{self, SgdConfig};
 use mien::kernels::upsample::{self, UpsampleShape};
@@ -231,7 +231,15 @@ fn grouped_conv_matches_direct_loops() {
     let conv = |batch, cin, hw, cout, k, groups, stride, pads| GroupedConvShape::new(batch, cin, hw, cout, k, groups, stride, pads).unwrap();
     let shapes = [
         // Depthwise (the direct route), with and without stride, and with 3 outputs per channel.
+        // 3x3 at stride 1 with one pixel of padding has a route of its own: rows with 25 and
+        // 16 columns between the edges (a whole vector, then one overlapping the one before),
+        // 15 (no whole vector), one and two columns, one row.
         conv(1, 16, (41, 27), 16, (3, 3), 16, (1, 1), Pads::all(1)),
+        conv(2, 3, (5, 18), 3, (3, 3), 3, (1, 1), Pads::all(1)),
+        conv(1, 2, (4, 17), 2, (3, 3), 2, (1, 1), Pads::all(1)),
+        conv(1, 2, (6, 1), 2, (3, 3), 2, (1, 1), Pads::all(1)),
+        conv(1, 2, (6, 2), 2, (3, 3), 2, (1, 1), Pads::all(1)),
+        conv(1, 2, (1, 40), 6, (3, 3), 2, (1, 1), Pads::all(1)),
         conv(2, 5, (12, 9), 5, (3, 3), 5, (2, 2), Pads { top: 1, left: 0, bottom: 0, right: 1 }),
         conv(2, 2, (7, 8), 6, (3, 2), 2, (1, 3), Pads { top: 0, left: 2, bottom: 1, right: 0 }),
         // Ordinary and grouped (im2col + product): stride 2 with padding, pointwise, a 1x1 at
@@ -265,6 +273,42 @@ fn grouped_conv_matches_direct_loops() {
             pool.install(|| conv2d_grouped::forward_cpu(s, &x, &w, &b, Activation::Relu, &mut y)).unwrap();
             assert_close(&format!("grouped conv with ReLU {s:?} on {threads} threads"), &y, &want_relu, 1e-5);
         }
+    }
+}
+
+/// The pointwise-then-depthwise op against the two convolutions one after the other: planes
+/// cut into one band and into several (64 channels of 170 columns take bands of 22 rows), odd
+/// sizes, a single row and a single column, on 1, 2 and 7 threads.
+#[test]
+fn pointwise_then_depthwise_matches_the_two_convolutions() {
+    let pair = |batch, cin, (h, w), c| {
+        let pointwise = GroupedConvShape::new(batch, cin, (h, w), c, (1, 1), 1, (1, 1), Pads::all(0)).unwrap();
+        (pointwise, GroupedConvShape::new(batch, c, (h, w), c, (3, 3), c, (1, 1), Pads::all(1)).unwrap())
+    };
+    let pools: Vec<_> = [1, 2, 7].into_iter().map(|threads| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap()).collect();
+    for (i, (pw, dw)) in [pair(1, 16, (41, 27), 24), pair(2, 5, (60, 170), 64), pair(3, 4, (1, 9), 3), pair(1, 3, (7, 1), 2)].into_iter().enumerate() {
+        let seed = 10 * i as u64;
+        let (x, w1, b1) = (randn_like(pw.input_len(), seed), randn_like(pw.weight_len(), seed + 1), randn_like(pw.cout, seed + 2));
+        let (w2, b2) = (randn_like(dw.weight_len(), seed + 3), randn_like(dw.cout, seed + 4));
+        let mid = naive_grouped_conv(&pw, &x, &w1, &b1);
+        let want = naive_grouped_conv(&dw, &mid, &w2, &b2);
+        for act in [Activation::Identity, Activation::Relu] {
+            let want: Vec<f32> = want.iter().map(|&v| if act == Activation::Relu { v.max(0.0) } else { v }).collect();
+            let s = PointDepthShape::new(pw, dw, act).unwrap();
+            for pool in &pools {
+                let mut y = vec![f32::NAN; dw.output_len()];
+                pool.install(|| conv2d_grouped::pointwise_depthwise_cpu(s, &x, (&w1, &b1), (&w2, &b2), &mut y)).unwrap();
+                assert_close(&format!("{act:?} {pw:?} then {dw:?} on {} threads", pool.current_num_threads()), &y, &want, 1e-4);
+            }
+        }
+    }
+    // Pairs that are not a 1x1 convolution then a 3x3 depthwise one of its output.
+    let (pw, dw) = pair(1, 4, (8, 8), 6);
+    let strided = GroupedConvShape::new(1, 6, (8, 8), 6, (3, 3), 6, (2, 2), Pads::all(1)).unwrap();
+    let other_size = pair(1, 6, (8, 9), 6).1;
+    for (first, second) in [(pw, strided), (pw, other_size), (dw, dw)] {
+        let err = PointDepthShape::new(first, second, Activation::Identity).unwrap_err().to_string();
+        assert!(err.contains("not a 1x1 convolution then a 3x3 depthwise one"), "{err}");
     }
 }
 

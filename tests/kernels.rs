@@ -9,7 +9,7 @@ use mien::kernels::adam::{self, AdamConfig};
 use mien::kernels::add;
 use mien::kernels::batchnorm::{self, BnConfig, BnParams, BnSaved, BnShape};
 use mien::kernels::conv2d::{self, Activation, Conv2dShape, Padding};
-use mien::kernels::conv2d_grouped::{self, GroupedConvShape, Pads};
+use mien::kernels::conv2d_grouped::{self, GroupedConvShape, Pads, PointDepthShape};
 use mien::kernels::dense::{self, DenseShape};
 use mien::kernels::dropout::{self, Mask};
 use mien::kernels::maxpool2d::{self, PoolShape};
@@ -458,6 +458,30 @@ fn conv2d_grouped_odd_shapes_and_yunet_layers() {
     ];
     for (i, s) in shapes.into_iter().enumerate() {
         check_grouped_conv_on(gpu(), s, 40 * i as u64);
+    }
+}
+
+/// The pointwise-then-depthwise op (two kernels through a buffer on the GPU, one pass over
+/// bands of rows on the CPU): YuNet's 16 -> 64 unit at 640x480's stride 4, and an odd plane
+/// in a batch of 3.
+#[test]
+fn pointwise_then_depthwise_gpu_matches_cpu() {
+    let g = gpu();
+    for (i, (batch, cin, (h, w), c)) in [(1, 16, (120, 160), 64), (3, 5, (13, 11), 7)].into_iter().enumerate() {
+        let pw = GroupedConvShape::new(batch, cin, (h, w), c, (1, 1), 1, (1, 1), Pads::all(0)).unwrap();
+        let dw = GroupedConvShape::new(batch, c, (h, w), c, (3, 3), c, (1, 1), Pads::all(1)).unwrap();
+        let seed = 50 * i as u64;
+        let (x, w1, b1) = (randn_like(pw.input_len(), seed), uniform(pw.weight_len(), seed + 1, -0.3, 0.3), randn_like(c, seed + 2));
+        let (w2, b2) = (uniform(dw.weight_len(), seed + 3, -0.3, 0.3), randn_like(c, seed + 4));
+        let (xg, w1g, b1g, w2g, b2g) = (up(g, &x), up(g, &w1), up(g, &b1), up(g, &w2), up(g, &b2));
+        let (mid, yg) = (g.zeros(pw.output_len()).unwrap(), g.zeros(dw.output_len()).unwrap());
+        for act in [Activation::Identity, Activation::Relu] {
+            let s = PointDepthShape::new(pw, dw, act).unwrap();
+            let mut y = vec![0.0; dw.output_len()];
+            conv2d_grouped::pointwise_depthwise_cpu(s, &x, (&w1, &b1), (&w2, &b2), &mut y).unwrap();
+            g.run(|rec| conv2d_grouped::pointwise_depthwise_gpu(rec, s, &xg, (&w1g, &b1g), (&w2g, &b2g), &mid, &yg)).unwrap();
+            assert_close(&format!("pointwise then depthwise {act:?} {pw:?}"), &g.read(&yg).unwrap(), &y, SUM_TOL);
+        }
     }
 }
 

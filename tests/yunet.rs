@@ -260,7 +260,10 @@ fn bad_parameters_and_unkept_nodes_are_refused() {
     assert!(matches!(yunet.detect(&image::RgbImage::new(8, 8), &nan), Err(Error::Invalid(_))));
     let blob = vec![0.0; 3 * 32 * 32];
     let err = yunet.node_outputs(&blob, (32, 32), &["backbone.model0.conv1"]).unwrap_err().to_string();
-    assert!(err.contains("runs inside the ReLU"), "{err}");
+    assert!(err.contains("runs inside the node after it"), "{err}");
+    // A pointwise convolution runs inside the depthwise one after it.
+    let err = yunet.node_outputs(&blob, (32, 32), &["backbone.model0.conv2.conv1"]).unwrap_err().to_string();
+    assert!(err.contains("runs inside the node after it"), "{err}");
     let err = yunet.node_outputs(&blob, (32, 32), &["no such node"]).unwrap_err().to_string();
     assert!(err.contains("no node \"no such node\""), "{err}");
     let err = yunet.node_outputs(&blob, (32, 31), &["input"]).unwrap_err().to_string();

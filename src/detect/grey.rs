@@ -10,6 +10,7 @@ const R: u32 = 9798;
 const G: u32 = 19235;
 const B: u32 = 3735;
 
+#[inline]
 pub fn grey_pixel(r: u8, g: u8, b: u8) -> u8 {
     ((r as u32 * R + g as u32 * G + b as u32 * B + (1 << (SHIFT - 1))) >> SHIFT) as u8
 }

@@ -10,7 +10,7 @@
 
 use crate::error::{file_err, quote_prefix, Error, Result};
 use crate::kernels::conv2d::Activation;
-use crate::kernels::conv2d_grouped::{GroupedConvShape, Pads};
+use crate::kernels::conv2d_grouped::{GroupedConvShape, Pads, PointDepthShape};
 use crate::kernels::maxpool2d::PoolShape;
 use crate::kernels::upsample::UpsampleShape;
 use crate::nn::{Backend, Cpu};
@@ -36,9 +36,10 @@ const MAX_DIVISOR: usize = 1024;
 const QUOTE_CHARS: usize = 60;
 
 /// The most bytes of activations one image may take (every buffer of its plan, on either
-/// backend). YuNet-n takes about 71 bytes a padded pixel, so this admits about 60 megapixels
-/// (an 8K frame, 7680x4320, takes 2.2 GiB); a larger image is refused before anything is
-/// allocated.
+/// backend). YuNet-n takes about 87 bytes a padded pixel (a pointwise-then-depthwise step
+/// holds its input, the pointwise outputs and its own outputs at once; the CPU never touches
+/// the middle one), so this admits about 49 megapixels (an 8K frame, 7680x4320, takes 2.7 GiB);
+/// a larger image is refused before anything is allocated.
 pub const MAX_ACTIVATION_BYTES: u64 = 4 << 30;
 
 /// The architecture file, `yunet_n.json`: the fields the detector reads (the file also
@@ -501,12 +502,45 @@ impl FaceBox {
 /// One kernel call of a plan; tensors by index into [`Plan::tensors`].
 #[derive(Clone, Copy, Debug)]
 enum Step {
-    Conv { shape: GroupedConvShape, conv: usize, act: Activation, x: usize, y: usize },
-    Relu { x: usize, y: usize },
-    Sigmoid { x: usize, y: usize },
-    MaxPool { shape: PoolShape, x: usize, y: usize, argmax: usize },
-    Upsample { shape: UpsampleShape, x: usize, y: usize },
-    Add { a: usize, b: usize, y: usize },
+    Conv {
+        shape: GroupedConvShape,
+        conv: usize,
+        act: Activation,
+        x: usize,
+        y: usize,
+    },
+    /// A pointwise convolution (weights `convs.0`) and the depthwise one after it (`convs.1`).
+    PointDepth {
+        shape: PointDepthShape,
+        convs: (usize, usize),
+        x: usize,
+        mid: usize,
+        y: usize,
+    },
+    Relu {
+        x: usize,
+        y: usize,
+    },
+    Sigmoid {
+        x: usize,
+        y: usize,
+    },
+    MaxPool {
+        shape: PoolShape,
+        x: usize,
+        y: usize,
+        argmax: usize,
+    },
+    Upsample {
+        shape: UpsampleShape,
+        x: usize,
+        y: usize,
+    },
+    Add {
+        a: usize,
+        b: usize,
+        y: usize,
+    },
 }
 
 /// How one padded size runs, before anything is allocated: the steps, the tensors they use
@@ -522,7 +556,7 @@ struct Layout {
     tensors: Vec<usize>,
     argmax: Vec<usize>,
     /// Each node's tensor and how many steps have run when it holds the node's value; `None`
-    /// for a convolution fused with the ReLU after it, whose own value is never stored.
+    /// for a convolution fused with the node after it, whose own value is never stored.
     values: Vec<Option<(usize, usize)>>,
 }
 
@@ -548,7 +582,15 @@ impl Layout {
         }
         // The node whose step stores each node's value.
         let mut store: Vec<usize> = (0..nodes.len()).collect();
-        let mut fused = vec![false; nodes.len()];
+        // A pointwise convolution whose only reader is a 3x3 depthwise one right after it runs
+        // inside that one's step, which then reads the pointwise input too.
+        let into_depthwise: Vec<bool> = (0..nodes.len()).map(|i| last_read[i] == i + 1 && readers[i] == 1 && pointwise_then_depthwise(nodes, i, i + 1)).collect();
+        for (i, node) in nodes.iter().enumerate() {
+            if into_depthwise[i] {
+                last_read[node.inputs[0]] = last_read[node.inputs[0]].max(i + 1);
+            }
+        }
+        let mut fused = into_depthwise.clone();
         for (i, node) in nodes.iter().enumerate() {
             let x = node.inputs.first().copied().unwrap_or(i);
             let fuses = matches!(node.op, Op::Relu) && matches!(nodes[x].op, Op::Conv { .. }) && readers[x] == 1 && last_read[x] != usize::MAX;
@@ -576,7 +618,9 @@ impl Layout {
                         layout.tensors.len() - 1
                     }
                 };
-                if let Some(step) = layout.step(model, i, fused[i], &tensor_of, (pw, ph))? {
+                if into_depthwise[i] {
+                    // Its step is the depthwise convolution's, next.
+                } else if let Some(step) = layout.step(model, i, (fused[i], i > 0 && into_depthwise[i - 1]), &tensor_of, (pw, ph))? {
                     layout.steps.push(step);
                 }
             } else {
@@ -585,7 +629,9 @@ impl Layout {
             if !fused[i] {
                 layout.values[i] = Some((tensor_of[i], layout.steps.len()));
             }
-            let mut ended: Vec<usize> = node.inputs.iter().chain([&i]).map(|&x| store[x]).filter(|&s| lives_until[s] == i).collect();
+            // A depthwise step that runs the pointwise one before it also reads that one's input.
+            let pointwise_inputs = if i > 0 && into_depthwise[i - 1] { &nodes[i - 1].inputs[..] } else { &[] };
+            let mut ended: Vec<usize> = node.inputs.iter().chain(pointwise_inputs).chain([&i]).map(|&x| store[x]).filter(|&s| lives_until[s] == i).collect();
             ended.sort_unstable();
             ended.dedup();
             free.extend(ended.into_iter().map(|s| tensor_of[s]));
@@ -594,8 +640,10 @@ impl Layout {
     }
 
     /// The step computing node `i` into `tensor_of[i]`: none for the graph input, which the
-    /// host writes, or for a `to_rows`, which shares its input's tensor.
-    fn step(&mut self, model: &YuNetModel, i: usize, relu: bool, tensor_of: &[usize], (pw, ph): (usize, usize)) -> Result<Option<Step>> {
+    /// host writes, or for a `to_rows`, which shares its input's tensor. `relu`: the ReLU after
+    /// the node runs inside it; `after_pointwise`: the node, a depthwise convolution, runs the
+    /// pointwise one before it too.
+    fn step(&mut self, model: &YuNetModel, i: usize, (relu, after_pointwise): (bool, bool), tensor_of: &[usize], (pw, ph): (usize, usize)) -> Result<Option<Step>> {
         let node = &model.nodes[i];
         let (y, x) = (tensor_of[i], node.inputs.first().map(|&x| tensor_of[x]).unwrap_or(0));
         let input = node.inputs.first().map(|&x| &model.nodes[x]);
@@ -604,7 +652,16 @@ impl Layout {
             Op::Input | Op::ToRows => return Ok(None),
             Op::Conv { conv, cin, kernel, stride, groups } => {
                 let shape = GroupedConvShape::new(self.batch, cin, (h, w), node.channels, (kernel, kernel), groups, (stride, stride), Pads::all(kernel / 2))?;
-                Step::Conv { shape, conv, act: if relu { Activation::Relu } else { Activation::Identity }, x, y }
+                let act = if relu { Activation::Relu } else { Activation::Identity };
+                let pointwise = input.filter(|_| after_pointwise);
+                match pointwise.map(|p| (p, &model.nodes[p.inputs[0]], &p.op)) {
+                    Some((p, source, &Op::Conv { conv: first, cin: source_channels, .. })) => {
+                        let before = GroupedConvShape::new(self.batch, source_channels, (ph / source.factor, pw / source.factor), p.channels, (1, 1), 1, (1, 1), Pads::all(0))?;
+                        let shape = PointDepthShape::new(before, shape, act)?;
+                        Step::PointDepth { shape, convs: (first, conv), x: tensor_of[p.inputs[0]], mid: x, y }
+                    }
+                    _ => Step::Conv { shape, conv, act, x, y },
+                }
             }
             Op::Relu => Step::Relu { x, y },
             Op::Sigmoid => Step::Sigmoid { x, y },
@@ -632,6 +689,15 @@ impl Layout {
     }
 }
 
+/// Whether node `j` is a 3x3 depthwise convolution of node `i`, a 1x1 one: the pair
+/// [`PointDepthShape`] runs as one step.
+fn pointwise_then_depthwise(nodes: &[Node], i: usize, j: usize) -> bool {
+    let (first, second) = (&nodes[i], &nodes[j]);
+    let pointwise = matches!(first.op, Op::Conv { kernel: 1, stride: 1, groups: 1, .. });
+    let depthwise = matches!(second.op, Op::Conv { kernel: 3, stride: 1, groups, cin, .. } if groups == cin && cin == second.channels);
+    pointwise && depthwise && second.inputs.first() == Some(&i)
+}
+
 /// The buffers of one padded size and batch, allocated once for every frame of that size.
 struct Plan<B: Backend> {
     layout: Layout,
@@ -653,6 +719,10 @@ impl<B: Backend> Plan<B> {
         let t = &self.tensors;
         match *step {
             Step::Conv { shape, conv, act, x, y } => backend.conv2d_grouped_forward(shape, &t[x], &weights[conv].0, &weights[conv].1, act, &t[y]),
+            Step::PointDepth { shape, convs: (first, second), x, mid, y } => {
+                let (w1, w2) = (&weights[first], &weights[second]);
+                backend.pointwise_depthwise_forward(shape, &t[x], (&w1.0, &w1.1), (&w2.0, &w2.1), &t[mid], &t[y])
+            }
             Step::Relu { x, y } => backend.relu_forward(&t[x], &t[y]),
             Step::Sigmoid { x, y } => backend.sigmoid_forward(&t[x], &t[y]),
             Step::MaxPool { shape, x, y, argmax } => backend.maxpool_forward(shape, &t[x], &t[y], &self.argmax[argmax]),
@@ -818,8 +888,8 @@ impl<B: Backend> YuNet<B> {
     /// The values of the nodes named `names` for the network input `blob` (B, G, R planes of
     /// `padded` = (width, height), each a multiple of the size divisor), each laid out as the
     /// ONNX graph's tensor of that name (`[cells, channels]` after a `to_rows`), for comparing
-    /// any node with another implementation. A convolution fused with the ReLU after it has no
-    /// value of its own.
+    /// any node with another implementation. A convolution fused with the node after it (a
+    /// ReLU, or a depthwise convolution after a pointwise one) has no value of its own.
     pub async fn node_outputs_async(&mut self, blob: &[f32], padded: (usize, usize), names: &[&str]) -> Result<Vec<Vec<f32>>> {
         let (pw, ph) = padded;
         let divisor = self.model.divisor;
@@ -860,7 +930,8 @@ impl<B: Backend> YuNet<B> {
         let mut wanted = Vec::with_capacity(nodes.len());
         for &n in nodes {
             let name = quote_prefix(&self.model.nodes[n].name, QUOTE_CHARS);
-            let value = plan.layout.values[n].ok_or_else(|| Error::Invalid(format!("YuNet node {name} runs inside the ReLU after it; its own output is not kept")))?;
+            let value =
+                plan.layout.values[n].ok_or_else(|| Error::Invalid(format!("YuNet node {name} runs inside the node after it (a ReLU or a depthwise convolution); its own output is not kept")))?;
             wanted.push(value);
         }
         fill(&mut plan.staging);
@@ -970,13 +1041,13 @@ mod tests {
     fn a_frame_reuses_a_few_tensors_and_huge_frames_are_refused() {
         let model = YuNetModel::shipped().unwrap();
         let layout = Layout::new(&model, (1920, 1088), 1).unwrap();
-        // 59 convolutions (18 with their ReLU inside), 4 poolings, 2 upsamplings, 2 additions
-        // and 6 sigmoids.
-        assert_eq!(layout.steps.len(), 73);
+        // 59 convolutions (18 with their ReLU inside, 58 of them as 29 pointwise-then-depthwise
+        // steps), 4 poolings, 2 upsamplings, 2 additions and 6 sigmoids.
+        assert_eq!(layout.steps.len(), 44);
         // Tensors are shared by values of the same length that do not live at the same time.
-        assert_eq!(layout.tensors.len(), 29);
+        assert_eq!(layout.tensors.len(), 30);
         let per_pixel = layout.bytes as f64 / (1920.0 * 1088.0);
-        assert!((70.0..72.0).contains(&per_pixel), "{per_pixel} bytes a pixel; see MAX_ACTIVATION_BYTES");
+        assert!((86.0..88.0).contains(&per_pixel), "{per_pixel} bytes a pixel; see MAX_ACTIVATION_BYTES");
         let err = Layout::new(&model, (8192, 8192), 1).err().unwrap().to_string();
         assert!(err.contains("MAX_ACTIVATION_BYTES"), "{err}");
     }

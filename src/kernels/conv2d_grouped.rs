@@ -6,11 +6,16 @@
 //! (YuNet) are not trained here.
 //!
 //! The CPU takes two routes. Groups of one input channel (depthwise) go direct: a kernel tap
-//! adds a scaled input row onto an output row, which the compiler vectorizes at stride 1; im2col would copy the input kh * kw times for products only one row deep. Wider
-//! groups are im2col + `sgemm` per group, in blocks of output rows that rayon shares out, and
-//! a 1x1, stride-1, unpadded convolution (YuNet's pointwise layers) multiplies the input
-//! planes as they lie, with no im2col at all. The GPU has a kernel for each route, both in
-//! conv2d_grouped.wgsl.
+//! adds a scaled input row onto an output row, which the compiler vectorizes at stride 1
+//! (YuNet's 3x3, stride-1 window sums its nine taps in registers instead); im2col would copy
+//! the input kh * kw times for products only one row deep. Wider groups are im2col + `sgemm`
+//! per group, in blocks of output rows that rayon shares out, and a 1x1, stride-1, unpadded
+//! convolution (YuNet's pointwise layers) multiplies the input planes as they lie, with no
+//! im2col at all. The GPU has a kernel for each route, both in conv2d_grouped.wgsl.
+//!
+//! [`PointDepthShape`] joins a pointwise convolution and the 3x3 depthwise one after it, as
+//! YuNet's units are built: the CPU runs both band by band of rows so that the values between
+//! them stay in cache; the GPU runs its two kernels through a buffer.
 
 use super::conv2d::Activation;
 use super::relu::relu;
@@ -170,9 +175,16 @@ pub fn forward_cpu(s: GroupedConvShape, x: &[f32], w: &[f32], b: &[f32], act: Ac
 fn depthwise_cpu(s: &GroupedConvShape, x: &[f32], w: &[f32], b: &[f32], act: Activation, y: &mut [f32]) {
     let (in_plane, out_plane, window) = (s.h * s.w, s.plane(), s.kh * s.kw);
     let spans = column_spans(s);
+    let same_3x3 = (s.kh, s.kw, s.stride, s.pads) == (3, 3, (1, 1), Pads::all(1));
+    let zero_row = vec![0.0; if same_3x3 { s.w } else { 0 }];
     y.par_chunks_mut(out_plane).with_min_len(items_per_task(out_plane)).enumerate().for_each(|(at, yp)| {
         let (n, co) = (at / s.cout, at % s.cout);
         let xp = &x[(n * s.cin + co / s.cout_per_group()) * in_plane..][..in_plane];
+        if same_3x3 {
+            let window = Window3x3::new(&w[co * window..][..window], b[co], act);
+            depthwise_3x3_rows(s.w, s.h, &Band { rows: xp, first: 0 }, 0, &window, &zero_row, yp);
+            return;
+        }
         yp.fill(b[co]);
         depthwise_plane(s, &spans, xp, &w[co * window..][..window], yp);
         if act == Activation::Relu {
@@ -198,6 +210,93 @@ fn depthwise_plane(s: &GroupedConvShape, spans: &[ColumnSpan], xp: &[f32], wp: &
     }
 }}
 
+/// One channel's 3x3 window: its taps row by row, its bias and whether a ReLU follows.
+struct Window3x3 {
+    k: [f32; 9],
+    bias: f32,
+    relu: bool,
+}
+
+impl Window3x3 {
+    fn new(k: &[f32], bias: f32, act: Activation) -> Self {
+        Window3x3 { k: k.try_into().expect("a 3x3 window"), bias, relu: act == Activation::Relu }
+    }
+}
+
+/// Consecutive rows of a plane, the first being row `first`: a whole plane, or the band of
+/// rows that some output rows read.
+struct Band<'a> {
+    rows: &'a [f32],
+    first: usize,
+}
+
+widest_vectors! {
+/// Output rows `out_first..` (as many as `yp` holds) of a 3x3, stride-1, one-pixel-padded
+/// convolution (YuNet's depthwise layers) of a plane `w` wide and `h` high, reading its rows
+/// from `band`. The nine taps of an output are summed in a register and each output stored
+/// once: a pass over the row per tap, as [`depthwise_plane`] makes, is bound by its loads and
+/// stores. The sums are the same as that route's, in its order (bias, then kernel row by row,
+/// left to right); a padding row reads `zero_row`, whose products add nothing.
+fn depthwise_3x3_rows(w: usize, h: usize, band: &Band<'_>, out_first: usize, window: &Window3x3, zero_row: &[f32], yp: &mut [f32]) {
+    let (k, bias) = (window.k, window.bias);
+    let finish = |v: f32| if window.relu { relu(v) } else { v };
+    let row = |iy: Option<usize>| iy.filter(|&iy| iy < h).map_or(zero_row, |iy| &band.rows[(iy - band.first) * w..][..w]);
+    for (oy, yrow) in (out_first..).zip(yp.chunks_exact_mut(w)) {
+        let rows = [row(oy.checked_sub(1)), row(Some(oy)), row(Some(oy + 1))];
+        // The edge columns miss a kernel column each: the left one reads columns 0 and 1 (only
+        // 0 when the row is one pixel wide), the right one columns w - 2 and w - 1.
+        let (mut left, mut right) = (bias, bias);
+        for (ky, r) in rows.iter().enumerate() {
+            left += k[3 * ky + 1] * r[0];
+            if w > 1 {
+                left += k[3 * ky + 2] * r[1];
+                right += k[3 * ky] * r[w - 2];
+                right += k[3 * ky + 1] * r[w - 1];
+            }
+        }
+        yrow[0] = finish(left);
+        if w == 1 {
+            continue;
+        }
+        yrow[w - 1] = finish(right);
+        // The columns between, 16 at a time; the last 16 overlap the ones before rather than
+        // leave up to 15 to a scalar loop (rows of YuNet's deeper layers are 10-160 wide).
+        let interior = w.saturating_sub(2);
+        if interior < LANES {
+            interior_columns(&rows, window, 0, interior, yrow);
+            continue;
+        }
+        for start in (0..interior - LANES).step_by(LANES).chain([interior - LANES]) {
+            interior_columns(&rows, window, start, LANES, yrow);
+        }
+    }
+}}
+
+/// Outputs `1 + start..1 + start + len` of a row of [`depthwise_3x3_rows`], whose window
+/// reads input columns `start..start + len + 2` of `rows`. Inlined (a closure would not be)
+/// so that it is compiled for the caller's vector width.
+#[inline(always)]
+fn interior_columns(rows: &[&[f32]; 3], window: &Window3x3, start: usize, len: usize, yrow: &mut [f32]) {
+    let k = window.k;
+    let [[t0, t1, t2], [m0, m1, m2], [b0, b1, b2]] = rows.map(|r| [&r[start..][..len], &r[start + 1..][..len], &r[start + 2..][..len]]);
+    for (i, out) in yrow[1 + start..][..len].iter_mut().enumerate() {
+        let mut acc = window.bias;
+        acc += k[0] * t0[i];
+        acc += k[1] * t1[i];
+        acc += k[2] * t2[i];
+        acc += k[3] * m0[i];
+        acc += k[4] * m1[i];
+        acc += k[5] * m2[i];
+        acc += k[6] * b0[i];
+        acc += k[7] * b1[i];
+        acc += k[8] * b2[i];
+        *out = if window.relu { relu(acc) } else { acc };
+    }
+}
+
+/// Columns the 3x3 depthwise loop computes at a time: one AVX-512 vector.
+const LANES: usize = 16;
+
 /// Output pixels a task of the matrix-product route aims at: its im2col block (27 rows for
 /// YuNet's first layer) and its outputs stay in the core's cache between the im2col, the
 /// product and the copy into place.
@@ -217,19 +316,8 @@ struct RowBlock<'y> {
 /// `oh * ow` apart); blocks are small enough that this copy stays in cache, and there are
 /// enough of them to share a single image among the threads.
 fn grouped_cpu(s: &GroupedConvShape, x: &[f32], w: &[f32], b: &[f32], act: Activation, y: &mut [f32]) {
-    let (in_img, plane) = (s.cin * s.h * s.w, s.plane());
-    let per_image = plane.div_ceil(BLOCK_PIXELS).max(rayon::current_num_threads().div_ceil(s.batch.max(1)));
-    let rows = s.oh.div_ceil(per_image);
-    let mut tasks = Vec::new();
-    for (image, yi) in y.chunks_mut(s.cout * plane).enumerate() {
-        let first = tasks.len();
-        tasks.extend((0..s.oh).step_by(rows).map(|r| RowBlock { image, rows: r..(r + rows).min(s.oh), dests: Vec::with_capacity(s.cout) }));
-        for plane_out in yi.chunks_mut(plane) {
-            for (task, part) in tasks[first..].iter_mut().zip(plane_out.chunks_mut(rows * s.ow)) {
-                task.dests.push(part);
-            }
-        }
-    }
+    let in_img = s.cin * s.h * s.w;
+    let tasks = row_blocks(y, s.batch, s.cout, (s.oh, s.ow), s.plane().div_ceil(BLOCK_PIXELS));
     let (taps, cig, cog, spans) = (s.taps(), s.cin_per_group(), s.cout_per_group(), column_spans(s));
     tasks.into_par_iter().for_each(|RowBlock { image, rows, mut dests }| {
         let pixels = rows.len() * s.ow;
@@ -260,6 +348,87 @@ fn grouped_cpu(s: &GroupedConvShape, x: &[f32], w: &[f32], b: &[f32], act: Activ
             }
         });
     });
+}
+
+/// The outputs `y` (`batch` images of `channels` planes `oh` x `ow`) cut into tasks of whole
+/// output rows: at least `blocks` an image, and enough in all for every thread.
+fn row_blocks(y: &mut [f32], batch: usize, channels: usize, (oh, ow): (usize, usize), blocks: usize) -> Vec<RowBlock<'_>> {
+    let plane = oh * ow;
+    let per_image = blocks.max(rayon::current_num_threads().div_ceil(batch.max(1)));
+    let rows = oh.div_ceil(per_image).max(1);
+    let mut tasks = Vec::new();
+    for (image, yi) in y.chunks_mut(channels * plane).enumerate() {
+        let first = tasks.len();
+        tasks.extend((0..oh).step_by(rows).map(|r| RowBlock { image, rows: r..(r + rows).min(oh), dests: Vec::with_capacity(channels) }));
+        for plane_out in yi.chunks_mut(plane) {
+            for (task, part) in tasks[first..].iter_mut().zip(plane_out.chunks_mut(rows * ow)) {
+                task.dests.push(part);
+            }
+        }
+    }
+    tasks
+}
+
+/// A 1x1 convolution and the 3x3 depthwise convolution that alone reads its output (YuNet's
+/// units), as one op: `y = act(depthwise(pointwise(x)))`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PointDepthShape {
+    pub pointwise: GroupedConvShape,
+    pub depthwise: GroupedConvShape,
+    pub act: Activation,
+}
+
+impl PointDepthShape {
+    /// `pointwise` must be a 1x1, stride-1, unpadded convolution of one group, and `depthwise`
+    /// a 3x3, stride-1, one-pixel-padded convolution of each of its output channels.
+    pub fn new(pointwise: GroupedConvShape, depthwise: GroupedConvShape, act: Activation) -> Result<Self> {
+        let (p, d) = (&pointwise, &depthwise);
+        let fits = p.pointwise()
+            && p.groups == 1
+            && (d.kh, d.kw, d.stride, d.pads) == (3, 3, (1, 1), Pads::all(1))
+            && (d.batch, d.cin, d.groups, d.cout, d.h, d.w) == (p.batch, p.cout, p.cout, p.cout, p.oh, p.ow);
+        if !fits {
+            return Err(shape_err("pointwise_depthwise", format!("{pointwise:?} then {depthwise:?}: not a 1x1 convolution then a 3x3 depthwise one of its output")));
+        }
+        Ok(PointDepthShape { pointwise, depthwise, act })
+    }
+}
+
+/// Rows of pointwise outputs a band of [`pointwise_depthwise_cpu`] aims at, its two halo rows
+/// included: about half the core's L2, so that the depthwise pass reads them from there.
+const BAND_BYTES: usize = 1 << 20;
+
+/// `y = act(depthwise(pointwise(x)))` in tasks of output rows: a task computes the pointwise
+/// outputs of its rows and the row above and below, every channel, into a buffer of its own,
+/// then the depthwise outputs from that buffer. Between the two the values stay in the core's
+/// cache instead of going out to memory and back, which bound the two layers run one by one.
+/// The halo rows are computed twice, by the tasks on both sides of them.
+pub fn pointwise_depthwise_cpu(s: PointDepthShape, x: &[f32], (w1, b1): (&[f32], &[f32]), (w2, b2): (&[f32], &[f32]), y: &mut [f32]) -> Result<()> {
+    let (p, d) = (s.pointwise, s.depthwise);
+    p.check(x.len(), w1.len(), b1.len(), d.input_len())?;
+    d.check(d.input_len(), w2.len(), b2.len(), y.len())?;
+    let (h, w, plane, channels) = (d.h, d.w, d.h * d.w, d.cin);
+    let band_rows = (BAND_BYTES / (4 * channels * w).max(1)).saturating_sub(2).max(1);
+    let tasks = row_blocks(y, d.batch, channels, (h, w), h.div_ceil(band_rows));
+    let zero_row = vec![0.0; w];
+    tasks.into_par_iter().for_each(|RowBlock { image, rows, dests }| {
+        let (lo, hi) = (rows.start.saturating_sub(1), (rows.end + 1).min(h));
+        let pixels = (hi - lo) * w;
+        let xi = &x[image * p.cin * plane..][..p.cin * plane];
+        // Every value is written below (bias, then the product added), so the thread's reused
+        // buffer will do.
+        with_col_scratch(channels * pixels, |mid| {
+            for (row, &bias) in mid.chunks_exact_mut(pixels).zip(b1) {
+                row.fill(bias);
+            }
+            sgemm(channels, pixels, p.cin, MatRef::rows(w1, p.cin), MatRef { data: &xi[lo * w..], row: plane, col: 1 }, mid, true, 1);
+            for (c, dest) in dests.into_iter().enumerate() {
+                let window = Window3x3::new(&w2[9 * c..][..9], b2[c], s.act);
+                depthwise_3x3_rows(w, h, &Band { rows: &mid[c * pixels..][..pixels], first: lo }, rows.start, &window, &zero_row, dest);
+            }
+        });
+    });
+    Ok(())
 }
 
 /// Fills `col` (`[cin / groups * kh * kw, rows.len() * ow]`) with the receptive fields of
@@ -332,6 +501,21 @@ fn fits_depthwise_kernel(s: &GroupedConvShape) -> bool {
     let (sh, sw) = s.stride;
     let patch = ((DEPTHWISE_ROWS - 1) * sh + s.kh) * ((DEPTHWISE_COLS - 1) * sw + s.kw);
     s.cin_per_group() == 1 && patch <= DEPTHWISE_PATCH
+}
+
+/// GPU version of [`pointwise_depthwise_cpu`]: the two convolutions' kernels one after the
+/// other, through `mid` (the pointwise outputs, `pointwise.output_len()` values).
+pub fn pointwise_depthwise_gpu(
+    rec: &mut Recorder,
+    s: PointDepthShape,
+    x: &GpuBuffer<f32>,
+    (w1, b1): (&GpuBuffer<f32>, &GpuBuffer<f32>),
+    (w2, b2): (&GpuBuffer<f32>, &GpuBuffer<f32>),
+    mid: &GpuBuffer<f32>,
+    y: &GpuBuffer<f32>,
+) -> Result<()> {
+    forward_gpu(rec, s.pointwise, x, w1, b1, Activation::Identity, mid)?;
+    forward_gpu(rec, s.depthwise, mid, w2, b2, s.act, y)
 }
 
 pub fn forward_gpu(rec: &mut Recorder, s: GroupedConvShape, x: &GpuBuffer<f32>, w: &GpuBuffer<f32>, b: &GpuBuffer<f32>, act: Activation, y: &GpuBuffer<f32>) -> Result<()> {

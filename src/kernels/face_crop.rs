@@ -6,8 +6,8 @@
 //! bytes, rounded to nearest, as the training images are; on the GPU they stay packed four to
 //! a u32, the layout the warp kernel reads.
 
-use super::check_buf;
 use super::warp::sample;
+use super::{check_buf, widest_vectors};
 use crate::data::{PIXELS, SIDE};
 use crate::error::{check_len, shape_err, Result};
 use crate::gpu::{shaders, GpuBuffer, Recorder};
@@ -48,25 +48,31 @@ fn check_image(width: usize, height: usize, pixels: usize) -> Result<()> {
 pub fn face_crops_cpu(image: &[u8], (width, height): (usize, usize), maps: &[CropMap], out: &mut [u8]) -> Result<()> {
     check_image(width, height, image.len())?;
     check_len("face_crop", "output", out.len(), maps.len() * PIXELS)?;
-    out.par_chunks_mut(PIXELS).zip(maps.par_iter()).for_each(|(crop, c)| {
-        let (m, n) = (&c.map, c.samples.clamp(1, MAX_SAMPLES));
-        let step = 1.0 / n as f32;
-        for (y, row) in crop.chunks_mut(SIDE).enumerate() {
-            for (x, pixel) in row.iter_mut().enumerate() {
-                let mut sum = 0.0;
-                for j in 0..n {
-                    let fy = y as f32 + (j as f32 + 0.5) * step - 0.5;
-                    for q in 0..n {
-                        let fx = x as f32 + (q as f32 + 0.5) * step - 0.5;
-                        sum += sample(image, (width, height), m[0] * fx + m[1] * fy + m[2], m[3] * fx + m[4] * fy + m[5]);
-                    }
-                }
-                *pixel = (sum / (n * n) as f32 + 0.5).floor().clamp(0.0, 255.0) as u8;
-            }
-        }
-    });
+    out.par_chunks_mut(PIXELS).zip(maps.par_iter()).for_each(|(crop, c)| cut_crop(image, (width, height), c, crop));
     Ok(())
 }
+
+widest_vectors! {
+/// One crop of [`face_crops_cpu`]. A big face takes up to 64 bilinear samples a pixel, each
+/// with two `floor`s, which baseline x86-64 has no instruction for: compiled for AVX they are
+/// one instruction each instead of a call into libm.
+fn cut_crop(image: &[u8], size: (usize, usize), c: &CropMap, crop: &mut [u8]) {
+    let (m, n) = (&c.map, c.samples.clamp(1, MAX_SAMPLES));
+    let step = 1.0 / n as f32;
+    for (y, row) in crop.chunks_mut(SIDE).enumerate() {
+        for (x, pixel) in row.iter_mut().enumerate() {
+            let mut sum = 0.0;
+            for j in 0..n {
+                let fy = y as f32 + (j as f32 + 0.5) * step - 0.5;
+                for q in 0..n {
+                    let fx = x as f32 + (q as f32 + 0.5) * step - 0.5;
+                    sum += sample(image, size, m[0] * fx + m[1] * fy + m[2], m[3] * fx + m[4] * fy + m[5]);
+                }
+            }
+            *pixel = (sum / (n * n) as f32 + 0.5).floor().clamp(0.0, 255.0) as u8;
+        }
+    }
+}}
 
 /// GPU version: `pixels` holds the image's bytes packed four to a u32 (see
 /// [`crate::gpu::pack_bytes`]), `out` the crops' bytes packed the same way.

@@ -2,7 +2,7 @@
 //! MaxPooling2D with 'valid' padding: a remainder row or column is dropped). The forward pass
 //! records the in-plane index of each maximum for the backward pass.
 
-use super::{check_buf, items_per_task};
+use super::{check_buf, items_per_task, widest_vectors};
 use crate::error::{check_len, shape_err, Result};
 use crate::gpu::{shaders, GpuBuffer, Recorder};
 use rayon::prelude::*;
@@ -77,7 +77,8 @@ fn forward_plane(s: PoolShape, xp: &[f32], yp: &mut [f32], ap: &mut [u32]) {
     }
 }
 
-/// The model's only window: a fixed 2x2 lets the compiler vectorize across outputs, which
+widest_vectors! {
+/// The models' only window: a fixed 2x2 lets the compiler vectorize across outputs, which
 /// took batch-1 pooling from about a seventh of inference to a few percent.
 fn forward_plane_2x2(s: PoolShape, xp: &[f32], yp: &mut [f32], ap: &mut [u32]) {
     let (w, ow) = (s.w, s.ow());
@@ -93,7 +94,7 @@ fn forward_plane_2x2(s: PoolShape, xp: &[f32], yp: &mut [f32], ap: &mut [u32]) {
             (*y, *a) = best;
         }
     }
-}
+}}
 
 /// `dx` from `dy` through the recorded maxima. With `relu_of`, the pooled outputs, the
 /// gradient also goes through the ReLU before the pooling: it passes only where the output is

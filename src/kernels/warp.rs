@@ -81,6 +81,7 @@ pub fn ten_crops(side: usize) -> [Augment; 10] {
 
 /// Bilinear sample at (sx, sy) of a `width` x `height` byte image with clamped (repeated-edge)
 /// coordinates; the same arithmetic as bilinear.wgsl.
+#[inline]
 pub(crate) fn sample(img: &[u8], (width, height): (usize, usize), sx: f32, sy: f32) -> f32 {
     let (sx, sy) = (sx.clamp(0.0, (width - 1) as f32), sy.clamp(0.0, (height - 1) as f32));
     let (x0, y0) = (sx.floor() as usize, sy.floor() as usize);

@@ -232,32 +232,34 @@ fn transform_output(s: &Conv2dShape, block: &Block, m: &[f32], b: Option<&[f32]>
                 }
             }
             // Times A: each row's left and right output.
+            let finish = |v: f32| if act == Activation::Relu { relu(v) } else { v };
             for (r, z) in [upper, lower].iter().enumerate() {
                 let (left, right) = corners[2 * r * n..][..2 * n].split_at_mut(n);
                 for k in 0..LANES {
-                    left[q + k] = z[0][k] + z[1][k] + z[2][k] + bias;
-                    right[q + k] = z[1][k] - z[2][k] - z[3][k] + bias;
+                    left[q + k] = finish(z[0][k] + z[1][k] + z[2][k] + bias);
+                    right[q + k] = finish(z[1][k] - z[2][k] - z[3][k] + bias);
                 }
             }
         }
-        if act == Activation::Relu {
-            corners.iter_mut().for_each(|v| *v = relu(*v));
-        }
+        let pairs = s.ow / 2;
         for r in 0..block.rows {
             for dy in 0..2 {
                 let oy = 2 * (block.first + r) + dy;
                 if oy >= s.oh {
                     break;
                 }
-                let (left, right) = (&corners[2 * dy * n + r * half..], &corners[(2 * dy + 1) * n + r * half..]);
-                let row = &mut plane[oy * s.ow..][..s.ow];
-                let mut pairs = row.chunks_exact_mut(2);
-                for ((pair, &l), &rt) in pairs.by_ref().zip(left).zip(right) {
-                    (pair[0], pair[1]) = (l, rt);
+                let (left, right) = (&corners[2 * dy * n + r * half..][..half], &corners[(2 * dy + 1) * n + r * half..][..pairs]);
+                let (even, odd_tail) = plane[oy * s.ow..][..s.ow].split_at_mut(2 * pairs);
+                // Indexed rather than by pairs of the row: the compiler then interleaves whole
+                // vectors of left and right columns with shuffles.
+                let (l, rt) = (&left[..pairs], &right[..pairs]);
+                for i in 0..pairs {
+                    even[2 * i] = l[i];
+                    even[2 * i + 1] = rt[i];
                 }
                 // An odd width cuts the last tile's right column.
-                if let [last] = pairs.into_remainder() {
-                    *last = left[s.ow / 2];
+                if let [last] = odd_tail {
+                    *last = left[pairs];
                 }
             }
         }

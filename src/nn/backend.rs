@@ -9,7 +9,7 @@ use crate::kernels::adam::{self, AdamConfig};
 use crate::kernels::add;
 use crate::kernels::batchnorm::{self, BnConfig, BnParams, BnSaved, BnShape};
 use crate::kernels::conv2d::{self, Activation, Conv2dShape};
-use crate::kernels::conv2d_grouped::{self, GroupedConvShape};
+use crate::kernels::conv2d_grouped::{self, GroupedConvShape, PointDepthShape};
 use crate::kernels::dense::{self, DenseShape};
 use crate::kernels::dropout::{self, Mask};
 use crate::kernels::face_crop::{self, CropMap};
@@ -148,6 +148,17 @@ pub trait Backend: Send {
     fn relu_backward(&self, x: &Self::Tensor, dy: &Self::Tensor, dx: &Self::Tensor) -> Result<()>;
     /// Inference only (no backward pass): stride, padding on each side, groups.
     fn conv2d_grouped_forward(&self, s: GroupedConvShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, act: Activation, y: &Self::Tensor) -> Result<()>;
+    /// `y = act(depthwise(pointwise(x)))`; `mid` holds the pointwise outputs where the backend
+    /// needs them in memory (the GPU), and is left alone where it does not (the CPU).
+    fn pointwise_depthwise_forward(
+        &self,
+        s: PointDepthShape,
+        x: &Self::Tensor,
+        pointwise: (&Self::Tensor, &Self::Tensor),
+        depthwise: (&Self::Tensor, &Self::Tensor),
+        mid: &Self::Tensor,
+        y: &Self::Tensor,
+    ) -> Result<()>;
     fn upsample_forward(&self, s: UpsampleShape, x: &Self::Tensor, y: &Self::Tensor) -> Result<()>;
     /// `out = act(a + b)`.
     fn add_forward(&self, a: &Self::Tensor, b: &Self::Tensor, act: Activation, out: &Self::Tensor) -> Result<()>;
@@ -261,6 +272,17 @@ impl Backend for Cpu {
     }
     fn conv2d_grouped_forward(&self, s: GroupedConvShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, act: Activation, y: &Self::Tensor) -> Result<()> {
         conv2d_grouped::forward_cpu(s, &x.borrow(), &w.borrow(), &b.borrow(), act, &mut y.borrow_mut())
+    }
+    fn pointwise_depthwise_forward(
+        &self,
+        s: PointDepthShape,
+        x: &Self::Tensor,
+        (w1, b1): (&Self::Tensor, &Self::Tensor),
+        (w2, b2): (&Self::Tensor, &Self::Tensor),
+        _mid: &Self::Tensor,
+        y: &Self::Tensor,
+    ) -> Result<()> {
+        conv2d_grouped::pointwise_depthwise_cpu(s, &x.borrow(), (&w1.borrow(), &b1.borrow()), (&w2.borrow(), &b2.borrow()), &mut y.borrow_mut())
     }
     fn upsample_forward(&self, s: UpsampleShape, x: &Self::Tensor, y: &Self::Tensor) -> Result<()> {
         upsample::forward_cpu(s, &x.borrow(), &mut y.borrow_mut())
@@ -522,6 +544,17 @@ impl Backend for GpuBackend<'_> {
     }
     fn conv2d_grouped_forward(&self, s: GroupedConvShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, act: Activation, y: &Self::Tensor) -> Result<()> {
         self.record(|r| conv2d_grouped::forward_gpu(r, s, x, w, b, act, y))
+    }
+    fn pointwise_depthwise_forward(
+        &self,
+        s: PointDepthShape,
+        x: &Self::Tensor,
+        pointwise: (&Self::Tensor, &Self::Tensor),
+        depthwise: (&Self::Tensor, &Self::Tensor),
+        mid: &Self::Tensor,
+        y: &Self::Tensor,
+    ) -> Result<()> {
+        self.record(|r| conv2d_grouped::pointwise_depthwise_gpu(r, s, x, pointwise, depthwise, mid, y))
     }
     fn upsample_forward(&self, s: UpsampleShape, x: &Self::Tensor, y: &Self::Tensor) -> Result<()> {
         self.record(|r| upsample::forward_gpu(r, s, x, y))
