@@ -24,7 +24,7 @@ fn conv_forward_matches_direct_loops() {
         Conv2dShape::new(5, 2, (2, 3), 2, (5, 5), Padding::Same).unwrap(), // kernel larger than the image
         // Winograd's F(2x2, 3x3) (16 input channels or more, whole images per thread, planes
         // large enough): odd output sides that cut the last tiles, an image in two blocks of
-        // tile rows, and a 10x10 plane.
+        // tile rows (its 9,600 kernels transformed in three uneven tasks), and a 10x10 plane.
         Conv2dShape::new(3, 16, (23, 21), 5, (3, 3), Padding::Valid).unwrap(),
         Conv2dShape::new(2, 96, (21, 19), 100, (3, 3), Padding::Same).unwrap(),
         Conv2dShape::new(8, 64, (10, 10), 33, (3, 3), Padding::Same).unwrap(),
