@@ -618,11 +618,9 @@ impl Layout {
                         layout.tensors.len() - 1
                     }
                 };
-                if into_depthwise[i] {
-                    // Its step is the depthwise convolution's, next.
-                } else if let Some(step) = layout.step(model, i, (fused[i], i > 0 && into_depthwise[i - 1]), &tensor_of, (pw, ph))? {
-                    layout.steps.push(step);
-                }
+                // A pointwise convolution inside the depthwise step after it has none of its own.
+                let step = if into_depthwise[i] { None } else { layout.step(model, i, (fused[i], i > 0 && into_depthwise[i - 1]), &tensor_of, (pw, ph))? };
+                layout.steps.extend(step);
             } else {
                 tensor_of[i] = tensor_of[store[i]];
             }
@@ -653,12 +651,13 @@ impl Layout {
             Op::Conv { conv, cin, kernel, stride, groups } => {
                 let shape = GroupedConvShape::new(self.batch, cin, (h, w), node.channels, (kernel, kernel), groups, (stride, stride), Pads::all(kernel / 2))?;
                 let act = if relu { Activation::Relu } else { Activation::Identity };
-                let pointwise = input.filter(|_| after_pointwise);
-                match pointwise.map(|p| (p, &model.nodes[p.inputs[0]], &p.op)) {
-                    Some((p, source, &Op::Conv { conv: first, cin: source_channels, .. })) => {
-                        let before = GroupedConvShape::new(self.batch, source_channels, (ph / source.factor, pw / source.factor), p.channels, (1, 1), 1, (1, 1), Pads::all(0))?;
+                match input.filter(|_| after_pointwise) {
+                    Some(pointwise @ Node { op: Op::Conv { conv: first, .. }, .. }) => {
+                        let source = &model.nodes[pointwise.inputs[0]];
+                        let (sh, sw) = (ph / source.factor, pw / source.factor);
+                        let before = GroupedConvShape::new(self.batch, source.channels, (sh, sw), pointwise.channels, (1, 1), 1, (1, 1), Pads::all(0))?;
                         let shape = PointDepthShape::new(before, shape, act)?;
-                        Step::PointDepth { shape, convs: (first, conv), x: tensor_of[p.inputs[0]], mid: x, y }
+                        Step::PointDepth { shape, convs: (*first, conv), x: tensor_of[pointwise.inputs[0]], mid: x, y }
                     }
                     _ => Step::Conv { shape, conv, act, x, y },
                 }

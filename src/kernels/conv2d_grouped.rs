@@ -181,8 +181,8 @@ fn depthwise_cpu(s: &GroupedConvShape, x: &[f32], w: &[f32], b: &[f32], act: Act
         let (n, co) = (at / s.cout, at % s.cout);
         let xp = &x[(n * s.cin + co / s.cout_per_group()) * in_plane..][..in_plane];
         if same_3x3 {
-            let window = Window3x3::new(&w[co * window..][..window], b[co], act);
-            depthwise_3x3_rows(s.w, s.h, &Band { rows: xp, first: 0 }, 0, &window, &zero_row, yp);
+            let kernel = Window3x3::new(&w[co * window..][..window], b[co], act);
+            depthwise_3x3_rows(s.w, s.h, &Band { rows: xp, first: 0 }, 0, &kernel, &zero_row, yp);
             return;
         }
         yp.fill(b[co]);
