@@ -277,8 +277,8 @@ fn grouped_conv_matches_direct_loops() {
 }
 
 /// The pointwise-then-depthwise op against the two convolutions one after the other: planes
-/// cut into one band and into several (64 channels of 170 columns take bands of 22 rows), odd
-/// sizes, a single row and a single column, on 1, 2 and 7 threads.
+/// cut into one band and into several (64 channels of 170 columns take bands of at most 22
+/// rows), odd sizes, a single row and a single column, on 1, 2 and 7 threads.
 #[test]
 fn pointwise_then_depthwise_matches_the_two_convolutions() {
     let pair = |batch, cin, (h, w), c| {

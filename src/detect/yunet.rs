@@ -36,10 +36,9 @@ const MAX_DIVISOR: usize = 1024;
 const QUOTE_CHARS: usize = 60;
 
 /// The most bytes of activations one image may take (every buffer of its plan, on either
-/// backend). YuNet-n takes about 87 bytes a padded pixel (a pointwise-then-depthwise step
-/// holds its input, the pointwise outputs and its own outputs at once; the CPU never touches
-/// the middle one), so this admits about 49 megapixels (an 8K frame, 7680x4320, takes 2.7 GiB);
-/// a larger image is refused before anything is allocated.
+/// backend). YuNet-n takes about 71 bytes a padded pixel (70 on the CPU, whose plan pairs
+/// pointwise and depthwise convolutions), so this admits about 60 megapixels (an 8K frame,
+/// 7680x4320, takes 2.2 GiB); a larger image is refused before anything is allocated.
 pub const MAX_ACTIVATION_BYTES: u64 = 4 << 30;
 
 /// The architecture file, `yunet_n.json`: the fields the detector reads (the file also
@@ -514,7 +513,6 @@ enum Step {
         shape: PointDepthShape,
         convs: (usize, usize),
         x: usize,
-        mid: usize,
         y: usize,
     },
     Relu {
@@ -562,10 +560,14 @@ struct Layout {
 
 impl Layout {
     /// A ReLU after a convolution read by nothing else runs inside that convolution, and
-    /// `to_rows` is a relabelling: both share the tensor of the node before them. A tensor
-    /// whose value nothing reads any more takes the next value of its length, so that a frame
-    /// touches a few buffers that stay in cache instead of one per node; the outputs keep theirs.
-    fn new(model: &YuNetModel, (pw, ph): (usize, usize), batch: usize) -> Result<Layout> {
+    /// `to_rows` is a relabelling: both share the tensor of the node before them. With
+    /// `pair_units` (a backend whose fused op keeps the values between the two in cache), a
+    /// pointwise convolution read only by the 3x3 depthwise one right after it runs inside that
+    /// one's step: it keeps no tensor of its own, and its input lives until the depthwise step.
+    /// A tensor whose value nothing reads any more takes the next value of its length, so that
+    /// a frame touches a few buffers that stay in cache instead of one per node; the outputs
+    /// keep theirs.
+    fn new(model: &YuNetModel, (pw, ph): (usize, usize), batch: usize, pair_units: bool) -> Result<Layout> {
         let nodes = &model.nodes;
         let outputs: Vec<usize> = model.levels.iter().flat_map(|l| l.heads).collect();
         let mut readers = vec![0; nodes.len()];
@@ -580,23 +582,17 @@ impl Layout {
         for &o in &outputs {
             last_read[o] = usize::MAX;
         }
-        // The node whose step stores each node's value.
+        let into_depthwise: Vec<bool> = (0..nodes.len()).map(|i| pair_units && last_read[i] == i + 1 && readers[i] == 1 && pointwise_then_depthwise(nodes, i, i + 1)).collect();
+        // The node whose step stores each node's value (a pointwise convolution inside the
+        // depthwise step: its input's, which that step reads).
         let mut store: Vec<usize> = (0..nodes.len()).collect();
-        // A pointwise convolution whose only reader is a 3x3 depthwise one right after it runs
-        // inside that one's step, which then reads the pointwise input too.
-        let into_depthwise: Vec<bool> = (0..nodes.len()).map(|i| last_read[i] == i + 1 && readers[i] == 1 && pointwise_then_depthwise(nodes, i, i + 1)).collect();
-        for (i, node) in nodes.iter().enumerate() {
-            if into_depthwise[i] {
-                last_read[node.inputs[0]] = last_read[node.inputs[0]].max(i + 1);
-            }
-        }
-        let mut fused = into_depthwise.clone();
+        let mut relu_inside = vec![false; nodes.len()];
         for (i, node) in nodes.iter().enumerate() {
             let x = node.inputs.first().copied().unwrap_or(i);
             let fuses = matches!(node.op, Op::Relu) && matches!(nodes[x].op, Op::Conv { .. }) && readers[x] == 1 && last_read[x] != usize::MAX;
-            if fuses || matches!(node.op, Op::ToRows) {
+            if fuses || into_depthwise[i] || matches!(node.op, Op::ToRows) {
                 store[i] = store[x];
-                fused[x] |= fuses;
+                relu_inside[x] |= fuses;
             }
         }
         let mut lives_until = vec![0; nodes.len()];
@@ -618,18 +614,17 @@ impl Layout {
                         layout.tensors.len() - 1
                     }
                 };
-                // A pointwise convolution inside the depthwise step after it has none of its own.
-                let step = if into_depthwise[i] { None } else { layout.step(model, i, (fused[i], i > 0 && into_depthwise[i - 1]), &tensor_of, (pw, ph))? };
-                layout.steps.extend(step);
+                let inside = Inside { relu: relu_inside[i], pointwise: i > 0 && into_depthwise[i - 1] };
+                if let Some(step) = layout.step(model, i, inside, &tensor_of, (pw, ph))? {
+                    layout.steps.push(step);
+                }
             } else {
                 tensor_of[i] = tensor_of[store[i]];
             }
-            if !fused[i] {
+            if !relu_inside[i] && !into_depthwise[i] {
                 layout.values[i] = Some((tensor_of[i], layout.steps.len()));
             }
-            // A depthwise step that runs the pointwise one before it also reads that one's input.
-            let pointwise_inputs = if i > 0 && into_depthwise[i - 1] { &nodes[i - 1].inputs[..] } else { &[] };
-            let mut ended: Vec<usize> = node.inputs.iter().chain(pointwise_inputs).chain([&i]).map(|&x| store[x]).filter(|&s| lives_until[s] == i).collect();
+            let mut ended: Vec<usize> = node.inputs.iter().chain([&i]).map(|&x| store[x]).filter(|&s| lives_until[s] == i).collect();
             ended.sort_unstable();
             ended.dedup();
             free.extend(ended.into_iter().map(|s| tensor_of[s]));
@@ -637,11 +632,10 @@ impl Layout {
         Ok(layout)
     }
 
-    /// The step computing node `i` into `tensor_of[i]`: none for the graph input, which the
-    /// host writes, or for a `to_rows`, which shares its input's tensor. `relu`: the ReLU after
-    /// the node runs inside it; `after_pointwise`: the node, a depthwise convolution, runs the
-    /// pointwise one before it too.
-    fn step(&mut self, model: &YuNetModel, i: usize, (relu, after_pointwise): (bool, bool), tensor_of: &[usize], (pw, ph): (usize, usize)) -> Result<Option<Step>> {
+    /// The step computing node `i` into `tensor_of[i]`, with what runs `inside` it: none for
+    /// the graph input, which the host writes, or for a `to_rows`, which shares its input's
+    /// tensor.
+    fn step(&mut self, model: &YuNetModel, i: usize, inside: Inside, tensor_of: &[usize], (pw, ph): (usize, usize)) -> Result<Option<Step>> {
         let node = &model.nodes[i];
         let (y, x) = (tensor_of[i], node.inputs.first().map(|&x| tensor_of[x]).unwrap_or(0));
         let input = node.inputs.first().map(|&x| &model.nodes[x]);
@@ -650,17 +644,17 @@ impl Layout {
             Op::Input | Op::ToRows => return Ok(None),
             Op::Conv { conv, cin, kernel, stride, groups } => {
                 let shape = GroupedConvShape::new(self.batch, cin, (h, w), node.channels, (kernel, kernel), groups, (stride, stride), Pads::all(kernel / 2))?;
-                let act = if relu { Activation::Relu } else { Activation::Identity };
-                match input.filter(|_| after_pointwise) {
-                    Some(pointwise @ Node { op: Op::Conv { conv: first, .. }, .. }) => {
-                        let source = &model.nodes[pointwise.inputs[0]];
-                        let (sh, sw) = (ph / source.factor, pw / source.factor);
-                        let before = GroupedConvShape::new(self.batch, source.channels, (sh, sw), pointwise.channels, (1, 1), 1, (1, 1), Pads::all(0))?;
-                        let shape = PointDepthShape::new(before, shape, act)?;
-                        Step::PointDepth { shape, convs: (*first, conv), x: tensor_of[pointwise.inputs[0]], mid: x, y }
-                    }
-                    _ => Step::Conv { shape, conv, act, x, y },
+                let act = if inside.relu { Activation::Relu } else { Activation::Identity };
+                if !inside.pointwise {
+                    return Ok(Some(Step::Conv { shape, conv, act, x, y }));
                 }
+                // `x` is then the pointwise convolution's input, whose tensor it shares.
+                let pointwise = input.expect("a depthwise convolution has an input");
+                let Op::Conv { conv: first, .. } = pointwise.op else { unreachable!("paired with a convolution") };
+                let source = &model.nodes[pointwise.inputs[0]];
+                let (sh, sw) = (ph / source.factor, pw / source.factor);
+                let before = GroupedConvShape::new(self.batch, source.channels, (sh, sw), pointwise.channels, (1, 1), 1, (1, 1), Pads::all(0))?;
+                Step::PointDepth { shape: PointDepthShape::new(before, shape, act)?, convs: (first, conv), x, y }
             }
             Op::Relu => Step::Relu { x, y },
             Op::Sigmoid => Step::Sigmoid { x, y },
@@ -688,6 +682,14 @@ impl Layout {
     }
 }
 
+/// What runs inside a node's step besides the node: the ReLU after it, or (for a depthwise
+/// convolution) the pointwise convolution before it.
+#[derive(Clone, Copy)]
+struct Inside {
+    relu: bool,
+    pointwise: bool,
+}
+
 /// Whether node `j` is a 3x3 depthwise convolution of node `i`, a 1x1 one: the pair
 /// [`PointDepthShape`] runs as one step.
 fn pointwise_then_depthwise(nodes: &[Node], i: usize, j: usize) -> bool {
@@ -708,7 +710,7 @@ struct Plan<B: Backend> {
 
 impl<B: Backend> Plan<B> {
     fn new(backend: &B, model: &YuNetModel, padded: (usize, usize), batch: usize) -> Result<Self> {
-        let layout = Layout::new(model, padded, batch)?;
+        let layout = Layout::new(model, padded, batch, backend.pairs_pointwise_depthwise())?;
         let tensors = layout.tensors.iter().map(|&n| backend.tensor(n)).collect::<Result<_>>()?;
         let argmax = layout.argmax.iter().map(|&n| backend.ints(n)).collect::<Result<_>>()?;
         Ok(Plan { staging: vec![0.0; layout.tensors[0]], layout, tensors, argmax })
@@ -718,9 +720,9 @@ impl<B: Backend> Plan<B> {
         let t = &self.tensors;
         match *step {
             Step::Conv { shape, conv, act, x, y } => backend.conv2d_grouped_forward(shape, &t[x], &weights[conv].0, &weights[conv].1, act, &t[y]),
-            Step::PointDepth { shape, convs: (first, second), x, mid, y } => {
+            Step::PointDepth { shape, convs: (first, second), x, y } => {
                 let (w1, w2) = (&weights[first], &weights[second]);
-                backend.pointwise_depthwise_forward(shape, &t[x], (&w1.0, &w1.1), (&w2.0, &w2.1), &t[mid], &t[y])
+                backend.pointwise_depthwise_forward(shape, &t[x], (&w1.0, &w1.1), (&w2.0, &w2.1), &t[y])
             }
             Step::Relu { x, y } => backend.relu_forward(&t[x], &t[y]),
             Step::Sigmoid { x, y } => backend.sigmoid_forward(&t[x], &t[y]),
@@ -1039,16 +1041,18 @@ mod tests {
     #[test]
     fn a_frame_reuses_a_few_tensors_and_huge_frames_are_refused() {
         let model = YuNetModel::shipped().unwrap();
-        let layout = Layout::new(&model, (1920, 1088), 1).unwrap();
-        // 59 convolutions (18 with their ReLU inside, 58 of them as 29 pointwise-then-depthwise
-        // steps), 4 poolings, 2 upsamplings, 2 additions and 6 sigmoids.
-        assert_eq!(layout.steps.len(), 44);
-        // Tensors are shared by values of the same length that do not live at the same time.
-        assert_eq!(layout.tensors.len(), 30);
-        let per_pixel = layout.bytes as f64 / (1920.0 * 1088.0);
-        assert!((86.0..88.0).contains(&per_pixel), "{per_pixel} bytes a pixel; see MAX_ACTIVATION_BYTES");
-        let err = Layout::new(&model, (8192, 8192), 1).err().unwrap().to_string();
-        assert!(err.contains("MAX_ACTIVATION_BYTES"), "{err}");
+        // 59 convolutions (18 with their ReLU inside), 4 poolings, 2 upsamplings, 2 additions
+        // and 6 sigmoids; pairing the units (the CPU's plan) runs 58 of the convolutions as 29
+        // pointwise-then-depthwise steps. Tensors are shared by values of the same length that
+        // do not live at the same time.
+        for (pair_units, steps, tensors, per_pixel_range) in [(false, 73, 29, 70.0..72.0), (true, 44, 25, 69.0..71.0)] {
+            let layout = Layout::new(&model, (1920, 1088), 1, pair_units).unwrap();
+            assert_eq!((layout.steps.len(), layout.tensors.len()), (steps, tensors), "pairing units: {pair_units}");
+            let per_pixel = layout.bytes as f64 / (1920.0 * 1088.0);
+            assert!(per_pixel_range.contains(&per_pixel), "{per_pixel} bytes a pixel; see MAX_ACTIVATION_BYTES");
+            let err = Layout::new(&model, (8192, 8192), 1, pair_units).err().unwrap().to_string();
+            assert!(err.contains("MAX_ACTIVATION_BYTES"), "{err}");
+        }
     }
 
     #[test]

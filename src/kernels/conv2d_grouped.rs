@@ -170,12 +170,13 @@ pub fn forward_cpu(s: GroupedConvShape, x: &[f32], w: &[f32], b: &[f32], act: Ac
     Ok(())
 }
 
-/// Groups of one input channel: each output plane from its input plane, tap by tap, a task
-/// per plane.
+/// Groups of one input channel: each output plane from its input plane, a task per plane;
+/// a 3x3, stride-1, one-pixel-padded window through [`depthwise_3x3_rows`], any other tap by
+/// tap.
 fn depthwise_cpu(s: &GroupedConvShape, x: &[f32], w: &[f32], b: &[f32], act: Activation, y: &mut [f32]) {
     let (in_plane, out_plane, window) = (s.h * s.w, s.plane(), s.kh * s.kw);
-    let spans = column_spans(s);
     let same_3x3 = (s.kh, s.kw, s.stride, s.pads) == (3, 3, (1, 1), Pads::all(1));
+    let spans = if same_3x3 { Vec::new() } else { column_spans(s) };
     let zero_row = vec![0.0; if same_3x3 { s.w } else { 0 }];
     y.par_chunks_mut(out_plane).with_min_len(items_per_task(out_plane)).enumerate().for_each(|(at, yp)| {
         let (n, co) = (at / s.cout, at % s.cout);
@@ -351,7 +352,8 @@ fn grouped_cpu(s: &GroupedConvShape, x: &[f32], w: &[f32], b: &[f32], act: Activ
 }
 
 /// The outputs `y` (`batch` images of `channels` planes `oh` x `ow`) cut into tasks of whole
-/// output rows: at least `blocks` an image, and enough in all for every thread.
+/// output rows: at most `oh / blocks` rows a task (rounded up), fewer when the threads need
+/// more tasks than `blocks` an image.
 fn row_blocks(y: &mut [f32], batch: usize, channels: usize, (oh, ow): (usize, usize), blocks: usize) -> Vec<RowBlock<'_>> {
     let plane = oh * ow;
     let per_image = blocks.max(rayon::current_num_threads().div_ceil(batch.max(1)));
@@ -394,8 +396,9 @@ impl PointDepthShape {
     }
 }
 
-/// Rows of pointwise outputs a band of [`pointwise_depthwise_cpu`] aims at, its two halo rows
-/// included: about half the core's L2, so that the depthwise pass reads them from there.
+/// Bytes of pointwise outputs a band of [`pointwise_depthwise_cpu`] holds at most, its two
+/// halo rows included: about half the core's L2, so that the depthwise pass reads them from
+/// there.
 const BAND_BYTES: usize = 1 << 20;
 
 /// `y = act(depthwise(pointwise(x)))` in tasks of output rows: a task computes the pointwise

@@ -262,7 +262,7 @@ fn transform_output(s: &Conv2dShape, block: &Block, m: &[f32], b: Option<&[f32]>
                 if oy >= s.oh {
                     break;
                 }
-                let (left, right) = (&corners[2 * dy * n + r * half..][..half], &corners[(2 * dy + 1) * n + r * half..][..pairs]);
+                let (left, right) = (&corners[2 * dy * n + r * half..], &corners[(2 * dy + 1) * n + r * half..]);
                 let (even, odd_tail) = plane[oy * s.ow..][..s.ow].split_at_mut(2 * pairs);
                 // Indexed rather than by pairs of the row: the compiler then interleaves whole
                 // vectors of left and right columns with shuffles.

@@ -148,17 +148,13 @@ pub trait Backend: Send {
     fn relu_backward(&self, x: &Self::Tensor, dy: &Self::Tensor, dx: &Self::Tensor) -> Result<()>;
     /// Inference only (no backward pass): stride, padding on each side, groups.
     fn conv2d_grouped_forward(&self, s: GroupedConvShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, act: Activation, y: &Self::Tensor) -> Result<()>;
-    /// `y = act(depthwise(pointwise(x)))`; `mid` holds the pointwise outputs where the backend
-    /// needs them in memory (the GPU), and is left alone where it does not (the CPU).
-    fn pointwise_depthwise_forward(
-        &self,
-        s: PointDepthShape,
-        x: &Self::Tensor,
-        pointwise: (&Self::Tensor, &Self::Tensor),
-        depthwise: (&Self::Tensor, &Self::Tensor),
-        mid: &Self::Tensor,
-        y: &Self::Tensor,
-    ) -> Result<()>;
+    /// `y = act(depthwise(pointwise(x)))`.
+    fn pointwise_depthwise_forward(&self, s: PointDepthShape, x: &Self::Tensor, pointwise: (&Self::Tensor, &Self::Tensor), depthwise: (&Self::Tensor, &Self::Tensor), y: &Self::Tensor) -> Result<()>;
+    /// Whether networks should run a pointwise convolution and the depthwise one after it as
+    /// [`Backend::pointwise_depthwise_forward`]: yes where that keeps the values between the two
+    /// in cache (the CPU), no where it runs the same two kernels through a buffer of its own
+    /// (the GPU, whose plans then keep the two apart and their buffers shared).
+    fn pairs_pointwise_depthwise(&self) -> bool;
     fn upsample_forward(&self, s: UpsampleShape, x: &Self::Tensor, y: &Self::Tensor) -> Result<()>;
     /// `out = act(a + b)`.
     fn add_forward(&self, a: &Self::Tensor, b: &Self::Tensor, act: Activation, out: &Self::Tensor) -> Result<()>;
@@ -273,16 +269,11 @@ impl Backend for Cpu {
     fn conv2d_grouped_forward(&self, s: GroupedConvShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, act: Activation, y: &Self::Tensor) -> Result<()> {
         conv2d_grouped::forward_cpu(s, &x.borrow(), &w.borrow(), &b.borrow(), act, &mut y.borrow_mut())
     }
-    fn pointwise_depthwise_forward(
-        &self,
-        s: PointDepthShape,
-        x: &Self::Tensor,
-        (w1, b1): (&Self::Tensor, &Self::Tensor),
-        (w2, b2): (&Self::Tensor, &Self::Tensor),
-        _mid: &Self::Tensor,
-        y: &Self::Tensor,
-    ) -> Result<()> {
+    fn pointwise_depthwise_forward(&self, s: PointDepthShape, x: &Self::Tensor, (w1, b1): (&Self::Tensor, &Self::Tensor), (w2, b2): (&Self::Tensor, &Self::Tensor), y: &Self::Tensor) -> Result<()> {
         conv2d_grouped::pointwise_depthwise_cpu(s, &x.borrow(), (&w1.borrow(), &b1.borrow()), (&w2.borrow(), &b2.borrow()), &mut y.borrow_mut())
+    }
+    fn pairs_pointwise_depthwise(&self) -> bool {
+        true
     }
     fn upsample_forward(&self, s: UpsampleShape, x: &Self::Tensor, y: &Self::Tensor) -> Result<()> {
         upsample::forward_cpu(s, &x.borrow(), &mut y.borrow_mut())
@@ -545,16 +536,12 @@ impl Backend for GpuBackend<'_> {
     fn conv2d_grouped_forward(&self, s: GroupedConvShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, act: Activation, y: &Self::Tensor) -> Result<()> {
         self.record(|r| conv2d_grouped::forward_gpu(r, s, x, w, b, act, y))
     }
-    fn pointwise_depthwise_forward(
-        &self,
-        s: PointDepthShape,
-        x: &Self::Tensor,
-        pointwise: (&Self::Tensor, &Self::Tensor),
-        depthwise: (&Self::Tensor, &Self::Tensor),
-        mid: &Self::Tensor,
-        y: &Self::Tensor,
-    ) -> Result<()> {
-        self.record(|r| conv2d_grouped::pointwise_depthwise_gpu(r, s, x, pointwise, depthwise, mid, y))
+    fn pointwise_depthwise_forward(&self, s: PointDepthShape, x: &Self::Tensor, pointwise: (&Self::Tensor, &Self::Tensor), depthwise: (&Self::Tensor, &Self::Tensor), y: &Self::Tensor) -> Result<()> {
+        let mid = self.gpu.zeros(s.pointwise.output_len())?;
+        self.record(|r| conv2d_grouped::pointwise_depthwise_gpu(r, s, x, pointwise, depthwise, &mid, y))
+    }
+    fn pairs_pointwise_depthwise(&self) -> bool {
+        false
     }
     fn upsample_forward(&self, s: UpsampleShape, x: &Self::Tensor, y: &Self::Tensor) -> Result<()> {
         self.record(|r| upsample::forward_gpu(r, s, x, y))

@@ -365,11 +365,11 @@ fn shrink(rgb: &RgbImage, width: u32, height: u32) -> RgbImage {
                 if divisor.n != n {
                     divisor = Divisor::new(n);
                 }
-                let mut sum = [0u32; 3];
+                let mut sum = [0u64; 3];
                 for p in sums[x0 * 3..x1 * 3].chunks_exact(3) {
-                    sum.iter_mut().zip(p).for_each(|(s, v)| *s += v);
+                    sum.iter_mut().zip(p).for_each(|(s, &v)| *s += v as u64);
                 }
-                pixel.iter_mut().zip(sum).for_each(|(p, s)| *p = divisor.divide(s as u64 + n / 2) as u8);
+                pixel.iter_mut().zip(sum).for_each(|(p, s)| *p = divisor.divide(s + n / 2) as u8);
             }
         },
     );
@@ -378,19 +378,24 @@ fn shrink(rgb: &RgbImage, width: u32, height: u32) -> RgbImage {
 
 /// Division by `n` as a multiplication and a shift: an integer division per channel per pixel
 /// took most of [`shrink`]'s time. With `m = ceil(2^40 / n)`, `floor(x * m / 2^40)` is
-/// `floor(x / n)` for every `x <= 2^40 / n`, far above the sums of a block of bytes (at most
-/// 256 n), and `x * m` fits 64 bits for any block a frame can hold.
+/// `floor(x / n)` for every `x <= 2^40 / n`, which covers the sums of blocks of up to 2^16
+/// bytes (at most 256 n); larger blocks (a tiny `--detect-size` of a big image) divide.
 struct Divisor {
     n: u64,
+    /// 0 for blocks too large to multiply.
     m: u64,
 }
 
 impl Divisor {
     fn new(n: u64) -> Self {
-        Divisor { n, m: (1u64 << 40).div_ceil(n) }
+        Divisor { n, m: if n <= 1 << 16 { (1u64 << 40).div_ceil(n) } else { 0 } }
     }
     fn divide(&self, x: u64) -> u64 {
-        (x * self.m) >> 40
+        if self.m == 0 {
+            x / self.n
+        } else {
+            (x * self.m) >> 40
+        }
     }
 }
 
@@ -501,7 +506,9 @@ mod tests {
             })
         };
         let rgb = RgbImage::from_fn(641, 479, |x, y| image::Rgb([(x * 7 + y) as u8, (x ^ y) as u8, (x * y / 3) as u8]));
-        for (w, h) in [(320, 240), (213, 160), (640, 479), (1, 1), (641, 1)] {
+        // Blocks of 4 pixels up to the whole image: (3, 2) takes blocks of about 51,000 pixels,
+        // still divided by multiplying; (1, 1) one of 307,039, by dividing.
+        for (w, h) in [(320, 240), (213, 160), (640, 479), (3, 2), (1, 1), (641, 1)] {
             assert_eq!(shrink(&rgb, w, h), naive(&rgb, w, h), "{w}x{h}");
         }
     }
