@@ -11,6 +11,7 @@ use mien::kernels::dense::{self, DenseShape};
 use mien::kernels::sgd::{self, SgdConfig};
 use mien::kernels::upsample::{self, UpsampleShape};
 use mien::kernels::{add, sigmoid, winograd};
+use mien::nn::{Backend, Cpu};
 
 #[test]
 fn conv_forward_matches_direct_loops() {
@@ -60,6 +61,43 @@ fn winograd_takes_the_model_layers_it_is_faster_on() {
     for s in [conv(1, 40, 64, Padding::Same), conv(128, 10, 128, Padding::Valid), five] {
         assert!(!winograd::applies(&s), "{s:?}");
     }
+}
+
+#[test]
+fn the_cpu_backend_transforms_weights_again_after_every_write() {
+    // The backend keeps Winograd's transform of a convolution's weights between calls: a
+    // write, or an optimizer step in place, must make the next call use the new weights.
+    let backend = Cpu;
+    let s = Conv2dShape::new(4, 16, (11, 12), 18, (3, 3), Padding::Same).unwrap();
+    assert!(winograd::applies(&s));
+    let tensor = |values: &[f32]| {
+        let t = backend.tensor(values.len()).unwrap();
+        backend.write(&t, values).unwrap();
+        t
+    };
+    let (x, b) = (randn_like(s.input_len(), 1), randn_like(s.cout, 2));
+    let (xt, bt, yt) = (tensor(&x), tensor(&b), backend.tensor(s.output_len()).unwrap());
+    let w = randn_like(s.weight_len(), 3);
+    let wt = tensor(&w);
+    let forward = || {
+        backend.conv2d_forward(s, &xt, &wt, &bt, Activation::Identity, &yt).unwrap();
+        yt.borrow().clone()
+    };
+    let direct = |w: &[f32]| {
+        let mut y = vec![0.0; s.output_len()];
+        conv2d::forward_cpu(s, &x, w, Some(&b), Activation::Identity, &mut y).unwrap();
+        y
+    };
+    assert_close("first call", &forward(), &direct(&w), 1e-6);
+    assert_close("second call, transform kept", &forward(), &direct(&w), 1e-6);
+    let rewritten = randn_like(s.weight_len(), 4);
+    backend.write(&wt, &rewritten).unwrap();
+    assert_close("after a write", &forward(), &direct(&rewritten), 1e-6);
+    let (grad, momentum) = (tensor(&randn_like(s.weight_len(), 5)), backend.tensor(s.weight_len()).unwrap());
+    backend.sgd(SgdConfig { lr: 0.5, momentum: 0.9, nesterov: true, weight_decay: 0.0 }, 1, &wt, &grad, &momentum).unwrap();
+    let stepped = wt.borrow().clone();
+    assert!(stepped != rewritten);
+    assert_close("after an SGD step", &forward(), &direct(&stepped), 1e-6);
 }
 
 #[test]

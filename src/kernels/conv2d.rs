@@ -167,12 +167,22 @@ where
 
 /// `y = act(conv(x, w) + b)`; `b` may be left out.
 pub fn forward_cpu(s: Conv2dShape, x: &[f32], w: &[f32], b: Option<&[f32]>, act: Activation, y: &mut [f32]) -> Result<()> {
+    forward_cpu_keeping(s, x, (w, &mut None), b, act, y)
+}
+
+/// [`forward_cpu`] with a place to keep Winograd's transform of the weights between calls:
+/// filled when that route first takes `w`, and to be emptied by the caller whenever `w` changes.
+pub fn forward_cpu_keeping(s: Conv2dShape, x: &[f32], (w, transformed): (&[f32], &mut Option<Vec<f32>>), b: Option<&[f32]>, act: Activation, y: &mut [f32]) -> Result<()> {
     s.check(x.len(), w.len(), y.len())?;
     if let Some(b) = b {
         check_len("conv2d", "bias", b.len(), s.cout)?;
     }
     if winograd::applies(&s) && parallel_over_batch(s.batch) {
-        winograd::forward(&s, x, w, b, act, y);
+        let u = match transformed {
+            Some(u) if u.len() == winograd::transformed_len(&s) => u,
+            _ => transformed.insert(winograd::transform_weights(&s, w)),
+        };
+        winograd::forward(&s, x, u, b, act, y);
         return Ok(());
     }
     let (in_img, out_img, plane, taps) = (s.cin * s.h * s.w, s.cout * s.plane(), s.plane(), s.taps());
@@ -236,7 +246,8 @@ pub fn backward_data_cpu(s: Conv2dShape, dy: &[f32], w: &[f32], dx: &mut [f32]) 
     // border.
     let gradient = s.data_grad();
     if winograd::applies(&gradient) && parallel_over_batch(s.batch) {
-        winograd::forward(&gradient, dy, &flipped_transposed(&s, w), None, Activation::Identity, dx);
+        let u = winograd::transform_weights(&gradient, &flipped_transposed(&s, w));
+        winograd::forward(&gradient, dy, &u, None, Activation::Identity, dx);
         return Ok(());
     }
     let (in_img, out_img, plane, taps) = (s.cin * s.h * s.w, s.cout * s.plane(), s.plane(), s.taps());

@@ -114,6 +114,10 @@ impl GroupedConvShape {
     fn pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == (1, 1) && self.pads == Pads::all(0)
     }
+    /// A 3x3, stride-1, one-pixel-padded window: the one [`depthwise_3x3_rows`] computes.
+    fn same_3x3(&self) -> bool {
+        (self.kh, self.kw, self.stride, self.pads) == (3, 3, (1, 1), Pads::all(1))
+    }
 
     fn check(&self, x: usize, w: usize, b: usize, y: usize) -> Result<()> {
         check_len("conv2d_grouped", "input", x, self.input_len())?;
@@ -175,7 +179,7 @@ pub fn forward_cpu(s: GroupedConvShape, x: &[f32], w: &[f32], b: &[f32], act: Ac
 /// tap.
 fn depthwise_cpu(s: &GroupedConvShape, x: &[f32], w: &[f32], b: &[f32], act: Activation, y: &mut [f32]) {
     let (in_plane, out_plane, window) = (s.h * s.w, s.plane(), s.kh * s.kw);
-    let same_3x3 = (s.kh, s.kw, s.stride, s.pads) == (3, 3, (1, 1), Pads::all(1));
+    let same_3x3 = s.same_3x3();
     let spans = if same_3x3 { Vec::new() } else { column_spans(s) };
     let zero_row = vec![0.0; if same_3x3 { s.w } else { 0 }];
     y.par_chunks_mut(out_plane).with_min_len(items_per_task(out_plane)).enumerate().for_each(|(at, yp)| {
@@ -385,10 +389,7 @@ impl PointDepthShape {
     /// a 3x3, stride-1, one-pixel-padded convolution of each of its output channels.
     pub fn new(pointwise: GroupedConvShape, depthwise: GroupedConvShape, act: Activation) -> Result<Self> {
         let (p, d) = (&pointwise, &depthwise);
-        let fits = p.pointwise()
-            && p.groups == 1
-            && (d.kh, d.kw, d.stride, d.pads) == (3, 3, (1, 1), Pads::all(1))
-            && (d.batch, d.cin, d.groups, d.cout, d.h, d.w) == (p.batch, p.cout, p.cout, p.cout, p.oh, p.ow);
+        let fits = p.pointwise() && p.groups == 1 && d.same_3x3() && (d.batch, d.cin, d.groups, d.cout, d.h, d.w) == (p.batch, p.cout, p.cout, p.cout, p.oh, p.ow);
         if !fits {
             return Err(shape_err("pointwise_depthwise", format!("{pointwise:?} then {depthwise:?}: not a 1x1 convolution then a 3x3 depthwise one of its output")));
         }

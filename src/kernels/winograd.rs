@@ -47,9 +47,8 @@ pub fn applies(s: &Conv2dShape) -> bool {
 }
 
 /// `y = act(conv(x, w) + b)` for a shape that [`applies`], images in parallel, each image a
-/// block of tile rows at a time.
-pub fn forward(s: &Conv2dShape, x: &[f32], w: &[f32], b: Option<&[f32]>, act: Activation, y: &mut [f32]) {
-    let u = transform_weights(s, w);
+/// block of tile rows at a time; `u` is the weights `w` through [`transform_weights`].
+pub fn forward(s: &Conv2dShape, x: &[f32], u: &[f32], b: Option<&[f32]>, act: Activation, y: &mut [f32]) {
     let plan = Plan::of(s);
     let widest = plan.block(0);
     let (v_len, m_len) = (POINTS * s.cin * widest.n, POINTS * s.cout * widest.n);
@@ -130,14 +129,19 @@ impl Block {
 /// Kernels a task of [`transform_weights`] transforms.
 const KERNELS_PER_TASK: usize = 4096;
 
+/// Values of [`transform_weights`]' result.
+pub fn transformed_len(s: &Conv2dShape) -> usize {
+    POINTS * s.cout * s.cin
+}
+
 /// The weights [cout, cin, 3, 3] as U [16][cout][cin]: `G g G^T` for each 3x3 kernel g, with
 /// G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]. Shared among the threads:
-/// every call transforms every weight (16/9 of them written: 4 MB for VGG's widest layer),
-/// which on one thread leaves the others idle.
-fn transform_weights(s: &Conv2dShape, w: &[f32]) -> Vec<f32> {
+/// 16/9 of the weights are written (4 MB for VGG's widest layer), which on one thread leaves
+/// the others idle.
+pub fn transform_weights(s: &Conv2dShape, w: &[f32]) -> Vec<f32> {
     let g_of = |[a, b, c]: [f32; 3]| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
     let pairs = s.cout * s.cin;
-    let mut u = vec![0.0; POINTS * pairs];
+    let mut u = vec![0.0; transformed_len(s)];
     // Task t takes kernels t * KERNELS_PER_TASK.. and the same run of each point's plane.
     let mut tasks: Vec<Vec<&mut [f32]>> = (0..pairs.div_ceil(KERNELS_PER_TASK)).map(|_| Vec::with_capacity(POINTS)).collect();
     for plane in u.chunks_mut(pairs) {
