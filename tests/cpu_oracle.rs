@@ -10,7 +10,8 @@ use mien::kernels::conv2d_grouped::{self, GroupedConvShape, Pads, PointDepthShap
 use mien::kernels::dense::{self, DenseShape};
 use mien::kernels::sgd::{self, SgdConfig};
 use mien::kernels::upsample::{self, UpsampleShape};
-use mien::kernels::{add, sigmoid, winograd};
+use mien::kernels::winograd::{self, Tiling};
+use mien::kernels::{add, sigmoid};
 use mien::nn::{Backend, Cpu};
 
 #[test]
@@ -23,13 +24,17 @@ fn conv_forward_matches_direct_loops() {
         Conv2dShape::new(2, 3, (8, 9), 5, (1, 1), Padding::Valid).unwrap(),
         Conv2dShape::new(1, 4, (6, 17), 3, (3, 5), Padding::Valid).unwrap(),
         Conv2dShape::new(5, 2, (2, 3), 2, (5, 5), Padding::Same).unwrap(), // kernel larger than the image
-        // Winograd's F(2x2, 3x3) (16 input channels or more, whole images per thread, planes
-        // large enough): odd output sides that cut the last tiles, an image in two blocks of
-        // tile rows (its 9,600 kernels transformed in three uneven tasks), and a 10x10 plane.
+        // Winograd (16 input channels or more, whole images per thread, planes large enough):
+        // F(4x4, 3x3) on output sides that cut the last tiles by 1, 2 and 3 columns and rows,
+        // one on an image in two uneven blocks of tile rows (its 9,600 kernels transformed in
+        // three uneven tasks); F(2x2, 3x3) on a 10x10 plane and on an odd one.
         Conv2dShape::new(3, 16, (23, 21), 5, (3, 3), Padding::Valid).unwrap(),
-        Conv2dShape::new(2, 96, (21, 19), 100, (3, 3), Padding::Same).unwrap(),
+        Conv2dShape::new(2, 96, (41, 38), 100, (3, 3), Padding::Same).unwrap(),
         Conv2dShape::new(8, 64, (10, 10), 33, (3, 3), Padding::Same).unwrap(),
+        Conv2dShape::new(2, 17, (9, 10), 9, (3, 3), Padding::Same).unwrap(),
     ];
+    let tilings: Vec<_> = shapes[7..].iter().map(winograd::tiling).collect();
+    assert_eq!(tilings, [Some(Tiling::F4), Some(Tiling::F4), Some(Tiling::F2), Some(Tiling::F2)]);
     // One thread, and more threads than images: then each image's output pixels are shared
     // out among the threads (unevenly at 7), with partial output rows at the seams.
     for threads in [1, 2, 7] {
@@ -52,9 +57,17 @@ fn conv_forward_matches_direct_loops() {
 #[test]
 fn winograd_takes_the_model_layers_it_is_faster_on() {
     let conv = |cin, side, cout, padding| Conv2dShape::new(64, cin, (side, side), cout, (3, 3), padding).unwrap();
-    // The VGG network's convolutions after the first, and the original's conv2 and conv3.
-    for s in [conv(64, 40, 64, Padding::Same), conv(128, 20, 128, Padding::Same), conv(256, 10, 256, Padding::Same), conv(32, 46, 64, Padding::Valid), conv(64, 22, 128, Padding::Valid)] {
-        assert!(winograd::applies(&s), "{s:?}");
+    // The VGG network's convolutions after the first, and the original's conv2 and conv3:
+    // F(4x4, 3x3) on planes of 20 and more, F(2x2, 3x3) on 10x10.
+    let (f4, f2) = (Some(Tiling::F4), Some(Tiling::F2));
+    for (s, tiling) in [
+        (conv(64, 40, 64, Padding::Same), f4),
+        (conv(128, 20, 128, Padding::Same), f4),
+        (conv(256, 10, 256, Padding::Same), f2),
+        (conv(32, 46, 64, Padding::Valid), f4),
+        (conv(64, 22, 128, Padding::Valid), f4),
+    ] {
+        assert_eq!(winograd::tiling(&s), tiling, "{s:?}");
     }
     // One input channel; the original's conv4 (8x8 out: 16 tiles numbered as 32); a 5x5 kernel.
     let five = Conv2dShape::new(64, 64, (20, 20), 64, (5, 5), Padding::Same).unwrap();

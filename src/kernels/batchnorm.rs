@@ -8,7 +8,7 @@
 
 use super::conv2d::Activation;
 use super::relu::relu;
-use super::{check_buf, items_per_task};
+use super::{check_buf, items_per_task, widest_vectors};
 use crate::error::{check_len, shape_err, Result};
 use crate::gpu::{shaders, GpuBuffer, Recorder};
 use rayon::prelude::*;
@@ -150,11 +150,19 @@ fn normalize_cpu(s: &BnShape, act: Activation, x: &[f32], gamma: &[f32], beta: &
     let plane = s.plane.max(1);
     y.par_chunks_mut(plane).zip(x.par_chunks(plane)).enumerate().with_min_len(items_per_task(plane)).for_each(|(i, (y, x))| {
         let c = i % s.channels;
-        y.iter_mut().zip(x).for_each(|(y, &x)| *y = gamma[c] * (x - mean[c]) * invstd[c] + beta[c]);
-        if act == Activation::Relu {
-            y.iter_mut().for_each(|v| *v = relu(*v));
-        }
+        normalize_plane(x, [gamma[c], beta[c], mean[c], invstd[c]], act == Activation::Relu, y);
     });
+}
+
+widest_vectors! {
+/// One channel's plane `x` normalised into `y`, then through a ReLU if `relu_after`.
+fn normalize_plane(x: &[f32], params: [f32; 4], relu_after: bool, y: &mut [f32]) {
+    let [gamma, beta, mean, invstd] = params;
+    for (y, &x) in y.iter_mut().zip(x) {
+        let v = gamma * (x - mean) * invstd + beta;
+        *y = if relu_after { relu(v) } else { v };
+    }
+}
 }
 
 /// Training-mode gradients: writes dx, dgamma and dbeta.
