@@ -12,7 +12,7 @@ faces pasted, enlarged and turned, into larger images with their labels recorded
   score: runs mien detect twice (aligned, then --no-align) on the scenes, matches each pasted
          face to the detected box whose centre lies nearest, inside half the face's size, and
          prints recall and accuracy per run, overall and by angle, beside `mien eval` on the same
-         faces upright at 48x48.
+         faces upright at 48x48: on all of them, and on just the ones each run found.
 
 Run: tools/.venv/bin/python tools/aligned_scenes.py make --out /tmp/scenes [--every 1 --max-angle 30]
      tools/.venv/bin/python tools/aligned_scenes.py score --scenes /tmp/scenes [--mien target/release/mien]
@@ -105,7 +105,8 @@ def detect(mien, scenes, extra):
 
 
 def score_run(records, detected):
-    rows = []  # (angle, found, correct)
+    rows = []  # (angle, found, correct, index of the face in `records` order)
+    faces = [face for record in records for face in record["faces"]]
     for record in records:
         boxes = detected.get(record["image"], [])
         for face in record["faces"]:
@@ -114,36 +115,61 @@ def score_run(records, detected):
                 d = np.hypot(box["x"] + box["w"] / 2 - face["cx"], box["y"] + box["h"] / 2 - face["cy"])
                 if d < best_distance:
                     best, best_distance = box, d
-            rows.append((abs(face["angle"]), best is not None, best is not None and best.get("emotion") == face["label"]))
+            rows.append((abs(face["angle"]), best is not None, best is not None and best.get("emotion") == face["label"], faces.index(face)))
     return np.array(rows, dtype=float)
 
 
-def upright_accuracy(args, records):
-    """mien eval on the same faces as FER2013 gives them (48x48, upright)."""
-    folder = os.path.join(args.scenes, "upright")
-    for record in records:
-        for face in record["faces"]:
-            target = os.path.join(folder, "test", face["source"].split(os.sep, 1)[1])
+def upright_correct(args, records):
+    """mien eval on the same faces as FER2013 gives them (48x48, upright), and whether each face
+    (in `records` order) is labelled right with the views `mien detect` takes by default: the
+    centre crop and its mirror image, each given to `mien eval --tta none --logits` (in
+    folders of the faces and of their mirror images) and their probabilities averaged."""
+    faces = [face for record in records for face in record["faces"]]
+    folders = {view: os.path.join(args.scenes, "upright" + view) for view in ["", "-mirrored"]}
+    for face in faces:
+        source = os.path.join(os.path.abspath(args.data), face["source"])
+        name = face["source"].split(os.sep, 1)[1]
+        for view, folder in folders.items():
+            target = os.path.join(folder, "test", name)
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            if not os.path.exists(target):
-                os.symlink(os.path.join(os.path.abspath(args.data), face["source"]), target)
-    output = run([args.mien, "eval", "--data", os.path.join(folder, "test"), *args.eval_args])
-    return next(line for line in output.splitlines() if "accuracy" in line)
+            if os.path.exists(target):
+                continue
+            if view:
+                cv2.imwrite(target.replace(".jpg", ".png"), cv2.flip(cv2.imread(source, cv2.IMREAD_GRAYSCALE), 1))
+            else:
+                os.symlink(source, target)
+    summary = next(line for line in run([args.mien, "eval", "--data", os.path.join(folders[""], "test"), *args.eval_args]).splitlines() if "accuracy" in line)
+    probabilities = {}
+    for view, folder in folders.items():
+        logits_file = os.path.join(folder, "logits.json")
+        run([args.mien, "eval", "--data", os.path.join(folder, "test"), "--tta", "none", "--logits", logits_file, *args.eval_args])
+        with open(logits_file) as f:
+            logits = np.array(json.load(f))
+        # mien eval's order: class folders in class order, files sorted by name.
+        names = [os.path.join(c, n) for c in CLASSES for n in sorted(os.listdir(os.path.join(folder, "test", c)))]
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        for n, p in zip(names, exp / exp.sum(axis=1, keepdims=True)):
+            key = os.path.splitext(n)[0]
+            probabilities[key] = probabilities.get(key, 0) + p
+    correct = [CLASSES[int(np.argmax(probabilities[os.path.splitext(face["source"].split(os.sep, 1)[1])[0]]))] == face["label"] for face in faces]
+    return summary, np.array(correct, dtype=float)
 
 
 def score(args):
     with open(os.path.join(args.scenes, "labels.json")) as f:
         records = json.load(f)
-    print("upright 48x48 faces, mien eval:", upright_accuracy(args, records))
+    summary, upright = upright_correct(args, records)
+    print(f"upright 48x48 faces, mien eval: {summary}; the views' probabilities averaged here: {upright.mean():.2%}")
     bins = [0, 10, 20, 30, 45]
     for title, extra in [("aligned", []), ("not aligned (--no-align)", ["--no-align"])]:
         rows = score_run(records, detect(args.mien, args.scenes, extra + args.detect_args))
         found = rows[:, 1] == 1
-        print(f"{title}: {len(rows)} faces, found {found.mean():.1%}, accuracy {rows[found, 2].mean():.2%} of those found ({rows[:, 2].mean():.2%} of all)")
+        same = upright[rows[found, 3].astype(int)].mean()
+        print(f"{title}: {len(rows)} faces, found {found.mean():.1%}, accuracy {rows[found, 2].mean():.2%} of those found ({rows[:, 2].mean():.2%} of all); the same faces upright: {same:.2%}")
         for lo, hi in zip(bins, bins[1:]):
             sel = found & (rows[:, 0] >= lo) & (rows[:, 0] < hi)
             if sel.any():
-                print(f"  |angle| {lo:2d}-{hi:2d} deg: {sel.sum():5d} found, accuracy {rows[sel, 2].mean():.2%}")
+                print(f"  |angle| {lo:2d}-{hi:2d} deg: {sel.sum():5d} found, accuracy {rows[sel, 2].mean():.2%}, upright {upright[rows[sel, 3].astype(int)].mean():.2%}")
 
 
 def main():
