@@ -2,7 +2,7 @@
 """Loads mien's safetensors weights into an equivalent PyTorch model and checks that its logits
 match mien's on FER2013 test images (within 1e-4): the weights are portable.
 
-    tools/.venv/bin/python tools/torch_parity.py [--weights data/models/original.safetensors] [--images 100]
+    tools/.venv/bin/python tools/torch_parity.py [--weights data/models/vgg.safetensors] [--images 100]
 
 Needs torch, safetensors, pillow and numpy (pip install torch safetensors pillow numpy), and a
 built mien (cargo build --release; --mien names another binary). The model is built by
@@ -42,7 +42,7 @@ def pick_files(test_dir, n):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--weights", default=os.path.join(ROOT, "data/models/original.safetensors"))
+    ap.add_argument("--weights", default=os.path.join(ROOT, "data/models/vgg.safetensors"))
     ap.add_argument("--images", type=int, default=100)
     ap.add_argument("--fer", default=os.environ.get("MIEN_FER2013", os.path.join(ROOT, "../shared/data/fer2013")),
                     help="FER2013 folder with test/ (default: $MIEN_FER2013 or ../shared/data/fer2013)")

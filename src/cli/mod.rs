@@ -214,7 +214,7 @@ struct EvalArgs {
     data: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Usage::PublicTest)]
     usage: Usage,
-    /// Weights (safetensors); default: the shipped data/models/original.safetensors.
+    /// Weights (safetensors); default: the shipped data/models/vgg.safetensors.
     #[arg(long)]
     weights: Option<PathBuf>,
     /// Model config; default: the one recorded in the weights file.
@@ -223,8 +223,8 @@ struct EvalArgs {
     #[arg(long, default_value_t = 256)]
     batch: usize,
     /// Test-time augmentation: classify each image by the mean probabilities of these views of
-    /// it (mirror: twice the work, 0.6-0.9 points more accurate for the original model on the
-    /// FER2013 test split).
+    /// it (mirror: twice the work, and more accurate on the FER2013 test split for both shipped
+    /// models: see data/models/README.md).
     #[arg(long, value_enum, default_value_t = Tta::Mirror)]
     tta: Tta,
     /// Write the results as JSON to this file, or to standard output with `-` or no value.

@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 /// The weights of the default expression model, relative to the repository (tools/web-build.sh
 /// reads this line to ship the same model to the page).
-pub const SHIPPED_WEIGHTS: &str = "data/models/original.safetensors";
+pub const SHIPPED_WEIGHTS: &str = "data/models/vgg.safetensors";
 
 /// An expression label: the most probable class and every class's probability.
 #[derive(Clone, Debug, PartialEq)]
