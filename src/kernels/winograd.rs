@@ -323,18 +323,22 @@ fn transform_input(s: &Conv2dShape, tiling: Tiling, block: &Block, img: &[f32], 
             // The row with its padding (outside lo..hi, zero throughout), then split into its
             // columns' phases.
             padded[lo..hi].copy_from_slice(&plane[iy * s.w..][..hi - lo]);
-            match tile {
-                2 => {
+            // Each phase a slice of its own, written in one pass: the compiler then splits
+            // whole vectors of the row with shuffles.
+            match tiling {
+                Tiling::F2 => {
                     let (even, odd) = row_phases.split_at_mut(len);
                     for ((pair, e), o) in padded.chunks_exact(2).zip(&mut even[at..at + half]).zip(&mut odd[at..at + half]) {
                         (*e, *o) = (pair[0], pair[1]);
                     }
                 }
-                _ => {
-                    for (b, phase) in row_phases.chunks_exact_mut(len).enumerate() {
-                        for (dst, group) in phase[at..at + half].iter_mut().zip(padded.chunks_exact(tile)) {
-                            *dst = group[b];
-                        }
+                Tiling::F4 => {
+                    let (p01, p23) = row_phases.split_at_mut(2 * len);
+                    let ((p0, p1), (p2, p3)) = (p01.split_at_mut(len), p23.split_at_mut(len));
+                    let (p0, p1, p2, p3) = (&mut p0[at..at + half], &mut p1[at..at + half], &mut p2[at..at + half], &mut p3[at..at + half]);
+                    let groups = &padded[..4 * half];
+                    for k in 0..half {
+                        (p0[k], p1[k], p2[k], p3[k]) = (groups[4 * k], groups[4 * k + 1], groups[4 * k + 2], groups[4 * k + 3]);
                     }
                 }
             }
@@ -405,21 +409,21 @@ fn transform_output(s: &Conv2dShape, tiling: Tiling, block: &Block, m: &[f32], b
                 }
                 let column = |dx: usize| &outputs[(tile * dy + dx) * n + r * half..][..whole + 1];
                 let (full, tail) = plane[oy * s.ow..][..s.ow].split_at_mut(tile * whole);
-                match tile {
-                    // Indexed rather than by pairs of the row: the compiler then interleaves
-                    // whole vectors of left and right columns with shuffles.
-                    2 => {
+                // Indexed rather than by groups of the row or with strides: the compiler then
+                // interleaves whole vectors of the columns with shuffles.
+                match tiling {
+                    Tiling::F2 => {
                         let (l, rt) = (&column(0)[..whole], &column(1)[..whole]);
                         for i in 0..whole {
                             full[2 * i] = l[i];
                             full[2 * i + 1] = rt[i];
                         }
                     }
-                    _ => {
-                        for dx in 0..tile {
-                            for (dst, value) in full[dx..].iter_mut().step_by(tile).zip(column(dx)) {
-                                *dst = *value;
-                            }
+                    Tiling::F4 => {
+                        let (c0, c1, c2, c3) = (&column(0)[..whole], &column(1)[..whole], &column(2)[..whole], &column(3)[..whole]);
+                        let full = &mut full[..4 * whole];
+                        for i in 0..whole {
+                            (full[4 * i], full[4 * i + 1], full[4 * i + 2], full[4 * i + 3]) = (c0[i], c1[i], c2[i], c3[i]);
                         }
                     }
                 }
