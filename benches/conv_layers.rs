@@ -8,13 +8,14 @@ use mien::kernels::winograd;
 use std::time::Instant;
 
 /// (name, input channels, input side, output channels, padding).
-const LAYERS: [(&str, usize, usize, usize, Padding); 8] = [
+const LAYERS: [(&str, usize, usize, usize, Padding); 9] = [
     ("vgg conv1", 1, 40, 64, Padding::Same),
     ("vgg conv2", 64, 40, 64, Padding::Same),
     ("vgg conv3", 64, 20, 128, Padding::Same),
     ("vgg conv4", 128, 20, 128, Padding::Same),
     ("vgg conv5", 128, 10, 256, Padding::Same),
     ("vgg conv6", 256, 10, 256, Padding::Same),
+    ("original conv1", 1, 48, 32, Padding::Valid),
     ("original conv2", 32, 46, 64, Padding::Valid),
     ("original conv3", 64, 22, 128, Padding::Valid),
 ];
