@@ -4,9 +4,10 @@
 //!
 //! The CPU treats it as a matrix product with the im2col matrix of each image (`sgemm`), and
 //! its data gradient as the transposed product folded back with col2im; 3x3 layers wide and
-//! large enough go through Winograd's F(2x2, 3x3) or F(4x4, 3x3) instead, both ways (`winograd.rs`). The GPU convolves
-//! directly on weights packed by tap (conv2d_pack.wgsl), and gets the data gradient by running
-//! the forward kernel on dy with flipped, transposed weights and complementary padding.
+//! large enough go through Winograd's F(2x2, 3x3) or F(4x4, 3x3) instead, both ways
+//! (`winograd.rs`). The GPU convolves directly on weights packed by tap (conv2d_pack.wgsl), and
+//! gets the data gradient by running the forward kernel on dy with flipped, transposed weights
+//! and complementary padding.
 
 use super::reduce::{self, ACCUMULATE, WRITE_SPLITS};
 use super::{check_buf, parallel_over_batch, sgemm, winograd, with_col_scratch, MatRef};

@@ -265,8 +265,9 @@ pub fn transformed_len(s: &Conv2dShape) -> usize {
 }
 
 /// The weights [cout, cin, 3, 3] of a shape that [`applies`] as U [points][cout][cin]:
-/// `G g G^T` for each 3x3 kernel g. Shared among the threads: up to 4 times the weights are
-/// written (9 MB for VGG's widest layer), which on one thread leaves the others idle.
+/// `G g G^T` for each 3x3 kernel g. Shared among the threads: 16/9 or 4 times as many values
+/// as the weights are written (4 MB for VGG's widest layer), which on one thread leaves the
+/// others idle.
 pub fn transform_weights(s: &Conv2dShape, w: &[f32]) -> Vec<f32> {
     let tiling = tiling(s).expect("transform_weights is called for shapes that Winograd applies to");
     let side = tiling.side();
