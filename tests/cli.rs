@@ -394,3 +394,13 @@ fn eval_writes_its_json_to_standard_output() {
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
     assert_eq!(report["images"].as_u64(), Some(14));
 }
+
+#[test]
+fn eval_takes_an_ensemble_of_both_shipped_models_and_names_a_missing_member() {
+    let data = tiny_fer("eval-ensemble", 1);
+    let test = data.join("test");
+    let (ok, stdout, stderr) = mien(&["eval", "--device", "cpu", "--data", s(&test), "--weights", "data/models/vgg.safetensors,data/models/original.safetensors"]);
+    assert!(ok && stdout.contains("14 images: accuracy"), "{stdout}{stderr}");
+    let (ok, _, stderr) = mien(&["eval", "--device", "cpu", "--data", s(&test), "--weights", "data/models/vgg.safetensors,no-such.safetensors"]);
+    assert!(!ok && stderr.contains("no-such.safetensors: cannot read"), "{stderr}");
+}

@@ -11,7 +11,7 @@ use mien::data::{self, Dataset, Usage, PIXELS};
 use mien::kernels::adam::AdamConfig;
 use mien::kernels::warp;
 use mien::nn::weights::Part;
-use mien::nn::{Backend, Cpu, GpuBackend, Model, ModelConfig};
+use mien::nn::{Backend, Cpu, Ensemble, GpuBackend, Model, ModelConfig};
 use mien::rng::Rng;
 use mien::train::{self, OptimizerChoice, Recipe, RunFiles, SgdSettings, Start};
 use std::path::{Path, PathBuf};
@@ -29,11 +29,16 @@ fn tiny_model() -> ModelConfig {
 
 /// The tiny model on `side` x `side` crops of the images.
 fn tiny_model_of_side(side: usize) -> ModelConfig {
+    tiny_model_of(side, 7)
+}
+
+/// The tiny model on `side` x `side` crops, telling `classes` classes apart.
+fn tiny_model_of(side: usize, classes: usize) -> ModelConfig {
     let json = format!(
-        r#"{{"name": "tiny", "input": [1, {side}, {side}], "classes": 7, "layers": [
+        r#"{{"name": "tiny", "input": [1, {side}, {side}], "classes": {classes}, "layers": [
             {{"type": "conv2d", "filters": 4, "kernel": 3}}, {{"type": "relu"}}, {{"type": "max_pool", "size": 4}},
             {{"type": "dropout", "rate": 0.1}}, {{"type": "batch_norm"}}, {{"type": "flatten"}},
-            {{"type": "dense", "units": 16}}, {{"type": "relu"}}, {{"type": "dense", "units": 7}}]}}"#
+            {{"type": "dense", "units": 16}}, {{"type": "relu"}}, {{"type": "dense", "units": {classes}}}]}}"#
     );
     ModelConfig::from_json(&json, "tiny").unwrap()
 }
@@ -125,8 +130,8 @@ fn check_mirror_evaluation<B: Backend>(backend: &B) {
     let mean: Vec<f32> = alone.iter().zip(&flipped).map(|(a, b)| 0.5 * (a + b)).collect();
     assert_close("mirror-averaged probabilities", &both, &mean, 1e-5);
 
-    let single = train::evaluate(&mut model, backend, &data, 16, Tta::None).unwrap();
-    let tta = train::evaluate(&mut model, backend, &data, 16, Tta::Mirror).unwrap();
+    let single = train::evaluate(std::slice::from_mut(&mut model), backend, &data, 16, Tta::None).unwrap();
+    let tta = train::evaluate(std::slice::from_mut(&mut model), backend, &data, 16, Tta::Mirror).unwrap();
     assert!(single.tta == Tta::None && tta.tta == Tta::Mirror);
     assert_eq!(tta.single_accuracy, single.accuracy);
     let correct = |probs: &[f32]| probs.chunks(7).zip(&data.labels).filter(|(p, &l)| (0..7).all(|c| p[c] <= p[l as usize])).count();
@@ -162,7 +167,7 @@ fn check_ten_crop_evaluation<B: Backend>(backend: &B) {
         }
     }
     assert_close("ten-crop probabilities", &model.predict(backend, &data.images, Tta::TenCrop).unwrap(), &mean, 1e-5);
-    let ten = train::evaluate(&mut model, backend, &data, 8, Tta::TenCrop).unwrap();
+    let ten = train::evaluate(std::slice::from_mut(&mut model), backend, &data, 8, Tta::TenCrop).unwrap();
     let correct = mean.chunks(7).zip(&data.labels).filter(|(p, &l)| (0..7).all(|c| p[c] <= p[l as usize])).count();
     assert_eq!((ten.accuracy * 19.0).round() as usize, correct);
     assert!(ten.ece >= 0.0 && ten.ece <= 1.0 && ten.reliability.bins.iter().map(|b| b.images).sum::<usize>() == 19);
@@ -172,6 +177,46 @@ fn check_ten_crop_evaluation<B: Backend>(backend: &B) {
 fn ten_crop_evaluation_averages_the_corner_and_centre_crops_and_their_mirror_images() {
     check_ten_crop_evaluation(&Cpu);
     check_ten_crop_evaluation(&GpuBackend::new(gpu()));
+}
+
+fn check_ensemble_evaluation<B: Backend>(backend: &B) {
+    let data = data::synthetic(23, 7);
+    let mut ensemble = Ensemble::new(vec![Model::new(backend, tiny_model(), 6).unwrap(), Model::new(backend, tiny_model_of_side(40), 8).unwrap()]).unwrap();
+    // Each model's own predictions, then their mean.
+    let mean_of = |ensemble: &mut Ensemble<B>, tta: Tta| {
+        let mut mean = vec![0.0f32; 23 * 7];
+        for model in ensemble.models_mut() {
+            mean.iter_mut().zip(model.predict(backend, &data.images, tta).unwrap()).for_each(|(m, p)| *m += p / 2.0);
+        }
+        mean
+    };
+    let (centre, mirror) = (mean_of(&mut ensemble, Tta::None), mean_of(&mut ensemble, Tta::Mirror));
+    let faces = backend.faces_from_bytes(&data.images).unwrap();
+    assert_close("ensemble probabilities", &pollster::block_on(ensemble.predict_faces_async(backend, &faces, 23, Tta::Mirror)).unwrap(), &mirror, 1e-5);
+
+    let eval = train::evaluate(ensemble.models_mut(), backend, &data, 8, Tta::Mirror).unwrap();
+    let correct = |probs: &[f32]| probs.chunks(7).zip(&data.labels).filter(|(p, &l)| (0..7).all(|c| p[c] <= p[l as usize])).count();
+    assert_eq!((eval.accuracy * 23.0).round() as usize, correct(&mirror));
+    assert_eq!((eval.single_accuracy * 23.0).round() as usize, correct(&centre));
+    let loss = -mirror.chunks(7).zip(&data.labels).map(|(p, &l)| (p[l as usize] as f64).ln()).sum::<f64>() / 23.0;
+    assert!((eval.loss - loss).abs() < 1e-4, "ensemble loss {} vs {loss}", eval.loss);
+    // Logits whose softmax is the models' mean centre-crop probabilities.
+    let softmax: Vec<f32> = eval.logits.iter().flat_map(|row| row.iter().map(|l| l.exp() / row.iter().map(|l| l.exp()).sum::<f32>())).collect();
+    assert_close("softmax of the ensemble's logits", &softmax, &centre, 1e-5);
+}
+
+#[test]
+fn an_ensemble_averages_its_models_probabilities() {
+    check_ensemble_evaluation(&Cpu);
+    check_ensemble_evaluation(&GpuBackend::new(gpu()));
+}
+
+#[test]
+fn an_ensemble_of_models_with_different_classes_is_refused() {
+    let models = vec![Model::new(&Cpu, tiny_model(), 1).unwrap(), Model::new(&Cpu, tiny_model_of(48, 5), 1).unwrap()];
+    let err = Ensemble::new(models).err().expect("refused").to_string();
+    assert!(err.contains("ensemble model 2 has 5 classes, model 1 has 7"), "{err}");
+    assert!(Ensemble::<Cpu>::new(Vec::new()).is_err());
 }
 
 #[test]

@@ -8,7 +8,7 @@ use mien::data::{self, Dataset, Usage};
 use mien::detect::yunet::YuNetParams;
 use mien::gpu::{self, BackendChoice, DeviceChoice, GpuOptions};
 use mien::nn::weights::Part;
-use mien::nn::{Backend, Cpu, GpuBackend, Model, ModelConfig};
+use mien::nn::{Backend, Cpu, Ensemble, GpuBackend, Model, ModelConfig};
 use mien::pipeline::video::VideoOptions;
 use mien::pipeline::{DetectSize, SHIPPED_WEIGHTS};
 use mien::train::{self, OptimizerChoice, Recipe, RunFiles, RunState, SgdSettings};
@@ -214,10 +214,11 @@ struct EvalArgs {
     data: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Usage::PublicTest)]
     usage: Usage,
-    /// Weights (safetensors); default: the shipped data/models/vgg.safetensors.
-    #[arg(long)]
-    weights: Option<PathBuf>,
-    /// Model config; default: the one recorded in the weights file.
+    /// Weights (safetensors); default: the shipped data/models/vgg.safetensors. Several,
+    /// separated by commas, are an ensemble: each image gets the mean of their probabilities.
+    #[arg(long, value_delimiter = ',')]
+    weights: Vec<PathBuf>,
+    /// Model config; default: the one recorded in each weights file.
     #[arg(long)]
     model: Option<PathBuf>,
     #[arg(long, default_value_t = 256)]
@@ -332,9 +333,10 @@ struct DetectArgs {
     /// Haar: the cascade XML.
     #[arg(long, default_value = "data/cascades/haarcascade_frontalface_default.xml")]
     cascade: PathBuf,
-    /// Expression model weights (safetensors); default: the shipped ones.
-    #[arg(long)]
-    weights: Option<PathBuf>,
+    /// Expression model weights (safetensors); default: the shipped ones. Several, separated by
+    /// commas, are an ensemble: each face gets the mean of their probabilities.
+    #[arg(long, value_delimiter = ',')]
+    weights: Vec<PathBuf>,
     /// Haar: the pyramid's scale step.
     #[arg(long, default_value_t = 1.1)]
     scale_factor: f64,
@@ -729,23 +731,27 @@ fn run_train<B: Backend>(backend: &B, args: &TrainArgs, recipe: &Recipe) -> Resu
         println!("{why}");
     }
     // The model now holds the best weights: their confusion matrix on the validation set.
-    let eval = train::evaluate(&mut model, backend, &val_set, recipe.batch, recipe.validation_tta())?;
+    let eval = train::evaluate(std::slice::from_mut(&mut model), backend, &val_set, recipe.batch, recipe.validation_tta())?;
     mien::plot::confusion_matrix(&args.out.join("confusion.png"), &data::CLASSES, &eval.confusion)?;
     println!("best validation accuracy {:.2}% at epoch {}; weights in {}; plots and metrics in {}", 100.0 * state.best_accuracy, state.best_epoch, files.best().display(), args.out.display());
     Ok(())
 }
 
 fn run_eval<B: Backend>(backend: &B, args: &EvalArgs) -> Result<()> {
-    let weights = args.weights.clone().unwrap_or_else(|| PathBuf::from(SHIPPED_WEIGHTS));
-    let config = match &args.model {
-        Some(path) => ModelConfig::load(path)?,
-        None => mien::nn::weights::config_of(&weights)?,
-    };
+    let mut models = Vec::new();
+    for weights in expression_weights(&args.weights) {
+        let config = match &args.model {
+            Some(path) => ModelConfig::load(path)?,
+            None => mien::nn::weights::config_of(&weights)?,
+        };
+        let mut model = Model::new(backend, config, 0)?;
+        model.load(backend, &weights, Part::Value)?;
+        models.push(model);
+    }
+    let mut models = Ensemble::new(models)?;
     let path = args.data.clone().unwrap_or_else(|| data::default_fer_dir().join("test"));
     let data = load_data(&path, args.usage, args.skip_bad)?;
-    let mut model = Model::new(backend, config, 0)?;
-    model.load(backend, &weights, Part::Value)?;
-    let eval = train::evaluate(&mut model, backend, &data, args.batch, args.tta)?;
+    let eval = train::evaluate(models.models_mut(), backend, &data, args.batch, args.tta)?;
     if let Some(path) = &args.logits {
         std::fs::write(path, serde_json::to_string(&eval.logits)?).with_context(|| format!("{}: cannot write", path.display()))?;
     }
@@ -799,6 +805,15 @@ fn model_config(file_or_name: &Path) -> Result<ModelConfig> {
     let is_name = file_or_name.extension().is_none() && file_or_name.components().count() == 1 && !file_or_name.exists();
     let path = if is_name { shipped(&Path::new("data/models").join(file_or_name).with_extension("json")) } else { file_or_name.to_path_buf() };
     Ok(ModelConfig::load(&path)?)
+}
+
+/// The expression model weights given, or the shipped ones.
+fn expression_weights(given: &[PathBuf]) -> Vec<PathBuf> {
+    if given.is_empty() {
+        vec![shipped(Path::new(SHIPPED_WEIGHTS))]
+    } else {
+        given.iter().map(|path| shipped(path)).collect()
+    }
 }
 
 /// A path as given, or else relative to the source tree (so the shipped data is found when
@@ -903,8 +918,8 @@ fn run_detect<B: Backend>(backend: B, gpu: Option<&gpu::Gpu>, args: &DetectArgs,
             bail!("--stride 0: it must be 1 (every frame) or more");
         }
     }
-    let weights = (!args.no_emotion).then(|| shipped(&args.weights.clone().unwrap_or_else(|| PathBuf::from(SHIPPED_WEIGHTS))));
-    let mut labeller = Labeller::new(backend, gpu, detector, weights.as_deref(), args.tta, !args.no_align).context("loading the detector and the expression model (or pass --no-emotion)")?;
+    let weights = if args.no_emotion { Vec::new() } else { expression_weights(&args.weights) };
+    let mut labeller = Labeller::new(backend, gpu, detector, &weights, args.tta, !args.no_align).context("loading the detector and the expression model (or pass --no-emotion)")?;
     let outputs = output_names(&files, out);
     // With the JSON on standard output, everything else goes to standard error.
     let json_to_stdout = args.json.as_deref().is_some_and(is_stdout);

@@ -163,7 +163,7 @@ fn describe(s: &VideoSummary, outputs: &VideoOutputs) -> String {
 pub fn bench(global: &Global, frames: u32, clips: &Path, json: bool) -> Result<()> {
     let gpu = gpu_for_bench(global)?;
     let scenes = ["data/photos/grace_hopper.jpg", "data/fixtures/haar/montage.png"].map(|p| shipped(Path::new(p)));
-    let weights = shipped(Path::new(SHIPPED_WEIGHTS));
+    let weights = [shipped(Path::new(SHIPPED_WEIGHTS))];
     let detector = || DetectorChoice::YuNet { params: YuNetParams::DETECT, min_size: 0, size: DetectSize::Video };
     let bar = bench::progress_bar();
     bar.set_length((scenes.len() * bench::VIDEO_SIZES.len() * (1 + gpu.is_some() as usize)) as u64);
@@ -172,11 +172,11 @@ pub fn bench(global: &Global, frames: u32, clips: &Path, json: bool) -> Result<(
         bar.set_message(format!("{}x{}", size.width, size.height));
         let clip = bench::make_clip(scene, clips, size, frames)?;
         if let Some(gpu) = &gpu {
-            let mut labeller = Labeller::new(GpuBackend::new(gpu), Some(gpu), detector(), Some(&weights), Tta::Mirror, true)?;
+            let mut labeller = Labeller::new(GpuBackend::new(gpu), Some(gpu), detector(), &weights, Tta::Mirror, true)?;
             results.push(bench::bench_video(&mut labeller, &gpu.describe(), &clip, clips)?);
             bar.inc(1);
         }
-        let mut labeller = Labeller::new(Cpu, None, detector(), Some(&weights), Tta::Mirror, true)?;
+        let mut labeller = Labeller::new(Cpu, None, detector(), &weights, Tta::Mirror, true)?;
         results.push(bench::bench_video(&mut labeller, "cpu", &clip, clips)?);
         bar.inc(1);
     }

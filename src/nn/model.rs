@@ -516,27 +516,47 @@ impl<B: Backend> Model<B> {
     }
 
     /// [`Model::predict_async`] of `n` faces where the backend keeps them (cut from a frame on
-    /// the device, say). Every view is queued before the first is read back, so on a GPU the
-    /// views cost one wait, not one each.
+    /// the device, say).
     pub async fn predict_faces_async(&mut self, backend: &B, faces: &B::Faces, n: usize, tta: Tta) -> Result<Vec<f32>> {
+        self.queue_faces(backend, faces, n, tta)?.mean_async(backend).await
+    }
+
+    /// Every view `tta` takes of `n` faces, queued. All are queued before the first is read
+    /// back, so on a GPU the views (and the other models of an ensemble) cost one wait, not
+    /// one each.
+    pub(crate) fn queue_faces(&mut self, backend: &B, faces: &B::Faces, n: usize, tta: Tta) -> Result<QueuedViews<B>> {
         // The loss needs labels; any valid ones do, since only the probabilities are used.
         let labels = vec![0; n];
-        let views = tta.views(self.side);
         // Each view's readbacks copy its results as the queue reaches them, so the next view
         // may reuse the workspace.
-        let queued = views.iter().map(|view| self.submit_faces_evaluation(backend, faces, *view, &labels)).collect::<Result<Vec<_>>>()?;
-        let mut probs = vec![0.0; n * self.config.classes];
-        for view in queued {
-            add_into(&mut probs, &view.wait_async(backend).await?.probs.expect("evaluation returns probabilities"));
-        }
-        scale(&mut probs, views.len());
-        Ok(probs)
+        let views = tta.views(self.side).iter().map(|view| self.submit_faces_evaluation(backend, faces, *view, &labels)).collect::<Result<Vec<_>>>()?;
+        Ok(QueuedViews { views, len: n * self.config.classes })
     }
 
     /// [`Model::predict_async`], waited for.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn predict(&mut self, backend: &B, images: &[u8], tta: Tta) -> Result<Vec<f32>> {
         pollster::block_on(self.predict_async(backend, images, tta))
+    }
+}
+
+/// The views of a batch of faces queued by [`Model::queue_faces`].
+pub(crate) struct QueuedViews<B: Backend> {
+    views: Vec<BatchInFlight<B>>,
+    /// Faces times classes.
+    len: usize,
+}
+
+impl<B: Backend> QueuedViews<B> {
+    /// The class probabilities of each face, the mean over its views.
+    pub(crate) async fn mean_async(self, backend: &B) -> Result<Vec<f32>> {
+        let mut probs = vec![0.0; self.len];
+        let count = self.views.len();
+        for view in self.views {
+            add_into(&mut probs, &view.wait_async(backend).await?.probs.expect("evaluation returns probabilities"));
+        }
+        scale(&mut probs, count);
+        Ok(probs)
     }
 }
 

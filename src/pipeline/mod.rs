@@ -16,14 +16,14 @@ use crate::detect::annotate::{self, Annotation};
 use crate::detect::gpu::GpuDetector;
 use crate::detect::yunet::{FaceBox, YuNet, YuNetModel, YuNetParams};
 use crate::detect::{cpu, Cascade, DetectParams, Rect};
-use crate::error::{file_err, Error, Result};
+use crate::error::{Error, Result};
 use crate::gpu::{append_timeline, Gpu, PassTiming};
 use crate::kernels::face_crop::{self, CropMap};
-use crate::nn::{Backend, Model};
+use crate::nn::{Backend, Ensemble};
 use image::{GrayImage, RgbImage};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// The weights of the default expression model, relative to the repository (tools/web-build.sh
@@ -122,7 +122,7 @@ pub struct Labeller<'g, B: Backend> {
 /// Cuts faces out and labels them: the expression model and how it sees a face.
 struct Classifier<B: Backend> {
     backend: B,
-    model: Option<Model<B>>,
+    models: Option<Ensemble<B>>,
     tta: Tta,
     /// Whether faces with landmarks are aligned before they are classified (see [`crate::align`]).
     align: bool,
@@ -130,25 +130,22 @@ struct Classifier<B: Backend> {
 
 impl<'g, B: Backend> Labeller<'g, B> {
     /// A labeller finding faces with `detector` (a Haar cascade on `gpu` when given) and
-    /// labelling them with the weights at `weights`, whose model config is read from the file;
-    /// without weights it only finds faces. Each face is labelled by the mean probabilities
-    /// of the views `tta` takes of its crop, aligned by its landmarks when `align` is set and
+    /// labelling them with the models of the weights files at `weights` (each built as its
+    /// file's metadata declares); without weights it only finds faces. Each face is labelled by
+    /// the mean probabilities of the views `tta` takes of its crop (and of the models), aligned by its landmarks when `align` is set and
     /// the detector gives landmarks.
-    pub fn new(backend: B, gpu: Option<&'g Gpu>, detector: DetectorChoice, weights: Option<&Path>, tta: Tta, align: bool) -> Result<Self> {
+    pub fn new(backend: B, gpu: Option<&'g Gpu>, detector: DetectorChoice, weights: &[PathBuf], tta: Tta, align: bool) -> Result<Self> {
         let yunet = match detector {
             DetectorChoice::YuNet { .. } => Some(Arc::new(YuNetModel::shipped()?)),
             DetectorChoice::Haar { .. } => None,
         };
-        let model = match weights {
-            None => None,
-            Some(path) => Some(Model::from_weights(&backend, &std::fs::read(path).map_err(|e| file_err(path, format!("cannot read the weights: {e}")))?, path)?),
-        };
-        Self::from_parts(backend, gpu, detector, yunet, model, tta, align)
+        let models = if weights.is_empty() { None } else { Some(Ensemble::load(&backend, weights)?) };
+        Self::from_parts(backend, gpu, detector, yunet, models, tta, align)
     }
 
     /// [`Labeller::new`] from loaded parts, for front ends without files (the browser):
     /// `yunet` is the detector's network, needed when `detector` is YuNet.
-    pub fn from_parts(backend: B, gpu: Option<&'g Gpu>, detector: DetectorChoice, yunet: Option<Arc<YuNetModel>>, model: Option<Model<B>>, tta: Tta, align: bool) -> Result<Self> {
+    pub fn from_parts(backend: B, gpu: Option<&'g Gpu>, detector: DetectorChoice, yunet: Option<Arc<YuNetModel>>, models: Option<Ensemble<B>>, tta: Tta, align: bool) -> Result<Self> {
         let detector = match detector {
             DetectorChoice::YuNet { params, min_size, size } => {
                 params.validate()?;
@@ -171,7 +168,7 @@ impl<'g, B: Backend> Labeller<'g, B> {
                 }
             }
         };
-        Ok(Labeller { detector, classifier: Classifier { backend, model, tta, align }, warnings: Vec::new() })
+        Ok(Labeller { detector, classifier: Classifier { backend, models, tta, align }, warnings: Vec::new() })
     }
 
     /// The faces in an image (`rgb`, and `grey` as OpenCV converts it), labelled when there is
@@ -289,7 +286,7 @@ impl<B: Backend> Classifier<B> {
     /// [`Classifier::label`] for the faces of several frames, all in one batch.
     async fn label_together(&mut self, frames: &mut [(&GrayImage, &mut [Face])], warnings: &mut Vec<String>) -> Result<()> {
         let count: usize = frames.iter().map(|(_, faces)| faces.len()).sum();
-        let Some(model) = self.model.as_mut().filter(|_| count > 0) else {
+        let Some(models) = self.models.as_mut().filter(|_| count > 0) else {
             return Ok(());
         };
         let backend = &self.backend;
@@ -301,7 +298,7 @@ impl<B: Backend> Classifier<B> {
             1 => parts.pop().expect("one part"),
             _ => backend.join_faces(&parts)?,
         };
-        let probs = model.predict_faces_async(backend, &crops, count, self.tta).await?;
+        let probs = models.predict_faces_async(backend, &crops, count, self.tta).await?;
         for (face, p) in frames.iter_mut().flat_map(|(_, faces)| faces.iter_mut()).zip(probs.chunks(CLASSES.len())) {
             face.label = Some(Label { class: data::most_probable(p), probabilities: p.to_vec() });
         }
@@ -522,7 +519,7 @@ mod tests {
         let greys = frames.map(crate::imageio::grey_of);
         let pairs: Vec<(&RgbImage, &GrayImage)> = frames.into_iter().zip(&greys).collect();
         let choice = DetectorChoice::YuNet { params: YuNetParams::DETECT, min_size: 0, size: DetectSize::AtMost(400) };
-        let mut labeller = Labeller::new(crate::nn::Cpu, None, choice, None, Tta::None, true).unwrap();
+        let mut labeller = Labeller::new(crate::nn::Cpu, None, choice, &[], Tta::None, true).unwrap();
         let mut warnings = Vec::new();
         let together = pollster::block_on(labeller.detector.find_together(&pairs, &mut warnings)).unwrap();
         let alone: Vec<Vec<Face>> = pairs.iter().map(|&(rgb, grey)| pollster::block_on(labeller.detector.find(rgb, grey, &mut warnings)).unwrap()).collect();

@@ -29,37 +29,53 @@ fn gather(data: &Dataset, indices: &[usize]) -> (Vec<u8>, Vec<u32>) {
     (bytes, indices.iter().map(|&i| data.labels[i] as u32).collect())
 }
 
-/// Accuracy, loss, confusion matrix, per-class scores and calibration of `model` on `data`,
-/// each image classified by the mean probabilities of the views `tta` takes of it. `logits`
-/// and `single_accuracy` are always those of the centre crop alone.
-pub fn evaluate<B: Backend>(model: &mut Model<B>, backend: &B, data: &Dataset, batch: usize, tta: Tta) -> Result<Evaluation> {
-    let classes = model.config.classes;
-    let views = tta.views(model.input_side());
+/// Accuracy, loss, confusion matrix, per-class scores and calibration of `models` (one, or an
+/// ensemble) on `data`, each image classified by the mean probabilities of the views `tta`
+/// takes of it, averaged over the views of each model and then over the models.
+/// `single_accuracy` is that of the centre crops alone; `logits` are those of the centre crop
+/// (for an ensemble, the logarithm of the models' mean probabilities, whose softmax is that mean).
+pub fn evaluate<B: Backend>(models: &mut [Model<B>], backend: &B, data: &Dataset, batch: usize, tta: Tta) -> Result<Evaluation> {
+    let classes = models.first().ok_or_else(|| Error::Invalid("evaluation needs a model".into()))?.config.classes;
+    let views: Vec<Vec<Augment>> = models.iter().map(|m| tta.views(m.input_side())).collect();
     let mut confusion = vec![vec![0usize; classes]; classes];
     let mut reliability = Reliability::default();
     let mut loss_sum = 0.0f64;
     let mut single_correct = 0usize;
     let mut logits = Vec::with_capacity(data.len());
-    // Adds a finished batch (every view of it) to the figures.
-    let mut tally = |labels: Vec<u32>, views_in_flight: Vec<BatchInFlight<B>>| -> Result<()> {
-        let mut probs = vec![0.0; labels.len() * classes];
-        let count = views_in_flight.len();
-        for (v, view) in views_in_flight.into_iter().enumerate() {
-            let r = view.wait(backend)?;
-            if v == 0 {
-                single_correct += r.correct as usize;
-                logits.extend(r.logits.as_deref().expect("evaluation returns logits").chunks(classes).map(<[f32]>::to_vec));
-                if count == 1 {
-                    loss_sum += r.loss as f64 * labels.len() as f64;
+    // Adds a finished batch (every view of it, from every model) to the figures.
+    let mut tally = |labels: Vec<u32>, queued: Vec<Vec<BatchInFlight<B>>>| -> Result<()> {
+        let (mut probs, mut centre) = (vec![0.0; labels.len() * classes], vec![0.0; labels.len() * classes]);
+        let (model_count, alone) = (queued.len(), queued.len() == 1 && queued[0].len() == 1);
+        for model_views in queued {
+            let mut model_probs = vec![0.0; probs.len()];
+            let view_count = model_views.len();
+            for (v, view) in model_views.into_iter().enumerate() {
+                let r = view.wait(backend)?;
+                let view_probs = r.probs.expect("evaluation returns probabilities");
+                if v == 0 {
+                    add_into(&mut centre, &view_probs);
+                    if model_count == 1 {
+                        logits.extend(r.logits.as_deref().expect("evaluation returns logits").chunks(classes).map(<[f32]>::to_vec));
+                    }
+                    if alone {
+                        loss_sum += r.loss as f64 * labels.len() as f64;
+                    }
                 }
+                add_into(&mut model_probs, &view_probs);
             }
-            add_into(&mut probs, &r.probs.expect("evaluation returns probabilities"));
+            scale(&mut model_probs, view_count);
+            add_into(&mut probs, &model_probs);
         }
-        scale(&mut probs, count);
-        if count > 1 {
-            // The cross-entropy of the views' mean, the probabilities the label comes from.
+        scale(&mut probs, model_count);
+        scale(&mut centre, model_count);
+        if model_count > 1 {
+            logits.extend(centre.chunks(classes).map(|row| row.iter().map(|p| p.max(f32::MIN_POSITIVE).ln()).collect()));
+        }
+        if !alone {
+            // The cross-entropy of the mean, the probabilities the label comes from.
             loss_sum -= probs.chunks(classes).zip(&labels).map(|(row, &l)| (row[l as usize].max(f32::MIN_POSITIVE) as f64).ln()).sum::<f64>();
         }
+        single_correct += centre.chunks(classes).zip(&labels).filter(|&(row, &l)| data::most_probable(row) == l as usize).count();
         for (row, &label) in probs.chunks(classes).zip(&labels) {
             let predicted = data::most_probable(row);
             confusion[label as usize][predicted] += 1;
@@ -73,7 +89,11 @@ pub fn evaluate<B: Backend>(model: &mut Model<B>, backend: &B, data: &Dataset, b
     let order: Vec<usize> = (0..data.len()).collect();
     for chunk in order.chunks(batch.max(1)) {
         let (images, labels) = gather(data, chunk);
-        let queued = views.iter().map(|view| model.submit_evaluation(backend, &images, *view, &labels)).collect::<Result<Vec<_>>>()?;
+        let queued = models
+            .iter_mut()
+            .zip(&views)
+            .map(|(model, views)| views.iter().map(|view| model.submit_evaluation(backend, &images, *view, &labels)).collect::<Result<Vec<_>>>())
+            .collect::<Result<Vec<_>>>()?;
         if let Some((labels, queued)) = in_flight.replace((labels, queued)) {
             tally(labels, queued)?;
         }
@@ -393,7 +413,7 @@ pub fn train<B: Backend>(model: &mut Model<B>, backend: &B, train: &Dataset, val
             tally(last)?;
         }
         let train_seconds = start.elapsed().as_secs_f64();
-        let eval = evaluate(model, backend, val, recipe.batch, recipe.validation_tta())?;
+        let eval = evaluate(std::slice::from_mut(model), backend, val, recipe.batch, recipe.validation_tta())?;
         let metrics = EpochMetrics {
             epoch,
             lr: state.lr,

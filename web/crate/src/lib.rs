@@ -12,7 +12,7 @@ use mien::detect::yunet::{YuNetModel, YuNetParams};
 use mien::detect::DetectParams;
 use mien::gpu::PassTiming;
 use mien::gpu::{Gpu, GpuOptions};
-use mien::nn::{Backend, Cpu, GpuBackend, Model};
+use mien::nn::{Backend, Cpu, Ensemble, GpuBackend, Model};
 use mien::pipeline::{DetectSize, DetectorChoice, Face, ImageReport, Labeller};
 use std::cell::RefCell;
 use std::path::Path;
@@ -57,7 +57,7 @@ impl<B: Backend> Labellers<B> {
         let labeller = |detector: DetectorChoice| {
             let backend = backend();
             let model = Model::from_weights(&backend, &files.expression_weights, Path::new("expression weights"))?;
-            Labeller::from_parts(backend, gpu, detector, Some(yunet.clone()), Some(model), Default::default(), true)
+            Labeller::from_parts(backend, gpu, detector, Some(yunet.clone()), Some(Ensemble::new(vec![model])?), Default::default(), true)
         };
         Ok(Labellers {
             yunet: Some(labeller(DetectorChoice::YuNet { params: YuNetParams::DETECT, min_size: 0, size: DetectSize::Full })?),
