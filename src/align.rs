@@ -57,7 +57,7 @@ mod tests {
                 let got = apply(&crop, *template);
                 assert!((got[0] - detected[0]).abs() < 1e-2 && (got[1] - detected[1]).abs() < 1e-2, "{angle_deg} deg x{scale}: {got:?} vs {detected:?}");
             }
-            assert_eq!(crop.samples, scale.ceil().max(1.0) as u32, "samples for scale {scale}");
+            assert_eq!(crop.samples, (scale / 2.0).ceil().max(1.0) as u32, "samples for scale {scale}");
         }
     }
 

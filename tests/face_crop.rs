@@ -79,7 +79,7 @@ fn maps_for((width, height): (usize, usize)) -> Vec<CropMap> {
     vec![
         CropMap::new([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]),
         turned(23.0, w / 60.0, w / 3.0, h / 5.0),
-        turned(-40.0, 11.0, w / 2.0, 0.0),
+        turned(-40.0, 20.0, w / 2.0, 0.0),
         CropMap::new([0.3, 0.0, w / 2.0, 0.0, 0.3, h / 2.0]),
         CropMap::new([2.0, 0.0, w - 40.0, 0.0, 2.0, h - 40.0]),
         CropMap::new([-1.5, 0.0, w - 1.0, 0.0, 1.5, 3.0]),

@@ -2,7 +2,9 @@
 //! through a 2x3 map from crop pixel to image point (a rotation, scale and shift that
 //! [`crate::align`] fits to the face's landmarks). Each crop pixel averages `samples` x
 //! `samples` bilinear samples spread over its footprint in the image, so that a face hundreds
-//! of pixels wide shrinks the way an area filter shrinks it instead of aliasing. The crops are
+//! of pixels wide shrinks the way an area filter shrinks it instead of aliasing. Each bilinear
+//! sample already weighs the pixels within one of its point, so samples two image pixels apart
+//! reach every pixel of the footprint: a quarter of the samples of one a pixel. The crops are
 //! bytes, rounded to nearest, as the training images are; on the GPU they stay packed four to
 //! a u32, the layout the warp kernel reads.
 
@@ -13,8 +15,8 @@ use crate::error::{check_len, shape_err, Result};
 use crate::gpu::{shaders, GpuBuffer, Recorder};
 use rayon::prelude::*;
 
-/// Samples a crop pixel takes at most in each direction: enough for a face 8 times the crop's
-/// side (384 px); a larger face's average skips some of its pixels.
+/// Samples a crop pixel takes at most in each direction: enough for a face 16 times the crop's
+/// side (768 px); a larger face's average skips some of its pixels.
 pub const MAX_SAMPLES: u32 = 8;
 
 /// How one crop is cut, laid out as face_crop.wgsl's `CropMap`.
@@ -28,11 +30,12 @@ pub struct CropMap {
 }
 
 impl CropMap {
-    /// The crop through `map`, with as many samples a pixel as image pixels it spans (its
-    /// scale: the square root of the map's determinant), from 1 to [`MAX_SAMPLES`].
+    /// The crop through `map`, with a sample every two image pixels a crop pixel spans (its
+    /// scale: the square root of the map's determinant) in each direction, from 1 to
+    /// [`MAX_SAMPLES`].
     pub fn new(map: [f32; 6]) -> Self {
         let scale = (map[0] * map[4] - map[1] * map[3]).abs().sqrt();
-        let samples = if scale.is_finite() { scale.ceil().clamp(1.0, MAX_SAMPLES as f32) as u32 } else { 1 };
+        let samples = if scale.is_finite() { (scale / 2.0).ceil().clamp(1.0, MAX_SAMPLES as f32) as u32 } else { 1 };
         CropMap { map, samples }
     }
 }

@@ -487,6 +487,7 @@ impl ImageReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn shrinking_averages_each_block_of_source_pixels() {
