@@ -7,12 +7,15 @@ faces pasted, enlarged and turned, into larger images with their labels recorded
          back does not bring the scene's background into the crop's corners), is enlarged 2-4x
          (bicubic), turned by an angle drawn from [-max, max] degrees, and pasted at a random
          free place of a 640x480 scene (four faces a scene) over smooth random background.
-         labels.json records each face's class, centre, size (of the face without its border)
-         and angle.
-  score: runs mien detect twice (aligned, then --no-align) on the scenes, matches each pasted
-         face to the detected box whose centre lies nearest, inside half the face's size, and
-         prints recall and accuracy per run, overall and by angle, beside `mien eval` on the same
-         faces upright at 48x48: on all of them, and on just the ones each run found.
+         Each scene has an unturned twin in unturned/: the same faces, sizes and places, not
+         turned. labels.json records each face's class, centre, size (of the face without its
+         border) and angle.
+  score: runs mien detect twice (aligned, then --no-align) on the scenes and on their
+         unturned twins, matches each pasted face to the detected box whose centre lies
+         nearest, inside half the face's size, and prints recall and accuracy per run, overall
+         and by angle, beside `mien eval` on the same faces upright at 48x48 (on all of them,
+         and on just the ones each run found), then the accuracy of each run on the faces found
+         both turned and unturned: what turning costs once a face has gone through a scene.
 
 Run: tools/.venv/bin/python tools/aligned_scenes.py make --out /tmp/scenes [--every 1 --max-angle 30]
      tools/.venv/bin/python tools/aligned_scenes.py score --scenes /tmp/scenes [--mien target/release/mien]
@@ -58,10 +61,11 @@ def make(args):
         for path in sorted(glob.glob(os.path.join(args.data, "test", name, "*.jpg")))[:: args.every]:
             faces.append((path, label))
     order = rng.permutation(len(faces))
-    os.makedirs(args.out, exist_ok=True)
+    os.makedirs(os.path.join(args.out, "unturned"), exist_ok=True)
     records = []
     for start in range(0, len(order), FACES_PER_SCENE):
         scene, placed = background(rng), []
+        unturned = scene.copy()
         for index in order[start : start + FACES_PER_SCENE]:
             path, label = faces[index]
             side = int(rng.integers(96, 193))
@@ -80,9 +84,11 @@ def make(args):
             padded = round(side * grey.shape[0] / 48)
             face = cv2.resize(grey, (padded, padded), interpolation=cv2.INTER_CUBIC)
             paste(scene, face, centre, angle)
+            paste(unturned, face, centre, 0.0)
             placed.append({"source": os.path.relpath(path, args.data), "label": CLASSES[label], "cx": centre[0], "cy": centre[1], "size": side, "angle": angle, "reach": reach})
         name = f"scene-{start // FACES_PER_SCENE:04d}.png"
         cv2.imwrite(os.path.join(args.out, name), scene)
+        cv2.imwrite(os.path.join(args.out, "unturned", name), unturned)
         records.append({"image": name, "faces": placed})
     with open(os.path.join(args.out, "labels.json"), "w") as f:
         json.dump(records, f, indent=1)
@@ -97,8 +103,8 @@ def run(cmd):
     return result.stdout
 
 
-def detect(mien, scenes, extra):
-    out = os.path.join(scenes, "detected" + "".join(extra).replace("-", "_"))
+def detect(mien, scenes, extra, out):
+    """mien detect's faces in each scene of the folder `scenes`, by scene file name."""
     images = sorted(glob.glob(os.path.join(scenes, "scene-*.png")))
     cmd = [mien, "detect", *images, "--out", out, "--json", "-", *extra]
     return {os.path.basename(r["image"]): r["faces"] for r in json.loads(run(cmd))}
@@ -161,15 +167,28 @@ def score(args):
     summary, upright = upright_correct(args, records)
     print(f"upright 48x48 faces, mien eval: {summary}; the views' probabilities averaged here: {upright.mean():.2%}")
     bins = [0, 10, 20, 30, 45]
+    runs = {}
     for title, extra in [("aligned", []), ("not aligned (--no-align)", ["--no-align"])]:
-        rows = score_run(records, detect(args.mien, args.scenes, extra + args.detect_args))
-        found = rows[:, 1] == 1
-        same = upright[rows[found, 3].astype(int)].mean()
-        print(f"{title}: {len(rows)} faces, found {found.mean():.1%}, accuracy {rows[found, 2].mean():.2%} of those found ({rows[:, 2].mean():.2%} of all); the same faces upright: {same:.2%}")
+        name = "".join(extra).replace("-", "_")
+        turned = score_run(records, detect(args.mien, args.scenes, extra + args.detect_args, os.path.join(args.scenes, "detected" + name)))
+        unturned = score_run(records, detect(args.mien, os.path.join(args.scenes, "unturned"), extra + args.detect_args, os.path.join(args.scenes, "detected_unturned" + name)))
+        runs[title] = (turned, unturned)
+        found = turned[:, 1] == 1
+        same = upright[turned[found, 3].astype(int)].mean()
+        print(f"{title}: {len(turned)} faces, found {found.mean():.1%}, accuracy {turned[found, 2].mean():.2%} of those found ({turned[:, 2].mean():.2%} of all); the same faces upright: {same:.2%}")
         for lo, hi in zip(bins, bins[1:]):
-            sel = found & (rows[:, 0] >= lo) & (rows[:, 0] < hi)
+            sel = found & (turned[:, 0] >= lo) & (turned[:, 0] < hi)
             if sel.any():
-                print(f"  |angle| {lo:2d}-{hi:2d} deg: {sel.sum():5d} found, accuracy {rows[sel, 2].mean():.2%}, upright {upright[rows[sel, 3].astype(int)].mean():.2%}")
+                print(f"  |angle| {lo:2d}-{hi:2d} deg: {sel.sum():5d} found, accuracy {turned[sel, 2].mean():.2%}, upright {upright[turned[sel, 3].astype(int)].mean():.2%}")
+    # Faces every run found, turned and unturned: the same faces through the same scenes.
+    both = np.all([rows[:, 1] == 1 for pair in runs.values() for rows in pair], axis=0)
+    print(f"the {both.sum()} faces found by every run, turned and unturned:")
+    angles = next(iter(runs.values()))[0][:, 0]
+    for lo, hi in [(0, 90)] + list(zip(bins, bins[1:])):
+        sel = both & (angles >= lo) & (angles < hi)
+        if sel.any():
+            figures = ", ".join(f"{title} {turned[sel, 2].mean():.2%} turned, {unturned[sel, 2].mean():.2%} unturned" for title, (turned, unturned) in runs.items())
+            print(f"  {'all angles' if hi == 90 else f'|angle| {lo:2d}-{hi:2d} deg'} ({sel.sum()}): {figures}")
 
 
 def main():
