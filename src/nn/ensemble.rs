@@ -33,6 +33,7 @@ impl<B: Backend> Ensemble<B> {
         Self::new(models)
     }
 
+    /// The models, for [`crate::train::evaluate`].
     pub fn models_mut(&mut self) -> &mut [Model<B>] {
         &mut self.models
     }

@@ -512,16 +512,11 @@ impl<B: Backend> Model<B> {
         if !images.len().is_multiple_of(PIXELS) {
             return Err(shape_err("model", format!("{} input bytes: not whole images of {PIXELS} bytes", images.len())));
         }
-        self.predict_faces_async(backend, &backend.faces_from_bytes(images)?, images.len() / PIXELS, tta).await
+        self.queue_faces(backend, &backend.faces_from_bytes(images)?, images.len() / PIXELS, tta)?.mean_async(backend).await
     }
 
-    /// [`Model::predict_async`] of `n` faces where the backend keeps them (cut from a frame on
-    /// the device, say).
-    pub async fn predict_faces_async(&mut self, backend: &B, faces: &B::Faces, n: usize, tta: Tta) -> Result<Vec<f32>> {
-        self.queue_faces(backend, faces, n, tta)?.mean_async(backend).await
-    }
-
-    /// Every view `tta` takes of `n` faces, queued. All are queued before the first is read
+    /// Every view `tta` takes of `n` faces where the backend keeps them (cut from a frame on
+    /// the device, say), queued. All are queued before the first is read
     /// back, so on a GPU the views (and the other models of an ensemble) cost one wait, not
     /// one each.
     pub(crate) fn queue_faces(&mut self, backend: &B, faces: &B::Faces, n: usize, tta: Tta) -> Result<QueuedViews<B>> {

@@ -132,8 +132,8 @@ impl<'g, B: Backend> Labeller<'g, B> {
     /// A labeller finding faces with `detector` (a Haar cascade on `gpu` when given) and
     /// labelling them with the models of the weights files at `weights` (each built as its
     /// file's metadata declares); without weights it only finds faces. Each face is labelled by
-    /// the mean probabilities of the views `tta` takes of its crop (and of the models), aligned by its landmarks when `align` is set and
-    /// the detector gives landmarks.
+    /// the mean probabilities of the views `tta` takes of its crop, over the models, the crop
+    /// aligned by its landmarks when `align` is set and the detector gives landmarks.
     pub fn new(backend: B, gpu: Option<&'g Gpu>, detector: DetectorChoice, weights: &[PathBuf], tta: Tta, align: bool) -> Result<Self> {
         let yunet = match detector {
             DetectorChoice::YuNet { .. } => Some(Arc::new(YuNetModel::shipped()?)),
