@@ -9,6 +9,8 @@
 //! both backends, and because it is PyTorch's layout, so exported weights load there as they are.
 
 pub mod adam;
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
 pub mod add;
 pub mod batchnorm;
 pub mod calibration;
