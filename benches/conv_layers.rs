@@ -1,9 +1,10 @@
 //! `cargo bench --bench conv_layers`: the CPU forward pass of each 3x3 convolution of the
 //! shipped models alone, at batch 64 and 8, with the route it takes (Winograd's tiling, or
 //! im2col): milliseconds a call and GFLOP/s counted at direct convolution's flops.
-//! Options after `--`: `--quick` (3 timed calls instead of 9).
+//! Options after `--`: `--quick` (3 timed calls instead of 9), `--bf16` (products in bf16 on
+//! AMX tiles where the CPU has them).
 
-use mien::kernels::conv2d::{self, Activation, Conv2dShape, Padding};
+use mien::kernels::conv2d::{self, Activation, Conv2dShape, Padding, Precision};
 use mien::kernels::winograd;
 use std::time::Instant;
 
@@ -23,6 +24,7 @@ const LAYERS: [(&str, usize, usize, usize, Padding); 9] = [
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let calls = if quick { 3 } else { 9 };
+    let precision = if std::env::args().any(|a| a == "--bf16") { Precision::Bf16 } else { Precision::F32 };
     println!("CPU backend, {} rayon threads; median of {calls} calls after 2 warm-up calls, weights transformed once", rayon::current_num_threads());
     for batch in [64, 8] {
         for (name, cin, side, cout, padding) in LAYERS {
@@ -33,7 +35,7 @@ fn main() {
             let (mut y, mut transformed) = (vec![0.0; s.output_len()], None);
             let mut call = || {
                 let started = Instant::now();
-                conv2d::forward_cpu_keeping(s, &x, (&w, &mut transformed), Some(&b), Activation::Relu, &mut y).expect("shapes match");
+                conv2d::forward_cpu_keeping(s, &x, (&w, &mut transformed), Some(&b), Activation::Relu, precision, &mut y).expect("shapes match");
                 started.elapsed().as_secs_f64()
             };
             call();
@@ -41,8 +43,13 @@ fn main() {
             let mut seconds: Vec<f64> = (0..calls).map(|_| call()).collect();
             seconds.sort_by(f64::total_cmp);
             let median = seconds[calls / 2];
-            let route = winograd::tiling(&s).map_or("im2col".to_string(), |t| format!("Winograd F({0}x{0}, 3x3)", t.outputs()));
-            println!("batch {batch:>2}  {name:<15} {cin:>3} -> {cout:<3} {side}x{side}  {route:<22} {:>7.2} ms  {:>4.0} GFLOP/s", median * 1e3, s.flops() / median / 1e9);
+            let on_tiles = precision == Precision::Bf16 && winograd::tiles_apply(&s);
+            let route = match winograd::tiling(&s) {
+                None => "im2col".to_string(),
+                Some(_) if on_tiles => "Winograd F(2x2, 3x3), bf16 tiles".to_string(),
+                Some(t) => format!("Winograd F({0}x{0}, 3x3)", t.outputs()),
+            };
+            println!("batch {batch:>2}  {name:<15} {cin:>3} -> {cout:<3} {side}x{side}  {route:<34} {:>7.2} ms  {:>4.0} GFLOP/s", median * 1e3, s.flops() / median / 1e9);
         }
     }
 }

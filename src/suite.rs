@@ -18,7 +18,7 @@ use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::kernels::adam::AdamConfig;
 use crate::kernels::batchnorm::{BnConfig, BnShape};
-use crate::kernels::conv2d::{Activation, Conv2dShape, Padding};
+use crate::kernels::conv2d::{Activation, Conv2dShape, Padding, Precision};
 use crate::kernels::conv2d_grouped::{GroupedConvShape, Pads};
 use crate::kernels::dense::DenseShape;
 use crate::kernels::dropout::Mask;
@@ -263,8 +263,8 @@ async fn outputs<B: Backend>(b: &B, op: &Op) -> Result<Vec<(&'static str, Vec<f3
             let (x, w, bias, dy) =
                 (put(&values(s.input_len(), 1, -1.0, 1.0))?, put(&values(s.weight_len(), 2, -0.3, 0.3))?, put(&values(s.cout, 3, -1.0, 1.0))?, put(&values(s.output_len(), 4, -1.0, 1.0))?);
             let (y, y_relu, dx, dw, db) = (zeros(s.output_len())?, zeros(s.output_len())?, zeros(s.input_len())?, zeros(s.weight_len())?, zeros(s.cout)?);
-            b.conv2d_forward(*s, &x, &w, &bias, Activation::Identity, &y)?;
-            b.conv2d_forward(*s, &x, &w, &bias, Activation::Relu, &y_relu)?;
+            b.conv2d_forward(*s, &x, &w, &bias, Activation::Identity, Precision::F32, &y)?;
+            b.conv2d_forward(*s, &x, &w, &bias, Activation::Relu, Precision::F32, &y_relu)?;
             b.conv2d_backward_data(*s, &dy, &w, &dx)?;
             b.conv2d_backward_filter(*s, &x, &dy, &dw, &db)?;
             for (name, t) in [("forward", &y), ("forward with ReLU", &y_relu), ("data gradient", &dx), ("filter gradient", &dw), ("bias gradient", &db)] {

@@ -5,6 +5,7 @@ use super::{summarize, TrainBench};
 use crate::augment::Tta;
 use crate::error::Result;
 use crate::kernels::adam::AdamConfig;
+use crate::kernels::conv2d::Precision;
 use crate::kernels::warp;
 use crate::nn::{Backend, BatchInFlight, Model, ModelConfig};
 use indicatif::ProgressBar;
@@ -19,9 +20,11 @@ pub const BATCH1_REPS_PER_REP: usize = 20;
 pub const TRAIN_STAGES: usize = 3;
 
 /// Times training steps and inference of `config` on `backend` with synthetic images,
-/// median of `reps` after a warm-up (batch-1 latency: of [`BATCH1_REPS_PER_REP`] times as many).
-pub fn bench_train<B: Backend>(backend: &B, config: ModelConfig, batch: usize, reps: usize, bar: &ProgressBar) -> Result<TrainBench> {
+/// median of `reps` after a warm-up (batch-1 latency: of [`BATCH1_REPS_PER_REP`] times as many);
+/// inference multiplies in `precision`.
+pub fn bench_train<B: Backend>(backend: &B, config: ModelConfig, batch: usize, reps: usize, precision: Precision, bar: &ProgressBar) -> Result<TrainBench> {
     let mut model = Model::new(backend, config, 1)?;
+    model.precision = precision;
     let px = crate::data::PIXELS;
     let images: Vec<u8> = (0..batch * px).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     let labels: Vec<u32> = (0..batch as u32).map(|i| i % 7).collect();

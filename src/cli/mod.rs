@@ -7,6 +7,7 @@ use mien::bench;
 use mien::data::{self, Dataset, Usage};
 use mien::detect::yunet::YuNetParams;
 use mien::gpu::{self, BackendChoice, DeviceChoice, GpuOptions};
+use mien::kernels::conv2d::Precision;
 use mien::nn::weights::Part;
 use mien::nn::{Backend, Cpu, Ensemble, GpuBackend, Model, ModelConfig};
 use mien::pipeline::video::VideoOptions;
@@ -42,6 +43,10 @@ struct Global {
     /// how mien handles inputs too large for a smaller GPU.
     #[arg(long, global = true, value_name = "BYTES")]
     max_binding: Option<u64>,
+    /// What the CPU backend's convolutions multiply in inference: f32, or bf16 on AMX tiles
+    /// where the CPU has them (faster; outputs move by a few tenths of a percent).
+    #[arg(long, global = true, value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
     /// More log output (-v info, -vv debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -475,20 +480,20 @@ pub fn main() -> Result<()> {
         Command::Bench { suite: BenchSuite::Kernels { batch, reps, filter, json } } => bench_kernels(&cli.global, &batch, reps, filter.as_deref(), json),
         Command::Bench { suite: BenchSuite::Detect { reps, cascade, json } } => bench_detect(&cli.global, &cascade, reps, json),
         Command::Bench { suite: BenchSuite::Video { frames, clips, json } } => video::bench(&cli.global, frames, &clips, json),
-        Command::Bench { suite: BenchSuite::Train { batch, reps, model, json } } => on_backend!(cli.global, |backend, _gpu| bench_train(&backend, batch, reps, &model, json)),
+        Command::Bench { suite: BenchSuite::Train { batch, reps, model, json } } => on_backend!(cli.global, |backend, _gpu| bench_train(&backend, batch, reps, &model, cli.global.precision, json)),
         Command::Train(args) => {
             // Bad settings are refused before a device is opened or data read.
             let recipe = recipe_of(&args)?;
             on_backend!(cli.global, |backend, _gpu| run_train(&backend, &args, &recipe))
         }
-        Command::Eval(args) => on_backend!(cli.global, |backend, _gpu| run_eval(&backend, &args)),
+        Command::Eval(args) => on_backend!(cli.global, |backend, _gpu| run_eval(&backend, &args, cli.global.precision)),
         Command::Profile { what: ProfileWhat::Train { steps, batch, trace, model } } => profile_train(&cli.global, steps, batch, &trace, model.as_deref()),
         Command::Profile { what: ProfileWhat::Infer { calls, batch, trace, model } } => profile_infer(&cli.global, calls, batch, &trace, model.as_deref()),
         Command::Profile { what: ProfileWhat::Detect { detector: DetectorKind::Haar, frames, size, trace, cascade } } => profile_detect(&cli.global, frames, size, &trace, &cascade),
         Command::Profile { what: ProfileWhat::Detect { detector: DetectorKind::Yunet, frames, size, trace, .. } } => profile_yunet(&cli.global, frames, size, &trace),
         Command::Detect(args) => {
             let out = output_folder(&args.out)?;
-            on_backend!(cli.global, |backend, gpu| run_detect(backend, gpu, &args, &out))
+            on_backend!(cli.global, |backend, gpu| run_detect(backend, gpu, &args, &out, cli.global.precision))
         }
     }
 }
@@ -737,7 +742,7 @@ fn run_train<B: Backend>(backend: &B, args: &TrainArgs, recipe: &Recipe) -> Resu
     Ok(())
 }
 
-fn run_eval<B: Backend>(backend: &B, args: &EvalArgs) -> Result<()> {
+fn run_eval<B: Backend>(backend: &B, args: &EvalArgs, precision: Precision) -> Result<()> {
     let mut models = Vec::new();
     for weights in expression_weights(&args.weights) {
         let config = match &args.model {
@@ -746,6 +751,7 @@ fn run_eval<B: Backend>(backend: &B, args: &EvalArgs) -> Result<()> {
         };
         let mut model = Model::new(backend, config, 0)?;
         model.load(backend, &weights, Part::Value)?;
+        model.precision = precision;
         models.push(model);
     }
     let mut models = Ensemble::new(models)?;
@@ -893,7 +899,7 @@ fn output_names(files: &[PathBuf], out: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-fn run_detect<B: Backend>(backend: B, gpu: Option<&gpu::Gpu>, args: &DetectArgs, out: &Path) -> Result<()> {
+fn run_detect<B: Backend>(backend: B, gpu: Option<&gpu::Gpu>, args: &DetectArgs, out: &Path, precision: Precision) -> Result<()> {
     use mien::detect::{Cascade, DetectParams};
     use mien::imageio::{self, Decoded, OnDamage};
     use mien::pipeline::{self, DetectorChoice, ImageReport, Labeller};
@@ -920,6 +926,7 @@ fn run_detect<B: Backend>(backend: B, gpu: Option<&gpu::Gpu>, args: &DetectArgs,
     }
     let weights = if args.no_emotion { Vec::new() } else { expression_weights(&args.weights) };
     let mut labeller = Labeller::new(backend, gpu, detector, &weights, args.tta, !args.no_align).context("loading the detector and the expression model (or pass --no-emotion)")?;
+    labeller.set_precision(precision);
     let outputs = output_names(&files, out);
     // With the JSON on standard output, everything else goes to standard error.
     let json_to_stdout = args.json.as_deref().is_some_and(is_stdout);
@@ -1059,13 +1066,13 @@ fn bench_detect(global: &Global, cascade: &Path, reps: usize, json: bool) -> Res
     Ok(())
 }
 
-fn bench_train<B: Backend>(backend: &B, batch: usize, reps: usize, models: &[PathBuf], json: bool) -> Result<()> {
+fn bench_train<B: Backend>(backend: &B, batch: usize, reps: usize, models: &[PathBuf], precision: Precision, json: bool) -> Result<()> {
     let configs = if models.is_empty() { vec![ModelConfig::original(), model_config(Path::new("vgg"))?] } else { models.iter().map(|m| model_config(m)).collect::<Result<Vec<_>>>()? };
     let mut results = Vec::new();
     let bar = bench::progress_bar();
     bar.set_length((configs.len() * bench::TRAIN_STAGES) as u64);
     for config in configs {
-        let r = bench::bench_train(backend, config, batch, reps, &bar)?;
+        let r = bench::bench_train(backend, config, batch, reps, precision, &bar)?;
         if !json {
             bar.suspend(|| {
                 println!(

@@ -30,6 +30,19 @@ pub enum Activation {
     Relu,
 }
 
+/// What the CPU's convolution products multiply: f32, or bf16 factors with f32 sums on AMX
+/// tiles where the CPU has them (Winograd's route only; elsewhere f32). bf16 keeps 8 bits of
+/// each factor, so outputs move by a few tenths of a percent: for inference, where speed
+/// matters more than the last digits, and never for training. The GPU always multiplies f32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv2dShape {
     pub batch: usize,
@@ -168,22 +181,28 @@ where
 
 /// `y = act(conv(x, w) + b)`; `b` may be left out.
 pub fn forward_cpu(s: Conv2dShape, x: &[f32], w: &[f32], b: Option<&[f32]>, act: Activation, y: &mut [f32]) -> Result<()> {
-    forward_cpu_keeping(s, x, (w, &mut None), b, act, y)
+    forward_cpu_keeping(s, x, (w, &mut None), b, act, Precision::F32, y)
 }
 
-/// [`forward_cpu`] with a place to keep Winograd's transform of the weights between calls:
-/// filled when that route first takes `w`, and to be emptied by the caller whenever `w` changes.
-pub fn forward_cpu_keeping(s: Conv2dShape, x: &[f32], (w, transformed): (&[f32], &mut Option<Vec<f32>>), b: Option<&[f32]>, act: Activation, y: &mut [f32]) -> Result<()> {
+/// [`forward_cpu`] with a place to keep Winograd's transform of the weights between calls
+/// (filled when that route first takes `w`, and to be emptied by the caller whenever `w`
+/// changes), and the precision of the products.
+pub fn forward_cpu_keeping(
+    s: Conv2dShape,
+    x: &[f32],
+    (w, transformed): (&[f32], &mut Option<winograd::Transformed>),
+    b: Option<&[f32]>,
+    act: Activation,
+    precision: Precision,
+    y: &mut [f32],
+) -> Result<()> {
     s.check(x.len(), w.len(), y.len())?;
     if let Some(b) = b {
         check_len("conv2d", "bias", b.len(), s.cout)?;
     }
     if winograd::applies(&s) && parallel_over_batch(s.batch) {
-        let u = match transformed {
-            Some(u) if u.len() == winograd::transformed_len(&s) => u,
-            _ => transformed.insert(winograd::transform_weights(&s, w)),
-        };
-        winograd::forward(&s, x, u, b, act, y);
+        let products = winograd::Transformed::products(transformed, &s, w, precision == Precision::Bf16);
+        winograd::forward(&s, x, products, b, act, y);
         return Ok(());
     }
     let (in_img, out_img, plane, taps) = (s.cin * s.h * s.w, s.cout * s.plane(), s.plane(), s.taps());
@@ -248,7 +267,7 @@ pub fn backward_data_cpu(s: Conv2dShape, dy: &[f32], w: &[f32], dx: &mut [f32]) 
     let gradient = s.data_grad();
     if winograd::applies(&gradient) && parallel_over_batch(s.batch) {
         let u = winograd::transform_weights(&gradient, &flipped_transposed(&s, w));
-        winograd::forward(&gradient, dy, &u, None, Activation::Identity, dx);
+        winograd::forward(&gradient, dy, winograd::Products::F32(&u), None, Activation::Identity, dx);
         return Ok(());
     }
     let (in_img, out_img, plane, taps) = (s.cin * s.h * s.w, s.cout * s.plane(), s.plane(), s.taps());

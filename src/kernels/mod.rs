@@ -9,9 +9,9 @@
 //! both backends, and because it is PyTorch's layout, so exported weights load there as they are.
 
 pub mod adam;
+pub mod add;
 #[cfg(target_arch = "x86_64")]
 pub mod amx;
-pub mod add;
 pub mod batchnorm;
 pub mod calibration;
 pub mod conv2d;

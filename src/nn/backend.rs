@@ -8,7 +8,7 @@ use crate::gpu::{append_timeline, Gpu, GpuBuffer, HostTiming, PassTiming, Readba
 use crate::kernels::adam::{self, AdamConfig};
 use crate::kernels::add;
 use crate::kernels::batchnorm::{self, BnConfig, BnParams, BnSaved, BnShape};
-use crate::kernels::conv2d::{self, Activation, Conv2dShape};
+use crate::kernels::conv2d::{self, Activation, Conv2dShape, Precision};
 use crate::kernels::conv2d_grouped::{self, GroupedConvShape, PointDepthShape};
 use crate::kernels::dense::{self, DenseShape};
 use crate::kernels::dropout::{self, Mask};
@@ -20,6 +20,7 @@ use crate::kernels::sigmoid;
 use crate::kernels::softmax_xent::{self, XentOutputs, XentShape};
 use crate::kernels::upsample::{self, UpsampleShape};
 use crate::kernels::warp::{self, Augment};
+use crate::kernels::winograd;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
@@ -135,7 +136,8 @@ pub trait Backend: Send {
     fn face_crops(&self, image: &[u8], size: (usize, usize), maps: &[CropMap]) -> Result<Vec<u8>> {
         pollster::block_on(self.face_crops_async(image, size, maps))
     }
-    fn conv2d_forward(&self, s: Conv2dShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, act: Activation, y: &Self::Tensor) -> Result<()>;
+    /// `precision` is the CPU's (see [`Precision`]); the GPU multiplies f32 whatever it says.
+    fn conv2d_forward(&self, s: Conv2dShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, act: Activation, precision: Precision, y: &Self::Tensor) -> Result<()>;
     fn conv2d_backward_data(&self, s: Conv2dShape, dy: &Self::Tensor, w: &Self::Tensor, dx: &Self::Tensor) -> Result<()>;
     fn conv2d_backward_filter(&self, s: Conv2dShape, x: &Self::Tensor, dy: &Self::Tensor, dw: &Self::Tensor, db: &Self::Tensor) -> Result<()>;
     fn dense_forward(&self, s: DenseShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, y: &Self::Tensor) -> Result<()>;
@@ -180,7 +182,7 @@ pub struct Cpu;
 /// batch of 8 faces (four video frames of one face and its mirror image).
 pub struct CpuTensor {
     values: RefCell<Vec<f32>>,
-    winograd: RefCell<Option<Vec<f32>>>,
+    winograd: RefCell<Option<winograd::Transformed>>,
 }
 
 impl CpuTensor {
@@ -258,8 +260,8 @@ impl Backend for Cpu {
         // The images as they are, without the copy into `Faces`.
         warp::warp_cpu(images, augments, side, &mut out.borrow_mut())
     }
-    fn conv2d_forward(&self, s: Conv2dShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, act: Activation, y: &Self::Tensor) -> Result<()> {
-        conv2d::forward_cpu_keeping(s, &x.borrow(), (&w.borrow(), &mut w.winograd.borrow_mut()), Some(&b.borrow()), act, &mut y.borrow_mut())
+    fn conv2d_forward(&self, s: Conv2dShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, act: Activation, precision: Precision, y: &Self::Tensor) -> Result<()> {
+        conv2d::forward_cpu_keeping(s, &x.borrow(), (&w.borrow(), &mut w.winograd.borrow_mut()), Some(&b.borrow()), act, precision, &mut y.borrow_mut())
     }
     fn conv2d_backward_data(&self, s: Conv2dShape, dy: &Self::Tensor, w: &Self::Tensor, dx: &Self::Tensor) -> Result<()> {
         conv2d::backward_data_cpu(s, &dy.borrow(), &w.borrow(), &mut dx.borrow_mut())
@@ -509,7 +511,7 @@ impl Backend for GpuBackend<'_> {
         let augments = self.gpu.upload(augments)?;
         self.record(|r| warp::warp_gpu(r, side, faces, &augments, out))
     }
-    fn conv2d_forward(&self, s: Conv2dShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, act: Activation, y: &Self::Tensor) -> Result<()> {
+    fn conv2d_forward(&self, s: Conv2dShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, act: Activation, _: Precision, y: &Self::Tensor) -> Result<()> {
         let key = (w.buffer.clone(), conv2d::packed_len(self.gpu, &s));
         let mut packed = self.packed.borrow_mut();
         let entry = match packed.entry(key) {

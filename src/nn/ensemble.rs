@@ -33,7 +33,7 @@ impl<B: Backend> Ensemble<B> {
         Self::new(models)
     }
 
-    /// The models, for [`crate::train::evaluate`].
+    /// The models, to evaluate or set up.
     pub fn models_mut(&mut self) -> &mut [Model<B>] {
         &mut self.models
     }

@@ -8,7 +8,7 @@ use crate::data::PIXELS;
 use crate::error::{shape_err, Result};
 use crate::kernels::adam::AdamConfig;
 use crate::kernels::batchnorm::{BnConfig, BnShape};
-use crate::kernels::conv2d::{Activation, Conv2dShape, Padding};
+use crate::kernels::conv2d::{Activation, Conv2dShape, Padding, Precision};
 use crate::kernels::dense::DenseShape;
 use crate::kernels::dropout::Mask;
 use crate::kernels::maxpool2d::PoolShape;
@@ -112,6 +112,8 @@ pub struct Model<B: Backend> {
     pub bn: BnConfig,
     /// Label smoothing of the training loss (evaluation always scores the plain loss).
     pub label_smoothing: f32,
+    /// What the CPU backend's convolutions multiply in inference (training multiplies f32).
+    pub precision: Precision,
 }
 
 /// What one batch did: mean loss, correct predictions, and in evaluation the logits and
@@ -203,7 +205,7 @@ impl<B: Backend> Model<B> {
         }
         let class_weight = backend.tensor(config.classes)?;
         backend.write(&class_weight, &vec![1.0; config.classes])?;
-        Ok(Model { config, params, layers, input_len, side, class_weight, workspaces: Vec::new(), bn: BnConfig::default(), label_smoothing: 0.0 })
+        Ok(Model { config, params, layers, input_len, side, class_weight, workspaces: Vec::new(), bn: BnConfig::default(), label_smoothing: 0.0, precision: Precision::F32 })
     }
 
     /// The side of the square input the model takes: a crop of the 48x48 images.
@@ -293,7 +295,10 @@ impl<B: Backend> Model<B> {
             }
             let y = &ws.acts[i + 1];
             match layer.op {
-                Op::Conv { shape, w, b, act } => backend.conv2d_forward(Conv2dShape { batch, ..shape }, x, &self.params[w].value, &self.params[b].value, act, y)?,
+                Op::Conv { shape, w, b, act } => {
+                    let precision = if training { Precision::F32 } else { self.precision };
+                    backend.conv2d_forward(Conv2dShape { batch, ..shape }, x, &self.params[w].value, &self.params[b].value, act, precision, y)?
+                }
                 Op::Dense { inputs, outputs, w, b } => backend.dense_forward(DenseShape { batch, inputs, outputs }, x, &self.params[w].value, &self.params[b].value, y)?,
                 Op::Relu => backend.relu_forward(x, y)?,
                 Op::Pool { size, channels, h, w } => backend.maxpool_forward(PoolShape::new(batch, channels, (h, w), size)?, x, y, ws.argmax[i].as_ref().expect("pool workspace"))?,

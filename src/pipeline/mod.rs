@@ -18,6 +18,7 @@ use crate::detect::yunet::{FaceBox, YuNet, YuNetModel, YuNetParams};
 use crate::detect::{cpu, Cascade, DetectParams, Rect};
 use crate::error::{Error, Result};
 use crate::gpu::{append_timeline, Gpu, PassTiming};
+use crate::kernels::conv2d::Precision;
 use crate::kernels::face_crop::{self, CropMap};
 use crate::nn::{Backend, Ensemble};
 use image::{GrayImage, RgbImage};
@@ -195,6 +196,13 @@ impl<'g, B: Backend> Labeller<'g, B> {
         };
         append_timeline(&mut timeline, self.classifier.backend.take_timings_async().await?);
         Ok(timeline)
+    }
+
+    /// Sets what the expression models multiply in on the CPU backend (see [`Precision`]).
+    pub fn set_precision(&mut self, precision: Precision) {
+        if let Some(models) = &mut self.classifier.models {
+            models.models_mut().iter_mut().for_each(|m| m.precision = precision);
+        }
     }
 
     /// Sets the size YuNet looks at images (see [`DetectSize`]); Haar has none.
