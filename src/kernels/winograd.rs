@@ -252,7 +252,6 @@ pub fn tiles_apply(s: &Conv2dShape) -> bool {
 
 /// A layer's weights transformed, kept between calls: U in f32 for the shape's tiling, and
 /// F(2x2, 3x3)'s U in bf16 once the tiles have needed it.
-#[derive(Default)]
 pub struct Transformed {
     u: Vec<f32>,
     #[cfg(target_arch = "x86_64")]
@@ -264,7 +263,11 @@ impl Transformed {
     /// tiles when `tiles` is asked and [`tiles_apply`], else in f32.
     pub fn products<'k>(kept: &'k mut Option<Transformed>, s: &Conv2dShape, w: &[f32], tiles: bool) -> Products<'k> {
         if kept.as_ref().is_none_or(|k| k.u.len() != transformed_len(s)) {
-            *kept = Some(Transformed { u: transform_weights(s, w), ..Transformed::default() });
+            *kept = Some(Transformed {
+                u: transform_weights(s, w),
+                #[cfg(target_arch = "x86_64")]
+                tiles: None,
+            });
         }
         let kept = kept.as_mut().expect("filled above");
         #[cfg(target_arch = "x86_64")]
