@@ -32,8 +32,9 @@ pub enum Activation {
 
 /// What the CPU's convolution products multiply: f32, or bf16 factors with f32 sums on AMX
 /// tiles where the CPU has them (Winograd's route only; elsewhere f32). bf16 keeps 8 bits of
-/// each factor, so outputs move by a few tenths of a percent: for inference, where speed
-/// matters more than the last digits, and never for training. The GPU always multiplies f32.
+/// each factor, so outputs move by up to half a percent of a layer's largest: for inference,
+/// where speed matters more than the last digits, and never for training. The GPU always
+/// multiplies f32.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]

@@ -178,7 +178,8 @@ pub fn applies(s: &Conv2dShape) -> bool {
 }
 
 /// `y = act(conv(x, w) + b)` for a shape that [`applies`], images in parallel, each image a
-/// block of tile rows at a time; `u` is the weights `w` through [`transform_weights`].
+/// block of tile rows at a time; `u` is the weights' transform as the products read it
+/// ([`Transformed::products`]).
 pub fn forward(s: &Conv2dShape, x: &[f32], u: Products, b: Option<&[f32]>, act: Activation, y: &mut [f32]) {
     let tiling = match u {
         Products::F32(_) => tiling(s).expect("forward is called for shapes that Winograd applies to"),
