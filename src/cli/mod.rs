@@ -474,6 +474,13 @@ pub fn main() -> Result<()> {
         _ => "debug",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(format!("mien={level},wgpu=error,naga=error"))).init();
+    #[cfg(target_arch = "x86_64")]
+    let tiles = mien::kernels::amx::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    let tiles = false;
+    if cli.global.precision == Precision::Bf16 && !tiles {
+        eprintln!("warning: --precision bf16 needs AMX tiles (Intel Xeon since Sapphire Rapids), which this CPU or OS does not give: the CPU multiplies f32");
+    }
     match cli.command {
         Command::Devices { json } => devices(&cli.global, json),
         Command::Shaders { out } => write_shaders(&out),
