@@ -474,11 +474,7 @@ pub fn main() -> Result<()> {
         _ => "debug",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(format!("mien={level},wgpu=error,naga=error"))).init();
-    #[cfg(target_arch = "x86_64")]
-    let tiles = mien::kernels::amx::available();
-    #[cfg(not(target_arch = "x86_64"))]
-    let tiles = false;
-    if cli.global.precision == Precision::Bf16 && !tiles {
+    if cli.global.precision == Precision::Bf16 && !mien::kernels::winograd::tiles_available() {
         eprintln!("warning: --precision bf16 needs AMX tiles (Intel Xeon since Sapphire Rapids), which this CPU or OS does not give: the CPU multiplies f32");
     }
     match cli.command {

@@ -246,7 +246,15 @@ pub enum Products<'a> {
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 pub fn tiles_apply(s: &Conv2dShape) -> bool {
     #[cfg(target_arch = "x86_64")]
-    return amx::available() && amx::fits(s.cout, LANES, s.cin) && s.cin * s.cout >= 40 * (s.cin + s.cout);
+    return tiles_available() && amx::fits(s.cout, LANES, s.cin) && s.cin * s.cout >= 40 * (s.cin + s.cout);
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Whether this CPU and OS give AMX's bf16 tiles at all (see [`super::amx::available`]).
+pub fn tiles_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return amx::available();
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
