@@ -2,9 +2,9 @@
 //! shipped models alone, at batch 64 and 8, with the route it takes (Winograd's tiling, or
 //! im2col): milliseconds a call and GFLOP/s counted at direct convolution's flops.
 //! Options after `--`: `--quick` (3 timed calls instead of 9), `--bf16` (products in bf16 on
-//! AMX tiles where the CPU has them).
+//! AMX tiles where the CPU has them and the layer's channels fill whole tiles).
 
-use mien::kernels::conv2d::{self, Activation, Conv2dShape, Padding, Precision};
+use mien::kernels::conv2d::{self, Activation, Conv2dShape, KeptWeights, Padding, Precision};
 use mien::kernels::winograd;
 use std::time::Instant;
 
@@ -32,10 +32,10 @@ fn main() {
             // Values in [-0.5, 0.5) without a generator: only the timing matters here.
             let fill = |len: usize, step: usize| (0..len).map(|i| ((i * step) % 1000) as f32 / 1000.0 - 0.5).collect::<Vec<f32>>();
             let (x, w, b) = (fill(s.input_len(), 7919), fill(s.weight_len(), 104_729), vec![0.1; cout]);
-            let (mut y, mut transformed) = (vec![0.0; s.output_len()], None);
+            let (mut y, mut kept) = (vec![0.0; s.output_len()], KeptWeights::default());
             let mut call = || {
                 let started = Instant::now();
-                conv2d::forward_cpu_keeping(s, &x, (&w, &mut transformed), Some(&b), Activation::Relu, precision, &mut y).expect("shapes match");
+                conv2d::forward_cpu_keeping(s, &x, (&w, &mut kept), Some(&b), Activation::Relu, precision, &mut y).expect("shapes match");
                 started.elapsed().as_secs_f64()
             };
             call();
@@ -43,10 +43,9 @@ fn main() {
             let mut seconds: Vec<f64> = (0..calls).map(|_| call()).collect();
             seconds.sort_by(f64::total_cmp);
             let median = seconds[calls / 2];
-            let on_tiles = precision == Precision::Bf16 && winograd::tiles_apply(&s);
             let route = match winograd::tiling(&s) {
+                _ if conv2d::on_tiles(&s, precision) => "bf16 on tiles".to_string(),
                 None => "im2col".to_string(),
-                Some(_) if on_tiles => "Winograd F(2x2, 3x3), bf16 tiles".to_string(),
                 Some(t) => format!("Winograd F({0}x{0}, 3x3)", t.outputs()),
             };
             println!("batch {batch:>2}  {name:<15} {cin:>3} -> {cout:<3} {side}x{side}  {route:<34} {:>7.2} ms  {:>4.0} GFLOP/s", median * 1e3, s.flops() / median / 1e9);

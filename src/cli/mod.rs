@@ -474,7 +474,7 @@ pub fn main() -> Result<()> {
         _ => "debug",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(format!("mien={level},wgpu=error,naga=error"))).init();
-    if cli.global.precision == Precision::Bf16 && !mien::kernels::winograd::tiles_available() {
+    if cli.global.precision == Precision::Bf16 && !mien::kernels::conv2d::tiles_available() {
         eprintln!("warning: --precision bf16 needs AMX tiles (Intel Xeon since Sapphire Rapids), which this CPU or OS does not give: the CPU multiplies f32");
     }
     match cli.command {

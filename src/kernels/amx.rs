@@ -72,21 +72,27 @@ pub fn f32_of(bits: u16) -> f32 {
 pub fn pack_pairs(rows: &[f32], k: usize, n: usize, out: &mut [u16]) {
     assert!(rows.len() >= k * n && out.len() >= k.div_ceil(2) * n * 2, "pack_pairs: {k} x {n} rows into {} values", out.len());
     for (p, pair) in out.chunks_exact_mut(2 * n).take(k.div_ceil(2)).enumerate() {
-        let first = &rows[2 * p * n..][..n];
-        let second = rows.get((2 * p + 1) * n..(2 * p + 2) * n);
-        let mut done = 0;
-        #[cfg(target_arch = "x86_64")]
-        if let Some(second) = second {
-            if available() {
-                done = n - n % TILE;
-                // SAFETY: `available` saw AVX-512 BW and BF16; the slices hold `done` values.
-                unsafe { interleave_avx512(&first[..done], &second[..done], &mut pair[..2 * done]) };
-            }
+        interleave(&rows[2 * p * n..][..n], rows.get((2 * p + 1) * n..(2 * p + 2) * n), pair);
+    }
+}
+
+/// `first` and `second` (zeros if none) in bf16, element by element: `out[2j]` from
+/// `first[j]`, `out[2j + 1]` from `second[j]`.
+pub fn interleave(first: &[f32], second: Option<&[f32]>, out: &mut [u16]) {
+    let n = first.len();
+    assert!(out.len() >= 2 * n && second.is_none_or(|s| s.len() >= n), "interleave: {n} values into {}", out.len());
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if let Some(second) = second {
+        if available() {
+            done = n - n % TILE;
+            // SAFETY: `available` saw AVX-512 BW and BF16; the slices hold `done` values.
+            unsafe { interleave_avx512(&first[..done], &second[..done], &mut out[..2 * done]) };
         }
-        for j in done..n {
-            pair[2 * j] = bf16(first[j]);
-            pair[2 * j + 1] = second.map_or(0, |s| bf16(s[j]));
-        }
+    }
+    for j in done..n {
+        out[2 * j] = bf16(first[j]);
+        out[2 * j + 1] = second.map_or(0, |s| bf16(s[j]));
     }
 }
 
@@ -129,13 +135,25 @@ impl TileConfig {
 /// tiles: blocks of 32 x 32 sums (16-wide at the edges) over the whole depth. Call only when
 /// [`available`] and [`fits`].
 pub fn gemm(m: usize, n: usize, k: usize, a: &[u16], b: &[u16], c: &mut [f32], ldc: usize) {
+    gemm_shifted(m, n, k, &[0], a, b, n, c, ldc);
+}
+
+/// C (m x n, rows `ldc` apart) = the sum over shifts t of A_t B_t: A_t is the t-th k columns
+/// of A (m x k·shifts.len(), bf16 rows), and B_t the k x n matrix whose column j is B's column
+/// `j + shifts[t]` (B: k x `width`, interleaved pairs). A convolution is this product, B an
+/// image's channels laid out flat and a shift for each tap. Call only when [`available`] and
+/// `fits(m, n, k)`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_shifted(m: usize, n: usize, k: usize, shifts: &[usize], a: &[u16], b: &[u16], width: usize, c: &mut [f32], ldc: usize) {
     assert!(available() && fits(m, n, k), "amx::gemm: {m} x {k} x {n} does not run on tiles here");
-    assert!(a.len() >= m * k && b.len() >= k * n && ldc >= n && c.len() >= (m - 1) * ldc + n, "amx::gemm: operands too short");
-    let (a_stride, b_stride, c_stride) = (2 * k, 4 * n, 4 * ldc);
+    let depth_a = k * shifts.len();
+    let widest = n + shifts.iter().max().copied().unwrap_or(0);
+    assert!(widest <= width && a.len() >= m * depth_a && b.len() >= (k / 2 - 1) * 2 * width + 2 * widest && ldc >= n && c.len() >= (m - 1) * ldc + n, "amx::gemm: operands too short");
+    let (a_stride, b_stride, c_stride) = (2 * depth_a, 4 * width, 4 * ldc);
     let config = TileConfig::all_full();
     // SAFETY: `available` checked the CPU and got the OS's permission; every tile load and
     // store below stays inside the slices by the asserts above (rows i..i + 16 < m of A and C,
-    // pair rows below k / 2 and columns j..j + 16 < n of B).
+    // pair rows below k / 2 and columns j + shift .. j + shift + 16 <= widest of B).
     unsafe {
         asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly));
         for i in (0..m).step_by(2 * TILE) {
@@ -143,18 +161,20 @@ pub fn gemm(m: usize, n: usize, k: usize, a: &[u16], b: &[u16], c: &mut [f32], l
             for j in (0..n).step_by(2 * TILE) {
                 let two_columns = j + TILE < n;
                 asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
-                for depth in (0..k).step_by(DEPTH) {
-                    let a0 = a.as_ptr().add(i * k + depth);
-                    let b0 = b.as_ptr().add(depth * n + 2 * j);
-                    asm!("tileloadd tmm4, [{a} + {s}*1]", "tileloadd tmm6, [{b} + {t}*1]", "tdpbf16ps tmm0, tmm4, tmm6",
-                        a = in(reg) a0, s = in(reg) a_stride, b = in(reg) b0, t = in(reg) b_stride, options(nostack, readonly));
-                    if two_columns {
-                        asm!("tileloadd tmm7, [{b} + {t}*1]", "tdpbf16ps tmm1, tmm4, tmm7", b = in(reg) b0.add(2 * TILE), t = in(reg) b_stride, options(nostack, readonly));
-                    }
-                    if two_rows {
-                        asm!("tileloadd tmm5, [{a} + {s}*1]", "tdpbf16ps tmm2, tmm5, tmm6", a = in(reg) a0.add(TILE * k), s = in(reg) a_stride, options(nostack, readonly));
+                for (t, &shift) in shifts.iter().enumerate() {
+                    for depth in (0..k).step_by(DEPTH) {
+                        let a0 = a.as_ptr().add(i * depth_a + t * k + depth);
+                        let b0 = b.as_ptr().add(depth * width + 2 * (j + shift));
+                        asm!("tileloadd tmm4, [{a} + {s}*1]", "tileloadd tmm6, [{b} + {t}*1]", "tdpbf16ps tmm0, tmm4, tmm6",
+                            a = in(reg) a0, s = in(reg) a_stride, b = in(reg) b0, t = in(reg) b_stride, options(nostack, readonly));
                         if two_columns {
-                            asm!("tdpbf16ps tmm3, tmm5, tmm7", options(nostack, nomem));
+                            asm!("tileloadd tmm7, [{b} + {t}*1]", "tdpbf16ps tmm1, tmm4, tmm7", b = in(reg) b0.add(2 * TILE), t = in(reg) b_stride, options(nostack, readonly));
+                        }
+                        if two_rows {
+                            asm!("tileloadd tmm5, [{a} + {s}*1]", "tdpbf16ps tmm2, tmm5, tmm6", a = in(reg) a0.add(TILE * depth_a), s = in(reg) a_stride, options(nostack, readonly));
+                            if two_columns {
+                                asm!("tdpbf16ps tmm3, tmm5, tmm7", options(nostack, nomem));
+                            }
                         }
                     }
                 }
@@ -217,20 +237,28 @@ mod tests {
             eprintln!("no AMX bf16 tiles on this machine: the tile products are not tested here");
             return;
         }
-        // Edges of one and two tiles each way, one depth step and several, a wider C.
-        for (m, n, k, ldc) in [(16, 16, 32, 16), (48, 80, 64, 80), (64, 112, 128, 120), (256, 16, 256, 16), (32, 32, 288, 40)] {
-            let (a, b) = (random(m * k, 1), random(k * n, 2));
+        // Edges of one and two tiles each way, one depth step and several, a wider C; then
+        // shifted columns of a wider B, summed over several shifts.
+        let plain = [(16, 16, 32, 16), (48, 80, 64, 80), (64, 112, 128, 120), (256, 16, 256, 16), (32, 32, 288, 40)].map(|(m, n, k, ldc)| (m, n, k, ldc, vec![0], n));
+        let shifted = [(32, 48, 64, 48, vec![0, 1, 2, 19, 20, 21], 70), (16, 16, 32, 16, vec![5], 21), (48, 32, 96, 40, vec![3, 0, 33], 80)];
+        for (m, n, k, ldc, shifts, width) in plain.into_iter().chain(shifted) {
+            let (a, b) = (random(m * k * shifts.len(), 1), random(k * width, 2));
             let a16: Vec<u16> = a.iter().map(|&v| bf16(v)).collect();
-            let mut b16 = vec![0; k * n];
-            pack_pairs(&b, k, n, &mut b16);
+            let mut b16 = vec![0; k * width];
+            pack_pairs(&b, k, width, &mut b16);
             let mut c = vec![f32::NAN; (m - 1) * ldc + n];
-            gemm(m, n, k, &a16, &b16, &mut c, ldc);
+            gemm_shifted(m, n, k, &shifts, &a16, &b16, width, &mut c, ldc);
             for i in 0..m {
                 for j in 0..n {
-                    let terms = (0..k).map(|t| f32_of(a16[i * k + t]) as f64 * f32_of(bf16(b[t * n + j])) as f64);
-                    let (want, size) = terms.fold((0.0, 0.0), |(s, z), v| (s + v, z + v.abs()));
+                    let (mut want, mut size) = (0.0, 0.0);
+                    for (t, shift) in shifts.iter().enumerate() {
+                        for d in 0..k {
+                            let term = f32_of(a16[i * k * shifts.len() + t * k + d]) as f64 * f32_of(bf16(b[d * width + j + shift])) as f64;
+                            (want, size) = (want + term, size + term.abs());
+                        }
+                    }
                     let got = c[i * ldc + j] as f64;
-                    assert!((got - want).abs() <= 1e-6 * size.max(1.0) * k as f64, "{m} x {n} x {k}: C[{i}][{j}] {got} against {want}");
+                    assert!((got - want).abs() <= 1e-6 * size.max(1.0) * k as f64, "{m} x {n} x {k}, shifts {shifts:?}: C[{i}][{j}] {got} against {want}");
                 }
             }
         }

@@ -5,10 +5,14 @@
 //! The CPU treats it as a matrix product with the im2col matrix of each image (`sgemm`), and
 //! its data gradient as the transposed product folded back with col2im; 3x3 layers wide and
 //! large enough go through Winograd's F(2x2, 3x3) or F(4x4, 3x3) instead, both ways
-//! (`winograd.rs`). The GPU convolves directly on weights packed by tap (conv2d_pack.wgsl), and
+//! (`winograd.rs`). In bf16 inference on a CPU with AMX, layers whose channels fill whole tiles
+//! convolve directly on the tiles (`conv2d_tiles.rs`). The GPU convolves directly on weights
+//! packed by tap (conv2d_pack.wgsl), and
 //! gets the data gradient by running the forward kernel on dy with flipped, transposed weights
 //! and complementary padding.
 
+#[cfg(target_arch = "x86_64")]
+use super::conv2d_tiles;
 use super::reduce::{self, ACCUMULATE, WRITE_SPLITS};
 use super::{check_buf, parallel_over_batch, sgemm, winograd, with_col_scratch, MatRef};
 use crate::error::{check_len, shape_err, Result};
@@ -31,10 +35,10 @@ pub enum Activation {
 }
 
 /// What the CPU's convolution products multiply: f32, or bf16 factors with f32 sums on AMX
-/// tiles where the CPU has them (Winograd's route only; elsewhere f32). bf16 keeps 8 bits of
-/// each factor, so outputs move by up to half a percent of a layer's largest: for inference,
-/// where speed matters more than the last digits, and never for training. The GPU always
-/// multiplies f32.
+/// tiles where the CPU has them ([`tiles_available`]), for layers whose channels fill whole
+/// tiles (`conv2d_tiles`; the others multiply f32). bf16 keeps 8 bits of each factor, so
+/// outputs move by a few tenths of a percent of a layer's largest: for inference, where speed
+/// matters more than the last digits, and never for training. The GPU always multiplies f32.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
@@ -42,6 +46,23 @@ pub enum Precision {
     #[default]
     F32,
     Bf16,
+}
+
+/// Whether this CPU and OS let [`Precision::Bf16`] multiply on AMX tiles.
+pub fn tiles_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return super::amx::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Whether `s`'s forward pass multiplies on AMX tiles at `precision` here.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+pub fn on_tiles(s: &Conv2dShape, precision: Precision) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return precision == Precision::Bf16 && conv2d_tiles::applies(s);
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,7 +114,7 @@ impl Conv2dShape {
     fn taps(&self) -> usize {
         self.cin * self.kh * self.kw
     }
-    fn plane(&self) -> usize {
+    pub(crate) fn plane(&self) -> usize {
         self.oh * self.ow
     }
     /// Flops of the forward pass (each backward product costs the same).
@@ -182,28 +203,51 @@ where
 
 /// `y = act(conv(x, w) + b)`; `b` may be left out.
 pub fn forward_cpu(s: Conv2dShape, x: &[f32], w: &[f32], b: Option<&[f32]>, act: Activation, y: &mut [f32]) -> Result<()> {
-    forward_cpu_keeping(s, x, (w, &mut None), b, act, Precision::F32, y)
+    forward_cpu_keeping(s, x, (w, &mut KeptWeights::default()), b, act, Precision::F32, y)
 }
 
-/// [`forward_cpu`] with a place to keep Winograd's transform of the weights between calls
-/// (filled when that route first takes `w`, and to be emptied by the caller whenever `w`
-/// changes), and the precision of the products.
-pub fn forward_cpu_keeping(
-    s: Conv2dShape,
-    x: &[f32],
-    (w, transformed): (&[f32], &mut Option<winograd::Transformed>),
-    b: Option<&[f32]>,
-    act: Activation,
-    precision: Precision,
-    y: &mut [f32],
-) -> Result<()> {
+/// A layer's weights in the forms the CPU's routes multiply, each made when a route first
+/// needs it and kept between calls: inference then reuses them on every call instead of
+/// rewriting every weight (10 MB for the VGG model's Winograd transforms, a fifth of a call on
+/// a batch of 8 faces). They belong to one shape (batch aside) and to the weights they were
+/// made from: the owner empties them whenever it writes the weights.
+#[derive(Default)]
+pub struct KeptWeights {
+    shape: Option<Conv2dShape>,
+    /// Winograd's U in f32, for the shape's tiling.
+    winograd: Option<Vec<f32>>,
+    /// The weights in bf16 as `conv2d_tiles` reads them.
+    #[cfg(target_arch = "x86_64")]
+    tiles: Option<Vec<u16>>,
+}
+
+impl KeptWeights {
+    /// The forms kept for `s`, emptied first if they were made for another shape.
+    fn of(&mut self, s: &Conv2dShape) -> &mut Self {
+        let shape = Conv2dShape { batch: 0, ..*s };
+        if self.shape != Some(shape) {
+            *self = KeptWeights { shape: Some(shape), ..KeptWeights::default() };
+        }
+        self
+    }
+}
+
+/// [`forward_cpu`] with a place to keep the weights' other forms between calls, and the
+/// precision of the products.
+pub fn forward_cpu_keeping(s: Conv2dShape, x: &[f32], (w, kept): (&[f32], &mut KeptWeights), b: Option<&[f32]>, act: Activation, precision: Precision, y: &mut [f32]) -> Result<()> {
     s.check(x.len(), w.len(), y.len())?;
     if let Some(b) = b {
         check_len("conv2d", "bias", b.len(), s.cout)?;
     }
+    #[cfg(target_arch = "x86_64")]
+    if on_tiles(&s, precision) {
+        let w16 = kept.of(&s).tiles.get_or_insert_with(|| conv2d_tiles::weights(&s, w));
+        conv2d_tiles::forward(&s, x, w16, b, act, y);
+        return Ok(());
+    }
     if winograd::applies(&s) && parallel_over_batch(s.batch) {
-        let products = winograd::Transformed::products(transformed, &s, w, precision == Precision::Bf16);
-        winograd::forward(&s, x, products, b, act, y);
+        let u = kept.of(&s).winograd.get_or_insert_with(|| winograd::transform_weights(&s, w));
+        winograd::forward(&s, x, u, b, act, y);
         return Ok(());
     }
     let (in_img, out_img, plane, taps) = (s.cin * s.h * s.w, s.cout * s.plane(), s.plane(), s.taps());
@@ -268,7 +312,7 @@ pub fn backward_data_cpu(s: Conv2dShape, dy: &[f32], w: &[f32], dx: &mut [f32]) 
     let gradient = s.data_grad();
     if winograd::applies(&gradient) && parallel_over_batch(s.batch) {
         let u = winograd::transform_weights(&gradient, &flipped_transposed(&s, w));
-        winograd::forward(&gradient, dy, winograd::Products::F32(&u), None, Activation::Identity, dx);
+        winograd::forward(&gradient, dy, &u, None, Activation::Identity, dx);
         return Ok(());
     }
     let (in_img, out_img, plane, taps) = (s.cin * s.h * s.w, s.cout * s.plane(), s.plane(), s.taps());

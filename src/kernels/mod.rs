@@ -16,6 +16,8 @@ pub mod batchnorm;
 pub mod calibration;
 pub mod conv2d;
 pub mod conv2d_grouped;
+#[cfg(target_arch = "x86_64")]
+pub mod conv2d_tiles;
 pub mod dense;
 pub mod dropout;
 pub mod face_crop;

@@ -18,13 +18,7 @@
 //! thread. A layer's data gradient is such a convolution too (`conv2d::backward_data_cpu`).
 //! conv2d's im2col path keeps everything else: other kernel sizes, a first layer of one
 //! channel, batch 1, small planes, and the filter gradient. The GPU convolves directly.
-//!
-//! In inference with `--precision bf16`, layers with many channels make their products on
-//! AMX tiles in bf16 where the CPU has them ([`tiles_apply`], [`super::amx`]), through
-//! F(2x2, 3x3), whose transforms bf16's 8-bit factors can follow.
 
-#[cfg(target_arch = "x86_64")]
-use super::amx;
 use super::conv2d::{Activation, Conv2dShape};
 use super::{relu::relu, sgemm, widest_vectors, with_col_scratch, MatRef};
 use rayon::prelude::*;
@@ -178,17 +172,9 @@ pub fn applies(s: &Conv2dShape) -> bool {
 }
 
 /// `y = act(conv(x, w) + b)` for a shape that [`applies`], images in parallel, each image a
-/// block of tile rows at a time; `u` is the weights' transform as the products read it
-/// ([`Transformed::products`]).
-pub fn forward(s: &Conv2dShape, x: &[f32], u: Products, b: Option<&[f32]>, act: Activation, y: &mut [f32]) {
-    let tiling = match u {
-        Products::F32(_) => tiling(s).expect("forward is called for shapes that Winograd applies to"),
-        // F(4x4, 3x3)'s transforms scale values by up to 5 and 8 and rely on cancellations
-        // that bf16 factors cannot keep (outliers of 6-9 % of a layer's largest output against
-        // 0.4 % with F(2x2, 3x3)'s 1 and 1/2).
-        #[cfg(target_arch = "x86_64")]
-        Products::Tiles(_) => Tiling::F2,
-    };
+/// block of tile rows at a time; `u` is the weights' transform ([`transform_weights`]).
+pub fn forward(s: &Conv2dShape, x: &[f32], u: &[f32], b: Option<&[f32]>, act: Activation, y: &mut [f32]) {
+    let tiling = tiling(s).expect("forward is called for shapes that Winograd applies to");
     let (points, tile) = (tiling.points(), tiling.outputs());
     let plan = Plan::of(s, tiling);
     let widest = plan.block(0);
@@ -197,12 +183,6 @@ pub fn forward(s: &Conv2dShape, x: &[f32], u: Products, b: Option<&[f32]>, act: 
     let pairs = s.cout * s.cin;
     let (in_img, out_img) = (s.cin * s.h * s.w, s.cout * s.oh * s.ow);
     y.par_chunks_mut(out_img).zip(x.par_chunks(in_img)).for_each(|(out, img)| {
-        // A point's transformed input as the tiles read it, when they make the products.
-        #[cfg(target_arch = "x86_64")]
-        let mut tile_input = match u {
-            Products::F32(_) => Vec::new(),
-            Products::Tiles(_) => vec![0u16; s.cin * widest.n],
-        };
         with_col_scratch(scratch_len, |scratch| {
             let (v, rest) = scratch.split_at_mut(v_len);
             let (m, rows) = rest.split_at_mut(m_len);
@@ -212,81 +192,12 @@ pub fn forward(s: &Conv2dShape, x: &[f32], u: Products, b: Option<&[f32]>, act: 
                 transform_input(s, tiling, &block, img, v, rows);
                 for p in 0..points {
                     let (vp, mp) = (&v[p * s.cin * n..][..s.cin * n], &mut m[p * s.cout * n..][..s.cout * n]);
-                    match u {
-                        Products::F32(u) => sgemm(s.cout, n, s.cin, MatRef::rows(&u[p * pairs..][..pairs], s.cin), MatRef::rows(vp, n), mp, false, 1),
-                        #[cfg(target_arch = "x86_64")]
-                        Products::Tiles(u) => {
-                            amx::pack_pairs(vp, s.cin, n, &mut tile_input);
-                            amx::gemm(s.cout, n, s.cin, &u[p * pairs..][..pairs], &tile_input, mp, n);
-                        }
-                    }
+                    sgemm(s.cout, n, s.cin, MatRef::rows(&u[p * pairs..][..pairs], s.cin), MatRef::rows(vp, n), mp, false, 1);
                 }
                 transform_output(s, tiling, &block, m, b, act, out, rows);
             }
         });
     });
-}
-
-/// The transformed weights U, as the products read them.
-#[derive(Clone, Copy)]
-pub enum Products<'a> {
-    /// f32, multiplied by `gemm`.
-    F32(&'a [f32]),
-    /// F(2x2, 3x3)'s U rounded to bf16, multiplied on AMX tiles ([`amx`]; see [`tiles_apply`]).
-    #[cfg(target_arch = "x86_64")]
-    Tiles(&'a [u16]),
-}
-
-/// Whether a shape that Winograd [`applies`] to makes its products on AMX tiles here, when
-/// asked to: the tiles take whole 16 output channels and 32 input ones (the products' columns
-/// are already whole vectors of 16), and the layer must have enough products a tile (cin x
-/// cout) for the values its transforms touch (cin + cout), since tiles go through F(2x2,
-/// 3x3)'s more numerous tiles: from a ratio of 40 (VGG's 64 -> 128 layer at 42.7 gains, its
-/// 64 -> 64 one at 32 loses against F(4x4, 3x3) in f32; BENCHMARKS.md, session 20).
-#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
-pub fn tiles_apply(s: &Conv2dShape) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return tiles_available() && amx::fits(s.cout, LANES, s.cin) && s.cin * s.cout >= 40 * (s.cin + s.cout);
-    #[cfg(not(target_arch = "x86_64"))]
-    false
-}
-
-/// Whether this CPU and OS give AMX's bf16 tiles at all (see [`super::amx::available`]).
-pub fn tiles_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return amx::available();
-    #[cfg(not(target_arch = "x86_64"))]
-    false
-}
-
-/// A layer's weights transformed, kept between calls: U in f32 for the shape's tiling, and
-/// F(2x2, 3x3)'s U in bf16 once the tiles have needed it.
-pub struct Transformed {
-    u: Vec<f32>,
-    #[cfg(target_arch = "x86_64")]
-    tiles: Option<Vec<u16>>,
-}
-
-impl Transformed {
-    /// The products of `s`'s weights `w`, transformed now unless `kept` holds them: in bf16 on
-    /// tiles when `tiles` is asked and [`tiles_apply`], else in f32.
-    pub fn products<'k>(kept: &'k mut Option<Transformed>, s: &Conv2dShape, w: &[f32], tiles: bool) -> Products<'k> {
-        if kept.as_ref().is_none_or(|k| k.u.len() != transformed_len(s)) {
-            *kept = Some(Transformed {
-                u: transform_weights(s, w),
-                #[cfg(target_arch = "x86_64")]
-                tiles: None,
-            });
-        }
-        let kept = kept.as_mut().expect("filled above");
-        #[cfg(target_arch = "x86_64")]
-        if tiles && tiles_apply(s) {
-            return Products::Tiles(kept.tiles.get_or_insert_with(|| transform_weights_for(s, Tiling::F2, w).iter().map(|&v| amx::bf16(v)).collect()));
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = tiles;
-        Products::F32(&kept.u)
-    }
 }
 
 /// How an image's tiles are cut into blocks: `tile_rows` rows of tiles, numbered `half` a
@@ -348,21 +259,12 @@ impl Block {
 /// Kernels a task of [`transform_weights`] transforms.
 const KERNELS_PER_TASK: usize = 4096;
 
-/// Values of [`transform_weights`]' result.
-pub fn transformed_len(s: &Conv2dShape) -> usize {
-    tiling(s).map_or(0, Tiling::points) * s.cout * s.cin
-}
-
 /// The weights [cout, cin, 3, 3] of a shape that [`applies`] as U [points][cout][cin]:
 /// `G g G^T` for each 3x3 kernel g. Shared among the threads: 16/9 or 4 times as many values
 /// as the weights are written (4 MB for VGG's widest layer), which on one thread leaves the
 /// others idle.
 pub fn transform_weights(s: &Conv2dShape, w: &[f32]) -> Vec<f32> {
-    transform_weights_for(s, tiling(s).expect("transform_weights is called for shapes that Winograd applies to"), w)
-}
-
-/// [`transform_weights`] for the given tiling.
-fn transform_weights_for(s: &Conv2dShape, tiling: Tiling, w: &[f32]) -> Vec<f32> {
+    let tiling = tiling(s).expect("transform_weights is called for shapes that Winograd applies to");
     let side = tiling.side();
     let pairs = s.cout * s.cin;
     let mut u = vec![0.0; tiling.points() * pairs];

@@ -20,7 +20,6 @@ use crate::kernels::sigmoid;
 use crate::kernels::softmax_xent::{self, XentOutputs, XentShape};
 use crate::kernels::upsample::{self, UpsampleShape};
 use crate::kernels::warp::{self, Augment};
-use crate::kernels::winograd;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
@@ -176,25 +175,23 @@ pub trait Backend: Send {
 /// outputs separately (and a mistaken aliasing of the two panics instead of corrupting data).
 pub struct Cpu;
 
-/// A CPU tensor. When it holds a convolution's weights, Winograd's transform of them is kept
-/// until they are next written: inference reuses it on every call instead of transforming
-/// every weight again (10 MB written for the VGG model), which took a fifth of a call on a
-/// batch of 8 faces (four video frames of one face and its mirror image).
+/// A CPU tensor. When it holds a convolution's weights, the forms its routes multiply (see
+/// [`conv2d::KeptWeights`]) are kept until the weights are next written.
 pub struct CpuTensor {
     values: RefCell<Vec<f32>>,
-    winograd: RefCell<Option<winograd::Transformed>>,
+    kept: RefCell<conv2d::KeptWeights>,
 }
 
 impl CpuTensor {
     fn new(values: Vec<f32>) -> Self {
-        CpuTensor { values: RefCell::new(values), winograd: RefCell::default() }
+        CpuTensor { values: RefCell::new(values), kept: RefCell::default() }
     }
     pub fn borrow(&self) -> std::cell::Ref<'_, Vec<f32>> {
         self.values.borrow()
     }
     /// The values to write: the transform kept of the old ones goes.
     pub fn borrow_mut(&self) -> std::cell::RefMut<'_, Vec<f32>> {
-        self.winograd.take();
+        self.kept.take();
         self.values.borrow_mut()
     }
 }
@@ -261,7 +258,7 @@ impl Backend for Cpu {
         warp::warp_cpu(images, augments, side, &mut out.borrow_mut())
     }
     fn conv2d_forward(&self, s: Conv2dShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, act: Activation, precision: Precision, y: &Self::Tensor) -> Result<()> {
-        conv2d::forward_cpu_keeping(s, &x.borrow(), (&w.borrow(), &mut w.winograd.borrow_mut()), Some(&b.borrow()), act, precision, &mut y.borrow_mut())
+        conv2d::forward_cpu_keeping(s, &x.borrow(), (&w.borrow(), &mut w.kept.borrow_mut()), Some(&b.borrow()), act, precision, &mut y.borrow_mut())
     }
     fn conv2d_backward_data(&self, s: Conv2dShape, dy: &Self::Tensor, w: &Self::Tensor, dx: &Self::Tensor) -> Result<()> {
         conv2d::backward_data_cpu(s, &dy.borrow(), &w.borrow(), &mut dx.borrow_mut())

@@ -1,0 +1,109 @@
+//! The forward convolution on AMX tiles in bf16 (inference only; see [`super::amx`]), for
+//! layers whose input channels come in whole tiles' depth (32) and output channels in whole
+//! tiles' rows (16): VGG's layers after the first.
+//!
+//! No im2col matrix and no Winograd transform: each image's input is laid out once in bf16,
+//! channel pairs interleaved as the tiles read them, flat, with its zero padding: rows
+//! `w + kw - 1` columns wide. Output pixel (oy, ox) is then flat column `oy * width + ox`, and
+//! tap (ky, kx) reads flat column `oy * width + ox + ky * width + kx` of that same layout. So the
+//! convolution is one matrix product for each tap, over columns shifted by a constant
+//! ([`amx::gemm_shifted`]), of the weights' slice for that tap. The `kw - 1` columns at the
+//! end of each output row are computed and thrown away.
+
+use super::amx;
+use super::conv2d::{Activation, Conv2dShape};
+use super::{relu::relu, with_col_scratch};
+use rayon::prelude::*;
+
+/// Sums one piece of work keeps (bytes): a piece's products stay within a core's L2 cache.
+const SUMS_BYTES: usize = 512 * 1024;
+
+/// Whether `s` runs on tiles here.
+pub fn applies(s: &Conv2dShape) -> bool {
+    amx::available() && amx::fits(s.cout, 16, s.cin)
+}
+
+/// The weights (OIHW) as the products read them: bf16, [cout][tap][cin].
+pub fn weights(s: &Conv2dShape, w: &[f32]) -> Vec<u16> {
+    let taps = s.kh * s.kw;
+    let mut out = vec![0; s.cout * taps * s.cin];
+    for (co, row) in out.chunks_exact_mut(taps * s.cin).enumerate() {
+        for (t, tap) in row.chunks_exact_mut(s.cin).enumerate() {
+            for (ci, v) in tap.iter_mut().enumerate() {
+                *v = amx::bf16(w[(co * s.cin + ci) * taps + t]);
+            }
+        }
+    }
+    out
+}
+
+/// `y = act(conv(x, w) + b)` with `w16` from [`weights`]. Call only where [`applies`].
+pub fn forward(s: &Conv2dShape, x: &[f32], w16: &[u16], b: Option<&[f32]>, act: Activation, y: &mut [f32]) {
+    let width = s.ow + s.kw - 1;
+    let shifts: Vec<usize> = (0..s.kh).flat_map(|ky| (0..s.kw).map(move |kx| ky * width + kx)).collect();
+    let slack = (s.kh - 1) * width + s.kw - 1;
+    // Fewer images than threads (batch-1 inference) share each image's rows among the threads;
+    // large planes go in pieces whose sums fit the cache.
+    let threads = rayon::current_num_threads();
+    let by_threads = if s.batch >= threads { s.oh } else { s.oh.div_ceil(threads.div_ceil(s.batch)) };
+    let by_cache = (SUMS_BYTES / (4 * s.cout * width)).max(1);
+    let piece_rows = by_threads.min(by_cache).max(1);
+    let (in_img, out_img, plane) = (s.cin * s.h * s.w, s.cout * s.plane(), s.plane());
+    let mut pieces: Vec<Piece> = Vec::new();
+    for (yo, image) in y.chunks_mut(out_img).zip(x.chunks(in_img)) {
+        let first = pieces.len();
+        for r0 in (0..s.oh).step_by(piece_rows) {
+            pieces.push(Piece { image, rows: r0..(r0 + piece_rows).min(s.oh), dest: Vec::with_capacity(s.cout) });
+        }
+        for plane_out in yo.chunks_mut(plane) {
+            for (piece, rows) in pieces[first..].iter_mut().zip(plane_out.chunks_mut(piece_rows * s.ow)) {
+                piece.dest.push(rows);
+            }
+        }
+    }
+    let widest = (piece_rows * width).next_multiple_of(16);
+    // The sums, then the laid-out input (two bf16 to an f32 of scratch).
+    let (sums_len, input_len) = (s.cout * widest, s.cin * (widest + slack));
+    pieces.into_par_iter().for_each(|Piece { image, rows, mut dest }| {
+        let n = (rows.len() * width).next_multiple_of(16);
+        let input_width = n + slack;
+        with_col_scratch(sums_len + input_len.div_ceil(2), |scratch| {
+            let (sums, input) = scratch.split_at_mut(sums_len);
+            let input: &mut [u16] = &mut bytemuck::cast_slice_mut(input)[..s.cin * input_width];
+            lay_out(s, image, rows.start, width, input_width, input);
+            amx::gemm_shifted(s.cout, n, s.cin, &shifts, w16, input, input_width, sums, n);
+            for (co, (dest, sums)) in dest.iter_mut().zip(sums.chunks(n)).enumerate() {
+                let bias = b.map_or(0.0, |b| b[co]);
+                for (out, computed) in dest.chunks_exact_mut(s.ow).zip(sums.chunks(width)) {
+                    for (o, &v) in out.iter_mut().zip(computed) {
+                        *o = if act == Activation::Relu { relu(v + bias) } else { v + bias };
+                    }
+                }
+            }
+        });
+    });
+}
+
+/// A share of the work: output rows of one image.
+struct Piece<'a> {
+    image: &'a [f32],
+    rows: std::ops::Range<usize>,
+    /// Those rows of each output channel's plane.
+    dest: Vec<&'a mut [f32]>,
+}
+
+/// Lays out the padded input rows that output rows from `first_row` read, flat, `width`
+/// columns a row, channel pairs interleaved: `input` holds cin / 2 pair rows of
+/// `input_width` columns, zero where no input pixel lies.
+fn lay_out(s: &Conv2dShape, image: &[f32], first_row: usize, width: usize, input_width: usize, input: &mut [u16]) {
+    input.fill(0);
+    let padded_rows = input_width / width;
+    for (pair, out) in input.chunks_exact_mut(2 * input_width).enumerate() {
+        let (c0, c1) = (&image[2 * pair * s.h * s.w..][..s.h * s.w], &image[(2 * pair + 1) * s.h * s.w..][..s.h * s.w]);
+        for r in 0..padded_rows {
+            let Some(iy) = (first_row + r).checked_sub(s.pad_top).filter(|&iy| iy < s.h) else { continue };
+            let at = 2 * (r * width + s.pad_left);
+            amx::interleave(&c0[iy * s.w..][..s.w], Some(&c1[iy * s.w..][..s.w]), &mut out[at..at + 2 * s.w]);
+        }
+    }
+}
