@@ -219,6 +219,68 @@ fn an_ensemble_of_models_with_different_classes_is_refused() {
     assert!(Ensemble::<Cpu>::new(Vec::new()).is_err());
 }
 
+/// A model whose batch norms follow a convolution (with a ReLU after) and a dense layer, as
+/// VGG's do, with running statistics, scales and shifts away from their initial values.
+fn model_with_batch_norms(backend: &impl Backend, dir: &Path) -> PathBuf {
+    let json = r#"{"name": "bn", "input": [1, 40, 40], "classes": 7, "layers": [
+        {"type": "conv2d", "filters": 6, "kernel": 3, "padding": "same"}, {"type": "batch_norm"}, {"type": "relu"},
+        {"type": "max_pool", "size": 4}, {"type": "flatten"},
+        {"type": "dense", "units": 12}, {"type": "batch_norm"}, {"type": "relu"}, {"type": "dense", "units": 7}]}"#;
+    let model = Model::new(backend, ModelConfig::from_json(json, "bn").unwrap(), 3).unwrap();
+    let mut rng = Rng::new(4);
+    for p in model.params.iter().filter(|p| p.name.starts_with("1.") || p.name.starts_with("6.")) {
+        // Variances positive, the rest of either sign.
+        let (lo, hi) = if p.name.ends_with("running_var") { (0.2, 3.0) } else { (-1.5, 1.5) };
+        let values: Vec<f32> = (0..p.shape[0]).map(|_| rng.uniform(lo, hi)).collect();
+        backend.write(&p.value, &values).unwrap();
+    }
+    let path = dir.join("bn.safetensors");
+    model.save(backend, &path, Part::Value, [("model".to_string(), json.to_string())].into()).unwrap();
+    path
+}
+
+/// Inference models fold each batch norm into the layer before it: the same probabilities
+/// without the batch norms' passes, on both backends; such a model refuses to train or be saved.
+#[test]
+fn folded_batch_norms_give_the_models_probabilities() {
+    let dir = temp_dir("folded");
+    let path = model_with_batch_norms(&Cpu, &dir);
+    let data = data::synthetic(5, 13);
+    let mut unfolded = Model::new(&Cpu, mien::nn::weights::config_of(&path).unwrap(), 0).unwrap();
+    unfolded.load(&Cpu, &path, Part::Value).unwrap();
+    let want = unfolded.predict(&Cpu, &data.images, Tta::Mirror).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let mut folded = Model::from_weights(&Cpu, &bytes, &path).unwrap();
+    assert_close("folded on the CPU", &folded.predict(&Cpu, &data.images, Tta::Mirror).unwrap(), &want, 1e-5);
+    assert_ne!(Cpu.read(&folded.params[0].value).unwrap(), Cpu.read(&unfolded.params[0].value).unwrap(), "the convolution's weights take the batch norm's scale");
+    let backend = GpuBackend::new(gpu());
+    let mut on_gpu = Model::from_weights(&backend, &bytes, &path).unwrap();
+    assert_close("folded on the GPU", &on_gpu.predict(&backend, &data.images, Tta::Mirror).unwrap(), &want, 1e-4);
+
+    let labels = vec![0u32; 5];
+    let err = folded.train_step(&Cpu, &data.images, &vec![warp::centre(40); 5], &labels, 1, AdamConfig::default(), 1).unwrap_err().to_string();
+    assert!(err.contains("cannot train a model loaded for inference"), "{err}");
+    let err = folded.save(&Cpu, &dir.join("again.safetensors"), Part::Value, Default::default()).unwrap_err().to_string();
+    assert!(err.contains("cannot save a model loaded for inference"), "{err}");
+}
+
+/// Faces go through the model in batches of powers of two (so a video's changing face count
+/// keeps few buffers): 23 faces as 16, 4, 2 and 1 give each face's own probabilities.
+#[test]
+fn faces_in_batches_of_powers_of_two_give_each_faces_probabilities() {
+    check_faces_in_batches(&Cpu);
+    check_faces_in_batches(&GpuBackend::new(gpu()));
+}
+
+fn check_faces_in_batches<B: Backend>(backend: &B) {
+    let data = data::synthetic(23, 17);
+    let mut model = Model::new(backend, tiny_model_of_side(40), 2).unwrap();
+    let all = model.predict(backend, &data.images, Tta::Mirror).unwrap();
+    for (i, image) in data.images.chunks(PIXELS).enumerate() {
+        assert_close(&format!("face {i} of 23"), &all[i * 7..][..7], &model.predict(backend, image, Tta::Mirror).unwrap(), 1e-5);
+    }
+}
+
 #[test]
 fn mirror_evaluation_averages_each_image_with_its_mirror_image() {
     check_mirror_evaluation(&Cpu);

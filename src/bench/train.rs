@@ -21,7 +21,8 @@ pub const TRAIN_STAGES: usize = 3;
 
 /// Times training steps and inference of `config` on `backend` with synthetic images,
 /// median of `reps` after a warm-up (batch-1 latency: of [`BATCH1_REPS_PER_REP`] times as many);
-/// inference multiplies in `precision`.
+/// inference runs as `mien eval` and `mien detect` do (batch norms folded), multiplying in
+/// `precision`.
 pub fn bench_train<B: Backend>(backend: &B, config: ModelConfig, batch: usize, reps: usize, precision: Precision, bar: &ProgressBar) -> Result<TrainBench> {
     let mut model = Model::new(backend, config, 1)?;
     model.precision = precision;
@@ -40,6 +41,7 @@ pub fn bench_train<B: Backend>(backend: &B, config: ModelConfig, batch: usize, r
     })?;
     bar.inc(1);
     stage("inference");
+    model.fold_for_inference(backend)?;
     let infer = median_pipelined(backend, reps, || model.submit_evaluation(backend, &images, centre, &labels))?;
     bar.inc(1);
     stage("batch-1 latency");

@@ -8,7 +8,6 @@ use mien::data::{self, Dataset, Usage};
 use mien::detect::yunet::YuNetParams;
 use mien::gpu::{self, BackendChoice, DeviceChoice, GpuOptions};
 use mien::kernels::conv2d::Precision;
-use mien::nn::weights::Part;
 use mien::nn::{Backend, Cpu, Ensemble, GpuBackend, Model, ModelConfig};
 use mien::pipeline::video::VideoOptions;
 use mien::pipeline::{DetectSize, SHIPPED_WEIGHTS};
@@ -753,7 +752,8 @@ fn run_eval<B: Backend>(backend: &B, args: &EvalArgs, precision: Precision) -> R
             None => mien::nn::weights::config_of(&weights)?,
         };
         let mut model = Model::new(backend, config, 0)?;
-        model.load(backend, &weights, Part::Value)?;
+        let bytes = std::fs::read(&weights).with_context(|| format!("{}: cannot read the weights", weights.display()))?;
+        model.load_for_inference(backend, &bytes, &weights)?;
         model.precision = precision;
         models.push(model);
     }

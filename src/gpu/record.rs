@@ -308,6 +308,16 @@ impl<'g> Recorder<'g> {
         }
     }
 
+    /// Copies `dst.len()` elements of `src` from element `from` on into `dst`, inside this
+    /// command buffer (offsets aligned as for [`Recorder::copy_at`]).
+    pub fn copy_from<T: bytemuck::Pod>(&mut self, src: &super::GpuBuffer<T>, from: usize, dst: &super::GpuBuffer<T>) {
+        let size = std::mem::size_of::<T>();
+        let bytes = (dst.len().min(src.len().saturating_sub(from)) * size) as u64;
+        if bytes > 0 {
+            self.encoder.copy_buffer_to_buffer(&src.buffer, (from * size) as u64, &dst.buffer, 0, bytes);
+        }
+    }
+
     /// Zeroes a buffer inside this command buffer.
     pub fn clear<T: bytemuck::Pod>(&mut self, buf: &super::GpuBuffer<T>) {
         self.encoder.clear_buffer(&buf.buffer, 0, None);

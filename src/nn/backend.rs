@@ -3,7 +3,7 @@
 //! until something is read back). The model and training loop are written once, against this.
 
 use crate::data::PIXELS;
-use crate::error::Result;
+use crate::error::{shape_err, Result};
 use crate::gpu::{append_timeline, Gpu, GpuBuffer, HostTiming, PassTiming, Readback, Recorder, Submitted};
 use crate::kernels::adam::{self, AdamConfig};
 use crate::kernels::add;
@@ -118,6 +118,8 @@ pub trait Backend: Send {
     /// The faces of `parts` one after another, as one set (the faces of several frames for
     /// one batch through the model). Queued, not waited for.
     fn join_faces(&self, parts: &[Self::Faces]) -> Result<Self::Faces>;
+    /// Faces `range` of a set, as a set of their own. Queued, not waited for.
+    fn faces_range(&self, faces: &Self::Faces, range: std::ops::Range<usize>) -> Result<Self::Faces>;
     /// The faces' bytes, once the work queued before has run.
     fn read_faces_async(&self, faces: &Self::Faces) -> impl Future<Output = Result<Vec<u8>>>;
     /// Warps the faces by their augmentations into `out` as `side` x `side` floats in [0, 1].
@@ -246,6 +248,10 @@ impl Backend for Cpu {
     }
     fn join_faces(&self, parts: &[Vec<u8>]) -> Result<Vec<u8>> {
         Ok(parts.concat())
+    }
+    fn faces_range(&self, faces: &Vec<u8>, range: std::ops::Range<usize>) -> Result<Vec<u8>> {
+        let bytes = faces.get(range.start * PIXELS..range.end * PIXELS).ok_or_else(|| shape_err("faces", format!("faces {range:?} of {}", faces.len() / PIXELS)))?;
+        Ok(bytes.to_vec())
     }
     async fn read_faces_async(&self, faces: &Vec<u8>) -> Result<Vec<u8>> {
         Ok(faces.clone())
@@ -500,6 +506,18 @@ impl Backend for GpuBackend<'_> {
             Ok(())
         })?;
         Ok(joined)
+    }
+    fn faces_range(&self, faces: &GpuBuffer<u32>, range: std::ops::Range<usize>) -> Result<GpuBuffer<u32>> {
+        let words = PIXELS / 4;
+        if range.start > range.end || range.end * words > faces.len() {
+            return Err(shape_err("faces", format!("faces {range:?} of {}", faces.len() / words)));
+        }
+        let part = self.gpu.zeros(range.len() * words)?;
+        self.record(|r| {
+            r.copy_from(faces, range.start * words, &part);
+            Ok(())
+        })?;
+        Ok(part)
     }
     async fn read_faces_async(&self, faces: &GpuBuffer<u32>) -> Result<Vec<u8>> {
         Ok(bytemuck::cast_slice(&self.read_ints_async(faces).await?).to_vec())

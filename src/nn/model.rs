@@ -5,7 +5,7 @@ use super::backend::{Backend, BnTensors, LossTensors};
 use super::config::{LayerSpec, ModelConfig, PaddingSpec};
 use crate::augment::Tta;
 use crate::data::PIXELS;
-use crate::error::{shape_err, Result};
+use crate::error::{shape_err, Error, Result};
 use crate::kernels::adam::AdamConfig;
 use crate::kernels::batchnorm::{BnConfig, BnShape};
 use crate::kernels::conv2d::{Activation, Conv2dShape, Padding, Precision};
@@ -67,12 +67,39 @@ impl From<SgdConfig> for Optimizer {
 }
 
 enum Op {
-    Conv { shape: Conv2dShape, w: usize, b: usize, act: Activation },
-    Dense { inputs: usize, outputs: usize, w: usize, b: usize },
+    Conv {
+        shape: Conv2dShape,
+        w: usize,
+        b: usize,
+        act: Activation,
+    },
+    Dense {
+        inputs: usize,
+        outputs: usize,
+        w: usize,
+        b: usize,
+    },
     Relu,
-    Pool { size: usize, channels: usize, h: usize, w: usize },
-    Dropout { rate: f32 },
-    BatchNorm { channels: usize, plane: usize, gamma: usize, beta: usize, mean: usize, var: usize },
+    Pool {
+        size: usize,
+        channels: usize,
+        h: usize,
+        w: usize,
+    },
+    Dropout {
+        rate: f32,
+    },
+    BatchNorm {
+        channels: usize,
+        plane: usize,
+        gamma: usize,
+        beta: usize,
+        mean: usize,
+        var: usize,
+    },
+    /// A batch norm, or the ReLU after one, whose work the layer before now does (see
+    /// [`Model::fold_batch_norms`]): it passes its input on.
+    Folded,
 }
 
 struct Layer {
@@ -114,6 +141,8 @@ pub struct Model<B: Backend> {
     pub label_smoothing: f32,
     /// What the CPU backend's convolutions multiply in inference (training multiplies f32).
     pub precision: Precision,
+    /// Whether batch norms are folded into the layers before them: inference only.
+    folded: bool,
 }
 
 /// What one batch did: mean loss, correct predictions, and in evaluation the logits and
@@ -205,7 +234,15 @@ impl<B: Backend> Model<B> {
         }
         let class_weight = backend.tensor(config.classes)?;
         backend.write(&class_weight, &vec![1.0; config.classes])?;
-        Ok(Model { config, params, layers, input_len, side, class_weight, workspaces: Vec::new(), bn: BnConfig::default(), label_smoothing: 0.0, precision: Precision::F32 })
+        Ok(Model { config, params, layers, input_len, side, class_weight, workspaces: Vec::new(), bn: BnConfig::default(), label_smoothing: 0.0, precision: Precision::F32, folded: false })
+    }
+
+    /// An error for `what` (training, saving) on a model whose batch norms are folded.
+    pub(crate) fn refuse_folded(&self, what: &str) -> Result<()> {
+        match self.folded {
+            true => Err(Error::Invalid(format!("cannot {what} a model loaded for inference (its batch norms are folded into its other layers)"))),
+            false => Ok(()),
+        }
     }
 
     /// The side of the square input the model takes: a crop of the 48x48 images.
@@ -223,6 +260,46 @@ impl<B: Backend> Model<B> {
             return Err(shape_err("model", format!("{} class weights for {} classes", weights.len(), self.config.classes)));
         }
         backend.write(&self.class_weight, weights)
+    }
+
+    /// Folds each batch norm right after a convolution or dense layer into that layer, for
+    /// inference: `values` are the parameters' values in `params` order (dense weights [in,
+    /// out]), before they reach the backend. In inference a batch norm is a fixed affine map
+    /// per channel, `gamma (y - mean) / sqrt(var + eps) + beta`, so the layer's weights scaled
+    /// by `s = gamma / sqrt(var + eps)` and its bias `(b - mean) s + beta` give the same output
+    /// without the batch norm's pass over the activations, and a ReLU after it runs in the
+    /// convolution's own pass. The model then refuses to train or be saved.
+    pub(crate) fn fold_batch_norms(&mut self, values: &mut [Vec<f32>]) {
+        for i in 1..self.layers.len() {
+            let Op::BatchNorm { channels, gamma, beta, mean, var, .. } = self.layers[i].op else { continue };
+            let (w, b, per_output) = match self.layers[i - 1].op {
+                Op::Conv { w, b, shape, .. } => (w, b, shape.cin * shape.kh * shape.kw),
+                Op::Dense { w, b, .. } => (w, b, 0),
+                _ => continue,
+            };
+            let scale: Vec<f64> = (0..channels).map(|c| values[gamma][c] as f64 / (values[var][c] as f64 + self.bn.epsilon as f64).sqrt()).collect();
+            if per_output > 0 {
+                // OIHW: each output channel's weights are one run.
+                for (row, s) in values[w].chunks_exact_mut(per_output).zip(&scale) {
+                    row.iter_mut().for_each(|v| *v = (*v as f64 * s) as f32);
+                }
+            } else {
+                // [in, out]: each row holds one weight for every output.
+                for row in values[w].chunks_exact_mut(channels) {
+                    row.iter_mut().zip(&scale).for_each(|(v, s)| *v = (*v as f64 * s) as f32);
+                }
+            }
+            for c in 0..channels {
+                values[b][c] = ((values[b][c] as f64 - values[mean][c] as f64) * scale[c] + values[beta][c] as f64) as f32;
+            }
+            self.layers[i].op = Op::Folded;
+            let relu_after = matches!(self.layers.get(i + 1), Some(Layer { op: Op::Relu, .. }));
+            if let (Op::Conv { act, .. }, true) = (&mut self.layers[i - 1].op, relu_after) {
+                *act = Activation::Relu;
+                self.layers[i + 1].op = Op::Folded;
+            }
+        }
+        self.folded = true;
     }
 
     fn workspace(&mut self, backend: &B, batch: usize) -> Result<usize> {
@@ -305,6 +382,7 @@ impl<B: Backend> Model<B> {
                 // In inference dropout keeps everything, so the next layer reads its input as it
                 // is (a copy pass less per dropout layer).
                 Op::Dropout { .. } if !training => continue,
+                Op::Folded => continue,
                 Op::Dropout { rate } => backend.dropout(Mask::new(rate, dropout_seed(seed, layer.index))?, x, y)?,
                 Op::BatchNorm { channels, plane, .. } => {
                     // In inference a ReLU right after is applied in the batch norm's own pass
@@ -354,6 +432,7 @@ impl<B: Backend> Model<B> {
                         backend.dense_backward_data(s, dy, &self.params[w].value, dx)?;
                     }
                 }
+                Op::Folded => unreachable!("a model with folded batch norms does not train"),
                 Op::Relu => backend.relu_backward(x, dy, dx)?,
                 Op::Pool { size, channels, h, w } => {
                     let s = PoolShape::new(batch, channels, (h, w), size)?;
@@ -430,6 +509,7 @@ impl<B: Backend> Model<B> {
     /// accuracy arrive with [`BatchInFlight::wait`]. Submitting step N + 1 before waiting for
     /// step N keeps a GPU busy while the host records (an in-order queue runs N first).
     pub fn submit_train_step(&mut self, backend: &B, images: &[u8], augments: &[Augment], labels: &[u32], seed: u32, optimizer: impl Into<Optimizer>, t: u64) -> Result<BatchInFlight<B>> {
+        self.refuse_folded("train")?;
         let wi = self.load_batch(backend, images, augments, labels)?;
         let ws = &self.workspaces[wi];
         let logits = self.forward(backend, ws, true, seed)?;
@@ -521,16 +601,29 @@ impl<B: Backend> Model<B> {
     }
 
     /// Every view `tta` takes of `n` faces where the backend keeps them (cut from a frame on
-    /// the device, say), queued. All are queued before the first is read
-    /// back, so on a GPU the views (and the other models of an ensemble) cost one wait, not
-    /// one each.
+    /// the device, say), queued. All are queued before the first is read back, so on a GPU the
+    /// views (and the other models of an ensemble) cost one wait, not one each.
+    ///
+    /// The faces go through in batches of a power of two up to [`MAX_FACES_BATCH`] (67 as 32,
+    /// 32, 2 and 1): a model keeps buffers for each batch size it has run, and a video's number of
+    /// faces changes from frame to frame, so exact sizes would keep buffers for every count
+    /// seen (800 MB by the end of a 150-frame clip of six to nine faces a frame).
     pub(crate) fn queue_faces(&mut self, backend: &B, faces: &B::Faces, n: usize, tta: Tta) -> Result<QueuedViews<B>> {
-        // The loss needs labels; any valid ones do, since only the probabilities are used.
-        let labels = vec![0; n];
-        // Each view's readbacks copy its results as the queue reaches them, so the next view
-        // may reuse the workspace.
-        let views = tta.views(self.side).iter().map(|view| self.submit_faces_evaluation(backend, faces, *view, &labels)).collect::<Result<Vec<_>>>()?;
-        Ok(QueuedViews { views, len: n * self.config.classes })
+        let views = tta.views(self.side);
+        let mut batches = Vec::new();
+        let mut first = 0;
+        while first < n {
+            let size = MAX_FACES_BATCH.min(1 << (n - first).ilog2());
+            let part = if size == n { None } else { Some(backend.faces_range(faces, first..first + size)?) };
+            // The loss needs labels; any valid ones do, since only the probabilities are used.
+            let labels = vec![0; size];
+            // Each view's readbacks copy its results as the queue reaches them, so the next
+            // view may reuse the workspace.
+            let queued = views.iter().map(|view| self.submit_faces_evaluation(backend, part.as_ref().unwrap_or(faces), *view, &labels)).collect::<Result<Vec<_>>>()?;
+            batches.push(queued);
+            first += size;
+        }
+        Ok(QueuedViews { batches, views: views.len(), len: n * self.config.classes })
     }
 
     /// [`Model::predict_async`], waited for.
@@ -540,9 +633,10 @@ impl<B: Backend> Model<B> {
     }
 }
 
-/// The views of a batch of faces queued by [`Model::queue_faces`].
+/// The views of faces queued by [`Model::queue_faces`], batch by batch.
 pub(crate) struct QueuedViews<B: Backend> {
-    views: Vec<BatchInFlight<B>>,
+    batches: Vec<Vec<BatchInFlight<B>>>,
+    views: usize,
     /// Faces times classes.
     len: usize,
 }
@@ -550,12 +644,19 @@ pub(crate) struct QueuedViews<B: Backend> {
 impl<B: Backend> QueuedViews<B> {
     /// The class probabilities of each face, the mean over its views.
     pub(crate) async fn mean_async(self, backend: &B) -> Result<Vec<f32>> {
-        let mut probs = vec![0.0; self.len];
-        let count = self.views.len();
-        for view in self.views {
-            add_into(&mut probs, &view.wait_async(backend).await?.probs.expect("evaluation returns probabilities"));
+        let mut probs = Vec::with_capacity(self.len);
+        for batch in self.batches {
+            let at = probs.len();
+            for view in batch {
+                let view = view.wait_async(backend).await?.probs.expect("evaluation returns probabilities");
+                if probs.len() == at {
+                    probs.extend_from_slice(&view);
+                } else {
+                    add_into(&mut probs[at..], &view);
+                }
+            }
         }
-        scale(&mut probs, count);
+        scale(&mut probs, self.views);
         Ok(probs)
     }
 }
@@ -571,6 +672,9 @@ pub fn scale(sum: &mut [f32], views: usize) {
     let inverse = 1.0 / views as f32;
     sum.iter_mut().for_each(|s| *s *= inverse);
 }
+
+/// The largest batch of faces [`Model::queue_faces`] runs at once.
+pub const MAX_FACES_BATCH: usize = 32;
 
 /// A distinct dropout stream per (step, layer).
 fn dropout_seed(step_seed: u32, layer: usize) -> u32 {

@@ -13,6 +13,9 @@ use safetensors::tensor::{Dtype, SafeTensors};
 use std::collections::HashMap;
 use std::path::Path;
 
+/// A weights file's metadata: the model config, training figures.
+type Metadata = HashMap<String, String>;
+
 /// Which of a parameter's tensors to store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Part {
@@ -53,17 +56,19 @@ struct Exported {
 }
 
 impl<B: Backend> Model<B> {
-    /// The model a weights file's metadata declares, with the file's weights: `bytes` are the
-    /// file's contents, and errors name it as `path`.
+    /// The model a weights file's metadata declares, with the file's weights, for inference:
+    /// its batch norms folded into the layers before them ([`Model::load_for_inference`]).
+    /// `bytes` are the file's contents, and errors name it as `path`.
     pub fn from_weights(backend: &B, bytes: &[u8], path: &Path) -> Result<Self> {
         let mut model = Model::new(backend, config_of_bytes(bytes, path)?, 0)?;
-        model.load_bytes(backend, bytes, path, Part::Value)?;
+        model.load_for_inference(backend, bytes, path)?;
         Ok(model)
     }
 
     /// The model's tensors in PyTorch layout.
     #[cfg(not(target_arch = "wasm32"))]
     fn export(&self, backend: &B, part: Part) -> Result<Vec<Exported>> {
+        self.refuse_folded("save")?;
         let mut out = Vec::new();
         for p in &self.params {
             let torch = |data: Vec<f32>| if p.transposed { transpose(&data, p.shape[1], p.shape[0]) } else { data };
@@ -101,15 +106,58 @@ impl<B: Backend> Model<B> {
 
     /// [`Model::load`] from the file's contents; errors name the file as `path`.
     pub fn load_bytes(&mut self, backend: &B, bytes: &[u8], path: &Path, part: Part) -> Result<HashMap<String, String>> {
+        let (values, metadata) = self.read_values(bytes, path, part)?;
+        let targets = self.params.iter().flat_map(|p| match part {
+            Part::Value => vec![&p.value],
+            Part::Moments if p.kind == TensorKind::Trainable => vec![&p.m, &p.v],
+            Part::Moments => vec![],
+        });
+        for (tensor, data) in targets.zip(&values) {
+            backend.write(tensor, data)?;
+        }
+        Ok(metadata)
+    }
+
+    /// The weights of a file's contents for inference alone: each batch norm right after a
+    /// convolution or dense layer is folded into it ([`Model::fold_batch_norms`]) before the
+    /// weights reach the backend, and the model refuses to train or be saved.
+    pub fn load_for_inference(&mut self, backend: &B, bytes: &[u8], path: &Path) -> Result<()> {
+        let (values, _) = self.read_values(bytes, path, Part::Value)?;
+        self.fold_into(backend, values)
+    }
+
+    /// Folds the batch norms of the weights the model holds, read back from the backend, as
+    /// [`Model::load_for_inference`] does.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn fold_for_inference(&mut self, backend: &B) -> Result<()> {
+        let values = self.params.iter().map(|p| backend.read(&p.value)).collect::<Result<Vec<_>>>()?;
+        self.fold_into(backend, values)
+    }
+
+    /// Folds the batch norms of `values` (in `params` order) and gives the model the result.
+    fn fold_into(&mut self, backend: &B, mut values: Vec<Vec<f32>>) -> Result<()> {
+        self.fold_batch_norms(&mut values);
+        for (p, data) in self.params.iter().zip(&values) {
+            backend.write(&p.value, data)?;
+        }
+        Ok(())
+    }
+
+    /// The tensors of `part` in a file's contents, in the model's layout and `params` order
+    /// (for each parameter its value, or its two moments), and the file's metadata. Every
+    /// tensor must be present with the model's shape and hold finite numbers only (a NaN would
+    /// spread through every later result).
+    fn read_values(&self, bytes: &[u8], path: &Path, part: Part) -> Result<(Vec<Vec<f32>>, Metadata)> {
         let file = SafeTensors::deserialize(bytes).map_err(|e| file_err(path, format!("not a valid safetensors file ({e}); was it cut off mid-write?")))?;
         let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| file_err(path, e.to_string()))?;
+        let mut values = Vec::new();
         for p in &self.params {
-            let targets: Vec<(String, &B::Tensor)> = match part {
-                Part::Value => vec![(p.name.clone(), &p.value)],
-                Part::Moments if p.kind == TensorKind::Trainable => vec![(format!("{}.adam_m", p.name), &p.m), (format!("{}.adam_v", p.name), &p.v)],
+            let names = match part {
+                Part::Value => vec![p.name.clone()],
+                Part::Moments if p.kind == TensorKind::Trainable => vec![format!("{}.adam_m", p.name), format!("{}.adam_v", p.name)],
                 Part::Moments => vec![],
             };
-            for (name, tensor) in targets {
+            for name in names {
                 let view = file.tensor(&name).map_err(|_| file_err(path, format!("no tensor {name} (is it a checkpoint of a different model?)")))?;
                 if view.dtype() != Dtype::F32 || view.shape() != p.shape.as_slice() {
                     return Err(file_err(path, format!("tensor {name} is {:?} {:?}, the model needs F32 {:?}", view.dtype(), view.shape(), p.shape)));
@@ -118,11 +166,10 @@ impl<B: Backend> Model<B> {
                 if let Some(i) = data.iter().position(|v| !v.is_finite()) {
                     return Err(file_err(path, format!("tensor {name} holds {} at element {i}; refusing weights that are not finite", data[i])));
                 }
-                let data = if p.transposed { transpose(&data, p.shape[0], p.shape[1]) } else { data };
-                backend.write(tensor, &data)?;
+                values.push(if p.transposed { transpose(&data, p.shape[0], p.shape[1]) } else { data });
             }
         }
-        Ok(header.metadata().clone().unwrap_or_default())
+        Ok((values, header.metadata().clone().unwrap_or_default()))
     }
 }
 
