@@ -81,33 +81,37 @@ pub fn pack_pairs(rows: &[f32], k: usize, n: usize, out: &mut [u16]) {
 pub fn interleave(first: &[f32], second: Option<&[f32]>, out: &mut [u16]) {
     let n = first.len();
     assert!(out.len() >= 2 * n && second.is_none_or(|s| s.len() >= n), "interleave: {n} values into {}", out.len());
-    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if let Some(second) = second {
         if available() {
-            done = n - n % TILE;
-            // SAFETY: `available` saw AVX-512 BW and BF16; the slices hold `done` values.
-            unsafe { interleave_avx512(&first[..done], &second[..done], &mut out[..2 * done]) };
+            // SAFETY: `available` saw AVX-512 BW and BF16; the slices hold `n` and `2n` values.
+            unsafe { interleave_avx512(first, &second[..n], &mut out[..2 * n]) };
+            return;
         }
     }
-    for j in done..n {
+    for j in 0..n {
         out[2 * j] = bf16(first[j]);
         out[2 * j + 1] = second.map_or(0, |s| bf16(s[j]));
     }
 }
 
-/// bf16 of `a` and `b` interleaved into `out`, 16 of each at a time (their length).
+/// bf16 of `a` and `b` interleaved into `out` (twice their length), 16 of each at a time, the
+/// last fewer through masks.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 fn interleave_avx512(a: &[f32], b: &[f32], out: &mut [u16]) {
     use std::arch::x86_64::*;
     // Lane 2j of the result takes lane j of the converted a, lane 2j + 1 lane j of b (at 16 + j).
     let order = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-    for ((a, b), out) in a.chunks_exact(TILE).zip(b.chunks_exact(TILE)).zip(out.chunks_exact_mut(2 * TILE)) {
-        // SAFETY: each chunk holds 16 f32 or 32 u16, what the unaligned loads and store touch.
+    for j in (0..a.len()).step_by(TILE) {
+        let left = (a.len() - j).min(TILE);
+        let (inputs, outputs) = ((1u32 << left) - 1, (1u64 << (2 * left)) - 1);
+        // SAFETY: the masks keep the loads within `left` values of a and b from j, and the store
+        // within 2 `left` of out from 2j; masked-off lanes touch no memory.
         unsafe {
-            let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(_mm512_loadu_ps(b.as_ptr()), _mm512_loadu_ps(a.as_ptr())));
-            _mm512_storeu_si512(out.as_mut_ptr().cast(), _mm512_permutexvar_epi16(order, both));
+            let (a, b) = (_mm512_maskz_loadu_ps(inputs as __mmask16, a.as_ptr().add(j)), _mm512_maskz_loadu_ps(inputs as __mmask16, b.as_ptr().add(j)));
+            let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(b, a));
+            _mm512_mask_storeu_epi16(out.as_mut_ptr().add(2 * j).cast(), outputs as __mmask32, _mm512_permutexvar_epi16(order, both));
         }
     }
 }

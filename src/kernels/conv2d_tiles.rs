@@ -12,7 +12,7 @@
 
 use super::amx;
 use super::conv2d::{Activation, Conv2dShape};
-use super::{relu::relu, with_col_scratch};
+use super::{relu::relu, widest_vectors, with_col_scratch};
 use rayon::prelude::*;
 
 /// Sums one piece of work keeps (bytes): a piece's products stay within a core's L2 cache.
@@ -73,15 +73,24 @@ pub fn forward(s: &Conv2dShape, x: &[f32], w16: &[u16], b: Option<&[f32]>, act: 
             lay_out(s, image, rows.start, width, input_width, input);
             amx::gemm_shifted(s.cout, n, s.cin, &shifts, w16, input, input_width, sums, n);
             for (co, (dest, sums)) in dest.iter_mut().zip(sums.chunks(n)).enumerate() {
-                let bias = b.map_or(0.0, |b| b[co]);
-                for (out, computed) in dest.chunks_exact_mut(s.ow).zip(sums.chunks(width)) {
-                    for (o, &v) in out.iter_mut().zip(computed) {
-                        *o = if act == Activation::Relu { relu(v + bias) } else { v + bias };
-                    }
-                }
+                store_rows(sums, width, s.ow, b.map_or(0.0, |b| b[co]), act == Activation::Relu, dest);
             }
         });
     });
+}
+
+widest_vectors! {
+/// One output channel's rows of `ow` values out of its flat sums (rows `width` apart, the
+/// columns past `ow` thrown away), plus `bias`, through a ReLU if `relu_after`.
+fn store_rows(sums: &[f32], width: usize, ow: usize, bias: f32, relu_after: bool, out: &mut [f32]) {
+    for (out, computed) in out.chunks_exact_mut(ow).zip(sums.chunks(width)) {
+        if relu_after {
+            out.iter_mut().zip(computed).for_each(|(o, &v)| *o = relu(v + bias));
+        } else {
+            out.iter_mut().zip(computed).for_each(|(o, &v)| *o = v + bias);
+        }
+    }
+}
 }
 
 /// A share of the work: output rows of one image.
