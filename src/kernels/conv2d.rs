@@ -239,6 +239,8 @@ pub fn forward_cpu_keeping(s: Conv2dShape, x: &[f32], (w, kept): (&[f32], &mut K
     if let Some(b) = b {
         check_len("conv2d", "bias", b.len(), s.cout)?;
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = precision;
     #[cfg(target_arch = "x86_64")]
     if on_tiles(&s, precision) {
         let w16 = kept.of(&s).tiles.get_or_insert_with(|| conv2d_tiles::weights(&s, w));
