@@ -8,6 +8,7 @@ use mien::kernels::batchnorm::{self, BnConfig, BnParams, BnSaved, BnShape};
 use mien::kernels::conv2d::{self, Activation, Conv2dShape, KeptWeights, Padding, Precision};
 use mien::kernels::conv2d_grouped::{self, GroupedConvShape, Pads, PointDepthShape};
 use mien::kernels::dense::{self, DenseShape};
+use mien::kernels::maxpool2d::{self, PoolShape};
 use mien::kernels::sgd::{self, SgdConfig};
 use mien::kernels::upsample::{self, UpsampleShape};
 use mien::kernels::winograd::{self, Tiling};
@@ -118,6 +119,15 @@ fn bf16_tile_products_stay_near_the_f32_convolution() {
         };
         let (exact, tiles, again) = (run(Precision::F32), run(Precision::Bf16), run(Precision::F32));
         assert_eq!(exact, again, "{s:?}: f32 after bf16 with the same kept weights");
+        if conv2d::pools_on_tiles(&s, Precision::Bf16) {
+            // Pooled in the same pass: the tiles' outputs, max-pooled (the bias and the ReLU
+            // commute with the maximum, so exactly).
+            let pool = PoolShape::new(s.batch, s.cout, (s.oh, s.ow), 2).unwrap();
+            let (mut want, mut argmax, mut pooled) = (vec![0.0; pool.output_len()], vec![0; pool.output_len()], vec![0.0; pool.output_len()]);
+            maxpool2d::forward_cpu(pool, &tiles, &mut want, &mut argmax).unwrap();
+            conv2d::forward_pooled_cpu(s, &x, (&w, &mut kept), &b, &mut pooled).unwrap();
+            assert_eq!(pooled, want, "{s:?}: pooled in the convolution's pass");
+        }
         if tiled[i] {
             // Measured: at most 0.18-0.24 % of the largest output, about 0.02 % on average.
             assert_close(&format!("bf16 tiles {s:?}"), &tiles, &exact, 5e-3);

@@ -244,7 +244,7 @@ pub fn forward_cpu_keeping(s: Conv2dShape, x: &[f32], (w, kept): (&[f32], &mut K
     #[cfg(target_arch = "x86_64")]
     if on_tiles(&s, precision) {
         let w16 = kept.of(&s).tiles.get_or_insert_with(|| conv2d_tiles::weights(&s, w));
-        conv2d_tiles::forward(&s, x, w16, b, act, y);
+        conv2d_tiles::forward(&s, x, w16, b, conv2d_tiles::Store::Plain(act), y);
         return Ok(());
     }
     if winograd::applies(&s) && parallel_over_batch(s.batch) {
@@ -300,6 +300,32 @@ pub fn forward_cpu_keeping(s: Conv2dShape, x: &[f32], (w, kept): (&[f32], &mut K
             });
         });
     }
+    Ok(())
+}
+
+/// Whether [`forward_pooled_cpu`] takes `s` at `precision`: on AMX tiles, with even output
+/// sides.
+pub fn pools_on_tiles(s: &Conv2dShape, precision: Precision) -> bool {
+    on_tiles(s, precision) && s.oh.is_multiple_of(2) && s.ow.is_multiple_of(2)
+}
+
+/// `y = maxpool2x2(relu(conv(x, w) + b))` in one pass, for shapes that [`pools_on_tiles`] in
+/// bf16: the convolution's output is never written, and the pooling needs no pass of its own
+/// (nor, in inference, the positions of its maxima).
+pub fn forward_pooled_cpu(s: Conv2dShape, x: &[f32], (w, kept): (&[f32], &mut KeptWeights), b: &[f32], y: &mut [f32]) -> Result<()> {
+    s.check(x.len(), w.len(), s.output_len())?;
+    check_len("conv2d", "bias", b.len(), s.cout)?;
+    check_len("conv2d", "pooled output", y.len(), s.output_len() / 4)?;
+    if !pools_on_tiles(&s, Precision::Bf16) {
+        return Err(shape_err("conv2d", format!("no pooled route for {s:?} here")));
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let w16 = kept.of(&s).tiles.get_or_insert_with(|| conv2d_tiles::weights(&s, w));
+        conv2d_tiles::forward(&s, x, w16, Some(b), conv2d_tiles::Store::ReluPooled, y);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = kept;
     Ok(())
 }
 

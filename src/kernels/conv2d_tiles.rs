@@ -37,8 +37,19 @@ pub fn weights(s: &Conv2dShape, w: &[f32]) -> Vec<u16> {
     out
 }
 
-/// `y = act(conv(x, w) + b)` with `w16` from [`weights`]. Call only where [`applies`].
-pub fn forward(s: &Conv2dShape, x: &[f32], w16: &[u16], b: Option<&[f32]>, act: Activation, y: &mut [f32]) {
+/// How the outputs are stored.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    /// `act(conv(x, w) + b)`.
+    Plain(Activation),
+    /// Its ReLU, max-pooled over 2x2 windows (for even output sides): the convolution's own
+    /// output is never written, and the pooling needs no pass of its own.
+    ReluPooled,
+}
+
+/// The convolution with `w16` from [`weights`], stored as `store` says into `y`. Call only
+/// where [`applies`].
+pub fn forward(s: &Conv2dShape, x: &[f32], w16: &[u16], b: Option<&[f32]>, store: Store, y: &mut [f32]) {
     let width = s.ow + s.kw - 1;
     let shifts: Vec<usize> = (0..s.kh).flat_map(|ky| (0..s.kw).map(move |kx| ky * width + kx)).collect();
     let slack = (s.kh - 1) * width + s.kw - 1;
@@ -47,16 +58,19 @@ pub fn forward(s: &Conv2dShape, x: &[f32], w16: &[u16], b: Option<&[f32]>, act: 
     let threads = rayon::current_num_threads();
     let by_threads = if s.batch >= threads { s.oh } else { s.oh.div_ceil(threads.div_ceil(s.batch)) };
     let by_cache = (SUMS_BYTES / (4 * s.cout * width)).max(1);
-    let piece_rows = by_threads.min(by_cache).max(1);
-    let (in_img, out_img, plane) = (s.cin * s.h * s.w, s.cout * s.plane(), s.plane());
+    // Pooled pieces take whole pairs of rows; each stored row stands for `fold` computed ones.
+    let fold = if store == Store::ReluPooled { 2 } else { 1 };
+    let piece_rows = by_threads.min(by_cache).max(1).next_multiple_of(fold);
+    let (stored_width, plane) = (s.ow / fold, (s.oh / fold) * (s.ow / fold));
+    let in_img = s.cin * s.h * s.w;
     let mut pieces: Vec<Piece> = Vec::new();
-    for (yo, image) in y.chunks_mut(out_img).zip(x.chunks(in_img)) {
+    for (yo, image) in y.chunks_mut(s.cout * plane).zip(x.chunks(in_img)) {
         let first = pieces.len();
         for r0 in (0..s.oh).step_by(piece_rows) {
             pieces.push(Piece { image, rows: r0..(r0 + piece_rows).min(s.oh), dest: Vec::with_capacity(s.cout) });
         }
         for plane_out in yo.chunks_mut(plane) {
-            for (piece, rows) in pieces[first..].iter_mut().zip(plane_out.chunks_mut(piece_rows * s.ow)) {
+            for (piece, rows) in pieces[first..].iter_mut().zip(plane_out.chunks_mut(piece_rows / fold * stored_width)) {
                 piece.dest.push(rows);
             }
         }
@@ -73,7 +87,11 @@ pub fn forward(s: &Conv2dShape, x: &[f32], w16: &[u16], b: Option<&[f32]>, act: 
             lay_out(s, image, rows.start, width, input_width, input);
             amx::gemm_shifted(s.cout, n, s.cin, &shifts, w16, input, input_width, sums, n);
             for (co, (dest, sums)) in dest.iter_mut().zip(sums.chunks(n)).enumerate() {
-                store_rows(sums, width, s.ow, b.map_or(0.0, |b| b[co]), act == Activation::Relu, dest);
+                let bias = b.map_or(0.0, |b| b[co]);
+                match store {
+                    Store::Plain(act) => store_rows(sums, width, s.ow, bias, act == Activation::Relu, dest),
+                    Store::ReluPooled => store_pooled_rows(sums, width, s.ow / 2, bias, dest),
+                }
             }
         });
     });
@@ -88,6 +106,20 @@ fn store_rows(sums: &[f32], width: usize, ow: usize, bias: f32, relu_after: bool
             out.iter_mut().zip(computed).for_each(|(o, &v)| *o = relu(v + bias));
         } else {
             out.iter_mut().zip(computed).for_each(|(o, &v)| *o = v + bias);
+        }
+    }
+}
+}
+
+widest_vectors! {
+/// One output channel's rows of `half` values, each the maximum of a 2x2 window of its flat
+/// sums (rows `width` apart) plus `bias`, through a ReLU (the maximum commutes with both).
+fn store_pooled_rows(sums: &[f32], width: usize, half: usize, bias: f32, out: &mut [f32]) {
+    for (out, pair) in out.chunks_exact_mut(half).zip(sums.chunks_exact(2 * width)) {
+        let (top, bottom) = pair.split_at(width);
+        for (j, o) in out.iter_mut().enumerate() {
+            let window = top[2 * j].max(top[2 * j + 1]).max(bottom[2 * j].max(bottom[2 * j + 1]));
+            *o = relu(window + bias);
         }
     }
 }

@@ -363,18 +363,28 @@ impl<B: Backend> Model<B> {
     fn forward<'w>(&self, backend: &B, ws: &'w Workspace<B>, training: bool, seed: u32) -> Result<&'w B::Tensor> {
         let batch = ws.batch;
         let mut x = &ws.acts[0];
-        // The ReLU layer whose work a batch norm did in the same pass (inference only).
-        let mut fused_relu = None;
+        // The ReLU or pooling layer whose work the layer before did in the same pass
+        // (inference only).
+        let mut fused = None;
         for (i, layer) in self.layers.iter().enumerate() {
-            if fused_relu == Some(i) {
+            if fused == Some(i) {
                 x = &ws.acts[i + 1];
                 continue;
             }
             let y = &ws.acts[i + 1];
             match layer.op {
                 Op::Conv { shape, w, b, act } => {
+                    let s = Conv2dShape { batch, ..shape };
+                    let (w, b) = (&self.params[w].value, &self.params[b].value);
                     let precision = if training { Precision::F32 } else { self.precision };
-                    backend.conv2d_forward(Conv2dShape { batch, ..shape }, x, &self.params[w].value, &self.params[b].value, act, precision, y)?
+                    match self.pool_after(i) {
+                        Some((j, size, channels, (h, w_))) if !training && act == Activation::Relu => {
+                            let pool = PoolShape::new(batch, channels, (h, w_), size)?;
+                            backend.conv2d_relu_pool_forward(s, x, (w, b), precision, y, pool, &ws.acts[j + 1], ws.argmax[j].as_ref().expect("pool workspace"))?;
+                            fused = Some(j);
+                        }
+                        _ => backend.conv2d_forward(s, x, w, b, act, precision, y)?,
+                    }
                 }
                 Op::Dense { inputs, outputs, w, b } => backend.dense_forward(DenseShape { batch, inputs, outputs }, x, &self.params[w].value, &self.params[b].value, y)?,
                 Op::Relu => backend.relu_forward(x, y)?,
@@ -390,7 +400,7 @@ impl<B: Backend> Model<B> {
                     let fuse = !training && matches!(self.layers.get(i + 1).map(|l| &l.op), Some(Op::Relu));
                     let (act, out) = if fuse { (Activation::Relu, &ws.acts[i + 2]) } else { (Activation::Identity, y) };
                     if fuse {
-                        fused_relu = Some(i + 1);
+                        fused = Some(i + 1);
                     }
                     backend.batchnorm_forward(BnShape { batch, channels, plane }, self.bn, training, act, x, self.bn_tensors(ws, i), out)?
                 }
@@ -398,6 +408,16 @@ impl<B: Backend> Model<B> {
             x = y;
         }
         Ok(x)
+    }
+
+    /// The pooling layer that takes layer `i`'s output, past folded layers: its index, window
+    /// and input shape.
+    fn pool_after(&self, i: usize) -> Option<(usize, usize, usize, (usize, usize))> {
+        let (j, next) = self.layers.iter().enumerate().skip(i + 1).find(|(_, l)| !matches!(l.op, Op::Folded))?;
+        match next.op {
+            Op::Pool { size, channels, h, w } => Some((j, size, channels, (h, w))),
+            _ => None,
+        }
     }
 
     fn backward(&self, backend: &B, ws: &Workspace<B>, seed: u32) -> Result<()> {
