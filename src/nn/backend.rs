@@ -145,22 +145,11 @@ pub trait Backend: Send {
     fn dense_backward_data(&self, s: DenseShape, dy: &Self::Tensor, w: &Self::Tensor, dx: &Self::Tensor) -> Result<()>;
     fn dense_backward_weights(&self, s: DenseShape, x: &Self::Tensor, dy: &Self::Tensor, dw: &Self::Tensor, db: &Self::Tensor) -> Result<()>;
     fn maxpool_forward(&self, s: PoolShape, x: &Self::Tensor, y: &Self::Tensor, argmax: &Self::Ints) -> Result<()>;
-    /// Inference's `pooled = maxpool(relu(conv(x, w) + b))`: the convolution into `conv_out`,
-    /// then the pooling (writing `argmax`), unless the backend does both in one pass.
-    #[allow(clippy::too_many_arguments)]
-    fn conv2d_relu_pool_forward(
-        &self,
-        s: Conv2dShape,
-        x: &Self::Tensor,
-        (w, b): (&Self::Tensor, &Self::Tensor),
-        precision: Precision,
-        conv_out: &Self::Tensor,
-        pool: PoolShape,
-        pooled: &Self::Tensor,
-        argmax: &Self::Ints,
-    ) -> Result<()> {
-        self.conv2d_forward(s, x, w, b, Activation::Relu, precision, conv_out)?;
-        self.maxpool_forward(pool, conv_out, pooled, argmax)
+    /// Inference's `pooled = maxpool(relu(conv(x, w) + b))` in one pass, where the backend can
+    /// (without writing the convolution's output or the pooling's argmax): whether it did. If
+    /// not, the caller convolves, then pools.
+    fn conv2d_relu_pool_forward(&self, _: Conv2dShape, _: &Self::Tensor, _: (&Self::Tensor, &Self::Tensor), _: Precision, _: PoolShape, _: &Self::Tensor) -> Result<bool> {
+        Ok(false)
     }
     /// With `relu_of` (the pooled output), also through the ReLU before the pooling.
     fn maxpool_backward(&self, s: PoolShape, dy: &Self::Tensor, argmax: &Self::Ints, relu_of: Option<&Self::Tensor>, dx: &Self::Tensor) -> Result<()>;
@@ -301,22 +290,12 @@ impl Backend for Cpu {
     fn maxpool_forward(&self, s: PoolShape, x: &Self::Tensor, y: &Self::Tensor, argmax: &Self::Ints) -> Result<()> {
         maxpool2d::forward_cpu(s, &x.borrow(), &mut y.borrow_mut(), &mut argmax.borrow_mut())
     }
-    fn conv2d_relu_pool_forward(
-        &self,
-        s: Conv2dShape,
-        x: &Self::Tensor,
-        (w, b): (&Self::Tensor, &Self::Tensor),
-        precision: Precision,
-        conv_out: &Self::Tensor,
-        pool: PoolShape,
-        pooled: &Self::Tensor,
-        argmax: &Self::Ints,
-    ) -> Result<()> {
-        if pool.size == 2 && conv2d::pools_on_tiles(&s, precision) {
-            return conv2d::forward_pooled_cpu(s, &x.borrow(), (&w.borrow(), &mut w.kept.borrow_mut()), &b.borrow(), &mut pooled.borrow_mut());
+    fn conv2d_relu_pool_forward(&self, s: Conv2dShape, x: &Self::Tensor, (w, b): (&Self::Tensor, &Self::Tensor), precision: Precision, pool: PoolShape, pooled: &Self::Tensor) -> Result<bool> {
+        if pool.size != 2 || !conv2d::pools_on_tiles(&s, precision) {
+            return Ok(false);
         }
-        self.conv2d_forward(s, x, w, b, Activation::Relu, precision, conv_out)?;
-        self.maxpool_forward(pool, conv_out, pooled, argmax)
+        conv2d::forward_pooled_cpu(s, &x.borrow(), (&w.borrow(), &mut w.kept.borrow_mut()), &b.borrow(), &mut pooled.borrow_mut())?;
+        Ok(true)
     }
     fn maxpool_backward(&self, s: PoolShape, dy: &Self::Tensor, argmax: &Self::Ints, relu_of: Option<&Self::Tensor>, dx: &Self::Tensor) -> Result<()> {
         let y = relu_of.map(|y| y.borrow());

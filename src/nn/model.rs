@@ -377,13 +377,16 @@ impl<B: Backend> Model<B> {
                     let s = Conv2dShape { batch, ..shape };
                     let (w, b) = (&self.params[w].value, &self.params[b].value);
                     let precision = if training { Precision::F32 } else { self.precision };
-                    match self.pool_after(i) {
+                    let pooled = match self.pool_after(i) {
                         Some((j, size, channels, (h, w_))) if !training && act == Activation::Relu => {
                             let pool = PoolShape::new(batch, channels, (h, w_), size)?;
-                            backend.conv2d_relu_pool_forward(s, x, (w, b), precision, y, pool, &ws.acts[j + 1], ws.argmax[j].as_ref().expect("pool workspace"))?;
-                            fused = Some(j);
+                            backend.conv2d_relu_pool_forward(s, x, (w, b), precision, pool, &ws.acts[j + 1])?.then_some(j)
                         }
-                        _ => backend.conv2d_forward(s, x, w, b, act, precision, y)?,
+                        _ => None,
+                    };
+                    match pooled {
+                        Some(j) => fused = Some(j),
+                        None => backend.conv2d_forward(s, x, w, b, act, precision, y)?,
                     }
                 }
                 Op::Dense { inputs, outputs, w, b } => backend.dense_forward(DenseShape { batch, inputs, outputs }, x, &self.params[w].value, &self.params[b].value, y)?,
