@@ -8,7 +8,7 @@ use mien::gpu::Gpu;
 use mien::kernels::adam::{self, AdamConfig};
 use mien::kernels::add;
 use mien::kernels::batchnorm::{self, BnConfig, BnParams, BnSaved, BnShape};
-use mien::kernels::conv2d::{self, Activation, Conv2dShape, Padding};
+use mien::kernels::conv2d::{self, Activation, Conv2dShape, Padding, Precision};
 use mien::kernels::conv2d_grouped::{self, GroupedConvShape, Pads, PointDepthShape};
 use mien::kernels::dense::{self, DenseShape};
 use mien::kernels::dropout::{self, Mask};
@@ -478,7 +478,7 @@ fn pointwise_then_depthwise_gpu_matches_cpu() {
         for act in [Activation::Identity, Activation::Relu] {
             let s = PointDepthShape::new(pw, dw, act).unwrap();
             let mut y = vec![0.0; dw.output_len()];
-            conv2d_grouped::pointwise_depthwise_cpu(s, &x, (&w1, &b1), (&w2, &b2), &mut y).unwrap();
+            conv2d_grouped::pointwise_depthwise_cpu(s, &x, (&w1, &b1), (&w2, &b2), Precision::F32, &mut y).unwrap();
             g.run(|rec| conv2d_grouped::pointwise_depthwise_gpu(rec, s, &xg, (&w1g, &b1g), (&w2g, &b2g), &mid, &yg)).unwrap();
             assert_close(&format!("pointwise then depthwise {act:?} {pw:?}"), &g.read(&yg).unwrap(), &y, SUM_TOL);
         }

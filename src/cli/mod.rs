@@ -42,8 +42,9 @@ struct Global {
     /// how mien handles inputs too large for a smaller GPU.
     #[arg(long, global = true, value_name = "BYTES")]
     max_binding: Option<u64>,
-    /// What the CPU backend's convolutions multiply in inference: f32, or bf16 on AMX tiles
-    /// where the CPU has them (faster; outputs move by a few tenths of a percent).
+    /// What the CPU backend's convolutions (the expression model's and YuNet's) multiply in
+    /// inference: f32, or bf16 on AMX tiles where the CPU has them (faster; outputs move by a
+    /// few tenths of a percent).
     #[arg(long, global = true, value_enum, default_value_t = Precision::F32)]
     precision: Precision,
     /// More log output (-v info, -vv debug).

@@ -9,7 +9,7 @@
 //! `tools/yunet_reference.py`).
 
 use crate::error::{file_err, quote_prefix, Error, Result};
-use crate::kernels::conv2d::Activation;
+use crate::kernels::conv2d::{Activation, Precision};
 use crate::kernels::conv2d_grouped::{GroupedConvShape, Pads, PointDepthShape};
 use crate::kernels::maxpool2d::PoolShape;
 use crate::kernels::upsample::UpsampleShape;
@@ -716,13 +716,13 @@ impl<B: Backend> Plan<B> {
         Ok(Plan { staging: vec![0.0; layout.tensors[0]], layout, tensors, argmax })
     }
 
-    fn run(&self, backend: &B, weights: &[(B::Tensor, B::Tensor)], step: &Step) -> Result<()> {
+    fn run(&self, backend: &B, weights: &[(B::Tensor, B::Tensor)], step: &Step, precision: Precision) -> Result<()> {
         let t = &self.tensors;
         match *step {
             Step::Conv { shape, conv, act, x, y } => backend.conv2d_grouped_forward(shape, &t[x], &weights[conv].0, &weights[conv].1, act, &t[y]),
             Step::PointDepth { shape, convs: (first, second), x, y } => {
                 let (w1, w2) = (&weights[first], &weights[second]);
-                backend.pointwise_depthwise_forward(shape, &t[x], (&w1.0, &w1.1), (&w2.0, &w2.1), &t[y])
+                backend.pointwise_depthwise_forward(shape, &t[x], (&w1.0, &w1.1), (&w2.0, &w2.1), precision, &t[y])
             }
             Step::Relu { x, y } => backend.relu_forward(&t[x], &t[y]),
             Step::Sigmoid { x, y } => backend.sigmoid_forward(&t[x], &t[y]),
@@ -770,6 +770,8 @@ pub struct YuNet<B: Backend> {
     apart: Option<((usize, usize), usize)>,
     cpu: Option<Box<YuNet<Cpu>>>,
     warnings: Vec<String>,
+    /// What the CPU backend's pointwise products multiply.
+    precision: Precision,
 }
 
 impl<B: Backend> YuNet<B> {
@@ -782,7 +784,7 @@ impl<B: Backend> YuNet<B> {
             Ok(t)
         };
         let weights = model.convs.iter().map(|c| Ok((upload(&c.weight)?, upload(&c.bias)?))).collect::<Result<_>>()?;
-        Ok(YuNet { backend, model, weights, plan: None, refused: None, apart: None, cpu: None, warnings: Vec::new() })
+        Ok(YuNet { backend, model, weights, plan: None, refused: None, apart: None, cpu: None, warnings: Vec::new(), precision: Precision::F32 })
     }
 
     /// The shipped YuNet-n (see [`YuNetModel::shipped`]).
@@ -792,6 +794,15 @@ impl<B: Backend> YuNet<B> {
 
     pub fn model(&self) -> &Arc<YuNetModel> {
         &self.model
+    }
+
+    /// Sets what the CPU backend's pointwise products multiply in (see [`Precision`]); scores
+    /// and boxes move by a little.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+        if let Some(cpu) = &mut self.cpu {
+            cpu.precision = precision;
+        }
     }
 
     /// The backend the network runs on (for its pass timings when it profiles).
@@ -881,7 +892,7 @@ impl<B: Backend> YuNet<B> {
         self.warnings.push(format!("{reason}; running YuNet on the CPU"));
         let cpu = match &mut self.cpu {
             Some(cpu) => cpu,
-            empty => empty.insert(Box::new(YuNet::new(Cpu, self.model.clone())?)),
+            empty => empty.insert(Box::new(YuNet { precision: self.precision, ..YuNet::new(Cpu, self.model.clone())? })),
         };
         cpu.forward(padded, 1, fill, &outputs).await
     }
@@ -950,7 +961,7 @@ impl<B: Backend> YuNet<B> {
         };
         read_ready(0)?;
         for (k, step) in plan.layout.steps.iter().enumerate() {
-            plan.run(backend, &self.weights, step)?;
+            plan.run(backend, &self.weights, step, self.precision)?;
             read_ready(k + 1)?;
         }
         let mut values = Vec::with_capacity(pending.len());

@@ -17,7 +17,7 @@
 //! YuNet's units are built: the CPU runs both band by band of rows so that the values between
 //! them stay in cache; the GPU runs its two kernels through a buffer.
 
-use super::conv2d::Activation;
+use super::conv2d::{Activation, Precision};
 use super::relu::relu;
 use super::{items_per_task, sgemm, widest_vectors, with_col_scratch, MatRef};
 use crate::error::{check_len, shape_err, Result};
@@ -406,13 +406,18 @@ const BAND_BYTES: usize = 1 << 20;
 /// outputs of its rows and the row above and below, every channel, into a buffer of its own,
 /// then the depthwise outputs from that buffer. Between the two the values stay in the core's
 /// cache instead of going out to memory and back, which bound the two layers run one by one.
-/// The halo rows are computed twice, by the tasks on both sides of them.
-pub fn pointwise_depthwise_cpu(s: PointDepthShape, x: &[f32], (w1, b1): (&[f32], &[f32]), (w2, b2): (&[f32], &[f32]), y: &mut [f32]) -> Result<()> {
+/// The halo rows are computed twice, by the tasks on both sides of them. In bf16 (inference
+/// on a CPU with AMX), pointwise layers of whole tiles of channels (32 in, 16 out: YuNet's 64
+/// -> 64 ones) make their products on the tiles.
+pub fn pointwise_depthwise_cpu(s: PointDepthShape, x: &[f32], (w1, b1): (&[f32], &[f32]), (w2, b2): (&[f32], &[f32]), precision: Precision, y: &mut [f32]) -> Result<()> {
     let (p, d) = (s.pointwise, s.depthwise);
     p.check(x.len(), w1.len(), b1.len(), d.input_len())?;
     d.check(d.input_len(), w2.len(), b2.len(), y.len())?;
     let (h, w, plane, channels) = (d.h, d.w, d.h * d.w, d.cin);
     let band_rows = (BAND_BYTES / (4 * channels * w).max(1)).saturating_sub(2).max(1);
+    let tiles = PointwiseTiles::of(channels, p.cin, w1, precision);
+    let widest = ((band_rows + 2).min(h) * w).next_multiple_of(16);
+    let tiles_len = tiles.as_ref().map_or(0, |_| channels * widest + (p.cin * widest).div_ceil(2));
     let tasks = row_blocks(y, d.batch, channels, (h, w), h.div_ceil(band_rows));
     let zero_row = vec![0.0; w];
     tasks.into_par_iter().for_each(|RowBlock { image, rows, dests }| {
@@ -421,11 +426,18 @@ pub fn pointwise_depthwise_cpu(s: PointDepthShape, x: &[f32], (w1, b1): (&[f32],
         let xi = &x[image * p.cin * plane..][..p.cin * plane];
         // Every value is written below (bias, then the product added), so the thread's reused
         // buffer will do.
-        with_col_scratch(channels * pixels, |mid| {
-            for (row, &bias) in mid.chunks_exact_mut(pixels).zip(b1) {
-                row.fill(bias);
+        with_col_scratch(channels * pixels + tiles_len, |scratch| {
+            let (mid, rest) = scratch.split_at_mut(channels * pixels);
+            match &tiles {
+                #[cfg(target_arch = "x86_64")]
+                Some(tiles) => tiles.product(&xi[lo * w..], plane, pixels, b1, mid, rest),
+                _ => {
+                    for (row, &bias) in mid.chunks_exact_mut(pixels).zip(b1) {
+                        row.fill(bias);
+                    }
+                    sgemm(channels, pixels, p.cin, MatRef::rows(w1, p.cin), MatRef { data: &xi[lo * w..], row: plane, col: 1 }, mid, true, 1);
+                }
             }
-            sgemm(channels, pixels, p.cin, MatRef::rows(w1, p.cin), MatRef { data: &xi[lo * w..], row: plane, col: 1 }, mid, true, 1);
             for (c, dest) in dests.into_iter().enumerate() {
                 let window = Window3x3::new(&w2[9 * c..][..9], b2[c], s.act);
                 depthwise_3x3_rows(w, h, &Band { rows: &mid[c * pixels..][..pixels], first: lo }, rows.start, &window, &zero_row, dest);
@@ -433,6 +445,54 @@ pub fn pointwise_depthwise_cpu(s: PointDepthShape, x: &[f32], (w1, b1): (&[f32],
         });
     });
     Ok(())
+}
+
+/// A pointwise layer's weights in bf16, for its products on AMX tiles.
+struct PointwiseTiles {
+    #[cfg(target_arch = "x86_64")]
+    weights: Vec<u16>,
+    #[cfg(target_arch = "x86_64")]
+    cout: usize,
+}
+
+impl PointwiseTiles {
+    /// The tiles' form of `w` (`cout` x `cin`) when `precision` asks for bf16 and the shape
+    /// fills whole tiles here.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+    fn of(cout: usize, cin: usize, w: &[f32], precision: Precision) -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        if precision == Precision::Bf16 && super::amx::available() && super::amx::fits(cout, 16, cin) {
+            return Some(PointwiseTiles { weights: w.iter().map(|&v| super::amx::bf16(v)).collect(), cout });
+        }
+        None
+    }
+
+    /// `mid` (cout x `pixels`) = the weights times `pixels` values of each input channel (the
+    /// first at `x`, channels `plane` apart), plus `bias`; `scratch` holds the padded sums and
+    /// the input's bf16 pairs.
+    #[cfg(target_arch = "x86_64")]
+    fn product(&self, x: &[f32], plane: usize, pixels: usize, bias: &[f32], mid: &mut [f32], scratch: &mut [f32]) {
+        use super::amx;
+        let (cout, cin, n) = (self.cout, self.weights.len() / self.cout, pixels.next_multiple_of(16));
+        let (sums, pairs) = scratch.split_at_mut(cout * n);
+        let pairs: &mut [u16] = &mut bytemuck::cast_slice_mut(pairs)[..cin * n];
+        for (pair, out) in pairs.chunks_exact_mut(2 * n).enumerate() {
+            let channel = |c: usize| &x[c * plane..][..pixels];
+            amx::interleave(channel(2 * pair), Some(channel(2 * pair + 1)), &mut out[..2 * pixels]);
+            out[2 * pixels..].fill(0);
+        }
+        amx::gemm(cout, n, cin, &self.weights, pairs, &mut sums[..cout * n], n);
+        for ((row, sums), &b) in mid.chunks_exact_mut(pixels).zip(sums.chunks(n)).zip(bias) {
+            add_bias(&sums[..pixels], b, row);
+        }
+    }
+}
+
+widest_vectors! {
+/// `out = sums + bias`.
+fn add_bias(sums: &[f32], bias: f32, out: &mut [f32]) {
+    out.iter_mut().zip(sums).for_each(|(o, &v)| *o = v + bias);
+}
 }
 
 /// Fills `col` (`[cin / groups * kh * kw, rows.len() * ow]`) with the receptive fields of

@@ -158,7 +158,16 @@ pub trait Backend: Send {
     /// Inference only (no backward pass): stride, padding on each side, groups.
     fn conv2d_grouped_forward(&self, s: GroupedConvShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, act: Activation, y: &Self::Tensor) -> Result<()>;
     /// `y = act(depthwise(pointwise(x)))`.
-    fn pointwise_depthwise_forward(&self, s: PointDepthShape, x: &Self::Tensor, pointwise: (&Self::Tensor, &Self::Tensor), depthwise: (&Self::Tensor, &Self::Tensor), y: &Self::Tensor) -> Result<()>;
+    /// `precision` is the CPU's (see [`Precision`]).
+    fn pointwise_depthwise_forward(
+        &self,
+        s: PointDepthShape,
+        x: &Self::Tensor,
+        pointwise: (&Self::Tensor, &Self::Tensor),
+        depthwise: (&Self::Tensor, &Self::Tensor),
+        precision: Precision,
+        y: &Self::Tensor,
+    ) -> Result<()>;
     /// Whether networks should run a pointwise convolution and the depthwise one after it as
     /// [`Backend::pointwise_depthwise_forward`]: yes where that keeps the values between the two
     /// in cache (the CPU), no where it runs the same two kernels through a buffer of its own
@@ -310,8 +319,16 @@ impl Backend for Cpu {
     fn conv2d_grouped_forward(&self, s: GroupedConvShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, act: Activation, y: &Self::Tensor) -> Result<()> {
         conv2d_grouped::forward_cpu(s, &x.borrow(), &w.borrow(), &b.borrow(), act, &mut y.borrow_mut())
     }
-    fn pointwise_depthwise_forward(&self, s: PointDepthShape, x: &Self::Tensor, (w1, b1): (&Self::Tensor, &Self::Tensor), (w2, b2): (&Self::Tensor, &Self::Tensor), y: &Self::Tensor) -> Result<()> {
-        conv2d_grouped::pointwise_depthwise_cpu(s, &x.borrow(), (&w1.borrow(), &b1.borrow()), (&w2.borrow(), &b2.borrow()), &mut y.borrow_mut())
+    fn pointwise_depthwise_forward(
+        &self,
+        s: PointDepthShape,
+        x: &Self::Tensor,
+        (w1, b1): (&Self::Tensor, &Self::Tensor),
+        (w2, b2): (&Self::Tensor, &Self::Tensor),
+        precision: Precision,
+        y: &Self::Tensor,
+    ) -> Result<()> {
+        conv2d_grouped::pointwise_depthwise_cpu(s, &x.borrow(), (&w1.borrow(), &b1.borrow()), (&w2.borrow(), &b2.borrow()), precision, &mut y.borrow_mut())
     }
     fn pairs_pointwise_depthwise(&self) -> bool {
         true
@@ -589,7 +606,15 @@ impl Backend for GpuBackend<'_> {
     fn conv2d_grouped_forward(&self, s: GroupedConvShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, act: Activation, y: &Self::Tensor) -> Result<()> {
         self.record(|r| conv2d_grouped::forward_gpu(r, s, x, w, b, act, y))
     }
-    fn pointwise_depthwise_forward(&self, s: PointDepthShape, x: &Self::Tensor, pointwise: (&Self::Tensor, &Self::Tensor), depthwise: (&Self::Tensor, &Self::Tensor), y: &Self::Tensor) -> Result<()> {
+    fn pointwise_depthwise_forward(
+        &self,
+        s: PointDepthShape,
+        x: &Self::Tensor,
+        pointwise: (&Self::Tensor, &Self::Tensor),
+        depthwise: (&Self::Tensor, &Self::Tensor),
+        _: Precision,
+        y: &Self::Tensor,
+    ) -> Result<()> {
         let mid = self.gpu.zeros(s.pointwise.output_len())?;
         self.record(|r| conv2d_grouped::pointwise_depthwise_gpu(r, s, x, pointwise, depthwise, &mid, y))
     }

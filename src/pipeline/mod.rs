@@ -198,10 +198,14 @@ impl<'g, B: Backend> Labeller<'g, B> {
         Ok(timeline)
     }
 
-    /// Sets what the expression models multiply in on the CPU backend (see [`Precision`]).
+    /// Sets what the expression models and YuNet multiply in on the CPU backend (see
+    /// [`Precision`]).
     pub fn set_precision(&mut self, precision: Precision) {
         if let Some(models) = &mut self.classifier.models {
             models.models_mut().iter_mut().for_each(|m| m.precision = precision);
+        }
+        if let Detector::YuNet { net, .. } = &mut self.detector {
+            net.set_precision(precision);
         }
     }
 
