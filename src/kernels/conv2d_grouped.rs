@@ -427,11 +427,10 @@ pub fn pointwise_depthwise_cpu(s: PointDepthShape, x: &[f32], (w1, b1): (&[f32],
         // Every value is written below (bias, then the product added), so the thread's reused
         // buffer will do.
         with_col_scratch(channels * pixels + tiles_len, |scratch| {
-            let (mid, rest) = scratch.split_at_mut(channels * pixels);
+            let (mid, tiles_scratch) = scratch.split_at_mut(channels * pixels);
             match &tiles {
-                #[cfg(target_arch = "x86_64")]
-                Some(tiles) => tiles.product(&xi[lo * w..], plane, pixels, b1, mid, rest),
-                _ => {
+                Some(tiles) => tiles.product(&xi[lo * w..], plane, pixels, b1, mid, tiles_scratch),
+                None => {
                     for (row, &bias) in mid.chunks_exact_mut(pixels).zip(b1) {
                         row.fill(bias);
                     }
@@ -470,8 +469,16 @@ impl PointwiseTiles {
     /// `mid` (cout x `pixels`) = the weights times `pixels` values of each input channel (the
     /// first at `x`, channels `plane` apart), plus `bias`; `scratch` holds the padded sums and
     /// the input's bf16 pairs.
-    #[cfg(target_arch = "x86_64")]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     fn product(&self, x: &[f32], plane: usize, pixels: usize, bias: &[f32], mid: &mut [f32], scratch: &mut [f32]) {
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("no AMX tiles on this architecture");
+        #[cfg(target_arch = "x86_64")]
+        self.product_on_tiles(x, plane, pixels, bias, mid, scratch);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn product_on_tiles(&self, x: &[f32], plane: usize, pixels: usize, bias: &[f32], mid: &mut [f32], scratch: &mut [f32]) {
         use super::amx;
         let (cout, cin, n) = (self.cout, self.weights.len() / self.cout, pixels.next_multiple_of(16));
         let (sums, pairs) = scratch.split_at_mut(cout * n);
@@ -490,6 +497,7 @@ impl PointwiseTiles {
 
 widest_vectors! {
 /// `out = sums + bias`.
+#[cfg(target_arch = "x86_64")]
 fn add_bias(sums: &[f32], bias: f32, out: &mut [f32]) {
     out.iter_mut().zip(sums).for_each(|(o, &v)| *o = v + bias);
 }
