@@ -157,8 +157,7 @@ pub trait Backend: Send {
     fn relu_backward(&self, x: &Self::Tensor, dy: &Self::Tensor, dx: &Self::Tensor) -> Result<()>;
     /// Inference only (no backward pass): stride, padding on each side, groups.
     fn conv2d_grouped_forward(&self, s: GroupedConvShape, x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, act: Activation, y: &Self::Tensor) -> Result<()>;
-    /// `y = act(depthwise(pointwise(x)))`.
-    /// `precision` is the CPU's (see [`Precision`]).
+    /// `y = act(depthwise(pointwise(x)))`; `precision` is the CPU's (see [`Precision`]).
     fn pointwise_depthwise_forward(
         &self,
         s: PointDepthShape,
