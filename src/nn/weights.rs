@@ -5,7 +5,7 @@
 
 use super::backend::Backend;
 use super::config::ModelConfig;
-use super::model::{Model, TensorKind};
+use super::model::{Model, Param, TensorKind};
 use crate::error::{file_err, Result};
 #[cfg(not(target_arch = "wasm32"))]
 use safetensors::tensor::TensorView;
@@ -15,6 +15,13 @@ use std::path::Path;
 
 /// A weights file's metadata: the model config, training figures.
 type Metadata = HashMap<String, String>;
+
+/// A tensor as files store it: its name and its parameter.
+struct Stored<'a, T> {
+    name: String,
+    param: &'a Param<T>,
+    tensor: &'a T,
+}
 
 /// Which of a parameter's tensors to store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,21 +72,29 @@ impl<B: Backend> Model<B> {
         Ok(model)
     }
 
+    /// The tensors of `part`, named as files store them, with their parameters: each
+    /// parameter's value, or each trainable parameter's two moments.
+    fn part_tensors(&self, part: Part) -> Vec<Stored<'_, B::Tensor>> {
+        let stored = |name, param, tensor| Stored { name, param, tensor };
+        self.params
+            .iter()
+            .flat_map(|p| match part {
+                Part::Value => vec![stored(p.name.clone(), p, &p.value)],
+                Part::Moments if p.kind == TensorKind::Trainable => vec![stored(format!("{}.adam_m", p.name), p, &p.m), stored(format!("{}.adam_v", p.name), p, &p.v)],
+                Part::Moments => vec![],
+            })
+            .collect()
+    }
+
     /// The model's tensors in PyTorch layout.
     #[cfg(not(target_arch = "wasm32"))]
     fn export(&self, backend: &B, part: Part) -> Result<Vec<Exported>> {
         self.refuse_folded("save")?;
         let mut out = Vec::new();
-        for p in &self.params {
-            let torch = |data: Vec<f32>| if p.transposed { transpose(&data, p.shape[1], p.shape[0]) } else { data };
-            match part {
-                Part::Value => out.push(Exported { name: p.name.clone(), shape: p.shape.clone(), data: torch(backend.read(&p.value)?) }),
-                Part::Moments if p.kind == TensorKind::Trainable => {
-                    out.push(Exported { name: format!("{}.adam_m", p.name), shape: p.shape.clone(), data: torch(backend.read(&p.m)?) });
-                    out.push(Exported { name: format!("{}.adam_v", p.name), shape: p.shape.clone(), data: torch(backend.read(&p.v)?) });
-                }
-                Part::Moments => {}
-            }
+        for Stored { name, param: p, tensor } in self.part_tensors(part) {
+            let data = backend.read(tensor)?;
+            let data = if p.transposed { transpose(&data, p.shape[1], p.shape[0]) } else { data };
+            out.push(Exported { name, shape: p.shape.clone(), data });
         }
         Ok(out)
     }
@@ -107,13 +122,8 @@ impl<B: Backend> Model<B> {
     /// [`Model::load`] from the file's contents; errors name the file as `path`.
     pub fn load_bytes(&mut self, backend: &B, bytes: &[u8], path: &Path, part: Part) -> Result<HashMap<String, String>> {
         let (values, metadata) = self.read_values(bytes, path, part)?;
-        let targets = self.params.iter().flat_map(|p| match part {
-            Part::Value => vec![&p.value],
-            Part::Moments if p.kind == TensorKind::Trainable => vec![&p.m, &p.v],
-            Part::Moments => vec![],
-        });
-        for (tensor, data) in targets.zip(&values) {
-            backend.write(tensor, data)?;
+        for (stored, data) in self.part_tensors(part).into_iter().zip(&values) {
+            backend.write(stored.tensor, data)?;
         }
         Ok(metadata)
     }
@@ -151,23 +161,16 @@ impl<B: Backend> Model<B> {
         let file = SafeTensors::deserialize(bytes).map_err(|e| file_err(path, format!("not a valid safetensors file ({e}); was it cut off mid-write?")))?;
         let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| file_err(path, e.to_string()))?;
         let mut values = Vec::new();
-        for p in &self.params {
-            let names = match part {
-                Part::Value => vec![p.name.clone()],
-                Part::Moments if p.kind == TensorKind::Trainable => vec![format!("{}.adam_m", p.name), format!("{}.adam_v", p.name)],
-                Part::Moments => vec![],
-            };
-            for name in names {
-                let view = file.tensor(&name).map_err(|_| file_err(path, format!("no tensor {name} (is it a checkpoint of a different model?)")))?;
-                if view.dtype() != Dtype::F32 || view.shape() != p.shape.as_slice() {
-                    return Err(file_err(path, format!("tensor {name} is {:?} {:?}, the model needs F32 {:?}", view.dtype(), view.shape(), p.shape)));
-                }
-                let data: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-                if let Some(i) = data.iter().position(|v| !v.is_finite()) {
-                    return Err(file_err(path, format!("tensor {name} holds {} at element {i}; refusing weights that are not finite", data[i])));
-                }
-                values.push(if p.transposed { transpose(&data, p.shape[0], p.shape[1]) } else { data });
+        for Stored { name, param: p, .. } in self.part_tensors(part) {
+            let view = file.tensor(&name).map_err(|_| file_err(path, format!("no tensor {name} (is it a checkpoint of a different model?)")))?;
+            if view.dtype() != Dtype::F32 || view.shape() != p.shape.as_slice() {
+                return Err(file_err(path, format!("tensor {name} is {:?} {:?}, the model needs F32 {:?}", view.dtype(), view.shape(), p.shape)));
             }
+            let data: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+                return Err(file_err(path, format!("tensor {name} holds {} at element {i}; refusing weights that are not finite", data[i])));
+            }
+            values.push(if p.transposed { transpose(&data, p.shape[0], p.shape[1]) } else { data });
         }
         Ok((values, header.metadata().clone().unwrap_or_default()))
     }
