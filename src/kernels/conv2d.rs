@@ -230,6 +230,12 @@ impl KeptWeights {
         }
         self
     }
+
+    /// The weights `w` of `s` in bf16 as `conv2d_tiles` reads them.
+    #[cfg(target_arch = "x86_64")]
+    fn tiles(&mut self, s: &Conv2dShape, w: &[f32]) -> &[u16] {
+        self.of(s).tiles.get_or_insert_with(|| conv2d_tiles::weights(s, w))
+    }
 }
 
 /// [`forward_cpu`] with a place to keep the weights' other forms between calls, and the
@@ -243,8 +249,7 @@ pub fn forward_cpu_keeping(s: Conv2dShape, x: &[f32], (w, kept): (&[f32], &mut K
     let _ = precision;
     #[cfg(target_arch = "x86_64")]
     if on_tiles(&s, precision) {
-        let w16 = kept.of(&s).tiles.get_or_insert_with(|| conv2d_tiles::weights(&s, w));
-        conv2d_tiles::forward(&s, x, w16, b, conv2d_tiles::Store::Plain(act), y);
+        conv2d_tiles::forward(&s, x, kept.tiles(&s, w), b, conv2d_tiles::Store::Plain(act), y);
         return Ok(());
     }
     if winograd::applies(&s) && parallel_over_batch(s.batch) {
@@ -320,10 +325,7 @@ pub fn forward_pooled_cpu(s: Conv2dShape, x: &[f32], (w, kept): (&[f32], &mut Ke
         return Err(shape_err("conv2d", format!("no pooled route for {s:?} here")));
     }
     #[cfg(target_arch = "x86_64")]
-    {
-        let w16 = kept.of(&s).tiles.get_or_insert_with(|| conv2d_tiles::weights(&s, w));
-        conv2d_tiles::forward(&s, x, w16, Some(b), conv2d_tiles::Store::ReluPooled, y);
-    }
+    conv2d_tiles::forward(&s, x, kept.tiles(&s, w), Some(b), conv2d_tiles::Store::ReluPooled, y);
     #[cfg(not(target_arch = "x86_64"))]
     let _ = kept;
     Ok(())

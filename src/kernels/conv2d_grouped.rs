@@ -474,33 +474,23 @@ impl PointwiseTiles {
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!("no AMX tiles on this architecture");
         #[cfg(target_arch = "x86_64")]
-        self.product_on_tiles(x, plane, pixels, bias, mid, scratch);
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    fn product_on_tiles(&self, x: &[f32], plane: usize, pixels: usize, bias: &[f32], mid: &mut [f32], scratch: &mut [f32]) {
-        use super::amx;
-        let (cout, cin, n) = (self.cout, self.weights.len() / self.cout, pixels.next_multiple_of(16));
-        let (sums, pairs) = scratch.split_at_mut(cout * n);
-        let pairs: &mut [u16] = &mut bytemuck::cast_slice_mut(pairs)[..cin * n];
-        for (pair, out) in pairs.chunks_exact_mut(2 * n).enumerate() {
-            let channel = |c: usize| &x[c * plane..][..pixels];
-            amx::interleave(channel(2 * pair), Some(channel(2 * pair + 1)), &mut out[..2 * pixels]);
-            out[2 * pixels..].fill(0);
-        }
-        amx::gemm(cout, n, cin, &self.weights, pairs, &mut sums[..cout * n], n);
-        for ((row, sums), &b) in mid.chunks_exact_mut(pixels).zip(sums.chunks(n)).zip(bias) {
-            add_bias(&sums[..pixels], b, row);
+        {
+            use super::{amx, conv2d_tiles};
+            let (cout, cin, n) = (self.cout, self.weights.len() / self.cout, pixels.next_multiple_of(16));
+            let (sums, pairs) = scratch.split_at_mut(cout * n);
+            let pairs: &mut [u16] = &mut bytemuck::cast_slice_mut(pairs)[..cin * n];
+            for (pair, out) in pairs.chunks_exact_mut(2 * n).enumerate() {
+                let channel = |c: usize| &x[c * plane..][..pixels];
+                amx::interleave(channel(2 * pair), Some(channel(2 * pair + 1)), &mut out[..2 * pixels]);
+                out[2 * pixels..].fill(0);
+            }
+            amx::gemm(cout, n, cin, &self.weights, pairs, &mut sums[..cout * n], n);
+            for ((row, sums), &b) in mid.chunks_exact_mut(pixels).zip(sums.chunks(n)).zip(bias) {
+                // One row of `pixels` values out of the `n` computed.
+                conv2d_tiles::store_rows(sums, n, pixels, b, false, row);
+            }
         }
     }
-}
-
-widest_vectors! {
-/// `out = sums + bias`.
-#[cfg(target_arch = "x86_64")]
-fn add_bias(sums: &[f32], bias: f32, out: &mut [f32]) {
-    out.iter_mut().zip(sums).for_each(|(o, &v)| *o = v + bias);
-}
 }
 
 /// Fills `col` (`[cin / groups * kh * kw, rows.len() * ow]`) with the receptive fields of

@@ -100,7 +100,7 @@ pub fn forward(s: &Conv2dShape, x: &[f32], w16: &[u16], b: Option<&[f32]>, store
 widest_vectors! {
 /// One output channel's rows of `ow` values out of its flat sums (rows `width` apart, the
 /// columns past `ow` thrown away), plus `bias`, through a ReLU if `relu_after`.
-fn store_rows(sums: &[f32], width: usize, ow: usize, bias: f32, relu_after: bool, out: &mut [f32]) {
+pub(super) fn store_rows(sums: &[f32], width: usize, ow: usize, bias: f32, relu_after: bool, out: &mut [f32]) {
     for (out, computed) in out.chunks_exact_mut(ow).zip(sums.chunks(width)) {
         if relu_after {
             out.iter_mut().zip(computed).for_each(|(o, &v)| *o = relu(v + bias));
