@@ -73,7 +73,7 @@ def main():
                 Image.fromarray(img).save(os.path.join(tmp, cls, os.path.splitext(name)[0] + ".png"))
 
         ours_path = os.path.join(tmp, "logits.json")  # outside the class folders
-        subprocess.run([args.mien, "eval", "--device", "cpu", "--data", tmp, "--weights", args.weights, "--logits", ours_path],
+        subprocess.run([args.mien, "--precision", "f32", "eval", "--device", "cpu", "--data", tmp, "--weights", args.weights, "--logits", ours_path],
                        check=True, stdout=subprocess.DEVNULL)
         with open(ours_path) as f:
             ours = np.array(json.load(f), dtype=np.float32)

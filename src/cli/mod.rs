@@ -43,16 +43,25 @@ struct Global {
     #[arg(long, global = true, value_name = "BYTES")]
     max_binding: Option<u64>,
     /// What the CPU backend's convolutions (the expression model's and YuNet's) multiply in
-    /// inference: f32, or bf16 on AMX tiles where the CPU has them (faster; outputs move by a
-    /// few tenths of a percent).
-    #[arg(long, global = true, value_enum, default_value_t = Precision::F32)]
-    precision: Precision,
+    /// inference: bf16 on AMX tiles (Intel Xeon since Sapphire Rapids; about twice as fast,
+    /// outputs move by a few tenths of a percent), or f32. Default: bf16 where the CPU has the
+    /// tiles, f32 elsewhere. Training always multiplies f32.
+    #[arg(long, global = true, value_enum)]
+    precision: Option<Precision>,
     /// More log output (-v info, -vv debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
 }
 
 impl Global {
+    /// The precision asked for, or else bf16 where the CPU has AMX tiles: there it measures the
+    /// same accuracy as f32 at about twice the speed (data/models/README.md), as OpenVINO's CPU
+    /// runtime also lowers inference to bf16 on such CPUs unless told otherwise.
+    fn precision(&self) -> Precision {
+        let tiles = mien::kernels::conv2d::tiles_available();
+        self.precision.unwrap_or(if tiles { Precision::Bf16 } else { Precision::F32 })
+    }
+
     fn gpu_options(&self) -> GpuOptions {
         GpuOptions { backend: self.backend, adapter: self.adapter.clone(), binding_limit_override: self.max_binding, gpu_tiles: false }
     }
@@ -474,7 +483,7 @@ pub fn main() -> Result<()> {
         _ => "debug",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(format!("mien={level},wgpu=error,naga=error"))).init();
-    if cli.global.precision == Precision::Bf16 && !mien::kernels::conv2d::tiles_available() {
+    if cli.global.precision == Some(Precision::Bf16) && !mien::kernels::conv2d::tiles_available() {
         eprintln!("warning: --precision bf16 needs AMX tiles (Intel Xeon since Sapphire Rapids), which this CPU or OS does not give: the CPU multiplies f32");
     }
     match cli.command {
@@ -483,20 +492,20 @@ pub fn main() -> Result<()> {
         Command::Bench { suite: BenchSuite::Kernels { batch, reps, filter, json } } => bench_kernels(&cli.global, &batch, reps, filter.as_deref(), json),
         Command::Bench { suite: BenchSuite::Detect { reps, cascade, json } } => bench_detect(&cli.global, &cascade, reps, json),
         Command::Bench { suite: BenchSuite::Video { frames, clips, json } } => video::bench(&cli.global, frames, &clips, json),
-        Command::Bench { suite: BenchSuite::Train { batch, reps, model, json } } => on_backend!(cli.global, |backend, _gpu| bench_train(&backend, batch, reps, &model, cli.global.precision, json)),
+        Command::Bench { suite: BenchSuite::Train { batch, reps, model, json } } => on_backend!(cli.global, |backend, _gpu| bench_train(&backend, batch, reps, &model, cli.global.precision(), json)),
         Command::Train(args) => {
             // Bad settings are refused before a device is opened or data read.
             let recipe = recipe_of(&args)?;
             on_backend!(cli.global, |backend, _gpu| run_train(&backend, &args, &recipe))
         }
-        Command::Eval(args) => on_backend!(cli.global, |backend, _gpu| run_eval(&backend, &args, cli.global.precision)),
+        Command::Eval(args) => on_backend!(cli.global, |backend, _gpu| run_eval(&backend, &args, cli.global.precision())),
         Command::Profile { what: ProfileWhat::Train { steps, batch, trace, model } } => profile_train(&cli.global, steps, batch, &trace, model.as_deref()),
         Command::Profile { what: ProfileWhat::Infer { calls, batch, trace, model } } => profile_infer(&cli.global, calls, batch, &trace, model.as_deref()),
         Command::Profile { what: ProfileWhat::Detect { detector: DetectorKind::Haar, frames, size, trace, cascade } } => profile_detect(&cli.global, frames, size, &trace, &cascade),
         Command::Profile { what: ProfileWhat::Detect { detector: DetectorKind::Yunet, frames, size, trace, .. } } => profile_yunet(&cli.global, frames, size, &trace),
         Command::Detect(args) => {
             let out = output_folder(&args.out)?;
-            on_backend!(cli.global, |backend, gpu| run_detect(backend, gpu, &args, &out, cli.global.precision))
+            on_backend!(cli.global, |backend, gpu| run_detect(backend, gpu, &args, &out, cli.global.precision()))
         }
     }
 }

@@ -177,7 +177,7 @@ pub fn bench(global: &Global, frames: u32, clips: &Path, json: bool) -> Result<(
             bar.inc(1);
         }
         let mut labeller = Labeller::new(Cpu, None, detector(), &weights, Tta::Mirror, true)?;
-        labeller.set_precision(global.precision);
+        labeller.set_precision(global.precision());
         results.push(bench::bench_video(&mut labeller, "cpu", &clip, clips)?);
         bar.inc(1);
     }
