@@ -388,6 +388,38 @@ fn a_run_killed_at_any_checkpoint_write_resumes_to_the_uninterrupted_result() {
 }
 
 #[test]
+fn init_starts_a_new_run_from_given_weights_and_refuses_another_models() {
+    let data = tiny_fer("init", 3);
+    let model = data.join("tiny.json");
+    std::fs::write(&model, TINY_MODEL).unwrap();
+    let train = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["train", "--device", "cpu", "--data", s(&data), "--model", s(&model), "--recipe", "adam", "--batch", "7", "--out", s(out)];
+        args.extend_from_slice(extra);
+        let (ok, _, stderr) = mien(&args);
+        (ok, stderr)
+    };
+    let val_loss = |out: &Path, epoch: usize| {
+        let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join(format!("checkpoint-{epoch:04}/state.json"))).unwrap()).unwrap();
+        state["history"][epoch - 1]["val_loss"].as_f64().unwrap()
+    };
+    let first = data.join("first");
+    let (ok, stderr) = train(&first, &["--epochs", "2"]);
+    assert!(ok, "{stderr}");
+    // At a learning rate too small to move the weights, the new run validates as the weights
+    // it started from did.
+    let again = data.join("again");
+    let (ok, stderr) = train(&again, &["--epochs", "1", "--lr", "1e-12", "--init", s(&first.join("checkpoint-0002/weights.safetensors"))]);
+    assert!(ok, "{stderr}");
+    let (loss, trained) = (val_loss(&again, 1), val_loss(&first, 2));
+    assert!((loss - trained).abs() < 1e-5, "{loss} against {trained}");
+    // Weights of another model are refused, naming the file, before any epoch.
+    let other = data.join("other");
+    let (ok, stderr) = train(&other, &["--epochs", "1", "--init", "data/models/original.safetensors"]);
+    assert!(!ok && stderr.contains("original.safetensors") && stderr.contains("tensor"), "{stderr}");
+    assert!(!other.join("checkpoint-0001").exists());
+}
+
+#[test]
 fn eval_writes_its_json_to_standard_output() {
     let data = tiny_fer("eval-json", 1);
     let (ok, stdout, stderr) = mien(&["eval", "--device", "cpu", "--data", s(&data.join("test")), "--json", "-"]);

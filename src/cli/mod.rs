@@ -8,6 +8,7 @@ use mien::data::{self, Dataset, Usage};
 use mien::detect::yunet::YuNetParams;
 use mien::gpu::{self, BackendChoice, DeviceChoice, GpuOptions};
 use mien::kernels::conv2d::Precision;
+use mien::nn::weights::Part;
 use mien::nn::{Backend, Cpu, Ensemble, GpuBackend, Model, ModelConfig};
 use mien::pipeline::video::VideoOptions;
 use mien::pipeline::{DetectSize, SHIPPED_WEIGHTS};
@@ -213,6 +214,11 @@ struct TrainArgs {
     /// Continue the run saved in --out.
     #[arg(long, conflicts_with = "overwrite")]
     resume: bool,
+    /// Start from these weights (of the same model) instead of random ones, with a fresh
+    /// optimizer and schedule: to fine-tune, or to give a finished run another cycle of its
+    /// schedule (a warm restart).
+    #[arg(long, value_name = "WEIGHTS", conflicts_with = "resume")]
+    init: Option<PathBuf>,
     /// Start a new run in --out even if it holds one, removing that run's checkpoints.
     #[arg(long)]
     overwrite: bool,
@@ -736,6 +742,10 @@ fn run_train<B: Backend>(backend: &B, args: &TrainArgs, recipe: &Recipe) -> Resu
     let splits = [("train", train_set.class_counts().to_vec()), ("validation", val_set.class_counts().to_vec())];
     mien::plot::class_distribution(&args.out.join("class_distribution.png"), &data::CLASSES, &splits)?;
     let mut model = Model::new(backend, config, recipe.seed)?;
+    if let Some(init) = &args.init {
+        model.load(backend, init, Part::Value)?;
+        println!("starting from the weights in {}", init.display());
+    }
     println!("model {}: {} parameters; training on {}", model.config.name, model.parameter_count(), backend.describe());
     let files = RunFiles { dir: args.out.clone() };
     let start = match (args.resume, args.overwrite) {
