@@ -736,16 +736,17 @@ fn optimizer_of(args: &TrainArgs, recipe: OptimizerChoice) -> Result<OptimizerCh
 fn run_train<B: Backend>(backend: &B, args: &TrainArgs, recipe: &Recipe) -> Result<()> {
     let config = model_config(&args.model)?;
     let recipe = recipe.clone();
+    let mut model = Model::new(backend, config, recipe.seed)?;
+    // Weights that do not fit the model are refused before the data is read or --out made.
+    if let Some(init) = &args.init {
+        model.load(backend, init, Part::Value)?;
+        println!("starting from the weights in {}", init.display());
+    }
     let (train_set, val_set) = train_val(args)?;
     data::check_trainable(&train_set, &val_set)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create the run folder", args.out.display()))?;
     let splits = [("train", train_set.class_counts().to_vec()), ("validation", val_set.class_counts().to_vec())];
     mien::plot::class_distribution(&args.out.join("class_distribution.png"), &data::CLASSES, &splits)?;
-    let mut model = Model::new(backend, config, recipe.seed)?;
-    if let Some(init) = &args.init {
-        model.load(backend, init, Part::Value)?;
-        println!("starting from the weights in {}", init.display());
-    }
     println!("model {}: {} parameters; training on {}", model.config.name, model.parameter_count(), backend.describe());
     let files = RunFiles { dir: args.out.clone() };
     let start = match (args.resume, args.overwrite) {
