@@ -2,7 +2,8 @@
 //! shipped models alone, at batch 64 and 8, with the route it takes (Winograd's tiling, or
 //! im2col): milliseconds a call and GFLOP/s counted at direct convolution's flops.
 //! Options after `--`: `--quick` (3 timed calls instead of 9), `--bf16` (products in bf16 on
-//! AMX tiles where the CPU has them and the layer's channels fill whole tiles).
+//! AMX tiles or with AVX-512 BF16 where the CPU has them and the layer's channels fill whole
+//! tiles).
 
 use mien::kernels::conv2d::{self, Activation, Conv2dShape, KeptWeights, Padding, Precision};
 use mien::kernels::winograd;
@@ -44,7 +45,7 @@ fn main() {
             seconds.sort_by(f64::total_cmp);
             let median = seconds[calls / 2];
             let route = match winograd::tiling(&s) {
-                _ if conv2d::on_tiles(&s, precision) => "bf16 on tiles".to_string(),
+                _ if conv2d::in_bf16(&s, precision) => "bf16 direct".to_string(),
                 None => "im2col".to_string(),
                 Some(t) => format!("Winograd F({0}x{0}, 3x3)", t.outputs()),
             };

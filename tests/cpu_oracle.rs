@@ -77,13 +77,13 @@ fn winograd_takes_the_model_layers_it_is_faster_on() {
     }
 }
 
-/// bf16 products on AMX tiles: each factor keeps 8 bits, so outputs stay within a small
+/// bf16 products (AMX tiles or AVX-512 BF16): each factor keeps 8 bits, so outputs stay within a small
 /// fraction of the layer's largest; shapes the tiles do not take give the f32 result exactly.
 #[cfg(target_arch = "x86_64")]
 #[test]
-fn bf16_tile_products_stay_near_the_f32_convolution() {
-    if !mien::kernels::amx::available() {
-        eprintln!("no AMX bf16 tiles on this machine: the bf16 route is not tested here");
+fn bf16_products_stay_near_the_f32_convolution() {
+    if !mien::kernels::bf16::available() {
+        eprintln!("no bf16 products on this machine: the bf16 route is not tested here");
         return;
     }
     let conv = |batch, cin, side, cout, kernel, padding| Conv2dShape::new(batch, cin, (side, side), cout, (kernel, kernel), padding).unwrap();
@@ -107,7 +107,7 @@ fn bf16_tile_products_stay_near_the_f32_convolution() {
         conv(4, 17, 20, 128, 3, Padding::Same),
         conv(4, 128, 20, 40, 3, Padding::Same),
     ];
-    let tiled: Vec<bool> = shapes.iter().map(|s| conv2d::on_tiles(s, Precision::Bf16)).collect();
+    let tiled: Vec<bool> = shapes.iter().map(|s| conv2d::in_bf16(s, Precision::Bf16)).collect();
     assert_eq!(tiled, [true, true, true, true, true, true, true, true, true, true, true, false, false, false]);
     for (i, s) in shapes.into_iter().enumerate() {
         let (x, w, b) = (randn_like(s.input_len(), i as u64), randn_like(s.weight_len(), 50 + i as u64), randn_like(s.cout, 90 + i as u64));
@@ -119,7 +119,7 @@ fn bf16_tile_products_stay_near_the_f32_convolution() {
         };
         let (exact, tiles, again) = (run(Precision::F32), run(Precision::Bf16), run(Precision::F32));
         assert_eq!(exact, again, "{s:?}: f32 after bf16 with the same kept weights");
-        if conv2d::pools_on_tiles(&s, Precision::Bf16) {
+        if conv2d::pools_in_bf16(&s, Precision::Bf16) {
             // Pooled in the same pass: the tiles' outputs, max-pooled (the bias and the ReLU
             // commute with the maximum, so exactly).
             let pool = PoolShape::new(s.batch, s.cout, (s.oh, s.ow), 2).unwrap();
@@ -130,12 +130,12 @@ fn bf16_tile_products_stay_near_the_f32_convolution() {
         }
         if tiled[i] {
             // Measured: at most 0.18-0.24 % of the largest output, about 0.02 % on average.
-            assert_close(&format!("bf16 tiles {s:?}"), &tiles, &exact, 5e-3);
+            assert_close(&format!("bf16 {s:?}"), &tiles, &exact, 5e-3);
             let scale = exact.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
             let mean = tiles.iter().zip(&exact).map(|(a, b)| (a - b).abs() as f64).sum::<f64>() / exact.len() as f64;
-            assert!(mean < 5e-4 * scale, "bf16 tiles {s:?}: mean difference {mean} against a largest output of {scale}");
+            assert!(mean < 5e-4 * scale, "bf16 {s:?}: mean difference {mean} against a largest output of {scale}");
         } else {
-            assert_eq!(tiles, exact, "{s:?}: not on tiles");
+            assert_eq!(tiles, exact, "{s:?}: not in bf16");
         }
     }
 }
@@ -417,9 +417,9 @@ fn pointwise_then_depthwise_matches_the_two_convolutions() {
             }
         }
     }
-    // In bf16 on AMX tiles, pointwise layers of whole tiles of channels (YuNet's 64 -> 64 at a
+    // In bf16, pointwise layers of whole tiles of channels (YuNet's 64 -> 64 at a
     // 720p frame's stride 8 and 32, in bands; 32 -> 48 on odd planes) stay near f32.
-    if mien::kernels::amx::available() {
+    if mien::kernels::bf16::available() {
         for (i, (pw, dw)) in [pair(4, 64, (45, 80), 64), pair(1, 64, (12, 20), 64), pair(2, 32, (17, 23), 48)].into_iter().enumerate() {
             let seed = 100 + 10 * i as u64;
             let (x, w1, b1) = (randn_like(pw.input_len(), seed), randn_like(pw.weight_len(), seed + 1), randn_like(pw.cout, seed + 2));
@@ -431,10 +431,10 @@ fn pointwise_then_depthwise_matches_the_two_convolutions() {
                 y
             };
             // Measured: at most 0.21-0.23 % of the largest output, 0.013-0.019 % on average.
-            assert_close(&format!("bf16 tiles {pw:?}"), &run(Precision::Bf16), &run(Precision::F32), 5e-3);
+            assert_close(&format!("bf16 {pw:?}"), &run(Precision::Bf16), &run(Precision::F32), 5e-3);
         }
     } else {
-        eprintln!("no AMX bf16 tiles on this machine: the bf16 pointwise route is not tested here");
+        eprintln!("no bf16 products on this machine: the bf16 pointwise route is not tested here");
     }
     // Pairs that are not a 1x1 convolution then a 3x3 depthwise one of its output.
     let (pw, dw) = pair(1, 4, (8, 8), 6);

@@ -44,9 +44,9 @@ struct Global {
     #[arg(long, global = true, value_name = "BYTES")]
     max_binding: Option<u64>,
     /// What the CPU backend's convolutions (the expression model's and YuNet's) multiply in
-    /// inference: bf16 on AMX tiles (Intel Xeon since Sapphire Rapids; about twice as fast,
-    /// outputs move by a few tenths of a percent), or f32. Default: bf16 where the CPU has the
-    /// tiles, f32 elsewhere. Training always multiplies f32.
+    /// inference: bf16 (outputs move by a few tenths of a percent) on AMX tiles (Intel Xeon since
+    /// Sapphire Rapids) or with AVX-512 BF16 (AMD Zen 4, Intel Cooper Lake and later), or f32.
+    /// Default: bf16 where the CPU has either, f32 elsewhere. Training always multiplies f32.
     #[arg(long, global = true, value_enum)]
     precision: Option<Precision>,
     /// More log output (-v info, -vv debug).
@@ -55,12 +55,12 @@ struct Global {
 }
 
 impl Global {
-    /// The precision asked for, or else bf16 where the CPU has AMX tiles: there it measures the
-    /// same accuracy as f32 at about twice the speed (data/models/README.md), as OpenVINO's CPU
-    /// runtime also lowers inference to bf16 on such CPUs unless told otherwise.
+    /// The precision asked for, or else bf16 where the CPU makes bf16 products (AMX tiles or
+    /// AVX-512 BF16): it measures the same accuracy as f32 there, faster (data/models/README.md),
+    /// as OpenVINO's CPU runtime also lowers inference to bf16 on such CPUs unless told otherwise.
     fn precision(&self) -> Precision {
-        let tiles = mien::kernels::conv2d::tiles_available();
-        self.precision.unwrap_or(if tiles { Precision::Bf16 } else { Precision::F32 })
+        let bf16 = mien::kernels::conv2d::bf16_available();
+        self.precision.unwrap_or(if bf16 { Precision::Bf16 } else { Precision::F32 })
     }
 
     fn gpu_options(&self) -> GpuOptions {
@@ -489,8 +489,8 @@ pub fn main() -> Result<()> {
         _ => "debug",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(format!("mien={level},wgpu=error,naga=error"))).init();
-    if cli.global.precision == Some(Precision::Bf16) && !mien::kernels::conv2d::tiles_available() {
-        eprintln!("warning: --precision bf16 needs AMX tiles (Intel Xeon since Sapphire Rapids), which this CPU or OS does not give: the CPU multiplies f32");
+    if cli.global.precision == Some(Precision::Bf16) && !mien::kernels::conv2d::bf16_available() {
+        eprintln!("warning: --precision bf16 needs AMX tiles (Intel Xeon since Sapphire Rapids) or AVX-512 BF16 (AMD Zen 4, Intel Cooper Lake and later), which this CPU or OS does not give: the CPU multiplies f32");
     }
     match cli.command {
         Command::Devices { json } => devices(&cli.global, json),

@@ -5,14 +5,14 @@
 //! The CPU treats it as a matrix product with the im2col matrix of each image (`sgemm`), and
 //! its data gradient as the transposed product folded back with col2im; 3x3 layers wide and
 //! large enough go through Winograd's F(2x2, 3x3) or F(4x4, 3x3) instead, both ways
-//! (`winograd.rs`). In bf16 inference on a CPU with AMX, layers whose channels fill whole tiles
-//! convolve directly on the tiles (`conv2d_tiles.rs`). The GPU convolves directly on weights
+//! (`winograd.rs`). In bf16 inference on a CPU with AMX tiles or AVX-512 BF16, layers whose
+//! channels fill whole tiles convolve directly in bf16 (`conv2d_bf16.rs`). The GPU convolves directly on weights
 //! packed by tap (conv2d_pack.wgsl), and
 //! gets the data gradient by running the forward kernel on dy with flipped, transposed weights
 //! and complementary padding.
 
 #[cfg(target_arch = "x86_64")]
-use super::conv2d_tiles;
+use super::conv2d_bf16;
 use super::reduce::{self, ACCUMULATE, WRITE_SPLITS};
 use super::{check_buf, parallel_over_batch, sgemm, winograd, with_col_scratch, MatRef};
 use crate::error::{check_len, shape_err, Result};
@@ -34,9 +34,9 @@ pub enum Activation {
     Relu,
 }
 
-/// What the CPU's convolution products multiply: f32, or bf16 factors with f32 sums on AMX
-/// tiles where the CPU has them ([`tiles_available`]), for layers whose channels fill whole
-/// tiles (`conv2d_tiles`; the others multiply f32). bf16 keeps 8 bits of each factor, so
+/// What the CPU's convolution products multiply: f32, or bf16 factors with f32 sums where the
+/// CPU has AMX tiles or AVX-512 BF16 ([`bf16_available`]), for layers whose channels fill whole
+/// tiles (`conv2d_bf16`; the others multiply f32). bf16 keeps 8 bits of each factor, so
 /// outputs move by a few tenths of a percent of a layer's largest: for inference, where speed
 /// matters more than the last digits, and never for training. The GPU always multiplies f32.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -48,19 +48,19 @@ pub enum Precision {
     Bf16,
 }
 
-/// Whether this CPU and OS let [`Precision::Bf16`] multiply on AMX tiles.
-pub fn tiles_available() -> bool {
+/// Whether this CPU and OS let [`Precision::Bf16`] multiply in bf16 (AMX tiles or AVX-512 BF16).
+pub fn bf16_available() -> bool {
     #[cfg(target_arch = "x86_64")]
-    return super::amx::available();
+    return super::bf16::available();
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
 
-/// Whether `s`'s forward pass multiplies on AMX tiles at `precision` here.
+/// Whether `s`'s forward pass multiplies in bf16 at `precision` here.
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
-pub fn on_tiles(s: &Conv2dShape, precision: Precision) -> bool {
+pub fn in_bf16(s: &Conv2dShape, precision: Precision) -> bool {
     #[cfg(target_arch = "x86_64")]
-    return precision == Precision::Bf16 && conv2d_tiles::applies(s);
+    return precision == Precision::Bf16 && conv2d_bf16::applies(s);
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
@@ -216,7 +216,7 @@ pub struct KeptWeights {
     shape: Option<Conv2dShape>,
     /// Winograd's U in f32, for the shape's tiling.
     winograd: Option<Vec<f32>>,
-    /// The weights in bf16 as `conv2d_tiles` reads them.
+    /// The weights in bf16 as `conv2d_bf16` reads them.
     #[cfg(target_arch = "x86_64")]
     tiles: Option<Vec<u16>>,
 }
@@ -231,10 +231,10 @@ impl KeptWeights {
         self
     }
 
-    /// The weights `w` of `s` in bf16 as `conv2d_tiles` reads them.
+    /// The weights `w` of `s` in bf16 as `conv2d_bf16` reads them.
     #[cfg(target_arch = "x86_64")]
     fn tiles(&mut self, s: &Conv2dShape, w: &[f32]) -> &[u16] {
-        self.of(s).tiles.get_or_insert_with(|| conv2d_tiles::weights(s, w))
+        self.of(s).tiles.get_or_insert_with(|| conv2d_bf16::weights(s, w))
     }
 }
 
@@ -248,8 +248,8 @@ pub fn forward_cpu_keeping(s: Conv2dShape, x: &[f32], (w, kept): (&[f32], &mut K
     #[cfg(not(target_arch = "x86_64"))]
     let _ = precision;
     #[cfg(target_arch = "x86_64")]
-    if on_tiles(&s, precision) {
-        conv2d_tiles::forward(&s, x, kept.tiles(&s, w), b, conv2d_tiles::Store::Plain(act), y);
+    if in_bf16(&s, precision) {
+        conv2d_bf16::forward(&s, x, kept.tiles(&s, w), b, conv2d_bf16::Store::Plain(act), y);
         return Ok(());
     }
     if winograd::applies(&s) && parallel_over_batch(s.batch) {
@@ -308,24 +308,24 @@ pub fn forward_cpu_keeping(s: Conv2dShape, x: &[f32], (w, kept): (&[f32], &mut K
     Ok(())
 }
 
-/// Whether [`forward_pooled_cpu`] takes `s` at `precision`: on AMX tiles, with even output
+/// Whether [`forward_pooled_cpu`] takes `s` at `precision`: in bf16, with even output
 /// sides.
-pub fn pools_on_tiles(s: &Conv2dShape, precision: Precision) -> bool {
-    on_tiles(s, precision) && s.oh.is_multiple_of(2) && s.ow.is_multiple_of(2)
+pub fn pools_in_bf16(s: &Conv2dShape, precision: Precision) -> bool {
+    in_bf16(s, precision) && s.oh.is_multiple_of(2) && s.ow.is_multiple_of(2)
 }
 
-/// `y = maxpool2x2(relu(conv(x, w) + b))` in one pass, for shapes that [`pools_on_tiles`] in
+/// `y = maxpool2x2(relu(conv(x, w) + b))` in one pass, for shapes that [`pools_in_bf16`] in
 /// bf16: the convolution's output is never written, and the pooling needs no pass of its own
 /// (nor, in inference, the positions of its maxima).
 pub fn forward_pooled_cpu(s: Conv2dShape, x: &[f32], (w, kept): (&[f32], &mut KeptWeights), b: &[f32], y: &mut [f32]) -> Result<()> {
     s.check(x.len(), w.len(), s.output_len())?;
     check_len("conv2d", "bias", b.len(), s.cout)?;
     check_len("conv2d", "pooled output", y.len(), s.output_len() / 4)?;
-    if !pools_on_tiles(&s, Precision::Bf16) {
+    if !pools_in_bf16(&s, Precision::Bf16) {
         return Err(shape_err("conv2d", format!("no pooled route for {s:?} here")));
     }
     #[cfg(target_arch = "x86_64")]
-    conv2d_tiles::forward(&s, x, kept.tiles(&s, w), Some(b), conv2d_tiles::Store::ReluPooled, y);
+    conv2d_bf16::forward(&s, x, kept.tiles(&s, w), Some(b), conv2d_bf16::Store::ReluPooled, y);
     #[cfg(not(target_arch = "x86_64"))]
     let _ = kept;
     Ok(())

@@ -407,15 +407,15 @@ const BAND_BYTES: usize = 1 << 20;
 /// then the depthwise outputs from that buffer. Between the two the values stay in the core's
 /// cache instead of going out to memory and back, which bound the two layers run one by one.
 /// The halo rows are computed twice, by the tasks on both sides of them. In bf16 (inference
-/// on a CPU with AMX), pointwise layers of whole tiles of channels (32 in, 16 out: YuNet's 64
-/// -> 64 ones) make their products on the tiles.
+/// on a CPU with AMX tiles or AVX-512 BF16), pointwise layers of whole tiles of channels (32
+/// in, 16 out: YuNet's 64 -> 64 ones) make their products in bf16.
 pub fn pointwise_depthwise_cpu(s: PointDepthShape, x: &[f32], (w1, b1): (&[f32], &[f32]), (w2, b2): (&[f32], &[f32]), precision: Precision, y: &mut [f32]) -> Result<()> {
     let (p, d) = (s.pointwise, s.depthwise);
     p.check(x.len(), w1.len(), b1.len(), d.input_len())?;
     d.check(d.input_len(), w2.len(), b2.len(), y.len())?;
     let (h, w, plane, channels) = (d.h, d.w, d.h * d.w, d.cin);
     let band_rows = (BAND_BYTES / (4 * channels * w).max(1)).saturating_sub(2).max(1);
-    let tiles = PointwiseTiles::of(channels, p.cin, w1, precision);
+    let tiles = PointwiseBf16::of(channels, p.cin, w1, precision);
     let widest = ((band_rows + 2).min(h) * w).next_multiple_of(16);
     let tiles_len = tiles.as_ref().map_or(0, |_| channels * widest + (p.cin * widest).div_ceil(2));
     let tasks = row_blocks(y, d.batch, channels, (h, w), h.div_ceil(band_rows));
@@ -446,22 +446,22 @@ pub fn pointwise_depthwise_cpu(s: PointDepthShape, x: &[f32], (w1, b1): (&[f32],
     Ok(())
 }
 
-/// A pointwise layer's weights in bf16, for its products on AMX tiles.
-struct PointwiseTiles {
+/// A pointwise layer's weights in bf16, for its bf16 products.
+struct PointwiseBf16 {
     #[cfg(target_arch = "x86_64")]
     weights: Vec<u16>,
     #[cfg(target_arch = "x86_64")]
     cout: usize,
 }
 
-impl PointwiseTiles {
+impl PointwiseBf16 {
     /// The tiles' form of `w` (`cout` x `cin`) when `precision` asks for bf16 and the shape
     /// fills whole tiles here.
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     fn of(cout: usize, cin: usize, w: &[f32], precision: Precision) -> Option<Self> {
         #[cfg(target_arch = "x86_64")]
-        if precision == Precision::Bf16 && super::amx::available() && super::amx::fits(cout, 16, cin) {
-            return Some(PointwiseTiles { weights: w.iter().map(|&v| super::amx::bf16(v)).collect(), cout });
+        if precision == Precision::Bf16 && super::bf16::available() && super::bf16::fits(cout, 16, cin) {
+            return Some(PointwiseBf16 { weights: w.iter().map(|&v| super::bf16::round(v)).collect(), cout });
         }
         None
     }
@@ -472,22 +472,22 @@ impl PointwiseTiles {
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     fn product(&self, x: &[f32], plane: usize, pixels: usize, bias: &[f32], mid: &mut [f32], scratch: &mut [f32]) {
         #[cfg(not(target_arch = "x86_64"))]
-        unreachable!("no AMX tiles on this architecture");
+        unreachable!("no bf16 products on this architecture");
         #[cfg(target_arch = "x86_64")]
         {
-            use super::{amx, conv2d_tiles};
+            use super::{bf16, conv2d_bf16};
             let (cout, cin, n) = (self.cout, self.weights.len() / self.cout, pixels.next_multiple_of(16));
             let (sums, pairs) = scratch.split_at_mut(cout * n);
             let pairs: &mut [u16] = &mut bytemuck::cast_slice_mut(pairs)[..cin * n];
             for (pair, out) in pairs.chunks_exact_mut(2 * n).enumerate() {
                 let channel = |c: usize| &x[c * plane..][..pixels];
-                amx::interleave(channel(2 * pair), Some(channel(2 * pair + 1)), &mut out[..2 * pixels]);
+                bf16::interleave(channel(2 * pair), Some(channel(2 * pair + 1)), &mut out[..2 * pixels]);
                 out[2 * pixels..].fill(0);
             }
-            amx::gemm(cout, n, cin, &self.weights, pairs, &mut sums[..cout * n], n);
+            bf16::gemm(cout, n, cin, &self.weights, pairs, &mut sums[..cout * n], n);
             for ((row, sums), &b) in mid.chunks_exact_mut(pixels).zip(sums.chunks(n)).zip(bias) {
                 // One row of `pixels` values out of the `n` computed.
-                conv2d_tiles::store_rows(sums, n, pixels, b, false, row);
+                conv2d_bf16::store_rows(sums, n, pixels, b, false, row);
             }
         }
     }

@@ -13,11 +13,13 @@ pub mod add;
 #[cfg(target_arch = "x86_64")]
 pub mod amx;
 pub mod batchnorm;
+#[cfg(target_arch = "x86_64")]
+pub mod bf16;
 pub mod calibration;
 pub mod conv2d;
-pub mod conv2d_grouped;
 #[cfg(target_arch = "x86_64")]
-pub mod conv2d_tiles;
+pub mod conv2d_bf16;
+pub mod conv2d_grouped;
 pub mod dense;
 pub mod dropout;
 pub mod face_crop;

@@ -299,7 +299,7 @@ impl Backend for Cpu {
         maxpool2d::forward_cpu(s, &x.borrow(), &mut y.borrow_mut(), &mut argmax.borrow_mut())
     }
     fn conv2d_relu_pool_forward(&self, s: Conv2dShape, x: &Self::Tensor, (w, b): (&Self::Tensor, &Self::Tensor), precision: Precision, pool: PoolShape, pooled: &Self::Tensor) -> Result<bool> {
-        if pool.size != 2 || !conv2d::pools_on_tiles(&s, precision) {
+        if pool.size != 2 || !conv2d::pools_in_bf16(&s, precision) {
             return Ok(false);
         }
         conv2d::forward_pooled_cpu(s, &x.borrow(), (&w.borrow(), &mut w.kept.borrow_mut()), &b.borrow(), &mut pooled.borrow_mut())?;

@@ -1,16 +1,16 @@
-//! The forward convolution on AMX tiles in bf16 (inference only; see [`super::amx`]), for
-//! layers whose input channels come in whole tiles' depth (32) and output channels in whole
-//! tiles' rows (16): VGG's layers after the first.
+//! The forward convolution in bf16 (inference only; on AMX tiles or with AVX-512 BF16 dot
+//! products, see [`super::bf16`]), for layers whose input channels come in whole tiles' depth
+//! (32) and output channels in whole tiles' rows (16): VGG's layers after the first.
 //!
 //! No im2col matrix and no Winograd transform: each image's input is laid out once in bf16,
-//! channel pairs interleaved as the tiles read them, flat, with its zero padding: rows
+//! channel pairs interleaved as the bf16 products read them, flat, with its zero padding: rows
 //! `w + kw - 1` columns wide. Output pixel (oy, ox) is then flat column `oy * width + ox`, and
 //! tap (ky, kx) reads flat column `oy * width + ox + ky * width + kx` of that same layout. So the
 //! convolution is one matrix product for each tap, over columns shifted by a constant
-//! ([`amx::gemm_shifted`]), of the weights' slice for that tap. The `kw - 1` columns at the
+//! ([`bf16::gemm_shifted`]), of the weights' slice for that tap. The `kw - 1` columns at the
 //! end of each output row are computed and thrown away.
 
-use super::amx;
+use super::bf16;
 use super::conv2d::{Activation, Conv2dShape};
 use super::{relu::relu, widest_vectors, with_col_scratch};
 use rayon::prelude::*;
@@ -18,9 +18,9 @@ use rayon::prelude::*;
 /// Sums one piece of work keeps (bytes): a piece's products stay within a core's L2 cache.
 const SUMS_BYTES: usize = 512 * 1024;
 
-/// Whether `s` runs on tiles here.
+/// Whether `s` runs in bf16 here.
 pub fn applies(s: &Conv2dShape) -> bool {
-    amx::available() && amx::fits(s.cout, 16, s.cin)
+    bf16::available() && bf16::fits(s.cout, 16, s.cin)
 }
 
 /// The weights (OIHW) as the products read them: bf16, [cout][tap][cin].
@@ -30,7 +30,7 @@ pub fn weights(s: &Conv2dShape, w: &[f32]) -> Vec<u16> {
     for (co, row) in out.chunks_exact_mut(taps * s.cin).enumerate() {
         for (t, tap) in row.chunks_exact_mut(s.cin).enumerate() {
             for (ci, v) in tap.iter_mut().enumerate() {
-                *v = amx::bf16(w[(co * s.cin + ci) * taps + t]);
+                *v = bf16::round(w[(co * s.cin + ci) * taps + t]);
             }
         }
     }
@@ -85,7 +85,7 @@ pub fn forward(s: &Conv2dShape, x: &[f32], w16: &[u16], b: Option<&[f32]>, store
             let (sums, input) = scratch.split_at_mut(sums_len);
             let input: &mut [u16] = &mut bytemuck::cast_slice_mut(input)[..s.cin * input_width];
             lay_out(s, image, rows.start, width, input_width, input);
-            amx::gemm_shifted(s.cout, n, s.cin, &shifts, w16, input, input_width, sums, n);
+            bf16::gemm_shifted(s.cout, n, s.cin, &shifts, w16, input, input_width, sums, n);
             for (co, (dest, sums)) in dest.iter_mut().zip(sums.chunks(n)).enumerate() {
                 let bias = b.map_or(0.0, |b| b[co]);
                 match store {
@@ -144,7 +144,7 @@ fn lay_out(s: &Conv2dShape, image: &[f32], first_row: usize, width: usize, input
         for r in 0..padded_rows {
             let Some(iy) = (first_row + r).checked_sub(s.pad_top).filter(|&iy| iy < s.h) else { continue };
             let at = 2 * (r * width + s.pad_left);
-            amx::interleave(&c0[iy * s.w..][..s.w], Some(&c1[iy * s.w..][..s.w]), &mut out[at..at + 2 * s.w]);
+            bf16::interleave(&c0[iy * s.w..][..s.w], Some(&c1[iy * s.w..][..s.w]), &mut out[at..at + 2 * s.w]);
         }
     }
 }
