@@ -1,22 +1,25 @@
 // Softmax + categorical cross-entropy over rows of logits, with integer labels, optional
-// per-class weights (Keras' class_weight) and label smoothing e (Keras' label_smoothing): the
-// target of a row is t = (1 - e) * onehot(label) + e / classes, and
+// per-class weights (Keras' class_weight), label smoothing e (Keras' label_smoothing) and a
+// teacher's probabilities q at weight a (distillation): the target of a row is
+// t = (1 - a) ((1 - e) * onehot(label) + e / classes) + a q, and
 //     loss = (1 / batch) * sum over rows of weight[label] * sum over c of -t[c] log softmax(logits)[c]
 // forward writes the probabilities, each row's share of that mean, and counts correct argmaxes;
 // backward writes the fused gradient weight[label] * (probs - t) / batch.
 // Labels are checked on the host; here a label past the last class is clamped so that a bad
 // value can never read out of bounds.
 
-struct Params { batch: u32, classes: u32, smoothing: f32, _pad: u32 }
+struct Params { batch: u32, classes: u32, smoothing: f32, distill: f32 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> labels: array<u32>;
 @group(0) @binding(2) var<storage, read> class_weight: array<f32>;
+// The teacher's probabilities, [batch][classes]; read only where p.distill > 0.
+@group(0) @binding(3) var<storage, read> soft: array<f32>;
 // forward: src = logits, dst = probabilities; backward: src = probabilities, dst = dlogits.
-@group(0) @binding(3) var<storage, read> src: array<f32>;
-@group(0) @binding(4) var<storage, read_write> dst: array<f32>;
-@group(0) @binding(5) var<storage, read_write> row_loss: array<f32>;
-@group(0) @binding(6) var<storage, read_write> correct: atomic<u32>;
+@group(0) @binding(4) var<storage, read> src: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(6) var<storage, read_write> row_loss: array<f32>;
+@group(0) @binding(7) var<storage, read_write> correct: atomic<u32>;
 
 @compute @workgroup_size(64)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -49,7 +52,14 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let log_total = log(total);
     let nll = log_total - (src[base + label] - top);
     let mean_nll = log_total - shifted_sum / f32(p.classes);
-    row_loss[row] = class_weight[label] * ((1.0 - p.smoothing) * nll + p.smoothing * mean_nll) / f32(p.batch);
+    var teacher_nll = 0.0;
+    if (p.distill > 0.0) {
+        for (var c = 0u; c < p.classes; c++) {
+            teacher_nll += soft[base + c] * (log_total - (src[base + c] - top));
+        }
+    }
+    let label_nll = (1.0 - p.smoothing) * nll + p.smoothing * mean_nll;
+    row_loss[row] = class_weight[label] * ((1.0 - p.distill) * label_nll + p.distill * teacher_nll) / f32(p.batch);
     if (top_at == label) {
         atomicAdd(&correct, 1u);
     }
@@ -64,5 +74,9 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let row = i / p.classes;
     let label = min(labels[row], p.classes - 1u);
     let smoothed = select(0.0, 1.0 - p.smoothing, i % p.classes == label) + p.smoothing / f32(p.classes);
-    dst[i] = class_weight[label] * (src[i] - smoothed) / f32(p.batch);
+    var wanted = smoothed;
+    if (p.distill > 0.0) {
+        wanted = (1.0 - p.distill) * smoothed + p.distill * soft[i];
+    }
+    dst[i] = class_weight[label] * (src[i] - wanted) / f32(p.batch);
 }

@@ -38,6 +38,9 @@ pub struct Dataset {
     pub skipped: Vec<String>,
     /// Odd but harmless things in the input, for the caller to show: loading went on past them.
     pub warnings: Vec<String>,
+    /// A teacher's probabilities for each image, a row of [`CLASSES`] each, for distillation
+    /// ([`Dataset::set_teacher`]). Splitting a dataset drops them.
+    pub teacher: Option<Vec<f32>>,
 }
 
 impl Dataset {
@@ -54,6 +57,22 @@ impl Dataset {
         let mut counts = [0; 7];
         self.labels.iter().for_each(|&l| counts[l as usize] += 1);
         counts
+    }
+    /// Gives each image a teacher's probabilities (a row of [`CLASSES`] each, in order), refusing
+    /// rows that are not probabilities: a value outside [0, 1] or a row whose sum is not 1.
+    pub fn set_teacher(&mut self, probs: Vec<f32>) -> Result<()> {
+        let classes = CLASSES.len();
+        if probs.len() != self.len() * classes {
+            return Err(Error::Invalid(format!("teacher probabilities: {} values for {} images of {classes} classes", probs.len(), self.len())));
+        }
+        for (i, row) in probs.chunks(classes).enumerate() {
+            let sum: f32 = row.iter().sum();
+            if row.iter().any(|q| !(0.0..=1.0).contains(q)) || (sum - 1.0).abs() > 1e-3 {
+                return Err(Error::Invalid(format!("teacher probabilities of image {i}: {row:?} are not probabilities (sum {sum})")));
+            }
+        }
+        self.teacher = Some(probs);
+        Ok(())
     }
     fn push(&mut self, pixels: &[u8], class: u8) {
         self.images.extend_from_slice(pixels);

@@ -128,8 +128,8 @@ pub fn cases() -> Vec<Case> {
     for s in [BnShape { batch: 3, channels: 5, plane: 63 }, BnShape { batch: 1, channels: 64, plane: 22 * 22 }, BnShape { batch: 4, channels: 1024, plane: 1 }] {
         all.push(case(format!("batchnorm {s:?}"), Op::BatchNorm(s), 1e-3));
     }
-    for (batch, classes, smoothing) in [(1, 7, 0.0), (64, 7, 0.1), (131, 3, 0.2)] {
-        let s = XentShape { batch, classes, smoothing };
+    for (batch, classes, smoothing, distill) in [(1, 7, 0.0, 0.0), (64, 7, 0.1, 0.0), (131, 3, 0.2, 0.0), (64, 7, 0.0, 0.5), (33, 7, 0.1, 1.0)] {
+        let s = XentShape { batch, classes, smoothing, distill };
         all.push(case(format!("softmax cross-entropy {s:?}"), Op::Xent(s), TRANSCENDENTAL_TOL));
     }
     all.extend([1001, 100_003].map(|n| case(format!("adam, {n} parameters"), Op::Adam(n), 1e-6)));
@@ -333,9 +333,16 @@ async fn outputs<B: Backend>(b: &B, op: &Op) -> Result<Vec<(&'static str, Vec<f3
             let logits = put(&values(s.batch * s.classes, 1, -8.0, 8.0))?;
             let labels = put_ints(&values(s.batch, 2, 0.0, s.classes as f32).iter().map(|&v| v as u32).collect::<Vec<_>>())?;
             let class_weight = put(&values(s.classes, 3, 0.5, 2.0))?;
+            // A teacher's probabilities: rows of positive values scaled to sum to 1.
+            let mut soft = values(s.batch * s.classes, 4, 0.01, 1.0);
+            for row in soft.chunks_mut(s.classes) {
+                let total: f32 = row.iter().sum();
+                row.iter_mut().for_each(|q| *q /= total);
+            }
+            let soft = put(&soft)?;
             let (probs, row_loss, loss, correct, dlogits) = (zeros(s.batch * s.classes)?, zeros(s.batch)?, zeros(1)?, b.ints(1)?, zeros(s.batch * s.classes)?);
-            b.xent_forward(*s, &logits, &labels, &class_weight, LossTensors { probs: &probs, row_loss: &row_loss, loss: &loss, correct: &correct })?;
-            b.xent_backward(*s, &probs, &labels, &class_weight, &dlogits)?;
+            b.xent_forward(*s, &logits, &labels, &soft, &class_weight, LossTensors { probs: &probs, row_loss: &row_loss, loss: &loss, correct: &correct })?;
+            b.xent_backward(*s, &probs, &labels, &soft, &class_weight, &dlogits)?;
             out.push(("probabilities", b.read_async(&probs).await?));
             out.push(("loss", b.read_async(&loss).await?));
             out.push(("correct", b.read_ints_async(&correct).await?.iter().map(|&i| i as f32).collect()));

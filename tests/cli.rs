@@ -419,6 +419,37 @@ fn init_starts_a_new_run_from_given_weights_and_refuses_another_models() {
     assert!(!other.exists());
 }
 
+/// `--teacher`: any model of the seven classes teaches (here the original model teaches a
+/// tiny one, and an ensemble of it and a trained tiny one); a missing teacher file is refused
+/// before a run folder is made, and so is --distill without a teacher.
+#[test]
+fn train_distils_from_teachers() {
+    let data = tiny_fer("distil", 3);
+    let model = data.join("tiny.json");
+    std::fs::write(&model, TINY_MODEL).unwrap();
+    let train = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["train", "--device", "cpu", "--data", s(&data), "--model", s(&model), "--recipe", "adam", "--batch", "7", "--epochs", "1", "--out", s(out)];
+        args.extend_from_slice(extra);
+        mien(&args)
+    };
+    let first = data.join("first");
+    let (ok, _, stderr) = train(&first, &[]);
+    assert!(ok, "{stderr}");
+    let teachers = format!("data/models/original.safetensors,{}", first.join("best.safetensors").display());
+    let taught = data.join("taught");
+    let (ok, stdout, stderr) = train(&taught, &["--teacher", &teachers, "--distill", "0.7"]);
+    assert!(ok && stdout.contains("the teachers:"), "{stdout}\n{stderr}");
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(taught.join("checkpoint-0001/state.json")).unwrap()).unwrap();
+    assert_eq!(state["recipe"]["distill"].as_f64(), Some(0.7));
+    assert_eq!(state["recipe"]["teachers"].as_array().map(Vec::len), Some(2));
+    let missing = data.join("missing");
+    let (ok, _, stderr) = train(&missing, &["--teacher", "no-such-teacher.safetensors"]);
+    assert!(!ok && stderr.contains("no-such-teacher.safetensors"), "{stderr}");
+    assert!(!missing.exists());
+    let (ok, _, stderr) = train(&missing, &["--distill", "0.5"]);
+    assert!(!ok && stderr.contains("--teacher"), "{stderr}");
+}
+
 #[test]
 fn eval_writes_its_json_to_standard_output() {
     let data = tiny_fer("eval-json", 1);

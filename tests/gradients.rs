@@ -118,18 +118,26 @@ fn relu_and_dropout_gradients() {
 
 #[test]
 fn softmax_cross_entropy_gradient() {
-    let s = XentShape { batch: 4, classes: 7, smoothing: 0.1 };
     let logits = uniform(28, 8, -3.0, 3.0);
     let labels = [0u32, 6, 3, 3];
     let weights = uniform(7, 9, 0.5, 2.0);
-    let mut probs = vec![0.0; 28];
-    softmax_xent::forward_cpu(s, &logits, &labels, &weights, &mut probs).unwrap();
-    let mut grad = vec![0.0; 28];
-    softmax_xent::backward_cpu(s, &probs, &labels, &weights, &mut grad).unwrap();
-    check("softmax-xent dlogits", &logits, &grad, 1e-3, 2e-3, |v| {
-        let mut p = vec![0.0; 28];
-        softmax_xent::forward_cpu(s, v, &labels, &weights, &mut p).unwrap().0 as f64
-    });
+    // A teacher's probabilities: rows of positive values that sum to 1.
+    let mut soft = uniform(28, 10, 0.01, 1.0);
+    for row in soft.chunks_mut(7) {
+        let total: f32 = row.iter().sum();
+        row.iter_mut().for_each(|q| *q /= total);
+    }
+    // Labels with smoothing, then labels and a teacher's probabilities mixed.
+    for s in [XentShape { batch: 4, classes: 7, smoothing: 0.1, distill: 0.0 }, XentShape { batch: 4, classes: 7, smoothing: 0.1, distill: 0.6 }] {
+        let mut probs = vec![0.0; 28];
+        softmax_xent::forward_cpu(s, &logits, &labels, &soft, &weights, &mut probs).unwrap();
+        let mut grad = vec![0.0; 28];
+        softmax_xent::backward_cpu(s, &probs, &labels, &soft, &weights, &mut grad).unwrap();
+        check(&format!("softmax-xent dlogits, teacher weight {}", s.distill), &logits, &grad, 1e-3, 2e-3, |v| {
+            let mut p = vec![0.0; 28];
+            softmax_xent::forward_cpu(s, v, &labels, &soft, &weights, &mut p).unwrap().0 as f64
+        });
+    }
 }
 
 #[test]

@@ -244,23 +244,48 @@ fn dropout_masks_differ_between_seeds() {
 #[test]
 fn softmax_cross_entropy_forward_backward() {
     let g = gpu();
-    for (i, &(batch, classes, smoothing)) in [(1usize, 7usize, 0.0), (64, 7, 0.1), (131, 3, 0.2), (5, 1, 0.0)].iter().enumerate() {
-        let s = XentShape { batch, classes, smoothing };
+    // With a teacher too (distill > 0): its weight alone, with smoothing, and the teacher alone.
+    let cases = [(1usize, 7usize, 0.0, 0.0), (64, 7, 0.1, 0.0), (131, 3, 0.2, 0.0), (5, 1, 0.0, 0.0), (64, 7, 0.0, 0.5), (33, 7, 0.1, 0.3), (17, 3, 0.0, 1.0)];
+    for (i, &(batch, classes, smoothing, distill)) in cases.iter().enumerate() {
+        let s = XentShape { batch, classes, smoothing, distill };
         let logits: Vec<f32> = uniform(batch * classes, i as u64, -8.0, 8.0);
         let labels: Vec<u32> = uniform(batch, 40 + i as u64, 0.0, classes as f32).iter().map(|&v| v as u32).collect();
         let weights = uniform(classes, 80 + i as u64, 0.5, 2.0);
+        let mut soft = uniform(batch * classes, 120 + i as u64, 0.01, 1.0);
+        for row in soft.chunks_mut(classes) {
+            let total: f32 = row.iter().sum();
+            row.iter_mut().for_each(|q| *q /= total);
+        }
         let mut probs = vec![0.0; logits.len()];
-        let (loss, correct) = softmax_xent::forward_cpu(s, &logits, &labels, &weights, &mut probs).unwrap();
+        let (loss, correct) = softmax_xent::forward_cpu(s, &logits, &labels, &soft, &weights, &mut probs).unwrap();
         let mut grad = vec![0.0; logits.len()];
-        softmax_xent::backward_cpu(s, &probs, &labels, &weights, &mut grad).unwrap();
+        softmax_xent::backward_cpu(s, &probs, &labels, &soft, &weights, &mut grad).unwrap();
 
-        let (lg, labg, wg) = (up(g, &logits), g.upload(&labels).unwrap(), up(g, &weights));
+        // The oracle, in f64 from the definition: the target t, -sum t log p, and w (p - t) / batch.
+        let (mut want_loss, mut want_grad) = (0.0f64, vec![0.0f32; logits.len()]);
+        for r in 0..batch {
+            let row = &logits[r * classes..][..classes];
+            let top = row.iter().fold(f64::MIN, |m, &v| m.max(v as f64));
+            let total: f64 = row.iter().map(|&v| (v as f64 - top).exp()).sum();
+            let w = weights[labels[r] as usize] as f64;
+            for c in 0..classes {
+                let onehot = if c == labels[r] as usize { 1.0 } else { 0.0 };
+                let t = (1.0 - distill as f64) * ((1.0 - smoothing as f64) * onehot + smoothing as f64 / classes as f64) + distill as f64 * soft[r * classes + c] as f64;
+                let log_p = row[c] as f64 - top - total.ln();
+                want_loss -= w * t * log_p / batch as f64;
+                want_grad[r * classes + c] = (w * (log_p.exp() - t) / batch as f64) as f32;
+            }
+        }
+        assert_close("loss against the oracle", &[loss], &[want_loss as f32], 1e-5);
+        assert_close("logit gradient against the oracle", &grad, &want_grad, 1e-5);
+
+        let (lg, labg, sg, wg) = (up(g, &logits), g.upload(&labels).unwrap(), up(g, &soft), up(g, &weights));
         let (pg, rowg, lossg, gradg) = (g.zeros(probs.len()).unwrap(), g.zeros(batch).unwrap(), g.zeros(1).unwrap(), g.zeros(probs.len()).unwrap());
         let correctg = g.zeros::<u32>(1).unwrap();
         g.run(|rec| {
             let out = XentOutputs { probs: &pg, row_loss: &rowg, loss: &lossg, correct: &correctg };
-            softmax_xent::forward_gpu(rec, s, &lg, &labg, &wg, out)?;
-            softmax_xent::backward_gpu(rec, s, &pg, &labg, &wg, &gradg)
+            softmax_xent::forward_gpu(rec, s, &lg, &labg, &sg, &wg, out)?;
+            softmax_xent::backward_gpu(rec, s, &pg, &labg, &sg, &wg, &gradg)
         })
         .unwrap();
         // exp and log differ in the last bits between GPU drivers and Rust's libm.
@@ -273,10 +298,15 @@ fn softmax_cross_entropy_forward_backward() {
 
 #[test]
 fn softmax_cross_entropy_rejects_bad_labels() {
-    let s = XentShape { batch: 2, classes: 7, smoothing: 0.0 };
+    let s = XentShape::plain(2, 7);
     let mut probs = vec![0.0; 14];
-    let err = softmax_xent::forward_cpu(s, &[0.0; 14], &[3, 7], &[1.0; 7], &mut probs).unwrap_err();
+    let err = softmax_xent::forward_cpu(s, &[0.0; 14], &[3, 7], &[0.0; 14], &[1.0; 7], &mut probs).unwrap_err();
     assert!(err.to_string().contains("label 7 at row 1"), "{err}");
+    // A teacher's weight outside [0, 1], and a teacher's rows of the wrong length.
+    let err = softmax_xent::forward_cpu(XentShape { distill: 1.5, ..s }, &[0.0; 14], &[3, 6], &[0.0; 14], &[1.0; 7], &mut probs).unwrap_err();
+    assert!(err.to_string().contains("teacher's weight 1.5"), "{err}");
+    let err = softmax_xent::forward_cpu(s, &[0.0; 14], &[3, 6], &[0.0; 13], &[1.0; 7], &mut probs).unwrap_err();
+    assert!(err.to_string().contains("teacher probabilities"), "{err}");
 }
 
 #[test]

@@ -493,6 +493,11 @@ fn degenerate_recipes_and_data_are_refused_before_any_work() {
         (Recipe { optimizer: sgd(0.9, -1e-4), ..quick_recipe(1) }, "--weight-decay must be a number of at least 0, got -0.0001"),
         (Recipe { warmup_epochs: 2, ..quick_recipe(2) }, "--warmup 2 must be below --epochs 2"),
         (Recipe { warmup_epochs: 1, schedule: train::Schedule::Plateau, ..quick_recipe(2) }, "--warmup needs --schedule cosine"),
+        (Recipe { distill: 1.5, teachers: vec!["t.safetensors".into()], ..quick_recipe(1) }, "--distill must be in [0, 1], got 1.5"),
+        (Recipe { distill: 0.5, ..quick_recipe(1) }, "--distill 0.5 with 0 --teacher weights"),
+        (Recipe { teachers: vec!["t.safetensors".into()], ..quick_recipe(1) }, "--distill 0 with 1 --teacher weights"),
+        // A teacher's weight and file, but training images without its probabilities.
+        (Recipe { distill: 0.5, teachers: vec!["t.safetensors".into()], ..quick_recipe(1) }, "the training images have no teacher probabilities"),
     ];
     for (recipe, expected) in cases {
         let err = train::train(&mut model, &Cpu, &train_set, &val_set, &recipe, &files, Start::New, &mut Quiet).unwrap_err().to_string();
@@ -501,6 +506,41 @@ fn degenerate_recipes_and_data_are_refused_before_any_work() {
     let err = train::train(&mut model, &Cpu, &train_set, &Dataset::default(), &quick_recipe(1), &files, Start::New, &mut Quiet).unwrap_err().to_string();
     assert!(err.contains("0 validation images"), "{err}");
     assert!(std::fs::read_dir(&dir).unwrap().next().is_none(), "nothing may be written for a refused run");
+}
+
+/// A teacher whose probabilities are the labels themselves, at weight 1, trains exactly as
+/// the labels do without one; a teacher that disagrees moves the run; rows that are not
+/// probabilities are refused.
+#[test]
+fn distilling_from_the_labels_trains_as_the_labels_do() {
+    let recipe = Recipe { label_smoothing: 0.0, ..quick_recipe(2) };
+    let (train_set, val_set) = (data::synthetic(96, 1), data::synthetic(32, 2));
+    let history = |train_set: &Dataset, recipe: &Recipe, name: &str| {
+        let mut model = Model::new(&Cpu, tiny_model(), 5).unwrap();
+        let files = RunFiles { dir: temp_dir(name) };
+        train::train(&mut model, &Cpu, train_set, &val_set, recipe, &files, Start::New, &mut Quiet).unwrap().history
+    };
+    let plain = history(&train_set, &recipe, "distill-plain");
+    let teach = |probs: Vec<f32>| {
+        let mut taught = train_set.clone();
+        taught.set_teacher(probs).unwrap();
+        taught
+    };
+    let onehot: Vec<f32> = train_set.labels.iter().flat_map(|&l| (0..7).map(move |c| if c == l as usize { 1.0 } else { 0.0 })).collect();
+    let distilled = Recipe { distill: 1.0, teachers: vec!["the labels".into()], ..recipe.clone() };
+    let taught = history(&teach(onehot), &distilled, "distill-labels");
+    for (a, b) in plain.iter().zip(&taught) {
+        assert_close(&format!("epoch {}", a.epoch), &[a.train_loss as f32, a.val_loss as f32, a.val_accuracy as f32], &[b.train_loss as f32, b.val_loss as f32, b.val_accuracy as f32], 1e-4);
+    }
+    let uniform = history(&teach(vec![1.0 / 7.0; train_set.len() * 7]), &distilled, "distill-uniform");
+    assert!((uniform[1].train_loss - plain[1].train_loss).abs() > 1e-2, "a uniform teacher trained as the labels did: {uniform:?}");
+
+    let mut bad = train_set.clone();
+    let err = bad.set_teacher(vec![0.5; train_set.len() * 7]).unwrap_err().to_string();
+    assert!(err.contains("teacher probabilities of image 0") && err.contains("sum 3.5"), "{err}");
+    let err = bad.set_teacher(vec![1.0 / 7.0; 7]).unwrap_err().to_string();
+    assert!(err.contains("7 values for 96 images"), "{err}");
+    assert!(bad.teacher.is_none());
 }
 
 #[test]

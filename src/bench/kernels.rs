@@ -262,13 +262,14 @@ fn elementwise_cases(gpu: &Gpu, n: usize) -> Result<Vec<Case>> {
 fn xent_adam_bn_cases(gpu: &Gpu, batch: usize) -> Result<Vec<Case>> {
     let mut cases = Vec::new();
 
-    let s = XentShape { batch, classes: 7, smoothing: 0.0 };
+    let s = XentShape::plain(batch, 7);
     let logits = seeded(batch * 7, 13);
     let labels: Vec<u32> = (0..batch as u32).map(|i| i % 7).collect();
-    let weights = vec![1.0f32; 7];
+    let (weights, soft) = (vec![1.0f32; 7], vec![0.0f32; batch * 7]);
     struct XentBufs {
         logits: GpuBuffer<f32>,
         labels: GpuBuffer<u32>,
+        soft: GpuBuffer<f32>,
         weights: GpuBuffer<f32>,
         probs: GpuBuffer<f32>,
         rows: GpuBuffer<f32>,
@@ -279,6 +280,7 @@ fn xent_adam_bn_cases(gpu: &Gpu, batch: usize) -> Result<Vec<Case>> {
     let b = XentBufs {
         logits: gpu.upload(&logits)?,
         labels: gpu.upload(&labels)?,
+        soft: gpu.upload(&soft)?,
         weights: gpu.upload(&weights)?,
         probs: gpu.zeros(batch * 7)?,
         rows: gpu.zeros(batch)?,
@@ -293,12 +295,12 @@ fn xent_adam_bn_cases(gpu: &Gpu, batch: usize) -> Result<Vec<Case>> {
         work: Work::Bytes(4.0 * (4 * batch * 7 + 2 * batch) as f64),
         gpu: Box::new(move |rec| {
             let out = XentOutputs { probs: &b.probs, row_loss: &b.rows, loss: &b.loss, correct: &b.correct };
-            softmax_xent::forward_gpu(rec, s, &b.logits, &b.labels, &b.weights, out)?;
-            softmax_xent::backward_gpu(rec, s, &b.probs, &b.labels, &b.weights, &b.grad)
+            softmax_xent::forward_gpu(rec, s, &b.logits, &b.labels, &b.soft, &b.weights, out)?;
+            softmax_xent::backward_gpu(rec, s, &b.probs, &b.labels, &b.soft, &b.weights, &b.grad)
         }),
         cpu: Box::new(move || {
-            softmax_xent::forward_cpu(s, &logits, &labels, &weights, &mut probs)?;
-            softmax_xent::backward_cpu(s, &probs, &labels, &weights, &mut grad)
+            softmax_xent::forward_cpu(s, &logits, &labels, &soft, &weights, &mut probs)?;
+            softmax_xent::backward_cpu(s, &probs, &labels, &soft, &weights, &mut grad)
         }),
     });
 

@@ -169,6 +169,14 @@ struct TrainArgs {
     /// Label smoothing of the training loss, in [0, 1) (default: the recipe's).
     #[arg(long)]
     label_smoothing: Option<f32>,
+    /// Distil from these weights (several, separated by commas, are an ensemble): each
+    /// training image's target mixes the labels with the teachers' mean probabilities of it
+    /// and its mirror image, computed once before the first epoch.
+    #[arg(long, value_name = "WEIGHTS", value_delimiter = ',')]
+    teacher: Vec<PathBuf>,
+    /// With --teacher: the weight in (0, 1] of the teachers' probabilities in the target.
+    #[arg(long, value_name = "WEIGHT", requires = "teacher")]
+    distill: Option<f32>,
     /// Weight classes by inverse frequency.
     #[arg(long)]
     class_weights: bool,
@@ -696,6 +704,10 @@ fn recipe_of(args: &TrainArgs) -> Result<Recipe> {
     recipe.schedule = args.schedule.unwrap_or(recipe.schedule);
     recipe.warmup_epochs = args.warmup.unwrap_or(recipe.warmup_epochs);
     recipe.label_smoothing = args.label_smoothing.unwrap_or(recipe.label_smoothing);
+    recipe.teachers = args.teacher.iter().map(|path| path.display().to_string()).collect();
+    if !recipe.teachers.is_empty() {
+        recipe.distill = args.distill.unwrap_or(DEFAULT_DISTILL);
+    }
     let augment = &mut recipe.augment;
     augment.rotation_deg = args.rotation.unwrap_or(augment.rotation_deg);
     augment.shear_deg = args.shear.unwrap_or(augment.shear_deg);
@@ -733,6 +745,36 @@ fn optimizer_of(args: &TrainArgs, recipe: OptimizerChoice) -> Result<OptimizerCh
     Ok(OptimizerChoice::Sgd(SgdSettings { momentum: args.momentum.unwrap_or(sgd.momentum), nesterov: sgd.nesterov && !args.no_nesterov, weight_decay: args.weight_decay.unwrap_or(sgd.weight_decay) }))
 }
 
+/// The teachers' weight in the target when --teacher is given without --distill: labels and
+/// teachers in equal parts.
+const DEFAULT_DISTILL: f32 = 0.5;
+
+/// Every training image's mean probabilities (with its mirror image) under `teachers`.
+fn teacher_probabilities<B: Backend>(backend: &B, mut teachers: Ensemble<B>, train_set: &Dataset) -> Result<Vec<f32>> {
+    println!("classifying the {} training images with the teachers ...", train_set.len());
+    let eval = train::evaluate(teachers.models_mut(), backend, train_set, 64, Tta::Mirror)?;
+    println!("the teachers: {:.2} % of the training images right, mirror-averaged", 100.0 * eval.accuracy);
+    Ok(eval.probs.concat())
+}
+
+/// Models for inference from `weights` (an ensemble if several), each file's own model or
+/// `config`'s.
+fn inference_models<B: Backend>(backend: &B, weights: &[PathBuf], config: Option<&Path>, precision: Precision) -> Result<Ensemble<B>> {
+    let mut models = Vec::new();
+    for weights in weights {
+        let config = match config {
+            Some(path) => ModelConfig::load(path)?,
+            None => mien::nn::weights::config_of(weights)?,
+        };
+        let mut model = Model::new(backend, config, 0)?;
+        let bytes = std::fs::read(weights).with_context(|| format!("{}: cannot read the weights", weights.display()))?;
+        model.load_for_inference(backend, &bytes, weights)?;
+        model.precision = precision;
+        models.push(model);
+    }
+    Ok(Ensemble::new(models)?)
+}
+
 fn run_train<B: Backend>(backend: &B, args: &TrainArgs, recipe: &Recipe) -> Result<()> {
     let config = model_config(&args.model)?;
     let recipe = recipe.clone();
@@ -742,8 +784,15 @@ fn run_train<B: Backend>(backend: &B, args: &TrainArgs, recipe: &Recipe) -> Resu
         model.load(backend, init, Part::Value)?;
         println!("starting from the weights in {}", init.display());
     }
-    let (train_set, val_set) = train_val(args)?;
+    // Teachers multiply in f32 whatever --precision says, so that a resumed run gets the same
+    // targets on any CPU; their weights are checked before the data is read.
+    let teachers = if args.teacher.is_empty() { None } else { Some(inference_models(backend, &args.teacher, None, Precision::F32)?) };
+    let (mut train_set, val_set) = train_val(args)?;
     data::check_trainable(&train_set, &val_set)?;
+    if let Some(teachers) = teachers {
+        let probs = teacher_probabilities(backend, teachers, &train_set)?;
+        train_set.set_teacher(probs)?;
+    }
     std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create the run folder", args.out.display()))?;
     let splits = [("train", train_set.class_counts().to_vec()), ("validation", val_set.class_counts().to_vec())];
     mien::plot::class_distribution(&args.out.join("class_distribution.png"), &data::CLASSES, &splits)?;
@@ -766,19 +815,7 @@ fn run_train<B: Backend>(backend: &B, args: &TrainArgs, recipe: &Recipe) -> Resu
 }
 
 fn run_eval<B: Backend>(backend: &B, args: &EvalArgs, precision: Precision) -> Result<()> {
-    let mut models = Vec::new();
-    for weights in expression_weights(&args.weights) {
-        let config = match &args.model {
-            Some(path) => ModelConfig::load(path)?,
-            None => mien::nn::weights::config_of(&weights)?,
-        };
-        let mut model = Model::new(backend, config, 0)?;
-        let bytes = std::fs::read(&weights).with_context(|| format!("{}: cannot read the weights", weights.display()))?;
-        model.load_for_inference(backend, &bytes, &weights)?;
-        model.precision = precision;
-        models.push(model);
-    }
-    let mut models = Ensemble::new(models)?;
+    let mut models = inference_models(backend, &expression_weights(&args.weights), args.model.as_deref(), precision)?;
     let path = args.data.clone().unwrap_or_else(|| data::default_fer_dir().join("test"));
     let data = load_data(&path, args.usage, args.skip_bad)?;
     let eval = train::evaluate(models.models_mut(), backend, &data, args.batch, args.tta)?;

@@ -181,8 +181,8 @@ pub trait Backend: Send {
     #[allow(clippy::too_many_arguments)]
     fn batchnorm_forward(&self, s: BnShape, cfg: BnConfig, training: bool, act: Activation, x: &Self::Tensor, bn: BnTensors<'_, Self::Tensor>, y: &Self::Tensor) -> Result<()>;
     fn batchnorm_backward(&self, s: BnShape, x: &Self::Tensor, dy: &Self::Tensor, bn: BnTensors<'_, Self::Tensor>, dx: &Self::Tensor, dgamma: &Self::Tensor, dbeta: &Self::Tensor) -> Result<()>;
-    fn xent_forward(&self, s: XentShape, logits: &Self::Tensor, labels: &Self::Ints, class_weight: &Self::Tensor, out: LossTensors<'_, Self::Tensor, Self::Ints>) -> Result<()>;
-    fn xent_backward(&self, s: XentShape, probs: &Self::Tensor, labels: &Self::Ints, class_weight: &Self::Tensor, dlogits: &Self::Tensor) -> Result<()>;
+    fn xent_forward(&self, s: XentShape, logits: &Self::Tensor, labels: &Self::Ints, soft: &Self::Tensor, class_weight: &Self::Tensor, out: LossTensors<'_, Self::Tensor, Self::Ints>) -> Result<()>;
+    fn xent_backward(&self, s: XentShape, probs: &Self::Tensor, labels: &Self::Ints, soft: &Self::Tensor, class_weight: &Self::Tensor, dlogits: &Self::Tensor) -> Result<()>;
     fn adam(&self, cfg: AdamConfig, t: u64, param: &Self::Tensor, grad: &Self::Tensor, m: &Self::Tensor, v: &Self::Tensor) -> Result<()>;
     fn sgd(&self, cfg: SgdConfig, t: u64, param: &Self::Tensor, grad: &Self::Tensor, momentum: &Self::Tensor) -> Result<()>;
 }
@@ -368,14 +368,14 @@ impl Backend for Cpu {
         let saved = BnSaved { mean: &bn.mean.borrow()[..], invstd: &bn.invstd.borrow()[..] };
         batchnorm::backward_cpu(s, &x.borrow(), &dy.borrow(), &bn.gamma.borrow(), saved, &mut dx.borrow_mut(), &mut dgamma.borrow_mut(), &mut dbeta.borrow_mut())
     }
-    fn xent_forward(&self, s: XentShape, logits: &Self::Tensor, labels: &Self::Ints, class_weight: &Self::Tensor, out: LossTensors<'_, Self::Tensor, Self::Ints>) -> Result<()> {
-        let (loss, correct) = softmax_xent::forward_cpu(s, &logits.borrow(), &labels.borrow(), &class_weight.borrow(), &mut out.probs.borrow_mut())?;
+    fn xent_forward(&self, s: XentShape, logits: &Self::Tensor, labels: &Self::Ints, soft: &Self::Tensor, class_weight: &Self::Tensor, out: LossTensors<'_, Self::Tensor, Self::Ints>) -> Result<()> {
+        let (loss, correct) = softmax_xent::forward_cpu(s, &logits.borrow(), &labels.borrow(), &soft.borrow(), &class_weight.borrow(), &mut out.probs.borrow_mut())?;
         out.loss.borrow_mut()[0] = loss;
         out.correct.borrow_mut()[0] = correct;
         Ok(())
     }
-    fn xent_backward(&self, s: XentShape, probs: &Self::Tensor, labels: &Self::Ints, class_weight: &Self::Tensor, dlogits: &Self::Tensor) -> Result<()> {
-        softmax_xent::backward_cpu(s, &probs.borrow(), &labels.borrow(), &class_weight.borrow(), &mut dlogits.borrow_mut())
+    fn xent_backward(&self, s: XentShape, probs: &Self::Tensor, labels: &Self::Ints, soft: &Self::Tensor, class_weight: &Self::Tensor, dlogits: &Self::Tensor) -> Result<()> {
+        softmax_xent::backward_cpu(s, &probs.borrow(), &labels.borrow(), &soft.borrow(), &class_weight.borrow(), &mut dlogits.borrow_mut())
     }
     fn adam(&self, cfg: AdamConfig, t: u64, param: &Self::Tensor, grad: &Self::Tensor, m: &Self::Tensor, v: &Self::Tensor) -> Result<()> {
         adam::step_cpu(cfg, t, &mut param.borrow_mut(), &grad.borrow(), &mut m.borrow_mut(), &mut v.borrow_mut())
@@ -639,12 +639,12 @@ impl Backend for GpuBackend<'_> {
     fn batchnorm_backward(&self, s: BnShape, x: &Self::Tensor, dy: &Self::Tensor, bn: BnTensors<'_, Self::Tensor>, dx: &Self::Tensor, dgamma: &Self::Tensor, dbeta: &Self::Tensor) -> Result<()> {
         self.record(|r| batchnorm::backward_gpu(r, s, x, dy, bn.gamma, BnSaved { mean: bn.mean, invstd: bn.invstd }, dx, dgamma, dbeta))
     }
-    fn xent_forward(&self, s: XentShape, logits: &Self::Tensor, labels: &Self::Ints, class_weight: &Self::Tensor, out: LossTensors<'_, Self::Tensor, Self::Ints>) -> Result<()> {
+    fn xent_forward(&self, s: XentShape, logits: &Self::Tensor, labels: &Self::Ints, soft: &Self::Tensor, class_weight: &Self::Tensor, out: LossTensors<'_, Self::Tensor, Self::Ints>) -> Result<()> {
         let out = XentOutputs { probs: out.probs, row_loss: out.row_loss, loss: out.loss, correct: out.correct };
-        self.record(|r| softmax_xent::forward_gpu(r, s, logits, labels, class_weight, out))
+        self.record(|r| softmax_xent::forward_gpu(r, s, logits, labels, soft, class_weight, out))
     }
-    fn xent_backward(&self, s: XentShape, probs: &Self::Tensor, labels: &Self::Ints, class_weight: &Self::Tensor, dlogits: &Self::Tensor) -> Result<()> {
-        self.record(|r| softmax_xent::backward_gpu(r, s, probs, labels, class_weight, dlogits))
+    fn xent_backward(&self, s: XentShape, probs: &Self::Tensor, labels: &Self::Ints, soft: &Self::Tensor, class_weight: &Self::Tensor, dlogits: &Self::Tensor) -> Result<()> {
+        self.record(|r| softmax_xent::backward_gpu(r, s, probs, labels, soft, class_weight, dlogits))
     }
     fn adam(&self, cfg: AdamConfig, t: u64, param: &Self::Tensor, grad: &Self::Tensor, m: &Self::Tensor, v: &Self::Tensor) -> Result<()> {
         self.weights_may_change();

@@ -5,7 +5,7 @@ use super::backend::{Backend, BnTensors, LossTensors};
 use super::config::{LayerSpec, ModelConfig, PaddingSpec};
 use crate::augment::Tta;
 use crate::data::PIXELS;
-use crate::error::{shape_err, Error, Result};
+use crate::error::{check_len, shape_err, Error, Result};
 use crate::kernels::adam::AdamConfig;
 use crate::kernels::batchnorm::{BnConfig, BnShape};
 use crate::kernels::conv2d::{Activation, Conv2dShape, Padding, Precision};
@@ -121,6 +121,8 @@ struct Workspace<B: Backend> {
     pre_relu_grads: Vec<Option<B::Tensor>>,
     bn_saved: Vec<Option<(B::Tensor, B::Tensor)>>,
     labels: B::Ints,
+    /// A teacher's probabilities for the batch, when a training step has them.
+    soft: B::Tensor,
     probs: B::Tensor,
     row_loss: B::Tensor,
     loss: B::Tensor,
@@ -337,6 +339,7 @@ impl<B: Backend> Model<B> {
                 })
                 .collect::<Result<_>>()?,
             labels: backend.ints(batch)?,
+            soft: backend.tensor(batch * self.config.classes)?,
             probs: backend.tensor(batch * self.config.classes)?,
             row_loss: backend.tensor(batch)?,
             loss: backend.tensor(1)?,
@@ -502,7 +505,7 @@ impl<B: Backend> Model<B> {
         if augments != batch || batch == 0 {
             return Err(shape_err("model", format!("{augments} augmentations for {batch} images")));
         }
-        XentShape { batch, classes: self.config.classes, smoothing: 0.0 }.check_labels(labels)?;
+        XentShape::plain(batch, self.config.classes).check_labels(labels)?;
         let wi = self.workspace(backend, batch)?;
         let ws = &self.workspaces[wi];
         backend.write_ints(&ws.labels, labels)?;
@@ -510,10 +513,9 @@ impl<B: Backend> Model<B> {
         Ok(wi)
     }
 
-    fn loss(&self, backend: &B, ws: &Workspace<B>, logits: &B::Tensor, smoothing: f32) -> Result<()> {
-        let s = XentShape { batch: ws.batch, classes: self.config.classes, smoothing };
+    fn loss(&self, backend: &B, ws: &Workspace<B>, logits: &B::Tensor, s: XentShape) -> Result<()> {
         let out = LossTensors { probs: &ws.probs, row_loss: &ws.row_loss, loss: &ws.loss, correct: &ws.correct };
-        backend.xent_forward(s, logits, &ws.labels, &self.class_weight, out)
+        backend.xent_forward(s, logits, &ws.labels, &ws.soft, &self.class_weight, out)
     }
 
     /// One training step on a batch: forward with dropout drawn from `seed`, loss, backward,
@@ -532,13 +534,38 @@ impl<B: Backend> Model<B> {
     /// accuracy arrive with [`BatchInFlight::wait`]. Submitting step N + 1 before waiting for
     /// step N keeps a GPU busy while the host records (an in-order queue runs N first).
     pub fn submit_train_step(&mut self, backend: &B, images: &[u8], augments: &[Augment], labels: &[u32], seed: u32, optimizer: impl Into<Optimizer>, t: u64) -> Result<BatchInFlight<B>> {
+        self.submit_taught_step(backend, images, augments, labels, None, seed, optimizer, t)
+    }
+
+    /// [`Model::submit_train_step`] towards a teacher's probabilities too, where `teacher`
+    /// gives them (distillation): the loss's target mixes them into the labels'.
+    #[allow(clippy::too_many_arguments)]
+    pub fn submit_taught_step(
+        &mut self,
+        backend: &B,
+        images: &[u8],
+        augments: &[Augment],
+        labels: &[u32],
+        teacher: Option<Teacher>,
+        seed: u32,
+        optimizer: impl Into<Optimizer>,
+        t: u64,
+    ) -> Result<BatchInFlight<B>> {
         self.refuse_folded("train")?;
+        let classes = self.config.classes;
+        let mut s = XentShape { batch: labels.len(), classes, smoothing: self.label_smoothing, distill: 0.0 };
+        if let Some(teacher) = &teacher {
+            check_len("model", "teacher probabilities", teacher.probs.len(), labels.len() * classes)?;
+            s.distill = teacher.weight;
+        }
         let wi = self.load_batch(backend, images, augments, labels)?;
         let ws = &self.workspaces[wi];
+        if let Some(teacher) = teacher {
+            backend.write(&ws.soft, teacher.probs)?;
+        }
         let logits = self.forward(backend, ws, true, seed)?;
-        self.loss(backend, ws, logits, self.label_smoothing)?;
-        let s = XentShape { batch: ws.batch, classes: self.config.classes, smoothing: self.label_smoothing };
-        backend.xent_backward(s, &ws.probs, &ws.labels, &self.class_weight, ws.grads.last().expect("logit gradient"))?;
+        self.loss(backend, ws, logits, s)?;
+        backend.xent_backward(s, &ws.probs, &ws.labels, &ws.soft, &self.class_weight, ws.grads.last().expect("logit gradient"))?;
         self.backward(backend, ws, seed)?;
         let optimizer = optimizer.into();
         for p in self.params.iter().filter(|p| p.kind == TensorKind::Trainable) {
@@ -578,11 +605,19 @@ impl<B: Backend> Model<B> {
     fn submit_loaded_evaluation(&mut self, backend: &B, wi: usize) -> Result<BatchInFlight<B>> {
         let ws = &self.workspaces[wi];
         let logits = self.forward(backend, ws, false, 0)?;
-        self.loss(backend, ws, logits, 0.0)?;
+        self.loss(backend, ws, logits, XentShape::plain(ws.batch, self.config.classes))?;
         let batch = BatchInFlight { loss: backend.read_later(&ws.loss)?, correct: backend.read_ints_later(&ws.correct)?, outputs: Some((backend.read_later(logits)?, backend.read_later(&ws.probs)?)) };
         backend.flush()?;
         Ok(batch)
     }
+}
+
+/// A teacher's probabilities for a training batch, a row of classes per image, and their weight
+/// in [0, 1] in the loss's target.
+#[derive(Clone, Copy, Debug)]
+pub struct Teacher<'a> {
+    pub probs: &'a [f32],
+    pub weight: f32,
 }
 
 /// A batch queued by [`Model::submit_train_step`] or [`Model::submit_evaluation`], its results

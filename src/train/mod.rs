@@ -50,6 +50,13 @@ pub struct Recipe {
     /// always scores the plain loss.
     #[serde(default)]
     pub label_smoothing: f32,
+    /// Distillation: the weight in [0, 1] of the teachers' probabilities in each image's
+    /// target (0: none), and the teachers' weights files, whose mean mirror-averaged
+    /// probabilities for each training image are those ([`crate::data::Dataset::set_teacher`]).
+    #[serde(default)]
+    pub distill: f32,
+    #[serde(default)]
+    pub teachers: Vec<String>,
     pub augment: AugmentConfig,
     pub seed: u64,
     /// Validation classifies each image by the mean probabilities of it and its mirror image
@@ -128,6 +135,12 @@ impl Recipe {
         if !(0.0..1.0).contains(&self.label_smoothing) {
             return invalid(format!("--label-smoothing must be in [0, 1), got {}", self.label_smoothing));
         }
+        if !(0.0..=1.0).contains(&self.distill) {
+            return invalid(format!("--distill must be in [0, 1], got {}", self.distill));
+        }
+        if (self.distill > 0.0) == self.teachers.is_empty() {
+            return invalid(format!("--distill {} with {} --teacher weights: distillation needs both a weight above 0 and a teacher", self.distill, self.teachers.len()));
+        }
         if !(self.plateau_factor > 0.0 && self.plateau_factor <= 1.0) {
             return invalid(format!("the plateau factor {} must be in (0, 1]", self.plateau_factor));
         }
@@ -192,6 +205,8 @@ impl Recipe {
             min_lr: 1e-6,
             class_weights: false,
             label_smoothing: 0.0,
+            distill: 0.0,
+            teachers: Vec::new(),
             augment: AugmentConfig { rotation_deg: 30.0, shear_deg: 0.3, zoom: 0.3, horizontal_flip: true, ..AugmentConfig::CROP },
             seed: 1,
             mirror_eval: false,
@@ -222,6 +237,8 @@ impl Recipe {
             warmup_epochs: 3,
             min_lr: 0.0,
             label_smoothing: 0.0,
+            distill: 0.0,
+            teachers: Vec::new(),
             optimizer: OptimizerChoice::Sgd(SgdSettings { momentum: 0.9, nesterov: true, weight_decay: 5e-4 }),
             augment: AugmentConfig { rotation_deg: 10.0, zoom: 0.1, shift: 0.0, horizontal_flip: true, erase_probability: 0.5, ..AugmentConfig::CROP },
             mirror_eval: true,
@@ -237,6 +254,8 @@ impl Recipe {
             schedule: Schedule::Cosine,
             min_lr: 0.0,
             label_smoothing: 0.1,
+            distill: 0.0,
+            teachers: Vec::new(),
             augment: AugmentConfig { rotation_deg: 5.0, zoom: 0.05, shift: 0.05, horizontal_flip: true, ..AugmentConfig::CROP },
             mirror_eval: true,
             ..Self::original()
@@ -325,6 +344,10 @@ pub struct Evaluation {
     /// Every image's logits, in dataset order (not serialised: it is for comparisons).
     #[serde(skip)]
     pub logits: Vec<Vec<f32>>,
+    /// Every image's probabilities that classified it (the mean over the views and models), in
+    /// dataset order (not serialised).
+    #[serde(skip)]
+    pub probs: Vec<Vec<f32>>,
     pub accuracy: f64,
     /// Accuracy on the centre crops alone (the same as `accuracy` with [`Tta::None`]).
     pub single_accuracy: f64,

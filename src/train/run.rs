@@ -15,7 +15,7 @@ use crate::calibration::Reliability;
 use crate::data::{self, Dataset, CLASSES};
 use crate::error::{file_err, Error, Result};
 use crate::kernels::warp::Augment;
-use crate::nn::model::{add_into, scale, Model};
+use crate::nn::model::{add_into, scale, Model, Teacher};
 use crate::nn::weights::{write_atomic, Part};
 use crate::nn::{Backend, BatchInFlight};
 use crate::rng::Rng;
@@ -27,6 +27,12 @@ use std::time::Instant;
 fn gather(data: &Dataset, indices: &[usize]) -> (Vec<u8>, Vec<u32>) {
     let bytes = indices.iter().flat_map(|&i| data.image(i).iter().copied()).collect();
     (bytes, indices.iter().map(|&i| data.labels[i] as u32).collect())
+}
+
+/// The teacher's probabilities of the images at `indices`, if the data has a teacher.
+fn gather_teacher(data: &Dataset, indices: &[usize]) -> Option<Vec<f32>> {
+    let classes = CLASSES.len();
+    data.teacher.as_ref().map(|probs| indices.iter().flat_map(|&i| probs[i * classes..][..classes].iter().copied()).collect())
 }
 
 /// Accuracy, loss, confusion matrix, per-class scores and calibration of `models` (one, or an
@@ -41,7 +47,7 @@ pub fn evaluate<B: Backend>(models: &mut [Model<B>], backend: &B, data: &Dataset
     let mut reliability = Reliability::default();
     let mut loss_sum = 0.0f64;
     let mut single_correct = 0usize;
-    let mut logits = Vec::with_capacity(data.len());
+    let (mut logits, mut averaged) = (Vec::with_capacity(data.len()), Vec::with_capacity(data.len()));
     // Adds a finished batch (every view of it, from every model) to the figures.
     let mut tally = |labels: Vec<u32>, queued: Vec<Vec<BatchInFlight<B>>>| -> Result<()> {
         let (mut probs, mut centre) = (vec![0.0; labels.len() * classes], vec![0.0; labels.len() * classes]);
@@ -76,6 +82,7 @@ pub fn evaluate<B: Backend>(models: &mut [Model<B>], backend: &B, data: &Dataset
             loss_sum -= probs.chunks(classes).zip(&labels).map(|(row, &l)| (row[l as usize].max(f32::MIN_POSITIVE) as f64).ln()).sum::<f64>();
         }
         single_correct += centre.chunks(classes).zip(&labels).filter(|&(row, &l)| data::most_probable(row) == l as usize).count();
+        averaged.extend(probs.chunks(classes).map(<[f32]>::to_vec));
         for (row, &label) in probs.chunks(classes).zip(&labels) {
             let predicted = data::most_probable(row);
             confusion[label as usize][predicted] += 1;
@@ -116,7 +123,7 @@ pub fn evaluate<B: Backend>(models: &mut [Model<B>], backend: &B, data: &Dataset
         .collect();
     let (accuracy, single_accuracy) = (correct as f64 / n as f64, single_correct as f64 / n as f64);
     let ece = reliability.ece();
-    Ok(Evaluation { images: data.len(), tta, logits, accuracy, single_accuracy, loss: loss_sum / n as f64, ece, reliability, confusion, per_class })
+    Ok(Evaluation { images: data.len(), tta, logits, probs: averaged, accuracy, single_accuracy, loss: loss_sum / n as f64, ece, reliability, confusion, per_class })
 }
 
 /// The files of a run folder: its checkpoints, and what it publishes for people (the best
@@ -294,6 +301,9 @@ pub fn train<B: Backend>(model: &mut Model<B>, backend: &B, train: &Dataset, val
     if train.is_empty() || val.is_empty() {
         return Err(Error::Invalid(format!("nothing to train on: {} training and {} validation images", train.len(), val.len())));
     }
+    if recipe.distill > 0.0 && train.teacher.is_none() {
+        return Err(Error::Invalid(format!("the recipe distills from {} at weight {}, but the training images have no teacher probabilities", recipe.teachers.join(", "), recipe.distill)));
+    }
     let _lock = RunLock::acquire(&files.dir)?;
     // What a run killed mid-checkpoint left: the partial folder it was writing, or the
     // checkpoint before the one it had just completed.
@@ -402,9 +412,11 @@ pub fn train<B: Backend>(model: &mut Model<B>, backend: &B, train: &Dataset, val
         let mut in_flight = None;
         for (b, chunk) in order.chunks(recipe.batch).enumerate() {
             let (images, labels) = gather(train, chunk);
+            let taught = gather_teacher(train, chunk).filter(|_| recipe.distill > 0.0);
+            let teacher = taught.as_deref().map(|probs| Teacher { probs, weight: recipe.distill });
             let augments: Vec<Augment> = chunk.iter().map(|_| recipe.augment.draw(model.input_side(), &mut rng)).collect();
             state.step += 1;
-            let step = model.submit_train_step(backend, &images, &augments, &labels, rng.next_u32(), optimizer, state.step)?;
+            let step = model.submit_taught_step(backend, &images, &augments, &labels, teacher, rng.next_u32(), optimizer, state.step)?;
             if let Some(previous) = in_flight.replace((b, chunk.len(), step)) {
                 tally(previous)?;
             }
