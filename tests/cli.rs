@@ -387,15 +387,21 @@ fn a_run_killed_at_any_checkpoint_write_resumes_to_the_uninterrupted_result() {
     assert!(!run.status.success() && stderr.contains("trained on other data"), "{stderr}");
 }
 
+/// `mien train` of the tiny model on the tiny FER folders `data` (with the model's config
+/// written there) into `out`, with the `extra` flags: (success, stdout, stderr).
+fn train_tiny(data: &Path, out: &Path, extra: &[&str]) -> (bool, String, String) {
+    let model = data.join("tiny.json");
+    std::fs::write(&model, TINY_MODEL).unwrap();
+    let mut args = vec!["train", "--device", "cpu", "--data", s(data), "--model", s(&model), "--recipe", "adam", "--batch", "7", "--out", s(out)];
+    args.extend_from_slice(extra);
+    mien(&args)
+}
+
 #[test]
 fn init_starts_a_new_run_from_given_weights_and_refuses_another_models() {
     let data = tiny_fer("init", 3);
-    let model = data.join("tiny.json");
-    std::fs::write(&model, TINY_MODEL).unwrap();
     let train = |out: &Path, extra: &[&str]| {
-        let mut args = vec!["train", "--device", "cpu", "--data", s(&data), "--model", s(&model), "--recipe", "adam", "--batch", "7", "--out", s(out)];
-        args.extend_from_slice(extra);
-        let (ok, _, stderr) = mien(&args);
+        let (ok, _, stderr) = train_tiny(&data, out, extra);
         (ok, stderr)
     };
     let val_loss = |out: &Path, epoch: usize| {
@@ -425,13 +431,7 @@ fn init_starts_a_new_run_from_given_weights_and_refuses_another_models() {
 #[test]
 fn train_distils_from_teachers() {
     let data = tiny_fer("distil", 3);
-    let model = data.join("tiny.json");
-    std::fs::write(&model, TINY_MODEL).unwrap();
-    let train = |out: &Path, extra: &[&str]| {
-        let mut args = vec!["train", "--device", "cpu", "--data", s(&data), "--model", s(&model), "--recipe", "adam", "--batch", "7", "--epochs", "1", "--out", s(out)];
-        args.extend_from_slice(extra);
-        mien(&args)
-    };
+    let train = |out: &Path, extra: &[&str]| train_tiny(&data, out, &[&["--epochs", "1"], extra].concat());
     let first = data.join("first");
     let (ok, _, stderr) = train(&first, &[]);
     assert!(ok, "{stderr}");
