@@ -17,13 +17,14 @@ bash tools/web-build.sh
 # The web build's lints: the library as the browser builds it, and the page's exports.
 cargo clippy -p mien-web --target wasm32-unknown-unknown -- -D warnings
 
-# The native answers the page must give, from the CPU backend.
+# The native answers the page must give, from the CPU backend in f32 as the page computes
+# (native inference defaults to bf16 on CPUs with bf16 products).
 cargo build --bin mien
 mien="${CARGO_TARGET_DIR:-target}/debug/mien"
 fixtures=$(mktemp -d)
 trap 'rm -rf "$fixtures"' EXIT
 for detector in yunet haar; do
-  "$mien" --device cpu detect data/photos/grace_hopper.jpg data/photos/astronaut.png --detector "$detector" --json "$fixtures/$detector.json" --out "$fixtures/out" >/dev/null
+  "$mien" --device cpu --precision f32 detect data/photos/grace_hopper.jpg data/photos/astronaut.png --detector "$detector" --json "$fixtures/$detector.json" --out "$fixtures/out" >/dev/null
 done
 
 MIEN_WEB_FIXTURES="$fixtures" node --test web/tests/
