@@ -412,7 +412,7 @@ pub fn train<B: Backend>(model: &mut Model<B>, backend: &B, train: &Dataset, val
         let mut in_flight = None;
         for (b, chunk) in order.chunks(recipe.batch).enumerate() {
             let (images, labels) = gather(train, chunk);
-            let taught = gather_teacher(train, chunk).filter(|_| recipe.distill > 0.0);
+            let taught = if recipe.distill > 0.0 { gather_teacher(train, chunk) } else { None };
             let teacher = taught.as_deref().map(|probs| Teacher { probs, weight: recipe.distill });
             let augments: Vec<Augment> = chunk.iter().map(|_| recipe.augment.draw(model.input_side(), &mut rng)).collect();
             state.step += 1;
