@@ -442,6 +442,11 @@ fn train_distils_from_teachers() {
     let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(taught.join("checkpoint-0001/state.json")).unwrap()).unwrap();
     assert_eq!(state["recipe"]["distill"].as_f64(), Some(0.7));
     assert_eq!(state["recipe"]["teachers"].as_array().map(Vec::len), Some(2));
+    // A wrong start is refused before the teachers' pass; a resumed run makes the pass again.
+    let (ok, stdout, stderr) = train(&taught, &["--teacher", &teachers, "--distill", "0.7"]);
+    assert!(!ok && stderr.contains("--resume") && !stdout.contains("classifying"), "{stdout}\n{stderr}");
+    let (ok, stdout, stderr) = train_tiny(&data, &taught, &["--epochs", "2", "--teacher", &teachers, "--distill", "0.7", "--resume"]);
+    assert!(ok && stdout.contains("the teachers:") && taught.join("checkpoint-0002").exists(), "{stdout}\n{stderr}");
     let missing = data.join("missing");
     let (ok, _, stderr) = train(&missing, &["--teacher", "no-such-teacher.safetensors"]);
     assert!(!ok && stderr.contains("no-such-teacher.safetensors"), "{stderr}");

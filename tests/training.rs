@@ -558,6 +558,10 @@ fn a_run_folder_is_locked_and_a_finished_run_is_not_replaced_without_overwrite()
     assert!(err.contains("holds a finished run (1 of 1 epochs)") && err.contains("--overwrite"), "{err}");
     let err = train::train(&mut model, &Cpu, &data::synthetic(320, 3), &data::synthetic(64, 2), &quick_recipe(2), &files, Start::Resume, &mut Quiet).unwrap_err().to_string();
     assert!(err.contains("trained on other data"), "{err}");
+    // A run opened with one set of images is not trained on another.
+    let opened = train::Run::open(&mut model, &Cpu, &data::synthetic(320, 1), &data::synthetic(64, 2), &quick_recipe(2), &files, Start::Resume).unwrap();
+    let err = opened.train(&mut model, &Cpu, &data::synthetic(320, 3), &data::synthetic(64, 2), &mut Quiet).unwrap_err().to_string();
+    assert!(err.contains("opened with other training or validation images"), "{err}");
     run(&Cpu, &dir, 1, Start::Overwrite);
 
     // A run saved before checkpoint folders (state.json and weights in the folder itself) is

@@ -654,6 +654,15 @@ struct Progress {
     bar: Option<indicatif::ProgressBar>,
 }
 
+impl Progress {
+    /// Takes the bar off the terminal.
+    fn clear(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
 impl train::Observer for Progress {
     fn batch(&mut self, done: usize, total: usize, loss: f64, accuracy: f64, images_per_second: f64) {
         let bar = self.bar.get_or_insert_with(|| {
@@ -665,9 +674,7 @@ impl train::Observer for Progress {
         bar.set_message(format!("loss {loss:.4} acc {:.2}% {images_per_second:.0} img/s", 100.0 * accuracy));
     }
     fn epoch(&mut self, state: &RunState) {
-        if let Some(bar) = self.bar.take() {
-            bar.finish_and_clear();
-        }
+        self.clear();
         let m = state.history.last().expect("an epoch just ended");
         println!(
             "epoch {:>3}  lr {:.2e}  loss {:.4}  acc {:.2}%  val loss {:.4}  val acc {:.2}%{}  {:.0} img/s  {:.0} s{}",
@@ -752,7 +759,9 @@ const DEFAULT_DISTILL: f32 = 0.5;
 /// Every training image's mean probabilities (with its mirror image) under `teachers`.
 fn teacher_probabilities<B: Backend>(backend: &B, mut teachers: Ensemble<B>, train_set: &Dataset) -> Result<Vec<f32>> {
     println!("classifying the {} training images with the teachers ...", train_set.len());
-    let eval = train::evaluate(teachers.models_mut(), backend, train_set, 64, Tta::Mirror)?;
+    let mut progress = Progress { bar: None };
+    let eval = train::evaluate_observed(teachers.models_mut(), backend, train_set, 64, Tta::Mirror, &mut progress)?;
+    progress.clear();
     println!("the teachers: {:.2} % of the training images right, mirror-averaged", 100.0 * eval.accuracy);
     Ok(eval.probs.concat())
 }
@@ -789,21 +798,23 @@ fn run_train<B: Backend>(backend: &B, args: &TrainArgs, recipe: &Recipe) -> Resu
     let teachers = if args.teacher.is_empty() { None } else { Some(inference_models(backend, &args.teacher, None, Precision::F32)?) };
     let (mut train_set, val_set) = train_val(args)?;
     data::check_trainable(&train_set, &val_set)?;
-    if let Some(teachers) = teachers {
-        let probs = teacher_probabilities(backend, teachers, &train_set)?;
-        train_set.set_teacher(probs)?;
-    }
-    std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create the run folder", args.out.display()))?;
-    let splits = [("train", train_set.class_counts().to_vec()), ("validation", val_set.class_counts().to_vec())];
-    mien::plot::class_distribution(&args.out.join("class_distribution.png"), &data::CLASSES, &splits)?;
-    println!("model {}: {} parameters; training on {}", model.config.name, model.parameter_count(), backend.describe());
     let files = RunFiles { dir: args.out.clone() };
     let start = match (args.resume, args.overwrite) {
         (true, _) => train::Start::Resume,
         (false, true) => train::Start::Overwrite,
         (false, false) => train::Start::New,
     };
-    let state = train::train(&mut model, backend, &train_set, &val_set, &recipe, &files, start, &mut Progress { bar: None })?;
+    // The run folder is checked (and locked) before the teachers' minutes-long pass, so that a
+    // wrong start is refused at once.
+    let run = train::Run::open(&mut model, backend, &train_set, &val_set, &recipe, &files, start)?;
+    if let Some(teachers) = teachers {
+        let probs = teacher_probabilities(backend, teachers, &train_set)?;
+        train_set.set_teacher(probs)?;
+    }
+    let splits = [("train", train_set.class_counts().to_vec()), ("validation", val_set.class_counts().to_vec())];
+    mien::plot::class_distribution(&args.out.join("class_distribution.png"), &data::CLASSES, &splits)?;
+    println!("model {}: {} parameters; training on {}", model.config.name, model.parameter_count(), backend.describe());
+    let state = run.train(&mut model, backend, &train_set, &val_set, &mut Progress { bar: None })?;
     if let Some(why) = &state.stopped {
         println!("{why}");
     }
@@ -818,7 +829,9 @@ fn run_eval<B: Backend>(backend: &B, args: &EvalArgs, precision: Precision) -> R
     let mut models = inference_models(backend, &expression_weights(&args.weights), args.model.as_deref(), precision)?;
     let path = args.data.clone().unwrap_or_else(|| data::default_fer_dir().join("test"));
     let data = load_data(&path, args.usage, args.skip_bad)?;
-    let eval = train::evaluate(models.models_mut(), backend, &data, args.batch, args.tta)?;
+    let mut progress = Progress { bar: None };
+    let eval = train::evaluate_observed(models.models_mut(), backend, &data, args.batch, args.tta, &mut progress)?;
+    progress.clear();
     if let Some(path) = &args.logits {
         std::fs::write(path, serde_json::to_string(&eval.logits)?).with_context(|| format!("{}: cannot write", path.display()))?;
     }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 #[cfg(not(target_arch = "wasm32"))]
 pub mod run;
 #[cfg(not(target_arch = "wasm32"))]
-pub use run::{evaluate, train, Checkpoint, Observer, RunFiles, RunLock, Start, FAIL_POINTS};
+pub use run::{evaluate, evaluate_observed, train, Checkpoint, Observer, Run, RunFiles, RunLock, Start, FAIL_POINTS};
 
 /// Everything that decides how a run trains; saved in the run folder so `--resume` continues
 /// with the same settings.

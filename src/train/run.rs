@@ -41,6 +41,11 @@ fn gather_teacher(data: &Dataset, indices: &[usize]) -> Option<Vec<f32>> {
 /// `single_accuracy` is that of the centre crops alone; `logits` are those of the centre crop
 /// (for an ensemble, the logarithm of the models' mean probabilities, whose softmax is that mean).
 pub fn evaluate<B: Backend>(models: &mut [Model<B>], backend: &B, data: &Dataset, batch: usize, tta: Tta) -> Result<Evaluation> {
+    evaluate_observed(models, backend, data, batch, tta, &mut ())
+}
+
+/// `evaluate`, telling `observer` the figures so far after each batch.
+pub fn evaluate_observed<B: Backend>(models: &mut [Model<B>], backend: &B, data: &Dataset, batch: usize, tta: Tta, observer: &mut dyn Observer) -> Result<Evaluation> {
     let classes = models.first().ok_or_else(|| Error::Invalid("evaluation needs a model".into()))?.config.classes;
     let views: Vec<Vec<Augment>> = models.iter().map(|m| tta.views(m.input_side())).collect();
     let mut confusion = vec![vec![0usize; classes]; classes];
@@ -48,6 +53,7 @@ pub fn evaluate<B: Backend>(models: &mut [Model<B>], backend: &B, data: &Dataset
     let mut loss_sum = 0.0f64;
     let mut single_correct = 0usize;
     let (mut logits, mut averaged) = (Vec::with_capacity(data.len()), Vec::with_capacity(data.len()));
+    let (started, batches) = (Instant::now(), data.len().div_ceil(batch.max(1)));
     // Adds a finished batch (every view of it, from every model) to the figures.
     let mut tally = |labels: Vec<u32>, queued: Vec<Vec<BatchInFlight<B>>>| -> Result<()> {
         let (mut probs, mut centre) = (vec![0.0; labels.len() * classes], vec![0.0; labels.len() * classes]);
@@ -88,6 +94,9 @@ pub fn evaluate<B: Backend>(models: &mut [Model<B>], backend: &B, data: &Dataset
             confusion[label as usize][predicted] += 1;
             reliability.add(row, label as usize);
         }
+        let seen = averaged.len();
+        let correct: usize = (0..classes).map(|c| confusion[c][c]).sum();
+        observer.batch(seen.div_ceil(batch.max(1)), batches, loss_sum / seen as f64, correct as f64 / seen as f64, seen as f64 / started.elapsed().as_secs_f64());
         Ok(())
     };
     // As in training, one batch stays in flight: batch N + 1 (every view of it) is queued
@@ -128,6 +137,7 @@ pub fn evaluate<B: Backend>(models: &mut [Model<B>], backend: &B, data: &Dataset
 
 /// The files of a run folder: its checkpoints, and what it publishes for people (the best
 /// weights, metrics and plots), which are refreshed from each checkpoint once it is whole.
+#[derive(Clone)]
 pub struct RunFiles {
     pub dir: PathBuf,
 }
@@ -277,11 +287,15 @@ fn metadata(state: &RunState, accuracy: f64) -> HashMap<String, String> {
     ])
 }
 
-/// Called after each epoch with the run state, so the caller can log and plot.
+/// Told how work goes, so the caller can show progress, log and plot: after each batch of
+/// training or evaluation, and after each epoch with the run state.
 pub trait Observer {
     fn batch(&mut self, _done: usize, _total: usize, _loss: f64, _accuracy: f64, _images_per_second: f64) {}
     fn epoch(&mut self, _state: &RunState) {}
 }
+
+/// Observes nothing.
+impl Observer for () {}
 
 /// Whether `train` starts a new run or continues the one saved in the folder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -298,178 +312,217 @@ pub enum Start {
 /// Returns the final state; the model holds the best weights.
 pub fn train<B: Backend>(model: &mut Model<B>, backend: &B, train: &Dataset, val: &Dataset, recipe: &Recipe, files: &RunFiles, start: Start, observer: &mut dyn Observer) -> Result<RunState> {
     recipe.validate()?;
-    if train.is_empty() || val.is_empty() {
-        return Err(Error::Invalid(format!("nothing to train on: {} training and {} validation images", train.len(), val.len())));
-    }
+    check_teacher(recipe, train)?;
+    Run::open(model, backend, train, val, recipe, files, start)?.train(model, backend, train, val, observer)
+}
+
+/// Refuses a distilling recipe for training images without their teacher's probabilities.
+fn check_teacher(recipe: &Recipe, train: &Dataset) -> Result<()> {
     if recipe.distill > 0.0 && train.teacher.is_none() {
         return Err(Error::Invalid(format!("the recipe distills from {} at weight {}, but the training images have no teacher probabilities", recipe.teachers.join(", "), recipe.distill)));
     }
-    let _lock = RunLock::acquire(&files.dir)?;
-    // What a run killed mid-checkpoint left: the partial folder it was writing, or the
-    // checkpoint before the one it had just completed.
-    let (mut whole, partial) = files.scan()?;
-    whole.pop();
-    for dir in partial.into_iter().chain(whole.into_iter().map(|c| c.dir)) {
-        std::fs::remove_dir_all(&dir).map_err(|e| file_err(&dir, format!("cannot remove an outdated checkpoint: {e}")))?;
-    }
-    let data = DataFingerprint::of(train, val);
-    let latest = files.latest()?;
-    let mut state = match (start, latest) {
-        // Before checkpoint folders, a run kept state.json and its weights in the folder itself.
-        (Start::Resume | Start::New, None) if files.dir.join("state.json").exists() => {
-            return Err(file_err(&files.dir, "holds a run saved by an earlier mien (state.json beside its weights), which cannot be resumed; pass --overwrite to replace it, or choose another --out"))
+    Ok(())
+}
+
+/// A run folder opened for training: locked, its recipe and data checked against what it
+/// holds, and a resumed run's checkpoint loaded into the model. Opening is separate from
+/// training so that a caller can refuse a wrong start before slow preparation, such as the
+/// teachers' pass over the training images, which `train` then needs.
+pub struct Run {
+    _lock: RunLock,
+    files: RunFiles,
+    state: RunState,
+    data: DataFingerprint,
+}
+
+impl Run {
+    pub fn open<B: Backend>(model: &mut Model<B>, backend: &B, train: &Dataset, val: &Dataset, recipe: &Recipe, files: &RunFiles, start: Start) -> Result<Run> {
+        recipe.validate()?;
+        if train.is_empty() || val.is_empty() {
+            return Err(Error::Invalid(format!("nothing to train on: {} training and {} validation images", train.len(), val.len())));
         }
-        (Start::Resume, None) => return Err(file_err(&files.dir, "nothing to resume: the folder holds no checkpoint")),
-        (Start::Resume, Some(checkpoint)) => {
-            let mut state = checkpoint.read_state()?;
-            // Only the number of epochs may change on resuming: anything else would make the
-            // resumed run differ from an uninterrupted one.
-            if state.model != model.config || (Recipe { epochs: recipe.epochs, ..state.recipe.clone() }) != *recipe {
-                return Err(file_err(&checkpoint.state(), "the saved run used a different model or recipe; resume with the same options (only --epochs may change)"));
-            }
-            if let Some(saved) = state.data.as_ref().filter(|saved| **saved != data) {
+        let lock = RunLock::acquire(&files.dir)?;
+        // What a run killed mid-checkpoint left: the partial folder it was writing, or the
+        // checkpoint before the one it had just completed.
+        let (mut whole, partial) = files.scan()?;
+        whole.pop();
+        for dir in partial.into_iter().chain(whole.into_iter().map(|c| c.dir)) {
+            std::fs::remove_dir_all(&dir).map_err(|e| file_err(&dir, format!("cannot remove an outdated checkpoint: {e}")))?;
+        }
+        let data = DataFingerprint::of(train, val);
+        let latest = files.latest()?;
+        let state = match (start, latest) {
+            // Before checkpoint folders, a run kept state.json and its weights in the folder itself.
+            (Start::Resume | Start::New, None) if files.dir.join("state.json").exists() => {
                 return Err(file_err(
-                    &checkpoint.state(),
-                    format!(
-                        "the saved run trained on other data ({} training and {} validation images, hash {}) than --data gives now ({}, {}, hash {}); resume with the same --data and options",
-                        saved.train_images, saved.val_images, saved.hash, data.train_images, data.val_images, data.hash
-                    ),
+                    &files.dir,
+                    "holds a run saved by an earlier mien (state.json beside its weights), which cannot be resumed; pass --overwrite to replace it, or choose another --out",
+                ))
+            }
+            (Start::Resume, None) => return Err(file_err(&files.dir, "nothing to resume: the folder holds no checkpoint")),
+            (Start::Resume, Some(checkpoint)) => {
+                let mut state = checkpoint.read_state()?;
+                // Only the number of epochs may change on resuming: anything else would make the
+                // resumed run differ from an uninterrupted one.
+                if state.model != model.config || (Recipe { epochs: recipe.epochs, ..state.recipe.clone() }) != *recipe {
+                    return Err(file_err(&checkpoint.state(), "the saved run used a different model or recipe; resume with the same options (only --epochs may change)"));
+                }
+                if let Some(saved) = state.data.as_ref().filter(|saved| **saved != data) {
+                    return Err(file_err(
+                        &checkpoint.state(),
+                        format!(
+                            "the saved run trained on other data ({} training and {} validation images, hash {}) than --data gives now ({}, {}, hash {}); resume with the same --data and options",
+                            saved.train_images, saved.val_images, saved.hash, data.train_images, data.val_images, data.hash
+                        ),
+                    ));
+                }
+                state.recipe.epochs = recipe.epochs;
+                model.load(backend, &checkpoint.weights(), Part::Value)?;
+                model.load(backend, &checkpoint.optimizer(), Part::Moments)?;
+                state
+            }
+            (Start::New, Some(checkpoint)) => {
+                let saved = checkpoint.read_state()?;
+                let how = if saved.epoch >= saved.recipe.epochs || saved.stopped.is_some() { "a finished run" } else { "an unfinished run" };
+                return Err(file_err(
+                    &files.dir,
+                    format!("holds {how} ({} of {} epochs); pass --resume to continue it, --overwrite to replace it, or choose another --out", saved.epoch, saved.recipe.epochs),
                 ));
             }
-            state.recipe.epochs = recipe.epochs;
-            model.load(backend, &checkpoint.weights(), Part::Value)?;
-            model.load(backend, &checkpoint.optimizer(), Part::Moments)?;
-            state
-        }
-        (Start::New, Some(checkpoint)) => {
-            let saved = checkpoint.read_state()?;
-            let how = if saved.epoch >= saved.recipe.epochs || saved.stopped.is_some() { "a finished run" } else { "an unfinished run" };
-            return Err(file_err(
-                &files.dir,
-                format!("holds {how} ({} of {} epochs); pass --resume to continue it, --overwrite to replace it, or choose another --out", saved.epoch, saved.recipe.epochs),
-            ));
-        }
-        (Start::New | Start::Overwrite, _) => {
-            files.clear()?;
-            RunState {
-                model: model.config.clone(),
-                recipe: recipe.clone(),
-                device: backend.describe(),
-                epoch: 0,
-                step: 0,
-                lr: recipe.lr,
-                best_accuracy: -1.0,
-                best_epoch: 0,
-                best_val_loss: f64::INFINITY,
-                epochs_since_best_loss: 0,
-                history: Vec::new(),
-                stopped: None,
-                data: Some(data),
+            (Start::New | Start::Overwrite, _) => {
+                files.clear()?;
+                RunState {
+                    model: model.config.clone(),
+                    recipe: recipe.clone(),
+                    device: backend.describe(),
+                    epoch: 0,
+                    step: 0,
+                    lr: recipe.lr,
+                    best_accuracy: -1.0,
+                    best_epoch: 0,
+                    best_val_loss: f64::INFINITY,
+                    epochs_since_best_loss: 0,
+                    history: Vec::new(),
+                    stopped: None,
+                    data: Some(data.clone()),
+                }
             }
-        }
-    };
-    if recipe.class_weights {
-        model.set_class_weights(backend, &balanced_class_weights(train))?;
+        };
+        Ok(Run { _lock: lock, files: files.clone(), state, data })
     }
-    let root = Rng::new(recipe.seed);
-    model.label_smoothing = recipe.label_smoothing;
-    while state.epoch < recipe.epochs && state.stopped.is_none() {
-        let epoch = state.epoch + 1;
-        if recipe.schedule == Schedule::Cosine {
-            state.lr = recipe.cosine_lr(epoch);
+
+    /// Trains from where the run stands; `train` and `val` must be the sets it was opened
+    /// with, and the training set needs its teacher probabilities if the recipe distils.
+    pub fn train<B: Backend>(self, model: &mut Model<B>, backend: &B, train: &Dataset, val: &Dataset, observer: &mut dyn Observer) -> Result<RunState> {
+        let Run { _lock, ref files, mut state, data } = self;
+        if DataFingerprint::of(train, val) != data {
+            return Err(Error::Invalid("the run was opened with other training or validation images than it is trained on".into()));
         }
-        // Each epoch's shuffle and augmentation come from its own stream, so a resumed run
-        // draws exactly what an uninterrupted one would have.
-        let mut rng = root.fork(epoch as u64);
-        let mut order: Vec<usize> = (0..train.len()).collect();
-        rng.shuffle(&mut order);
-        let start = Instant::now();
-        let optimizer = recipe.optimizer.at(state.lr);
-        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
-        let batches = order.len().div_ceil(recipe.batch);
-        // Adds a finished step to the epoch's figures; a non-finite loss ends the run.
-        let last_good = files.latest()?.map_or_else(|| "none (no epoch finished)".to_string(), |c| c.dir.display().to_string());
-        let mut tally = |(b, images, step): (usize, usize, BatchInFlight<B>)| -> Result<()> {
-            let r = step.wait(backend)?;
-            if !r.loss.is_finite() {
-                return Err(Error::Training(format!(
-                    "epoch {epoch}, batch {}: the loss became {} (learning rate {}); stopping. The last good checkpoint is {last_good} (epoch {}).",
-                    b + 1,
-                    r.loss,
-                    state.lr,
-                    state.epoch
-                )));
+        let recipe = &state.recipe.clone();
+        check_teacher(recipe, train)?;
+        if recipe.class_weights {
+            model.set_class_weights(backend, &balanced_class_weights(train))?;
+        }
+        let root = Rng::new(recipe.seed);
+        model.label_smoothing = recipe.label_smoothing;
+        while state.epoch < recipe.epochs && state.stopped.is_none() {
+            let epoch = state.epoch + 1;
+            if recipe.schedule == Schedule::Cosine {
+                state.lr = recipe.cosine_lr(epoch);
             }
-            loss_sum += r.loss as f64 * images as f64;
-            correct += r.correct as usize;
-            seen += images;
-            observer.batch(b + 1, batches, loss_sum / seen as f64, correct as f64 / seen as f64, seen as f64 / start.elapsed().as_secs_f64());
-            Ok(())
-        };
-        // One step stays in flight: step N + 1 is queued before step N's loss is read, so a GPU
-        // does not idle while the host gathers and records the next batch. A non-finite loss
-        // is so caught one step late, with the weights already spoiled by its own update.
-        let mut in_flight = None;
-        for (b, chunk) in order.chunks(recipe.batch).enumerate() {
-            let (images, labels) = gather(train, chunk);
-            let taught = if recipe.distill > 0.0 { gather_teacher(train, chunk) } else { None };
-            let teacher = taught.as_deref().map(|probs| Teacher { probs, weight: recipe.distill });
-            let augments: Vec<Augment> = chunk.iter().map(|_| recipe.augment.draw(model.input_side(), &mut rng)).collect();
-            state.step += 1;
-            let step = model.submit_taught_step(backend, &images, &augments, &labels, teacher, rng.next_u32(), optimizer, state.step)?;
-            if let Some(previous) = in_flight.replace((b, chunk.len(), step)) {
-                tally(previous)?;
+            // Each epoch's shuffle and augmentation come from its own stream, so a resumed run
+            // draws exactly what an uninterrupted one would have.
+            let mut rng = root.fork(epoch as u64);
+            let mut order: Vec<usize> = (0..train.len()).collect();
+            rng.shuffle(&mut order);
+            let start = Instant::now();
+            let optimizer = recipe.optimizer.at(state.lr);
+            let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+            let batches = order.len().div_ceil(recipe.batch);
+            // Adds a finished step to the epoch's figures; a non-finite loss ends the run.
+            let last_good = files.latest()?.map_or_else(|| "none (no epoch finished)".to_string(), |c| c.dir.display().to_string());
+            let mut tally = |(b, images, step): (usize, usize, BatchInFlight<B>)| -> Result<()> {
+                let r = step.wait(backend)?;
+                if !r.loss.is_finite() {
+                    return Err(Error::Training(format!(
+                        "epoch {epoch}, batch {}: the loss became {} (learning rate {}); stopping. The last good checkpoint is {last_good} (epoch {}).",
+                        b + 1,
+                        r.loss,
+                        state.lr,
+                        state.epoch
+                    )));
+                }
+                loss_sum += r.loss as f64 * images as f64;
+                correct += r.correct as usize;
+                seen += images;
+                observer.batch(b + 1, batches, loss_sum / seen as f64, correct as f64 / seen as f64, seen as f64 / start.elapsed().as_secs_f64());
+                Ok(())
+            };
+            // One step stays in flight: step N + 1 is queued before step N's loss is read, so a GPU
+            // does not idle while the host gathers and records the next batch. A non-finite loss
+            // is so caught one step late, with the weights already spoiled by its own update.
+            let mut in_flight = None;
+            for (b, chunk) in order.chunks(recipe.batch).enumerate() {
+                let (images, labels) = gather(train, chunk);
+                let taught = if recipe.distill > 0.0 { gather_teacher(train, chunk) } else { None };
+                let teacher = taught.as_deref().map(|probs| Teacher { probs, weight: recipe.distill });
+                let augments: Vec<Augment> = chunk.iter().map(|_| recipe.augment.draw(model.input_side(), &mut rng)).collect();
+                state.step += 1;
+                let step = model.submit_taught_step(backend, &images, &augments, &labels, teacher, rng.next_u32(), optimizer, state.step)?;
+                if let Some(previous) = in_flight.replace((b, chunk.len(), step)) {
+                    tally(previous)?;
+                }
             }
-        }
-        if let Some(last) = in_flight.take() {
-            tally(last)?;
-        }
-        let train_seconds = start.elapsed().as_secs_f64();
-        let eval = evaluate(std::slice::from_mut(model), backend, val, recipe.batch, recipe.validation_tta())?;
-        let metrics = EpochMetrics {
-            epoch,
-            lr: state.lr,
-            train_loss: loss_sum / seen.max(1) as f64,
-            train_accuracy: correct as f64 / seen.max(1) as f64,
-            val_loss: eval.loss,
-            val_accuracy: eval.accuracy,
-            val_accuracy_single: (eval.tta != Tta::None).then_some(eval.single_accuracy),
-            images_per_second: seen as f64 / train_seconds,
-            seconds: start.elapsed().as_secs_f64(),
-        };
-        state.epoch = epoch;
-        state.history.push(metrics);
-        let improved = eval.accuracy > state.best_accuracy;
-        if improved {
-            state.best_accuracy = eval.accuracy;
-            state.best_epoch = epoch;
-        }
-        // Tracked under every schedule (and so never left infinite, which JSON cannot hold).
-        if eval.loss < state.best_val_loss {
-            state.best_val_loss = eval.loss;
-            state.epochs_since_best_loss = 0;
-        } else {
-            state.epochs_since_best_loss += 1;
-            let plateau = recipe.schedule == Schedule::Plateau && recipe.plateau_patience > 0;
-            if plateau && state.epochs_since_best_loss >= recipe.plateau_patience && state.lr > recipe.min_lr {
-                state.lr = (state.lr * recipe.plateau_factor).max(recipe.min_lr);
+            if let Some(last) = in_flight.take() {
+                tally(last)?;
+            }
+            let train_seconds = start.elapsed().as_secs_f64();
+            let eval = evaluate(std::slice::from_mut(model), backend, val, recipe.batch, recipe.validation_tta())?;
+            let metrics = EpochMetrics {
+                epoch,
+                lr: state.lr,
+                train_loss: loss_sum / seen.max(1) as f64,
+                train_accuracy: correct as f64 / seen.max(1) as f64,
+                val_loss: eval.loss,
+                val_accuracy: eval.accuracy,
+                val_accuracy_single: (eval.tta != Tta::None).then_some(eval.single_accuracy),
+                images_per_second: seen as f64 / train_seconds,
+                seconds: start.elapsed().as_secs_f64(),
+            };
+            state.epoch = epoch;
+            state.history.push(metrics);
+            let improved = eval.accuracy > state.best_accuracy;
+            if improved {
+                state.best_accuracy = eval.accuracy;
+                state.best_epoch = epoch;
+            }
+            // Tracked under every schedule (and so never left infinite, which JSON cannot hold).
+            if eval.loss < state.best_val_loss {
+                state.best_val_loss = eval.loss;
                 state.epochs_since_best_loss = 0;
+            } else {
+                state.epochs_since_best_loss += 1;
+                let plateau = recipe.schedule == Schedule::Plateau && recipe.plateau_patience > 0;
+                if plateau && state.epochs_since_best_loss >= recipe.plateau_patience && state.lr > recipe.min_lr {
+                    state.lr = (state.lr * recipe.plateau_factor).max(recipe.min_lr);
+                    state.epochs_since_best_loss = 0;
+                }
             }
+            if recipe.patience > 0 && epoch - state.best_epoch >= recipe.patience {
+                state.stopped = Some(format!("early stop: validation accuracy has not improved for {} epochs since epoch {}", recipe.patience, state.best_epoch));
+            }
+            write_checkpoint(model, backend, files, &state, improved, eval.accuracy)?;
+            observer.epoch(&state);
         }
-        if recipe.patience > 0 && epoch - state.best_epoch >= recipe.patience {
-            state.stopped = Some(format!("early stop: validation accuracy has not improved for {} epochs since epoch {}", recipe.patience, state.best_epoch));
+        // Again here, so that a run resumed after its last epoch still gets its files and plots.
+        write_metrics(&files.dir, &state.history)?;
+        if let Some(checkpoint) = files.latest()? {
+            link_atomic(&checkpoint.best(), &files.best())?;
+            // Early stopping restores the best weights (Keras' restore_best_weights).
+            model.load(backend, &checkpoint.best(), Part::Value)?;
         }
-        write_checkpoint(model, backend, files, &state, improved, eval.accuracy)?;
-        observer.epoch(&state);
+        Ok(state)
     }
-    // Again here, so that a run resumed after its last epoch still gets its files and plots.
-    write_metrics(&files.dir, &state.history)?;
-    if let Some(checkpoint) = files.latest()? {
-        link_atomic(&checkpoint.best(), &files.best())?;
-        // Early stopping restores the best weights (Keras' restore_best_weights).
-        model.load(backend, &checkpoint.best(), Part::Value)?;
-    }
-    Ok(state)
 }
 
 /// Writes the checkpoint of the epoch `state` has just finished as one unit, then removes the
