@@ -21,6 +21,15 @@ struct Params { batch: u32, classes: u32, smoothing: f32, distill: f32 }
 @group(0) @binding(6) var<storage, read_write> row_loss: array<f32>;
 @group(0) @binding(7) var<storage, read_write> correct: atomic<u32>;
 
+// The target of class c in the row starting at `base` whose label is `label`.
+fn wanted(base: u32, c: u32, label: u32) -> f32 {
+    let smoothed = select(0.0, 1.0 - p.smoothing, c == label) + p.smoothing / f32(p.classes);
+    if (p.distill > 0.0) {
+        return (1.0 - p.distill) * smoothed + p.distill * soft[base + c];
+    }
+    return smoothed;
+}
+
 @compute @workgroup_size(64)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row = linear_index(wid, nwg, lid, 64u);
@@ -38,28 +47,18 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     }
     // Subtracting the row maximum keeps exp() from overflowing.
     var total = 0.0;
-    var shifted_sum = 0.0;
     for (var c = 0u; c < p.classes; c++) {
         total += exp(src[base + c] - top);
-        shifted_sum += src[base + c] - top;
-    }
-    for (var c = 0u; c < p.classes; c++) {
-        dst[base + c] = exp(src[base + c] - top) / total;
     }
     let label = min(labels[row], p.classes - 1u);
-    // -log softmax = log(total) - (logit - max), exact even where the probability underflows;
-    // the smoothing term is the mean of that over the classes.
+    // -log softmax = log(total) - (logit - max), exact even where the probability underflows.
     let log_total = log(total);
-    let nll = log_total - (src[base + label] - top);
-    let mean_nll = log_total - shifted_sum / f32(p.classes);
-    var teacher_nll = 0.0;
-    if (p.distill > 0.0) {
-        for (var c = 0u; c < p.classes; c++) {
-            teacher_nll += soft[base + c] * (log_total - (src[base + c] - top));
-        }
+    var nll = 0.0;
+    for (var c = 0u; c < p.classes; c++) {
+        dst[base + c] = exp(src[base + c] - top) / total;
+        nll += wanted(base, c, label) * (log_total - (src[base + c] - top));
     }
-    let label_nll = (1.0 - p.smoothing) * nll + p.smoothing * mean_nll;
-    row_loss[row] = class_weight[label] * ((1.0 - p.distill) * label_nll + p.distill * teacher_nll) / f32(p.batch);
+    row_loss[row] = class_weight[label] * nll / f32(p.batch);
     if (top_at == label) {
         atomicAdd(&correct, 1u);
     }
@@ -73,10 +72,5 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     }
     let row = i / p.classes;
     let label = min(labels[row], p.classes - 1u);
-    let smoothed = select(0.0, 1.0 - p.smoothing, i % p.classes == label) + p.smoothing / f32(p.classes);
-    var wanted = smoothed;
-    if (p.distill > 0.0) {
-        wanted = (1.0 - p.distill) * smoothed + p.distill * soft[i];
-    }
-    dst[i] = class_weight[label] * (src[i] - wanted) / f32(p.batch);
+    dst[i] = class_weight[label] * (src[i] - wanted(row * p.classes, i % p.classes, label)) / f32(p.batch);
 }

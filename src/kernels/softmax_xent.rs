@@ -74,15 +74,14 @@ pub fn forward_cpu(s: XentShape, logits: &[f32], labels: &[u32], soft: &[f32], c
     for (((row, p), &label), soft) in logits.chunks(s.classes).zip(probs.chunks_mut(s.classes)).zip(labels).zip(soft.chunks(s.classes)) {
         let (top_at, top) = row.iter().copied().enumerate().fold((0, row[0]), |best, (i, v)| if v > best.1 { (i, v) } else { best });
         let total: f32 = row.iter().map(|&v| (v - top).exp()).sum();
-        for (p, &v) in p.iter_mut().zip(row) {
+        let (label, log_total) = (label as usize, total.ln());
+        let mut nll = 0.0;
+        // -log softmax = log(total) - (logit - max), exact even where the probability underflows.
+        for (c, (p, &v)) in p.iter_mut().zip(row).enumerate() {
             *p = (v - top).exp() / total;
+            nll += s.target(c, label, soft) * (log_total - (v - top));
         }
-        let label = label as usize;
-        let nll = total.ln() - (row[label] - top);
-        let mean_nll = total.ln() - row.iter().map(|&v| v - top).sum::<f32>() / s.classes as f32;
-        let teacher_nll = if s.distill > 0.0 { row.iter().zip(soft).map(|(&v, &q)| q * (total.ln() - (v - top))).sum() } else { 0.0 };
-        let label_nll = (1.0 - s.smoothing) * nll + s.smoothing * mean_nll;
-        loss += class_weight[label] * ((1.0 - s.distill) * label_nll + s.distill * teacher_nll) / s.batch as f32;
+        loss += class_weight[label] * nll / s.batch as f32;
         correct += (top_at == label) as u32;
     }
     Ok((loss, correct))
