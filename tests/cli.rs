@@ -249,6 +249,26 @@ fn detect_never_writes_over_an_input_or_another_output() {
 }
 
 #[test]
+fn detect_writes_each_faces_crop_and_never_over_an_input() {
+    let out = temp_dir("crops");
+    let (ok, stdout, stderr) = mien(&["detect", "--device", "cpu", "--crops", "data/photos/grace_hopper.jpg", "--out", s(&out), "--json", "-"]);
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let crop = report[0]["faces"][0]["crop"].as_str().unwrap();
+    assert!(crop.ends_with("grace_hopper.face1.png"), "{crop}");
+    let pixels = image::open(crop).unwrap();
+    assert_eq!((pixels.width(), pixels.height(), pixels.color()), (48, 48, image::ColorType::L8));
+    // A crop's name taken by an input fails that image, and the input stays as it was.
+    let inputs = temp_dir("crops-inputs");
+    std::fs::copy("data/photos/grace_hopper.jpg", inputs.join("g.jpg")).unwrap();
+    std::fs::copy("data/photos/astronaut.png", inputs.join("g.face1.png")).unwrap();
+    let before = std::fs::read(inputs.join("g.face1.png")).unwrap();
+    let (ok, _, stderr) = mien(&["detect", "--device", "cpu", "--no-emotion", "--crops", s(&inputs), "--out", s(&inputs)]);
+    assert!(!ok && stderr.contains("g.face1.png: is an input"), "{stderr}");
+    assert_eq!(std::fs::read(inputs.join("g.face1.png")).unwrap(), before);
+}
+
+#[test]
 fn a_bad_input_among_good_ones_is_reported_and_the_others_still_done() {
     let dir = temp_dir("mixed");
     std::fs::write(dir.join("broken.jpg"), &std::fs::read("data/photos/grace_hopper.jpg").unwrap()[..300]).unwrap();

@@ -388,6 +388,11 @@ struct DetectArgs {
     /// landmarks and framed as the training faces are.
     #[arg(long)]
     no_align: bool,
+    /// Images: also write each face's 48x48 crop as the expression model sees it (turned
+    /// upright unless --no-align) to `<name>.face<N>.png` in --out, N counting from 1 in the
+    /// JSON's order; the JSON names each face's crop.
+    #[arg(long)]
+    crops: bool,
     /// Videos: analyse every Nth frame; the frames between carry the faces last found.
     #[arg(long, default_value_t = 1)]
     stride: u64,
@@ -956,7 +961,7 @@ fn output_folder(out: &Path) -> Result<PathBuf> {
 /// where two inputs share a stem or the name is one of the inputs: an input is never written
 /// over, nor one output by another.
 fn output_names(files: &[PathBuf], out: &Path) -> Vec<PathBuf> {
-    let inputs: std::collections::HashSet<PathBuf> = files.iter().filter_map(|p| p.canonicalize().ok()).collect();
+    let inputs = canonical_paths(files);
     let mut taken = std::collections::HashSet::new();
     files
         .iter()
@@ -971,6 +976,19 @@ fn output_names(files: &[PathBuf], out: &Path) -> Vec<PathBuf> {
                 .expect("some counter gives a free name")
         })
         .collect()
+}
+
+/// The inputs as the file system resolves them, to tell whether an output would be one.
+fn canonical_paths(files: &[PathBuf]) -> std::collections::HashSet<PathBuf> {
+    files.iter().filter_map(|p| p.canonicalize().ok()).collect()
+}
+
+/// Where face `n` (from 1) of the image annotated at `annotated` has its crop: the annotated
+/// name with its `.annotated` made `.face<n>`, as unique as that name is.
+fn crop_name(annotated: &Path, n: usize) -> PathBuf {
+    let name = annotated.file_name().map_or_else(String::new, |name| name.to_string_lossy().into_owned());
+    let (head, tail) = name.rsplit_once(".annotated").unwrap_or((&name, ".png"));
+    annotated.with_file_name(format!("{head}.face{n}{tail}"))
 }
 
 fn run_detect<B: Backend>(backend: B, gpu: Option<&gpu::Gpu>, args: &DetectArgs, out: &Path, precision: Precision) -> Result<()> {
@@ -1002,6 +1020,10 @@ fn run_detect<B: Backend>(backend: B, gpu: Option<&gpu::Gpu>, args: &DetectArgs,
     let mut labeller = Labeller::new(backend, gpu, detector, &weights, args.tta, !args.no_align).context("loading the detector and the expression model (or pass --no-emotion)")?;
     labeller.set_precision(precision);
     let outputs = output_names(&files, out);
+    let inputs = canonical_paths(&files);
+    if args.crops && !videos.is_empty() {
+        eprintln!("warning: --crops writes the faces of images only, not of videos");
+    }
     // With the JSON on standard output, everything else goes to standard error.
     let json_to_stdout = args.json.as_deref().is_some_and(is_stdout);
     let say = |line: String| if json_to_stdout { eprintln!("{line}") } else { println!("{line}") };
@@ -1020,6 +1042,18 @@ fn run_detect<B: Backend>(backend: B, gpu: Option<&gpu::Gpu>, args: &DetectArgs,
             rgb.save(annotated).with_context(|| format!("{}: cannot write", annotated.display()))?;
             let mut report = ImageReport::new(path.display().to_string(), rgb.dimensions(), &faces);
             report.annotated = Some(annotated.display().to_string());
+            if args.crops {
+                let crops = labeller.face_crops(&grey, &faces).with_context(|| format!("{}: cutting the face crops", path.display()))?;
+                for (n, (face, pixels)) in report.faces.iter_mut().zip(crops.chunks(mien::data::PIXELS)).enumerate() {
+                    let crop = crop_name(annotated, n + 1);
+                    if crop.canonicalize().is_ok_and(|c| inputs.contains(&c)) {
+                        bail!("{}: is an input; its face crop is not written over it (choose another --out)", crop.display());
+                    }
+                    let side = mien::data::SIDE as u32;
+                    image::GrayImage::from_raw(side, side, pixels.to_vec()).expect("48x48 bytes").save(&crop).with_context(|| format!("{}: cannot write", crop.display()))?;
+                    face.crop = Some(crop.display().to_string());
+                }
+            }
             Ok(report)
         };
         match label_one() {

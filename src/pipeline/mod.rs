@@ -180,6 +180,12 @@ impl<'g, B: Backend> Labeller<'g, B> {
         Ok(faces)
     }
 
+    /// The 48x48 crops of `faces` (found in `grey`) as this labeller's model sees them; see
+    /// [`face_crops`].
+    pub fn face_crops(&self, grey: &GrayImage, faces: &[Face]) -> Result<Vec<u8>> {
+        face_crops(grey, faces, self.classifier.align)
+    }
+
     /// [`Labeller::faces_async`], waited for.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn faces(&mut self, rgb: &RgbImage, grey: &GrayImage) -> Result<Vec<Face>> {
@@ -321,21 +327,36 @@ impl<B: Backend> Classifier<B> {
 /// The 48x48 crops of `faces` in `grey` for the expression model, on `backend`: aligned by
 /// their landmarks when `align` is set and every face has them, else the square around each box.
 fn cut_crops<B: Backend>(backend: &B, grey: &GrayImage, faces: &[Face], align: bool, warnings: &mut Vec<String>) -> Result<B::Faces> {
-    let Some(maps) = faces.iter().map(|f| f.detection.filter(|_| align).map(|d| align::aligned(&d.landmarks))).collect::<Option<Vec<CropMap>>>() else {
+    let Some(maps) = aligned_maps(faces, align) else {
         return backend.faces_from_bytes(&square_crops(grey, faces));
     };
-    let size = (grey.width() as usize, grey.height() as usize);
     // Cut on the backend: on a GPU the crops stay on the device for the model.
-    match backend.cut_faces(grey.as_raw(), size, &maps) {
+    match backend.cut_faces(grey.as_raw(), (grey.width() as usize, grey.height() as usize), &maps) {
         // Larger than the device's buffers: the CPU cuts the same crops.
         Err(e @ Error::TooLarge { .. }) => {
             warnings.push(format!("{e}; cutting the face crops on the CPU"));
-            let mut crops = vec![0; maps.len() * data::PIXELS];
-            face_crop::face_crops_cpu(grey.as_raw(), size, &maps, &mut crops)?;
-            backend.faces_from_bytes(&crops)
+            backend.faces_from_bytes(&face_crops(grey, faces, align)?)
         }
         crops => crops,
     }
+}
+
+/// Each face's map from its landmarks to an upright crop, when `align` is set and every face
+/// has landmarks.
+fn aligned_maps(faces: &[Face], align: bool) -> Option<Vec<CropMap>> {
+    faces.iter().map(|f| f.detection.filter(|_| align).map(|d| align::aligned(&d.landmarks))).collect()
+}
+
+/// The 48x48 crops (row-major bytes, one after another) of `faces` in `grey` as the expression
+/// model sees them, cut on the CPU: aligned by their landmarks when `align` is set and every
+/// face has them, else the square around each box.
+pub fn face_crops(grey: &GrayImage, faces: &[Face], align: bool) -> Result<Vec<u8>> {
+    let Some(maps) = aligned_maps(faces, align) else {
+        return Ok(square_crops(grey, faces));
+    };
+    let mut crops = vec![0; maps.len() * data::PIXELS];
+    face_crop::face_crops_cpu(grey.as_raw(), (grey.width() as usize, grey.height() as usize), &maps, &mut crops)?;
+    Ok(crops)
 }
 
 /// The square around each face's box, resized to 48x48 as OpenCV's `resize` does: the crops of
@@ -463,6 +484,9 @@ pub struct FaceReport {
     pub emotion: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probabilities: Option<BTreeMap<String, f32>>,
+    /// The file the face's 48x48 crop was written to, when one was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crop: Option<String>,
 }
 
 /// One image as `mien detect --json` reports it.
@@ -490,6 +514,7 @@ impl ImageReport {
                 landmarks: f.detection.map(|d| d.landmarks),
                 emotion: f.label.as_ref().map(|l| CLASSES[l.class].to_string()),
                 probabilities: f.label.as_ref().map(|l| CLASSES.iter().map(|c| c.to_string()).zip(l.probabilities.iter().copied()).collect()),
+                crop: None,
             })
             .collect();
         ImageReport { image, width, height, annotated: None, faces }
