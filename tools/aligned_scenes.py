@@ -10,6 +10,11 @@ faces pasted, enlarged and turned, into larger images with their labels recorded
          Each scene has an unturned twin in unturned/: the same faces, sizes and places, not
          turned. labels.json records each face's class, centre, size (of the face without its
          border) and angle.
+  crops: a training set framed as mien frames faces: runs `mien detect --crops` on the scenes
+         (made from the training split: `make --split train`) and files each found face's
+         48x48 crop under <out>/train/<class>/, beside links to every original training image
+         and to the test split, ready for `mien train --data <out>` (to fine-tune the
+         expression model on detector-framed crops as well as FER2013's own).
   score: runs mien detect twice (aligned, then --no-align) on the scenes and on their
          unturned twins, matches each pasted face to the detected box whose centre lies
          nearest, inside half the face's size, and prints recall and accuracy per run, overall
@@ -17,7 +22,8 @@ faces pasted, enlarged and turned, into larger images with their labels recorded
          and on just the ones each run found), then the accuracy of each run on the faces found
          both turned and unturned: what turning costs once a face has gone through a scene.
 
-Run: tools/.venv/bin/python tools/aligned_scenes.py make --out /tmp/scenes [--every 1 --max-angle 30]
+Run: tools/.venv/bin/python tools/aligned_scenes.py make --out /tmp/scenes [--every 1 --max-angle 30 --split test]
+     tools/.venv/bin/python tools/aligned_scenes.py crops --scenes /tmp/train-scenes --out /tmp/framed
      tools/.venv/bin/python tools/aligned_scenes.py score --scenes /tmp/scenes [--mien target/release/mien]
 """
 
@@ -58,7 +64,7 @@ def make(args):
     rng = np.random.default_rng(args.seed)
     faces = []
     for label, name in enumerate(CLASSES):
-        for path in sorted(glob.glob(os.path.join(args.data, "test", name, "*.jpg")))[:: args.every]:
+        for path in sorted(glob.glob(os.path.join(args.data, args.split, name, "*.jpg")))[:: args.every]:
             faces.append((path, label))
     order = rng.permutation(len(faces))
     os.makedirs(os.path.join(args.out, "unturned"), exist_ok=True)
@@ -110,9 +116,9 @@ def detect(mien, scenes, extra, out):
     return {os.path.basename(r["image"]): r["faces"] for r in json.loads(run(cmd))}
 
 
-def score_run(records, detected):
-    rows = []  # (angle, found, correct, index of the face in `records` order)
-    faces = [face for record in records for face in record["faces"]]
+def matched(records, detected):
+    """Each pasted face (in `records` order) with the detected box whose centre lies nearest
+    it, inside half the face's size, or None."""
     for record in records:
         boxes = detected.get(record["image"], [])
         for face in record["faces"]:
@@ -121,8 +127,36 @@ def score_run(records, detected):
                 d = np.hypot(box["x"] + box["w"] / 2 - face["cx"], box["y"] + box["h"] / 2 - face["cy"])
                 if d < best_distance:
                     best, best_distance = box, d
-            rows.append((abs(face["angle"]), best is not None, best is not None and best.get("emotion") == face["label"], faces.index(face)))
+            yield record, face, best
+
+
+def score_run(records, detected):
+    """(angle, found, correct, index of the face in `records` order) for each pasted face."""
+    rows = [(abs(face["angle"]), box is not None, box is not None and box.get("emotion") == face["label"], i) for i, (_, face, box) in enumerate(matched(records, detected))]
     return np.array(rows, dtype=float)
+
+
+def crops(args):
+    with open(os.path.join(args.scenes, "labels.json")) as f:
+        records = json.load(f)
+    detected = detect(args.mien, args.scenes, ["--no-emotion", "--crops", *args.detect_args], os.path.join(args.scenes, "detected_crops"))
+    train = os.path.join(args.out, "train")
+    for name in CLASSES:
+        os.makedirs(os.path.join(train, name), exist_ok=True)
+        for source in sorted(glob.glob(os.path.join(os.path.abspath(args.data), "train", name, "*.jpg"))):
+            link = os.path.join(train, name, os.path.basename(source))
+            if not os.path.lexists(link):
+                os.symlink(source, link)
+    if not os.path.lexists(os.path.join(args.out, "test")):
+        os.symlink(os.path.join(os.path.abspath(args.data), "test"), os.path.join(args.out, "test"))
+    found = 0
+    for record, face, box in matched(records, detected):
+        if box is not None:
+            stem = os.path.splitext(os.path.basename(face["source"]))[0]
+            os.replace(box["crop"], os.path.join(train, face["label"], f"framed-{stem}.png"))
+            found += 1
+    total = sum(len(r["faces"]) for r in records)
+    print(f"{found} of {total} faces found and framed; with the originals under {train}")
 
 
 def upright_correct(args, records):
@@ -200,6 +234,13 @@ def main():
     m.add_argument("--every", type=int, default=1)
     m.add_argument("--max-angle", type=float, default=30.0)
     m.add_argument("--seed", type=int, default=1)
+    m.add_argument("--split", default="test", choices=["train", "test"], help="the FER2013 split whose faces are pasted")
+    c = sub.add_parser("crops")
+    c.add_argument("--data", default=os.environ.get("MIEN_FER_DIR", "../shared/data/fer2013"))
+    c.add_argument("--scenes", required=True)
+    c.add_argument("--out", required=True)
+    c.add_argument("--mien", default="target/release/mien")
+    c.add_argument("--detect-args", nargs="*", default=[], help="more arguments for mien detect")
     s = sub.add_parser("score")
     s.add_argument("--data", default=os.environ.get("MIEN_FER_DIR", "../shared/data/fer2013"))
     s.add_argument("--scenes", required=True)
@@ -207,7 +248,7 @@ def main():
     s.add_argument("--detect-args", nargs="*", default=[], help="more arguments for mien detect (e.g. --weights FILE)")
     s.add_argument("--eval-args", nargs="*", default=[], help="more arguments for mien eval (e.g. --weights FILE)")
     args = ap.parse_args()
-    make(args) if args.command == "make" else score(args)
+    {"make": make, "crops": crops, "score": score}[args.command](args)
 
 
 if __name__ == "__main__":
