@@ -14,6 +14,7 @@ use mien::pipeline::video::VideoOptions;
 use mien::pipeline::{DetectSize, SHIPPED_WEIGHTS};
 use mien::train::{self, OptimizerChoice, Recipe, RunFiles, RunState, SgdSettings};
 use mien::video::Preset;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 mod video;
@@ -757,6 +758,14 @@ fn optimizer_of(args: &TrainArgs, recipe: OptimizerChoice) -> Result<OptimizerCh
     Ok(OptimizerChoice::Sgd(SgdSettings { momentum: args.momentum.unwrap_or(sgd.momentum), nesterov: sgd.nesterov && !args.no_nesterov, weight_decay: args.weight_decay.unwrap_or(sgd.weight_decay) }))
 }
 
+/// `train::evaluate` with a progress bar, taken off the terminal when it ends.
+fn evaluate_with_progress<B: Backend>(models: &mut [Model<B>], backend: &B, data: &Dataset, batch: usize, tta: Tta) -> Result<train::Evaluation> {
+    let mut progress = Progress { bar: None };
+    let eval = train::evaluate_observed(models, backend, data, batch, tta, &mut progress);
+    progress.clear();
+    Ok(eval?)
+}
+
 /// The teachers' weight in the target when --teacher is given without --distill: labels and
 /// teachers in equal parts.
 const DEFAULT_DISTILL: f32 = 0.5;
@@ -764,9 +773,7 @@ const DEFAULT_DISTILL: f32 = 0.5;
 /// Every training image's mean probabilities (with its mirror image) under `teachers`.
 fn teacher_probabilities<B: Backend>(backend: &B, mut teachers: Ensemble<B>, train_set: &Dataset) -> Result<Vec<f32>> {
     println!("classifying the {} training images with the teachers ...", train_set.len());
-    let mut progress = Progress { bar: None };
-    let eval = train::evaluate_observed(teachers.models_mut(), backend, train_set, 64, Tta::Mirror, &mut progress)?;
-    progress.clear();
+    let eval = evaluate_with_progress(teachers.models_mut(), backend, train_set, 64, Tta::Mirror)?;
     println!("the teachers: {:.2} % of the training images right, mirror-averaged", 100.0 * eval.accuracy);
     Ok(eval.probs.concat())
 }
@@ -834,9 +841,7 @@ fn run_eval<B: Backend>(backend: &B, args: &EvalArgs, precision: Precision) -> R
     let mut models = inference_models(backend, &expression_weights(&args.weights), args.model.as_deref(), precision)?;
     let path = args.data.clone().unwrap_or_else(|| data::default_fer_dir().join("test"));
     let data = load_data(&path, args.usage, args.skip_bad)?;
-    let mut progress = Progress { bar: None };
-    let eval = train::evaluate_observed(models.models_mut(), backend, &data, args.batch, args.tta, &mut progress)?;
-    progress.clear();
+    let eval = evaluate_with_progress(models.models_mut(), backend, &data, args.batch, args.tta)?;
     if let Some(path) = &args.logits {
         std::fs::write(path, serde_json::to_string(&eval.logits)?).with_context(|| format!("{}: cannot write", path.display()))?;
     }
@@ -960,27 +965,28 @@ fn output_folder(out: &Path) -> Result<PathBuf> {
 /// A name in `out` for each input's annotated copy, `<stem>.annotated.png`, with a counter
 /// where two inputs share a stem or the name is one of the inputs: an input is never written
 /// over, nor one output by another.
-fn output_names(files: &[PathBuf], out: &Path) -> Vec<PathBuf> {
-    let inputs = canonical_paths(files);
-    let mut taken = std::collections::HashSet::new();
+fn output_names(files: &[PathBuf], out: &Path, inputs: &HashSet<PathBuf>) -> Vec<PathBuf> {
+    let mut taken = HashSet::new();
     files
         .iter()
         .map(|path| {
             let stem = path.file_stem().map_or("image".into(), |s| s.to_string_lossy().into_owned());
             (1..)
                 .map(|n| out.join(if n == 1 { format!("{stem}.annotated.png") } else { format!("{stem}.annotated-{n}.png") }))
-                .find(|candidate| {
-                    let is_input = candidate.canonicalize().is_ok_and(|c| inputs.contains(&c));
-                    !is_input && taken.insert(candidate.clone())
-                })
+                .find(|candidate| !is_input(candidate, inputs) && taken.insert(candidate.clone()))
                 .expect("some counter gives a free name")
         })
         .collect()
 }
 
 /// The inputs as the file system resolves them, to tell whether an output would be one.
-fn canonical_paths(files: &[PathBuf]) -> std::collections::HashSet<PathBuf> {
+fn canonical_paths(files: &[PathBuf]) -> HashSet<PathBuf> {
     files.iter().filter_map(|p| p.canonicalize().ok()).collect()
+}
+
+/// Whether `path` names one of `inputs` (resolved by [`canonical_paths`]).
+fn is_input(path: &Path, inputs: &HashSet<PathBuf>) -> bool {
+    path.canonicalize().is_ok_and(|c| inputs.contains(&c))
 }
 
 /// Where face `n` (from 1) of the image annotated at `annotated` has its crop: the annotated
@@ -1019,8 +1025,8 @@ fn run_detect<B: Backend>(backend: B, gpu: Option<&gpu::Gpu>, args: &DetectArgs,
     let weights = if args.no_emotion { Vec::new() } else { expression_weights(&args.weights) };
     let mut labeller = Labeller::new(backend, gpu, detector, &weights, args.tta, !args.no_align).context("loading the detector and the expression model (or pass --no-emotion)")?;
     labeller.set_precision(precision);
-    let outputs = output_names(&files, out);
     let inputs = canonical_paths(&files);
+    let outputs = output_names(&files, out, &inputs);
     if args.crops && !videos.is_empty() {
         eprintln!("warning: --crops writes the faces of images only, not of videos");
     }
@@ -1046,7 +1052,7 @@ fn run_detect<B: Backend>(backend: B, gpu: Option<&gpu::Gpu>, args: &DetectArgs,
                 let crops = labeller.face_crops(&grey, &faces).with_context(|| format!("{}: cutting the face crops", path.display()))?;
                 for (n, (face, pixels)) in report.faces.iter_mut().zip(crops.chunks(mien::data::PIXELS)).enumerate() {
                     let crop = crop_name(annotated, n + 1);
-                    if crop.canonicalize().is_ok_and(|c| inputs.contains(&c)) {
+                    if is_input(&crop, &inputs) {
                         bail!("{}: is an input; its face crop is not written over it (choose another --out)", crop.display());
                     }
                     let side = mien::data::SIDE as u32;

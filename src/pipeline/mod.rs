@@ -335,7 +335,7 @@ fn cut_crops<B: Backend>(backend: &B, grey: &GrayImage, faces: &[Face], align: b
         // Larger than the device's buffers: the CPU cuts the same crops.
         Err(e @ Error::TooLarge { .. }) => {
             warnings.push(format!("{e}; cutting the face crops on the CPU"));
-            backend.faces_from_bytes(&face_crops(grey, faces, align)?)
+            backend.faces_from_bytes(&cut_on_cpu(grey, &maps)?)
         }
         crops => crops,
     }
@@ -351,11 +351,16 @@ fn aligned_maps(faces: &[Face], align: bool) -> Option<Vec<CropMap>> {
 /// model sees them, cut on the CPU: aligned by their landmarks when `align` is set and every
 /// face has them, else the square around each box.
 pub fn face_crops(grey: &GrayImage, faces: &[Face], align: bool) -> Result<Vec<u8>> {
-    let Some(maps) = aligned_maps(faces, align) else {
-        return Ok(square_crops(grey, faces));
-    };
+    match aligned_maps(faces, align) {
+        Some(maps) => cut_on_cpu(grey, &maps),
+        None => Ok(square_crops(grey, faces)),
+    }
+}
+
+/// The 48x48 crops `maps` cut from `grey`, by the CPU reference of the `face_crop` kernel.
+fn cut_on_cpu(grey: &GrayImage, maps: &[CropMap]) -> Result<Vec<u8>> {
     let mut crops = vec![0; maps.len() * data::PIXELS];
-    face_crop::face_crops_cpu(grey.as_raw(), (grey.width() as usize, grey.height() as usize), &maps, &mut crops)?;
+    face_crop::face_crops_cpu(grey.as_raw(), (grey.width() as usize, grey.height() as usize), maps, &mut crops)?;
     Ok(crops)
 }
 
