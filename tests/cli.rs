@@ -485,11 +485,13 @@ fn eval_writes_its_json_to_standard_output() {
 }
 
 #[test]
-fn eval_takes_an_ensemble_of_both_shipped_models_and_names_a_missing_member() {
+fn eval_takes_an_ensemble_of_shipped_models_by_name_and_names_a_missing_member() {
     let data = tiny_fer("eval-ensemble", 1);
     let test = data.join("test");
-    let (ok, stdout, stderr) = mien(&["eval", "--device", "cpu", "--data", s(&test), "--weights", "data/models/vgg.safetensors,data/models/original.safetensors"]);
+    let (ok, stdout, stderr) = mien(&["eval", "--device", "cpu", "--data", s(&test), "--weights", "vgg,data/models/original.safetensors"]);
     assert!(ok && stdout.contains("14 images: accuracy"), "{stdout}{stderr}");
-    let (ok, _, stderr) = mien(&["eval", "--device", "cpu", "--data", s(&test), "--weights", "data/models/vgg.safetensors,no-such.safetensors"]);
+    let (ok, _, stderr) = mien(&["eval", "--device", "cpu", "--data", s(&test), "--weights", "vgg,no-such.safetensors"]);
     assert!(!ok && stderr.contains("no-such.safetensors: cannot read"), "{stderr}");
+    let (ok, _, stderr) = mien(&["eval", "--device", "cpu", "--data", s(&test), "--weights", "no_such_model"]);
+    assert!(!ok && stderr.contains("data/models/no_such_model.safetensors: cannot read"), "{stderr}");
 }

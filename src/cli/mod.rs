@@ -243,8 +243,9 @@ struct EvalArgs {
     data: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Usage::PublicTest)]
     usage: Usage,
-    /// Weights (safetensors); default: the shipped data/models/vgg.safetensors. Several,
-    /// separated by commas, are an ensemble: each image gets the mean of their probabilities.
+    /// Weights: safetensors files, or names of those shipped in data/models (vgg, original);
+    /// default: vgg. Several, separated by commas, are an ensemble: each image gets the mean of
+    /// their probabilities.
     #[arg(long, value_delimiter = ',')]
     weights: Vec<PathBuf>,
     /// Model config; default: the one recorded in each weights file.
@@ -362,8 +363,9 @@ struct DetectArgs {
     /// Haar: the cascade XML.
     #[arg(long, default_value = "data/cascades/haarcascade_frontalface_default.xml")]
     cascade: PathBuf,
-    /// Expression model weights (safetensors); default: the shipped ones. Several, separated by
-    /// commas, are an ensemble: each face gets the mean of their probabilities.
+    /// Expression model weights: safetensors files, or names of those shipped in data/models
+    /// (vgg, original); default: vgg. Several, separated by commas, are an ensemble:
+    /// each face gets the mean of their probabilities.
     #[arg(long, value_delimiter = ',')]
     weights: Vec<PathBuf>,
     /// Haar: the pyramid's scale step.
@@ -456,6 +458,12 @@ enum BenchSuite {
         /// Folder for the clips (made with ffmpeg unless there already) and the outputs.
         #[arg(long, default_value = "out/bench-video")]
         clips: PathBuf,
+        /// Expression model weights, as `mien detect --weights` takes them (default: vgg).
+        #[arg(long, value_delimiter = ',')]
+        weights: Vec<PathBuf>,
+        /// Test-time augmentation of each face, as `mien detect --tta`.
+        #[arg(long, value_enum, default_value_t = Tta::Mirror)]
+        tta: Tta,
         #[arg(long)]
         json: bool,
     },
@@ -511,7 +519,7 @@ pub fn main() -> Result<()> {
         Command::Shaders { out } => write_shaders(&out),
         Command::Bench { suite: BenchSuite::Kernels { batch, reps, filter, json } } => bench_kernels(&cli.global, &batch, reps, filter.as_deref(), json),
         Command::Bench { suite: BenchSuite::Detect { reps, cascade, json } } => bench_detect(&cli.global, &cascade, reps, json),
-        Command::Bench { suite: BenchSuite::Video { frames, clips, json } } => video::bench(&cli.global, frames, &clips, json),
+        Command::Bench { suite: BenchSuite::Video { frames, clips, weights, tta, json } } => video::bench(&cli.global, frames, &clips, &expression_weights(&weights), tta, json),
         Command::Bench { suite: BenchSuite::Train { batch, reps, model, json } } => on_backend!(cli.global, |backend, _gpu| bench_train(&backend, batch, reps, &model, cli.global.precision(), json)),
         Command::Train(args) => {
             // Bad settings are refused before a device is opened or data read.
@@ -858,7 +866,7 @@ fn run_eval<B: Backend>(backend: &B, args: &EvalArgs, precision: Precision) -> R
     }
     let views = match eval.tta {
         Tta::None => String::new(),
-        tta => format!(" with --tta {} ({:.2}% on single images)", tta.to_possible_value().expect("no skipped values").get_name(), 100.0 * eval.single_accuracy),
+        tta => format!(" with --tta {} ({:.2}% on single images)", tta_name(tta), 100.0 * eval.single_accuracy),
     };
     println!("{} images: accuracy {:.2}%{views}, loss {:.4} ({})", eval.images, 100.0 * eval.accuracy, eval.loss, backend.describe());
     println!("expected calibration error (15 bins): {:.2}%", 100.0 * eval.ece);
@@ -890,19 +898,34 @@ fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("{}: cannot write", path.display()))
 }
 
-/// A model config from a file, or by the name of one shipped in data/models.
-fn model_config(file_or_name: &Path) -> Result<ModelConfig> {
-    let is_name = file_or_name.extension().is_none() && file_or_name.components().count() == 1 && !file_or_name.exists();
-    let path = if is_name { shipped(&Path::new("data/models").join(file_or_name).with_extension("json")) } else { file_or_name.to_path_buf() };
-    Ok(ModelConfig::load(&path)?)
+/// The name `--tta` takes for `tta`.
+fn tta_name(tta: Tta) -> String {
+    tta.to_possible_value().expect("no skipped values").get_name().to_owned()
 }
 
-/// The expression model weights given, or the shipped ones.
+/// A file as given, or for a bare name (no extension, no folder, no such file) the file of that
+/// name shipped in data/models with `extension`.
+fn shipped_model_file(file_or_name: &Path, extension: &str) -> PathBuf {
+    let is_name = file_or_name.extension().is_none() && file_or_name.components().count() == 1 && !file_or_name.exists();
+    if is_name {
+        shipped(&Path::new("data/models").join(file_or_name).with_extension(extension))
+    } else {
+        shipped(file_or_name)
+    }
+}
+
+/// A model config from a file, or by the name of one shipped in data/models.
+fn model_config(file_or_name: &Path) -> Result<ModelConfig> {
+    Ok(ModelConfig::load(&shipped_model_file(file_or_name, "json"))?)
+}
+
+/// The expression model weights given (files, or names of weights shipped in data/models), or
+/// the default ones.
 fn expression_weights(given: &[PathBuf]) -> Vec<PathBuf> {
     if given.is_empty() {
         vec![shipped(Path::new(SHIPPED_WEIGHTS))]
     } else {
-        given.iter().map(|path| shipped(path)).collect()
+        given.iter().map(|path| shipped_model_file(path, "safetensors")).collect()
     }
 }
 

@@ -1,15 +1,15 @@
 //! `mien detect` on videos, live streams and cameras: which inputs are videos, the names of
 //! their outputs, Ctrl-C, and a progress bar around [`mien::pipeline::video::label_video`].
 
-use super::{gpu_for_bench, shipped, Global};
+use super::{gpu_for_bench, shipped, tta_name, Global};
 use anyhow::Result;
 use mien::augment::Tta;
 use mien::bench::{self, VideoBenchResult};
 use mien::detect::yunet::YuNetParams;
 use mien::nn::{Backend, Cpu, GpuBackend};
 use mien::pipeline::video::{label_video, VideoOptions, VideoOutputs, VideoSummary};
+use mien::pipeline::Labeller;
 use mien::pipeline::{DetectSize, DetectorChoice, VIDEO_DETECT_SIDES};
-use mien::pipeline::{Labeller, SHIPPED_WEIGHTS};
 use mien::video::Preset;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -160,10 +160,9 @@ fn describe(s: &VideoSummary, outputs: &VideoOutputs) -> String {
 }
 
 /// `mien bench video`: each size's clip labelled on the GPU (when there is one) and the CPU.
-pub fn bench(global: &Global, frames: u32, clips: &Path, json: bool) -> Result<()> {
+pub fn bench(global: &Global, frames: u32, clips: &Path, weights: &[PathBuf], tta: Tta, json: bool) -> Result<()> {
     let gpu = gpu_for_bench(global)?;
     let scenes = ["data/photos/grace_hopper.jpg", "data/fixtures/haar/montage.png"].map(|p| shipped(Path::new(p)));
-    let weights = [shipped(Path::new(SHIPPED_WEIGHTS))];
     let detector = || DetectorChoice::YuNet { params: YuNetParams::DETECT, min_size: 0, size: DetectSize::Video };
     let bar = bench::progress_bar();
     bar.set_length((scenes.len() * bench::VIDEO_SIZES.len() * (1 + gpu.is_some() as usize)) as u64);
@@ -172,11 +171,11 @@ pub fn bench(global: &Global, frames: u32, clips: &Path, json: bool) -> Result<(
         bar.set_message(format!("{}x{}", size.width, size.height));
         let clip = bench::make_clip(scene, clips, size, frames)?;
         if let Some(gpu) = &gpu {
-            let mut labeller = Labeller::new(GpuBackend::new(gpu), Some(gpu), detector(), &weights, Tta::Mirror, true)?;
+            let mut labeller = Labeller::new(GpuBackend::new(gpu), Some(gpu), detector(), weights, tta, true)?;
             results.push(bench::bench_video(&mut labeller, &gpu.describe(), &clip, clips)?);
             bar.inc(1);
         }
-        let mut labeller = Labeller::new(Cpu, None, detector(), &weights, Tta::Mirror, true)?;
+        let mut labeller = Labeller::new(Cpu, None, detector(), weights, tta, true)?;
         labeller.set_precision(global.precision());
         results.push(bench::bench_video(&mut labeller, "cpu", &clip, clips)?);
         bar.inc(1);
@@ -186,7 +185,12 @@ pub fn bench(global: &Global, frames: u32, clips: &Path, json: bool) -> Result<(
         println!("{}", serde_json::to_string_pretty(&results)?);
         return Ok(());
     }
-    println!("mien detect on {frames}-frame clips at {} fps (YuNet on frames shrunk to half their longer side within {VIDEO_DETECT_SIDES:?} px, {SHIPPED_WEIGHTS} with mirror averaging, aligned crops, tracking, H.264 out at x264 {}); ms a frame of each thread", bench::CLIP_FPS, Preset::default().name());
+    println!("mien detect on {frames}-frame clips at {} fps (YuNet on frames shrunk to half their longer side within {VIDEO_DETECT_SIDES:?} px, {} with --tta {}, aligned crops, tracking, H.264 out at x264 {}); ms a frame of each thread",
+        bench::CLIP_FPS,
+        weights.iter().map(|w| w.display().to_string()).collect::<Vec<_>>().join(","),
+        tta_name(tta),
+        Preset::default().name()
+    );
     for r in &results {
         let per_frame = |s: f64| 1e3 * s / r.frames.max(1) as f64;
         let t = &r.seconds;
