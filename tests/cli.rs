@@ -467,6 +467,10 @@ fn train_distils_from_teachers() {
     assert!(!ok && stderr.contains("--resume") && !stdout.contains("classifying"), "{stdout}\n{stderr}");
     let (ok, stdout, stderr) = train_tiny(&data, &taught, &["--epochs", "2", "--teacher", &teachers, "--distill", "0.7", "--resume"]);
     assert!(ok && stdout.contains("the teachers:") && taught.join("checkpoint-0002").exists(), "{stdout}\n{stderr}");
+    // A teacher's file changed since the run began: the resume is refused, naming it.
+    std::fs::copy("data/models/original.safetensors", first.join("best.safetensors")).unwrap();
+    let (ok, stdout, stderr) = train_tiny(&data, &taught, &["--epochs", "3", "--teacher", &teachers, "--distill", "0.7", "--resume"]);
+    assert!(!ok && stderr.contains("best.safetensors: this teacher's weights changed") && !stdout.contains("classifying"), "{stdout}\n{stderr}");
     let missing = data.join("missing");
     let (ok, _, stderr) = train(&missing, &["--teacher", "no-such-teacher.safetensors"]);
     assert!(!ok && stderr.contains("no-such-teacher.safetensors"), "{stderr}");

@@ -311,6 +311,11 @@ pub struct RunState {
     /// Runs saved before the field existed have none and are not checked.
     #[serde(default)]
     pub data: Option<DataFingerprint>,
+    /// A hash of each teacher's weights file (in the recipe's order; empty for a teacher that
+    /// names no file), so that `--resume` does not distil from files changed since the run
+    /// began. Runs saved before the field existed get it on their first resume.
+    #[serde(default)]
+    pub teacher_hashes: Option<Vec<String>>,
 }
 
 /// Image counts and a hash of the images and labels of a run's training and validation sets.
@@ -324,15 +329,19 @@ pub struct DataFingerprint {
 
 impl DataFingerprint {
     pub fn of(train: &Dataset, val: &Dataset) -> Self {
-        const PRIME: u64 = 0x100_0000_01b3;
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for bytes in [&train.images, &train.labels, &val.images, &val.labels] {
-            for &b in bytes.iter() {
-                hash = (hash ^ b as u64).wrapping_mul(PRIME);
-            }
-        }
-        DataFingerprint { train_images: train.len(), val_images: val.len(), hash: format!("{hash:016x}") }
+        let hash = fnv1a([&train.images, &train.labels, &val.images, &val.labels].map(|bytes| bytes.as_slice()));
+        DataFingerprint { train_images: train.len(), val_images: val.len(), hash }
     }
+}
+
+/// FNV-1a over `parts` in turn, in hexadecimal: a fingerprint, not a cryptographic hash.
+pub(crate) fn fnv1a<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
+    const PRIME: u64 = 0x100_0000_01b3;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in parts.into_iter().flatten() {
+        hash = (hash ^ b as u64).wrapping_mul(PRIME);
+    }
+    format!("{hash:016x}")
 }
 
 /// Accuracy, loss and the confusion matrix over a dataset.

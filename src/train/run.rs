@@ -9,7 +9,7 @@
 //! always whole; the previous checkpoint is removed only after that rename. The run folder is
 //! locked while a run trains in it.
 
-use super::{balanced_class_weights, ClassScores, DataFingerprint, EpochMetrics, Evaluation, Recipe, RunState, Schedule};
+use super::{balanced_class_weights, fnv1a, ClassScores, DataFingerprint, EpochMetrics, Evaluation, Recipe, RunState, Schedule};
 use crate::augment::Tta;
 use crate::calibration::Reliability;
 use crate::data::{self, Dataset, CLASSES};
@@ -341,6 +341,17 @@ impl Run {
         if train.is_empty() || val.is_empty() {
             return Err(Error::Invalid(format!("nothing to train on: {} training and {} validation images", train.len(), val.len())));
         }
+        // Teachers named by their weights files (the CLI's) are hashed; others (a library
+        // caller's own probabilities) have nothing to hash.
+        let teacher_hashes = recipe
+            .teachers
+            .iter()
+            .map(|path| match std::fs::read(path) {
+                Ok(bytes) => Ok(fnv1a([bytes.as_slice()])),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+                Err(e) => Err(file_err(Path::new(path), format!("cannot read the teacher's weights: {e}"))),
+            })
+            .collect::<Result<Vec<_>>>()?;
         let lock = RunLock::acquire(&files.dir)?;
         // What a run killed mid-checkpoint left: the partial folder it was writing, or the
         // checkpoint before the one it had just completed.
@@ -376,6 +387,13 @@ impl Run {
                         ),
                     ));
                 }
+                let saved_hashes = state.teacher_hashes.get_or_insert_with(|| teacher_hashes.clone());
+                if let Some(((path, saved), now)) = recipe.teachers.iter().zip(saved_hashes.iter()).zip(&teacher_hashes).find(|((_, saved), now)| saved != now) {
+                    return Err(file_err(
+                        Path::new(path),
+                        format!("this teacher's weights changed since the run began (hash {saved}, now {now}): the resumed run would distil from another model; put the file back or start a new run"),
+                    ));
+                }
                 state.recipe.epochs = recipe.epochs;
                 model.load(backend, &checkpoint.weights(), Part::Value)?;
                 model.load(backend, &checkpoint.optimizer(), Part::Moments)?;
@@ -405,6 +423,7 @@ impl Run {
                     history: Vec::new(),
                     stopped: None,
                     data: Some(data.clone()),
+                    teacher_hashes: Some(teacher_hashes),
                 }
             }
         };
