@@ -84,6 +84,21 @@ fn a_panning_clip_gives_the_four_outputs_with_one_stable_track() {
 }
 
 #[test]
+fn videos_take_one_view_of_each_face_and_images_two_unless_tta_is_given() {
+    let dir = temp_dir("video-tta");
+    let clip = pan_clip(&dir, 4);
+    let (defaults, single) = (dir.join("defaults"), dir.join("single"));
+    let grace = photo("grace_hopper.jpg");
+    for (out, more) in [(&defaults, &[][..]), (&single, &["--tta", "none"][..])] {
+        let (ok, _, stderr) = mien(&[&["--device", "cpu", "detect", &grace, s(&clip), "--out", s(out), "--json", s(&out.join("faces.json"))][..], more].concat());
+        assert!(ok, "{stderr}");
+    }
+    assert_eq!(std::fs::read(defaults.join("pan.faces.csv")).unwrap(), std::fs::read(single.join("pan.faces.csv")).unwrap(), "the video's faces are labelled from their crops alone");
+    let probabilities = |dir: &Path| summary(&dir.join("faces.json"))[0]["faces"][0]["probabilities"].clone();
+    assert_ne!(probabilities(&defaults), probabilities(&single), "the image's face is labelled with its mirror image too");
+}
+
+#[test]
 fn a_cut_between_photos_starts_a_new_track_and_the_summary_matches_the_csv() {
     let dir = temp_dir("video-cut");
     let clip = dir.join("cut.mkv");

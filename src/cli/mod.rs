@@ -10,7 +10,7 @@ use mien::gpu::{self, BackendChoice, DeviceChoice, GpuOptions};
 use mien::kernels::conv2d::Precision;
 use mien::nn::weights::Part;
 use mien::nn::{Backend, Cpu, Ensemble, GpuBackend, Model, ModelConfig};
-use mien::pipeline::video::VideoOptions;
+use mien::pipeline::video::{VideoOptions, VIDEO_TTA};
 use mien::pipeline::{DetectSize, SHIPPED_WEIGHTS};
 use mien::train::{self, OptimizerChoice, Recipe, RunFiles, RunState, SgdSettings};
 use mien::video::Preset;
@@ -384,9 +384,9 @@ struct DetectArgs {
     #[arg(long)]
     no_emotion: bool,
     /// Test-time augmentation: label each face by the mean probabilities of these views of its
-    /// crop.
-    #[arg(long, value_enum, default_value_t = Tta::Mirror)]
-    tta: Tta,
+    /// crop. Default: mirror for images; none for videos, whose faces are seen in many frames.
+    #[arg(long, value_enum)]
+    tta: Option<Tta>,
     /// YuNet: classify the square around each box instead of the face turned upright by its
     /// landmarks and framed as the training faces are.
     #[arg(long)]
@@ -461,8 +461,8 @@ enum BenchSuite {
         /// Expression model weights, as `mien detect --weights` takes them (default: vgg).
         #[arg(long, value_delimiter = ',')]
         weights: Vec<PathBuf>,
-        /// Test-time augmentation of each face, as `mien detect --tta`.
-        #[arg(long, value_enum, default_value_t = Tta::Mirror)]
+        /// Test-time augmentation of each face, as `mien detect --tta` takes it for videos.
+        #[arg(long, value_enum, default_value_t = VIDEO_TTA)]
         tta: Tta,
         #[arg(long)]
         json: bool,
@@ -1046,7 +1046,8 @@ fn run_detect<B: Backend>(backend: B, gpu: Option<&gpu::Gpu>, args: &DetectArgs,
         }
     }
     let weights = if args.no_emotion { Vec::new() } else { expression_weights(&args.weights) };
-    let mut labeller = Labeller::new(backend, gpu, detector, &weights, args.tta, !args.no_align).context("loading the detector and the expression model (or pass --no-emotion)")?;
+    let mut labeller =
+        Labeller::new(backend, gpu, detector, &weights, args.tta.unwrap_or(Tta::Mirror), !args.no_align).context("loading the detector and the expression model (or pass --no-emotion)")?;
     labeller.set_precision(precision);
     let inputs = canonical_paths(&files);
     let outputs = output_names(&files, out, &inputs);
@@ -1116,6 +1117,7 @@ fn run_detect<B: Backend>(backend: B, gpu: Option<&gpu::Gpu>, args: &DetectArgs,
     if args.detect_size.is_none() {
         labeller.set_detect_size(DetectSize::Video);
     }
+    labeller.set_tta(args.tta.unwrap_or(VIDEO_TTA));
     let request = video::VideoRequest { videos: &videos, inputs: &args.inputs, out, jsonl: args.jsonl, options: video_options };
     failures.extend(video::run_videos(&mut labeller, &request, &say));
     if !failures.is_empty() {

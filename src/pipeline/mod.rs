@@ -215,6 +215,11 @@ impl<'g, B: Backend> Labeller<'g, B> {
         }
     }
 
+    /// Sets the views of each face the labels average (see [`Tta`]).
+    pub fn set_tta(&mut self, tta: Tta) {
+        self.classifier.tta = tta;
+    }
+
     /// Sets the size YuNet looks at images (see [`DetectSize`]); Haar has none.
     pub fn set_detect_size(&mut self, to: DetectSize) {
         if let Detector::YuNet { size, .. } = &mut self.detector {

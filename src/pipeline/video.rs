@@ -6,6 +6,7 @@
 //! number of tracks, not with the video's length, so an hour costs the memory of a minute.
 
 use super::{annotate_captioned, Detector, Face, Labeller};
+use crate::augment::Tta;
 use crate::data::{most_probable, CLASSES};
 use crate::error::{file_err, Error, Result};
 use crate::imageio::grey_of;
@@ -273,6 +274,12 @@ fn find_faces<B: Backend>(mut decoder: Decoder, detector: &mut Detector<'_, B>, 
     decoder.stop();
     (decoder, seconds)
 }
+
+/// The views of each face videos are labelled by unless asked otherwise: the crop alone. A
+/// face in a video is seen in frame after frame, which averages out what a mirror view would
+/// (and `--smooth` averages them outright), so a second view would halve the labelling rate
+/// for little gain.
+pub const VIDEO_TTA: Tta = Tta::None;
 
 /// How a video is analysed.
 #[derive(Clone, Copy, Debug)]
