@@ -12,8 +12,8 @@ faces pasted, enlarged and turned, into larger images with their labels recorded
          border) and angle.
   crops: a training set framed as mien frames faces: runs `mien detect --crops` on the scenes
          (made from the training split: `make --split train`) and files each found face's
-         48x48 crop under <out>/train/<class>/, beside links to every original training image
-         and to the test split, ready for `mien train --data <out>` (to fine-tune the
+         48x48 crop under <out>/train/<class>/, beside copies of every original training image
+         and of the test split, ready for `mien train --data <out>` (to fine-tune the
          expression model on detector-framed crops as well as FER2013's own).
   score: runs mien detect twice (aligned, then --no-align) on the scenes and on their
          unturned twins, matches each pasted face to the detected box whose centre lies
@@ -31,6 +31,7 @@ import argparse
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -144,11 +145,13 @@ def crops(args):
     for name in CLASSES:
         os.makedirs(os.path.join(train, name), exist_ok=True)
         for source in sorted(glob.glob(os.path.join(os.path.abspath(args.data), "train", name, "*.jpg"))):
-            link = os.path.join(train, name, os.path.basename(source))
-            if not os.path.lexists(link):
-                os.symlink(source, link)
+            copy = os.path.join(train, name, os.path.basename(source))
+            if not os.path.lexists(copy):
+                shutil.copyfile(source, copy)
+    # Copies, not links (about 45 MB): the folder then outlives a move or a restore of it that
+    # keeps no links.
     if not os.path.lexists(os.path.join(args.out, "test")):
-        os.symlink(os.path.join(os.path.abspath(args.data), "test"), os.path.join(args.out, "test"))
+        shutil.copytree(os.path.join(os.path.abspath(args.data), "test"), os.path.join(args.out, "test"))
     found = 0
     for record, face, box in matched(records, detected):
         if box is not None:
