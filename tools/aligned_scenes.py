@@ -137,21 +137,32 @@ def score_run(records, detected):
     return np.array(rows, dtype=float)
 
 
+def copy_whole(copy, source, target):
+    """`copy(source, target)` unless `target` exists, through a hidden temporary name (which
+    `mien train` skips) renamed into place: a run cut short leaves no half copy that a later
+    run would take as done."""
+    if os.path.lexists(target):
+        return
+    folder, name = os.path.split(target)
+    partial = os.path.join(folder, f".{name}.partial")
+    if os.path.isdir(partial):
+        shutil.rmtree(partial)
+    copy(source, partial)
+    os.replace(partial, target)
+
+
 def crops(args):
     with open(os.path.join(args.scenes, "labels.json")) as f:
         records = json.load(f)
     detected = detect(args.mien, args.scenes, ["--no-emotion", "--crops", *args.detect_args], os.path.join(args.scenes, "detected_crops"))
     train = os.path.join(args.out, "train")
+    # Copies, not links (about 130 MB on disk): the folder then outlives a move, or a restore
+    # that keeps no links.
     for name in CLASSES:
         os.makedirs(os.path.join(train, name), exist_ok=True)
         for source in sorted(glob.glob(os.path.join(os.path.abspath(args.data), "train", name, "*.jpg"))):
-            copy = os.path.join(train, name, os.path.basename(source))
-            if not os.path.lexists(copy):
-                shutil.copyfile(source, copy)
-    # Copies, not links (about 130 MB on disk): the folder then outlives a move, or a restore
-    # that keeps no links.
-    if not os.path.lexists(os.path.join(args.out, "test")):
-        shutil.copytree(os.path.join(os.path.abspath(args.data), "test"), os.path.join(args.out, "test"))
+            copy_whole(shutil.copyfile, source, os.path.join(train, name, os.path.basename(source)))
+    copy_whole(shutil.copytree, os.path.join(os.path.abspath(args.data), "test"), os.path.join(args.out, "test"))
     found = 0
     for record, face, box in matched(records, detected):
         if box is not None:
