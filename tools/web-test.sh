@@ -23,8 +23,8 @@ cargo build --bin mien
 mien="${CARGO_TARGET_DIR:-target}/debug/mien"
 fixtures=$(mktemp -d)
 trap 'rm -rf "$fixtures"' EXIT
-for detector in yunet haar; do
-  "$mien" --device cpu --precision f32 detect data/photos/grace_hopper.jpg data/photos/astronaut.png --detector "$detector" --json "$fixtures/$detector.json" --out "$fixtures/out" >/dev/null
+for run in yunet-mirror haar-mirror yunet-none; do
+  "$mien" --device cpu --precision f32 detect data/photos/grace_hopper.jpg data/photos/astronaut.png --detector "${run%-*}" --tta "${run#*-}" --json "$fixtures/$run.json" --out "$fixtures/out" >/dev/null
 done
 
 MIEN_WEB_FIXTURES="$fixtures" node --test web/tests/

@@ -50,27 +50,29 @@ async function readyPage() {
 
 const within = (got, want, tolerance, what) => assert.ok(Math.abs(got - want) <= tolerance, `${what}: ${got} vs native ${want} (tolerance ${tolerance})`);
 
-test('the page labels the shipped photos as native mien detect does, on the GPU and the CPU', { timeout }, async () => {
+test('the page labels the shipped photos as native mien detect does, on the GPU and the CPU, from one view or two', { timeout }, async () => {
   assert.ok(fixtures, 'MIEN_WEB_FIXTURES names the folder of native mien detect --json outputs (tools/web-test.sh writes it)');
   const page = await readyPage();
   const adapter = await page.evaluate(() => window.mien.adapter());
   console.log(`adapter: ${JSON.stringify(adapter)}`);
-  for (const [detector, device] of [['yunet', 'gpu'], ['haar', 'gpu'], ['yunet', 'cpu'], ['haar', 'cpu']]) {
-    const native = JSON.parse(fs.readFileSync(path.join(fixtures, `${detector}.json`), 'utf8'));
+  // The webcam's single view ('none') on the CPU alone: the GPU's kernels are the same.
+  const runs = [['yunet', 'gpu', 'mirror'], ['haar', 'gpu', 'mirror'], ['yunet', 'cpu', 'mirror'], ['haar', 'cpu', 'mirror'], ['yunet', 'cpu', 'none']];
+  for (const [detector, device, views] of runs) {
+    const native = JSON.parse(fs.readFileSync(path.join(fixtures, `${detector}-${views}.json`), 'utf8'));
     for (const photo of photos) {
       const want = native.find((image) => path.basename(image.image) === photo);
       const started = Date.now();
-      const got = await page.evaluate(([url, detector, device]) => window.mien.detect(url, detector, device), [`photos/${photo}`, detector, device]);
+      const got = await page.evaluate(([url, detector, device, views]) => window.mien.detect(url, detector, device, views), [`photos/${photo}`, detector, device, views]);
       const passes = await page.evaluate(() => window.mien.lastPasses());
       const gpuMs = passes.reduce((sum, p) => sum + p.ns, 0) / 1e6;
-      console.log(`${detector} on the ${device} ${photo}: ${got.faces.length} face(s), ${Date.now() - started} ms in the page, ${passes.length} GPU passes timed (${gpuMs.toFixed(1)} ms)`);
+      console.log(`${detector} on the ${device} (views ${views}) ${photo}: ${got.faces.length} face(s), ${Date.now() - started} ms in the page, ${passes.length} GPU passes timed (${gpuMs.toFixed(1)} ms)`);
       if (device === 'gpu') assert.ok(passes.length > 0 && passes.every((p) => p.ns >= 0 && p.pass), `${detector} ${photo}: the passes' GPU times: ${JSON.stringify(passes.slice(0, 3))}`);
       assert.equal(got.width, want.width, photo);
       assert.equal(got.height, want.height, photo);
       assert.equal(got.faces.length, want.faces.length, `${detector} ${photo}: faces`);
       got.faces.forEach((face, i) => {
         const expected = want.faces[i];
-        const what = `${detector} on the ${device}, ${photo} face ${i}`;
+        const what = `${detector} on the ${device} (views ${views}), ${photo} face ${i}`;
         // Whole-pixel boxes: the same corners (YuNet's float corners within 0.5 px round alike
         // here; a corner on a half pixel could round the other way, and would show up here).
         for (const key of ['x', 'y', 'w', 'h']) assert.equal(face[key], expected[key], `${what} ${key}`);

@@ -7,6 +7,7 @@
 //! async API is used throughout (`Labeller::faces_async` and the like).
 
 use image::RgbImage;
+use mien::augment::Tta;
 use mien::detect::cascade::Cascade;
 use mien::detect::yunet::{YuNetModel, YuNetParams};
 use mien::detect::DetectParams;
@@ -87,10 +88,18 @@ struct Session {
 }
 
 /// Finds and labels the faces of one image with the labeller `labellers` picks for `detector`:
-/// the faces and the GPU passes they took.
-async fn label<B: Backend>(session: &RefCell<Session>, labellers: fn(&mut Session) -> &mut Labellers<B>, detector: &str, rgb: &RgbImage, name: &str) -> Result<(Vec<Face>, Vec<PassTiming>), JsValue> {
+/// each face classified from the views `tta` takes of it: the faces and the GPU passes they took.
+async fn label<B: Backend>(
+    session: &RefCell<Session>,
+    labellers: fn(&mut Session) -> &mut Labellers<B>,
+    detector: &str,
+    tta: Tta,
+    rgb: &RgbImage,
+    name: &str,
+) -> Result<(Vec<Face>, Vec<PassTiming>), JsValue> {
     let busy = || js_error("mien is busy with another image: await each detect() before the next");
     let mut labeller = labellers(&mut session.borrow_mut()).slot(detector)?.take().ok_or_else(busy)?;
+    labeller.set_tta(tta);
     let faces = labeller.faces_async(rgb, &mien::imageio::grey_of(rgb)).await;
     let passes = labeller.take_timings_async().await;
     for warning in labeller.take_warnings() {
@@ -145,9 +154,12 @@ impl Mien {
     }
 
     /// The faces in an image of `width` x `height` RGBA pixels (as a canvas gives them) found
-    /// by `detector` ("yunet" or "haar") and labelled on `device` ("gpu" or "cpu"): a Promise
-    /// of the JSON object `mien detect --json` writes for the image, named `name`.
-    pub fn detect(&self, rgba: Vec<u8>, width: u32, height: u32, name: String, detector: String, device: String) -> js_sys::Promise {
+    /// by `detector` ("yunet" or "haar") and labelled on `device` ("gpu" or "cpu") from
+    /// `views` of each face ("mirror": the face and its mirror image, as `mien detect` labels
+    /// stills; "none": the face alone, half the work, as `mien detect` labels videos): a
+    /// Promise of the JSON object `mien detect --json` writes for the image, named `name`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn detect(&self, rgba: Vec<u8>, width: u32, height: u32, name: String, detector: String, device: String, views: String) -> js_sys::Promise {
         let session = self.session.clone();
         wasm_bindgen_futures::future_to_promise(async move {
             let pixels = width as usize * height as usize;
@@ -156,9 +168,14 @@ impl Mien {
             }
             let rgb: Vec<u8> = rgba.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
             let rgb = RgbImage::from_raw(width, height, rgb).expect("sized above");
+            let tta = match views.as_str() {
+                "mirror" => Tta::Mirror,
+                "none" => Tta::None,
+                other => return Err(js_error(format!("views {other:?}: expected \"mirror\" or \"none\""))),
+            };
             let (faces, passes) = match device.as_str() {
-                "gpu" => label(&session, |s| &mut s.on_gpu, &detector, &rgb, &name).await?,
-                "cpu" => label(&session, |s| &mut s.on_cpu, &detector, &rgb, &name).await?,
+                "gpu" => label(&session, |s| &mut s.on_gpu, &detector, tta, &rgb, &name).await?,
+                "cpu" => label(&session, |s| &mut s.on_cpu, &detector, tta, &rgb, &name).await?,
                 other => return Err(js_error(format!("device {other:?}: expected \"gpu\" or \"cpu\""))),
             };
             let passes: Vec<_> = passes.iter().map(|p| serde_json::json!({ "pass": p.label, "start_ns": p.start_ns, "ns": p.nanos })).collect();
