@@ -10,6 +10,7 @@ source tools/apt-install.sh
 need=()
 command -v node >/dev/null 2>&1 || need+=(nodejs npm)
 [ -x /usr/lib/chromium/chromium ] || need+=(chromium)
+command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
 apt_install "the browser tests" "${need[@]}"
 [ -d web/node_modules/playwright-core ] && [ -x web/node_modules/.bin/tsc ] || npm ci --prefix web --no-audit --no-fund
 
@@ -26,5 +27,11 @@ trap 'rm -rf "$fixtures"' EXIT
 for run in yunet-mirror haar-mirror yunet-none; do
   "$mien" --device cpu --precision f32 detect data/photos/grace_hopper.jpg data/photos/astronaut.png --detector "${run%-*}" --tta "${run#*-}" --json "$fixtures/$run.json" --out "$fixtures/out" >/dev/null
 done
+# The fake webcam's picture: the shipped photo as the single frame of a Y4M file, which
+# Chromium plays in a loop, and the native answer for that frame as the page sees it (decoded
+# back from the file's 4:2:0 YUV, one view a face as the page labels webcam frames).
+ffmpeg -loglevel error -i data/photos/grace_hopper.jpg -pix_fmt yuv420p -f yuv4mpegpipe "$fixtures/camera.y4m"
+ffmpeg -loglevel error -i "$fixtures/camera.y4m" "$fixtures/camera.png"
+"$mien" --device cpu --precision f32 detect "$fixtures/camera.png" --tta none --json "$fixtures/camera.json" --out "$fixtures/out" >/dev/null
 
 MIEN_WEB_FIXTURES="$fixtures" node --test web/tests/

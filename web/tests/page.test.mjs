@@ -127,10 +127,12 @@ test('a photo over the page\'s size limit is refused with its size', { timeout }
   await page.close();
 });
 
-test('the webcam is labelled, and a refused camera gets a clear message', { timeout }, async () => {
+test('the webcam\'s face is labelled as native mien detect labels it, and a refused camera gets a clear message', { timeout }, async () => {
+  // tools/web-test.sh writes the fake camera's picture (a face) and native mien's answer for it.
+  const native = JSON.parse(fs.readFileSync(path.join(fixtures, 'camera.json'), 'utf8'))[0];
   const camera = await chromium.launch({
     executablePath: chromiumPath,
-    args: ['--enable-unsafe-webgpu', '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream'],
+    args: ['--enable-unsafe-webgpu', '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream', `--use-file-for-fake-video-capture=${path.join(fixtures, 'camera.y4m')}`],
   });
   try {
     const page = await camera.newPage();
@@ -138,7 +140,14 @@ test('the webcam is labelled, and a refused camera gets a clear message', { time
     await page.waitForFunction(() => window.mienReady, null, { timeout });
     await page.click('#webcam');
     await page.waitForFunction(() => /^Webcam frame \d+:/.test(document.getElementById('status').textContent), null, { timeout });
-    console.log(`webcam: ${await page.textContent('#status')}`);
+    const status = await page.textContent('#status');
+    console.log(`webcam: ${status}`);
+    assert.match(status, new RegExp(`: ${native.faces.length} face\\(s\\)`), `the fake camera shows ${native.faces.length} face(s) to native mien`);
+    // Each listed face's most probable class, from its rows of class name and bar.
+    const labels = await page.$$eval('#faces li', (items) =>
+      items.map((item) => [...item.querySelectorAll('div')].map((row) => [row.querySelector('.class').textContent, parseFloat(row.lastChild.textContent)]).sort((a, b) => b[1] - a[1])[0][0]),
+    );
+    assert.deepEqual(labels, native.faces.map((face) => face.emotion));
     await page.click('#webcam');
   } finally {
     await camera.close();
