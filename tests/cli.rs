@@ -462,15 +462,25 @@ fn train_distils_from_teachers() {
     let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(taught.join("checkpoint-0001/state.json")).unwrap()).unwrap();
     assert_eq!(state["recipe"]["distill"].as_f64(), Some(0.7));
     assert_eq!(state["recipe"]["teachers"].as_array().map(Vec::len), Some(2));
-    // A wrong start is refused before the teachers' pass; a resumed run makes the pass again.
+    // A wrong start is refused before the teachers' pass; a resumed run reads back the
+    // probabilities the pass saved instead of making it again.
     let (ok, stdout, stderr) = train(&taught, &["--teacher", &teachers, "--distill", "0.7"]);
     assert!(!ok && stderr.contains("--resume") && !stdout.contains("classifying"), "{stdout}\n{stderr}");
+    let saved = std::fs::read(taught.join("teacher_probabilities.f32")).unwrap();
     let (ok, stdout, stderr) = train_tiny(&data, &taught, &["--epochs", "2", "--teacher", &teachers, "--distill", "0.7", "--resume"]);
-    assert!(ok && stdout.contains("the teachers:") && taught.join("checkpoint-0002").exists(), "{stdout}\n{stderr}");
+    assert!(ok && stdout.contains("read back from") && !stdout.contains("classifying") && taught.join("checkpoint-0002").exists(), "{stdout}\n{stderr}");
+    assert_eq!(std::fs::read(taught.join("teacher_probabilities.f32")).unwrap(), saved);
     // A teacher's file changed since the run began: the resume is refused, naming it.
     std::fs::copy("data/models/original.safetensors", first.join("best.safetensors")).unwrap();
     let (ok, stdout, stderr) = train_tiny(&data, &taught, &["--epochs", "3", "--teacher", &teachers, "--distill", "0.7", "--resume"]);
     assert!(!ok && stderr.contains("best.safetensors: this teacher's weights changed") && !stdout.contains("classifying"), "{stdout}\n{stderr}");
+    // --overwrite with other teachers makes the pass anew.
+    let other_teacher = data.join("other-teacher");
+    let (ok, stdout, stderr) = train(&other_teacher, &["--teacher", "data/models/original.safetensors"]);
+    assert!(ok, "{stdout}\n{stderr}");
+    let (ok, stdout, stderr) = train(&taught, &["--teacher", "data/models/original.safetensors", "--overwrite"]);
+    assert!(ok && stdout.contains("classifying"), "{stdout}\n{stderr}");
+    assert_eq!(std::fs::read(taught.join("teacher_probabilities.f32")).unwrap(), std::fs::read(other_teacher.join("teacher_probabilities.f32")).unwrap());
     let missing = data.join("missing");
     let (ok, _, stderr) = train(&missing, &["--teacher", "no-such-teacher.safetensors"]);
     assert!(!ok && stderr.contains("no-such-teacher.safetensors"), "{stderr}");

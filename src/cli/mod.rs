@@ -828,7 +828,17 @@ fn run_train<B: Backend>(backend: &B, args: &TrainArgs, recipe: &Recipe) -> Resu
     // wrong start is refused at once.
     let run = train::Run::open(&mut model, backend, &train_set, &val_set, &recipe, &files, start)?;
     if let Some(teachers) = teachers {
-        let probs = teacher_probabilities(backend, teachers, &train_set)?;
+        let probs = match run.saved_teacher_probabilities(&train_set)? {
+            Some(probs) => {
+                println!("the teachers' probabilities of the training images: read back from {}", files.teacher_probabilities().display());
+                probs
+            }
+            None => {
+                let probs = teacher_probabilities(backend, teachers, &train_set)?;
+                run.save_teacher_probabilities(&probs)?;
+                probs
+            }
+        };
         train_set.set_teacher(probs)?;
     }
     let splits = [("train", train_set.class_counts().to_vec()), ("validation", val_set.class_counts().to_vec())];

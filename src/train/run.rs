@@ -177,6 +177,13 @@ impl RunFiles {
         self.dir.join("best.safetensors")
     }
 
+    /// The teachers' probabilities of the training images (little-endian f32, a row of
+    /// [`CLASSES`] per image), saved by a distilling run after its teachers' pass, so that a
+    /// resumed run reads them back instead of classifying every image again.
+    pub fn teacher_probabilities(&self) -> PathBuf {
+        self.dir.join("teacher_probabilities.f32")
+    }
+
     fn checkpoint(&self, epoch: usize) -> Checkpoint {
         Checkpoint { dir: self.dir.join(format!("{CHECKPOINT_PREFIX}{epoch:04}")), epoch }
     }
@@ -215,7 +222,7 @@ impl RunFiles {
         for dir in whole.into_iter().map(|c| c.dir).chain(partial) {
             std::fs::remove_dir_all(&dir).map_err(|e| file_err(&dir, format!("cannot remove: {e}")))?;
         }
-        for name in ["best.safetensors", "metrics.csv", "metrics.json", "training_curves.png", "state.json", "weights.safetensors", "optimizer.safetensors"] {
+        for name in ["best.safetensors", "metrics.csv", "metrics.json", "training_curves.png", "state.json", "weights.safetensors", "optimizer.safetensors", "teacher_probabilities.f32"] {
             let path = self.dir.join(name);
             if path.exists() {
                 std::fs::remove_file(&path).map_err(|e| file_err(&path, format!("cannot remove: {e}")))?;
@@ -333,6 +340,7 @@ pub struct Run {
     files: RunFiles,
     state: RunState,
     data: DataFingerprint,
+    resumed: bool,
 }
 
 impl Run {
@@ -427,13 +435,34 @@ impl Run {
                 }
             }
         };
-        Ok(Run { _lock: lock, files: files.clone(), state, data })
+        Ok(Run { _lock: lock, files: files.clone(), state, data, resumed: start == Start::Resume })
+    }
+
+    /// The teachers' probabilities of `train` that this run saved before it was stopped, if
+    /// it is resumed and saved them whole: opening checked that its data and its teachers'
+    /// weights are those they were computed from. A new run starts without them (opening
+    /// removed an earlier run's).
+    pub fn saved_teacher_probabilities(&self, train: &Dataset) -> Result<Option<Vec<f32>>> {
+        let path = self.files.teacher_probabilities();
+        if !self.resumed || !path.exists() {
+            return Ok(None);
+        }
+        let bytes = std::fs::read(&path).map_err(|e| file_err(&path, format!("cannot read: {e}")))?;
+        if bytes.len() != train.len() * CLASSES.len() * 4 {
+            return Ok(None);
+        }
+        Ok(Some(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()))
+    }
+
+    /// Saves the teachers' probabilities of the training images for a resumed run to read.
+    pub fn save_teacher_probabilities(&self, probs: &[f32]) -> Result<()> {
+        write_atomic(&self.files.teacher_probabilities(), &probs.iter().flat_map(|p| p.to_le_bytes()).collect::<Vec<u8>>())
     }
 
     /// Trains from where the run stands; `train` and `val` must be the sets it was opened
     /// with, and the training set needs its teacher probabilities if the recipe distils.
     pub fn train<B: Backend>(self, model: &mut Model<B>, backend: &B, train: &Dataset, val: &Dataset, observer: &mut dyn Observer) -> Result<RunState> {
-        let Run { _lock, ref files, mut state, data } = self;
+        let Run { _lock, ref files, mut state, data, .. } = self;
         if DataFingerprint::of(train, val) != data {
             return Err(Error::Invalid("the run was opened with other training or validation images than it is trained on".into()));
         }
