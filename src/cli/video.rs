@@ -1,7 +1,8 @@
 //! `mien detect` on videos, live streams and cameras: which inputs are videos, the names of
 //! their outputs, Ctrl-C, and a progress bar around [`mien::pipeline::video::label_video`].
 
-use super::{gpu_for_bench, shipped, tta_name, Global};
+use super::benchmarks::gpu_for_bench;
+use super::{shipped, tta_name, Global};
 use anyhow::Result;
 use mien::augment::Tta;
 use mien::bench::{self, VideoBenchResult};
