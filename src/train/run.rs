@@ -170,6 +170,7 @@ impl Checkpoint {
 
 const CHECKPOINT_PREFIX: &str = "checkpoint-";
 const PARTIAL_SUFFIX: &str = ".partial";
+const TEACHER_PROBABILITIES: &str = "teacher_probabilities.f32";
 
 impl RunFiles {
     /// The best weights, published after each checkpoint.
@@ -181,7 +182,7 @@ impl RunFiles {
     /// [`CLASSES`] per image), saved by a distilling run after its teachers' pass, so that a
     /// resumed run reads them back instead of classifying every image again.
     pub fn teacher_probabilities(&self) -> PathBuf {
-        self.dir.join("teacher_probabilities.f32")
+        self.dir.join(TEACHER_PROBABILITIES)
     }
 
     fn checkpoint(&self, epoch: usize) -> Checkpoint {
@@ -222,7 +223,7 @@ impl RunFiles {
         for dir in whole.into_iter().map(|c| c.dir).chain(partial) {
             std::fs::remove_dir_all(&dir).map_err(|e| file_err(&dir, format!("cannot remove: {e}")))?;
         }
-        for name in ["best.safetensors", "metrics.csv", "metrics.json", "training_curves.png", "state.json", "weights.safetensors", "optimizer.safetensors", "teacher_probabilities.f32"] {
+        for name in ["best.safetensors", "metrics.csv", "metrics.json", "training_curves.png", "state.json", "weights.safetensors", "optimizer.safetensors", TEACHER_PROBABILITIES] {
             let path = self.dir.join(name);
             if path.exists() {
                 std::fs::remove_file(&path).map_err(|e| file_err(&path, format!("cannot remove: {e}")))?;
@@ -340,7 +341,6 @@ pub struct Run {
     files: RunFiles,
     state: RunState,
     data: DataFingerprint,
-    resumed: bool,
 }
 
 impl Run {
@@ -435,16 +435,15 @@ impl Run {
                 }
             }
         };
-        Ok(Run { _lock: lock, files: files.clone(), state, data, resumed: start == Start::Resume })
+        Ok(Run { _lock: lock, files: files.clone(), state, data })
     }
 
     /// The teachers' probabilities of `train` that this run saved before it was stopped, if
-    /// it is resumed and saved them whole: opening checked that its data and its teachers'
-    /// weights are those they were computed from. A new run starts without them (opening
-    /// removed an earlier run's).
+    /// it saved them whole: opening checked that its data and its teachers' weights are those
+    /// they were computed from. A new run finds none: opening removed an earlier run's.
     pub fn saved_teacher_probabilities(&self, train: &Dataset) -> Result<Option<Vec<f32>>> {
         let path = self.files.teacher_probabilities();
-        if !self.resumed || !path.exists() {
+        if !path.exists() {
             return Ok(None);
         }
         let bytes = std::fs::read(&path).map_err(|e| file_err(&path, format!("cannot read: {e}")))?;
