@@ -21,10 +21,15 @@ faces pasted, enlarged and turned, into larger images with their labels recorded
          and by angle, beside `mien eval` on the same faces upright at 48x48 (on all of them,
          and on just the ones each run found), then the accuracy of each run on the faces found
          both turned and unturned: what turning costs once a face has gone through a scene.
+  peer:  the same scenes, turned and unturned, through `fer` (PyPI fer 25.10.3, the Python
+         tool: OpenCV's Haar cascade, then its mini-Xception) and through mien detect, both
+         with their defaults: faces found, labelled right, and boxes on no face, then the two
+         expression models on the faces both found.
 
 Run: tools/.venv/bin/python tools/aligned_scenes.py make --out /tmp/scenes [--every 1 --max-angle 30 --split test]
      tools/.venv/bin/python tools/aligned_scenes.py crops --scenes /tmp/train-scenes --out /tmp/framed
      tools/.venv/bin/python tools/aligned_scenes.py score --scenes /tmp/scenes [--mien target/release/mien]
+     tools/.venv/bin/python tools/aligned_scenes.py peer --scenes /tmp/scenes   (needs fer in the venv; see the README)
 """
 
 import argparse
@@ -239,6 +244,47 @@ def score(args):
             print(f"  {'all angles' if hi == 90 else f'|angle| {lo:2d}-{hi:2d} deg'} ({sel.sum()}): {figures}")
 
 
+def fer_detect(scenes):
+    """fer's faces in each scene of the folder `scenes`, by scene file name, in mien detect's
+    JSON shape (box and most probable class)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from fer.fer import FER
+
+    detector = FER()
+    faces = {}
+    for path in sorted(glob.glob(os.path.join(scenes, "scene-*.png"))):
+        found = detector.detect_emotions(cv2.imread(path))
+        faces[os.path.basename(path)] = [
+            {"x": f["box"][0], "y": f["box"][1], "w": f["box"][2], "h": f["box"][3], "emotion": max(f["emotions"], key=f["emotions"].get)} for f in found
+        ]
+    return faces
+
+
+def stray_boxes(records, detected):
+    """How many detected boxes no pasted face was matched to."""
+    used = {id(box) for _, _, box in matched(records, detected) if box is not None}
+    return sum(1 for boxes in detected.values() for box in boxes if id(box) not in used)
+
+
+def peer(args):
+    with open(os.path.join(args.scenes, "labels.json")) as f:
+        records = json.load(f)
+    rows = {}
+    for twin, folder in [("turned", args.scenes), ("unturned", os.path.join(args.scenes, "unturned"))]:
+        for tool, detected in [
+            ("fer", fer_detect(folder)),
+            ("mien", detect(args.mien, folder, args.detect_args, os.path.join(args.scenes, "peer_mien_" + twin))),
+        ]:
+            rows[tool, twin] = score_run(records, detected)
+            found = rows[tool, twin][:, 1] == 1
+            print(
+                f"{twin} faces, {tool}: found {found.sum()} of {len(found)} ({found.mean():.1%}), {stray_boxes(records, detected)} boxes on no face; "
+                f"labelled right: {rows[tool, twin][found, 2].mean():.2%} of those found, {rows[tool, twin][:, 2].mean():.2%} of all"
+            )
+        both = (rows["fer", twin][:, 1] == 1) & (rows["mien", twin][:, 1] == 1)
+        print(f"  on the {both.sum()} {twin} faces both found: fer {rows['fer', twin][both, 2].mean():.2%}, mien {rows['mien', twin][both, 2].mean():.2%}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -261,8 +307,12 @@ def main():
     s.add_argument("--mien", default="target/release/mien")
     s.add_argument("--detect-args", nargs="*", default=[], help="more arguments for mien detect (e.g. --weights FILE)")
     s.add_argument("--eval-args", nargs="*", default=[], help="more arguments for mien eval (e.g. --weights FILE)")
+    p = sub.add_parser("peer")
+    p.add_argument("--scenes", required=True)
+    p.add_argument("--mien", default="target/release/mien")
+    p.add_argument("--detect-args", nargs="*", default=[], help="more arguments for mien detect")
     args = ap.parse_args()
-    {"make": make, "crops": crops, "score": score}[args.command](args)
+    {"make": make, "crops": crops, "score": score, "peer": peer}[args.command](args)
 
 
 if __name__ == "__main__":
