@@ -102,7 +102,11 @@ pub fn run_videos<B: Backend>(labeller: &mut Labeller<'_, B>, request: &VideoReq
         match run_one(labeller, video, outputs, request.options) {
             Ok(summary) => say(describe(&summary, outputs)),
             Err(e) => {
-                eprintln!("error: {e:#}");
+                // Said at once when other videos follow (each may take minutes); the caller
+                // lists every failure at the end.
+                if request.videos.len() > 1 {
+                    eprintln!("error: {e:#}");
+                }
                 failures.push(format!("{e:#}"));
             }
         }
