@@ -115,6 +115,12 @@ def run(cmd):
     return result.stdout
 
 
+def read_records(scenes):
+    """The scenes' labels.json, as `make` wrote it."""
+    with open(os.path.join(scenes, "labels.json")) as f:
+        return json.load(f)
+
+
 def detect(mien, scenes, extra, out):
     """mien detect's faces in each scene of the folder `scenes`, by scene file name."""
     images = sorted(glob.glob(os.path.join(scenes, "scene-*.png")))
@@ -157,8 +163,7 @@ def copy_whole(copy, source, target):
 
 
 def crops(args):
-    with open(os.path.join(args.scenes, "labels.json")) as f:
-        records = json.load(f)
+    records = read_records(args.scenes)
     detected = detect(args.mien, args.scenes, ["--no-emotion", "--crops", *args.detect_args], os.path.join(args.scenes, "detected_crops"))
     train = os.path.join(args.out, "train")
     # Copies, not links (about 130 MB on disk): the folder then outlives a move, or a restore
@@ -215,8 +220,7 @@ def upright_correct(args, records):
 
 
 def score(args):
-    with open(os.path.join(args.scenes, "labels.json")) as f:
-        records = json.load(f)
+    records = read_records(args.scenes)
     summary, upright = upright_correct(args, records)
     print(f"upright 48x48 faces, mien eval: {summary}; the views' probabilities averaged here: {upright.mean():.2%}")
     bins = [0, 10, 20, 30, 45]
@@ -244,13 +248,9 @@ def score(args):
             print(f"  {'all angles' if hi == 90 else f'|angle| {lo:2d}-{hi:2d} deg'} ({sel.sum()}): {figures}")
 
 
-def fer_detect(scenes):
-    """fer's faces in each scene of the folder `scenes`, by scene file name, in mien detect's
-    JSON shape (box and most probable class)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from fer.fer import FER
-
-    detector = FER()
+def fer_detect(detector, scenes):
+    """fer's faces (`detector`, a `fer.FER`) in each scene of the folder `scenes`, by scene
+    file name, in mien detect's JSON shape (box and most probable class)."""
     faces = {}
     for path in sorted(glob.glob(os.path.join(scenes, "scene-*.png"))):
         found = detector.detect_emotions(cv2.imread(path))
@@ -267,12 +267,15 @@ def stray_boxes(records, detected):
 
 
 def peer(args):
-    with open(os.path.join(args.scenes, "labels.json")) as f:
-        records = json.load(f)
+    records = read_records(args.scenes)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from fer.fer import FER
+
+    fer = FER()
     rows = {}
     for twin, folder in [("turned", args.scenes), ("unturned", os.path.join(args.scenes, "unturned"))]:
         for tool, detected in [
-            ("fer", fer_detect(folder)),
+            ("fer", fer_detect(fer, folder)),
             ("mien", detect(args.mien, folder, args.detect_args, os.path.join(args.scenes, "peer_mien_" + twin))),
         ]:
             rows[tool, twin] = score_run(records, detected)
