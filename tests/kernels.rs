@@ -18,6 +18,7 @@ use mien::kernels::sgd::{self, SgdConfig};
 use mien::kernels::sigmoid;
 use mien::kernels::softmax_xent::{self, XentOutputs, XentShape};
 use mien::kernels::upsample::{self, UpsampleShape};
+use mien::kernels::yunet_decode::{self, DecodeShape, RECORD};
 
 /// f32 sums in a different order: GPU tree/tile order vs the CPU's blocked gemm.
 const SUM_TOL: f32 = 1e-4;
@@ -601,4 +602,77 @@ fn new_kernels_refuse_mismatched_buffers_before_touching_the_gpu() {
     assert!(g.run(|rec| sigmoid::forward_gpu(rec, &x, &w)).is_err());
     let up2 = UpsampleShape::double(1, 4, (5, 5)).unwrap();
     assert!(g.run(|rec| upsample::forward_gpu(rec, up2, &x, &x)).is_err());
+}
+
+/// YuNet's head decoding, one record a candidate cell: what a naive loop expects, in
+/// FaceDetectorYN's order.
+fn naive_yunet_decode(s: DecodeShape, [cls, obj, bbox, kps]: [&[f32]; 4]) -> Vec<Vec<[f32; RECORD]>> {
+    let (cells, stride) = (s.cols * s.rows, s.stride as f32);
+    (0..s.images)
+        .map(|image| {
+            let mut list = Vec::new();
+            for row in 0..s.rows {
+                for col in 0..s.cols {
+                    let i = row * s.cols + col;
+                    let t = image * cells + i;
+                    let score = (cls[t].clamp(0.0, 1.0) * obj[t].clamp(0.0, 1.0)).sqrt();
+                    if score < s.threshold {
+                        continue;
+                    }
+                    let at = |head: &[f32], channels: usize, channel: usize| head[(image * channels + channel) * cells + i];
+                    let (c, r) = (col as f32, row as f32);
+                    let (w, h) = ((at(bbox, 4, 2) as f64).exp() as f32 * stride, (at(bbox, 4, 3) as f64).exp() as f32 * stride);
+                    let mut record = [0.0; RECORD];
+                    record[..4].copy_from_slice(&[(c + at(bbox, 4, 0)) * stride - w / 2.0, (r + at(bbox, 4, 1)) * stride - h / 2.0, w, h]);
+                    for n in 0..5 {
+                        record[4 + 2 * n] = (at(kps, 10, 2 * n) + c) * stride;
+                        record[5 + 2 * n] = (at(kps, 10, 2 * n + 1) + r) * stride;
+                    }
+                    record[14] = score;
+                    record[15] = (s.first + i) as f32;
+                    list.push(record);
+                }
+            }
+            list
+        })
+        .collect()
+}
+
+/// The CPU's lists are the naive loop's, in order, cut at the capacity; the GPU's counts are
+/// the same and each of its records is the naive record of its cell (boxes within 1e-5
+/// relative, since GPU drivers compute exp to a few ulps), in whatever order its threads came.
+/// Odd grids, batches of 1 and 3, a stride after others (`first`), lists that overflow, scores
+/// outside [0, 1] (clamped) and YuNet's stride-8 grid of a 640x480 frame.
+#[test]
+fn yunet_decode_odd_grids_batches_and_overflowing_lists() {
+    let shapes = [(1, (13, 7), 8, 0, 200, 0.5), (3, (11, 5), 16, 1000, 7, 0.3), (2, (80, 60), 8, 0, 2048, 0.9), (1, (1, 1), 32, 5, 1, 0.0), (2, (20, 15), 32, 6000, 3, 0.6)];
+    for (k, (images, grid, stride, first, capacity, threshold)) in shapes.into_iter().enumerate() {
+        let s = DecodeShape::new(images, grid, stride, first, capacity, threshold).unwrap();
+        let cells = images * s.cells();
+        let seed = 10 * k as u64;
+        let heads = [uniform(cells, seed, -0.1, 1.1), uniform(cells, seed + 1, -0.1, 1.1), uniform(4 * cells, seed + 2, -1.0, 1.0), uniform(10 * cells, seed + 3, -2.0, 2.0)];
+        let head_refs = [&heads[0][..], &heads[1], &heads[2], &heads[3]];
+        let want = naive_yunet_decode(s, head_refs);
+        let (mut counts, mut records) = (vec![0u32; images], vec![0.0; images * capacity * RECORD]);
+        yunet_decode::forward_cpu(s, head_refs, &mut counts, &mut records).unwrap();
+        let g = gpu();
+        let gpu_heads = heads.each_ref().map(|h| up(g, h));
+        let (counts_g, records_g) = (g.zeros::<u32>(images).unwrap(), g.zeros::<f32>(records.len()).unwrap());
+        g.run(|rec| yunet_decode::forward_gpu(rec, s, gpu_heads.each_ref(), &counts_g, &records_g)).unwrap();
+        let (gpu_counts, gpu_records) = (g.read(&counts_g).unwrap(), g.read(&records_g).unwrap());
+        for (image, list) in want.iter().enumerate() {
+            let what = format!("{s:?}, image {image}");
+            assert_eq!(counts[image] as usize, list.len(), "{what}: CPU count");
+            assert_eq!(gpu_counts[image] as usize, list.len(), "{what}: GPU count");
+            let kept = list.len().min(capacity);
+            let own = |all: &[f32]| all[image * capacity * RECORD..][..kept * RECORD].to_vec();
+            assert_eq!(own(&records), list[..kept].concat(), "{what}: CPU records");
+            for got in own(&gpu_records).chunks_exact(RECORD) {
+                let cell = got[15] as usize - first;
+                let expected = list.iter().find(|r| r[15] as usize == first + cell).unwrap_or_else(|| panic!("{what}: GPU record of cell {cell}, not a candidate"));
+                assert!(got.iter().zip(expected).all(|(a, b)| (a - b).abs() <= 1e-5 * b.abs().max(1.0)), "{what}: GPU {got:?} vs {expected:?}");
+            }
+        }
+        assert!(want.iter().any(|l| l.len() > capacity) || k != 1, "case 1 overflows");
+    }
 }

@@ -225,6 +225,27 @@ fn frames_together_find_what_each_finds_alone_gpu() {
     frames_together_find_what_each_finds_alone(GpuBackend::new(gpu()));
 }
 
+/// At threshold 0 every cell of every stride is a candidate (6,384 in a 512x608 padded frame),
+/// more than the backend's list holds: such images are decoded on the host from their heads,
+/// alone or with others. The best face is still the one found at 0.5, on both backends.
+#[test]
+fn candidates_past_the_list_are_decoded_from_the_heads() {
+    let every = YuNetParams { score_threshold: 0.0, nms_threshold: 0.3, top_k: 5000 };
+    let usual = YuNetParams { score_threshold: 0.5, ..every };
+    let photo = image("data/photos/grace_hopper.jpg");
+    let mut on_cpu = YuNet::new(Cpu, model()).unwrap();
+    let best = on_cpu.detect(&photo, &usual).unwrap();
+    let all = on_cpu.detect(&photo, &every).unwrap();
+    assert!(all.len() > best.len() && all[0] == best[0], "{:?} then {} more", all[0], all.len() - 1);
+    let on_gpu = YuNet::new(GpuBackend::new(gpu()), model()).unwrap().detect(&photo, &every).unwrap();
+    assert!(same_face(&on_gpu[0], &best[0]), "{:?} vs {:?}", on_gpu[0], best[0]);
+    let frames = pan_frames();
+    let together = pollster::block_on(on_cpu.detect_batch_async(&frames.iter().collect::<Vec<_>>(), &every)).unwrap();
+    for (got, frame) in together.iter().zip(&frames) {
+        assert_eq!(got, &on_cpu.detect(frame, &every).unwrap());
+    }
+}
+
 /// Frames too many for the device at once run one at a time (here each then on the CPU).
 #[test]
 fn frames_too_many_for_the_device_run_one_at_a_time() {

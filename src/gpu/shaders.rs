@@ -97,6 +97,7 @@ shaders! {
     UPSAMPLE = "upsample" ["upsample.wgsl"];
     ADD = "add" ["add.wgsl"];
     SIGMOID = "sigmoid" ["sigmoid.wgsl"];
+    YUNET_DECODE = "yunet_decode" ["yunet_decode.wgsl"];
     DROPOUT = "dropout" ["dropout.wgsl"];
     SOFTMAX_XENT = "softmax_xent" ["softmax_xent.wgsl"];
     ADAM = "adam" ["adam.wgsl"];

@@ -32,6 +32,7 @@ pub mod softmax_xent;
 pub mod upsample;
 pub mod warp;
 pub mod winograd;
+pub mod yunet_decode;
 
 use crate::error::Result;
 use crate::gpu::{GpuBuffer, Recorder};

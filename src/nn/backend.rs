@@ -20,6 +20,7 @@ use crate::kernels::sigmoid;
 use crate::kernels::softmax_xent::{self, XentOutputs, XentShape};
 use crate::kernels::upsample::{self, UpsampleShape};
 use crate::kernels::warp::{self, Augment};
+use crate::kernels::yunet_decode::{self, DecodeShape};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
@@ -176,6 +177,9 @@ pub trait Backend: Send {
     /// `out = act(a + b)`.
     fn add_forward(&self, a: &Self::Tensor, b: &Self::Tensor, act: Activation, out: &Self::Tensor) -> Result<()>;
     fn sigmoid_forward(&self, x: &Self::Tensor, y: &Self::Tensor) -> Result<()>;
+    /// FaceDetectorYN's decoding of one stride's class, objectness, box and landmark heads into
+    /// each image's list of candidates (see [`yunet_decode`]).
+    fn yunet_decode(&self, s: DecodeShape, heads: [&Self::Tensor; 4], counts: &Self::Ints, records: &Self::Tensor) -> Result<()>;
     fn dropout(&self, mask: Mask, src: &Self::Tensor, dst: &Self::Tensor) -> Result<()>;
     /// In inference, `act` may fuse the ReLU that follows the batch norm.
     #[allow(clippy::too_many_arguments)]
@@ -340,6 +344,9 @@ impl Backend for Cpu {
     }
     fn sigmoid_forward(&self, x: &Self::Tensor, y: &Self::Tensor) -> Result<()> {
         sigmoid::forward_cpu(&x.borrow(), &mut y.borrow_mut())
+    }
+    fn yunet_decode(&self, s: DecodeShape, [cls, obj, bbox, kps]: [&Self::Tensor; 4], counts: &Self::Ints, records: &Self::Tensor) -> Result<()> {
+        yunet_decode::forward_cpu(s, [&cls.borrow(), &obj.borrow(), &bbox.borrow(), &kps.borrow()], &mut counts.borrow_mut(), &mut records.borrow_mut())
     }
     fn dropout(&self, mask: Mask, src: &Self::Tensor, dst: &Self::Tensor) -> Result<()> {
         dropout::apply_cpu(mask, &src.borrow(), &mut dst.borrow_mut())
@@ -628,6 +635,9 @@ impl Backend for GpuBackend<'_> {
     }
     fn sigmoid_forward(&self, x: &Self::Tensor, y: &Self::Tensor) -> Result<()> {
         self.record(|r| sigmoid::forward_gpu(r, x, y))
+    }
+    fn yunet_decode(&self, s: DecodeShape, heads: [&Self::Tensor; 4], counts: &Self::Ints, records: &Self::Tensor) -> Result<()> {
+        self.record(|r| yunet_decode::forward_gpu(r, s, heads, counts, records))
     }
     fn dropout(&self, mask: Mask, src: &Self::Tensor, dst: &Self::Tensor) -> Result<()> {
         self.record(|r| dropout::apply_gpu(r, mask, src, dst))

@@ -1,35 +1,40 @@
-//! FaceDetectorYN's decoding of the head outputs and its non-maximum suppression, on the host.
+//! The host's side of FaceDetectorYN's decoding (the backend's lists of candidates read back,
+//! or an image decoded from its heads), and its non-maximum suppression.
 
-use super::model::Level;
+use super::model::{all_cells, Level};
 use super::{FaceBox, YuNetParams};
+use crate::error::Result;
+use crate::kernels::yunet_decode::{self, DecodeShape, RECORD};
 use std::cmp::Ordering;
 
-/// FaceDetectorYN's candidates: every cell of every stride scoring at least `threshold`, in
-/// stride order then row-major, with its arithmetic in f32 and in its order. `heads` holds
-/// the outputs of `levels` in order, each as channel planes.
-pub(super) fn decode(levels: &[Level], heads: &[&[f32]], (pw, ph): (usize, usize), threshold: f32) -> Vec<FaceBox> {
-    let mut faces = Vec::new();
+/// The faces of the first `count` records of an image's list (see [`yunet_decode`]), in
+/// FaceDetectorYN's decoding order, which the backend's list need not keep.
+pub(super) fn candidates(records: &[f32], count: usize) -> Vec<FaceBox> {
+    let mut faces: Vec<(f32, FaceBox)> = records
+        .chunks_exact(RECORD)
+        .take(count)
+        .map(|r| {
+            let landmarks = std::array::from_fn(|n| [r[4 + 2 * n], r[5 + 2 * n]]);
+            (r[15], FaceBox { x: r[0], y: r[1], w: r[2], h: r[3], landmarks, score: r[14] })
+        })
+        .collect();
+    faces.sort_by(|a, b| a.0.total_cmp(&b.0));
+    faces.into_iter().map(|(_, face)| face).collect()
+}
+
+/// Every candidate of one image from its heads (`heads` holds the outputs of `levels` in
+/// order, each as channel planes), through the CPU kernel with room for every cell: for an
+/// image whose list overflowed on the backend.
+pub(super) fn decode(levels: &[Level], heads: &[&[f32]], padded: (usize, usize), threshold: f32) -> Result<Vec<FaceBox>> {
+    let all = all_cells(levels, padded);
+    let (mut count, mut records) = ([0], vec![0.0; all * RECORD]);
+    let mut first = 0;
     for (level, outputs) in levels.iter().zip(heads.chunks_exact(4)) {
-        let [cls, obj, bbox, kps] = [outputs[0], outputs[1], outputs[2], outputs[3]];
-        let (cols, rows) = (pw / level.stride, ph / level.stride);
-        let cells = cols * rows;
-        let s = level.stride as f32;
-        for i in 0..cells {
-            let score = (cls[i].clamp(0.0, 1.0) * obj[i].clamp(0.0, 1.0)).sqrt();
-            if score < threshold {
-                continue;
-            }
-            let (c, r) = ((i % cols) as f32, (i / cols) as f32);
-            let (cx, cy) = ((c + bbox[i]) * s, (r + bbox[cells + i]) * s);
-            // OpenCV calls glibc's expf, which rounds correctly; exp in f64 rounded to f32 gives
-            // the same on any platform (tools/yunet_reference.py does this too).
-            let w = (bbox[2 * cells + i] as f64).exp() as f32 * s;
-            let h = (bbox[3 * cells + i] as f64).exp() as f32 * s;
-            let landmarks = std::array::from_fn(|n| [(kps[2 * n * cells + i] + c) * s, (kps[(2 * n + 1) * cells + i] + r) * s]);
-            faces.push(FaceBox { x: cx - w / 2.0, y: cy - h / 2.0, w, h, landmarks, score });
-        }
+        let shape = DecodeShape::new(1, level.grid(padded), level.stride, first, all, threshold)?;
+        yunet_decode::forward_cpu(shape, [outputs[0], outputs[1], outputs[2], outputs[3]], &mut count, &mut records)?;
+        first += shape.cells();
     }
-    faces
+    Ok(candidates(&records, count[0] as usize))
 }
 
 /// OpenCV's `NMSBoxes` as FaceDetectorYN calls it (eta 1), on the boxes truncated to integers:
@@ -79,6 +84,16 @@ mod tests {
 
     fn face(x: f32, y: f32, w: f32, h: f32, score: f32) -> FaceBox {
         FaceBox { x, y, w, h, landmarks: [[0.0; 2]; 5], score }
+    }
+
+    #[test]
+    fn candidates_come_in_decoding_order_and_stop_at_the_count() {
+        // Three records in the order a GPU's threads wrote them, and a fourth slot past the count.
+        let record = |order: f32, score: f32| std::iter::repeat_n(order, 14).chain([score, order]).collect::<Vec<f32>>();
+        let records = [record(7.0, 0.7), record(2.0, 0.9), record(5.0, 0.8), record(1.0, 1.0)].concat();
+        let faces = candidates(&records, 3);
+        assert_eq!(faces.iter().map(|f| (f.x, f.score)).collect::<Vec<_>>(), [(2.0, 0.9), (5.0, 0.8), (7.0, 0.7)]);
+        assert_eq!(faces[0].landmarks, [[2.0; 2]; 5]);
     }
 
     #[test]

@@ -4,9 +4,10 @@
 //! The network is data: `data/yunet/yunet_n.json` declares its nodes and `yunet_n.safetensors`
 //! holds their weights (batch norm already folded into the convolutions; `data/yunet/README.md`
 //! tells where both came from). [`YuNetModel`] reads and checks the two before anything is
-//! allocated; [`YuNet`] runs it on a backend node by node, reads back the 12 head outputs and
-//! decodes them on the host exactly as FaceDetectorYN does (its steps are in the README and in
-//! `tools/yunet_reference.py`).
+//! allocated; [`YuNet`] runs it on a backend node by node, decodes the 12 head outputs there
+//! into each image's list of candidates exactly as FaceDetectorYN does (the `yunet_decode`
+//! kernel; its steps are in the README and in `tools/yunet_reference.py`), reads the lists back
+//! and suppresses overlapping faces on the host.
 
 mod decode;
 mod model;
@@ -17,8 +18,9 @@ pub use plan::MAX_ACTIVATION_BYTES;
 
 use crate::error::{quote_prefix, Error, Result};
 use crate::kernels::conv2d::Precision;
+use crate::kernels::yunet_decode::RECORD;
 use crate::nn::{Backend, Cpu};
-use decode::{decode, suppress};
+use decode::suppress;
 use image::RgbImage;
 use plan::Plan;
 use serde::Serialize;
@@ -186,16 +188,9 @@ impl<B: Backend> YuNet<B> {
             return Ok(vec![Vec::new(); images.len()]);
         }
         let padded = self.model.padded_size(size.0 as usize, size.1 as usize);
-        let model = self.model.clone();
-        // The faces of image `image` of the `count` whose heads each hold one after another.
-        let faces_of = |heads: &[Vec<f32>], count: usize, image: usize| {
-            let own: Vec<&[f32]> = heads.iter().map(|h| &h[image * (h.len() / count)..][..h.len() / count]).collect();
-            suppress(&decode(&model.levels, &own, padded, params.score_threshold), params)
-        };
         if images.len() > 1 && self.apart != Some((padded, images.len())) {
-            let outputs: Vec<usize> = model.levels.iter().flat_map(|l| l.heads).collect();
-            match self.forward(padded, images.len(), |blob| fill_blobs(images, padded, blob), &outputs).await {
-                Ok(heads) => return Ok((0..images.len()).map(|i| faces_of(&heads, images.len(), i)).collect()),
+            match self.faces(padded, images.len(), |blob| fill_blobs(images, padded, blob), params).await {
+                Ok(found) => return Ok(found),
                 // Refused by the device or the activation limit: each image alone may fit (and
                 // says why if it does not either).
                 Err(Error::TooLarge { .. } | Error::Invalid(_)) => {
@@ -207,8 +202,7 @@ impl<B: Backend> YuNet<B> {
         }
         let mut found = Vec::with_capacity(images.len());
         for image in images {
-            let heads = self.heads(image, padded).await?;
-            found.push(faces_of(&heads, 1, 0));
+            found.push(self.faces_alone(image, padded, params).await?);
         }
         Ok(found)
     }
@@ -219,13 +213,12 @@ impl<B: Backend> YuNet<B> {
         pollster::block_on(self.detect_async(image, params))
     }
 
-    /// The 12 head outputs for `image`, here or, when the device refuses the size, on the CPU.
-    async fn heads(&mut self, image: &RgbImage, padded: (usize, usize)) -> Result<Vec<Vec<f32>>> {
-        let outputs: Vec<usize> = self.model.levels.iter().flat_map(|l| l.heads).collect();
+    /// The faces in `image`, found here or, when the device refuses the size, on the CPU.
+    async fn faces_alone(&mut self, image: &RgbImage, padded: (usize, usize), params: &YuNetParams) -> Result<Vec<FaceBox>> {
         let fill = |blob: &mut [f32]| fill_blob(image, padded, blob);
         let reason = match &self.refused {
             Some((size, reason)) if *size == padded => reason.clone(),
-            _ => match self.forward(padded, 1, fill, &outputs).await {
+            _ => match self.faces(padded, 1, fill, params).await.map(|mut found| found.pop().expect("one list for one image")) {
                 // YuNet's first convolution binds its largest tensors, so the device refuses a
                 // size before anything of the frame is recorded.
                 Err(e @ Error::TooLarge { .. }) => {
@@ -242,7 +235,36 @@ impl<B: Backend> YuNet<B> {
             Some(cpu) => cpu,
             empty => empty.insert(Box::new(YuNet { precision: self.precision, ..YuNet::new(Cpu, self.model.clone())? })),
         };
-        cpu.forward(padded, 1, fill, &outputs).await
+        Ok(cpu.faces(padded, 1, fill, params).await?.pop().expect("one list for one image"))
+    }
+
+    /// Runs the network on the `batch` images `fill` writes into the staging blob, decodes its
+    /// heads on the backend and suppresses overlaps: each image's faces. An image with more
+    /// candidates than its list holds is decoded on the host from its heads.
+    async fn faces(&mut self, padded: (usize, usize), batch: usize, fill: impl FnOnce(&mut [f32]), params: &YuNetParams) -> Result<Vec<Vec<FaceBox>>> {
+        self.run(padded, batch, fill)?;
+        let plan = self.plan.as_ref().expect("planned by run");
+        let backend = &self.backend;
+        plan.decode(backend, &self.model, params.score_threshold)?;
+        let (counts, records) = (backend.read_ints_later(&plan.counts)?, backend.read_later(&plan.records)?);
+        let (counts, records) = (backend.collect_async(counts).await?, backend.collect_async(records).await?);
+        let list = records.len() / batch;
+        let mut heads = None;
+        let mut found = Vec::with_capacity(batch);
+        for (image, &count) in counts.iter().enumerate() {
+            let candidates = if count as usize <= list / RECORD {
+                decode::candidates(&records[image * list..][..list], count as usize)
+            } else {
+                let heads = match &mut heads {
+                    Some(heads) => heads,
+                    none => none.insert(plan.read_heads(backend, &self.model).await?),
+                };
+                let own: Vec<&[f32]> = heads.iter().map(|h| &h[image * (h.len() / batch)..][..h.len() / batch]).collect();
+                decode::decode(&self.model.levels, &own, padded, params.score_threshold)?
+            };
+            found.push(suppress(&candidates, params));
+        }
+        Ok(found)
     }
 
     /// The values of the nodes named `names` for the network input `blob` (B, G, R planes of
@@ -281,12 +303,7 @@ impl<B: Backend> YuNet<B> {
     /// Runs the network on the `batch` images `fill` writes into the staging blob and reads the
     /// values of `nodes`, as channel planes, image after image.
     async fn forward(&mut self, padded: (usize, usize), batch: usize, fill: impl FnOnce(&mut [f32]), nodes: &[usize]) -> Result<Vec<Vec<f32>>> {
-        if self.plan.as_ref().is_none_or(|p| (p.layout.padded, p.layout.batch) != (padded, batch)) {
-            // The old buffers go first: a new size must not hold both.
-            self.plan = None;
-            self.plan = Some(Plan::new(&self.backend, &self.model, padded, batch)?);
-        }
-        let plan = self.plan.as_mut().expect("planned above");
+        let plan = Self::planned(&mut self.plan, &self.backend, &self.model, padded, batch)?;
         let mut wanted = Vec::with_capacity(nodes.len());
         for &n in nodes {
             let name = quote_prefix(&self.model.nodes[n].name, QUOTE_CHARS);
@@ -317,5 +334,28 @@ impl<B: Backend> YuNet<B> {
             values.push(backend.collect_async(p.expect("every value is ready after some step")).await?);
         }
         Ok(values)
+    }
+
+    /// The plan in `slot` for `batch` images of the `padded` size, made anew when it was for
+    /// another.
+    fn planned<'a>(slot: &'a mut Option<Plan<B>>, backend: &B, model: &YuNetModel, padded: (usize, usize), batch: usize) -> Result<&'a mut Plan<B>> {
+        if slot.as_ref().is_none_or(|p| (p.layout.padded, p.layout.batch) != (padded, batch)) {
+            // The old buffers go first: a new size must not hold both.
+            *slot = None;
+            *slot = Some(Plan::new(backend, model, padded, batch)?);
+        }
+        Ok(slot.as_mut().expect("planned above"))
+    }
+
+    /// Queues every step of the network on the `batch` images `fill` writes into the staging
+    /// blob; the plan's heads then hold their values.
+    fn run(&mut self, padded: (usize, usize), batch: usize, fill: impl FnOnce(&mut [f32])) -> Result<()> {
+        let plan = Self::planned(&mut self.plan, &self.backend, &self.model, padded, batch)?;
+        fill(&mut plan.staging);
+        self.backend.write(&plan.tensors[0], &plan.staging)?;
+        for step in &plan.layout.steps {
+            plan.run(&self.backend, &self.weights, step, self.precision)?;
+        }
+        Ok(())
     }
 }

@@ -183,6 +183,18 @@ pub(super) struct Level {
     pub(super) heads: [usize; 4],
 }
 
+impl Level {
+    /// Columns and rows of this stride's cells in an image of the `padded` size.
+    pub(super) fn grid(&self, (pw, ph): (usize, usize)) -> (usize, usize) {
+        (pw / self.stride, ph / self.stride)
+    }
+}
+
+/// The cells of every stride in an image of the `padded` size: the candidates it can have.
+pub(super) fn all_cells(levels: &[Level], padded: (usize, usize)) -> usize {
+    levels.iter().map(|l| l.grid(padded).0 * l.grid(padded).1).sum()
+}
+
 /// A YuNet architecture with its weights, checked against each other: every node's inputs
 /// come before it with the channels it expects, every weight is present, finite and shaped as
 /// its node needs, and the heads FaceDetectorYN decodes are all there.

@@ -1,11 +1,12 @@
 //! How YuNet runs at one padded size: its nodes as kernel calls, and the buffers they share.
 
-use super::model::{Node, Op, YuNetModel};
+use super::model::{all_cells, Node, Op, YuNetModel};
 use crate::error::{Error, Result};
 use crate::kernels::conv2d::{Activation, Precision};
 use crate::kernels::conv2d_grouped::{GroupedConvShape, Pads, PointDepthShape};
 use crate::kernels::maxpool2d::PoolShape;
 use crate::kernels::upsample::UpsampleShape;
+use crate::kernels::yunet_decode::{DecodeShape, RECORD};
 use crate::nn::Backend;
 
 /// The most bytes of activations one image may take (every buffer of its plan, on either
@@ -215,6 +216,11 @@ fn pointwise_then_depthwise(nodes: &[Node], i: usize, j: usize) -> bool {
     pointwise && depthwise && second.inputs.first() == Some(&i)
 }
 
+/// Candidates an image's list holds at most (64 KiB), fewer in images with fewer cells, so that
+/// the lists never come to more than the heads: at the default threshold a face has a few to a
+/// few tens. An image with more (a threshold near 0) is decoded on the host from its heads.
+const CANDIDATES: usize = 1024;
+
 /// The buffers of one padded size and batch, allocated once for every frame of that size.
 pub(super) struct Plan<B: Backend> {
     pub(super) layout: Layout,
@@ -222,6 +228,11 @@ pub(super) struct Plan<B: Backend> {
     argmax: Vec<B::Ints>,
     /// The input as the host builds it; the padding stays zero from frame to frame.
     pub(super) staging: Vec<f32>,
+    /// Each image's count of candidates and its list of them (see
+    /// [`yunet_decode`](crate::kernels::yunet_decode)), `capacity` records long.
+    pub(super) counts: B::Ints,
+    pub(super) records: B::Tensor,
+    capacity: usize,
 }
 
 impl<B: Backend> Plan<B> {
@@ -229,7 +240,38 @@ impl<B: Backend> Plan<B> {
         let layout = Layout::new(model, padded, batch, backend.pairs_pointwise_depthwise())?;
         let tensors = layout.tensors.iter().map(|&n| backend.tensor(n)).collect::<Result<_>>()?;
         let argmax = layout.argmax.iter().map(|&n| backend.ints(n)).collect::<Result<_>>()?;
-        Ok(Plan { staging: vec![0.0; layout.tensors[0]], layout, tensors, argmax })
+        let capacity = CANDIDATES.min(all_cells(&model.levels, padded));
+        let (counts, records) = (backend.ints(batch)?, backend.tensor(batch * capacity * RECORD)?);
+        Ok(Plan { staging: vec![0.0; layout.tensors[0]], layout, tensors, argmax, counts, records, capacity })
+    }
+
+    /// Queues the decoding of every stride's heads into each image's list of candidates, after
+    /// the steps that compute them.
+    pub(super) fn decode(&self, backend: &B, model: &YuNetModel, threshold: f32) -> Result<()> {
+        backend.write_ints(&self.counts, &vec![0; self.layout.batch])?;
+        let mut first = 0;
+        for level in &model.levels {
+            let shape = DecodeShape::new(self.layout.batch, level.grid(self.layout.padded), level.stride, first, self.capacity, threshold)?;
+            backend.yunet_decode(shape, level.heads.map(|head| &self.tensors[self.head_tensor(head)]), &self.counts, &self.records)?;
+            first += shape.cells();
+        }
+        Ok(())
+    }
+
+    /// Every stride's four heads, as channel planes, image after image (outputs keep their
+    /// tensors to the end of the frame).
+    pub(super) async fn read_heads(&self, backend: &B, model: &YuNetModel) -> Result<Vec<Vec<f32>>> {
+        let pending = model.levels.iter().flat_map(|l| l.heads).map(|head| backend.read_later(&self.tensors[self.head_tensor(head)])).collect::<Result<Vec<_>>>()?;
+        let mut heads = Vec::with_capacity(pending.len());
+        for p in pending {
+            heads.push(backend.collect_async(p).await?);
+        }
+        Ok(heads)
+    }
+
+    /// The tensor holding output node `head`.
+    fn head_tensor(&self, head: usize) -> usize {
+        self.layout.values[head].expect("an output's value is stored").0
     }
 
     pub(super) fn run(&self, backend: &B, weights: &[(B::Tensor, B::Tensor)], step: &Step, precision: Precision) -> Result<()> {
