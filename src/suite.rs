@@ -26,6 +26,7 @@ use crate::kernels::maxpool2d::PoolShape;
 use crate::kernels::sgd::SgdConfig;
 use crate::kernels::softmax_xent::XentShape;
 use crate::kernels::upsample::UpsampleShape;
+use crate::kernels::yunet_decode::{DecodeShape, RECORD};
 use crate::nn::backend::{BnTensors, LossTensors};
 use crate::nn::{Backend, Cpu, GpuBackend};
 use crate::rng::Rng;
@@ -59,6 +60,7 @@ enum Op {
     Upsample(UpsampleShape),
     Add(usize),
     Sigmoid(usize),
+    YunetDecode(DecodeShape),
     Warp {
         batch: usize,
         side: usize,
@@ -154,6 +156,12 @@ pub fn cases() -> Vec<Case> {
     }
     all.extend([12, 257, 64 * 40 * 40].map(|n| case(format!("add, {n} elements"), Op::Add(n), 0.0)));
     all.extend([12, 257, 64 * 40 * 40].map(|n| case(format!("sigmoid, {n} elements"), Op::Sigmoid(n), 1e-6)));
+    // Odd grids, a batch, a stride after others, and YuNet's stride 8 at 640x480; each list with
+    // room for every cell, so that the GPU keeps the same records as the CPU.
+    for (images, grid, stride, first, threshold) in [(1, (13, 7), 8, 0, 0.5), (3, (11, 5), 16, 1000, 0.3), (2, (80, 60), 8, 0, 0.8)] {
+        let s = DecodeShape::new(images, grid, stride, first, grid.0 * grid.1, threshold).expect("valid shape");
+        all.push(case(format!("yunet_decode {s:?}"), Op::YunetDecode(s), TRANSCENDENTAL_TOL));
+    }
     // WGSL's division is not correctly rounded.
     all.extend([(1, 48), (5, 40), (3, 44)].map(|(batch, side)| case(format!("warp, {batch} images to {side}x{side}"), Op::Warp { batch, side }, 1e-5)));
     for (width, height, faces) in [(641, 479, 3), (37, 5, 1), (48, 48, 2)] {
@@ -390,6 +398,22 @@ async fn outputs<B: Backend>(b: &B, op: &Op) -> Result<Vec<(&'static str, Vec<f3
             let (x, y) = (put(&x)?, zeros(*n)?);
             b.sigmoid_forward(&x, &y)?;
             out.push(("output", b.read_async(&y).await?));
+        }
+        Op::YunetDecode(s) => {
+            let cells = s.images * s.cells();
+            let heads = [put(&values(cells, 1, -0.1, 1.1))?, put(&values(cells, 2, -0.1, 1.1))?, put(&values(4 * cells, 3, -1.0, 1.0))?, put(&values(10 * cells, 4, -2.0, 2.0))?];
+            let (counts, records) = (put_ints(&vec![0; s.images])?, zeros(s.images * s.capacity * RECORD)?);
+            b.yunet_decode(*s, heads.each_ref(), &counts, &records)?;
+            let (counts, records) = (b.read_ints_async(&counts).await?, b.read_async(&records).await?);
+            // The GPU's threads fill a list in any order: the lists are compared in decoding order.
+            let mut in_order = Vec::with_capacity(records.len());
+            for (list, &count) in records.chunks_exact(s.capacity * RECORD).zip(&counts) {
+                let mut kept: Vec<&[f32]> = list.chunks_exact(RECORD).take(count as usize).collect();
+                kept.sort_by(|a, b| a[15].total_cmp(&b[15]));
+                in_order.extend(kept.concat());
+            }
+            out.push(("counts", counts.iter().map(|&c| c as f32).collect()));
+            out.push(("records in decoding order", in_order));
         }
         Op::Warp { batch, side } => {
             let images: Vec<u8> = values(batch * crate::data::PIXELS, 1, 0.0, 256.0).iter().map(|&v| v as u8).collect();
