@@ -242,7 +242,7 @@ impl<B: Backend> YuNet<B> {
     /// heads on the backend and suppresses overlaps: each image's faces. An image with more
     /// candidates than its list holds is decoded on the host from its heads.
     async fn faces(&mut self, padded: (usize, usize), batch: usize, fill: impl FnOnce(&mut [f32]), params: &YuNetParams) -> Result<Vec<Vec<FaceBox>>> {
-        self.run(padded, batch, fill)?;
+        self.run(padded, batch, fill, |_, _, _| Ok(()))?;
         let plan = self.plan.as_ref().expect("planned by run");
         let backend = &self.backend;
         plan.decode(backend, &self.model, params.score_threshold)?;
@@ -311,27 +311,19 @@ impl<B: Backend> YuNet<B> {
                 plan.layout.values[n].ok_or_else(|| Error::Invalid(format!("YuNet node {name} runs inside the node after it (a ReLU or a depthwise convolution); its own output is not kept")))?;
             wanted.push(value);
         }
-        fill(&mut plan.staging);
-        let plan = &*plan;
-        let backend = &self.backend;
-        backend.write(&plan.tensors[0], &plan.staging)?;
+        // A value is read as soon as its step has run: a later step may overwrite its tensor.
         let mut pending: Vec<Option<B::Pending<f32>>> = nodes.iter().map(|_| None).collect();
-        let mut read_ready = |done: usize| -> Result<()> {
+        self.run(padded, batch, fill, |plan, backend, done| {
             for (slot, &(tensor, after)) in pending.iter_mut().zip(&wanted) {
                 if after == done {
                     *slot = Some(backend.read_later(&plan.tensors[tensor])?);
                 }
             }
             Ok(())
-        };
-        read_ready(0)?;
-        for (k, step) in plan.layout.steps.iter().enumerate() {
-            plan.run(backend, &self.weights, step, self.precision)?;
-            read_ready(k + 1)?;
-        }
+        })?;
         let mut values = Vec::with_capacity(pending.len());
         for p in pending {
-            values.push(backend.collect_async(p.expect("every value is ready after some step")).await?);
+            values.push(self.backend.collect_async(p.expect("every value is ready after some step")).await?);
         }
         Ok(values)
     }
@@ -348,13 +340,16 @@ impl<B: Backend> YuNet<B> {
     }
 
     /// Queues every step of the network on the `batch` images `fill` writes into the staging
-    /// blob; the plan's heads then hold their values.
-    fn run(&mut self, padded: (usize, usize), batch: usize, fill: impl FnOnce(&mut [f32])) -> Result<()> {
+    /// blob, calling `after(plan, backend, steps run)` once the input is written and after each
+    /// step; the plan's heads then hold their values.
+    fn run(&mut self, padded: (usize, usize), batch: usize, fill: impl FnOnce(&mut [f32]), mut after: impl FnMut(&Plan<B>, &B, usize) -> Result<()>) -> Result<()> {
         let plan = Self::planned(&mut self.plan, &self.backend, &self.model, padded, batch)?;
         fill(&mut plan.staging);
         self.backend.write(&plan.tensors[0], &plan.staging)?;
-        for step in &plan.layout.steps {
+        after(plan, &self.backend, 0)?;
+        for (k, step) in plan.layout.steps.iter().enumerate() {
             plan.run(&self.backend, &self.weights, step, self.precision)?;
+            after(plan, &self.backend, k + 1)?;
         }
         Ok(())
     }
