@@ -2,7 +2,7 @@
 //! reaches the threshold becomes a record of its box, five landmarks and score, appended to its
 //! image's list.
 //!
-//! Only the lists travel back to the host, not the 15 head channels of every cell (about 1 MB
+//! Only the lists travel back to the host, not the 16 head channels of every cell (1.2 MB
 //! for a 1280x720 frame). On the GPU each cell is a thread that takes its list's next slot by an
 //! atomic count, so the records come in any order: each carries its cell's place in
 //! FaceDetectorYN's order (strides in turn, cells row-major), by which the host sorts them
