@@ -26,7 +26,7 @@ use crate::kernels::maxpool2d::PoolShape;
 use crate::kernels::sgd::SgdConfig;
 use crate::kernels::softmax_xent::XentShape;
 use crate::kernels::upsample::UpsampleShape;
-use crate::kernels::yunet_decode::{DecodeShape, RECORD};
+use crate::kernels::yunet_decode::{self, DecodeShape, RECORD};
 use crate::nn::backend::{BnTensors, LossTensors};
 use crate::nn::{Backend, Cpu, GpuBackend};
 use crate::rng::Rng;
@@ -408,9 +408,7 @@ async fn outputs<B: Backend>(b: &B, op: &Op) -> Result<Vec<(&'static str, Vec<f3
             // The GPU's threads fill a list in any order: the lists are compared in decoding order.
             let mut in_order = Vec::with_capacity(records.len());
             for (list, &count) in records.chunks_exact(s.capacity * RECORD).zip(&counts) {
-                let mut kept: Vec<&[f32]> = list.chunks_exact(RECORD).take(count as usize).collect();
-                kept.sort_by(|a, b| a[15].total_cmp(&b[15]));
-                in_order.extend(kept.concat());
+                in_order.extend(yunet_decode::in_decoding_order(list, count as usize).concat());
             }
             out.push(("counts", counts.iter().map(|&c| c as f32).collect()));
             out.push(("records in decoding order", in_order));

@@ -59,6 +59,13 @@ impl DecodeShape {
     }
 }
 
+/// The first `count` records of a list, in decoding order (the GPU's threads fill it in any).
+pub fn in_decoding_order(list: &[f32], count: usize) -> Vec<&[f32]> {
+    let mut kept: Vec<&[f32]> = list.chunks_exact(RECORD).take(count).collect();
+    kept.sort_by(|a, b| a[15].total_cmp(&b[15]));
+    kept
+}
+
 /// Appends each image's candidates to its list in decoding order, as FaceDetectorYN computes
 /// them (`sqrt(cls * obj)` of the clamped scores; `exp` rounded correctly, as glibc's `expf`
 /// that OpenCV calls). `counts` must be zero before the first stride.

@@ -10,16 +10,10 @@ use std::cmp::Ordering;
 /// The faces of the first `count` records of an image's list (see [`yunet_decode`]), in
 /// FaceDetectorYN's decoding order, which the backend's list need not keep.
 pub(super) fn candidates(records: &[f32], count: usize) -> Vec<FaceBox> {
-    let mut faces: Vec<(f32, FaceBox)> = records
-        .chunks_exact(RECORD)
-        .take(count)
-        .map(|r| {
-            let landmarks = std::array::from_fn(|n| [r[4 + 2 * n], r[5 + 2 * n]]);
-            (r[15], FaceBox { x: r[0], y: r[1], w: r[2], h: r[3], landmarks, score: r[14] })
-        })
-        .collect();
-    faces.sort_by(|a, b| a.0.total_cmp(&b.0));
-    faces.into_iter().map(|(_, face)| face).collect()
+    yunet_decode::in_decoding_order(records, count)
+        .into_iter()
+        .map(|r| FaceBox { x: r[0], y: r[1], w: r[2], h: r[3], landmarks: std::array::from_fn(|n| [r[4 + 2 * n], r[5 + 2 * n]]), score: r[14] })
+        .collect()
 }
 
 /// Every candidate of one image from its heads (`heads` holds the outputs of `levels` in

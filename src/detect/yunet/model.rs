@@ -192,7 +192,7 @@ impl Level {
 
 /// The cells of every stride in an image of the `padded` size: the candidates it can have.
 pub(super) fn all_cells(levels: &[Level], padded: (usize, usize)) -> usize {
-    levels.iter().map(|l| l.grid(padded).0 * l.grid(padded).1).sum()
+    levels.iter().map(|l| l.grid(padded)).map(|(cols, rows)| cols * rows).sum()
 }
 
 /// A YuNet architecture with its weights, checked against each other: every node's inputs
