@@ -1,10 +1,10 @@
 //! The host's side of FaceDetectorYN's decoding (the backend's lists of candidates read back,
 //! or an image decoded from its heads), and its non-maximum suppression.
 
-use super::model::{all_cells, Level};
+use super::model::{all_cells, decode_shapes, Level};
 use super::{FaceBox, YuNetParams};
 use crate::error::Result;
-use crate::kernels::yunet_decode::{self, DecodeShape, RECORD};
+use crate::kernels::yunet_decode::{self, RECORD};
 use std::cmp::Ordering;
 
 /// The faces of the first `count` records of an image's list (see [`yunet_decode`]), in
@@ -22,11 +22,8 @@ pub(super) fn candidates(records: &[f32], count: usize) -> Vec<FaceBox> {
 pub(super) fn decode(levels: &[Level], heads: &[&[f32]], padded: (usize, usize), threshold: f32) -> Result<Vec<FaceBox>> {
     let all = all_cells(levels, padded);
     let (mut count, mut records) = ([0], vec![0.0; all * RECORD]);
-    let mut first = 0;
-    for (level, outputs) in levels.iter().zip(heads.chunks_exact(4)) {
-        let shape = DecodeShape::new(1, level.grid(padded), level.stride, first, all, threshold)?;
+    for (shape, outputs) in decode_shapes(levels, 1, padded, all, threshold)?.into_iter().zip(heads.chunks_exact(4)) {
         yunet_decode::forward_cpu(shape, [outputs[0], outputs[1], outputs[2], outputs[3]], &mut count, &mut records)?;
-        first += shape.cells();
     }
     Ok(candidates(&records, count[0] as usize))
 }

@@ -3,6 +3,7 @@
 
 use super::{fill_blob, QUOTE_CHARS};
 use crate::error::{file_err, quote_prefix, Error, Result};
+use crate::kernels::yunet_decode::DecodeShape;
 use image::RgbImage;
 use safetensors::tensor::{Dtype, SafeTensors};
 use serde::Deserialize;
@@ -193,6 +194,20 @@ impl Level {
 /// The cells of every stride in an image of the `padded` size: the candidates it can have.
 pub(super) fn all_cells(levels: &[Level], padded: (usize, usize)) -> usize {
     levels.iter().map(|l| l.grid(padded)).map(|(cols, rows)| cols * rows).sum()
+}
+
+/// Each stride's decoding into lists of `capacity` records an image, its cells numbered after
+/// those of the strides before it (FaceDetectorYN's decoding order).
+pub(super) fn decode_shapes(levels: &[Level], batch: usize, padded: (usize, usize), capacity: usize, threshold: f32) -> Result<Vec<DecodeShape>> {
+    let mut first = 0;
+    levels
+        .iter()
+        .map(|level| {
+            let shape = DecodeShape::new(batch, level.grid(padded), level.stride, first, capacity, threshold)?;
+            first += shape.cells();
+            Ok(shape)
+        })
+        .collect()
 }
 
 /// A YuNet architecture with its weights, checked against each other: every node's inputs

@@ -1,12 +1,12 @@
 //! How YuNet runs at one padded size: its nodes as kernel calls, and the buffers they share.
 
-use super::model::{all_cells, Node, Op, YuNetModel};
+use super::model::{all_cells, decode_shapes, Node, Op, YuNetModel};
 use crate::error::{Error, Result};
 use crate::kernels::conv2d::{Activation, Precision};
 use crate::kernels::conv2d_grouped::{GroupedConvShape, Pads, PointDepthShape};
 use crate::kernels::maxpool2d::PoolShape;
 use crate::kernels::upsample::UpsampleShape;
-use crate::kernels::yunet_decode::{DecodeShape, RECORD};
+use crate::kernels::yunet_decode::RECORD;
 use crate::nn::Backend;
 
 /// The most bytes of activations one image may take (every buffer of its plan, on either
@@ -249,11 +249,9 @@ impl<B: Backend> Plan<B> {
     /// the steps that compute them.
     pub(super) fn decode(&self, backend: &B, model: &YuNetModel, threshold: f32) -> Result<()> {
         backend.write_ints(&self.counts, &vec![0; self.layout.batch])?;
-        let mut first = 0;
-        for level in &model.levels {
-            let shape = DecodeShape::new(self.layout.batch, level.grid(self.layout.padded), level.stride, first, self.capacity, threshold)?;
+        let shapes = decode_shapes(&model.levels, self.layout.batch, self.layout.padded, self.capacity, threshold)?;
+        for (level, shape) in model.levels.iter().zip(shapes) {
             backend.yunet_decode(shape, level.heads.map(|head| &self.tensors[self.head_tensor(head)]), &self.counts, &self.records)?;
-            first += shape.cells();
         }
         Ok(())
     }
