@@ -1,4 +1,4 @@
-//! `cargo bench`: every kernel at the seed model's shapes at batches 1, 64 and 256, GPU vs the CPU
+//! `cargo bench`: every kernel at the original model's shapes at batches 1, 64 and 256, GPU vs the CPU
 //! backend.
 //! Options after `--`: `--quick` (2 repetitions instead of 5) and a name filter.
 

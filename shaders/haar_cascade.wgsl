@@ -1,10 +1,9 @@
 // Haar-cascade evaluation over a batch of pyramid levels at once, exact to OpenCV's CPU
 // detector (docs/opencv-haar-semantics.md, §15). Each level has its own integral tables,
 // prepared nodes and window codes, described by `levels`; one dispatch covers every level of
-// the batch, as do resize.wgsl's and integral.wgsl's, so a batch records 16 passes instead of
-// 16 per level (a 1280x720 frame has 36 levels in 2 batches; recording and submitting 576
-// passes took 3.5 ms of host time, a ceiling of 290 frames/s whatever the GPU). Entry points,
-// recorded once per batch:
+// the batch, as do resize.wgsl's and integral.wgsl's, so a batch records a fixed number of
+// passes instead of that number per level (a 1280x720 frame has 36 levels in 2 batches), and
+// the host's recording cost does not cap the frame rate. Entry points, recorded once per batch:
 //   prepare_nodes one thread per (level, node): each node's rectangles as corner offsets;
 //   scan_windows  one thread per window on the levels' step grids: variance normalisation
 //                 and stage 0;

@@ -79,11 +79,13 @@ impl Dataset {
         self.labels.push(class);
     }
     /// Splits off a seeded random `fraction` of the images (stratified by nothing: FER2013's
-    /// classes are large enough that a random tenth keeps their shares).
+    /// classes are large enough that a random tenth keeps their shares); a fraction outside
+    /// [0, 1] takes none or all of them.
     pub fn split_off(&mut self, fraction: f64, seed: u64) -> Dataset {
         let mut order: Vec<usize> = (0..self.len()).collect();
         Rng::new(seed).shuffle(&mut order);
-        let n_off = (self.len() as f64 * fraction).round() as usize;
+        // `as` takes a negative or NaN product to 0.
+        let n_off = ((self.len() as f64 * fraction).round() as usize).min(self.len());
         let pick = |idx: &[usize]| Dataset { images: idx.iter().flat_map(|&i| self.image(i).iter().copied()).collect(), labels: idx.iter().map(|&i| self.labels[i]).collect(), ..Default::default() };
         let off = pick(&order[..n_off]);
         let keep = pick(&order[n_off..]);

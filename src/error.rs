@@ -63,6 +63,15 @@ pub fn check_len(op: &'static str, name: &str, slice_len: usize, expected: usize
     Ok(())
 }
 
+/// Refuses a buffer of `room` elements that cannot hold the `needed` an op reads or writes
+/// (for buffers that may be larger than one use of them).
+pub fn check_room(op: &'static str, name: &str, room: usize, needed: usize) -> Result<()> {
+    if room < needed {
+        return Err(shape_err(op, format!("{name} has room for {room} elements, needs {needed}")));
+    }
+    Ok(())
+}
+
 /// Shorthand for a file error naming `path`.
 pub fn file_err(path: &Path, reason: impl Into<String>) -> Error {
     Error::File { path: path.to_path_buf(), reason: reason.into() }

@@ -1,5 +1,6 @@
-//! mien: a facial-expression CNN and a Haar-cascade face detector whose every numeric kernel is
-//! a hand-written WGSL compute shader, with a fast CPU implementation of each beside it.
+//! mien: face detectors (YuNet and OpenCV's Haar cascades) and facial-expression CNNs whose
+//! numeric kernels are hand-written WGSL compute shaders, with a fast CPU implementation of
+//! each beside it; the host keeps only small sequential work such as non-maximum suppression.
 
 pub mod align;
 pub mod augment;

@@ -105,7 +105,7 @@ pub fn cases() -> Vec<Case> {
     let grouped = |batch, cin, hw, cout, k, groups, stride, pads| GroupedConvShape::new(batch, cin, hw, cout, k, groups, stride, pads).expect("valid shape");
     let mut all = Vec::new();
     let convs = [
-        // The seed model's first two layers and the VGG's second, at batch 1.
+        // The original model's first two layers and the VGG's second, at batch 1.
         conv(1, 1, (48, 48), 32, (3, 3), Padding::Valid),
         conv(1, 32, (46, 46), 64, (3, 3), Padding::Valid),
         conv(1, 64, (24, 24), 64, (3, 3), Padding::Same),

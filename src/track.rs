@@ -61,12 +61,6 @@ impl From<Rect> for TrackBox {
 }
 
 impl TrackBox {
-    /// The box with its corners rounded to whole pixels, for drawing.
-    pub fn to_rect(&self) -> Rect {
-        let (x0, y0) = (self.x.round() as i32, self.y.round() as i32);
-        Rect { x: x0, y: y0, w: (self.x + self.w).round() as i32 - x0, h: (self.y + self.h).round() as i32 - y0 }
-    }
-
     fn centre(&self) -> (f64, f64) {
         (self.x + self.w / 2.0, self.y + self.h / 2.0)
     }

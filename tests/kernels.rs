@@ -1,5 +1,5 @@
 //! Every WGSL kernel against its CPU implementation, on odd shapes (not multiples of any
-//! workgroup or tile size), on batch 1, and on the seed model's layer shapes at batch 64.
+//! workgroup or tile size), on batch 1, and on the original model's layer shapes at batch 64.
 
 mod common;
 
@@ -27,7 +27,7 @@ fn up(g: &Gpu, v: &[f32]) -> mien::gpu::GpuBuffer<f32> {
     g.upload(v).unwrap()
 }
 
-/// The seed model's convolutions at batch 64: 48x48x1 -> 32 -> 64 -> pool -> 128 -> pool -> 128.
+/// The original model's convolutions at batch 64: 48x48x1 -> 32 -> 64 -> pool -> 128 -> pool -> 128.
 fn seed_model_convs() -> Vec<Conv2dShape> {
     [(1, 48, 32), (32, 46, 64), (64, 22, 128), (128, 10, 128)].iter().map(|&(cin, hw, cout)| Conv2dShape::new(64, cin, (hw, hw), cout, (3, 3), Padding::Valid).unwrap()).collect()
 }
@@ -313,7 +313,7 @@ fn softmax_cross_entropy_rejects_bad_labels() {
 #[test]
 fn adam_matches_over_several_steps() {
     let g = gpu();
-    let n = 2_345_607; // the seed model's parameter count
+    let n = 2_345_607; // the original model's parameter count
     let cfg = AdamConfig { lr: 1e-3, ..Default::default() };
     let mut p = randn_like(n, 1);
     let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);

@@ -8,10 +8,12 @@ mod common;
 use common::{assert_close, gpu};
 use mien::augment::{AugmentConfig, Tta};
 use mien::data::{self, Dataset, Usage, PIXELS};
+use mien::detect::yunet::YuNetParams;
 use mien::kernels::adam::AdamConfig;
 use mien::kernels::warp;
 use mien::nn::weights::Part;
 use mien::nn::{Backend, Cpu, Ensemble, GpuBackend, Model, ModelConfig};
+use mien::pipeline::{DetectSize, DetectorChoice, Labeller};
 use mien::rng::Rng;
 use mien::train::{self, OptimizerChoice, Recipe, RunFiles, SgdSettings, Start};
 use std::path::{Path, PathBuf};
@@ -217,6 +219,14 @@ fn an_ensemble_of_models_with_different_classes_is_refused() {
     let err = Ensemble::new(models).err().expect("refused").to_string();
     assert!(err.contains("ensemble model 2 has 5 classes, model 1 has 7"), "{err}");
     assert!(Ensemble::<Cpu>::new(Vec::new()).is_err());
+}
+
+#[test]
+fn labelling_faces_refuses_a_model_without_fer2013s_seven_classes() {
+    let models = Ensemble::new(vec![Model::new(&Cpu, tiny_model_of(48, 5), 1).unwrap()]).unwrap();
+    let detector = DetectorChoice::YuNet { params: YuNetParams::DETECT, min_size: 0, size: DetectSize::Full };
+    let err = Labeller::from_parts(Cpu, None, detector, None, Some(models), Tta::Mirror, true).err().expect("refused").to_string();
+    assert!(err.contains("scores 5 classes; labelling faces needs FER2013's 7"), "{err}");
 }
 
 /// A model whose batch norms follow a convolution (with a ReLU after) and a dense layer, as

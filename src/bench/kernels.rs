@@ -1,4 +1,4 @@
-//! Kernel benchmarks: every op at the seed model's shapes for each of a list of batches (1, 64 and
+//! Kernel benchmarks: every op at the original model's shapes for each of a list of batches (1, 64 and
 //! 256 by default), on the GPU (timestamp queries where the adapter has them, wall clock
 //! otherwise) and on the CPU backend, side by side in one run so the ratio is fair on a shared,
 //! noisy machine.
@@ -304,7 +304,7 @@ fn xent_adam_bn_cases(gpu: &Gpu, batch: usize) -> Result<Vec<Case>> {
         }),
     });
 
-    let n = 2_345_607; // the seed model's parameters
+    let n = 2_345_607; // the original model's parameters
     let cfg = AdamConfig::default();
     let grad = seeded(n, 14);
     struct AdamBufs {
@@ -384,7 +384,7 @@ fn xent_adam_bn_cases(gpu: &Gpu, batch: usize) -> Result<Vec<Case>> {
     Ok(cases)
 }
 
-/// Every kernel at the seed model's shapes for `batch` images.
+/// Every kernel at the original model's shapes for `batch` images.
 fn cases(gpu: &Gpu, batch: usize) -> Result<Vec<Case>> {
     let conv = |cin, hw, cout| Conv2dShape::new(batch, cin, (hw, hw), cout, (3, 3), Padding::Valid);
     let mut all = Vec::new();
@@ -406,7 +406,7 @@ fn cases(gpu: &Gpu, batch: usize) -> Result<Vec<Case>> {
     Ok(all)
 }
 
-/// The batches `mien bench kernels` and `cargo bench` time by default: latency, the seed model's
+/// The batches `mien bench kernels` and `cargo bench` time by default: latency, the original model's
 /// training batch, and a larger one where a fast GPU's launch overhead matters less.
 pub const DEFAULT_BATCHES: [usize; 3] = [1, 64, 256];
 

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 #[derive(Subcommand)]
 pub(super) enum ProfileWhat {
-    /// Training steps of the default model (synthetic images).
+    /// Training steps of the original model, or `--model`'s (synthetic images).
     Train {
         #[arg(long, default_value_t = 5)]
         steps: usize,
@@ -29,7 +29,7 @@ pub(super) enum ProfileWhat {
         #[arg(long)]
         model: Option<PathBuf>,
     },
-    /// Inference calls of the default model (synthetic images): batch-1 latency by default,
+    /// Inference calls of the original model, or `--model`'s (synthetic images): batch-1 latency by default,
     /// the launch-bound case a fast GPU spends most of its time between passes in.
     Infer {
         #[arg(long, default_value_t = 20)]
@@ -106,7 +106,7 @@ pub(super) enum BenchSuite {
         #[arg(long)]
         json: bool,
     },
-    /// Every kernel at the seed model's shapes, GPU vs the CPU backend.
+    /// Every kernel at the original model's shapes, GPU vs the CPU backend.
     Kernels {
         /// Batches to time every kernel at, in turn.
         #[arg(long, value_delimiter = ',', default_values_t = bench::DEFAULT_BATCHES)]
@@ -320,7 +320,7 @@ fn report_profile(gpu: &gpu::Gpu, title: &str, p: &Profile, trace: &Path, other:
 /// batch of synthetic images with labels.
 fn profiled_model<'g>(backend: &GpuBackend<'g>, batch: usize, model: Option<&Path>) -> Result<(Model<GpuBackend<'g>>, Vec<u8>, Vec<u32>)> {
     let config = match model {
-        Some(path) => ModelConfig::load(path)?,
+        Some(path) => model_config(path)?,
         None => ModelConfig::original(),
     };
     let images: Vec<u8> = (0..batch * data::PIXELS).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();

@@ -34,7 +34,8 @@ struct Global {
     /// wgpu backend to look for adapters on.
     #[arg(long, global = true, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
-    /// Adapter to use: its index in `mien devices` or part of its name.
+    /// Adapter to use: its index in `mien devices` or part of its name. Named, it is used even
+    /// with `--device auto` and even when it is a software one; one that is not there is an error.
     #[arg(long, global = true)]
     adapter: Option<String>,
     /// Where to compute: auto picks a real GPU, or the CPU backend when the only adapter is a
@@ -95,7 +96,7 @@ enum Command {
     Eval(EvalArgs),
     /// Find faces in images and label their expressions.
     Detect(DetectArgs),
-    /// Time every GPU pass of a few training steps: a Chrome/Perfetto trace and a summary.
+    /// Time every GPU pass of training, inference or detection: a Chrome/Perfetto trace and a summary.
     Profile {
         #[command(subcommand)]
         what: ProfileWhat,

@@ -7,7 +7,7 @@ use mien::augment::{AugmentConfig, EraseFill, Tta};
 use mien::data::{self, Dataset, Usage};
 use mien::kernels::conv2d::Precision;
 use mien::nn::weights::Part;
-use mien::nn::{Backend, Ensemble, Model, ModelConfig};
+use mien::nn::{Backend, Ensemble, Model};
 use mien::train::{self, OptimizerChoice, Recipe, RunFiles, SgdSettings};
 use std::path::{Path, PathBuf};
 
@@ -312,7 +312,7 @@ fn inference_models<B: Backend>(backend: &B, weights: &[PathBuf], config: Option
     let mut models = Vec::new();
     for weights in weights {
         let config = match config {
-            Some(path) => ModelConfig::load(path)?,
+            Some(path) => model_config(path)?,
             None => mien::nn::weights::config_of(weights)?,
         };
         let mut model = Model::new(backend, config, 0)?;

@@ -1,7 +1,8 @@
 //! The GPU detector: the same windows as the CPU reference (and so as OpenCV), from WGSL
 //! kernels, all recorded into one command buffer. Each pass covers every pyramid level of a
 //! batch (consecutive levels whose buffers fit `BATCH_BUFFER_BYTES`), each level in its own
-//! regions of the batch's buffers, so a batch costs the host 16 passes, not 16 per level:
+//! regions of the batch's buffers, so a batch costs the host a fixed number of passes (set by
+//! the cascade's stage groups), not that number per level:
 //! - `resize.wgsl` builds the levels from the original image with taps from the host;
 //! - `integral.wgsl` builds the upright, squared and (when the cascade needs it) tilted
 //!   integral images, in exact wrapping u32;

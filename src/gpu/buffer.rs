@@ -26,6 +26,11 @@ pub struct GpuSlice<'a> {
 }
 
 impl GpuSlice<'_> {
+    /// The four-byte values the range holds.
+    pub fn elements(&self) -> usize {
+        (self.size / 4) as usize
+    }
+
     /// The same range, bound as `read_write`.
     pub fn rw(self) -> Self {
         GpuSlice { writable: true, ..self }
@@ -116,7 +121,7 @@ impl Gpu {
     }
 
     /// Puts scratch buffers whose work has finished back in the pool, and frees the oldest
-    /// ones past [`SCRATCH_POOL_BYTES`] (several batch sizes' worth of the seed model's).
+    /// ones past [`SCRATCH_POOL_BYTES`] (several batch sizes' worth of the original model's).
     pub(super) fn return_scratch(&self, buffers: Vec<wgpu::Buffer>) {
         let mut pool = self.scratch_pool.lock().expect("scratch pool poisoned");
         pool.extend(buffers);

@@ -58,11 +58,18 @@ pub fn select(choice: DeviceChoice, options: &GpuOptions) -> Result<Option<Gpu>>
         DeviceChoice::Cpu => Ok(None),
         DeviceChoice::Gpu => Gpu::new(options).map(Some),
         DeviceChoice::Auto => {
-            let Ok(adapter) = choose(enumerate(options.backend), options.adapter.as_deref()) else {
-                log::info!("no GPU adapter: using the CPU backend");
-                return Ok(None);
+            let named = options.adapter.is_some();
+            let adapter = match choose(enumerate(options.backend), options.adapter.as_deref()) {
+                Ok(adapter) => adapter,
+                // An adapter the user named and that is not there is a mistake to report, not
+                // a reason to run somewhere else.
+                Err(e) if named => return Err(e),
+                Err(_) => {
+                    log::info!("no GPU adapter: using the CPU backend");
+                    return Ok(None);
+                }
             };
-            if adapter.get_info().device_type == wgpu::DeviceType::Cpu {
+            if !named && adapter.get_info().device_type == wgpu::DeviceType::Cpu {
                 // A software rasteriser is many times slower than the CPU backend on the same cores.
                 log::info!("only a software adapter ({}): using the CPU backend", adapter.get_info().name);
                 return Ok(None);

@@ -721,7 +721,7 @@ mod tests {
 
     #[test]
     fn wide_groups_fill_subgroups_idling_at_most_an_eighth() {
-        // The seed model's planes on 8 lanes at batch 64: conv2 forward, conv3's data gradient,
+        // The original model's planes on 8 lanes at batch 64: conv2 forward, conv3's data gradient,
         // conv4 forward; and conv3's data gradient for one image, which a group of 2 would half
         // idle.
         assert_eq!(wide_groups(132, 64, 8), (1, 136));

@@ -179,7 +179,7 @@ thread_local! {
 /// is kept between calls: allocating megabytes per image costs page faults and zeroing, a
 /// quarter of batch-1 inference. It is taken out while in use, so a call nested through
 /// rayon's work stealing gets a buffer of its own instead of a double borrow. It never
-/// shrinks: each thread keeps its largest layer's columns (2.2 MB for the seed model).
+/// shrinks: each thread keeps its largest layer's columns (2.2 MB for the original model).
 pub(crate) fn with_col_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     let mut col = COL_SCRATCH.take();
     if col.len() < len {

@@ -2,7 +2,7 @@
 //! but the channel one (bias gradients, a batch's mean loss).
 
 use super::items_per_task;
-use crate::error::Result;
+use crate::error::{check_room, Result};
 use crate::gpu::{shaders, GpuBuffer, GpuSlice, Recorder};
 use rayon::prelude::*;
 
@@ -29,12 +29,16 @@ pub(crate) fn split_k(tiles: usize, k: usize, target_workgroups: usize) -> (usiz
 
 /// `out[i] (+)= sum over s of partial[s * len + i]`.
 pub fn sum_splits_gpu(rec: &mut Recorder, partial: &GpuBuffer<f32>, splits: usize, out: GpuSlice, len: usize, accumulate: bool) -> Result<()> {
+    check_room("sum_splits", "partial", partial.len(), splits * len)?;
+    check_room("sum_splits", "out", out.elements(), len)?;
     let params = Params { outer: splits as u32, channels: 1, inner: len as u32, flags: if accumulate { ACCUMULATE } else { 0 } };
     rec.dispatch_linear("sum_splits", &shaders::REDUCE, "sum_splits", &params, &[partial.all(), out.rw()], len, 256)
 }
 
 /// `out[c] (+)= sum over (o, i) of x[o, c, i]` for `x` seen as [outer, channels, inner].
 pub fn sum_channels_gpu(rec: &mut Recorder, x: GpuSlice, (outer, channels, inner): (usize, usize, usize), out: &GpuBuffer<f32>, accumulate: bool) -> Result<()> {
+    check_room("sum_channels", "x", x.elements(), outer * channels * inner)?;
+    check_room("sum_channels", "out", out.len(), channels)?;
     let params = Params { outer: outer as u32, channels: channels as u32, inner: inner as u32, flags: if accumulate { ACCUMULATE } else { 0 } };
     rec.dispatch_linear("sum_channels", &shaders::REDUCE, "sum_channels", &params, &[x, out.all().rw()], channels, 64)
 }

@@ -33,6 +33,11 @@ impl<B: Backend> Ensemble<B> {
         Self::new(models)
     }
 
+    /// The number of classes every member scores.
+    pub fn classes(&self) -> usize {
+        self.models[0].config.classes
+    }
+
     /// The models, to evaluate or set up.
     pub fn models_mut(&mut self) -> &mut [Model<B>] {
         &mut self.models

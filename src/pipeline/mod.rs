@@ -147,6 +147,9 @@ impl<'g, B: Backend> Labeller<'g, B> {
     /// [`Labeller::new`] from loaded parts, for front ends without files (the browser):
     /// `yunet` is the detector's network, needed when `detector` is YuNet.
     pub fn from_parts(backend: B, gpu: Option<&'g Gpu>, detector: DetectorChoice, yunet: Option<Arc<YuNetModel>>, models: Option<Ensemble<B>>, tta: Tta, align: bool) -> Result<Self> {
+        if let Some(classes) = models.as_ref().map(Ensemble::classes).filter(|&n| n != CLASSES.len()) {
+            return Err(Error::Invalid(format!("the expression model scores {classes} classes; labelling faces needs FER2013's {} ({})", CLASSES.len(), CLASSES.join(", "))));
+        }
         let detector = match detector {
             DetectorChoice::YuNet { params, min_size, size } => {
                 params.validate()?;

@@ -213,13 +213,6 @@ impl Recipe {
         }
     }
 
-    /// The recipe that trained the shipped weights of the original model (the default until
-    /// 2026-12-04): a ten times higher learning rate brought down to nothing over 40 epochs by
-    /// a cosine, label smoothing 0.1, and light augmentation (rotation 5, zoom and shifts 0.05,
-    /// flips), so the original model converges within 40 epochs instead of still rising at 30.
-    /// With twice that augmentation it fitted only 66.7 % of its own training images after 40
-    /// epochs: the dropout layers regularise it enough. Validation averages each face with its
-    /// mirror image, 0.6-0.9 points above single images for the two runs measured.
     /// The default, for the VGG-style networks (data/models/vgg.json): SGD with Nesterov
     /// momentum 0.9 and weight decay 5e-4 at 0.01, warmed up over 3 epochs and brought down to
     /// nothing by a cosine, random 40x40 crops (the model's input side), flips, rotation 10,
@@ -246,6 +239,11 @@ impl Recipe {
         }
     }
 
+    /// The recipe that trained the original model's shipped weights: Adam at ten times the
+    /// original recipe's learning rate, brought down to nothing over 40 epochs by a cosine, label smoothing 0.1,
+    /// and light augmentation (rotation 5, zoom and shifts 0.05, flips), so the original model
+    /// converges within 40 epochs. Its dropout layers regularise it enough that heavier
+    /// augmentation leaves it underfitting. Validation averages each face with its mirror image.
     pub fn adam_recipe() -> Self {
         Recipe {
             epochs: 40,
@@ -262,16 +260,14 @@ impl Recipe {
         }
     }
 
-    /// The default until 2026-11-25, which trained the first shipped weights: the Adam recipe the same but for
-    /// reduce-on-plateau (halving after 2 epochs without a lower validation loss), no label
+    /// The recipe of the first shipped weights: the Adam recipe but for reduce-on-plateau (halving after 2 epochs without a lower validation loss), no label
     /// smoothing, patience 8 and twice the augmentation.
     pub fn plateau_recipe() -> Self {
         let augment = Self::PLATEAU_AUGMENT;
         Recipe { patience: 8, schedule: Schedule::Plateau, plateau_patience: 2, min_lr: 1e-6, label_smoothing: 0.0, augment, mirror_eval: false, ..Self::adam_recipe() }
     }
 
-    /// Twice the default's augmentation: the plateau recipe's, and that of the first cosine
-    /// run (63.28 %).
+    /// Twice the Adam recipe's augmentation: the plateau recipe's.
     pub const PLATEAU_AUGMENT: AugmentConfig = AugmentConfig { rotation_deg: 10.0, zoom: 0.1, shift: 0.1, horizontal_flip: true, ..AugmentConfig::CROP };
 }
 
