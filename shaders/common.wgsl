@@ -32,8 +32,8 @@ fn workgroup_sum(value: f32, lid: u32) -> f32 {
 
 // A reduction over one channel of NCHW data seen as [batch, channels, plane] walks the
 // channel's elements keeping (image, offset in the plane) and stepping it, instead of dividing
-// per element: CPU Vulkan drivers split vector integer division into scalar divisions (two per
-// element made lavapipe's batch norm run at a fifth of the copy's bandwidth). at.x counts
+// per element: CPU Vulkan drivers split vector integer division into scalar divisions, and two
+// per element would bound a reduction by the divisions rather than by memory. at.x counts
 // whole planes, at.y is the offset in the plane; a step of dx planes and dy elements
 // (dy < plane) carries into at.x.
 fn plane_step(at: vec2<u32>, dx: u32, dy: u32, plane: u32) -> vec2<u32> {

@@ -19,16 +19,14 @@
 // Each thread computes 8 (wide: 16) output channels x 16 consecutive outputs in 32 (64) named
 // vec4 registers. A kernel row costs 5 vec4 input loads (one more per 4 taps past the fifth),
 // and a tap 2 vec4 weight loads for 128 multiply-adds. lavapipe turns every load into a per-lane
-// gather, so loads per multiply-add is what sets its speed there: eight scalar weight loads
-// per tap instead of two vec4s cost about 20 % at conv2-4, sixteen scalar input loads per row
-// instead of four vec4s 7-12 % of the data gradients. Tile shapes measured there before the
-// vec4 loads (ms at batch 64, conv2 / conv3 / conv4, on an AVX2 host): 8 channels x 8 pixels of
-// a row: 2070 at conv3; 2 x 16: 3001 / 2618 / 968; 4 x 16: 2000 / 1770 / 600; 8 x 16: 1401 /
-// 1207 / 431; 16 x 16 gained another 12 % but holds 256 accumulators, too many for a real
-// GPU's registers: it is the wide variant, for CPU adapters (16 x 32 ran 25-35 % slower, its
-// accumulators spilled). Loops run over (ci, ky, kx) with no integer division inside them: on
-// CPU Vulkan drivers vector integer division is split into scalar divisions, which made an
-// implicit-im2col formulation ten times slower. (Accumulators in an indexed array can end up in memory there, hence the
+// gather, so loads per multiply-add is what sets its speed there: hence vec4 loads of weights
+// and inputs rather than scalar ones, and a tile as large as the registers allow, since a
+// thread with fewer channels or outputs loads the same inputs and weights for fewer
+// multiply-adds. 16 x 16 holds 256 accumulators, too many for a real GPU's registers: it is the
+// wide variant, for CPU adapters (a larger tile spills its accumulators even there). Loops run
+// over (ci, ky, kx) with no integer division inside them: on CPU Vulkan drivers vector integer
+// division is split into scalar divisions, which would swamp an implicit-im2col formulation's
+// multiply-adds. (Accumulators in an indexed array can end up in memory there, hence the
 // names.)
 // Flags: bit 0 adds bias[co]; bit 1 applies a ReLU to the outputs (the model fuses a ReLU that
 // follows a convolution).
@@ -52,25 +50,25 @@ struct Params {
 // Set for 3-wide kernels (src/kernels/conv2d.rs picks the pipeline): a kernel row then runs as
 // straight-line code. lavapipe blends every write to a variable inside a loop with the lanes'
 // mask (a load, a blend and a store per accumulator), so a row in one block writes each
-// accumulator once instead of three times: conv2-4 forward and data gradients 13-20 % faster
-// there. It has to be known when the pipeline is compiled: the same code behind a test of
-// p.kw ran no faster than the loop. (Whole 3x3 windows in one block were no faster either.)
+// accumulator once instead of three times. It has to be known when the pipeline is compiled:
+// behind a run-time test of p.kw the same code gains nothing over the loop. (Whole 3x3 windows
+// in one block gain nothing over rows either.)
 override THREE_TAPS: bool = false;
 
 // Output channels a thread takes, in vec4s: 8 channels, or 16 in the "wide" variant for CPU
 // adapters with subgroups of at least 8 lanes, such as lavapipe (src/kernels/conv2d.rs picks;
 // the variant compiles the lines that start `//wide: ` and drops those that start `//!wide: `).
-// There a window's input loads serve twice the multiply-adds: conv2-4 forward and data
-// gradients 11-14 % faster. A real GPU's registers would not hold its 64 vec4 accumulators.
-// (Those lines under an `override`'s branch instead ran 25 % slower there, and the tile in a
-// variable rather than this constant lost half the gain.)
+// There a window's input loads serve twice the multiply-adds. A real GPU's registers would not
+// hold its 64 vec4 accumulators. (Those lines are a variant rather than statements under an
+// `override`'s branch, which lavapipe runs slower, and the tile is this constant rather than a
+// variable, which would give back much of the gain.)
 //
 // The wide variant also shares the weights across a subgroup. Its lanes take neighbouring
 // windows of one channel block, so they need the same 12 vec4s of weights per kernel row: two
-// loads, each lane taking one vec4, then broadcasts, instead of 12 loads in every lane. On
-// lavapipe, where each load is a loop over the 8 lanes and a broadcast is a register shuffle,
-// conv2-4 forward and data gradients ran 13-25 % faster. This takes subgroups to be runs of
-// consecutive invocations, as on CPU adapters (the tests check it).
+// loads, each lane taking one vec4, then broadcasts, instead of 12 loads in every lane: on
+// lavapipe each load is a loop over the 8 lanes, while a broadcast is a register shuffle. This
+// takes subgroups to be runs of consecutive invocations, as on CPU adapters (the tests check
+// it).
 override CO_TILE4: u32 = 2u;
 const Q_TILE: u32 = 16u;
 
@@ -85,7 +83,8 @@ fn forward(
     // Neighbouring threads take neighbouring output windows, so their loads are close: the
     // windows of a group of images (usually one), then the next channel block, then the next
     // group. A group's inputs stay in cache while its channel blocks are computed (taking each
-    // block over the whole batch instead made conv2-3 12-18 % slower on lavapipe).
+    // block over the whole batch instead would bring the batch's inputs back from memory for
+    // every block).
     let q_blocks = (p.oh * p.w + Q_TILE - 1u) / Q_TILE;
     let co_blocks = (p.cout + 4u * CO_TILE4 - 1u) / (4u * CO_TILE4);
     let window = t % p.group_threads;

@@ -5,13 +5,13 @@
 // 3x3 kernel is one block; other sizes take several, the taps past the kernel's edge are
 // computed and dropped), in 36 (72) named vec4 registers whose lanes are output channels.
 // Walking along an output row, the three input rows' windows of each input channel slide by one
-// column, so a pixel costs 8 (16) loads of dy and 6 new loads of x for 144 (288) multiply-adds. lavapipe gathers every load
-// lane by lane, so loads per multiply-add set its speed: one input channel a thread (11 loads
-// for 72) was 14-23 % slower at conv2-4, and a matrix-product formulation with integer division
-// per element ran at a third of this speed.
+// column, so a pixel costs 8 (16) loads of dy and 6 new loads of x for 144 (288)
+// multiply-adds. lavapipe gathers every load lane by lane, so loads per multiply-add set its
+// speed: hence two input channels a thread (one would take 11 loads for 72), and no
+// matrix-product formulation, which would need an integer division per element.
 // The bias gradient db[co] = sum of dy[img, co, oy, ox] comes out of the same walk: the threads
 // of input channel 0 and the first tap block store their running sums of dy. A pass of its own
-// would read dy again, which on lavapipe took as long as this whole kernel at conv1.
+// would read all of dy again, which at conv1 is as costly as this whole kernel.
 // The reduction runs over every output row of the batch while the result is small, so the rows
 // are split across threads (`rows_per_split`) and the partial sums are added by reduce.wgsl.
 // Flags: bit 1 adds into dw and db; bit 2 writes split s's partial sums to dw[s * len(dw) + ...]
@@ -38,14 +38,14 @@ struct Params {
 // subgroups of at least 8 lanes, such as lavapipe (src/kernels/conv2d.rs picks), which compiles
 // the lines that start `//wide: ` (accumulators `*_8` for channels co0+8 .. co0+15) and drops
 // those that start `//!wide: `. There a pixel's 22 loads serve 288 multiply-adds instead of 14
-// serving 144: conv1-4 4-17 % faster. A real GPU's registers would not hold its 72 vec4
-// accumulators.
+// serving 144. A real GPU's registers would not hold its 72 vec4 accumulators.
 //
 // The wide variant also shares dy across a subgroup: its lanes take pairs of input channels of
 // the same output channels, rows and taps, so they read the same 16 values of dy a pixel. Lane
 // i loads channel co0 + i's and co0 + 8 + i's, and broadcasts hand every lane all 16: two loads
-// a pixel instead of 16 in every lane (conv2-4 35-38 % faster on lavapipe). This takes
-// subgroups to be runs of consecutive invocations, as on CPU adapters (the tests check it).
+// a pixel instead of 16 in every lane (on lavapipe a load is a loop over the lanes, a broadcast
+// a register shuffle). This takes subgroups to be runs of consecutive invocations, as on CPU
+// adapters (the tests check it).
 override CO_TILE: u32 = 8u;
 const TAP_BLOCK: u32 = 3u;
 

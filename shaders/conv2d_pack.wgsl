@@ -1,7 +1,7 @@
 // Packs OIHW weights for conv2d.wgsl: the weights of one tap (ci, ky, kx) for output channels
 // co .. co+7 lie together, zero past the last channel, so a thread of conv2d.wgsl reads its
 // 8 channels' weights as two vec4 loads instead of eight scalar ones (lavapipe gathers each
-// load per lane: the change was worth about 20 % on conv2-4 there).
+// load per lane, so fewer loads per multiply-add run faster there).
 //     packed[((ci * kh + ky) * kw + kx) * co_pad + co] = W[co, ci, ky, kx]   (co_pad = cout rounded up to 8)
 // W is the convolution's own weights w, or with `flip` = 1 those of its data gradient, the
 // convolution that maps dy back to dx: W[co, ci, ky, kx] = w[ci, co, kh-1-ky, kw-1-kx], where
@@ -14,9 +14,9 @@ struct Params { cout: u32, cin: u32, kh: u32, kw: u32, co_pad: u32, flip: u32, _
 @group(0) @binding(2) var<storage, read_write> packed: array<vec4<f32>>;
 
 // One thread per tap and block of 8 output channels, so the divisions that locate the tap are
-// done once per 8 weights: one thread per weight, five divisions each, took 0.7-0.8 ms for
-// conv4's 147k weights on lavapipe (which splits vector integer division into scalar ones),
-// half of conv4's forward pass at batch 1.
+// done once per 8 weights: lavapipe splits vector integer division into scalar ones, and one
+// thread per weight with five divisions each would make packing a large share of a batch-1
+// forward pass.
 @compute @workgroup_size(64)
 fn pack(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = linear_index(wid, nwg, lid, 64u);

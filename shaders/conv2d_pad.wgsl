@@ -12,10 +12,9 @@ struct Params { planes: u32, h: u32, w: u32, top: u32, left: u32, ph: u32, pw: u
 // Padded rows are a multiple of 4 long, so the output is written as vec4s that never straddle a
 // row. Each thread writes 4 consecutive ones: the integer divisions that locate the first
 // (which CPU Vulkan drivers split into scalar ones) are shared by four, and the next three step
-// along with carries. On lavapipe the original model's six pads a step took 32 ms this way against
-// 35-38 ms with a thread per padded row (conv2's forward pad 30 % faster), and on a GPU
-// neighbouring threads now write neighbouring memory. Padding rows skip their loads: without
-// that, conv3's data-gradient pad (4 padding rows of 24) ran 30 % slower instead of 10 %.
+// along with carries, which on lavapipe costs less than a thread per padded row; on a GPU
+// neighbouring threads write neighbouring memory. Padding rows skip their loads, so a pad with
+// many of them (a data gradient's) pays little more than its stores for those rows.
 const VEC4S_PER_THREAD: u32 = 4u;
 
 @compute @workgroup_size(64)

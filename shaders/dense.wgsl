@@ -8,9 +8,9 @@
 // Each thread accumulates a 16x8 (wide: 16x16) block of C in 32 (64) named vec4 registers (an
 // indexed array can end up in memory on lavapipe). A step of k loads four vec4s of A and two of
 // B for 128 multiply-adds; on CPU Vulkan drivers every load is a per-lane gather, so loads per
-// multiply-add set the speed (scalar loads, 24 per 128, ran at 54-76 % of the calibration SGEMM
-// on lavapipe; 8x8 blocks slower still). The padding keeps every load in bounds; outputs past
-// m and n are dropped at the store.
+// multiply-add set the speed (hence vec4 loads rather than 24 scalar ones per 128, and blocks
+// larger than 8x8). The padding keeps every load in bounds; outputs past m and n are dropped at
+// the store.
 // Flags: bit 0 adds bias[n] (in split 0 only); bit 1 adds into C instead of overwriting; bit 2
 // writes the partial product of split `z` (the k range z * k_chunk ..) to C[z * M * N + ...] for
 // reduce.wgsl to sum.
@@ -32,20 +32,19 @@ const WG: u32 = 8u;
 // least 8 lanes, such as lavapipe (src/kernels/dense.rs picks), which compiles the lines that
 // start `//wide: ` (accumulators m and n for columns n0+8 .. n0+15) and drops those that start
 // `//!wide: `. There a step of k's 8 loads then serve 256 multiply-adds instead of 6 serving
-// 128: dense1 at batch 64 10-20 % faster. A real GPU's registers would not hold its 64 vec4
-// accumulators.
+// 128. A real GPU's registers would not hold its 64 vec4 accumulators.
 //
 // The wide variant also shares A across a subgroup: a row of the thread grid (8 consecutive
 // invocations, which subgroups of 8 or more hold whole, being runs of consecutive invocations
 // on CPU adapters) takes the same rows of A, so one load gives its four vec4s to the row's
-// lanes by shuffles: 5 loads a step of k instead of 8 (dense1 9-17 % faster on lavapipe).
+// lanes by shuffles: 5 loads a step of k instead of 8.
 override TILE_N: u32 = 8u;
 const TILE_M: u32 = 16u;
 
 // Set for products of at most 4 rows (batch-1 inference: a matrix-vector product, bound by
 // reading B once). The 64 threads of a workgroup then all take columns, 512 of them, and a
-// step of k loads one vec4 of A, not four mostly of padding: dense1 at batch 1 was 2.7 ms
-// on lavapipe, a third of the speed at which it could read W.
+// step of k loads one vec4 of A, not four mostly of padding: with the general tile most
+// threads would idle and B would be read far below the memory's speed.
 override SMALL_M: bool = false;
 
 @compute @workgroup_size(64)
@@ -162,8 +161,8 @@ fn gemm(
         ka += p.a_row4;
         kb += p.b_row4;
     }
-    // An indexed array, unlike the accumulators: stores written out one call per row made the
-    // matrix-vector pipeline (SMALL_M) 4-50 times slower on lavapipe.
+    // An indexed array, unlike the accumulators: lavapipe compiles stores written out one call
+    // per row into code that makes the matrix-vector pipeline (SMALL_M) far slower.
     //wide: if (!in_range) { return; }
     var rows = array<vec4<f32>, 32>(acc0l, acc0h, acc1l, acc1h, acc2l, acc2h, acc3l, acc3h, acc4l, acc4h, acc5l, acc5h, acc6l, acc6h, acc7l, acc7h, acc8l, acc8h, acc9l, acc9h, acc10l, acc10h, acc11l, acc11h, acc12l, acc12h, acc13l, acc13h, acc14l, acc14h, acc15l, acc15h);
     store_block(m0, n0, wid.z, &rows);

@@ -1,8 +1,9 @@
 // dense_pack.wgsl's copy for the common transpose: a source whose k is contiguous (k_stride 1)
 // with k and i_stride multiples of 4, such as W read transposed in the data gradient. Each
-// thread moves a 4x4 block, four vec4 loads along k and four vec4 stores along i: one element
-// per thread strided a whole row per lane on one side or the other, and W^T of dense1 took
-// 8-10 ms on lavapipe, nearly as long as the product it feeds.
+// thread moves a 4x4 block, four vec4 loads along k and four vec4 stores along i: with one
+// element per thread the lanes would stride a whole row apart on one side or the other, a
+// cache line per element, and on lavapipe the transpose would cost about as much as the
+// product it feeds.
 
 struct Params { k: u32, width: u32, width_pad: u32, k_stride: u32, i_stride: u32, _pad0: u32, _pad1: u32, _pad2: u32 }
 

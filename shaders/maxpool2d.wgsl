@@ -16,8 +16,8 @@ struct Params { planes: u32, h: u32, w: u32, size: u32, oh: u32, ow: u32, relu: 
 
 // One thread per output in both passes. Its plane, row and column come from two divisions
 // (remainders by multiply and subtract): CPU Vulkan drivers split vector integer division into
-// scalar ones, and a thread per input element with five of them made the backward pass 2.6 times
-// slower than the forward one on lavapipe.
+// scalar ones, and a thread per input element with five of them would make the backward pass
+// far slower than the forward one on lavapipe.
 fn output_position(i: u32) -> vec3<u32> {
     let plane_out = p.oh * p.ow;
     let pl = i / plane_out;

@@ -1,9 +1,8 @@
 // maxpool2d.wgsl for 2x2 windows on planes whose rows are a multiple of 4 long (the seed
 // model's 44, 20 and 8): a thread takes two neighbouring outputs, whose windows are 4 columns of
 // two input rows, so every load and store moves a pair of floats. lavapipe gathers and scatters
-// lane by lane: one float at a time ran at 33-44 % of its copy's bandwidth, pairs at 64-89 %
-// (maxpool1 forward 16.2-16.6 -> 7.7-8.4 ms, backward 12.4 -> 6.1-6.5). The results, argmax
-// included, are maxpool2d.wgsl's.
+// lane by lane, so moving one float at a time leaves much of its copy's bandwidth unused. The
+// results, argmax included, are maxpool2d.wgsl's.
 
 struct Params { planes: u32, h: u32, w: u32, size: u32, oh: u32, ow: u32, relu: u32, _pad: u32 }
 

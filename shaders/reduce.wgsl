@@ -31,9 +31,9 @@ fn sum_splits(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 }
 
 // One thread per channel. The sums here are short (a dense layer's bias gradient: 1,024 channels
-// of one value per image; the loss: one channel of the batch), and a workgroup per channel,
-// with barriers between the steps of its tree sum, took 6-8 ms of dense1's 15 ms weight
-// gradient on lavapipe, most of its threads idle.
+// of one value per image; the loss: one channel of the batch), so a workgroup per channel, with
+// barriers between the steps of its tree sum, would leave most of its threads idle and pay for
+// the barriers (coroutine switches on lavapipe).
 @compute @workgroup_size(64)
 fn sum_channels(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let c = linear_index(wid, nwg, lid, 64u);

@@ -2,7 +2,7 @@
 // 8x8 outputs per thread in 16 named vec4 accumulators and operands read as vec4. The
 // benchmarks run it to measure what the adapter reaches on a plain, well-shaped product: the
 // yardstick for the other kernels' GFLOP/s. (Accumulators in an indexed array end up in memory
-// on lavapipe and run 8x slower, so they are spelled out.)
+// on lavapipe, so they are spelled out.)
 
 struct Params { m: u32, n: u32, k: u32, _pad: u32 }
 

@@ -1,8 +1,7 @@
 //! The kernel benchmark's yardsticks: multiply-adds on registers alone (the peak), a plain,
 //! well-shaped 1024^3 product and a 64 MiB vec4 copy, set up once and timed again before each
-//! kernel. On a shared host their speed moves between runs by more than a kernel's does
-//! (lavapipe's SGEMM: 19-31 GFLOP/s over a day here), so a kernel's percentages are taken against
-//! the calibrations measured just before it.
+//! kernel. On a shared host their speed moves between runs by more than a kernel's does, so a
+//! kernel's percentages are taken against the calibrations measured just before it.
 
 use super::{seeded, time_gpu, GpuRun, Work};
 use crate::error::Result;
@@ -10,7 +9,8 @@ use crate::gpu::Gpu;
 use crate::kernels::calibration::{copy_gpu, fma_gpu, sgemm_gpu, FMA_FLOPS_PER_ITERATION};
 
 /// Iterations per thread of the FMA calibration: 32,768 multiply-adds, so that a thread's
-/// setup and store are lost beside them (at 1 iteration lavapipe reached half the rate).
+/// setup and store are lost beside them (with few iterations they hold the rate well below
+/// the peak).
 const FMA_ITERATIONS: u32 = 256;
 
 /// The FMA calibration's run should take about this long, so that timing and launch costs are

@@ -256,7 +256,7 @@ fn reach(features: &[Prepared]) -> usize {
 /// # Safety
 /// `base + reach(features)` must not exceed the length of the table `f` reads (checked once
 /// per window by [`classify`]): the twelve loads per feature then skip their bounds checks,
-/// which took a fifth of the scan.
+/// which would otherwise be a large share of the scan's work.
 #[inline(always)]
 unsafe fn feature_value(f: &Prepared, ii: &Integrals, base: usize) -> f32 {
     let table = if f.tilted { &ii.tilted } else { &ii.sum };

@@ -27,8 +27,8 @@ const WORKGROUP: u32 = 64;
 
 /// The most bytes one buffer of a batch of levels holds: a batch's integral tables are built
 /// and then read back by the cascade, so they should stay within a large cache (the L3 of the
-/// host here, a data-center GPU's 50 MB L2). On lavapipe, unbounded batches made 1920x1080 25 %
-/// slower (1,699 against 1,314 ms, 16 passes against 80); 1280x720 runs in 2 batches, 32 passes.
+/// host here, a data-center GPU's 50 MB L2): an unbounded batch of a large frame's levels would
+/// write its tables out to memory and read them back. 1280x720 runs in 2 batches, 32 passes.
 const BATCH_BUFFER_BYTES: u64 = 32 << 20;
 
 /// The scan parameters of haar_cascade.wgsl's `Scan`, field for field.

@@ -13,8 +13,7 @@ pub struct Shader {
     /// A variant that differs by whole statements: the files' lines that start `//<variant>: `
     /// are compiled in, and stay comments in every other shader built from the files; lines
     /// that start `//!<variant>: ` are the other way round, compiled in every shader but that
-    /// variant. (An `override`'s branch would serve, but lavapipe ran such statements 25 %
-    /// slower.)
+    /// variant. (An `override`'s branch would serve, but lavapipe runs such statements slower.)
     pub variant: Option<&'static str>,
 }
 

@@ -44,7 +44,7 @@ impl BnShape {
 
 /// Sums of `terms(a[i], b[i])` in f64 (the CPU side is the reference the GPU's tree sums are
 /// compared with), kept in eight lanes per sum so that the loop compiles to SIMD: summed one
-/// after another, the per-channel sums were a fifth of vgg_bn's training step.
+/// after another, each sum is a chain of dependent adds the compiler may not reorder.
 fn lane_sums<const K: usize>(a: &[f32], b: &[f32], terms: impl Fn(f64, f64) -> [f64; K]) -> [f64; K] {
     const LANES: usize = 8;
     let mut lanes = [[0.0f64; LANES]; K];

@@ -208,9 +208,9 @@ pub fn forward_cpu(s: Conv2dShape, x: &[f32], w: &[f32], b: Option<&[f32]>, act:
 
 /// A layer's weights in the forms the CPU's routes multiply, each made when a route first
 /// needs it and kept between calls: inference then reuses them on every call instead of
-/// rewriting every weight (10 MB for the VGG model's Winograd transforms, a fifth of a call on
-/// a batch of 8 faces). They belong to one shape (batch aside) and to the weights they were
-/// made from: the owner empties them whenever it writes the weights.
+/// rewriting every weight (10 MB for the VGG model's Winograd transforms, which a small batch,
+/// such as a video's 8 faces, does not hide). They belong to one shape (batch aside) and to the
+/// weights they were made from: the owner empties them whenever it writes the weights.
 #[derive(Default)]
 pub struct KeptWeights {
     shape: Option<Conv2dShape>,
@@ -282,8 +282,8 @@ pub fn forward_cpu_keeping(s: Conv2dShape, x: &[f32], (w, kept): (&[f32], &mut K
     // Fewer images than threads (batch-1 inference): each thread takes a share of the image's
     // output rows, with its own im2col columns and product, in one fork and join per image,
     // and copies its rows of every output channel into place. The gemm crate's own split of
-    // the product synchronised its threads several times a call, and a tenth of batch-1 calls
-    // took half as long again.
+    // the product synchronises its threads several times a call, each time waiting for the
+    // slowest of them.
     let share = s.oh.div_ceil(threads);
     for (yo, xi) in y.chunks_mut(out_img).zip(x.chunks(in_img)) {
         // Thread t's destination: its share of rows in each output channel's plane.
@@ -554,10 +554,9 @@ pub fn pack_forward_weights_gpu(rec: &mut Recorder, s: Conv2dShape, w: &GpuBuffe
 
 /// Output channels a thread of conv2d.wgsl takes (4 x its CO_TILE4): 16, its "wide" variant, on
 /// a CPU adapter with subgroups it can share weights across, where a window's input loads then
-/// serve twice the multiply-adds (conv2-4 11-14 % faster on lavapipe, conv1 5-10 % once the
-/// weights were shared); 8 on a GPU, whose registers would not hold 16 channels' 64 vec4
-/// accumulators, and where 16 would leave the adapter's cores fewer than two 64-thread
-/// workgroups each (conv4 at batch 1: one).
+/// serve twice the multiply-adds (conv1 included, since the weights are shared); 8 on a GPU, whose
+/// registers would not hold 16 channels' 64 vec4 accumulators, and where 16 would leave the
+/// adapter's cores fewer than two 64-thread workgroups each (conv4 at batch 1: one).
 fn channel_tile(gpu: &crate::gpu::Gpu, s: &Conv2dShape) -> usize {
     let windows = s.batch * (s.oh * s.padded(4).w).div_ceil(16);
     let wide_workgroups = (windows * s.cout.div_ceil(16)).div_ceil(64);
@@ -573,9 +572,9 @@ fn channel_tile(gpu: &crate::gpu::Gpu, s: &Conv2dShape) -> usize {
 /// of `windows` windows, whose subgroups share weights and so must not straddle two channel
 /// blocks: a group's windows are rounded up to whole subgroups of `lanes`. Images are grouped
 /// only while the rounding idles more than an eighth of the threads (else as few threads as
-/// can be): a group's inputs are reread for each channel block, and 4 images of conv2's data
-/// gradient (2.4 MB) made it 10-20 % slower on lavapipe than one image at a time. At batch 64,
-/// conv4 (6 windows an image): 4 images, 24 threads; conv2 (132): 1 image, 136 threads.
+/// can be): a group's inputs are reread for each channel block, and a larger group falls out
+/// of cache (4 images of conv2's data gradient are 2.4 MB). At batch 64, conv4 (6 windows an
+/// image): 4 images, 24 threads; conv2 (132): 1 image, 136 threads.
 fn wide_groups(windows: usize, images: usize, lanes: usize) -> (u32, u32) {
     let group_threads = |g: usize| (g * windows).next_multiple_of(lanes);
     let threads = |g: usize| images.div_ceil(g) * group_threads(g);
@@ -683,9 +682,9 @@ pub fn backward_filter_gpu(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32
     };
     let tiles = s.cout.div_ceil(co_tile) * pair_threads * s.kh.div_ceil(3) * s.kw.div_ceil(3);
     // Threads to aim for: enough to fill a GPU, or on a CPU adapter a few workgroups per core.
-    // There every split's partial sums are scattered lane by lane and summed again: with the
-    // GPU's count, lavapipe spent 12-15 % longer on conv2-4's filter gradients (2,048 threads
-    // on 2 cores; 512-2,048 ran alike).
+    // There every split's partial sums are scattered lane by lane and summed again, so the
+    // GPU's count would cost more in that traffic than its extra threads could gain on a few
+    // cores.
     let target_threads = if rec.gpu().cpu_tiles { 1024 * rec.gpu().cpu_cores } else { 16384 };
     const MIN_PIXELS: usize = 256;
     // The batch is the reduction axis: each chunk of images after the first adds into dw.
@@ -697,8 +696,8 @@ pub fn backward_filter_gpu(rec: &mut Recorder, s: Conv2dShape, x: &GpuBuffer<f32
         let max_splits = (rec.gpu().binding_limit() / (4 * dw.len() as u64)).max(1) as usize;
         let wanted = (target_threads / tiles).min(max_splits).clamp(1, rows.max(1));
         // A split costs a partial sum per weight, written here and read back by reduce.wgsl: at
-        // one 46-pixel row per thread (conv1) that traffic took a quarter of the pass on
-        // lavapipe, so each thread walks at least MIN_PIXELS.
+        // one short row per thread (conv1's 46 pixels) that traffic would rival the work, so
+        // each thread walks at least MIN_PIXELS.
         let rows_per_split = rows.div_ceil(wanted).max(MIN_PIXELS.div_ceil(valid.ow)).max(1);
         let splits = rows.div_ceil(rows_per_split).max(1); // one split writes zeros for an empty batch
         let accumulate = if first { 0 } else { ACCUMULATE };

@@ -44,8 +44,8 @@ pub fn forward_cpu(s: DenseShape, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]
     let threads = rayon::current_num_threads();
     if s.batch == 1 && threads > 1 {
         // A matrix-vector product, bound by reading W once (8 MB for dense1), which the gemm
-        // crate does on one thread: a third of batch-1 inference. Column blocks of W in
-        // parallel instead.
+        // crate does on one thread, leaving the others idle. Column blocks of W in parallel
+        // instead.
         let block = s.outputs.div_ceil(threads);
         y.par_chunks_mut(block).enumerate().for_each(|(i, part)| {
             let w_block = MatRef { data: &w[i * block..], row: s.outputs, col: 1 };
@@ -62,9 +62,9 @@ pub fn backward_data_cpu(s: DenseShape, dy: &[f32], w: &[f32], dx: &mut [f32]) -
     let threads = rayon::current_num_threads();
     // dy W^T has the gemm crate gather W's columns, a cache line per element once W's rows
     // are longer than one (16 values). Then dx^T = W dy^T, transposed after, packs W by rows
-    // (dense1 at batch 64: 2.7-2.8 -> 1.5-1.9 ms); for short rows (dense2) the plain product
-    // stays faster. Storing the product transposed through gemm's strides did not help: the
-    // crate swaps it back to the slow form.
+    // instead; for short rows (dense2) the plain product stays faster. Storing the product
+    // transposed through gemm's strides would not help: the crate swaps it back to the slow
+    // form.
     const CACHE_LINE_VALUES: usize = 16;
     if s.outputs <= CACHE_LINE_VALUES || s.batch == 0 {
         sgemm(s.batch, s.inputs, s.outputs, MatRef::rows(dy, s.outputs), MatRef::transposed(w, s.outputs), dx, false, threads);

@@ -72,8 +72,7 @@ pub fn sgemm(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &mut [f32], 
     let last = |v: &MatRef, r: usize, cols: usize| (r - 1) * v.row + (cols - 1) * v.col;
     assert!(last(&a, m, k) < a.data.len() && last(&b, k, n) < b.data.len(), "sgemm: operand too short");
     // Below about 16M multiply-adds the gemm crate's split across threads costs more than it
-    // saves (batch-1 conv4, 9.4M: 0.146 ms on 2 threads, 0.097 ms on one; conv3, 29.5M: 0.205
-    // against 0.283).
+    // saves: starting and synchronising the threads outweighs a small product.
     const MIN_PARALLEL_MACS: usize = 1 << 24;
     let parallelism = if threads > 1 && m * n * k >= MIN_PARALLEL_MACS { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     // SAFETY: the asserts above keep every index the product touches inside the slices, and
@@ -118,9 +117,9 @@ pub(crate) fn check_buf<T: bytemuck::Pod>(op: &'static str, name: &str, buf: &Gp
     crate::error::check_len(op, name, buf.len(), expected)
 }
 
-/// Elements a rayon task gets at least in the element-wise and per-plane CPU kernels: about
-/// 10 us of work, so that small layers (batch-1 inference, a dense layer's [batch, features])
-/// are not split into tasks that cost more to schedule than to run.
+/// Elements a rayon task gets at least in the element-wise and per-plane CPU kernels: enough
+/// work that small layers (batch-1 inference, a dense layer's [batch, features]) are not split
+/// into tasks that cost more to schedule than to run.
 pub(crate) const MIN_TASK_ELEMENTS: usize = 1 << 15;
 
 /// Items of `item_len` elements per rayon task (see [`MIN_TASK_ELEMENTS`]).

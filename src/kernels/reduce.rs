@@ -52,8 +52,8 @@ pub fn sum_channels_cpu(x: &[f32], (outer, channels, inner): (usize, usize, usiz
 }
 
 /// The sum of `xs` in sixteen lanes. `iter().sum()` is one dependent add per element, since
-/// the compiler may not reorder float additions: as a conv layer's bias gradient, on one
-/// thread, it took 7 % of a CPU training step.
+/// the compiler may not reorder float additions, and a conv layer's bias gradient sums every
+/// element of its output gradient.
 fn lane_sum(xs: &[f32]) -> f32 {
     const LANES: usize = 16;
     let mut lanes = [0.0f32; LANES];

@@ -154,9 +154,9 @@ impl Tiling {
 /// tiles included), if those are at most 2/3 of im2col's. Above that the transforms cost more
 /// than the products save: F(2x2, 3x3) on an 8x8 output (16 tiles, numbered as 20 and rounded
 /// up to 32) is slower than im2col, on a 10x10 one (25 tiles, numbered as 30, rounded up to 32)
-/// faster (BENCHMARKS.md). F(4x4, 3x3) has the fewer products from 11x11 outputs on (measured
+/// faster (BENCHMARKS.md). F(4x4, 3x3) has the fewer products from 11x11 outputs on (and is
 /// faster on 20x20 and larger); on 10x10 its 9 tiles, numbered as 12 and rounded up to 16, do
-/// more than F(2x2, 3x3)'s 32, and it was measured slower there.
+/// more than F(2x2, 3x3)'s 32, and it is slower there.
 pub fn tiling(s: &Conv2dShape) -> Option<Tiling> {
     if (s.kh, s.kw) != (3, 3) || s.cin < MIN_CHANNELS {
         return None;

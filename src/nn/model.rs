@@ -664,8 +664,7 @@ impl<B: Backend> Model<B> {
     ///
     /// The faces go through in batches of a power of two up to [`MAX_FACES_BATCH`] (67 as 32,
     /// 32, 2 and 1): a model keeps buffers for each batch size it has run, and a video's number of
-    /// faces changes from frame to frame, so exact sizes would keep buffers for every count
-    /// seen (800 MB by the end of a 150-frame clip of six to nine faces a frame).
+    /// faces changes from frame to frame, so exact sizes would keep buffers for every count seen.
     pub(crate) fn queue_faces(&mut self, backend: &B, faces: &B::Faces, n: usize, tta: Tta) -> Result<QueuedViews<B>> {
         let views = tta.views(self.side);
         let mut batches = Vec::new();

@@ -420,7 +420,7 @@ fn shrink(rgb: &RgbImage, width: u32, height: u32) -> RgbImage {
 }
 
 /// Division by `n` as a multiplication and a shift: an integer division per channel per pixel
-/// took most of [`shrink`]'s time. With `m = ceil(2^40 / n)`, `floor(x * m / 2^40)` is
+/// would take most of [`shrink`]'s time. With `m = ceil(2^40 / n)`, `floor(x * m / 2^40)` is
 /// `floor(x / n)` for every `x <= 2^40 / n`, which covers the sums of blocks of up to 2^16
 /// bytes (at most 256 n); larger blocks (a tiny `--detect-size` of a big image) divide.
 struct Divisor {
