@@ -105,6 +105,12 @@ fn ii(i: u32) -> u32 {
     return integrals[min(i, arrayLength(&integrals) - 1u)];
 }
 
+// The same for the counters in `state` (its first word, the found count, is always there):
+// an index past the end would be an atomic on memory outside the buffer.
+fn in_state(i: u32) -> u32 {
+    return min(i, arrayLength(&state) - 1u);
+}
+
 fn cas(i: u32) -> u32 {
     return cascade[min(i, arrayLength(&cascade) - 1u)];
 }
@@ -364,7 +370,7 @@ fn append_found(scale: u32, x: u32, y: u32, flags: u32) {
 }
 
 fn append_list(counter: u32, x: u32, y: u32, vnf_bits: u32, l: u32) {
-    let k = atomicAdd(&state[counter], 1u);
+    let k = atomicAdd(&state[in_state(counter)], 1u);
     let at = p.list_out + 3u * k;
     if (at + 2u < arrayLength(&lists)) {
         lists[at] = x | (y << 16u);
@@ -403,7 +409,7 @@ fn walk_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
 
 @compute @workgroup_size(1)
 fn list_args() {
-    let n = atomicLoad(&state[p.counters + p.group]);
+    let n = atomicLoad(&state[in_state(p.counters + p.group)]);
     let groups = (n + 63u) / 64u;
     let x = min(groups, p.max_groups_x);
     let y = select(0u, (groups + x - 1u) / max(x, 1u), x > 0u);
@@ -465,7 +471,7 @@ fn norm_probe(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 @compute @workgroup_size(64)
 fn scan_list(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let k = linear_index(wid, nwg, lid, 64u);
-    if (k >= atomicLoad(&state[p.counters + p.group])) {
+    if (k >= atomicLoad(&state[in_state(p.counters + p.group)])) {
         return;
     }
     let at = p.list_in + 3u * k;
