@@ -306,6 +306,12 @@ fn a_scale_factor_too_close_to_one_is_refused_at_once() {
     assert!(started.elapsed().as_secs() < 60, "refusing took {:?}", started.elapsed());
 }
 
+#[test]
+fn an_adapter_that_matches_none_is_an_error_not_a_silent_fallback_to_the_cpu() {
+    let (ok, _, stderr) = mien(&["--adapter", "no-such-adapter", "detect", "--no-emotion", "data/photos/astronaut.png", "--out", s(&temp_dir("adapter"))]);
+    assert!(!ok && stderr.contains("no-such-adapter"), "{stderr}");
+}
+
 /// A FER2013-shaped folder (train/ and test/ with a folder per class) of small synthetic
 /// images, `per_class` in each training class.
 fn tiny_fer(name: &str, per_class: usize) -> PathBuf {
