@@ -1,5 +1,5 @@
-//! `cargo bench`: every kernel at the original model's shapes at batches 1, 64 and 256, GPU vs the CPU
-//! backend.
+//! `cargo bench`: every kernel at the original model's shapes at batches 1, 64 and 256, GPU vs
+//! the CPU backend.
 //! Options after `--`: `--quick` (2 repetitions instead of 5) and a name filter.
 
 use mien::bench;

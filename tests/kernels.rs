@@ -27,8 +27,9 @@ fn up(g: &Gpu, v: &[f32]) -> mien::gpu::GpuBuffer<f32> {
     g.upload(v).unwrap()
 }
 
-/// The original model's convolutions at batch 64: 48x48x1 -> 32 -> 64 -> pool -> 128 -> pool -> 128.
-fn seed_model_convs() -> Vec<Conv2dShape> {
+/// The original model's convolutions at batch 64:
+/// 48x48x1 -> 32 -> 64 -> pool -> 128 -> pool -> 128.
+fn original_model_convs() -> Vec<Conv2dShape> {
     [(1, 48, 32), (32, 46, 64), (64, 22, 128), (128, 10, 128)].iter().map(|&(cin, hw, cout)| Conv2dShape::new(64, cin, (hw, hw), cout, (3, 3), Padding::Valid).unwrap()).collect()
 }
 
@@ -115,8 +116,8 @@ fn scratch_buffers_reused_across_calls_hold_no_stale_values() {
 }
 
 #[test]
-fn conv2d_seed_model_shapes_batch_64() {
-    for (i, s) in seed_model_convs().into_iter().enumerate() {
+fn conv2d_original_model_shapes_batch_64() {
+    for (i, s) in original_model_convs().into_iter().enumerate() {
         check_conv(s, 100 + i as u64);
     }
 }
@@ -154,7 +155,7 @@ fn check_dense_on(g: &Gpu, s: DenseShape, seed: u64) {
 }
 
 #[test]
-fn dense_odd_shapes_and_seed_model() {
+fn dense_odd_shapes_and_original_model() {
     // (5, 40, 12) and (70, 36, 20) take the vec4 transpose into the k-major layout
     // (dense_transpose.wgsl) with ragged edges; the odd ones the element-wise packing
     // (dense_pack.wgsl). Up to 4 rows take the matrix-vector pipeline (dense.wgsl's
@@ -166,7 +167,7 @@ fn dense_odd_shapes_and_seed_model() {
 }
 
 #[test]
-fn maxpool_odd_and_seed_model_shapes() {
+fn maxpool_odd_and_original_model_shapes() {
     let g = gpu();
     // Rows a multiple of 4 long with 2x2 windows take maxpool2d_pairs.wgsl; (9, 12) has an odd
     // row left over below the last window.

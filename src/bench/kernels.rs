@@ -1,5 +1,5 @@
-//! Kernel benchmarks: every op at the original model's shapes for each of a list of batches (1, 64 and
-//! 256 by default), on the GPU (timestamp queries where the adapter has them, wall clock
+//! Kernel benchmarks: every op at the original model's shapes for each of a list of batches (1,
+//! 64 and 256 by default), on the GPU (timestamp queries where the adapter has them, wall clock
 //! otherwise) and on the CPU backend, side by side in one run so the ratio is fair on a shared,
 //! noisy machine.
 
@@ -406,8 +406,8 @@ fn cases(gpu: &Gpu, batch: usize) -> Result<Vec<Case>> {
     Ok(all)
 }
 
-/// The batches `mien bench kernels` and `cargo bench` time by default: latency, the original model's
-/// training batch, and a larger one where a fast GPU's launch overhead matters less.
+/// The batches `mien bench kernels` and `cargo bench` time by default: latency, the original
+/// model's training batch, and a larger one where a fast GPU's launch overhead matters less.
 pub const DEFAULT_BATCHES: [usize; 3] = [1, 64, 256];
 
 /// Runs every kernel case `reps` times (after one warm-up) on the GPU and on the CPU backend,

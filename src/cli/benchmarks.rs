@@ -29,8 +29,9 @@ pub(super) enum ProfileWhat {
         #[arg(long)]
         model: Option<PathBuf>,
     },
-    /// Inference calls of the original model, or `--model`'s (synthetic images): batch-1 latency by default,
-    /// the launch-bound case a fast GPU spends most of its time between passes in.
+    /// Inference calls of the original model, or `--model`'s (synthetic images): batch-1
+    /// latency by default, the launch-bound case a fast GPU spends most of its time between
+    /// passes in.
     Infer {
         #[arg(long, default_value_t = 20)]
         calls: usize,

@@ -96,7 +96,8 @@ enum Command {
     Eval(EvalArgs),
     /// Find faces in images and label their expressions.
     Detect(DetectArgs),
-    /// Time every GPU pass of training, inference or detection: a Chrome/Perfetto trace and a summary.
+    /// Time every GPU pass of training, inference or detection: a Chrome/Perfetto trace and a
+    /// summary.
     Profile {
         #[command(subcommand)]
         what: ProfileWhat,

@@ -399,8 +399,8 @@ pub struct GpuBackend<'g> {
     recorder: RefCell<Option<Recorder<'g>>>,
     /// Convolution weights packed for conv2d.wgsl, by weight buffer and packed length, kept
     /// while no weight can have changed: inference then skips a packing pass per convolution
-    /// (4 of the original model's 23 passes at batch 1). Every `write` and optimizer step marks them stale,
-    /// and a stale one is packed again in place before its next use.
+    /// (4 of the original model's 23 passes at batch 1). Every `write` and optimizer step marks
+    /// them stale, and a stale one is packed again in place before its next use.
     packed: RefCell<HashMap<(wgpu::Buffer, usize), PackedWeights>>,
     /// With profiling on: the passes timed so far.
     profile: Option<RefCell<Profile<'g>>>,

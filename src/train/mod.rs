@@ -240,10 +240,11 @@ impl Recipe {
     }
 
     /// The recipe that trained the original model's shipped weights: Adam at ten times the
-    /// original recipe's learning rate, brought down to nothing over 40 epochs by a cosine, label smoothing 0.1,
-    /// and light augmentation (rotation 5, zoom and shifts 0.05, flips), so the original model
-    /// converges within 40 epochs. Its dropout layers regularise it enough that heavier
-    /// augmentation leaves it underfitting. Validation averages each face with its mirror image.
+    /// original recipe's learning rate, brought down to nothing over 40 epochs by a cosine,
+    /// label smoothing 0.1, and light augmentation (rotation 5, zoom and shifts 0.05, flips), so
+    /// the original model converges within 40 epochs. Its dropout layers regularise it enough
+    /// that heavier augmentation leaves it underfitting. Validation averages each face with its
+    /// mirror image.
     pub fn adam_recipe() -> Self {
         Recipe {
             epochs: 40,
@@ -260,8 +261,9 @@ impl Recipe {
         }
     }
 
-    /// The recipe of the first shipped weights: the Adam recipe but for reduce-on-plateau (halving after 2 epochs without a lower validation loss), no label
-    /// smoothing, patience 8 and twice the augmentation.
+    /// The recipe of the first shipped weights: the Adam recipe but for reduce-on-plateau
+    /// (halving after 2 epochs without a lower validation loss), no label smoothing, patience 8
+    /// and twice the augmentation.
     pub fn plateau_recipe() -> Self {
         let augment = Self::PLATEAU_AUGMENT;
         Recipe { patience: 8, schedule: Schedule::Plateau, plateau_patience: 2, min_lr: 1e-6, label_smoothing: 0.0, augment, mirror_eval: false, ..Self::adam_recipe() }
