@@ -17,6 +17,11 @@ pub enum Error {
     #[error("{op}: {what} needs {bytes} bytes, over the device limit of {limit} bytes ({limit_name})")]
     TooLarge { op: &'static str, what: String, bytes: u64, limit: u64, limit_name: &'static str },
 
+    /// Work over one of mien's own bounds (not the device's), which the same work in smaller
+    /// parts may keep within; the message names the bound.
+    #[error("{0}")]
+    OverBound(String),
+
     #[error("{what}: {reason}")]
     Unsupported { what: String, reason: String },
 

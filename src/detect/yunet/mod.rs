@@ -191,9 +191,9 @@ impl<B: Backend> YuNet<B> {
         if images.len() > 1 && self.apart != Some((padded, images.len())) {
             match self.faces(padded, images.len(), |blob| fill_blobs(images, padded, blob), params).await {
                 Ok(found) => return Ok(found),
-                // Refused by the device or the activation limit: each image alone may fit (and
+                // Refused by the device or the activation bound: each image alone may fit (and
                 // says why if it does not either).
-                Err(Error::TooLarge { .. } | Error::Invalid(_)) => {
+                Err(Error::TooLarge { .. } | Error::OverBound(_)) => {
                     self.plan = None;
                     self.apart = Some((padded, images.len()));
                 }
