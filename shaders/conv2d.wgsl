@@ -115,7 +115,7 @@ fn forward(
     // The subgroup's lanes run the same rows, for the weights they share (padding reads zeros).
     //wide: ky_begin = subgroupMin(ky_begin);
     //wide: ky_end = subgroupMax(ky_end);
-    //wide: let last_w = arrayLength(&wt) - 1u;
+    let last_w = arrayLength(&wt) - 1u;
     // acc<c>_<q>: pixels 4q .. 4q+3 of channel co0 + c.
     var acc0_0 = vec4<f32>(0.0); var acc0_1 = vec4<f32>(0.0); var acc0_2 = vec4<f32>(0.0); var acc0_3 = vec4<f32>(0.0);
     var acc1_0 = vec4<f32>(0.0); var acc1_1 = vec4<f32>(0.0); var acc1_2 = vec4<f32>(0.0); var acc1_3 = vec4<f32>(0.0);
@@ -157,9 +157,9 @@ fn forward(
                 // accumulators).
                 let u0 = vec4<f32>(v0.yzw, v1.x); let u1 = vec4<f32>(v1.yzw, v2.x); let u2 = vec4<f32>(v2.yzw, v3.x); let u3 = vec4<f32>(v3.yzw, next.x);
                 let r0 = vec4<f32>(v0.zw, v1.xy); let r1 = vec4<f32>(v1.zw, v2.xy); let r2 = vec4<f32>(v2.zw, v3.xy); let r3 = vec4<f32>(v3.zw, next.xy);
-                //!wide: let w0a = wt[w]; let w0b = wt[w + 1u];
-                //!wide: let w1a = wt[w + w_step]; let w1b = wt[w + w_step + 1u];
-                //!wide: let w2a = wt[w + 2u * w_step]; let w2b = wt[w + 2u * w_step + 1u];
+                //!wide: let w0a = wt[min(w, last_w)]; let w0b = wt[min(w + 1u, last_w)];
+                //!wide: let w1a = wt[min(w + w_step, last_w)]; let w1b = wt[min(w + w_step + 1u, last_w)];
+                //!wide: let w2a = wt[min(w + 2u * w_step, last_w)]; let w2b = wt[min(w + 2u * w_step + 1u, last_w)];
                 // Vec4 i of the row's 12 (tap i / 4, channels co0 + 4 (i % 4) ..) is lane i of
                 // shared_a for i < 8, lane i - 8 of shared_b after (see CO_TILE4).
                 //wide: let shared_a = wt[min(w + (lane / 4u) * w_step + lane % 4u, last_w)];
@@ -196,8 +196,8 @@ fn forward(
                     v3 = vec4<f32>(v3.yzw, next.x);
                     next = vec4<f32>(next.yzw, 0.0);
                 }
-                let wl = wt[w + kx * w_step]; let wh = wt[w + kx * w_step + 1u];
-                //wide: let wl2 = wt[w + kx * w_step + 2u]; let wh2 = wt[w + kx * w_step + 3u];
+                let wl = wt[min(w + kx * w_step, last_w)]; let wh = wt[min(w + kx * w_step + 1u, last_w)];
+                //wide: let wl2 = wt[min(w + kx * w_step + 2u, last_w)]; let wh2 = wt[min(w + kx * w_step + 3u, last_w)];
                 var wv = vec4<f32>(wl.x); acc0_0 = fma(wv, v0, acc0_0); acc0_1 = fma(wv, v1, acc0_1); acc0_2 = fma(wv, v2, acc0_2); acc0_3 = fma(wv, v3, acc0_3);
                 wv = vec4<f32>(wl.y); acc1_0 = fma(wv, v0, acc1_0); acc1_1 = fma(wv, v1, acc1_1); acc1_2 = fma(wv, v2, acc1_2); acc1_3 = fma(wv, v3, acc1_3);
                 wv = vec4<f32>(wl.z); acc2_0 = fma(wv, v0, acc2_0); acc2_1 = fma(wv, v1, acc2_1); acc2_2 = fma(wv, v2, acc2_2); acc2_3 = fma(wv, v3, acc2_3);

@@ -95,10 +95,11 @@ fn depthwise(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     let lane_gap = 16u * p.sw;
     var acc = vec4<f32>(bias[co]);
     var w_at = co * p.kh * p.kw;
+    let last_w = arrayLength(&wt) - 1u;
     for (var ky = 0u; ky < p.kh; ky++) {
         var at = (ty * p.sh + ky) * pc + tx * p.sw;
         for (var kx = 0u; kx < p.kw; kx++) {
-            acc += wt[w_at] * vec4<f32>(dw_patch[at], dw_patch[at + lane_gap], dw_patch[at + 2u * lane_gap], dw_patch[at + 3u * lane_gap]);
+            acc += wt[min(w_at, last_w)] * vec4<f32>(dw_patch[at], dw_patch[at + lane_gap], dw_patch[at + 2u * lane_gap], dw_patch[at + 3u * lane_gap]);
             w_at += 1u;
             at += 1u;
         }
