@@ -75,6 +75,11 @@ fn depthwise(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     let ox0 = tile_x * DW_COLS;
     let pr = (DW_ROWS - 1u) * p.sh + p.kh;
     let pc = (DW_COLS - 1u) * p.sw + p.kw;
+    // The host sends only shapes whose patch fits. Every patch index below is under pr * pc
+    // (the last output's last tap is patch value pr * pc - 1), so this one check bounds them.
+    if (pr * pc > DW_PATCH) {
+        return;
+    }
     let iy0 = oy0 * p.sh - p.pad_top;
     let ix0 = ox0 * p.sw - p.pad_left;
     // The patch, row-major, DW_THREADS values at a time: (r, c) steps on with a carry.
