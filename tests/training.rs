@@ -205,6 +205,11 @@ fn check_ensemble_evaluation<B: Backend>(backend: &B) {
     // Logits whose softmax is the models' mean centre-crop probabilities.
     let softmax: Vec<f32> = eval.logits.iter().flat_map(|row| row.iter().map(|l| l.exp() / row.iter().map(|l| l.exp()).sum::<f32>())).collect();
     assert_close("softmax of the ensemble's logits", &softmax, &centre, 1e-5);
+
+    // Cut to none, an ensemble keeps its first model (videos are labelled by it alone).
+    ensemble.truncate(0);
+    let first = ensemble.models_mut()[0].predict(backend, &data.images, Tta::Mirror).unwrap();
+    assert_close("the first model alone", &pollster::block_on(ensemble.predict_faces_async(backend, &faces, 23, Tta::Mirror)).unwrap(), &first, 1e-5);
 }
 
 #[test]

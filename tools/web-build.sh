@@ -29,8 +29,9 @@ wasm-bindgen --target web --out-dir web/dist/pkg "$target/wasm32-unknown-unknown
 web/node_modules/.bin/tsc -p web
 cp web/page/*.html web/page/*.css web/dist/
 cp data/yunet/yunet_n.json data/yunet/yunet_n.safetensors web/dist/assets/
-# The default expression model, as `mien detect` takes it.
-weights=$(sed -n 's/^pub const SHIPPED_WEIGHTS: &str = "\(.*\)";$/\1/p' src/pipeline/mod.rs)
+# The first of the default expression models, as `mien detect` labels videos.
+weights=$(sed -n 's/^pub const SHIPPED_WEIGHTS: &\[&str\] = &\["\([^"]*\)".*$/\1/p' src/pipeline/mod.rs)
+[ -f "$weights" ] || { echo "tools/web-build.sh: no default expression weights found in src/pipeline/mod.rs" >&2; exit 1; }
 cp "$weights" web/dist/assets/expression.safetensors
 cp data/cascades/haarcascade_frontalface_default.xml web/dist/assets/
 echo "built web/dist ($(du -sh web/dist | cut -f1)); serve it with: bash tools/web-serve.sh"

@@ -19,19 +19,21 @@ bash tools/web-build.sh
 cargo clippy -p mien-web --target wasm32-unknown-unknown -- -D warnings
 
 # The native answers the page must give, from the CPU backend in f32 as the page computes
-# (native inference defaults to bf16 on CPUs with bf16 products).
+# (native inference defaults to bf16 on CPUs with bf16 products), with the one expression model
+# the page has (native images take every default model).
 cargo build --bin mien
 mien="${CARGO_TARGET_DIR:-target}/debug/mien"
+weights=web/dist/assets/expression.safetensors
 fixtures=$(mktemp -d)
 trap 'rm -rf "$fixtures"' EXIT
 for run in yunet-mirror haar-mirror yunet-none; do
-  "$mien" --device cpu --precision f32 detect data/photos/grace_hopper.jpg data/photos/astronaut.png --detector "${run%-*}" --tta "${run#*-}" --json "$fixtures/$run.json" --out "$fixtures/out" >/dev/null
+  "$mien" --device cpu --precision f32 detect data/photos/grace_hopper.jpg data/photos/astronaut.png --detector "${run%-*}" --tta "${run#*-}" --weights "$weights" --json "$fixtures/$run.json" --out "$fixtures/out" >/dev/null
 done
 # The fake webcam's picture: the shipped photo as the single frame of a Y4M file, which
 # Chromium plays in a loop, and the native answer for that frame as the page sees it (decoded
 # back from the file's 4:2:0 YUV, one view a face as the page labels webcam frames).
 ffmpeg -loglevel error -i data/photos/grace_hopper.jpg -pix_fmt yuv420p -f yuv4mpegpipe "$fixtures/camera.y4m"
 ffmpeg -loglevel error -i "$fixtures/camera.y4m" "$fixtures/camera.png"
-"$mien" --device cpu --precision f32 detect "$fixtures/camera.png" --tta none --json "$fixtures/camera.json" --out "$fixtures/out" >/dev/null
+"$mien" --device cpu --precision f32 detect "$fixtures/camera.png" --tta none --weights "$weights" --json "$fixtures/camera.json" --out "$fixtures/out" >/dev/null
 
 MIEN_WEB_FIXTURES="$fixtures" node --test web/tests/

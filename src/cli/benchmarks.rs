@@ -98,7 +98,8 @@ pub(super) enum BenchSuite {
         /// Folder for the clips (made with ffmpeg unless there already) and the outputs.
         #[arg(long, default_value = "out/bench-video")]
         clips: PathBuf,
-        /// Expression model weights, as `mien detect --weights` takes them (default: vgg).
+        /// Expression model weights, as `mien detect --weights` takes them (default: the first
+        /// shipped model, which labels videos).
         #[arg(long, value_delimiter = ',')]
         weights: Vec<PathBuf>,
         /// Test-time augmentation of each face, as `mien detect --tta` takes it for videos.

@@ -9,7 +9,7 @@ use mien::detect::yunet::YuNetParams;
 use mien::gpu;
 use mien::kernels::conv2d::Precision;
 use mien::nn::Backend;
-use mien::pipeline::video::{VideoOptions, VIDEO_TTA};
+use mien::pipeline::video::{VideoOptions, VIDEO_MODELS, VIDEO_TTA};
 use mien::pipeline::DetectSize;
 use mien::video::Preset;
 use std::collections::HashSet;
@@ -49,8 +49,9 @@ pub(super) struct DetectArgs {
     #[arg(long, default_value = "data/cascades/haarcascade_frontalface_default.xml")]
     cascade: PathBuf,
     /// Expression model weights: safetensors files, or names of those shipped in data/models
-    /// (vgg, original); default: vgg. Several, separated by commas, are an ensemble:
-    /// each face gets the mean of their probabilities.
+    /// (vgg, original, ...). Several, separated by commas, are an ensemble: each face gets the
+    /// mean of their probabilities. Default: the shipped ensemble for images, its first model
+    /// for videos.
     #[arg(long, value_delimiter = ',')]
     weights: Vec<PathBuf>,
     /// Haar: the pyramid's scale step.
@@ -273,6 +274,9 @@ pub(super) fn run_detect<B: Backend>(backend: B, gpu: Option<&gpu::Gpu>, args: &
         labeller.set_detect_size(DetectSize::Video);
     }
     labeller.set_tta(args.tta.unwrap_or(VIDEO_TTA));
+    if args.weights.is_empty() {
+        labeller.keep_models(VIDEO_MODELS);
+    }
     let request = video::VideoRequest { videos: &videos, inputs: &args.inputs, out, jsonl: args.jsonl, options: video_options };
     failures.extend(video::run_videos(&mut labeller, &request, &say));
     if !failures.is_empty() {

@@ -7,6 +7,7 @@ use mien::augment::Tta;
 use mien::gpu::{self, BackendChoice, DeviceChoice, GpuOptions};
 use mien::kernels::conv2d::Precision;
 use mien::nn::{Cpu, GpuBackend, ModelConfig};
+use mien::pipeline::video::VIDEO_MODELS;
 use mien::pipeline::SHIPPED_WEIGHTS;
 use mien::train::{self, RunState};
 use std::path::{Path, PathBuf};
@@ -140,7 +141,7 @@ pub fn main() -> Result<()> {
         Command::Shaders { out } => write_shaders(&out),
         Command::Bench { suite: BenchSuite::Kernels { batch, reps, filter, json } } => bench_kernels(&cli.global, &batch, reps, filter.as_deref(), json),
         Command::Bench { suite: BenchSuite::Detect { reps, cascade, json } } => bench_detect(&cli.global, &cascade, reps, json),
-        Command::Bench { suite: BenchSuite::Video { frames, clips, weights, tta, json } } => video::bench(&cli.global, frames, &clips, &expression_weights(&weights), tta, json),
+        Command::Bench { suite: BenchSuite::Video { frames, clips, weights, tta, json } } => video::bench(&cli.global, frames, &clips, &video_weights(&weights), tta, json),
         Command::Bench { suite: BenchSuite::Train { batch, reps, model, json } } => on_backend!(cli.global, |backend, _gpu| bench_train(&backend, batch, reps, &model, cli.global.precision(), json)),
         Command::Train(args) => {
             // Bad settings are refused before a device is opened or data read.
@@ -284,10 +285,20 @@ fn model_config(file_or_name: &Path) -> Result<ModelConfig> {
 /// the default ones.
 fn expression_weights(given: &[PathBuf]) -> Vec<PathBuf> {
     if given.is_empty() {
-        vec![shipped(Path::new(SHIPPED_WEIGHTS))]
+        SHIPPED_WEIGHTS.iter().map(|path| shipped(Path::new(path))).collect()
     } else {
         given.iter().map(|path| shipped_model_file(path, "safetensors")).collect()
     }
+}
+
+/// The expression model weights that label videos: those given, or the first of the default
+/// ones as `mien detect` takes them for videos.
+fn video_weights(given: &[PathBuf]) -> Vec<PathBuf> {
+    let mut weights = expression_weights(given);
+    if given.is_empty() {
+        weights.truncate(VIDEO_MODELS);
+    }
+    weights
 }
 
 /// A path as given, or else relative to the source tree (so the shipped data is found when

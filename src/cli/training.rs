@@ -153,9 +153,9 @@ pub(super) struct EvalArgs {
     data: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Usage::PublicTest)]
     usage: Usage,
-    /// Weights: safetensors files, or names of those shipped in data/models (vgg, original);
-    /// default: vgg. Several, separated by commas, are an ensemble: each image gets the mean of
-    /// their probabilities.
+    /// Weights: safetensors files, or names of those shipped in data/models (vgg, original,
+    /// ...); default: the shipped ensemble. Several, separated by commas, are an ensemble: each
+    /// image gets the mean of their probabilities.
     #[arg(long, value_delimiter = ',')]
     weights: Vec<PathBuf>,
     /// Model config; default: the one recorded in each weights file.

@@ -38,6 +38,11 @@ impl<B: Backend> Ensemble<B> {
         self.models[0].config.classes
     }
 
+    /// Keeps the first `n` models, and always the first.
+    pub fn truncate(&mut self, n: usize) {
+        self.models.truncate(n.max(1));
+    }
+
     /// The models, to evaluate or set up.
     pub fn models_mut(&mut self) -> &mut [Model<B>] {
         &mut self.models

@@ -27,9 +27,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// The weights of the default expression model, relative to the repository (tools/web-build.sh
-/// reads this line to ship the same model to the page).
-pub const SHIPPED_WEIGHTS: &str = "data/models/vgg.safetensors";
+/// The weights of the default expression models, relative to the repository: an ensemble, each
+/// face labelled by the mean of their probabilities. Videos and the web page take the first
+/// alone (tools/web-build.sh reads this line).
+pub const SHIPPED_WEIGHTS: &[&str] = &["data/models/vgg.safetensors"];
 
 /// An expression label: the most probable class and every class's probability.
 #[derive(Clone, Debug, PartialEq)]
@@ -221,6 +222,13 @@ impl<'g, B: Backend> Labeller<'g, B> {
     /// Sets the views of each face the labels average (see [`Tta`]).
     pub fn set_tta(&mut self, tta: Tta) {
         self.classifier.tta = tta;
+    }
+
+    /// Keeps the first `n` expression models (at least one) and drops the rest.
+    pub fn keep_models(&mut self, n: usize) {
+        if let Some(models) = &mut self.classifier.models {
+            models.truncate(n);
+        }
     }
 
     /// Sets the size YuNet looks at images (see [`DetectSize`]); Haar has none.

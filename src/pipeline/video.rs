@@ -281,6 +281,10 @@ fn find_faces<B: Backend>(mut decoder: Decoder, detector: &mut Detector<'_, B>, 
 /// for little gain.
 pub const VIDEO_TTA: Tta = Tta::None;
 
+/// How many of the default expression models label videos unless `--weights` names others: the
+/// first alone, for the same reason as [`VIDEO_TTA`]: each model costs its own inference.
+pub const VIDEO_MODELS: usize = 1;
+
 /// How a video is analysed.
 #[derive(Clone, Copy, Debug)]
 pub struct VideoOptions {
