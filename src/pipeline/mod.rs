@@ -30,7 +30,7 @@ use std::sync::Arc;
 /// The weights of the default expression models, relative to the repository: an ensemble, each
 /// face labelled by the mean of their probabilities. Videos and the web page take the first
 /// alone (tools/web-build.sh reads this line).
-pub const SHIPPED_WEIGHTS: &[&str] = &["data/models/vgg.safetensors"];
+pub const SHIPPED_WEIGHTS: &[&str] = &["data/models/vgg.safetensors", "data/models/vgg_base.safetensors", "data/models/vgg_seed7.safetensors"];
 
 /// An expression label: the most probable class and every class's probability.
 #[derive(Clone, Debug, PartialEq)]
