@@ -6,11 +6,18 @@ mod common;
 
 use common::temp_dir;
 use mien::pipeline::SHIPPED_WEIGHTS;
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+
+fn mien_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mien"));
+    command.args(args).current_dir(env!("CARGO_MANIFEST_DIR")).env("XDG_RUNTIME_DIR", std::env::temp_dir());
+    command
+}
 
 fn mien(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mien")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().unwrap();
+    let out = mien_command(args).output().unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
@@ -199,10 +206,21 @@ fn odd_sizes_variable_frame_rates_and_audio_come_through() {
     assert_eq!(frame_count(&annotated), 8);
 }
 
+/// The ffmpeg serving a live stream, stopped when dropped: a test that fails leaves no server
+/// running (nor holding the test runner's output open).
+struct LiveServer(Child);
+
+impl Drop for LiveServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// An ffmpeg serving `clip` at its own pace as MPEG-TS on a local TCP port, once (looped for
 /// ever when `endless`), listening by the time this returns; with the stem of mien's outputs
 /// for its URL.
-fn serve_live(clip: &Path, endless: bool) -> (std::process::Child, String, String) {
+fn serve_live(clip: &Path, endless: bool) -> (LiveServer, String, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let url = format!("tcp://127.0.0.1:{port}");
     let mut args = vec!["-hide_banner", "-loglevel", "error", "-re"];
@@ -211,7 +229,7 @@ fn serve_live(clip: &Path, endless: bool) -> (std::process::Child, String, Strin
     }
     let listen = format!("{url}?listen=1");
     args.extend(["-i", s(clip), "-c", "copy", "-f", "mpegts", &listen]);
-    let server = Command::new("ffmpeg").args(&args).spawn().unwrap();
+    let server = LiveServer(Command::new("ffmpeg").args(&args).spawn().unwrap());
     // The server takes one connection, so a probe connection would use it up: wait until the
     // kernel lists the port as listening (state 0A in /proc/net/tcp).
     let listening = format!(":{port:04X} 00000000:0000 0A");
@@ -230,7 +248,7 @@ fn a_live_tcp_stream_is_read_to_its_end() {
     let (mut server, url, stem) = serve_live(&clip, false);
     let out = dir.join("out");
     let (ok, stdout, stderr) = mien(&["--device", "cpu", "detect", &url, "--out", s(&out), "--no-emotion"]);
-    let _ = server.wait();
+    let _ = server.0.wait();
     assert!(ok, "{stderr}");
     let rows = rows(&out.join(format!("{stem}.faces.csv")));
     let summary = summary(&out.join(format!("{stem}.summary.json")));
@@ -282,12 +300,28 @@ fn broken_and_missing_videos_are_clear_errors_and_leave_valid_outputs() {
     }
 }
 
+/// Starts `mien detect` on a live stream in the background, its errors kept for [`wait_for_rows`].
+fn start_live_detect(url: &str, out: &Path) -> Child {
+    mien_command(&["--device", "cpu", "detect", url, "--out", s(out), "--no-emotion"]).stderr(Stdio::piped()).spawn().unwrap()
+}
+
 /// Waits until a run's table (flushed frame by frame) has `rows` rows: what mien has done, not
-/// how long it had, decides when the tests below stop it, however loaded the machine.
-fn wait_for_rows(csv: &Path, rows: usize) {
+/// how long it had, decides when the tests below stop it, however loaded the machine. Should
+/// mien end first, or not get there in two minutes, fails with what mien printed.
+fn wait_for_rows(mien: &mut Child, csv: &Path, rows: usize) {
     let started = std::time::Instant::now();
-    while std::fs::read_to_string(csv).map_or(0, |text| text.lines().count().saturating_sub(1)) < rows {
-        assert!(started.elapsed().as_secs() < 120, "{}: fewer than {rows} rows after two minutes", csv.display());
+    let written = || std::fs::read_to_string(csv).map_or(0, |text| text.lines().count().saturating_sub(1));
+    while written() < rows {
+        let ended = mien.try_wait().unwrap();
+        let waited = started.elapsed().as_secs_f64();
+        if ended.is_some() || waited > 120.0 {
+            let _ = mien.kill();
+            let status = mien.wait().unwrap();
+            let mut stderr = String::new();
+            mien.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+            let how = if ended.is_some() { format!("mien ended ({status})") } else { "mien was stopped".to_string() };
+            panic!("{}: {} of {rows} rows after {waited:.1} s; {how}; its errors:\n{stderr}", csv.display(), written());
+        }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
@@ -296,22 +330,15 @@ fn wait_for_rows(csv: &Path, rows: usize) {
 fn ctrl_c_on_a_live_stream_finishes_every_output() {
     let dir = temp_dir("video-interrupt");
     let clip = pan_clip(&dir, 10);
-    let (mut server, url, stem) = serve_live(&clip, true);
+    let (server, url, stem) = serve_live(&clip, true);
     let out = dir.join("out");
-    let mien = Command::new(env!("CARGO_BIN_EXE_mien"))
-        .args(["--device", "cpu", "detect", &url, "--out", s(&out), "--no-emotion"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut mien = start_live_detect(&url, &out);
     // Let it analyse ten frames of the stream, then press Ctrl-C (SIGINT to mien alone: the
     // ffmpeg processes it runs are in groups of their own, as a terminal's Ctrl-C would reach them).
-    wait_for_rows(&out.join(format!("{stem}.faces.csv")), 10);
+    wait_for_rows(&mut mien, &out.join(format!("{stem}.faces.csv")), 10);
     Command::new("kill").args(["-INT", &mien.id().to_string()]).status().unwrap();
     let result = mien.wait_with_output().unwrap();
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(result.status.success() && stderr.contains("interrupted"), "{stderr}");
     let frames = summary(&out.join(format!("{stem}.summary.json")))["frames"].as_u64().unwrap();
@@ -349,20 +376,13 @@ fn the_gpu_labels_a_video_as_the_cpu_does() {
 fn a_killed_run_leaves_a_complete_table_and_a_playable_video() {
     let dir = temp_dir("video-killed");
     let clip = pan_clip(&dir, 10);
-    let (mut server, url, stem) = serve_live(&clip, true);
+    let (server, url, stem) = serve_live(&clip, true);
     let out = dir.join("out");
-    let mut mien = Command::new(env!("CARGO_BIN_EXE_mien"))
-        .args(["--device", "cpu", "detect", &url, "--out", s(&out), "--no-emotion"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_rows(&out.join(format!("{stem}.faces.csv")), 5);
+    let mut mien = start_live_detect(&url, &out);
+    wait_for_rows(&mut mien, &out.join(format!("{stem}.faces.csv")), 5);
     mien.kill().unwrap();
     mien.wait().unwrap();
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     // Every row written is whole: the table is flushed frame by frame.
     let text = std::fs::read_to_string(out.join(format!("{stem}.faces.csv"))).unwrap();
     let columns = text.lines().next().unwrap().split(',').count();
