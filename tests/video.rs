@@ -300,9 +300,9 @@ fn broken_and_missing_videos_are_clear_errors_and_leave_valid_outputs() {
     }
 }
 
-/// Starts `mien detect` on a live stream in the background, its errors kept for [`wait_for_rows`].
+/// Starts `mien detect` on a live stream in the background, what it prints kept for [`wait_for_rows`].
 fn start_live_detect(url: &str, out: &Path) -> Child {
-    mien_command(&["--device", "cpu", "detect", url, "--out", s(out), "--no-emotion"]).stderr(Stdio::piped()).spawn().unwrap()
+    mien_command(&["--device", "cpu", "detect", url, "--out", s(out), "--no-emotion"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
 }
 
 /// Waits until a run's table (flushed frame by frame) has `rows` rows: what mien has done, not
@@ -315,15 +315,30 @@ fn wait_for_rows(mien: &mut Child, csv: &Path, rows: usize) {
         let ended = mien.try_wait().unwrap();
         let waited = started.elapsed().as_secs_f64();
         if ended.is_some() || waited > 120.0 {
-            let _ = mien.kill();
+            if ended.is_none() {
+                // Stopped as by Ctrl-C, mien says how many frames it had read and dropped.
+                interrupt(mien);
+                let stopping = std::time::Instant::now();
+                while mien.try_wait().unwrap().is_none() && stopping.elapsed().as_secs() < 10 {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                let _ = mien.kill();
+            }
             let status = mien.wait().unwrap();
-            let mut stderr = String::new();
-            mien.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-            let how = if ended.is_some() { format!("mien ended ({status})") } else { "mien was stopped".to_string() };
-            panic!("{}: {} of {rows} rows after {waited:.1} s; {how}; its errors:\n{stderr}", csv.display(), written());
+            let mut said = String::new();
+            mien.stdout.take().unwrap().read_to_string(&mut said).unwrap();
+            mien.stderr.take().unwrap().read_to_string(&mut said).unwrap();
+            let how = if ended.is_some() { "mien ended first" } else { "mien was stopped" };
+            panic!("{}: {} of {rows} rows after {waited:.1} s; {how} ({status}), saying:\n{said}", csv.display(), written());
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// SIGINT to mien alone, as a terminal's Ctrl-C would reach it: the ffmpeg processes it runs
+/// are in process groups of their own.
+fn interrupt(mien: &Child) {
+    Command::new("kill").args(["-INT", &mien.id().to_string()]).status().unwrap();
 }
 
 #[test]
@@ -333,10 +348,9 @@ fn ctrl_c_on_a_live_stream_finishes_every_output() {
     let (server, url, stem) = serve_live(&clip, true);
     let out = dir.join("out");
     let mut mien = start_live_detect(&url, &out);
-    // Let it analyse ten frames of the stream, then press Ctrl-C (SIGINT to mien alone: the
-    // ffmpeg processes it runs are in groups of their own, as a terminal's Ctrl-C would reach them).
+    // Let it analyse ten frames of the stream, then press Ctrl-C.
     wait_for_rows(&mut mien, &out.join(format!("{stem}.faces.csv")), 10);
-    Command::new("kill").args(["-INT", &mien.id().to_string()]).status().unwrap();
+    interrupt(&mien);
     let result = mien.wait_with_output().unwrap();
     drop(server);
     let stderr = String::from_utf8_lossy(&result.stderr);
@@ -387,10 +401,26 @@ fn a_killed_run_leaves_a_complete_table_and_a_playable_video() {
     let text = std::fs::read_to_string(out.join(format!("{stem}.faces.csv"))).unwrap();
     let columns = text.lines().next().unwrap().split(',').count();
     assert!(text.ends_with('\n') && text.lines().all(|l| l.split(',').count() == columns), "{text}");
-    let written = text.lines().count() - 1;
+    let written = text.lines().count() as u64 - 1;
     assert!(written >= 5, "{written} rows, where there were 5 before the kill");
-    // The encoder, fed until the kill, ends its fragmented MP4 when its input closes.
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let playable = frame_count(&out.join(format!("{stem}.annotated.mp4")));
-    assert!(playable >= 5, "{playable} frames play");
+    // The encoder (a process of its own) ends the MP4 when its input closes, with every frame
+    // it was given. A row goes to the table before its frame goes to the encoder, and the frames
+    // between them die with mien: the one being drawn, the encoder's queue of two and the one
+    // being piped.
+    let annotated = out.join(format!("{stem}.annotated.mp4"));
+    wait_until_no_process_writes(&annotated);
+    let playable = frame_count(&annotated);
+    assert!(playable > 0 && playable <= written && written - playable <= 4, "{playable} frames play, of {written} in the table");
+}
+
+/// Waits until no process has `file` on its command line (a process ended but not yet reaped
+/// has none), for a minute at most.
+fn wait_until_no_process_writes(file: &Path) {
+    let name = file.as_os_str().as_encoded_bytes();
+    let named = |pid: std::fs::DirEntry| std::fs::read(pid.path().join("cmdline")).is_ok_and(|line| line.windows(name.len()).any(|w| w == name));
+    let started = std::time::Instant::now();
+    while std::fs::read_dir("/proc").unwrap().flatten().any(named) {
+        assert!(started.elapsed().as_secs() < 60, "{} still open after a minute", file.display());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
