@@ -1,23 +1,9 @@
 //! The `mien` command as a user runs it: detection end to end and its handling of bad input.
 
+mod common;
+
+use common::{mien, mien_command, s, temp_dir};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn mien(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mien")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mien-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 #[test]
 fn detect_finds_the_face_in_a_shipped_photo_and_writes_png_and_json() {
@@ -287,13 +273,7 @@ fn a_bad_input_among_good_ones_is_reported_and_the_others_still_done() {
 fn a_failed_write_to_standard_output_is_an_error_not_a_panic() {
     let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
     let out = temp_dir("full");
-    let run = Command::new(env!("CARGO_BIN_EXE_mien"))
-        .args(["detect", "--device", "cpu", "--no-emotion", "data/photos/astronaut.png", "--out", s(&out), "--json", "-"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-        .stdout(full)
-        .output()
-        .unwrap();
+    let run = mien_command(&["detect", "--device", "cpu", "--no-emotion", "data/photos/astronaut.png", "--out", s(&out), "--json", "-"]).stdout(full).output().unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success() && stderr.contains("cannot write the JSON to standard output") && !stderr.contains("panicked"), "{stderr}");
 }
@@ -366,9 +346,8 @@ fn a_run_killed_at_any_checkpoint_write_resumes_to_the_uninterrupted_result() {
     let model = data.join("tiny.json");
     std::fs::write(&model, TINY_MODEL).unwrap();
     let train = |out: &Path, extra: &[&str], fail_point: Option<&str>| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_mien"));
-        command.args(["train", "--device", "cpu", "--data", s(&data), "--model", s(&model), "--recipe", "adam", "--out", s(out), "--epochs", "2", "--batch", "7"]).args(extra);
-        command.current_dir(env!("CARGO_MANIFEST_DIR")).env("XDG_RUNTIME_DIR", std::env::temp_dir()).env_remove("MIEN_FAIL_POINT");
+        let mut command = mien_command(&["train", "--device", "cpu", "--data", s(&data), "--model", s(&model), "--recipe", "adam", "--out", s(out), "--epochs", "2", "--batch", "7"]);
+        command.args(extra).env_remove("MIEN_FAIL_POINT");
         if let Some(point) = fail_point {
             command.env("MIEN_FAIL_POINT", point);
         }
@@ -406,9 +385,9 @@ fn a_run_killed_at_any_checkpoint_write_resumes_to_the_uninterrupted_result() {
     let (ok, stderr) = train(&straight, &[], None);
     assert!(!ok && stderr.contains("holds a finished run") && stderr.contains("--overwrite"), "{stderr}");
     let other = tiny_fer("killed-other", 4);
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mien"));
-    command.args(["train", "--device", "cpu", "--data", s(&other), "--model", s(&model), "--recipe", "adam", "--out", s(&straight), "--epochs", "3", "--batch", "7", "--resume"]);
-    let run = command.current_dir(env!("CARGO_MANIFEST_DIR")).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().unwrap();
+    let run = mien_command(&["train", "--device", "cpu", "--data", s(&other), "--model", s(&model), "--recipe", "adam", "--out", s(&straight), "--epochs", "3", "--batch", "7", "--resume"])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success() && stderr.contains("trained on other data"), "{stderr}");
 }

@@ -4,30 +4,15 @@
 
 mod common;
 
-use common::temp_dir;
+use common::{mien, mien_command, s, temp_dir};
 use mien::pipeline::SHIPPED_WEIGHTS;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-fn mien_command(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mien"));
-    command.args(args).current_dir(env!("CARGO_MANIFEST_DIR")).env("XDG_RUNTIME_DIR", std::env::temp_dir());
-    command
-}
-
-fn mien(args: &[&str]) -> (bool, String, String) {
-    let out = mien_command(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
 fn ffmpeg(args: &[&str]) {
     let out = Command::new("ffmpeg").args(["-hide_banner", "-loglevel", "error", "-y"]).args(args).output().expect("the video tests need ffmpeg (tools/test.sh installs it)");
     assert!(out.status.success(), "ffmpeg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 fn photo(name: &str) -> String {

@@ -134,6 +134,24 @@ pub fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     t
 }
 
+/// The `mien` binary with `args`, run from the source tree as a user there would.
+pub fn mien_command(args: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mien"));
+    command.args(args).current_dir(env!("CARGO_MANIFEST_DIR")).env("XDG_RUNTIME_DIR", std::env::temp_dir());
+    command
+}
+
+/// Runs `mien` with `args` to its end: (success, stdout, stderr).
+pub fn mien(args: &[&str]) -> (bool, String, String) {
+    let out = mien_command(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// A path as a command-line argument (the tests' paths are UTF-8).
+pub fn s(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}
+
 /// A fresh, empty folder under the system's temp dir, named for the test and this process.
 pub fn temp_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("mien-test-{name}-{}", std::process::id()));
